@@ -1,3 +1,13 @@
 //! The Sluice broker: storage engine, metadata, gRPC service and nameserver registration.
+//! ARCHITECTURE.md maps these modules.
 
+pub mod config;
+pub mod groups;
+pub mod meta;
+pub mod offsets;
+pub mod registration;
+pub mod replication;
+pub mod server;
+pub mod service;
 pub mod store;
+pub mod topics;

@@ -1,1 +1,147 @@
-fn main() {}
+//! `sluice-broker`: runs one broker.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use sluice_broker::config::BrokerConfig;
+use sluice_broker::store::FlushMode;
+
+#[derive(Parser, Debug)]
+#[command(name = "sluice-broker", version, about = "Sluice message broker")]
+struct Args {
+    /// TOML configuration file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address announced to nameservers and clients (default: the bound address).
+    #[arg(long)]
+    advertise: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Comma-separated nameserver addresses.
+    #[arg(long, value_delimiter = ',')]
+    nameservers: Option<Vec<String>>,
+    #[arg(long)]
+    broker_name: Option<String>,
+    #[arg(long = "cluster")]
+    cluster_name: Option<String>,
+    #[arg(long)]
+    replica_id: Option<u64>,
+    #[arg(long, value_enum)]
+    flush: Option<FlushArg>,
+    /// Write the bound address to this file once serving.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FlushArg {
+    Async,
+    Sync,
+}
+
+fn load(args: &Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> {
+    let mut c = match &args.config {
+        Some(p) => BrokerConfig::from_file(p)?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(v) = &args.listen {
+        c.listen = v.clone();
+    }
+    if let Some(v) = &args.advertise {
+        c.advertise = Some(v.clone());
+    }
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = &args.nameservers {
+        c.nameservers = v.iter().filter(|s| !s.is_empty()).cloned().collect();
+    }
+    if let Some(v) = &args.broker_name {
+        c.broker_name = v.clone();
+    }
+    if let Some(v) = &args.cluster_name {
+        c.cluster_name = v.clone();
+    }
+    if let Some(v) = args.replica_id {
+        c.replica_id = v;
+    }
+    if let Some(f) = args.flush {
+        c.flush = match f {
+            FlushArg::Async => FlushMode::Async,
+            FlushArg::Sync => FlushMode::Sync,
+        };
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+/// Writes `text` to `path` through a temp file and a rename, so readers never see half of it.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice-broker: {e}");
+            std::process::exit(2);
+        }
+    };
+    let ready_file = args.ready_file.clone();
+    let result = sluice_broker::server::run(
+        config,
+        move |addr| {
+            println!("sluice-broker listening on {addr}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            if let Some(p) = ready_file {
+                if let Err(e) = write_atomically(&p, &addr.to_string()) {
+                    tracing::error!("cannot write ready file {}: {e}", p.display());
+                }
+            }
+        },
+        shutdown_signal(),
+    )
+    .await;
+    if let Err(e) = result {
+        eprintln!("sluice-broker: {e}");
+        std::process::exit(1);
+    }
+}

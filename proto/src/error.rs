@@ -52,7 +52,9 @@ impl ApiError {
             max_offset,
             ..Self::new(
                 ErrorCode::OffsetOutOfRange,
-                format!("offset {offset} is outside the queue's range [{min_offset}, {max_offset}]"),
+                format!(
+                    "offset {offset} is outside the queue's range [{min_offset}, {max_offset}]"
+                ),
             )
         }
     }

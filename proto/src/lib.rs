@@ -9,6 +9,7 @@ pub mod v1 {
 }
 
 mod error;
+pub mod names;
 
 pub use error::ApiError;
 pub use v1::ErrorCode;

@@ -1,0 +1,157 @@
+//! Wires the broker together: store, metadata, gRPC service, nameserver registration, and an
+//! orderly shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::v1::broker_server::BrokerServer;
+use tokio::sync::{watch, Notify};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::BrokerConfig;
+use crate::groups::ConsumerGroups;
+use crate::meta::{MetaStore, SledMeta};
+use crate::offsets::OffsetTable;
+use crate::registration::Registrar;
+use crate::service::convert::IdGenerator;
+use crate::service::{BrokerService, Identity, ServiceLimits};
+use crate::store::MessageStore;
+use crate::topics::TopicTable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("metadata: {0}")]
+    Meta(#[from] crate::meta::MetaError),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Runs a broker until `shutdown` resolves. `on_ready` gets the bound address once the broker
+/// serves requests.
+pub async fn run(
+    config: BrokerConfig,
+    on_ready: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen.clone(),
+        source,
+    })?;
+    let address = match &config.advertise {
+        Some(a) => a.clone(),
+        None if local.ip().is_unspecified() => {
+            tracing::warn!(
+                "listening on {local}; announcing 127.0.0.1 (set `advertise` for other hosts)"
+            );
+            format!("127.0.0.1:{}", local.port())
+        }
+        None => local.to_string(),
+    };
+    std::fs::create_dir_all(&config.data_dir).map_err(crate::store::StoreError::Io)?;
+    let store = MessageStore::open(config.store_config(&address)).await?;
+    let meta: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&config.data_dir.join("meta"))?);
+    let topics = Arc::new(TopicTable::load(meta.clone())?);
+    let offsets = Arc::new(OffsetTable::new(meta.clone()));
+    let identity = Identity {
+        cluster_name: config.cluster_name.clone(),
+        broker_name: config.broker_name.clone(),
+        replica_id: config.replica_id,
+        address: address.clone(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let reregister = Arc::new(Notify::new());
+    let service = BrokerService {
+        store: store.clone(),
+        topics: topics.clone(),
+        offsets,
+        groups: Arc::new(ConsumerGroups::new(Duration::from_millis(
+            config.consumer_expiry_ms,
+        ))),
+        identity: identity.clone(),
+        limits: ServiceLimits {
+            auto_create_topics: config.auto_create_topics,
+            default_queues: config.default_queues,
+            max_poll: Duration::from_millis(config.max_poll_ms),
+            max_message_size: config.max_message_size,
+            flush_mode: format!("{:?}", config.flush).to_lowercase(),
+        },
+        reregister: reregister.clone(),
+        shutdown: stop_rx.clone(),
+        ids: IdGenerator::new(&address),
+    };
+    let registrar = Registrar {
+        identity,
+        nameservers: config.nameservers.clone(),
+        interval: Duration::from_millis(config.heartbeat_interval_ms),
+        topics,
+        store: store.clone(),
+        trigger: reregister,
+    };
+    let registration = tokio::spawn(registrar.run(stop_rx.clone()));
+
+    let grpc = BrokerServer::new(service)
+        // Above the message limit, so an oversized message gets MESSAGE_TOO_LARGE from us
+        // rather than a transport error.
+        .max_decoding_message_size(config.max_request_size + (64 << 10))
+        .max_encoding_message_size(usize::MAX);
+    let mut stop_serving = stop_rx.clone();
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(grpc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop_serving.wait_for(|s| *s).await;
+        });
+    tracing::info!(%address, broker = %config.broker_name, cluster = %config.cluster_name, "broker serving");
+    on_ready(local);
+
+    let mut server = tokio::spawn(server);
+    let ended_early = tokio::select! {
+        _ = shutdown => None,
+        r = &mut server => Some(r),
+    };
+    tracing::info!("shutting down");
+    // Order: stop taking requests and end held pulls, leave the nameservers, then make the
+    // store and the metadata durable.
+    let _ = stop_tx.send(true);
+    let served = match ended_early {
+        Some(r) => r,
+        None => tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .unwrap_or(Ok(Ok(()))),
+    };
+    let served = match served {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("gRPC server task failed: {e}");
+            Ok(())
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), registration)
+        .await
+        .is_err()
+    {
+        tracing::warn!("nameserver unregistration timed out");
+    }
+    store.shutdown().await?;
+    meta.flush()?;
+    tracing::info!("broker stopped");
+    served.map_err(ServerError::from)
+}

@@ -1,0 +1,162 @@
+//! The `sluice.v1.Broker` gRPC service. Handlers validate, translate and call the store and
+//! the metadata tables; each area lives in its own module.
+
+mod admin;
+mod consume;
+pub mod convert;
+mod produce;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::v1::broker_server::Broker;
+use sluice_proto::v1::*;
+use tokio::sync::{watch, Notify};
+use tonic::{Request, Response, Status};
+
+use crate::groups::ConsumerGroups;
+use crate::offsets::OffsetTable;
+use crate::store::MessageStore;
+use crate::topics::TopicTable;
+use convert::IdGenerator;
+
+/// Who this broker is, as announced to nameservers and clients.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub cluster_name: String,
+    pub broker_name: String,
+    pub replica_id: u64,
+    pub address: String,
+}
+
+/// Limits and switches the handlers apply.
+#[derive(Debug, Clone)]
+pub struct ServiceLimits {
+    pub auto_create_topics: bool,
+    pub default_queues: u32,
+    pub max_poll: Duration,
+    pub max_message_size: usize,
+    pub flush_mode: String,
+}
+
+pub struct BrokerService {
+    pub(crate) store: MessageStore,
+    pub(crate) topics: Arc<TopicTable>,
+    pub(crate) offsets: Arc<OffsetTable>,
+    pub(crate) groups: Arc<ConsumerGroups>,
+    pub(crate) identity: Identity,
+    pub(crate) limits: ServiceLimits,
+    /// Wakes the nameserver registration loop after a topic change.
+    pub(crate) reregister: Arc<Notify>,
+    /// Becomes true when the broker shuts down, ending held pulls.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) ids: IdGenerator,
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn reply<T>(r: Result<T, sluice_proto::ApiError>) -> Reply<T> {
+    r.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn send(&self, req: Request<SendRequest>) -> Reply<SendResponse> {
+        reply(self.do_send(req.into_inner()).await)
+    }
+
+    async fn pull(&self, req: Request<PullRequest>) -> Reply<PullResponse> {
+        let deadline = convert::grpc_timeout(req.metadata());
+        reply(self.do_pull(req.into_inner(), deadline).await)
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<CommitOffsetsRequest>,
+    ) -> Reply<CommitOffsetsResponse> {
+        reply(self.do_commit_offsets(req.into_inner()).await)
+    }
+
+    async fn query_offset(&self, req: Request<QueryOffsetRequest>) -> Reply<QueryOffsetResponse> {
+        reply(self.do_query_offset(req.into_inner()))
+    }
+
+    async fn get_queue_offsets(
+        &self,
+        req: Request<GetQueueOffsetsRequest>,
+    ) -> Reply<GetQueueOffsetsResponse> {
+        reply(self.do_get_queue_offsets(req.into_inner()))
+    }
+
+    async fn search_offset(
+        &self,
+        req: Request<SearchOffsetRequest>,
+    ) -> Reply<SearchOffsetResponse> {
+        reply(self.do_search_offset(req.into_inner()))
+    }
+
+    async fn consumer_heartbeat(
+        &self,
+        req: Request<ConsumerHeartbeatRequest>,
+    ) -> Reply<ConsumerHeartbeatResponse> {
+        reply(self.do_consumer_heartbeat(req.into_inner()))
+    }
+
+    async fn unregister_consumer(
+        &self,
+        req: Request<UnregisterConsumerRequest>,
+    ) -> Reply<UnregisterConsumerResponse> {
+        let r = req.into_inner();
+        self.groups.unregister(&r.group, &r.client_id);
+        Ok(Response::new(UnregisterConsumerResponse {}))
+    }
+
+    async fn get_consumer_list(
+        &self,
+        req: Request<GetConsumerListRequest>,
+    ) -> Reply<GetConsumerListResponse> {
+        reply(self.do_get_consumer_list(req.into_inner()))
+    }
+
+    async fn get_group_offsets(
+        &self,
+        req: Request<GetGroupOffsetsRequest>,
+    ) -> Reply<GetGroupOffsetsResponse> {
+        reply(self.do_get_group_offsets(req.into_inner()))
+    }
+
+    async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Reply<CreateTopicResponse> {
+        reply(self.do_create_topic(req.into_inner()))
+    }
+
+    async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Reply<DeleteTopicResponse> {
+        reply(self.do_delete_topic(req.into_inner()))
+    }
+
+    async fn list_topics(
+        &self,
+        _req: Request<BrokerListTopicsRequest>,
+    ) -> Reply<BrokerListTopicsResponse> {
+        Ok(Response::new(BrokerListTopicsResponse {
+            topics: self.topics.list(),
+        }))
+    }
+
+    async fn get_broker_status(
+        &self,
+        _req: Request<GetBrokerStatusRequest>,
+    ) -> Reply<BrokerStatus> {
+        Ok(Response::new(self.status()))
+    }
+
+    async fn get_message(&self, req: Request<GetMessageRequest>) -> Reply<GetMessageResponse> {
+        reply(self.do_get_message(req.into_inner()))
+    }
+
+    async fn query_messages(
+        &self,
+        req: Request<QueryMessagesRequest>,
+    ) -> Reply<QueryMessagesResponse> {
+        reply(self.do_query_messages(req.into_inner()))
+    }
+}

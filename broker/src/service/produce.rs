@@ -1,0 +1,103 @@
+//! Send: validation, optional topic auto-creation, append.
+
+use sluice_proto::names::validate_topic_name;
+use sluice_proto::v1::{SendRequest, SendResponse, SendResult, TopicConfig};
+use sluice_proto::{perm, ApiError, ErrorCode};
+
+use super::convert::to_append;
+use super::BrokerService;
+use crate::store::AppendBatch;
+
+/// Most messages accepted in one Send call.
+pub const MAX_BATCH: usize = 10_000;
+
+impl BrokerService {
+    pub(super) async fn do_send(&self, req: SendRequest) -> Result<SendResponse, ApiError> {
+        validate_topic_name(&req.topic)?;
+        if req.messages.is_empty() {
+            return Err(ApiError::invalid("a send needs at least one message"));
+        }
+        if req.messages.len() > MAX_BATCH {
+            return Err(ApiError::invalid(format!(
+                "a batch holds at most {MAX_BATCH} messages, got {}",
+                req.messages.len()
+            )));
+        }
+        let topic = self.topic_for_send(&req.topic)?;
+        if topic.perm & perm::WRITE == 0 {
+            return Err(ApiError::new(
+                ErrorCode::NoPermission,
+                format!("topic {} is not writable", topic.name),
+            ));
+        }
+        if req.queue_id >= topic.write_queues {
+            return Err(ApiError::new(
+                ErrorCode::QueueNotFound,
+                format!(
+                    "queue {} does not exist: topic {} has {} write queues",
+                    req.queue_id, topic.name, topic.write_queues
+                ),
+            ));
+        }
+        let mut messages = Vec::with_capacity(req.messages.len());
+        for m in req.messages {
+            if !m.topic.is_empty() && m.topic != req.topic {
+                return Err(ApiError::invalid(format!(
+                    "message for topic {} in a send to topic {}",
+                    m.topic, req.topic
+                )));
+            }
+            messages.push(to_append(m, &self.ids, self.limits.max_message_size)?);
+        }
+        let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
+        let appended = self
+            .store
+            .append(AppendBatch {
+                topic: req.topic,
+                queue_id: req.queue_id,
+                messages,
+            })
+            .await?;
+        Ok(SendResponse {
+            broker_name: self.identity.broker_name.clone(),
+            queue_id: req.queue_id,
+            results: ids
+                .into_iter()
+                .zip(appended.entries)
+                .map(|(message_id, a)| SendResult {
+                    message_id,
+                    queue_offset: a.queue_offset,
+                    commit_log_offset: a.commit_log_offset,
+                })
+                .collect(),
+        })
+    }
+
+    fn topic_for_send(&self, name: &str) -> Result<TopicConfig, ApiError> {
+        if let Some(t) = self.topics.get(name) {
+            return Ok(t);
+        }
+        if !self.limits.auto_create_topics {
+            return Err(ApiError::new(
+                ErrorCode::TopicNotFound,
+                format!("topic {name} does not exist and auto_create_topics is off"),
+            ));
+        }
+        let cfg = TopicConfig {
+            name: name.to_string(),
+            read_queues: self.limits.default_queues,
+            write_queues: self.limits.default_queues,
+            perm: perm::READ_WRITE,
+        };
+        if self.topics.upsert(cfg.clone())? {
+            tracing::info!(
+                topic = name,
+                queues = cfg.write_queues,
+                "auto-created topic"
+            );
+            self.reregister.notify_one();
+        }
+        // Another send may have created it concurrently with other settings; use what is stored.
+        Ok(self.topics.get(name).unwrap_or(cfg))
+    }
+}
