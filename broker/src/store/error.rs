@@ -24,7 +24,9 @@ pub enum StoreError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::MessageTooLarge { .. } => ApiError::new(ErrorCode::MessageTooLarge, e.to_string()),
+            StoreError::MessageTooLarge { .. } => {
+                ApiError::new(ErrorCode::MessageTooLarge, e.to_string())
+            }
             StoreError::DiskFull { .. } => ApiError::new(ErrorCode::DiskFull, e.to_string()),
             StoreError::Timeout(_) => ApiError::new(ErrorCode::StoreTimeout, e.to_string()),
             StoreError::OffsetOutOfRange { offset, min, max } => {

@@ -8,14 +8,33 @@
 //! THE PUBLIC API BELOW IS THE CONTRACT WITH THE BROKER SERVICE: extend it, do not change
 //! signatures without updating `crate::service`.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
+mod checkpoint;
+mod commitlog;
+mod cq;
+mod dispatcher;
 pub mod error;
+mod flusher;
+mod index;
+mod reader;
+pub mod record;
+mod recovery;
+mod retention;
+mod shared;
+mod writer;
 
 pub use error::StoreError;
+pub use record::tag_hash;
+
+use recovery::Started;
+use writer::{EncodedBatch, WriterCmd};
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +44,18 @@ pub enum FlushMode {
     Async,
     /// Ack only after fsync; concurrent appends share one fsync (group commit).
     Sync,
+}
+
+/// Who moves the confirmed offset (the end of what readers and the dispatcher see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConfirmMode {
+    /// Confirmed follows acknowledged writes (after the write in async mode, after the fsync
+    /// in sync mode). Standalone brokers.
+    FollowWrite,
+    /// Only `MessageStore::set_confirmed_offset` moves it (replication: the committed
+    /// position).
+    External,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +84,16 @@ pub struct StoreConfig {
     pub retention_check_interval: Duration,
     /// Recorded as the store host of every record (the broker's address).
     pub store_host: String,
+    /// Who moves the confirmed offset (`FollowWrite` default).
+    pub confirm: ConfirmMode,
+    /// Entries per consume-queue file (300,000 default).
+    pub cq_entries_per_file: u64,
+    /// Hash slots per index file (1 Mi default).
+    pub index_slots: u32,
+    /// Entries per index file (4 Mi default).
+    pub index_entries_per_file: u32,
+    /// How often consume queues and index are fsynced and the checkpoint written (1 s default).
+    pub checkpoint_interval: Duration,
 }
 
 impl StoreConfig {
@@ -70,6 +111,11 @@ impl StoreConfig {
             disk_budget_bytes: None,
             retention_check_interval: Duration::from_secs(10),
             store_host: String::new(),
+            confirm: ConfirmMode::FollowWrite,
+            cq_entries_per_file: 300_000,
+            index_slots: 1 << 20,
+            index_entries_per_file: 4 << 20,
+            checkpoint_interval: Duration::from_secs(1),
         }
     }
 }
@@ -149,23 +195,140 @@ pub struct QueueRead {
     pub max_offset: u64,
 }
 
+/// A copy of an I/O error for each of several waiters (keeps the OS error code).
+pub(crate) fn copy_io_error(e: &std::io::Error) -> std::io::Error {
+    match e.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Handle to the store; cheap to clone, shared by all request handlers.
 #[derive(Clone)]
-pub struct MessageStore {}
+pub struct MessageStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<shared::Shared>,
+    /// `None` only while dropping: the writer stops when every sender is gone.
+    writer_tx: Option<tokio::sync::mpsc::Sender<WriterCmd>>,
+    /// Taken by `shutdown` (joins the threads) or by `Drop` (stops them without flushing).
+    started: parking_lot::Mutex<Option<Started>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.writer_tx = None;
+        if let Some(s) = self.started.get_mut().take() {
+            recovery::stop(s);
+        }
+    }
+}
 
 impl MessageStore {
     /// Opens (creating if needed) the store under `config.data_dir`, recovering after a crash:
     /// scans from the checkpoint, truncates at the first torn or corrupt record, rebuilds
     /// consume queues and index past the checkpoint. Starts the writer, flusher, dispatcher
-    /// and retention tasks on the current tokio runtime.
-    pub async fn open(_config: StoreConfig) -> Result<MessageStore, StoreError> {
-        todo!("storage engine")
+    /// and retention tasks (dedicated threads: their work is blocking file I/O).
+    pub async fn open(config: StoreConfig) -> Result<MessageStore, StoreError> {
+        let (started, writer_tx) =
+            tokio::task::spawn_blocking(move || recovery::open_blocking(config))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
+        Ok(MessageStore {
+            inner: Arc::new(Inner {
+                shared: started.shared.clone(),
+                writer_tx: Some(writer_tx),
+                started: parking_lot::Mutex::new(Some(started)),
+            }),
+        })
+    }
+
+    fn shared(&self) -> &shared::Shared {
+        &self.inner.shared
+    }
+
+    async fn to_writer(&self, cmd: WriterCmd) -> Result<(), StoreError> {
+        let tx = self.inner.writer_tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(cmd).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Validates and encodes a batch (on the caller's task, off the writer's thread).
+    fn encode(&self, batch: AppendBatch) -> Result<EncodedBatch, StoreError> {
+        let cfg = &self.shared().config;
+        sluice_proto::names::validate_topic_name(&batch.topic)
+            .map_err(|e| StoreError::Invalid(e.message))?;
+        if batch.messages.is_empty() {
+            return Err(StoreError::Invalid("empty batch".into()));
+        }
+        let mut buf = Vec::with_capacity(
+            batch
+                .messages
+                .iter()
+                .map(|m| record::payload_size(m) + 256)
+                .sum::<usize>(),
+        );
+        let mut records = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            let size = record::payload_size(m);
+            if size > cfg.max_message_size {
+                return Err(StoreError::MessageTooLarge {
+                    size,
+                    limit: cfg.max_message_size,
+                });
+            }
+            if m.message_id.is_empty() {
+                return Err(StoreError::Invalid("message id is empty".into()));
+            }
+            let start = buf.len();
+            record::encode(&mut buf, &batch.topic, batch.queue_id, m, &cfg.store_host)?;
+            records.push((start, buf.len() - start));
+        }
+        // A batch is written contiguously into one segment (one future Raft entry).
+        let limit = (cfg.segment_size as usize).saturating_sub(record::FILLER_LEN);
+        if buf.len() > limit {
+            return Err(StoreError::MessageTooLarge {
+                size: buf.len(),
+                limit,
+            });
+        }
+        Ok(EncodedBatch {
+            topic: batch.topic,
+            queue_id: batch.queue_id,
+            buf,
+            records,
+        })
     }
 
     /// Appends a batch; returns when acknowledged under the flush mode.
-    /// Errors: `MessageTooLarge`, `DiskFull`, `Timeout` (sync flush), `Io`, `Closed`.
-    pub async fn append(&self, _batch: AppendBatch) -> Result<AppendResult, StoreError> {
-        todo!("storage engine")
+    /// Errors: `MessageTooLarge`, `DiskFull`, `Timeout` (sync flush), `Io`, `Closed`,
+    /// `Invalid` (bad topic name, empty batch, empty message id, oversized fields).
+    pub async fn append(&self, batch: AppendBatch) -> Result<AppendResult, StoreError> {
+        if self.shared().closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let batch = self.encode(batch)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cfg = &self.shared().config;
+        let wait = async {
+            self.to_writer(WriterCmd::Append { batch, reply: tx })
+                .await?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        };
+        match cfg.flush {
+            FlushMode::Async => wait.await,
+            FlushMode::Sync => tokio::time::timeout(cfg.sync_flush_timeout, wait)
+                .await
+                .map_err(|_| StoreError::Timeout(cfg.sync_flush_timeout))?,
+        }
     }
 
     /// Reads up to `max_messages` / `max_bytes` (at least one record if any is available)
@@ -173,85 +336,181 @@ impl MessageStore {
     /// `offset` outside `[min, max]` gives `StoreError::OffsetOutOfRange`.
     pub fn read_queue(
         &self,
-        _topic: &str,
-        _queue_id: u32,
-        _offset: u64,
-        _max_messages: usize,
-        _max_bytes: usize,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
     ) -> Result<QueueRead, StoreError> {
-        todo!("storage engine")
+        reader::read_queue(
+            self.shared(),
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+        )
     }
 
     /// `(min, max)` visible queue offsets; `(0, 0)` for a queue never written.
-    pub fn queue_offsets(&self, _topic: &str, _queue_id: u32) -> (u64, u64) {
-        todo!("storage engine")
+    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
+        self.shared()
+            .queue(topic, queue_id)
+            .map_or((0, 0), |q| (q.min(), q.max()))
     }
 
     /// Store time of the last visible message of a queue, if any.
-    pub fn last_store_timestamp(&self, _topic: &str, _queue_id: u32) -> Option<i64> {
-        todo!("storage engine")
+    pub fn last_store_timestamp(&self, topic: &str, queue_id: u32) -> Option<i64> {
+        self.shared()
+            .queue(topic, queue_id)
+            .and_then(|q| q.last_store_ts())
     }
 
     /// The first queue offset whose message was stored at or after `timestamp_ms`
     /// (the max offset when none is).
-    pub fn offset_for_timestamp(&self, _topic: &str, _queue_id: u32, _timestamp_ms: i64) -> u64 {
-        todo!("storage engine")
+    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> u64 {
+        let Some(q) = self.shared().queue(topic, queue_id) else {
+            return 0;
+        };
+        q.offset_for_timestamp(timestamp_ms).unwrap_or_else(|e| {
+            tracing::error!(error = %e, topic, queue_id, "consume queue read failed");
+            q.max()
+        })
     }
 
     /// A watch on the dispatched commit-log position; it changes whenever new entries become
     /// visible to readers. Long-polling pulls wait on it.
     pub fn subscribe_dispatched(&self) -> tokio::sync::watch::Receiver<u64> {
-        todo!("storage engine")
+        self.shared().dispatched.subscribe()
     }
 
     /// Reads the record at a commit-log offset (must be a record boundary below the confirmed offset).
-    pub fn read_at(&self, _commit_log_offset: u64) -> Result<StoredRecord, StoreError> {
-        todo!("storage engine")
+    pub fn read_at(&self, commit_log_offset: u64) -> Result<StoredRecord, StoreError> {
+        let s = self.shared();
+        let confirmed = s.confirmed.load(Ordering::Acquire);
+        let min = s.log.min_offset().unwrap_or(0);
+        if commit_log_offset >= confirmed || commit_log_offset < min {
+            return Err(StoreError::OffsetOutOfRange {
+                offset: commit_log_offset,
+                min,
+                max: confirmed,
+            });
+        }
+        s.log.read_record(commit_log_offset)
     }
 
     /// Looks a message up by its unique id.
-    pub fn get_by_id(&self, _message_id: &str) -> Result<Option<StoredRecord>, StoreError> {
-        todo!("storage engine")
+    pub fn get_by_id(&self, message_id: &str) -> Result<Option<StoredRecord>, StoreError> {
+        reader::get_by_id(self.shared(), message_id)
     }
 
     /// Messages of `topic` carrying `key`, newest first, at most `max`.
     pub fn find_by_key(
         &self,
-        _topic: &str,
-        _key: &str,
-        _max: usize,
+        topic: &str,
+        key: &str,
+        max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        todo!("storage engine")
+        reader::find_by_key(self.shared(), topic, key, max)
     }
 
     /// Messages of `topic` stored within `[from_ms, to_ms]`, oldest first, at most `max`.
     pub fn find_by_time(
         &self,
-        _topic: &str,
-        _from_ms: i64,
-        _to_ms: i64,
-        _max: usize,
+        topic: &str,
+        from_ms: i64,
+        to_ms: i64,
+        max: usize,
     ) -> Result<Vec<StoredRecord>, StoreError> {
-        todo!("storage engine")
+        reader::find_by_time(self.shared(), topic, from_ms, to_ms, max)
     }
 
     /// Commit-log byte range held: `(min, max)`; max is the write position.
     pub fn commit_log_range(&self) -> (u64, u64) {
-        todo!("storage engine")
+        let s = self.shared();
+        (
+            s.log.min_offset().unwrap_or(0),
+            s.write_pos.load(Ordering::Acquire),
+        )
     }
 
     /// Highest commit-log offset visible to readers (the dispatcher stops there).
     pub fn confirmed_offset(&self) -> u64 {
-        todo!("storage engine")
+        self.shared().confirmed.load(Ordering::Acquire)
+    }
+
+    /// Moves the confirmed offset (only with `ConfirmMode::External`): records that end at
+    /// or below it become visible. It never moves backwards (use `truncate_to`) and never past
+    /// the write position.
+    pub fn set_confirmed_offset(&self, offset: u64) -> Result<(), StoreError> {
+        let s = self.shared();
+        if s.config.confirm != ConfirmMode::External {
+            return Err(StoreError::Invalid(
+                "the confirmed offset follows the write position (confirm = follow_write)".into(),
+            ));
+        }
+        let write = s.write_pos.load(Ordering::Acquire);
+        if offset > write {
+            let min = s.log.min_offset().unwrap_or(0);
+            return Err(StoreError::OffsetOutOfRange {
+                offset,
+                min,
+                max: write,
+            });
+        }
+        if offset > s.confirmed.fetch_max(offset, Ordering::AcqRel) {
+            s.wake_dispatcher();
+        }
+        Ok(())
+    }
+
+    /// Drops every record from `offset` (a record boundary) on, with their consume-queue and
+    /// index entries, and resets the next queue offsets. Goes through the writer.
+    pub async fn truncate_to(&self, offset: u64) -> Result<(), StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.to_writer(WriterCmd::Truncate { offset, reply: tx })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Share of the disk budget in use, 0..1.
     pub fn disk_usage_ratio(&self) -> f64 {
-        todo!("storage engine")
+        self.shared().disk.ratio()
     }
 
-    /// Flushes, writes a checkpoint and stops the store's tasks.
+    /// Flushes, writes a checkpoint and stops the store's tasks. Reads keep working;
+    /// appends fail with `Closed`.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
-        todo!("storage engine")
+        let s = self.shared();
+        if s.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let flushed = match self.to_writer(WriterCmd::Shutdown { reply: tx }).await {
+            Ok(()) => rx.await.unwrap_or(Err(StoreError::Closed)),
+            Err(_) => Err(StoreError::Closed),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let checkpointed = match s
+            .dispatch_tx
+            .send(shared::DispatchMsg::Shutdown { reply: tx })
+        {
+            Ok(()) => rx
+                .await
+                .map_err(|_| StoreError::Closed)
+                .and_then(|r| r.map_err(StoreError::from)),
+            Err(_) => Err(StoreError::Closed),
+        };
+        let started = self.inner.started.lock().take();
+        if let Some(started) = started {
+            tokio::task::spawn_blocking(move || recovery::stop(started))
+                .await
+                .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+        }
+        flushed?;
+        checkpointed
     }
 }
+
+/// Ids of records already returned (lookups may meet an entry twice after a re-dispatch).
+type Seen = HashSet<u64>;

@@ -1,0 +1,235 @@
+//! Commit-log segments and the read side shared by every reader.
+//!
+//! Segment files are named by their starting byte offset (20 digits). They grow as the
+//! writer appends (no preallocation), so a file's length is its high-water mark. Readers use
+//! positioned reads (`pread`) on a shared `File`, never a mapping: a truncated or rewritten
+//! tail can then only yield bytes that fail the record CRC, never undefined behaviour.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use super::record::{self, Probe};
+use super::{StoreError, StoredRecord};
+
+pub struct Segment {
+    pub base: u64,
+    pub path: PathBuf,
+    pub file: File,
+    /// Store time of the newest record in the segment (retention by age).
+    pub last_store_ts: AtomicI64,
+    /// Bytes of the segment in use (the writer's position within it; the file length on open).
+    pub len: AtomicU64,
+}
+
+impl Segment {
+    pub fn open(dir: &Path, base: u64, create: bool) -> io::Result<Segment> {
+        let path = dir.join(format!("{base:020}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .open(&path)?;
+        let meta = file.metadata()?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(Segment {
+            base,
+            path,
+            file,
+            last_store_ts: AtomicI64::new(mtime),
+            len: AtomicU64::new(meta.len()),
+        })
+    }
+}
+
+/// The set of segments, shared by the writer (which alone adds, truncates and removes them)
+/// and every reader.
+pub struct CommitLog {
+    pub dir: PathBuf,
+    pub segment_size: u64,
+    segments: RwLock<Vec<Arc<Segment>>>,
+}
+
+/// Parses a 20-digit zero-padded file name.
+pub fn parse_offset_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Files in `dir` named by a 20-digit offset, sorted by it.
+pub fn list_offset_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if let Some(off) = e.file_name().to_str().and_then(parse_offset_name) {
+            out.push((off, e.path()));
+        }
+    }
+    out.sort_unstable_by_key(|(o, _)| *o);
+    Ok(out)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl CommitLog {
+    pub fn new(dir: PathBuf, segment_size: u64, segments: Vec<Arc<Segment>>) -> CommitLog {
+        CommitLog {
+            dir,
+            segment_size,
+            segments: RwLock::new(segments),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<Arc<Segment>> {
+        self.segments.read().clone()
+    }
+
+    pub fn last(&self) -> Option<Arc<Segment>> {
+        self.segments.read().last().cloned()
+    }
+
+    pub fn min_offset(&self) -> Option<u64> {
+        self.segments.read().first().map(|s| s.base)
+    }
+
+    /// The segment holding `offset`.
+    pub fn segment_for(&self, offset: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read();
+        let i = segs.partition_point(|s| s.base <= offset);
+        if i == 0 {
+            return None;
+        }
+        Some(segs[i - 1].clone())
+    }
+
+    pub fn push(&self, seg: Arc<Segment>) {
+        self.segments.write().push(seg);
+    }
+
+    /// Removes segments starting at or after `base` from the set (files are the caller's job).
+    pub fn remove_from(&self, base: u64) -> Vec<Arc<Segment>> {
+        let mut segs = self.segments.write();
+        let i = segs.partition_point(|s| s.base < base);
+        segs.split_off(i)
+    }
+
+    /// The segment after the one starting at `base`.
+    pub fn next_after(&self, base: u64) -> Option<Arc<Segment>> {
+        let segs = self.segments.read();
+        let i = segs.partition_point(|s| s.base <= base);
+        segs.get(i).cloned()
+    }
+
+    /// Removes the `count` oldest segments from the set, never the newest one.
+    pub fn remove_head(&self, count: usize) -> Vec<Arc<Segment>> {
+        let mut segs = self.segments.write();
+        let n = count.min(segs.len().saturating_sub(1));
+        segs.drain(..n).collect()
+    }
+
+    /// Reads `len` bytes at `offset` (within one segment) into a new buffer.
+    pub fn read_exact(&self, offset: u64, len: usize) -> Result<Bytes, StoreError> {
+        let seg = self
+            .segment_for(offset)
+            .ok_or_else(|| self.out_of_range(offset))?;
+        let mut buf = BytesMut::zeroed(len);
+        let n = read_full(&seg.file, &mut buf, offset - seg.base)?;
+        if n < len {
+            return Err(StoreError::Corrupt {
+                offset,
+                reason: format!("short read: {n} of {len} bytes"),
+            });
+        }
+        Ok(buf.freeze())
+    }
+
+    fn out_of_range(&self, offset: u64) -> StoreError {
+        let segs = self.segments.read();
+        let min = segs.first().map_or(0, |s| s.base);
+        let max = segs
+            .last()
+            .map_or(0, |s| s.base + s.len.load(Ordering::Acquire));
+        StoreError::OffsetOutOfRange { offset, min, max }
+    }
+
+    /// Reads and verifies the record at `offset`, whose size is unknown.
+    pub fn read_record(&self, offset: u64) -> Result<StoredRecord, StoreError> {
+        let seg = self
+            .segment_for(offset)
+            .ok_or_else(|| self.out_of_range(offset))?;
+        let seg_len = seg.len.load(Ordering::Acquire);
+        let in_seg = offset - seg.base;
+        if in_seg >= seg_len {
+            return Err(self.out_of_range(offset));
+        }
+        // One read usually suffices; a larger record costs a second one.
+        let guess = (seg_len - in_seg).min(4096) as usize;
+        let mut buf = BytesMut::zeroed(guess);
+        let n = read_full(&seg.file, &mut buf, in_seg)?;
+        buf.truncate(n);
+        if n >= 4 {
+            let total = record::u32_at(&buf, 0) as usize;
+            if total > n && (total as u64) <= seg_len - in_seg {
+                buf.resize(total, 0);
+                let m = read_full(&seg.file, &mut buf[n..], in_seg + n as u64)?;
+                buf.truncate(n + m);
+            }
+        }
+        decode_at(&buf.freeze(), 0, offset)
+    }
+}
+
+/// Verifies and decodes the record that starts at `buf[at]` and claims to live at commit-log
+/// offset `offset`.
+pub fn decode_at(buf: &Bytes, at: usize, offset: u64) -> Result<StoredRecord, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        offset,
+        reason: reason.to_owned(),
+    };
+    let rest = buf
+        .get(at..)
+        .ok_or_else(|| corrupt("record outside the buffer"))?;
+    let total = match record::probe(rest) {
+        Probe::Record(t) => t as usize,
+        Probe::Filler => return Err(corrupt("not a record boundary (segment filler)")),
+        Probe::Incomplete => return Err(corrupt("incomplete record")),
+        Probe::Corrupt(why) => return Err(corrupt(why)),
+    };
+    let view = record::parse(&rest[..total]).map_err(corrupt)?;
+    if view.physical_offset() != offset {
+        return Err(corrupt("not a record boundary"));
+    }
+    Ok(view.to_stored(buf, at))
+}
+
+/// `pread` until `buf` is full or the end of the file; returns the bytes read.
+pub fn read_full(file: &File, buf: &mut [u8], mut pos: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], pos) {
+            Ok(0) => break,
+            Ok(n) => {
+                done += n;
+                pos += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,396 @@
+//! The dispatcher: follows the commit log up to the confirmed offset and builds the consume
+//! queues and the index; writes checkpoints. Runs on its own thread (all its work is blocking
+//! file I/O) and is the only writer of consume queues, index and checkpoint.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::checkpoint::{self, Checkpoint, Stored};
+use super::cq::{ConsumeQueue, CqEntry, ENTRY_LEN};
+use super::index::{id_hash, key_hash, IndexWriter};
+use super::record::{self, Probe, RecordView};
+use super::shared::{DispatchMsg, Shared};
+
+const CHUNK: usize = 4 << 20;
+
+struct PendingQueue {
+    queue: Arc<ConsumeQueue>,
+    /// Queue offset of the first buffered entry.
+    first: u64,
+    data: Vec<u8>,
+    last_ts: i64,
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    /// Everything below is dispatched.
+    pos: u64,
+    /// Offset recorded by the last checkpoint.
+    ckpt_pos: u64,
+    last_ckpt: Instant,
+    buf: Vec<u8>,
+    pending: HashMap<String, HashMap<u32, PendingQueue>>,
+    /// Queues written since the last checkpoint, with the first queue offset written.
+    dirty: HashMap<(String, u32), (Arc<ConsumeQueue>, u64)>,
+    index: IndexWriter,
+    /// Records below this offset are already indexed (re-dispatch after recovery).
+    index_floor: u64,
+    /// Set when a record cannot be dispatched (corruption): stop rather than skip it.
+    stalled: bool,
+}
+
+/// How the dispatcher thread ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Exit {
+    Stop,
+    /// A failpoint simulated a crash (tests).
+    Crashed,
+}
+
+impl Dispatcher {
+    /// Starts at `pos`; records below `index_floor` are already in the index.
+    pub fn new(shared: Arc<Shared>, pos: u64, ckpt_pos: u64, index_floor: u64) -> Dispatcher {
+        Dispatcher {
+            shared,
+            pos,
+            ckpt_pos,
+            index_floor,
+            last_ckpt: Instant::now(),
+            buf: Vec::new(),
+            pending: HashMap::new(),
+            dirty: HashMap::new(),
+            index: IndexWriter::default(),
+            stalled: false,
+        }
+    }
+
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The thread body.
+    pub fn run(mut self, rx: Receiver<DispatchMsg>) {
+        let interval = self.shared.config.checkpoint_interval;
+        loop {
+            let wait = interval
+                .saturating_sub(self.last_ckpt.elapsed())
+                .max(Duration::from_millis(1));
+            let exit = match rx.recv_timeout(wait) {
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Ok(Some(Exit::Stop)),
+            };
+            let exit = match exit {
+                Ok(None) if self.last_ckpt.elapsed() >= interval => self.checkpoint(),
+                other => other,
+            };
+            match exit {
+                Ok(None) => {}
+                Ok(Some(_)) => return,
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatcher I/O error; retrying");
+                    // Back off so a persistent error does not spin.
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: DispatchMsg) -> io::Result<Option<Exit>> {
+        match msg {
+            DispatchMsg::Wake => {
+                self.shared.wake_pending.store(false, Ordering::Release);
+                let target = self.shared.confirmed.load(Ordering::Acquire);
+                self.dispatch_to(target)?;
+                Ok(None)
+            }
+            DispatchMsg::Truncate { offset, reply } => {
+                let (result, exit) = match self.truncate(offset) {
+                    Ok(exit) => (Ok(()), exit),
+                    Err(e) => (Err(e), None),
+                };
+                let _ = reply.send(result);
+                Ok(exit)
+            }
+            DispatchMsg::Trim { log_min } => {
+                for q in self.shared.all_queues() {
+                    q.trim_head(log_min)?;
+                }
+                self.shared.index.trim_head(log_min)?;
+                Ok(None)
+            }
+            DispatchMsg::Stop => Ok(Some(Exit::Stop)),
+            DispatchMsg::Shutdown { reply } => {
+                let target = self.shared.confirmed.load(Ordering::Acquire);
+                let r = self.dispatch_to(target).and_then(|()| self.checkpoint());
+                let _ = reply.send(r.map(|_| ()));
+                Ok(Some(Exit::Stop))
+            }
+        }
+    }
+
+    /// Dispatches every complete record below `target`.
+    pub fn dispatch_to(&mut self, target: u64) -> io::Result<()> {
+        let shared = self.shared.clone();
+        let log = &shared.log;
+        let mut need = 0usize;
+        while self.pos < target && !self.stalled {
+            let Some(seg) = log.segment_for(self.pos) else {
+                tracing::error!(
+                    pos = self.pos,
+                    "dispatch position is outside the commit log"
+                );
+                self.stalled = true;
+                break;
+            };
+            let in_seg = self.pos - seg.base;
+            let seg_len = seg.len.load(Ordering::Acquire);
+            if in_seg >= seg_len {
+                // End of this segment's data: the next record starts the next segment.
+                match log.next_after(seg.base) {
+                    Some(n) => {
+                        self.pos = n.base;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let want = ((seg_len - in_seg).min(target - self.pos) as usize).min(CHUNK.max(need));
+            // Taken out of `self` so records can borrow it while `self` is updated.
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.resize(want, 0);
+            let got = super::commitlog::read_full(&seg.file, &mut buf, in_seg)?;
+            buf.truncate(got);
+            let mut at = 0usize;
+            let mut jump_segment = false;
+            while at < buf.len() {
+                let phy = self.pos + at as u64;
+                match record::probe(&buf[at..]) {
+                    Probe::Record(t) => {
+                        let t = t as usize;
+                        match record::parse(&buf[at..at + t]) {
+                            Ok(view) if view.physical_offset() == phy => {
+                                if let Err(e) = self.dispatch_record(&view, phy) {
+                                    self.buf = buf;
+                                    return Err(e);
+                                }
+                            }
+                            Ok(_) | Err(_) => {
+                                tracing::error!(
+                                    offset = phy,
+                                    "undispatchable record; dispatch stops"
+                                );
+                                self.stalled = true;
+                                break;
+                            }
+                        }
+                        at += t;
+                    }
+                    Probe::Filler => {
+                        jump_segment = true;
+                        break;
+                    }
+                    Probe::Incomplete => break,
+                    Probe::Corrupt(why) => {
+                        tracing::error!(offset = phy, why, "corrupt record; dispatch stops");
+                        self.stalled = true;
+                        break;
+                    }
+                }
+            }
+            let head_total = if buf.len() >= 4 {
+                record::u32_at(&buf, 0) as usize
+            } else {
+                0
+            };
+            self.buf = buf;
+            self.pos += at as u64;
+            if jump_segment {
+                match log.next_after(seg.base) {
+                    Some(n) => {
+                        self.pos = n.base;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            if at == 0 && !self.stalled {
+                // The record at `pos` is larger than what was read: read it whole next time,
+                // unless it is not complete below the target yet.
+                let total = head_total;
+                if total > want
+                    && self.pos + total as u64 <= target
+                    && total as u64 <= seg_len - in_seg
+                {
+                    need = total;
+                    continue;
+                }
+                break;
+            }
+            need = 0;
+            self.publish()?;
+        }
+        self.publish()
+    }
+
+    fn dispatch_record(&mut self, view: &RecordView<'_>, phy: u64) -> io::Result<()> {
+        let topic = view.topic;
+        let qid = view.queue_id();
+        let qoff = view.queue_offset();
+        let ts = view.store_timestamp();
+        if !self
+            .pending
+            .get(topic)
+            .is_some_and(|m| m.contains_key(&qid))
+        {
+            let queue = self.shared.queue_or_create(topic, qid)?;
+            let first = queue.max();
+            self.pending.entry(topic.to_owned()).or_default().insert(
+                qid,
+                PendingQueue {
+                    queue,
+                    first,
+                    data: Vec::new(),
+                    last_ts: 0,
+                },
+            );
+        }
+        let Some(p) = self.pending.get_mut(topic).and_then(|m| m.get_mut(&qid)) else {
+            return Ok(());
+        };
+        let mut expected = p.first + (p.data.len() / ENTRY_LEN) as u64;
+        if qoff > expected && p.data.is_empty() && p.queue.is_empty() {
+            // The queue's older records are gone (retention) and its files with them: it
+            // starts where its oldest remaining record is.
+            p.queue.start_at(qoff)?;
+            p.first = qoff;
+            expected = qoff;
+        }
+        if qoff == expected {
+            let entry = CqEntry {
+                phy,
+                size: view.total_size(),
+                tag_hash: record::tag_hash(view.tag),
+                store_ts: ts,
+            };
+            p.data.extend_from_slice(&entry.encode());
+            p.last_ts = ts;
+        } else if qoff > expected {
+            tracing::error!(
+                topic,
+                qid,
+                qoff,
+                expected,
+                "queue offset gap; record not queued"
+            );
+        }
+        // qoff < expected: already dispatched before a restart; nothing to add.
+        if phy < self.index_floor {
+            // Indexed before the restart (the index was kept up to here).
+            return Ok(());
+        }
+        let index = &self.shared.index;
+        if !view.message_id.is_empty() {
+            index.add(&mut self.index, id_hash(view.message_id), phy)?;
+        }
+        for k in view.keys() {
+            index.add(&mut self.index, key_hash(topic, k), phy)?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered entries and makes everything below `pos` visible.
+    fn publish(&mut self) -> io::Result<()> {
+        for (topic, m) in &mut self.pending {
+            for (qid, p) in m.iter_mut() {
+                if p.data.is_empty() {
+                    continue;
+                }
+                p.queue.write(p.first, &p.data)?;
+                let max = p.first + (p.data.len() / ENTRY_LEN) as u64;
+                p.queue.publish(max, p.last_ts);
+                self.dirty
+                    .entry((topic.clone(), *qid))
+                    .or_insert_with(|| (p.queue.clone(), p.first));
+                p.first = max;
+                p.data.clear();
+            }
+        }
+        self.shared.index.flush(&mut self.index)?;
+        self.shared.dispatched.send_if_modified(|d| {
+            let changed = *d != self.pos;
+            *d = self.pos;
+            changed
+        });
+        Ok(())
+    }
+
+    /// Makes everything dispatched durable and records it in the checkpoint.
+    fn checkpoint(&mut self) -> io::Result<Option<Exit>> {
+        self.last_ckpt = Instant::now();
+        if self.pos == self.ckpt_pos {
+            return Ok(None);
+        }
+        self.publish()?;
+        // The checkpoint promises the commit log is durable up to `pos` as well.
+        for seg in self.shared.log.snapshot() {
+            let end = seg.base + seg.len.load(Ordering::Acquire);
+            if end > self.ckpt_pos && seg.base < self.pos {
+                seg.file.sync_data()?;
+            }
+        }
+        for (_, (q, from)) in self.dirty.drain() {
+            q.sync_from(from)?;
+        }
+        self.shared.index.sync()?;
+        self.store_checkpoint(self.pos)
+    }
+
+    fn store_checkpoint(&mut self, pos: u64) -> io::Result<Option<Exit>> {
+        let now = super::now_ms();
+        match checkpoint::store(
+            &self.shared.config.data_dir,
+            &Checkpoint {
+                dispatched: pos,
+                written_at_ms: now,
+                queues: self
+                    .shared
+                    .all_queues()
+                    .iter()
+                    .map(|q| (q.topic.clone(), q.queue_id, q.max()))
+                    .collect(),
+            },
+        )? {
+            Stored::Done => {
+                self.ckpt_pos = pos;
+                Ok(None)
+            }
+            Stored::Crashed => Ok(Some(Exit::Crashed)),
+        }
+    }
+
+    /// Drops consume-queue and index entries at or above `offset`.
+    fn truncate(&mut self, offset: u64) -> io::Result<Option<Exit>> {
+        self.publish()?;
+        self.stalled = false;
+        if offset < self.pos {
+            for q in self.shared.all_queues() {
+                let keep = q.count_below(offset)?;
+                q.truncate(keep)?;
+            }
+            self.shared.index.truncate(offset)?;
+            self.index_floor = self.index_floor.min(offset);
+            self.pending.clear();
+            self.pos = offset;
+            self.shared.dispatched.send_replace(offset);
+        }
+        if self.ckpt_pos > self.pos {
+            return self.store_checkpoint(self.pos);
+        }
+        Ok(None)
+    }
+}

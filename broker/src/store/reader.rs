@@ -1,0 +1,214 @@
+//! Read paths: queue reads, lookups by id, key and time. They never block the writer: they
+//! read consume queues and segments with positioned reads, and verify every record's CRC
+//! before handing it out.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::cq::CqEntry;
+use super::index::{id_hash, key_hash};
+use super::shared::Shared;
+use super::{commitlog, QueueRead, Seen, StoreError, StoredRecord};
+
+/// Records of one queue closer than this in the log are fetched with one read.
+const MAX_GAP: u64 = 1024;
+
+pub fn read_queue(
+    s: &Shared,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    max_messages: usize,
+    max_bytes: usize,
+) -> Result<QueueRead, StoreError> {
+    let Some(q) = s.queue(topic, queue_id) else {
+        if offset == 0 {
+            return Ok(QueueRead::default());
+        }
+        return Err(StoreError::OffsetOutOfRange {
+            offset,
+            min: 0,
+            max: 0,
+        });
+    };
+    let (min, max) = (q.min(), q.max());
+    if offset < min || offset > max {
+        return Err(StoreError::OffsetOutOfRange { offset, min, max });
+    }
+    let entries = q.entries(offset, max_messages.max(1))?;
+    // Bound by bytes, keeping at least one record.
+    let mut total = 0usize;
+    let mut take = 0;
+    for e in &entries {
+        if take > 0 && total + e.size as usize > max_bytes {
+            break;
+        }
+        total += e.size as usize;
+        take += 1;
+    }
+    let records = read_entries(s, &entries[..take], |i, r| {
+        r.topic == topic && r.queue_id == queue_id && r.queue_offset == offset + i as u64
+    })?;
+    Ok(QueueRead {
+        next_offset: offset + records.len() as u64,
+        records,
+        min_offset: min,
+        max_offset: max,
+    })
+}
+
+/// Reads the records of `entries` (in log order), fetching neighbours with one read each and
+/// slicing bodies out of the shared buffer. `check` validates each record against its entry.
+fn read_entries(
+    s: &Shared,
+    entries: &[CqEntry],
+    check: impl Fn(usize, &StoredRecord) -> bool,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut i = 0;
+    while i < entries.len() {
+        let first = entries[i];
+        let seg = s
+            .log
+            .segment_for(first.phy)
+            .ok_or_else(|| gone(s, first.phy))?;
+        let seg_end = seg.base + seg.len.load(Ordering::Acquire);
+        let mut j = i + 1;
+        let mut end = first.phy + u64::from(first.size);
+        while j < entries.len() {
+            let e = entries[j];
+            let e_end = e.phy + u64::from(e.size);
+            if e.phy < end || e.phy - end > MAX_GAP || e_end > seg_end {
+                break;
+            }
+            end = e_end;
+            j += 1;
+        }
+        let buf: Bytes = s.log.read_exact(first.phy, (end - first.phy) as usize)?;
+        for (k, e) in entries[i..j].iter().enumerate() {
+            let rec = commitlog::decode_at(&buf, (e.phy - first.phy) as usize, e.phy)?;
+            if !check(i + k, &rec) {
+                return Err(StoreError::Corrupt {
+                    offset: e.phy,
+                    reason: "record does not match its consume-queue entry".into(),
+                });
+            }
+            out.push(rec);
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
+fn gone(s: &Shared, offset: u64) -> StoreError {
+    let min = s.log.min_offset().unwrap_or(0);
+    StoreError::OffsetOutOfRange {
+        offset,
+        min,
+        max: s.write_pos.load(Ordering::Acquire),
+    }
+}
+
+/// The record at an index hit, if it is still there and intact.
+fn index_hit(s: &Shared, phy: u64) -> Option<StoredRecord> {
+    if phy < s.log.min_offset().unwrap_or(0) {
+        return None;
+    }
+    match s.log.read_record(phy) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::debug!(offset = phy, error = %e, "stale index entry");
+            None
+        }
+    }
+}
+
+fn visible(s: &Shared) -> u64 {
+    *s.dispatched.borrow()
+}
+
+pub fn get_by_id(s: &Shared, message_id: &str) -> Result<Option<StoredRecord>, StoreError> {
+    let mut found = None;
+    s.index.lookup(id_hash(message_id), visible(s), |phy| {
+        match index_hit(s, phy) {
+            Some(r) if r.message_id == message_id => {
+                found = Some(r);
+                false
+            }
+            _ => true,
+        }
+    })?;
+    Ok(found)
+}
+
+pub fn find_by_key(
+    s: &Shared,
+    topic: &str,
+    key: &str,
+    max: usize,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    let mut out = Vec::new();
+    let mut seen = Seen::new();
+    if max == 0 {
+        return Ok(out);
+    }
+    s.index.lookup(key_hash(topic, key), visible(s), |phy| {
+        if seen.insert(phy) {
+            if let Some(r) = index_hit(s, phy) {
+                if r.topic == topic && r.keys.iter().any(|k| k == key) {
+                    out.push(r);
+                }
+            }
+        }
+        out.len() < max
+    })?;
+    // Files are visited newest first, entries within a file newest first.
+    out.sort_by_key(|r| std::cmp::Reverse(r.commit_log_offset));
+    Ok(out)
+}
+
+pub fn find_by_time(
+    s: &Shared,
+    topic: &str,
+    from_ms: i64,
+    to_ms: i64,
+    max: usize,
+) -> Result<Vec<StoredRecord>, StoreError> {
+    if max == 0 || from_ms > to_ms {
+        return Ok(Vec::new());
+    }
+    let queues: Vec<_> = s
+        .queues
+        .read()
+        .get(topic)
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default();
+    let mut hits: Vec<CqEntry> = Vec::new();
+    for q in queues {
+        let mut at = q.offset_for_timestamp(from_ms)?;
+        let mut taken = 0;
+        'queue: while taken < max && at < q.max() {
+            let batch = q.entries(at, 256)?;
+            if batch.is_empty() {
+                break;
+            }
+            for e in &batch {
+                if e.store_ts > to_ms || taken == max {
+                    break 'queue;
+                }
+                hits.push(*e);
+                taken += 1;
+            }
+            at += batch.len() as u64;
+        }
+    }
+    hits.sort_by_key(|e| (e.store_ts, e.phy));
+    hits.truncate(max);
+    // Read in log order, hand out oldest first.
+    let mut by_phy = hits.clone();
+    by_phy.sort_by_key(|e| e.phy);
+    let mut recs = read_entries(s, &by_phy, |_, r| r.topic == topic)?;
+    recs.sort_by_key(|r| (r.store_timestamp_ms, r.commit_log_offset));
+    Ok(recs)
+}

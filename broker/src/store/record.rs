@@ -1,0 +1,452 @@
+//! On-disk record format of the commit log.
+//!
+//! Every record is self-describing: a fixed 88-byte header followed by length-prefixed
+//! variable fields. All integers are little-endian. The record CRC (CRC32C) covers the whole
+//! record except the CRC field itself, so any torn or flipped byte is detected.
+//!
+//! ```text
+//!  0 u32 total_size        4 u32 magic            8 u32 record_crc     12 u32 body_crc
+//! 16 u32 queue_id         20 u32 flag            24 u32 sys_flag      28 u32 reconsume_times
+//! 32 u64 queue_offset     40 u64 physical_offset 48 i64 born_ts_ms    56 i64 store_ts_ms
+//! 64 u64 prepared_tx_off  72 u64 term            80 u64 entry_index
+//! 88 topic(u16) born_host(u16) store_host(u16) message_id(u16) tag(u16)
+//!    keys: u16 count, each u16 len + bytes
+//!    properties: u16 count, each u16 key len + key, u32 value len + value
+//!    body: u32 len + bytes
+//! ```
+//!
+//! A segment that cannot hold the next record ends with a 12-byte filler: total_size = bytes
+//! left in the segment, magic = [`FILLER_MAGIC`], CRC over the first 8 bytes.
+
+use bytes::Bytes;
+
+use super::{AppendMessage, StoreError, StoredRecord};
+
+pub const MAGIC_V1: u32 = 0x534C_5501;
+pub const FILLER_MAGIC: u32 = 0x534C_55FF;
+pub const HEADER_LEN: usize = 88;
+pub const FILLER_LEN: usize = 12;
+
+pub const OFF_TOTAL: usize = 0;
+pub const OFF_MAGIC: usize = 4;
+pub const OFF_CRC: usize = 8;
+pub const OFF_BODY_CRC: usize = 12;
+pub const OFF_QUEUE_ID: usize = 16;
+pub const OFF_QUEUE_OFFSET: usize = 32;
+pub const OFF_PHYSICAL: usize = 40;
+pub const OFF_STORE_TS: usize = 56;
+pub const OFF_TERM: usize = 72;
+pub const OFF_ENTRY_INDEX: usize = 80;
+
+/// Stable 64-bit hash of a tag, kept in consume-queue entries for broker-side filtering
+/// (FNV-1a: persisted, so it must never change).
+pub fn tag_hash(tag: &str) -> u64 {
+    if tag.is_empty() {
+        return 0;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tag.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn put_u16(buf: &mut Vec<u8>, v: u16) {
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u32(buf: &mut Vec<u8>, v: u32) {
+    buf.extend_from_slice(&v.to_le_bytes());
+}
+
+fn short_len(s: &str, what: &str) -> Result<u16, StoreError> {
+    u16::try_from(s.len()).map_err(|_| {
+        StoreError::Invalid(format!("{what} is {} bytes; the limit is 65535", s.len()))
+    })
+}
+
+fn put_str16(buf: &mut Vec<u8>, s: &str, what: &str) -> Result<(), StoreError> {
+    put_u16(buf, short_len(s, what)?);
+    buf.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// Bytes of a message that count against `max_message_size`: body plus properties
+/// (tag, keys, user properties).
+pub fn payload_size(m: &AppendMessage) -> usize {
+    m.body.len()
+        + m.tag.len()
+        + m.keys.iter().map(String::len).sum::<usize>()
+        + m.properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// Encodes one record into `buf`. Queue offset, physical offset, store time and the record
+/// CRC are left zero: the writer fills them in with [`seal`] when it assigns a position.
+pub fn encode(
+    buf: &mut Vec<u8>,
+    topic: &str,
+    queue_id: u32,
+    m: &AppendMessage,
+    store_host: &str,
+) -> Result<(), StoreError> {
+    let start = buf.len();
+    buf.resize(start + HEADER_LEN, 0);
+    {
+        let h = &mut buf[start..start + HEADER_LEN];
+        h[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&MAGIC_V1.to_le_bytes());
+        h[OFF_BODY_CRC..OFF_BODY_CRC + 4].copy_from_slice(&crc32c::crc32c(&m.body).to_le_bytes());
+        h[16..20].copy_from_slice(&queue_id.to_le_bytes());
+        h[20..24].copy_from_slice(&m.flag.to_le_bytes());
+        h[24..28].copy_from_slice(&m.sys_flag.to_le_bytes());
+        h[28..32].copy_from_slice(&m.reconsume_times.to_le_bytes());
+        h[48..56].copy_from_slice(&m.born_timestamp_ms.to_le_bytes());
+        h[64..72].copy_from_slice(&m.prepared_transaction_offset.to_le_bytes());
+    }
+    put_str16(buf, topic, "topic")?;
+    put_str16(buf, &m.born_host, "born host")?;
+    put_str16(buf, store_host, "store host")?;
+    put_str16(buf, &m.message_id, "message id")?;
+    put_str16(buf, &m.tag, "tag")?;
+    let nkeys = u16::try_from(m.keys.len())
+        .map_err(|_| StoreError::Invalid(format!("{} keys; the limit is 65535", m.keys.len())))?;
+    put_u16(buf, nkeys);
+    for k in &m.keys {
+        put_str16(buf, k, "key")?;
+    }
+    let nprops = u16::try_from(m.properties.len()).map_err(|_| {
+        StoreError::Invalid(format!(
+            "{} properties; the limit is 65535",
+            m.properties.len()
+        ))
+    })?;
+    put_u16(buf, nprops);
+    for (k, v) in &m.properties {
+        put_str16(buf, k, "property name")?;
+        let vlen = u32::try_from(v.len())
+            .map_err(|_| StoreError::Invalid("property value too long".into()))?;
+        put_u32(buf, vlen);
+        buf.extend_from_slice(v.as_bytes());
+    }
+    let blen =
+        u32::try_from(m.body.len()).map_err(|_| StoreError::Invalid("body too long".into()))?;
+    put_u32(buf, blen);
+    buf.extend_from_slice(&m.body);
+    let total = u32::try_from(buf.len() - start)
+        .map_err(|_| StoreError::Invalid("record too long".into()))?;
+    buf[start..start + 4].copy_from_slice(&total.to_le_bytes());
+    Ok(())
+}
+
+/// Fills in the position fields of an encoded record and computes its CRC.
+pub fn seal(rec: &mut [u8], queue_offset: u64, physical_offset: u64, store_ts_ms: i64) {
+    rec[OFF_QUEUE_OFFSET..OFF_QUEUE_OFFSET + 8].copy_from_slice(&queue_offset.to_le_bytes());
+    rec[OFF_PHYSICAL..OFF_PHYSICAL + 8].copy_from_slice(&physical_offset.to_le_bytes());
+    rec[OFF_STORE_TS..OFF_STORE_TS + 8].copy_from_slice(&store_ts_ms.to_le_bytes());
+    // term and entry_index stay 0 in standalone mode.
+    let crc = record_crc(rec);
+    rec[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn record_crc(rec: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&rec[..OFF_CRC]), &rec[OFF_CRC + 4..])
+}
+
+/// A filler that marks the rest of a segment (`len` bytes, at least [`FILLER_LEN`]) as unused.
+pub fn filler(len: u32) -> [u8; FILLER_LEN] {
+    let mut f = [0u8; FILLER_LEN];
+    f[0..4].copy_from_slice(&len.to_le_bytes());
+    f[4..8].copy_from_slice(&FILLER_MAGIC.to_le_bytes());
+    let crc = crc32c::crc32c(&f[..8]);
+    f[8..12].copy_from_slice(&crc.to_le_bytes());
+    f
+}
+
+pub fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+pub fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+pub fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+pub fn i64_at(b: &[u8], at: usize) -> i64 {
+    u64_at(b, at) as i64
+}
+
+/// What the bytes at a position hold, judged from the first 12 bytes and the CRC.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A complete, CRC-valid record of this many bytes.
+    Record(u32),
+    /// A valid segment filler: skip to the next segment.
+    Filler,
+    /// Fewer bytes than the header says: a torn tail (or the end of the data).
+    Incomplete,
+    /// Bad magic, bad size or bad CRC.
+    Corrupt(&'static str),
+}
+
+/// Validates the record starting at `buf[0]` (`buf` may hold more data after it).
+pub fn probe(buf: &[u8]) -> Probe {
+    if buf.len() < FILLER_LEN {
+        return Probe::Incomplete;
+    }
+    let total = u32_at(buf, OFF_TOTAL);
+    let magic = u32_at(buf, OFF_MAGIC);
+    if magic == FILLER_MAGIC {
+        let crc = crc32c::crc32c(&buf[..8]);
+        return if crc == u32_at(buf, OFF_CRC) && total as usize >= FILLER_LEN {
+            Probe::Filler
+        } else {
+            Probe::Corrupt("bad filler")
+        };
+    }
+    if magic != MAGIC_V1 {
+        return Probe::Corrupt("bad magic");
+    }
+    let min = HEADER_LEN + 5 * 2 + 2 + 2 + 4;
+    if (total as usize) < min {
+        return Probe::Corrupt("bad size");
+    }
+    if buf.len() < total as usize {
+        return Probe::Incomplete;
+    }
+    let rec = &buf[..total as usize];
+    if record_crc(rec) != u32_at(rec, OFF_CRC) {
+        return Probe::Corrupt("record CRC mismatch");
+    }
+    Probe::Record(total)
+}
+
+/// Borrowed view of a CRC-checked record (see [`parse`]).
+#[derive(Debug)]
+pub struct RecordView<'a> {
+    pub raw: &'a [u8],
+    pub topic: &'a str,
+    pub born_host: &'a str,
+    pub store_host: &'a str,
+    pub message_id: &'a str,
+    pub tag: &'a str,
+    keys: &'a [u8],
+    nkeys: u16,
+    props: &'a [u8],
+    nprops: u16,
+    /// Range of the body within `raw`.
+    pub body: std::ops::Range<usize>,
+}
+
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
+        let end = self.at.checked_add(n).ok_or("length overflow")?;
+        if end > self.b.len() {
+            return Err("field runs past the record");
+        }
+        let s = &self.b[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u16(&mut self) -> Result<u16, &'static str> {
+        Ok(u16_at(self.take(2)?, 0))
+    }
+    fn u32(&mut self) -> Result<u32, &'static str> {
+        Ok(u32_at(self.take(4)?, 0))
+    }
+    fn str16(&mut self) -> Result<&'a str, &'static str> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| "invalid UTF-8")
+    }
+}
+
+impl<'a> RecordView<'a> {
+    pub fn total_size(&self) -> u32 {
+        self.raw.len() as u32
+    }
+    pub fn queue_id(&self) -> u32 {
+        u32_at(self.raw, OFF_QUEUE_ID)
+    }
+    pub fn queue_offset(&self) -> u64 {
+        u64_at(self.raw, OFF_QUEUE_OFFSET)
+    }
+    pub fn physical_offset(&self) -> u64 {
+        u64_at(self.raw, OFF_PHYSICAL)
+    }
+    pub fn store_timestamp(&self) -> i64 {
+        i64_at(self.raw, OFF_STORE_TS)
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
+        let mut c = Cursor {
+            b: self.keys,
+            at: 0,
+        };
+        // Structure was validated by `parse`, so the iteration cannot fail.
+        (0..self.nkeys).filter_map(move |_| c.str16().ok())
+    }
+
+    fn properties(&self) -> Vec<(String, String)> {
+        let mut c = Cursor {
+            b: self.props,
+            at: 0,
+        };
+        let mut out = Vec::with_capacity(self.nprops as usize);
+        for _ in 0..self.nprops {
+            let (Ok(k), Ok(n)) = (c.str16(), c.u32()) else {
+                break;
+            };
+            let Ok(v) = c.take(n as usize) else { break };
+            out.push((k.to_owned(), String::from_utf8_lossy(v).into_owned()));
+        }
+        out
+    }
+
+    /// Builds the owned record; `body` becomes a slice of `owner` (which must be the buffer
+    /// `raw` lives in, starting at `raw_at`).
+    pub fn to_stored(&self, owner: &Bytes, raw_at: usize) -> StoredRecord {
+        StoredRecord {
+            topic: self.topic.to_owned(),
+            queue_id: self.queue_id(),
+            queue_offset: self.queue_offset(),
+            commit_log_offset: self.physical_offset(),
+            store_size: self.total_size(),
+            body_crc: u32_at(self.raw, OFF_BODY_CRC),
+            message_id: self.message_id.to_owned(),
+            body: owner.slice(raw_at + self.body.start..raw_at + self.body.end),
+            tag: self.tag.to_owned(),
+            keys: self.keys().map(str::to_owned).collect(),
+            properties: self.properties(),
+            flag: u32_at(self.raw, 20),
+            sys_flag: u32_at(self.raw, 24),
+            born_timestamp_ms: i64_at(self.raw, 48),
+            born_host: self.born_host.to_owned(),
+            store_timestamp_ms: self.store_timestamp(),
+            store_host: self.store_host.to_owned(),
+            reconsume_times: u32_at(self.raw, 28),
+            prepared_transaction_offset: u64_at(self.raw, 64),
+        }
+    }
+}
+
+/// Parses a record whose bytes (exactly `total_size` of them) passed [`probe`].
+pub fn parse(raw: &[u8]) -> Result<RecordView<'_>, &'static str> {
+    if raw.len() < HEADER_LEN {
+        return Err("record shorter than its header");
+    }
+    let mut c = Cursor {
+        b: raw,
+        at: HEADER_LEN,
+    };
+    let topic = c.str16()?;
+    let born_host = c.str16()?;
+    let store_host = c.str16()?;
+    let message_id = c.str16()?;
+    let tag = c.str16()?;
+    let nkeys = c.u16()?;
+    let kstart = c.at;
+    for _ in 0..nkeys {
+        c.str16()?;
+    }
+    let keys = &raw[kstart..c.at];
+    let nprops = c.u16()?;
+    let pstart = c.at;
+    for _ in 0..nprops {
+        c.str16()?;
+        let n = c.u32()? as usize;
+        c.take(n)?;
+    }
+    let props = &raw[pstart..c.at];
+    let blen = c.u32()? as usize;
+    let bstart = c.at;
+    c.take(blen)?;
+    if c.at != raw.len() {
+        return Err("trailing bytes after the body");
+    }
+    if crc32c::crc32c(&raw[bstart..c.at]) != u32_at(raw, OFF_BODY_CRC) {
+        return Err("body CRC mismatch");
+    }
+    Ok(RecordView {
+        raw,
+        topic,
+        born_host,
+        store_host,
+        message_id,
+        tag,
+        keys,
+        nkeys,
+        props,
+        nprops,
+        body: bstart..c.at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg() -> AppendMessage {
+        AppendMessage {
+            message_id: "id-1".into(),
+            body: Bytes::from_static(b"hello"),
+            tag: "t".into(),
+            keys: vec!["k1".into(), "k2".into()],
+            properties: vec![("a".into(), "1".into()), ("b".into(), "".into())],
+            flag: 7,
+            sys_flag: 3,
+            born_timestamp_ms: 42,
+            born_host: "10.0.0.1:5".into(),
+            reconsume_times: 2,
+            prepared_transaction_offset: 99,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_byte_is_covered() {
+        let mut buf = Vec::new();
+        encode(&mut buf, "topic", 3, &msg(), "host:1").unwrap();
+        seal(&mut buf, 5, 1000, 1234);
+        assert_eq!(probe(&buf), Probe::Record(buf.len() as u32));
+        let bytes = Bytes::from(buf.clone());
+        let view = parse(&bytes).unwrap();
+        let r = view.to_stored(&bytes, 0);
+        assert_eq!(r.topic, "topic");
+        assert_eq!(r.queue_id, 3);
+        assert_eq!(r.queue_offset, 5);
+        assert_eq!(r.commit_log_offset, 1000);
+        assert_eq!(r.store_timestamp_ms, 1234);
+        assert_eq!(r.body, Bytes::from_static(b"hello"));
+        assert_eq!(r.keys, vec!["k1", "k2"]);
+        assert_eq!(r.properties, msg().properties);
+        assert_eq!((r.flag, r.sys_flag, r.reconsume_times), (7, 3, 2));
+        assert_eq!(r.prepared_transaction_offset, 99);
+        assert_eq!(r.born_host, "10.0.0.1:5");
+        assert_eq!(r.store_host, "host:1");
+        for i in 0..buf.len() {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert_ne!(
+                probe(&bad),
+                Probe::Record(buf.len() as u32),
+                "flip at {i} undetected"
+            );
+        }
+        assert_eq!(probe(&buf[..buf.len() - 1]), Probe::Incomplete);
+    }
+
+    #[test]
+    fn filler_probe() {
+        let f = filler(100);
+        assert_eq!(probe(&f), Probe::Filler);
+        assert_eq!(probe(&[0u8; 64]), Probe::Corrupt("bad magic"));
+    }
+}

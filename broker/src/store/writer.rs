@@ -1,0 +1,505 @@
+//! The writer: the only task that appends to, truncates or deletes commit-log segments.
+//!
+//! It runs on its own thread fed by a channel. Each round it drains what is queued (up to
+//! [`MAX_GROUP_BYTES`]), assigns queue offsets, positions and store time, and writes the group
+//! with one positioned write per segment touched. In async mode the producers are acked at
+//! once; in sync mode the acks go to the flusher, which acks after one fdatasync for the whole
+//! group (group commit).
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use tokio::sync::oneshot;
+
+use super::commitlog::{sync_dir, Segment};
+use super::flusher::FlushReq;
+use super::record::{self, FILLER_LEN};
+use super::retention::RetentionMsg;
+use super::shared::{DispatchMsg, Shared};
+use super::{AppendResult, Appended, FlushMode, StoreError};
+
+/// Upper bound of bytes written per round.
+const MAX_GROUP_BYTES: usize = 4 << 20;
+
+pub type AppendReply = oneshot::Sender<Result<AppendResult, StoreError>>;
+
+/// A batch encoded by the caller; the writer only patches positions and CRCs in.
+pub struct EncodedBatch {
+    pub topic: String,
+    pub queue_id: u32,
+    pub buf: Vec<u8>,
+    /// `(start, len)` of each record in `buf`.
+    pub records: Vec<(usize, usize)>,
+}
+
+pub enum WriterCmd {
+    Append {
+        batch: EncodedBatch,
+        reply: AppendReply,
+    },
+    Truncate {
+        offset: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Delete the `count` oldest segments (never the active one).
+    DeleteHead {
+        count: usize,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// What the writer loop does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+    /// A failpoint simulated a crash: stop without any cleanup (tests).
+    Crash,
+}
+
+pub struct Writer {
+    shared: Arc<Shared>,
+    active: Arc<Segment>,
+    pos: u64,
+    next: HashMap<String, HashMap<u32, u64>>,
+    last_ts: i64,
+    buf: Vec<u8>,
+    flush_tx: mpsc::Sender<FlushReq>,
+    /// A failed write may have left bytes after `pos`; cut them before the next write.
+    tail_dirty: bool,
+    retention_kick: Option<mpsc::Sender<RetentionMsg>>,
+}
+
+/// Producers waiting for the current chunk, and how to undo its queue offsets.
+#[derive(Default)]
+struct Chunk {
+    acks: Vec<(AppendReply, AppendResult)>,
+    undo: Vec<(String, u32, u64)>,
+}
+
+impl Writer {
+    pub fn new(
+        shared: Arc<Shared>,
+        active: Arc<Segment>,
+        pos: u64,
+        next: HashMap<String, HashMap<u32, u64>>,
+        flush_tx: mpsc::Sender<FlushReq>,
+        retention_kick: Option<mpsc::Sender<RetentionMsg>>,
+    ) -> Writer {
+        // Store times never go backwards, even if the clock does across a restart.
+        let last_ts = shared
+            .all_queues()
+            .iter()
+            .filter_map(|q| q.last_store_ts())
+            .max()
+            .unwrap_or(0);
+        Writer {
+            shared,
+            active,
+            pos,
+            next,
+            last_ts,
+            buf: Vec::with_capacity(MAX_GROUP_BYTES),
+            flush_tx,
+            tail_dirty: false,
+            retention_kick,
+        }
+    }
+
+    /// The thread body: returns when every sender is gone, on `Shutdown`, or on a simulated crash.
+    pub fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<WriterCmd>) {
+        let mut appends: Vec<(EncodedBatch, AppendReply)> = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut cmd = Some(first);
+            let mut bytes = 0usize;
+            while let Some(c) = cmd.take() {
+                match c {
+                    WriterCmd::Append { batch, reply } => {
+                        bytes += batch.buf.len();
+                        appends.push((batch, reply));
+                        if bytes < MAX_GROUP_BYTES {
+                            cmd = rx.try_recv().ok();
+                        }
+                    }
+                    other => {
+                        if self.write_group(&mut appends) == Flow::Crash {
+                            return;
+                        }
+                        if self.control(other) != Flow::Continue {
+                            return;
+                        }
+                        cmd = rx.try_recv().ok();
+                    }
+                }
+            }
+            if self.write_group(&mut appends) == Flow::Crash {
+                return;
+            }
+        }
+    }
+
+    fn control(&mut self, cmd: WriterCmd) -> Flow {
+        match cmd {
+            WriterCmd::Append { .. } => Flow::Continue,
+            WriterCmd::Truncate { offset, reply } => {
+                let r = self.truncate(offset);
+                let _ = reply.send(r);
+                Flow::Continue
+            }
+            WriterCmd::DeleteHead { count, reply } => {
+                let _ = reply.send(self.delete_head(count));
+                Flow::Continue
+            }
+            WriterCmd::Shutdown { reply } => {
+                let _ = reply.send(self.flush_all());
+                Flow::Stop
+            }
+        }
+    }
+
+    fn write_group(&mut self, appends: &mut Vec<(EncodedBatch, AppendReply)>) -> Flow {
+        if appends.is_empty() {
+            return Flow::Continue;
+        }
+        let ratio = self.shared.disk.ratio();
+        let cfg = &self.shared.config;
+        if ratio >= cfg.disk_high_ratio {
+            if let Some(k) = &self.retention_kick {
+                let _ = k.send(RetentionMsg::Kick);
+            }
+        }
+        if ratio >= cfg.disk_hard_ratio {
+            let limit = cfg.disk_hard_ratio;
+            for (_, reply) in appends.drain(..) {
+                let _ = reply.send(Err(StoreError::DiskFull { ratio, limit }));
+            }
+            return Flow::Continue;
+        }
+        let now = super::now_ms();
+        let ts = now.max(self.last_ts);
+        self.last_ts = ts;
+        let mut chunk = Chunk::default();
+        self.buf.clear();
+        for (mut batch, reply) in appends.drain(..) {
+            let size = batch.buf.len() as u64;
+            let seg_end = self.active.base + self.shared.log.segment_size;
+            if self.pos + self.buf.len() as u64 + size > seg_end {
+                let flow = self.write_chunk(&mut chunk, ts);
+                if flow != Flow::Continue {
+                    return flow;
+                }
+                if let Err(e) = self.roll() {
+                    let _ = reply.send(Err(e.into()));
+                    continue;
+                }
+            }
+            let next = self
+                .next
+                .entry(batch.topic.clone())
+                .or_default()
+                .entry(batch.queue_id)
+                .or_insert(0);
+            let first = *next;
+            let base = self.pos + self.buf.len() as u64;
+            let mut entries = Vec::with_capacity(batch.records.len());
+            for (i, &(start, len)) in batch.records.iter().enumerate() {
+                let qoff = first + i as u64;
+                let phy = base + start as u64;
+                record::seal(&mut batch.buf[start..start + len], qoff, phy, ts);
+                entries.push(Appended {
+                    queue_offset: qoff,
+                    commit_log_offset: phy,
+                    size: len as u32,
+                });
+            }
+            *next = first + batch.records.len() as u64;
+            self.buf.extend_from_slice(&batch.buf);
+            chunk.undo.push((batch.topic, batch.queue_id, first));
+            chunk.acks.push((
+                reply,
+                AppendResult {
+                    entries,
+                    store_timestamp_ms: ts,
+                },
+            ));
+        }
+        self.write_chunk(&mut chunk, ts)
+    }
+
+    /// Writes `self.buf` at the write position and hands the acks on.
+    fn write_chunk(&mut self, chunk: &mut Chunk, ts: i64) -> Flow {
+        if self.buf.is_empty() {
+            return Flow::Continue;
+        }
+        let at = self.pos - self.active.base;
+        fail::fail_point!("store::writer::partial_write", |_| {
+            // A crash in the middle of the write: half the bytes reach the file.
+            let half = self.buf.len() / 2;
+            let _ = self.active.file.write_all_at(&self.buf[..half], at);
+            Flow::Crash
+        });
+        let result = self.write_at(at);
+        if let Err(e) = result {
+            tracing::error!(error = %e, offset = self.pos, "commit log write failed");
+            self.tail_dirty = true;
+            if self.active.file.set_len(at).is_ok() {
+                self.tail_dirty = false;
+            }
+            for (topic, qid, first) in chunk.undo.drain(..).rev() {
+                if let Some(n) = self.next.get_mut(&topic).and_then(|m| m.get_mut(&qid)) {
+                    *n = first;
+                }
+            }
+            for (reply, _) in chunk.acks.drain(..) {
+                let _ = reply.send(Err(StoreError::Io(super::copy_io_error(&e))));
+            }
+            self.buf.clear();
+            return Flow::Continue;
+        }
+        let len = self.buf.len() as u64;
+        self.buf.clear();
+        self.pos += len;
+        self.active.len.store(at + len, Ordering::Release);
+        self.active.last_store_ts.store(ts, Ordering::Release);
+        self.shared.write_pos.store(self.pos, Ordering::Release);
+        self.shared.disk.log_bytes.fetch_add(len, Ordering::AcqRel);
+        fail::fail_point!("store::writer::after_write", |_| Flow::Crash);
+        chunk.undo.clear();
+        let acks = std::mem::take(&mut chunk.acks);
+        match self.shared.config.flush {
+            FlushMode::Async => {
+                self.shared.acked_up_to(self.pos);
+                for (reply, res) in acks {
+                    let _ = reply.send(Ok(res));
+                }
+            }
+            FlushMode::Sync => {
+                if let Err(mpsc::SendError(req)) = self.flush_tx.send(FlushReq {
+                    upto: self.pos,
+                    acks,
+                    done: None,
+                }) {
+                    for (reply, _) in req.acks {
+                        let _ = reply.send(Err(StoreError::Closed));
+                    }
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn write_at(&mut self, at: u64) -> io::Result<()> {
+        if self.tail_dirty {
+            self.active.file.set_len(at)?;
+            self.tail_dirty = false;
+        }
+        fail::fail_point!("store::writer::enospc", |_| {
+            // Simulates a disk that fills up half way through the write.
+            let half = self.buf.len() / 2;
+            self.active.file.write_all_at(&self.buf[..half], at)?;
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        });
+        self.active.file.write_all_at(&self.buf, at)
+    }
+
+    /// Ends the active segment with a filler and starts the next one.
+    fn roll(&mut self) -> io::Result<()> {
+        let seg_end = self.active.base + self.shared.log.segment_size;
+        let at = self.pos - self.active.base;
+        if seg_end >= self.pos + FILLER_LEN as u64 {
+            let room = (seg_end - self.pos) as u32;
+            self.active.file.write_all_at(&record::filler(room), at)?;
+            self.active
+                .len
+                .store(at + FILLER_LEN as u64, Ordering::Release);
+            self.shared
+                .disk
+                .log_bytes
+                .fetch_add(FILLER_LEN as u64, Ordering::AcqRel);
+        }
+        // Only the newest segment may ever have a torn tail.
+        self.active.file.sync_data()?;
+        let base = seg_end.max(self.pos);
+        let seg = Arc::new(Segment::open(&self.shared.log.dir, base, true)?);
+        sync_dir(&self.shared.log.dir)?;
+        self.shared.log.push(seg.clone());
+        self.active = seg;
+        self.pos = base;
+        self.shared.write_pos.store(base, Ordering::Release);
+        Ok(())
+    }
+
+    /// Waits until the flusher has made everything written so far durable.
+    fn flush_all(&mut self) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel();
+        self.flush_tx
+            .send(FlushReq {
+                upto: self.pos,
+                acks: Vec::new(),
+                done: Some(tx),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv()
+            .map_err(|_| StoreError::Closed)?
+            .map_err(StoreError::Io)
+    }
+
+    fn truncate(&mut self, offset: u64) -> Result<(), StoreError> {
+        let min = self.shared.log.min_offset().unwrap_or(0);
+        if offset > self.pos || offset < min {
+            return Err(StoreError::OffsetOutOfRange {
+                offset,
+                min,
+                max: self.pos,
+            });
+        }
+        if offset == self.pos {
+            return Ok(());
+        }
+        let at_segment_start = self
+            .shared
+            .log
+            .segment_for(offset)
+            .is_some_and(|s| s.base == offset);
+        if !at_segment_start {
+            // Must be a record boundary: the record there names its own offset (or the
+            // segment filler follows the last record of a segment).
+            let boundary = self.shared.log.read_record(offset).is_ok()
+                || self.is_filler(offset).unwrap_or(false);
+            if !boundary {
+                return Err(StoreError::Invalid(format!(
+                    "commit-log offset {offset} is not a record boundary"
+                )));
+            }
+        }
+        // Pending fsyncs must not confirm data past the new end.
+        self.flush_all()?;
+        let reset = self.first_queue_offsets(offset)?;
+        let confirmed = self.shared.confirmed.load(Ordering::Acquire);
+        self.shared
+            .confirmed
+            .store(confirmed.min(offset), Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .dispatch_tx
+            .send(DispatchMsg::Truncate { offset, reply: tx })
+            .map_err(|_| StoreError::Closed)?;
+        rx.blocking_recv().map_err(|_| StoreError::Closed)??;
+        // Drop whole segments after the one holding `offset`, then cut that one.
+        let Some(keep) = self.shared.log.segment_for(offset) else {
+            return Err(StoreError::OffsetOutOfRange {
+                offset,
+                min,
+                max: self.pos,
+            });
+        };
+        let removed = self.shared.log.remove_from(keep.base + 1);
+        let mut freed = 0;
+        for seg in removed {
+            freed += seg.len.load(Ordering::Acquire);
+            std::fs::remove_file(&seg.path)?;
+        }
+        let keep_len = offset - keep.base;
+        freed += keep.len.load(Ordering::Acquire).saturating_sub(keep_len);
+        keep.file.set_len(keep_len)?;
+        keep.file.sync_all()?;
+        sync_dir(&self.shared.log.dir)?;
+        keep.len.store(keep_len, Ordering::Release);
+        self.shared.disk.log_bytes.fetch_sub(
+            freed.min(self.shared.disk.log_bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        self.active = keep;
+        self.pos = offset;
+        self.shared.write_pos.store(offset, Ordering::Release);
+        self.shared.flushed.fetch_min(offset, Ordering::AcqRel);
+        for (topic, m) in reset {
+            for (qid, first) in m {
+                if let Some(n) = self.next.get_mut(&topic).and_then(|q| q.get_mut(&qid)) {
+                    *n = first;
+                }
+            }
+        }
+        self.shared.acked_up_to(offset);
+        Ok(())
+    }
+
+    /// For every queue with records in `[offset, pos)`, the queue offset of its first one.
+    fn first_queue_offsets(
+        &self,
+        offset: u64,
+    ) -> Result<HashMap<String, HashMap<u32, u64>>, StoreError> {
+        let mut out: HashMap<String, HashMap<u32, u64>> = HashMap::new();
+        let mut at = offset;
+        while at < self.pos {
+            let Some(seg) = self.shared.log.segment_for(at) else {
+                break;
+            };
+            let seg_len = seg.len.load(Ordering::Acquire);
+            if at - seg.base >= seg_len || self.is_filler(at)? {
+                match self.shared.log.next_after(seg.base) {
+                    Some(n) => {
+                        at = n.base;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let rec = self.shared.log.read_record(at)?;
+            out.entry(rec.topic)
+                .or_default()
+                .entry(rec.queue_id)
+                .or_insert(rec.queue_offset);
+            at += u64::from(rec.store_size);
+        }
+        Ok(out)
+    }
+
+    fn is_filler(&self, at: u64) -> Result<bool, StoreError> {
+        let b = self.shared.log.read_exact(at, FILLER_LEN)?;
+        Ok(record::probe(&b) == record::Probe::Filler)
+    }
+
+    /// Deletes the oldest `count` segments that are fully dispatched; returns the new minimum.
+    fn delete_head(&mut self, count: usize) -> Result<u64, StoreError> {
+        let dispatched = *self.shared.dispatched.borrow();
+        let segs = self.shared.log.snapshot();
+        let mut allowed = 0;
+        for pair in segs.windows(2).take(count) {
+            if pair[1].base <= dispatched {
+                allowed += 1;
+            } else {
+                break;
+            }
+        }
+        let removed = self.shared.log.remove_head(allowed);
+        let mut freed = 0;
+        for seg in &removed {
+            freed += seg.len.load(Ordering::Acquire);
+            std::fs::remove_file(&seg.path)?;
+            tracing::info!(segment = seg.base, "retention deleted commit-log segment");
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.shared.log.dir)?;
+        }
+        let disk = &self.shared.disk;
+        disk.log_bytes.fetch_sub(
+            freed.min(disk.log_bytes.load(Ordering::Acquire)),
+            Ordering::AcqRel,
+        );
+        let min = self.shared.log.min_offset().unwrap_or(0);
+        if !removed.is_empty() {
+            let _ = self
+                .shared
+                .dispatch_tx
+                .send(DispatchMsg::Trim { log_min: min });
+        }
+        Ok(min)
+    }
+}

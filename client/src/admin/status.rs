@@ -1,0 +1,273 @@
+//! Cluster status and consumer-group lag.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures::future::join_all;
+use serde::Serialize;
+use sluice_proto::v1::{
+    BrokerStatus, GetBrokerStatusRequest, GetGroupOffsetsRequest, GetQueueOffsetsRequest, Role,
+};
+use sluice_proto::{names, ApiError, ErrorCode};
+
+use super::Admin;
+use crate::error::{Error, Result};
+use crate::route::role_name;
+use crate::rpc;
+
+/// One broker replica, as the nameservers know it and (if reachable) as it reports itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerStatusRow {
+    pub cluster_name: String,
+    pub broker_name: String,
+    pub replica_id: u64,
+    pub role: String,
+    pub address: String,
+    pub term: u64,
+    /// Commit-log max offset: from the broker itself, else from its last registration.
+    pub max_offset: u64,
+    pub last_heartbeat_ago_ms: u64,
+    pub topic_count: u32,
+    pub reachable: bool,
+    pub confirmed_offset: Option<u64>,
+    pub min_offset: Option<u64>,
+    pub disk_usage_ratio: Option<f64>,
+    pub flush_mode: Option<String>,
+    /// Why the broker could not be asked, when it could not.
+    pub error: Option<String>,
+}
+
+/// Lag of a group on one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LagRow {
+    pub topic: String,
+    pub broker_name: String,
+    pub queue_id: u32,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// None when the group never committed on this queue.
+    pub committed_offset: Option<u64>,
+    /// Messages not consumed yet: max - committed (max - min without a commit).
+    pub lag: u64,
+}
+
+impl Admin {
+    /// Every registered broker replica, sorted by cluster, broker name and replica id.
+    pub async fn cluster_status(&self) -> Result<Vec<BrokerStatusRow>> {
+        let info = self.core.nameservers.cluster_info().await?;
+        let t = self.core.timeout();
+        let calls = info.brokers.iter().map(|b| async move {
+            let mut client = self.core.broker(&b.address)?;
+            rpc::call(
+                &b.address,
+                t,
+                client.get_broker_status(rpc::request(GetBrokerStatusRequest {}, t)),
+            )
+            .await
+        });
+        let statuses = join_all(calls).await;
+        let mut rows: Vec<BrokerStatusRow> = info
+            .brokers
+            .into_iter()
+            .zip(statuses)
+            .map(|(b, status)| {
+                let mut row = BrokerStatusRow {
+                    cluster_name: b.cluster_name,
+                    broker_name: b.broker_name,
+                    replica_id: b.replica_id,
+                    role: role_name(b.role).to_string(),
+                    address: b.address,
+                    term: b.term,
+                    max_offset: b.max_offset,
+                    last_heartbeat_ago_ms: b.last_heartbeat_ago_ms,
+                    topic_count: b.topic_count,
+                    reachable: false,
+                    confirmed_offset: None,
+                    min_offset: None,
+                    disk_usage_ratio: None,
+                    flush_mode: None,
+                    error: None,
+                };
+                match status {
+                    Ok(s) => merge_status(&mut row, s),
+                    Err(e) => row.error = Some(e.to_string()),
+                }
+                row
+            })
+            .collect();
+        rows.sort_by(|a, b| {
+            (&a.cluster_name, &a.broker_name, a.replica_id).cmp(&(
+                &b.cluster_name,
+                &b.broker_name,
+                b.replica_id,
+            ))
+        });
+        Ok(rows)
+    }
+
+    /// Per queue: the broker's offsets, the group's committed offset and the lag. Without a
+    /// topic, every topic the group has committed offsets for.
+    pub async fn group_lag(&self, group: &str, topic: Option<&str>) -> Result<Vec<LagRow>> {
+        names::validate_group_name(group)?;
+        let topics: Vec<String> = match topic {
+            Some(t) => {
+                names::validate_topic_name(t)?;
+                vec![t.to_string()]
+            }
+            None => self.group_topics(group).await?,
+        };
+        let mut rows = Vec::new();
+        for topic in &topics {
+            rows.extend(self.topic_lag(group, topic).await?);
+        }
+        Ok(rows)
+    }
+
+    /// Topics a group has committed offsets for, on any master broker.
+    async fn group_topics(&self, group: &str) -> Result<Vec<String>> {
+        let masters = self.masters(None).await?;
+        let t = self.core.timeout();
+        let calls = masters.iter().map(|b| async move {
+            let mut client = self.core.broker(&b.address)?;
+            let req = GetGroupOffsetsRequest {
+                group: group.to_string(),
+                topic: String::new(),
+            };
+            rpc::call(
+                &b.address,
+                t,
+                client.get_group_offsets(rpc::request(req, t)),
+            )
+            .await
+        });
+        let mut topics = BTreeSet::new();
+        for (b, result) in masters.iter().zip(join_all(calls).await) {
+            match result {
+                Ok(resp) => topics.extend(resp.offsets.into_iter().map(|o| o.topic)),
+                Err(e) if e.code() == Some(ErrorCode::GroupNotFound) => {}
+                Err(e) => {
+                    return Err(Error::Api(ApiError::new(
+                        e.code().unwrap_or(ErrorCode::Unavailable),
+                        format!("broker {} ({}): {e}", b.broker_name, b.address),
+                    )))
+                }
+            }
+        }
+        if topics.is_empty() {
+            return Err(Error::Api(ApiError::new(
+                ErrorCode::GroupNotFound,
+                format!("group {group} has no committed offsets on any broker"),
+            )));
+        }
+        Ok(topics.into_iter().collect())
+    }
+
+    async fn topic_lag(&self, group: &str, topic: &str) -> Result<Vec<LagRow>> {
+        let route = self.topic_route(topic).await?;
+        let t = self.core.timeout();
+        let brokers: Vec<(String, String)> = route
+            .brokers
+            .iter()
+            .filter_map(|b| {
+                b.read_address()
+                    .map(|a| (b.broker_name.clone(), a.to_string()))
+            })
+            .collect();
+        let calls = brokers.iter().map(|(_, addr)| async move {
+            let mut client = self.core.broker(addr)?;
+            let offsets = rpc::call(
+                addr,
+                t,
+                client.get_queue_offsets(rpc::request(
+                    GetQueueOffsetsRequest {
+                        topic: topic.to_string(),
+                    },
+                    t,
+                )),
+            )
+            .await?;
+            let committed = rpc::call(
+                addr,
+                t,
+                client.get_group_offsets(rpc::request(
+                    GetGroupOffsetsRequest {
+                        group: group.to_string(),
+                        topic: topic.to_string(),
+                    },
+                    t,
+                )),
+            )
+            .await;
+            let committed: HashMap<u32, u64> = match committed {
+                Ok(resp) => resp
+                    .offsets
+                    .into_iter()
+                    .filter(|o| o.topic == topic)
+                    .map(|o| (o.queue_id, o.offset))
+                    .collect(),
+                Err(e) if e.code() == Some(ErrorCode::GroupNotFound) => HashMap::new(),
+                Err(e) => return Err(e),
+            };
+            Ok::<_, Error>((offsets, committed))
+        });
+        let mut rows = Vec::new();
+        for ((broker, addr), result) in brokers.iter().zip(join_all(calls).await) {
+            let (offsets, committed) = result.map_err(|e| {
+                Error::Api(ApiError::new(
+                    e.code().unwrap_or(ErrorCode::Unavailable),
+                    format!("broker {broker} ({addr}): {e}"),
+                ))
+            })?;
+            let mut queues: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+            for q in offsets.queues {
+                queues.insert(q.queue_id, (q.min_offset, q.max_offset));
+            }
+            for (queue_id, (min, max)) in queues {
+                let c = committed.get(&queue_id).copied();
+                rows.push(LagRow {
+                    topic: topic.to_string(),
+                    broker_name: broker.clone(),
+                    queue_id,
+                    min_offset: min,
+                    max_offset: max,
+                    committed_offset: c,
+                    lag: lag(min, max, c),
+                });
+            }
+        }
+        Ok(rows)
+    }
+}
+
+fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
+    row.reachable = true;
+    row.max_offset = s.max_offset;
+    row.min_offset = Some(s.min_offset);
+    row.confirmed_offset = Some(s.confirmed_offset);
+    row.disk_usage_ratio = Some(s.disk_usage_ratio);
+    row.flush_mode = (!s.flush_mode.is_empty()).then_some(s.flush_mode);
+    // The broker's own view is newer than its last registration.
+    if s.role != Role::Unspecified as i32 {
+        row.role = role_name(s.role).to_string();
+    }
+    row.term = s.term;
+    row.topic_count = s.topic_count;
+}
+
+/// Messages left: from the committed offset, or from the oldest one without a commit. A commit
+/// below the queue's minimum (messages expired) counts from the minimum.
+pub(crate) fn lag(min: u64, max: u64, committed: Option<u64>) -> u64 {
+    max.saturating_sub(committed.unwrap_or(min).max(min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_from_the_commit_or_the_oldest_message() {
+        assert_eq!(lag(0, 100, Some(40)), 60);
+        assert_eq!(lag(10, 100, None), 90);
+        assert_eq!(lag(50, 100, Some(20)), 50);
+        assert_eq!(lag(0, 100, Some(150)), 0);
+    }
+}

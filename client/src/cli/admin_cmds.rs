@@ -1,0 +1,386 @@
+//! topic, cluster, group and message commands.
+
+use serde::Serialize;
+use sluice_client::{Admin, BrokerStatusRow, LagRow, TopicCreated, TopicRouteInfo};
+
+use super::args::{ClusterCommand, GroupCommand, MessageCommand, TopicCommand};
+use super::output::{message_line, print_json, MessageView, Table};
+
+#[derive(Serialize)]
+struct CreatedDoc<'a> {
+    topic: &'a str,
+    queues: u32,
+    brokers: &'a [TopicCreated],
+}
+
+#[derive(Serialize)]
+struct TopicsDoc<'a> {
+    topics: &'a [String],
+}
+
+#[derive(Serialize)]
+struct ClusterDoc<'a> {
+    brokers: &'a [BrokerStatusRow],
+}
+
+#[derive(Debug, Serialize)]
+pub struct LagDoc<'a> {
+    pub group: &'a str,
+    pub total_lag: u64,
+    pub queues: &'a [LagRow],
+}
+
+#[derive(Serialize)]
+struct MessagesDoc {
+    count: usize,
+    messages: Vec<MessageView>,
+}
+
+pub async fn topic(admin: &Admin, cmd: TopicCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicCommand::Create {
+            name,
+            queues,
+            cluster,
+            out,
+        } => {
+            let created = admin
+                .create_topic(&name, queues, cluster.as_deref())
+                .await?;
+            if out.json {
+                return print_json(&CreatedDoc {
+                    topic: &name,
+                    queues,
+                    brokers: &created,
+                });
+            }
+            let mut t = Table::new(&["BROKER", "ADDRESS", "RESULT"]);
+            for c in &created {
+                let result = if c.created {
+                    "created"
+                } else {
+                    "already existed"
+                };
+                t.row(vec![
+                    c.broker_name.clone(),
+                    c.address.clone(),
+                    result.into(),
+                ]);
+            }
+            t.print()?;
+            Ok(())
+        }
+        TopicCommand::List { out } => {
+            let topics = admin.list_topics().await?;
+            if out.json {
+                return print_json(&TopicsDoc { topics: &topics });
+            }
+            let mut t = Table::new(&["TOPIC"]);
+            for name in topics {
+                t.row(vec![name]);
+            }
+            t.print()?;
+            Ok(())
+        }
+        TopicCommand::Route { name, out } => {
+            let route = admin.topic_route(&name).await?;
+            if out.json {
+                return print_json(&route);
+            }
+            route_table(&route).print()?;
+            Ok(())
+        }
+    }
+}
+
+fn route_table(route: &TopicRouteInfo) -> Table {
+    let mut t = Table::new(&[
+        "CLUSTER",
+        "BROKER",
+        "READ_QUEUES",
+        "WRITE_QUEUES",
+        "PERM",
+        "REPLICA",
+        "ROLE",
+        "ADDRESS",
+        "MASTER",
+    ]);
+    for b in &route.brokers {
+        for r in &b.replicas {
+            let is_master = b.master_address.as_deref() == Some(r.address.as_str());
+            t.row(vec![
+                b.cluster_name.clone(),
+                b.broker_name.clone(),
+                b.read_queues.to_string(),
+                b.write_queues.to_string(),
+                perm_text(b.perm),
+                r.replica_id.to_string(),
+                r.role.clone(),
+                r.address.clone(),
+                if is_master { "yes" } else { "" }.to_string(),
+            ]);
+        }
+    }
+    t
+}
+
+fn perm_text(perm: u32) -> String {
+    let r = if perm & sluice_proto::perm::READ != 0 {
+        "r"
+    } else {
+        "-"
+    };
+    let w = if perm & sluice_proto::perm::WRITE != 0 {
+        "w"
+    } else {
+        "-"
+    };
+    format!("{r}{w}")
+}
+
+pub async fn cluster(admin: &Admin, cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Status { out } => {
+            let rows = admin.cluster_status().await?;
+            if out.json {
+                return print_json(&ClusterDoc { brokers: &rows });
+            }
+            let mut t = Table::new(&[
+                "CLUSTER",
+                "BROKER",
+                "REPLICA",
+                "ROLE",
+                "ADDRESS",
+                "MAX_OFFSET",
+                "CONFIRMED",
+                "TOPICS",
+                "DISK",
+                "HEARTBEAT",
+                "STATUS",
+            ]);
+            for r in &rows {
+                t.row(vec![
+                    r.cluster_name.clone(),
+                    r.broker_name.clone(),
+                    r.replica_id.to_string(),
+                    r.role.clone(),
+                    r.address.clone(),
+                    r.max_offset.to_string(),
+                    r.confirmed_offset.map_or("-".into(), |o| o.to_string()),
+                    r.topic_count.to_string(),
+                    r.disk_usage_ratio
+                        .map_or("-".into(), |d| format!("{:.1}%", d * 100.0)),
+                    format!("{:.1}s ago", r.last_heartbeat_ago_ms as f64 / 1000.0),
+                    match &r.error {
+                        None => "ok".to_string(),
+                        Some(e) => format!("unreachable: {e}"),
+                    },
+                ]);
+            }
+            t.print()?;
+            Ok(())
+        }
+    }
+}
+
+pub async fn group(admin: &Admin, cmd: GroupCommand) -> anyhow::Result<()> {
+    match cmd {
+        GroupCommand::Lag { group, topic, out } => {
+            let rows = admin.group_lag(&group, topic.as_deref()).await?;
+            let doc = LagDoc {
+                group: &group,
+                total_lag: rows.iter().map(|r| r.lag).sum(),
+                queues: &rows,
+            };
+            if out.json {
+                return print_json(&doc);
+            }
+            lag_table(&doc).print()?;
+            Ok(())
+        }
+    }
+}
+
+pub fn lag_table(doc: &LagDoc<'_>) -> Table {
+    let mut t = Table::new(&[
+        "TOPIC",
+        "BROKER",
+        "QUEUE",
+        "MIN_OFFSET",
+        "MAX_OFFSET",
+        "COMMITTED",
+        "LAG",
+    ]);
+    for r in doc.queues {
+        t.row(vec![
+            r.topic.clone(),
+            r.broker_name.clone(),
+            r.queue_id.to_string(),
+            r.min_offset.to_string(),
+            r.max_offset.to_string(),
+            r.committed_offset.map_or("-".into(), |c| c.to_string()),
+            r.lag.to_string(),
+        ]);
+    }
+    t.row(vec![
+        "TOTAL".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        doc.total_lag.to_string(),
+    ]);
+    t
+}
+
+pub async fn message(admin: &Admin, cmd: MessageCommand) -> anyhow::Result<()> {
+    let (found, json) = match cmd {
+        MessageCommand::Get { id, out } => {
+            let m = admin.get_message(&id).await?;
+            if out.json {
+                return print_json(&MessageView::from(&m));
+            }
+            (vec![m], false)
+        }
+        MessageCommand::Find {
+            topic,
+            key,
+            from,
+            to,
+            max,
+            out,
+        } => {
+            let found = match (key, from, to) {
+                (Some(key), _, _) => admin.find_by_key(&topic, &key, max).await?,
+                (None, Some(from), Some(to)) => admin.find_by_time(&topic, from, to, max).await?,
+                // clap enforces --key or both --from and --to.
+                _ => anyhow::bail!("give --key, or --from and --to"),
+            };
+            (found, out.json)
+        }
+    };
+    if json {
+        return print_json(&MessagesDoc {
+            count: found.len(),
+            messages: found.iter().map(MessageView::from).collect(),
+        });
+    }
+    for m in &found {
+        println!("{}", message_line(m));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows() -> Vec<LagRow> {
+        vec![
+            LagRow {
+                topic: "t".into(),
+                broker_name: "b".into(),
+                queue_id: 0,
+                min_offset: 0,
+                max_offset: 10,
+                committed_offset: Some(4),
+                lag: 6,
+            },
+            LagRow {
+                topic: "t".into(),
+                broker_name: "b".into(),
+                queue_id: 1,
+                min_offset: 2,
+                max_offset: 5,
+                committed_offset: None,
+                lag: 3,
+            },
+        ]
+    }
+
+    #[test]
+    fn lag_json_shape() {
+        let rows = rows();
+        let doc = LagDoc {
+            group: "g",
+            total_lag: 9,
+            queues: &rows,
+        };
+        let v = serde_json::to_value(&doc).unwrap();
+        assert_eq!(v["group"], "g");
+        assert_eq!(v["total_lag"], 9);
+        assert_eq!(v["queues"][0]["committed_offset"], 4);
+        assert!(v["queues"][1]["committed_offset"].is_null());
+        let mut keys: Vec<String> = v["queues"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "broker_name",
+                "committed_offset",
+                "lag",
+                "max_offset",
+                "min_offset",
+                "queue_id",
+                "topic"
+            ]
+        );
+        let text = lag_table(&doc).render();
+        assert!(
+            text.starts_with("TOPIC  BROKER  QUEUE  MIN_OFFSET  MAX_OFFSET  COMMITTED  LAG\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nt      b       1      2           5           -          3\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("TOTAL                                                    9\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn route_json_and_table() {
+        use sluice_proto::v1::{BrokerRoute, ReplicaRoute, Role, TopicRoute};
+        let route = TopicRouteInfo::from_proto(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![BrokerRoute {
+                cluster_name: "c".into(),
+                broker_name: "b".into(),
+                read_queues: 4,
+                write_queues: 4,
+                perm: 6,
+                replicas: vec![
+                    ReplicaRoute {
+                        replica_id: 2,
+                        address: "h:2".into(),
+                        role: Role::Slave as i32,
+                    },
+                    ReplicaRoute {
+                        replica_id: 1,
+                        address: "h:1".into(),
+                        role: Role::Master as i32,
+                    },
+                ],
+                master_replica_id: 1,
+            }],
+        });
+        let v = serde_json::to_value(&route).unwrap();
+        assert_eq!(v["topic"], "t");
+        assert_eq!(v["brokers"][0]["master_address"], "h:1");
+        assert_eq!(v["brokers"][0]["replicas"][0]["role"], "MASTER");
+        assert_eq!(v["brokers"][0]["replicas"][1]["address"], "h:2");
+        let text = route_table(&route).render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[1].ends_with("MASTER  h:1      yes"), "{text}");
+        assert!(lines[2].contains("rw"), "{text}");
+    }
+}

@@ -1,0 +1,265 @@
+//! Command line syntax of `sluice`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sluice_client::time::parse_time;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Command line tool for the Sluice message broker",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Nameserver addresses, comma-separated.
+    #[arg(
+        long,
+        env = "SLUICE_NAMESERVERS",
+        global = true,
+        value_name = "HOST:PORT[,...]"
+    )]
+    pub nameservers: Option<String>,
+
+    /// Timeout of each request to a server, in milliseconds.
+    #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
+    pub timeout_ms: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list and inspect topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Cluster-wide information.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Send messages: lines from stdin, or --count generated ones.
+    Produce(ProduceArgs),
+    /// Consume messages in a consumer group and print them.
+    Consume(ConsumeArgs),
+    /// Consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Look messages up.
+    #[command(subcommand)]
+    Message(MessageCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic on every master broker (of one cluster) and wait until it is routable.
+    Create {
+        name: String,
+        /// Read and write queues per broker group.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        queues: u32,
+        /// Only brokers of this cluster.
+        #[arg(long)]
+        cluster: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// All topics known to the nameservers.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Which brokers serve a topic.
+    Route {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Every broker: cluster, name, replica id, role, address, offsets.
+    Status {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Send this many generated messages instead of reading stdin.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Body size of generated messages, in bytes.
+    #[arg(long, default_value_t = 128, requires = "count")]
+    pub size: usize,
+    /// Key of every message (indexed: `message find --key`).
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Tag of every message.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Sends in flight at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub in_flight: u32,
+    /// Read the message bodies from this file (one per line) instead of stdin.
+    #[arg(long, conflicts_with = "count")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// Where a group with no committed offset starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    Earliest,
+    Latest,
+    /// Milliseconds since the epoch.
+    Time(i64),
+}
+
+fn parse_from(s: &str) -> Result<From, String> {
+    match s {
+        "earliest" => Ok(From::Earliest),
+        "latest" => Ok(From::Latest),
+        other => parse_time(other).map(From::Time),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Consumer group.
+    #[arg(long)]
+    pub group: String,
+    /// Start of queues the group has no offset for: earliest, latest or a TIME (RFC 3339 or ms).
+    #[arg(long, default_value = "latest", value_parser = parse_from, value_name = "earliest|latest|TIME")]
+    pub from: From,
+    /// Exit after this many messages.
+    #[arg(long)]
+    pub max: Option<u64>,
+    /// Exit when nothing arrived for this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<f64>,
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Per queue: broker max offset, committed offset and lag.
+    Lag {
+        group: String,
+        /// Only this topic (default: every topic the group committed offsets for).
+        #[arg(long)]
+        topic: Option<String>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MessageCommand {
+    /// A message by its id.
+    Get {
+        id: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Messages of a topic by key, or by store-time range.
+    Find {
+        #[arg(long)]
+        topic: String,
+        #[arg(long, required_unless_present = "from", conflicts_with_all = ["from", "to"])]
+        key: Option<String>,
+        /// Start of the time range (RFC 3339 or ms since the epoch).
+        #[arg(long, value_parser = parse_time, requires = "to", value_name = "TIME")]
+        from: Option<i64>,
+        /// End of the time range, inclusive.
+        #[arg(long, value_parser = parse_time, requires = "from", value_name = "TIME")]
+        to: Option<i64>,
+        /// Most messages to return.
+        #[arg(long, default_value_t = 64)]
+        max: u32,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn syntax_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cli = Cli::try_parse_from([
+            "sluice",
+            "--nameservers",
+            "a:1,b:2",
+            "consume",
+            "t",
+            "--group",
+            "g",
+            "--from",
+            "2024-05-01T12:00:00Z",
+            "--max",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.nameservers.as_deref(), Some("a:1,b:2"));
+        match cli.command {
+            Command::Consume(c) => {
+                assert_eq!(c.from, From::Time(1_714_564_800_000));
+                assert_eq!(c.max, Some(3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Global flags may follow the subcommand.
+        let cli =
+            Cli::try_parse_from(["sluice", "topic", "list", "--json", "--nameservers", "x:1"])
+                .unwrap();
+        assert_eq!(cli.nameservers.as_deref(), Some("x:1"));
+    }
+
+    #[test]
+    fn rejects_bad_usage() {
+        for bad in [
+            vec!["sluice", "topic", "create", "t"],
+            vec!["sluice", "topic", "create", "t", "--queues", "0"],
+            vec!["sluice", "consume", "t"],
+            vec![
+                "sluice",
+                "consume",
+                "t",
+                "--group",
+                "g",
+                "--from",
+                "yesterday",
+            ],
+            vec!["sluice", "message", "find", "--topic", "t"],
+            vec![
+                "sluice", "message", "find", "--topic", "t", "--key", "k", "--from", "0", "--to",
+                "1",
+            ],
+            vec!["sluice", "message", "find", "--topic", "t", "--from", "0"],
+            vec!["sluice", "produce", "t", "--size", "10"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}

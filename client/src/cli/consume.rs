@@ -1,0 +1,104 @@
+//! `sluice consume`: print messages of a group's share of a topic, commit, leave.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use sluice_client::{ClientConfig, ConsumerBuilder, StartPosition};
+use tokio::time::Instant;
+
+use super::args::{ConsumeArgs, From};
+use super::output::{message_line, print_json, MessageView};
+
+#[derive(Serialize)]
+struct ConsumedDoc {
+    count: usize,
+    messages: Vec<MessageView>,
+}
+
+/// Longest single poll, so the loop notices --idle-timeout and Ctrl-C promptly.
+const POLL_SLICE: Duration = Duration::from_millis(500);
+
+pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<()> {
+    let start = match args.from {
+        From::Earliest => StartPosition::Earliest,
+        From::Latest => StartPosition::Latest,
+        From::Time(ms) => StartPosition::Timestamp(ms),
+    };
+    let idle = match args.idle_timeout {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--idle-timeout must be a positive number of seconds, not {s}"),
+        None => None,
+    };
+    let mut consumer = ConsumerBuilder::new(config, args.group.clone())
+        .subscribe(args.topic.clone())
+        .start_position(start)
+        .auto_commit(false)
+        .poll_timeout(Duration::from_secs(5))
+        .start_pull()
+        .await?;
+    let mut received: u64 = 0;
+    let mut views = Vec::new();
+    let mut last_activity = Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let outcome: anyhow::Result<()> = loop {
+        let want = match args.max {
+            Some(max) if received >= max => break Ok(()),
+            Some(max) => (max - received).min(256) as usize,
+            None => 256,
+        };
+        if idle.is_some_and(|i| last_activity.elapsed() >= i) {
+            break Ok(());
+        }
+        let slice = idle.map_or(POLL_SLICE, |i| {
+            i.saturating_sub(last_activity.elapsed()).min(POLL_SLICE)
+        });
+        // `poll` is cancel-safe: nothing is taken from the buffer until it returns.
+        let batch = tokio::select! {
+            r = consumer.poll(want, slice) => r,
+            _ = &mut ctrl_c => break Ok(()),
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => break Err(e.into()),
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        last_activity = Instant::now();
+        received += batch.len() as u64;
+        if args.out.json {
+            views.extend(batch.iter().map(MessageView::from));
+        } else if let Err(e) = print_batch(&batch) {
+            // Not printed, so not committed: the group gets these messages again.
+            break Err(anyhow::anyhow!("cannot write to stdout: {e}"));
+        }
+        if let Err(e) = consumer.commit().await {
+            tracing::warn!(error = %e, "commit failed; will retry");
+        }
+    };
+    let committed = match outcome {
+        Ok(()) => consumer.commit().await,
+        Err(_) => Ok(()),
+    };
+    consumer.shutdown().await;
+    outcome?;
+    committed.map_err(|e| anyhow::anyhow!("final offset commit failed: {e}"))?;
+    if args.out.json {
+        print_json(&ConsumedDoc {
+            count: views.len(),
+            messages: views,
+        })?;
+    }
+    eprintln!("consumed {received} message(s)");
+    Ok(())
+}
+
+fn print_batch(batch: &[sluice_client::ReceivedMessage]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for m in batch {
+        writeln!(out, "{}", message_line(m))?;
+    }
+    out.flush()
+}

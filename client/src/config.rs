@@ -1,0 +1,119 @@
+//! Settings shared by producers, consumers and the admin client.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Where the nameservers are and how patient to be with servers.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub(crate) nameservers: Vec<String>,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) route_refresh_interval: Duration,
+}
+
+impl ClientConfig {
+    /// A config with the given nameserver addresses (`host:port`) and default timeouts:
+    /// requests 5 s, connects 3 s, route refresh every 30 s.
+    pub fn new<I, S>(nameservers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ClientConfig {
+            nameservers: nameservers.into_iter().map(Into::into).collect(),
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(3),
+            route_refresh_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// Parses a comma-separated nameserver list such as `"10.0.0.1:9876,10.0.0.2:9876"`.
+    pub fn from_list(list: &str) -> Result<Self> {
+        let config = Self::new(
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    pub fn route_refresh_interval(mut self, interval: Duration) -> Self {
+        self.route_refresh_interval = interval;
+        self
+    }
+
+    pub fn nameservers(&self) -> &[String] {
+        &self.nameservers
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.nameservers.is_empty() {
+            return Err(Error::Config("no nameserver address given".into()));
+        }
+        for addr in &self.nameservers {
+            validate_addr(addr)?;
+        }
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(Error::Config("timeouts must be above zero".into()));
+        }
+        if self.route_refresh_interval.is_zero() {
+            return Err(Error::Config(
+                "route refresh interval must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that an address looks like `host:port` with a numeric port.
+pub(crate) fn validate_addr(addr: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Error::InvalidAddress {
+            addr: addr.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return bad("expected host:port");
+    };
+    if host.is_empty() {
+        return bad("empty host");
+    }
+    if host.contains('/') || host.contains(char::is_whitespace) {
+        return bad("host contains '/' or spaces");
+    }
+    if port.parse::<u16>().is_err() {
+        return bad("port is not a number in 0..=65535");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_nameserver_lists() {
+        let c = ClientConfig::from_list(" 127.0.0.1:9876, ns2:1 ,").unwrap();
+        assert_eq!(c.nameservers(), ["127.0.0.1:9876", "ns2:1"]);
+        assert!(ClientConfig::from_list("").is_err());
+        assert!(ClientConfig::from_list("nohost").is_err());
+        assert!(ClientConfig::from_list("h:99999").is_err());
+        assert!(ClientConfig::from_list("http://h:1").is_err());
+        assert!(ClientConfig::from_list("[::1]:9876").is_ok());
+    }
+}

@@ -1,0 +1,182 @@
+//! One long-polling pull from a queue, with the error handling every queue loop needs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::v1::{PullRequest, StoredMessage};
+use sluice_proto::ErrorCode;
+
+use super::tracker::OffsetTracker;
+use crate::client::ClientCore;
+use crate::error::{Error, Result};
+use crate::route::MessageQueue;
+use crate::rpc;
+
+pub(crate) struct ReaderCtx {
+    pub(crate) core: Arc<ClientCore>,
+    pub(crate) group: String,
+    pub(crate) poll_timeout: Duration,
+    pub(crate) batch: u32,
+}
+
+pub(crate) enum PullOutcome {
+    Messages {
+        messages: Vec<StoredMessage>,
+        next_offset: u64,
+    },
+    /// The offset was outside the queue's range; continue here.
+    Moved(u64),
+    Failed(Error),
+}
+
+/// Pulls `mq` at `offset` after waiting `delay` (the backoff after failures).
+pub(crate) async fn fetch(
+    ctx: Arc<ReaderCtx>,
+    mq: MessageQueue,
+    offset: u64,
+    delay: Duration,
+) -> PullOutcome {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match try_fetch(&ctx, &mq, offset).await {
+        Ok(outcome) => outcome,
+        Err(e) => PullOutcome::Failed(e),
+    }
+}
+
+async fn try_fetch(ctx: &ReaderCtx, mq: &MessageQueue, offset: u64) -> Result<PullOutcome> {
+    let route = ctx.core.routes.get(&mq.topic).await?;
+    let Some(addr) = route
+        .broker(&mq.broker_name)
+        .and_then(|b| b.read_address())
+        .map(str::to_string)
+    else {
+        let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
+        return Err(Error::no_route(
+            &mq.topic,
+            &format!("broker {} is not in the route", mq.broker_name),
+        ));
+    };
+    let mut client = ctx.core.broker(&addr)?;
+    // The broker may hold the call for the poll timeout; allow a normal request time on top.
+    let timeout = ctx.poll_timeout + ctx.core.timeout();
+    let req = rpc::request(
+        PullRequest {
+            group: ctx.group.clone(),
+            topic: mq.topic.clone(),
+            queue_id: mq.queue_id,
+            offset,
+            max_messages: ctx.batch,
+            max_bytes: 0,
+            poll_timeout_ms: u32::try_from(ctx.poll_timeout.as_millis()).unwrap_or(u32::MAX),
+        },
+        timeout,
+    );
+    match rpc::call(&addr, timeout, client.pull(req)).await {
+        Ok(resp) => Ok(PullOutcome::Messages {
+            messages: resp.messages,
+            next_offset: resp.next_offset,
+        }),
+        Err(Error::Api(api)) if api.code == ErrorCode::OffsetOutOfRange => {
+            if offset < api.min_offset {
+                Ok(PullOutcome::Moved(api.min_offset))
+            } else if offset > api.max_offset {
+                Ok(PullOutcome::Moved(api.max_offset))
+            } else {
+                Err(Error::Api(api))
+            }
+        }
+        Err(e) => {
+            if e.is_routing() {
+                let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Applies a pull's outcome to a queue's tracker and returns the messages to deliver.
+/// `failures` counts consecutive failed pulls (for the backoff).
+pub(crate) fn apply_outcome(
+    mq: &MessageQueue,
+    tracker: &mut OffsetTracker,
+    failures: &mut u32,
+    outcome: PullOutcome,
+) -> Vec<StoredMessage> {
+    match outcome {
+        PullOutcome::Messages {
+            messages,
+            next_offset,
+        } => {
+            if *failures > 0 {
+                tracing::info!(queue = %mq, "pulling works again");
+            }
+            *failures = 0;
+            let from = tracker.next();
+            let fresh: Vec<StoredMessage> = messages
+                .into_iter()
+                .filter(|m| m.queue_offset >= from)
+                .collect();
+            tracker.pulled(fresh.iter().map(|m| m.queue_offset), next_offset);
+            fresh
+        }
+        PullOutcome::Moved(offset) => {
+            *failures = 0;
+            tracing::warn!(queue = %mq, from = tracker.next(), to = offset,
+                "offset out of the queue's range; moving");
+            tracker.reset(offset);
+            Vec::new()
+        }
+        PullOutcome::Failed(e) => {
+            *failures += 1;
+            if *failures == 1 {
+                tracing::warn!(queue = %mq, error = %e, "pull failed; retrying with backoff");
+            } else {
+                tracing::debug!(queue = %mq, failures = *failures, error = %e, "pull failed again");
+            }
+            Vec::new()
+        }
+    }
+}
+
+/// Pause before the next pull after `failures` consecutive failures: 100 ms doubling to 5 s.
+pub(crate) fn pull_backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::ZERO;
+    }
+    let ms = 100u64.saturating_mul(1u64 << (failures - 1).min(6));
+    Duration::from_millis(ms.min(5_000))
+}
+
+/// Doubling backoff between `min` and `max` for the `attempt`-th failure (1-based).
+pub(crate) fn doubling(attempt: u32, min: Duration, max: Duration) -> Duration {
+    let factor = 1u32 << attempt.saturating_sub(1).min(16);
+    min.saturating_mul(factor).min(max)
+}
+
+/// Awaits the future in `slot`, or never if there is none (a disabled `select!` branch).
+pub(crate) async fn maybe<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    match slot {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoffs_grow_and_are_capped() {
+        assert_eq!(pull_backoff(0), Duration::ZERO);
+        assert_eq!(pull_backoff(1), Duration::from_millis(100));
+        assert_eq!(pull_backoff(3), Duration::from_millis(400));
+        assert_eq!(pull_backoff(60), Duration::from_secs(5));
+        let (lo, hi) = (Duration::from_secs(1), Duration::from_secs(30));
+        assert_eq!(doubling(1, lo, hi), lo);
+        assert_eq!(doubling(3, lo, hi), Duration::from_secs(4));
+        assert_eq!(doubling(100, lo, hi), hi);
+    }
+}

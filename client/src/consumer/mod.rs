@@ -1,0 +1,241 @@
+//! Consumer groups: queues of the subscribed topics are split among the group's live members,
+//! each member pulls its queues and commits offsets only past messages it finished with.
+//!
+//! Delivery is at-least-once. A handler error re-delivers the message after a backoff, in this
+//! consumer, until it succeeds; moving failed messages to retry and dead-letter topics comes
+//! with a later issue.
+
+mod allocate;
+mod coordinator;
+mod fetch;
+mod pull;
+mod push;
+mod tracker;
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sluice_proto::names;
+
+pub use allocate::allocate_averagely;
+pub use pull::PullConsumer;
+pub use push::PushConsumer;
+
+use crate::config::ClientConfig;
+use crate::error::{Error, Result};
+use crate::message::ReceivedMessage;
+
+/// Where a group starts reading a queue it has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPosition {
+    /// The oldest message still stored.
+    Earliest,
+    /// Only messages sent from now on.
+    Latest,
+    /// The first message stored at or after this time (ms since the Unix epoch).
+    Timestamp(i64),
+}
+
+/// Error a handler returns to have its message delivered again.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Handles one message; `Ok` finishes it, an error re-delivers it after a backoff.
+pub trait MessageHandler: Send + Sync + 'static {
+    fn handle(&self, message: ReceivedMessage) -> BoxFuture<'static, Result<(), HandlerError>>;
+}
+
+impl<F, Fut, E> MessageHandler for F
+where
+    F: Fn(ReceivedMessage) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+    E: Into<HandlerError>,
+{
+    fn handle(&self, message: ReceivedMessage) -> BoxFuture<'static, Result<(), HandlerError>> {
+        self(message).map(|r| r.map_err(Into::into)).boxed()
+    }
+}
+
+/// Settings shared by push and pull consumers. Start with [`ConsumerBuilder::start_push`] or
+/// [`ConsumerBuilder::start_pull`].
+#[derive(Debug, Clone)]
+pub struct ConsumerBuilder {
+    pub(crate) config: ClientConfig,
+    pub(crate) group: String,
+    pub(crate) topics: Vec<String>,
+    pub(crate) start: StartPosition,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) rebalance_interval: Duration,
+    pub(crate) commit_interval: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) poll_timeout: Duration,
+    pub(crate) pull_batch: u32,
+    pub(crate) max_unfinished_per_queue: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) retry_backoff: (Duration, Duration),
+    pub(crate) auto_commit: bool,
+    pub(crate) buffer: usize,
+}
+
+impl ConsumerBuilder {
+    pub fn new(config: ClientConfig, group: impl Into<String>) -> Self {
+        ConsumerBuilder {
+            config,
+            group: group.into(),
+            topics: Vec::new(),
+            start: StartPosition::Latest,
+            heartbeat_interval: Duration::from_secs(5),
+            rebalance_interval: Duration::from_secs(5),
+            commit_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(10),
+            pull_batch: 32,
+            max_unfinished_per_queue: 1000,
+            concurrency: 16,
+            retry_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
+            auto_commit: true,
+            buffer: 1024,
+        }
+    }
+
+    /// Adds a topic to consume.
+    pub fn subscribe(mut self, topic: impl Into<String>) -> Self {
+        let topic = topic.into();
+        if !self.topics.contains(&topic) {
+            self.topics.push(topic);
+        }
+        self
+    }
+
+    /// Where to start on queues without a committed offset (default: latest).
+    pub fn start_position(mut self, start: StartPosition) -> Self {
+        self.start = start;
+        self
+    }
+
+    /// How often brokers hear from this consumer (default 5 s).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// How often queues are re-split even without a membership change (default 5 s).
+    pub fn rebalance_interval(mut self, interval: Duration) -> Self {
+        self.rebalance_interval = interval;
+        self
+    }
+
+    /// How often finished offsets are sent to the brokers (default 5 s).
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.commit_interval = interval;
+        self
+    }
+
+    /// How long a queue being given up waits for its running handlers (default 10 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a pull waits at the broker for new messages (default 10 s; brokers cap it).
+    pub fn poll_timeout(mut self, timeout: Duration) -> Self {
+        self.poll_timeout = timeout;
+        self
+    }
+
+    /// Messages per pull request (default 32).
+    pub fn pull_batch_size(mut self, n: u32) -> Self {
+        self.pull_batch = n;
+        self
+    }
+
+    /// Unfinished messages a queue may have before its pulling pauses (default 1000).
+    pub fn max_unfinished_per_queue(mut self, n: usize) -> Self {
+        self.max_unfinished_per_queue = n;
+        self
+    }
+
+    /// Push consumers: most messages handled at once, over all queues (default 16).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Push consumers: delay before re-delivering a message whose handler failed, doubling
+    /// from `min` up to `max` (default 1 s .. 30 s).
+    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_backoff = (min, max);
+        self
+    }
+
+    /// Pull consumers: each `poll` marks the messages of the previous one finished (default
+    /// true); with false, only [`PullConsumer::commit`] does.
+    pub fn auto_commit(mut self, on: bool) -> Self {
+        self.auto_commit = on;
+        self
+    }
+
+    /// Pull consumers: messages fetched ahead of `poll` (default 1024).
+    pub fn buffer_size(mut self, n: usize) -> Self {
+        self.buffer = n;
+        self
+    }
+
+    /// Starts a push consumer calling `handler` for every message.
+    pub async fn start_push<H: MessageHandler>(self, handler: H) -> Result<PushConsumer> {
+        PushConsumer::start(self, handler).await
+    }
+
+    /// Starts a pull consumer.
+    pub async fn start_pull(self) -> Result<PullConsumer> {
+        PullConsumer::start(self).await
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        names::validate_group_name(&self.group)?;
+        if self.topics.is_empty() {
+            return Err(Error::Config("subscribe to at least one topic".into()));
+        }
+        for t in &self.topics {
+            names::validate_topic_name(t)?;
+        }
+        let durations = [
+            ("heartbeat interval", self.heartbeat_interval),
+            ("rebalance interval", self.rebalance_interval),
+            ("commit interval", self.commit_interval),
+            ("retry backoff", self.retry_backoff.0),
+        ];
+        if let Some((what, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(Error::Config(format!("{what} must be above zero")));
+        }
+        if self.retry_backoff.1 < self.retry_backoff.0 {
+            return Err(Error::Config("retry backoff max is below its min".into()));
+        }
+        if self.concurrency == 0 || self.buffer == 0 || self.pull_batch == 0 {
+            return Err(Error::Config(
+                "concurrency, buffer and pull batch size must be at least 1".into(),
+            ));
+        }
+        if self.max_unfinished_per_queue < self.pull_batch as usize {
+            return Err(Error::Config(
+                "max unfinished messages per queue must be at least the pull batch size".into(),
+            ));
+        }
+        if self.concurrency > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::Config("concurrency is too large".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A unique id for one consumer instance: host, process and a random part, so that several
+/// consumers in one process are distinct group members.
+pub(crate) fn new_client_id() -> String {
+    format!(
+        "{}@{}@{:08x}",
+        crate::message_id::hostname(),
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}

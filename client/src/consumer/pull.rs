@@ -1,0 +1,258 @@
+//! The pull consumer: queue loops fill a buffer, the application takes messages with `poll`
+//! and marks them finished with `commit` (or the next `poll`, with auto-commit).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use sluice_proto::v1::StoredMessage;
+use tokio::sync::mpsc::error::SendError;
+use tokio::sync::mpsc::OwnedPermit;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
+use super::fetch::{apply_outcome, fetch, maybe, pull_backoff, PullOutcome, ReaderCtx};
+use super::tracker::OffsetTracker;
+use super::{new_client_id, ConsumerBuilder};
+use crate::client::ClientCore;
+use crate::error::{Error, Result};
+use crate::message::ReceivedMessage;
+use crate::route::MessageQueue;
+
+enum Ack {
+    Done(u64),
+    /// Answered once every ack sent before it has been applied.
+    Barrier(oneshot::Sender<()>),
+}
+
+struct Delivery {
+    message: ReceivedMessage,
+    /// Back to the queue's loop; closed once the queue was taken away.
+    acks: mpsc::UnboundedSender<Ack>,
+}
+
+/// The application pulls: [`poll`](Self::poll) returns messages, [`commit`](Self::commit)
+/// marks every polled message finished and sends the offsets to the brokers.
+///
+/// When a queue moves to another group member, its messages that were polled but not committed
+/// are delivered again by the new owner (at-least-once).
+pub struct PullConsumer {
+    group: GroupHandle,
+    client_id: String,
+    deliveries: mpsc::Receiver<Delivery>,
+    unacked: Vec<(mpsc::UnboundedSender<Ack>, u64)>,
+    auto_commit: bool,
+    barrier_timeout: Duration,
+}
+
+impl PullConsumer {
+    pub fn builder(config: crate::ClientConfig, group: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder::new(config, group)
+    }
+
+    pub(crate) async fn start(b: ConsumerBuilder) -> Result<Self> {
+        b.validate()?;
+        let core = ClientCore::new(b.config.clone())?;
+        let client_id = new_client_id();
+        let (tx, rx) = mpsc::channel(b.buffer);
+        let shared = Arc::new(Shared {
+            reader: Arc::new(ReaderCtx {
+                core: core.clone(),
+                group: b.group.clone(),
+                poll_timeout: b.poll_timeout,
+                batch: b.pull_batch,
+            }),
+            deliveries: tx,
+            max_unfinished: b.max_unfinished_per_queue,
+        });
+        let barrier_timeout = core.timeout();
+        let settings = GroupSettings {
+            group: b.group,
+            topics: b.topics,
+            client_id: client_id.clone(),
+            start: b.start,
+            heartbeat_interval: b.heartbeat_interval,
+            rebalance_interval: b.rebalance_interval,
+            commit_interval: b.commit_interval,
+            drain_timeout: b.drain_timeout,
+        };
+        let group = coordinator::start(core, settings, Workers(shared)).await?;
+        Ok(PullConsumer {
+            group,
+            client_id,
+            deliveries: rx,
+            unacked: Vec::new(),
+            auto_commit: b.auto_commit,
+            barrier_timeout,
+        })
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub fn assignment(&self) -> Vec<MessageQueue> {
+        self.group.assignment()
+    }
+
+    /// Up to `max` messages, waiting at most `timeout` for the first one. With auto-commit, the
+    /// messages of earlier polls count as finished from now on.
+    pub async fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<ReceivedMessage>> {
+        if self.auto_commit {
+            self.ack_polled();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let delivery = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return Err(Error::Shutdown("consumer")),
+                    Err(_) => break,
+                }
+            } else {
+                match self.deliveries.try_recv() {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            };
+            // Fetched for a queue this consumer no longer owns: its new owner delivers it.
+            if delivery.acks.is_closed() {
+                continue;
+            }
+            self.unacked
+                .push((delivery.acks, delivery.message.message.queue_offset));
+            out.push(delivery.message);
+        }
+        Ok(out)
+    }
+
+    /// Marks every polled message finished and sends the offsets to the brokers.
+    pub async fn commit(&mut self) -> Result<()> {
+        let queues = self.ack_polled();
+        // Make sure the queue loops applied the acks before their offsets are read.
+        let waits = queues.into_iter().filter_map(|q| {
+            let (tx, rx) = oneshot::channel();
+            q.send(Ack::Barrier(tx)).ok().map(|_| rx)
+        });
+        let all = futures::future::join_all(waits);
+        if tokio::time::timeout(self.barrier_timeout, all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("queue loops were slow to apply acks; committing what they have");
+        }
+        self.group.commit_now().await
+    }
+
+    /// Commits (with auto-commit, also the last poll's messages), gives up every queue and
+    /// leaves the group.
+    pub async fn shutdown(mut self) {
+        if self.auto_commit {
+            if let Err(e) = self.commit().await {
+                tracing::warn!(error = %e, "final commit failed");
+            }
+        }
+        self.group.shutdown().await;
+    }
+
+    /// Sends the acks of everything polled; returns one sender per queue involved.
+    fn ack_polled(&mut self) -> Vec<mpsc::UnboundedSender<Ack>> {
+        let mut queues: Vec<mpsc::UnboundedSender<Ack>> = Vec::new();
+        for (tx, offset) in self.unacked.drain(..) {
+            // A closed channel means the queue moved on; its new owner re-delivers.
+            let _ = tx.send(Ack::Done(offset));
+            if !queues.iter().any(|q| q.same_channel(&tx)) {
+                queues.push(tx);
+            }
+        }
+        queues
+    }
+}
+
+struct Shared {
+    reader: Arc<ReaderCtx>,
+    deliveries: mpsc::Sender<Delivery>,
+    max_unfinished: usize,
+}
+
+struct Workers(Arc<Shared>);
+
+impl QueueWorkers for Workers {
+    fn spawn(&self, lease: Lease) -> JoinHandle<()> {
+        tokio::spawn(run_queue(self.0.clone(), lease))
+    }
+}
+
+fn apply_ack(tracker: &mut OffsetTracker, ack: Ack) {
+    match ack {
+        Ack::Done(offset) => {
+            tracker.complete(offset);
+        }
+        Ack::Barrier(reply) => {
+            let _ = reply.send(());
+        }
+    }
+}
+
+async fn run_queue(shared: Arc<Shared>, lease: Lease) {
+    let Lease {
+        mq,
+        start_offset,
+        mut stop,
+        progress,
+    } = lease;
+    let mut tracker = OffsetTracker::new(start_offset);
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
+    let mut pending: VecDeque<StoredMessage> = VecDeque::new();
+    let mut pull: Option<BoxFuture<'static, PullOutcome>> = None;
+    let mut reserve: Option<BoxFuture<'static, Result<OwnedPermit<Delivery>, SendError<()>>>> =
+        None;
+    let mut failures = 0u32;
+    loop {
+        if pull.is_none() && pending.is_empty() && tracker.in_flight() < shared.max_unfinished {
+            let delay = pull_backoff(failures);
+            pull = Some(fetch(shared.reader.clone(), mq.clone(), tracker.next(), delay).boxed());
+        }
+        // Kept across iterations so the queue keeps its place among those waiting for room.
+        if reserve.is_none() && !pending.is_empty() {
+            reserve = Some(shared.deliveries.clone().reserve_owned().boxed());
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => break,
+            Some(ack) = ack_rx.recv() => apply_ack(&mut tracker, ack),
+            slot = maybe(&mut reserve) => {
+                reserve = None;
+                let (Ok(slot), Some(message)) = (slot, pending.pop_front()) else {
+                    break;
+                };
+                slot.send(Delivery {
+                    message: ReceivedMessage {
+                        broker_name: mq.broker_name.clone(),
+                        message,
+                    },
+                    acks: ack_tx.clone(),
+                });
+            }
+            outcome = maybe(&mut pull) => {
+                pull = None;
+                pending.extend(apply_outcome(&mq, &mut tracker, &mut failures, outcome));
+            }
+        }
+        let commit = tracker.commit_offset();
+        progress.send_if_modified(|p| std::mem::replace(p, commit) != commit);
+    }
+    drop(pull);
+    drop(reserve);
+    // Acks the application already sent still count.
+    while let Ok(ack) = ack_rx.try_recv() {
+        apply_ack(&mut tracker, ack);
+    }
+    // Closing the channel tells `poll` to skip this queue's buffered messages.
+    drop(ack_rx);
+    progress.send_replace(tracker.commit_offset());
+}

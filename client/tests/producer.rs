@@ -1,0 +1,272 @@
+//! Producer behaviour against fake brokers: queue selection, retries, batches, pipelining.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use sluice_client::{ClientConfig, ErrorCode, Message, Producer};
+use sluice_proto::ApiError;
+use support::{dead_address, start_broker, FakeNameServer};
+
+fn config(ns: &FakeNameServer) -> ClientConfig {
+    ClientConfig::new([ns.addr.clone()]).request_timeout(Duration::from_secs(2))
+}
+
+#[tokio::test]
+async fn round_robin_covers_every_queue_of_every_broker() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    let b = start_broker("broker-b", &[&ns]).await;
+    a.add_topic("t", 2);
+    b.add_topic("t", 2);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    let mut per_queue: HashMap<(String, u32), u32> = HashMap::new();
+    for i in 0..20 {
+        let r = p.send(Message::new("t", format!("m{i}"))).await.unwrap();
+        assert_eq!(r.message_id.len(), 32);
+        *per_queue.entry((r.broker_name, r.queue_id)).or_default() += 1;
+    }
+    assert_eq!(per_queue.len(), 4);
+    assert!(per_queue.values().all(|&n| n == 5), "{per_queue:?}");
+    assert_eq!(a.message_count("t") + b.message_count("t"), 20);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn same_key_lands_on_same_queue_in_order() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    let b = start_broker("broker-b", &[&ns]).await;
+    a.add_topic("t", 4);
+    b.add_topic("t", 4);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    let mut queue_of: HashMap<String, (String, u32)> = HashMap::new();
+    for round in 0..5 {
+        for k in 0..8 {
+            let key = format!("order-{k}");
+            let r = p
+                .send_with_key(Message::new("t", format!("{key}:{round}")), &key)
+                .await
+                .unwrap();
+            let q = (r.broker_name.clone(), r.queue_id);
+            assert_eq!(queue_of.entry(key).or_insert_with(|| q.clone()), &q);
+        }
+    }
+    // Messages of a key sit in one queue, in send order.
+    let (broker, queue) = queue_of["order-3"].clone();
+    let store = if broker == "broker-a" { &a } else { &b };
+    let bodies: Vec<String> = store
+        .messages("t", queue)
+        .into_iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .filter(|s| s.starts_with("order-3:"))
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            "order-3:0",
+            "order-3:1",
+            "order-3:2",
+            "order-3:3",
+            "order-3:4"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn retryable_failure_retries_on_another_broker_with_the_same_id() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    let b = start_broker("broker-b", &[&ns]).await;
+    a.add_topic("t", 1);
+    b.add_topic("t", 1);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    // Whichever broker gets the first attempt fails it with NOT_MASTER.
+    a.fail_next_sends(vec![ApiError::not_master("").into()]);
+    b.fail_next_sends(vec![ApiError::not_master("").into()]);
+    let r = p.send(Message::new("t", "x")).await.unwrap();
+    let attempts_a = a.send_attempts.lock().unwrap().clone();
+    let attempts_b = b.send_attempts.lock().unwrap().clone();
+    // The first attempt failed on one broker, the retry went to the other one and failed
+    // there too (its injected failure), the third attempt succeeded.
+    let all: Vec<&Vec<String>> = attempts_a.iter().chain(attempts_b.iter()).collect();
+    assert_eq!(all.len(), 3, "a={attempts_a:?} b={attempts_b:?}");
+    assert_eq!(
+        attempts_a.len().min(attempts_b.len()),
+        1,
+        "each broker was tried"
+    );
+    assert!(
+        all.iter().all(|ids| **ids == [r.message_id.clone()]),
+        "a retry keeps the id"
+    );
+    assert_eq!(a.message_count("t") + b.message_count("t"), 1);
+}
+
+#[tokio::test]
+async fn non_retryable_errors_are_not_retried() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 2);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    a.fail_next_sends(vec![
+        ApiError::new(ErrorCode::MessageTooLarge, "too big").into()
+    ]);
+    let err = p.send(Message::new("t", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge));
+    assert_eq!(a.send_attempts.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn retries_are_bounded() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 2);
+    let p = Producer::builder(config(&ns)).retries(3).build().unwrap();
+    a.fail_next_sends(
+        (0..10)
+            .map(|_| ApiError::new(ErrorCode::StoreTimeout, "slow disk").into())
+            .collect(),
+    );
+    let err = p.send(Message::new("t", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::StoreTimeout));
+    assert_eq!(a.send_attempts.lock().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn unreachable_broker_is_avoided_and_route_refreshed() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    let b = start_broker("broker-b", &[&ns]).await;
+    a.add_topic("t", 2);
+    b.add_topic("t", 2);
+    // broker-a's registered address is dead: real connection refusals.
+    ns.state.set_address("broker-a", &dead_address().await);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    for i in 0..10 {
+        let r = p.send(Message::new("t", format!("{i}"))).await.unwrap();
+        assert_eq!(r.broker_name, "broker-b");
+    }
+    assert_eq!(b.message_count("t"), 10);
+    // Connection failures triggered route refreshes beyond the first lookup.
+    assert!(
+        ns.state
+            .route_calls
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 1
+    );
+}
+
+#[tokio::test]
+async fn route_refresh_follows_a_moved_master() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 1);
+    let real = a.addr();
+    // The client first sees a stale address, then the nameserver learns the real one.
+    ns.state.set_address("broker-a", &dead_address().await);
+    let p = Producer::builder(config(&ns)).retries(5).build().unwrap();
+    let ns_state = ns.state.clone();
+    let fixer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ns_state.set_address("broker-a", &real);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match p.send(Message::new("t", "x")).await {
+            Ok(r) => {
+                assert_eq!(r.broker_name, "broker-a");
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(std::time::Instant::now() < deadline, "never recovered: {e}");
+            }
+        }
+    }
+    fixer.await.unwrap();
+}
+
+#[tokio::test]
+async fn unknown_topic_and_bad_input_fail_clearly() {
+    let ns = FakeNameServer::start().await;
+    let _a = start_broker("broker-a", &[&ns]).await;
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    let err = p.send(Message::new("nope", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TopicNotFound), "{err}");
+    let err = p.send(Message::new("bad topic", "x")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidTopicName), "{err}");
+    let err = p.send_batch(vec![]).await.unwrap_err();
+    assert!(
+        matches!(err, sluice_client::Error::InvalidArgument(_)),
+        "{err}"
+    );
+    let err = p
+        .send_batch(vec![Message::new("t1", "x"), Message::new("t2", "y")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, sluice_client::Error::InvalidArgument(_)),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn batch_goes_to_one_queue_atomically() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 4);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    let batch: Vec<Message> = (0..5)
+        .map(|i| Message::new("t", format!("b{i}")).with_key(format!("k{i}")))
+        .collect();
+    let receipts = p.send_batch(batch).await.unwrap();
+    assert_eq!(receipts.len(), 5);
+    let q = receipts[0].queue_id;
+    assert!(receipts.iter().all(|r| r.queue_id == q));
+    let offsets: Vec<u64> = receipts.iter().map(|r| r.queue_offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4]);
+    assert_eq!(a.send_attempts.lock().unwrap().len(), 1, "one request");
+    let stored = a.messages("t", q);
+    assert_eq!(stored[4].keys, ["k4"]);
+}
+
+#[tokio::test]
+async fn many_sends_in_flight() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 4);
+    let p = Producer::builder(config(&ns))
+        .max_in_flight(32)
+        .build()
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..500 {
+        handles.push(
+            p.send_async(Message::new("t", format!("{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut ids = HashSet::new();
+    for h in handles {
+        assert!(ids.insert(h.await.unwrap().message_id));
+    }
+    assert_eq!(a.message_count("t"), 500);
+    p.shutdown().await;
+    let err = p.send(Message::new("t", "late")).await.unwrap_err();
+    assert!(matches!(err, sluice_client::Error::Shutdown(_)), "{err}");
+}
+
+#[tokio::test]
+async fn nameserver_failover() {
+    let dead = dead_address().await;
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 1);
+    let config = ClientConfig::new([dead, ns.addr.clone()]).request_timeout(Duration::from_secs(2));
+    let p = Producer::builder(config).build().unwrap();
+    p.send(Message::new("t", "x")).await.unwrap();
+    assert_eq!(a.message_count("t"), 1);
+}

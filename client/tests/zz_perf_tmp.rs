@@ -1,0 +1,22 @@
+mod support;
+use std::time::{Duration, Instant};
+use sluice_client::{ClientConfig, Message, Producer};
+use support::{start_broker, FakeNameServer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn perf() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 8);
+    let p = Producer::builder(ClientConfig::new([ns.addr.clone()]).request_timeout(Duration::from_secs(5))).max_in_flight(256).build().unwrap();
+    for inflight in [1usize, 64, 256] {
+        let t = Instant::now();
+        let mut hs = std::collections::VecDeque::new();
+        for i in 0..5000 {
+            hs.push_back(p.send_async(Message::new("t", format!("{i}"))).await.unwrap());
+            if hs.len() >= inflight { hs.pop_front().unwrap().await.unwrap(); }
+        }
+        while let Some(h) = hs.pop_front() { h.await.unwrap(); }
+        println!("inflight {inflight}: {:.0} msg/s", 5000.0 / t.elapsed().as_secs_f64());
+    }
+}

@@ -1,0 +1,288 @@
+//! Runs the service: binds, serves gRPC, sweeps expired brokers, shuts down cleanly.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use sluice_proto::v1::name_server_server::NameServerServer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt as _;
+
+use crate::config::{Config, Timing};
+use crate::registry::{duration_ms, Registry};
+use crate::service::{NameServerService, SharedRegistry};
+use crate::store::{ConfigStore, SledConfigStore, StoreError};
+
+/// How long a stopping server waits for in-flight calls before dropping the connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write ready file {path}: {source}")]
+    ReadyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// A nameserver bound to its address but not yet serving.
+pub struct Nameserver {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    registry: SharedRegistry,
+    store: Arc<dyn ConfigStore>,
+    timing: Timing,
+}
+
+impl Nameserver {
+    /// Binds `listen` (`HOST:PORT`, port 0 for any free port).
+    pub async fn bind(
+        listen: &str,
+        timing: Timing,
+        store: Arc<dyn ConfigStore>,
+    ) -> Result<Self, Error> {
+        let bind_err = |source| Error::Bind {
+            addr: listen.to_string(),
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+        let local_addr = listener.local_addr().map_err(bind_err)?;
+        Ok(Nameserver {
+            listener,
+            local_addr,
+            registry: Arc::new(RwLock::new(Registry::new(timing.broker_expiry))),
+            store,
+            timing,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Starts serving and sweeping on the current runtime.
+    pub fn start(self) -> RunningNameserver {
+        let service = NameServerService::new(Arc::clone(&self.registry), Arc::clone(&self.store));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        // Small RPCs: answer without Nagle delay.
+        let incoming = TcpListenerStream::new(self.listener).map(|conn| {
+            let conn = conn?;
+            conn.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(conn)
+        });
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(NameServerServer::new(service))
+                .serve_with_incoming_shutdown(incoming, async {
+                    // A dropped sender also means stop.
+                    let _ = stop_rx.await;
+                }),
+        );
+        let scanner = tokio::spawn(scan_loop(
+            Arc::clone(&self.registry),
+            self.timing.scan_interval,
+        ));
+        tracing::info!(
+            addr = %self.local_addr,
+            broker_expiry_ms = duration_ms(self.timing.broker_expiry),
+            scan_interval_ms = duration_ms(self.timing.scan_interval),
+            "nameserver serving"
+        );
+        RunningNameserver {
+            local_addr: self.local_addr,
+            server: Some(server),
+            scanner,
+            stop_tx: Some(stop_tx),
+            store: self.store,
+        }
+    }
+}
+
+/// A serving nameserver. Dropping it aborts its tasks; [`RunningNameserver::stop`] shuts down
+/// gracefully.
+pub struct RunningNameserver {
+    local_addr: SocketAddr,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    scanner: JoinHandle<()>,
+    stop_tx: Option<oneshot::Sender<()>>,
+    store: Arc<dyn ConfigStore>,
+}
+
+fn joined(
+    result: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), Error> {
+    match result {
+        Ok(r) => r.map_err(Error::from),
+        Err(e) => Err(Error::Task(format!("gRPC server task failed: {e}"))),
+    }
+}
+
+impl RunningNameserver {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Resolves if the gRPC server ends on its own (it only does on a fatal error).
+    async fn server_exited(&mut self) -> Result<(), Error> {
+        match self.server.as_mut() {
+            Some(handle) => {
+                let result = handle.await;
+                self.server = None;
+                joined(result)
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops accepting, lets in-flight calls finish (bounded), stops the sweeper and flushes the
+    /// config store.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        let mut result = Ok(());
+        if let Some(mut handle) = self.server.take() {
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut handle).await {
+                Ok(r) => result = joined(r),
+                Err(_) => {
+                    tracing::warn!("connections still open after the shutdown grace; closing them");
+                    handle.abort();
+                }
+            }
+        }
+        self.scanner.abort();
+        let store = Arc::clone(&self.store);
+        let flushed = tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| Error::Task(format!("config store flush task failed: {e}")))?;
+        flushed?;
+        result
+    }
+}
+
+impl Drop for RunningNameserver {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.server {
+            handle.abort();
+        }
+        self.scanner.abort();
+    }
+}
+
+async fn scan_loop(registry: SharedRegistry, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let expired = registry.write().expire(Instant::now());
+        for e in expired {
+            tracing::warn!(
+                cluster = e.cluster_name,
+                broker = e.broker_name,
+                replica_id = e.replica_id,
+                address = e.address,
+                was_master = e.was_master,
+                silent_ms = duration_ms(e.silent_for),
+                "broker expired"
+            );
+        }
+    }
+}
+
+/// Writes `addr` to `path` through a temporary file and a rename, so a reader never sees a
+/// partial address.
+pub fn write_ready_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "ready file has no file name",
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(addr.to_string().as_bytes())?;
+        f.sync_all()
+    })();
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Prints the one startup line scripts wait for. Kept out of `run` so its future stays `Send`
+/// (a stdout lock must not live across an await).
+fn announce(addr: SocketAddr) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) =
+        writeln!(stdout, "sluice-nameserver listening on {addr}").and_then(|()| stdout.flush())
+    {
+        // Nobody reading stdout is not a reason to stop serving.
+        tracing::warn!(error = %e, "cannot write the listening line to stdout");
+    }
+}
+
+/// The whole nameserver process: opens the config store under `data_dir`, binds, announces the
+/// address (stdout line and ready file), serves until `shutdown` resolves, then stops cleanly.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let kv_dir = config.data_dir.join("kv");
+    let store = tokio::task::spawn_blocking(move || SledConfigStore::open(&kv_dir))
+        .await
+        .map_err(|e| Error::Task(format!("config store open task failed: {e}")))??;
+    let nameserver = Nameserver::bind(&config.listen, config.timing, Arc::new(store)).await?;
+    let mut running = nameserver.start();
+    let addr = running.local_addr();
+
+    announce(addr);
+    if let Some(path) = &config.ready_file {
+        if let Err(source) = write_ready_file(path, addr) {
+            let _ = running.stop().await;
+            return Err(Error::ReadyFile {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
+
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutdown requested");
+            Ok(())
+        }
+        r = running.server_exited() => r,
+    };
+    let stopped = running.stop().await;
+    tracing::info!("nameserver stopped");
+    result.and(stopped)
+}
