@@ -112,7 +112,8 @@ node_running() {
   pid=$(node_pid "$1") || return 1
   is_uint "$pid" || return 1
   if [[ -r /proc/$pid/cmdline ]]; then
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    # stderr first: the process may vanish between the test and the read.
+    cmdline=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
   else
     cmdline=$(ps -ww -o args= -p "$pid" 2>/dev/null) || return 1
   fi
@@ -172,6 +173,11 @@ broker_command() {
     --ready-file "$d/ready")
 }
 
+# The log lines of the node's latest start (after the last "=== ... starting" marker).
+last_run_log() {
+  awk '/^=== / { n = 0 } { lines[n++] = $0 } END { for (i = 0; i < n; i++) print lines[i] }' "$1"
+}
+
 # Starts one node from its directory and waits (bounded) until it serves.
 start_node() {
   local name=$1 d kind pid addr deadline
@@ -197,8 +203,9 @@ start_node() {
   deadline=$((SECONDS + READY_TIMEOUT))
   until [[ -s $d/ready ]]; do
     if [[ -s $d/pid ]] && ! node_running "$name"; then
-      echo "cluster.sh: $name exited during startup; last lines of $d/log:" >&2
-      tail -n 20 "$d/log" >&2
+      echo "cluster.sh: $name exited during startup; its output:" >&2
+      last_run_log "$d/log" | tail -n 20 >&2
+      echo "(if its pinned port $(<"$d/listen") is taken, let it pick a new one: echo 127.0.0.1:0 >$d/listen)" >&2
       return 1
     fi
     if ((SECONDS >= deadline)); then
@@ -245,11 +252,12 @@ write_nameservers_file() {
   echo "$list" >"$DIR/nameservers"
 }
 
-# Waits (bounded) until every nameserver lists the broker's address in its cluster info.
+# Waits (bounded) until the broker's address shows in the cluster info of each nameserver given
+# (comma-separated; default: all of them).
 wait_registered() {
-  local name=$1 addr ns deadline
+  local name=$1 addr ns deadline nss
   addr=$(<"$(node_dir "$name")/listen")
-  IFS=',' read -r -a nss <"$DIR/nameservers"
+  IFS=',' read -r -a nss <<<"${2:-$(<"$DIR/nameservers")}"
   deadline=$((SECONDS + READY_TIMEOUT))
   for ns in "${nss[@]}"; do
     until "$BIN_DIR/sluice" --nameservers "$ns" cluster status 2>/dev/null | grep -qF "$addr"; do
@@ -347,6 +355,14 @@ cmd_status() {
   recorded_binaries
   echo
   echo "nameservers: $(<"$DIR/nameservers")"
+  local ns_up=0
+  for n in $(list_nodes); do
+    [[ $(node_kind "$n") == nameserver ]] && node_running "$n" && ns_up=1
+  done
+  if [[ $ns_up == 0 ]]; then
+    echo "no nameserver is running"
+    return 1
+  fi
   "$BIN_DIR/sluice" --nameservers "$(<"$DIR/nameservers")" cluster status || rc=1
   return "$rc"
 }
@@ -375,6 +391,20 @@ cmd_restart() {
   recorded_binaries
   stop_node "$NODE"
   start_node "$NODE"
+  local n
+  case $(node_kind "$NODE") in
+    broker) wait_registered "$NODE" ;;
+    nameserver)
+      # A nameserver starts empty: wait until the running brokers have registered again (they
+      # retry with a backoff of up to their heartbeat interval).
+      echo "waiting for the brokers to register with $NODE"
+      for n in $(list_nodes); do
+        if [[ $(node_kind "$n") == broker ]] && node_running "$n"; then
+          wait_registered "$n" "$(<"$(node_dir "$NODE")/listen")"
+        fi
+      done
+      ;;
+  esac
 }
 
 cmd_logs() {

@@ -1,5 +1,6 @@
 //! `sluice-nameserver`: see [`sluice_nameserver::Cli`] for the options.
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,6 +13,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Logs usually go to a file (cluster.sh): colour codes only for a terminal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let config = match cli.resolve() {

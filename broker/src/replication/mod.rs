@@ -10,7 +10,14 @@
 //!
 //! The Raft log is meant to *be* the commit log (DLedger style): one entry per send, whose
 //! data is the send's commit-log records. [`MemLogStore`] is the in-memory log used by tests;
-//! the commit-log-backed store implements the same [`RaftLogStore`] trait.
+//! the commit-log-backed store implements the same [`RaftLogStore`] trait and can be checked
+//! with [`check_log_store_contract`]. Snapshots are metadata only (the compaction point): a
+//! follower that fell behind the leader's retention skips to it.
+//!
+//! Timing (measured on the simulated cluster, 100 ms ticks, see `tests/raft_scenarios.rs`):
+//! with elections after 10-20 silent ticks a new master is ready ~1.1-1.25 s after the old
+//! one is cut off (p90 1.3-1.5 s); 8-16 ticks gives ~0.9-1.0 s (p90 1.1-1.3 s). An isolated
+//! leader steps down after one or two check-quorum rounds (`election_ticks` each).
 
 mod config;
 mod conformance;

@@ -308,18 +308,13 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
             match n.raw.raft.step(m) {
                 Ok(()) => {
                     let index = n.raw.raft.raft_log.last_index();
-                    if index != before + 1 {
-                        let _ = done.send(Err(ProposeError::Dropped(format!(
-                            "raft appended {} entries instead of one",
-                            index.saturating_sub(before)
-                        ))));
-                        return;
+                    let term = n.raw.raft.term;
+                    if index == before + 1 {
+                        n.proposals.push(EntryId { term, index }, policy, done);
+                    } else {
+                        // Not what raft-rs does; where the entry went is unknown.
+                        let _ = done.send(Err(ProposeError::LeadershipLost { term, index }));
                     }
-                    let id = EntryId {
-                        term: n.raw.raft.term,
-                        index,
-                    };
-                    n.proposals.push(id, policy, done);
                 }
                 Err(raft::Error::ProposalDropped) => {
                     let _ = done.send(Err(ProposeError::Dropped(
