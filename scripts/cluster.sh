@@ -8,10 +8,11 @@
 #   scripts/cluster.sh restart  NODE [--dir DIR]                stop (if running) and start one node
 #   scripts/cluster.sh logs     NODE [--dir DIR] [--follow]     print (or follow) a node's log
 #
-# DIR defaults to ./.cluster. Each node lives in DIR/nodes/NAME (ns-1.., broker-a-1): its kind,
-# listen address, generated config.toml, data/, log, pid and ready files. The first start binds
-# 127.0.0.1:0; the bound address is then kept in the node's `listen` file so restarts reuse it.
-# DIR/nameservers holds the nameserver addresses, comma-separated.
+# DIR defaults to $SLUICE_CLUSTER_DIR, else ./.cluster. Each node lives in DIR/nodes/NAME (ns-1..,
+# broker-a-1): its kind, listen address, generated config.toml, data/, node.log, node.pid and
+# ready files. The first start binds 127.0.0.1:0; the bound address is then kept in the node's
+# `listen` file so restarts reuse it. DIR/nameservers holds the nameserver addresses,
+# comma-separated.
 #
 # Environment:
 #   SLUICE_BIN_DIR         use the binaries there instead of building (cargo build --release)
@@ -39,9 +40,15 @@ die() {
   exit 1
 }
 
+# Help on stdout when asked for, on stderr after a usage error.
 usage() {
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-  exit "${1:-0}"
+  local code=${1:-0}
+  if [[ $code == 0 ]]; then
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  else
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  fi
+  exit "$code"
 }
 
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
@@ -100,7 +107,7 @@ node_kind() { cat "$(node_dir "$1")/kind"; }
 
 node_pid() {
   local f
-  f=$(node_dir "$1")/pid
+  f=$(node_dir "$1")/node.pid
   [[ -f $f ]] && cat "$f"
 }
 
@@ -192,24 +199,24 @@ start_node() {
     broker) broker_command "$d" ;;
     *) die "node $name has unknown kind $kind" ;;
   esac
-  rm -f "$d/ready" "$d/pid"
-  echo "=== $(date '+%Y-%m-%d %H:%M:%S') starting: ${CMD[*]}" >>"$d/log"
+  rm -f "$d/ready" "$d/node.pid"
+  echo "=== $(date '+%Y-%m-%d %H:%M:%S') starting: ${CMD[*]}" >>"$d/node.log"
   # setsid: the node outlives this script and ignores Ctrl-C sent to the terminal. The shell
   # records its own pid before exec, so the pid file names the node process itself.
   # fd 9 (the directory lock) is closed so a node never holds it.
   # shellcheck disable=SC2016 # $$ and $@ are for the inner sh, not this shell.
-  setsid sh -c 'echo $$ >"$0"; exec "$@"' "$d/pid" "${CMD[@]}" >>"$d/log" 2>&1 </dev/null 9>&- &
+  setsid sh -c 'echo $$ >"$0"; exec "$@"' "$d/node.pid" "${CMD[@]}" >>"$d/node.log" 2>&1 </dev/null 9>&- &
   STARTED+=("$name")
   deadline=$((SECONDS + READY_TIMEOUT))
   until [[ -s $d/ready ]]; do
-    if [[ -s $d/pid ]] && ! node_running "$name"; then
+    if [[ -s $d/node.pid ]] && ! node_running "$name"; then
       echo "cluster.sh: $name exited during startup; its output:" >&2
-      last_run_log "$d/log" | tail -n 20 >&2
+      last_run_log "$d/node.log" | tail -n 20 >&2
       echo "(if its pinned port $(<"$d/listen") is taken, let it pick a new one: echo 127.0.0.1:0 >$d/listen)" >&2
       return 1
     fi
     if ((SECONDS >= deadline)); then
-      echo "cluster.sh: $name did not become ready within ${READY_TIMEOUT}s; see $d/log" >&2
+      echo "cluster.sh: $name did not become ready within ${READY_TIMEOUT}s; see $d/node.log" >&2
       return 1
     fi
     sleep 0.1
@@ -225,7 +232,7 @@ start_node() {
 stop_node() {
   local name=$1 pid deadline
   if ! node_running "$name"; then
-    rm -f "$(node_dir "$name")/pid"
+    rm -f "$(node_dir "$name")/node.pid"
     return 0
   fi
   pid=$(node_pid "$name")
@@ -239,7 +246,7 @@ stop_node() {
     kill -KILL "$pid" 2>/dev/null || true
     while node_running "$name"; do sleep 0.1; done
   fi
-  rm -f "$(node_dir "$name")/pid"
+  rm -f "$(node_dir "$name")/node.pid"
   echo "$name stopped"
 }
 
@@ -382,7 +389,7 @@ cmd_kill() {
   pid=$(node_pid "$NODE")
   kill -KILL "$pid"
   while node_running "$NODE"; do sleep 0.1; done
-  rm -f "$(node_dir "$NODE")/pid"
+  rm -f "$(node_dir "$NODE")/node.pid"
   echo "$NODE (pid $pid) killed"
 }
 
@@ -410,7 +417,7 @@ cmd_restart() {
 cmd_logs() {
   require_node
   local log
-  log=$(node_dir "$NODE")/log
+  log=$(node_dir "$NODE")/node.log
   [[ -f $log ]] || die "$NODE has no log yet"
   if [[ $FOLLOW == 1 ]]; then
     exec tail -n 50 -f "$log"
@@ -422,7 +429,7 @@ cmd_logs() {
 
 COMMAND=""
 NODE=""
-DIR=./.cluster
+DIR=${SLUICE_CLUSTER_DIR:-./.cluster}
 NAMESERVERS=1
 NAMESERVERS_GIVEN=0
 FOLLOW=0

@@ -1,11 +1,13 @@
 //! Broker configuration: a TOML file, overridden by command-line flags.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use crate::store::{FlushMode, StoreConfig};
+use crate::replication::{AckPolicy, ReplicaConfig};
+use crate::store::{ConfirmMode, FlushMode, StoreConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,6 +42,27 @@ pub struct BrokerConfig {
     pub disk_hard_ratio: f64,
     pub disk_budget_bytes: Option<u64>,
     pub retention_check_interval_ms: u64,
+    /// Members of this broker's replica group, replica id -> address (this broker included;
+    /// the address is the one clients and peers reach it at). Empty: a standalone broker.
+    /// TOML: `peers = { 1 = "10.0.0.1:10911", 2 = "10.0.0.2:10911", 3 = "10.0.0.3:10911" }`.
+    #[serde(deserialize_with = "deserialize_peers")]
+    pub peers: BTreeMap<u64, String>,
+    /// Voting members; empty means every peer that is not a learner.
+    pub voters: Vec<u64>,
+    /// Non-voting members (they replicate but never vote or lead).
+    pub learners: Vec<u64>,
+    /// When a replicated send is acknowledged: `quorum` (a majority stored it; with sync flush,
+    /// fsynced it) or `leader` (local append only: a failover can lose acknowledged messages).
+    pub ack: AckPolicy,
+    /// Raft tick length.
+    pub raft_tick_ms: u64,
+    /// A follower campaigns after a random number of silent ticks in
+    /// `[election_ticks, max_election_ticks)`; a leader steps down after `election_ticks`
+    /// without hearing from a quorum.
+    pub election_ticks: usize,
+    pub max_election_ticks: usize,
+    /// Enables the `InjectFault` RPC (partition tests). Never turn on in production.
+    pub enable_fault_injection: bool,
 }
 
 impl Default for BrokerConfig {
@@ -68,8 +91,48 @@ impl Default for BrokerConfig {
             disk_hard_ratio: 0.90,
             disk_budget_bytes: None,
             retention_check_interval_ms: 10_000,
+            peers: BTreeMap::new(),
+            voters: Vec::new(),
+            learners: Vec::new(),
+            ack: AckPolicy::Quorum,
+            raft_tick_ms: 100,
+            // ~1 s failover (measured in the core's simulation: 8-16 ticks of 100 ms).
+            election_ticks: 8,
+            max_election_ticks: 16,
+            enable_fault_injection: false,
         }
     }
+}
+
+/// Peers as a TOML table keyed by replica id (TOML keys are strings).
+fn deserialize_peers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            k.trim()
+                .parse::<u64>()
+                .map(|id| (id, v))
+                .map_err(|_| serde::de::Error::custom(format!("peer id {k:?} is not a number")))
+        })
+        .collect()
+}
+
+/// Parses `1=host:port,2=host:port` (the `--peers` flag).
+pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| {
+            ConfigError::Invalid(format!("peer {item:?} is not ID=HOST:PORT"))
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("peer id {id:?} is not a number")))?;
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(ConfigError::Invalid(format!("peer {id} is listed twice")));
+        }
+    }
+    Ok(peers)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +185,76 @@ impl BrokerConfig {
         if self.heartbeat_interval_ms == 0 || self.consumer_expiry_ms == 0 {
             return bad("heartbeat_interval_ms and consumer_expiry_ms must be > 0");
         }
+        if let Some(r) = self.replica_config()? {
+            r.validate()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// True when this broker is a member of a replica group.
+    pub fn is_replicated(&self) -> bool {
+        !self.peers.is_empty()
+    }
+
+    /// The Raft settings of a replicated broker (`None` when standalone), checked against the
+    /// peers table.
+    pub fn replica_config(&self) -> Result<Option<ReplicaConfig>, ConfigError> {
+        if self.peers.is_empty() {
+            if !self.voters.is_empty() || !self.learners.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "voters/learners are set but peers is empty".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        for (id, addr) in &self.peers {
+            if *id == 0 {
+                return bad("peer ids must be >= 1".into());
+            }
+            if !valid_address(addr) {
+                return bad(format!("peer {id} has address {addr:?}, expected HOST:PORT"));
+            }
+        }
+        if !self.peers.contains_key(&self.replica_id) {
+            return bad(format!(
+                "replica_id {} is not in peers (ids {:?})",
+                self.replica_id,
+                self.peers.keys().collect::<Vec<_>>()
+            ));
+        }
+        let learners: BTreeSet<u64> = self.learners.iter().copied().collect();
+        let voters: Vec<u64> = if self.voters.is_empty() {
+            self.peers
+                .keys()
+                .copied()
+                .filter(|id| !learners.contains(id))
+                .collect()
+        } else {
+            self.voters.clone()
+        };
+        for id in voters.iter().chain(self.learners.iter()) {
+            if !self.peers.contains_key(id) {
+                return bad(format!("member {id} has no address in peers"));
+            }
+        }
+        if let Some(id) = self
+            .peers
+            .keys()
+            .find(|id| !voters.contains(id) && !learners.contains(id))
+        {
+            return bad(format!("peer {id} is neither a voter nor a learner"));
+        }
+        if self.raft_tick_ms == 0 {
+            return bad("raft_tick_ms must be > 0".into());
+        }
+        let mut r = ReplicaConfig::new(self.replica_id, voters, self.learners.clone());
+        r.tick_interval = Duration::from_millis(self.raft_tick_ms);
+        r.election_ticks = self.election_ticks;
+        r.max_election_ticks = self.max_election_ticks;
+        r.ack_policy = self.ack;
+        Ok(Some(r))
     }
 
     pub fn store_config(&self, store_host: &str) -> StoreConfig {
@@ -138,7 +270,18 @@ impl BrokerConfig {
         c.disk_budget_bytes = self.disk_budget_bytes;
         c.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
         c.store_host = store_host.to_string();
+        if self.is_replicated() {
+            // The confirmed position is Raft's commit index, moved by the replica's applier.
+            c.confirm = ConfirmMode::External;
+        }
         c
+    }
+}
+
+fn valid_address(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
     }
 }
 
@@ -167,5 +310,46 @@ mod tests {
         };
         assert!(c.validate().is_err());
         assert!(BrokerConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn replica_group_settings() {
+        let c: BrokerConfig = toml::from_str(
+            "replica_id = 2\nack = \"leader\"\nlearners = [4]\nenable_fault_injection = true\n\
+             [peers]\n1 = \"127.0.0.1:1001\"\n2 = \"127.0.0.1:1002\"\n3 = \"127.0.0.1:1003\"\n\
+             4 = \"127.0.0.1:1004\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let r = c.replica_config().unwrap().unwrap();
+        assert_eq!((r.id, r.voters.clone(), r.learners.clone()), (2, vec![1, 2, 3], vec![4]));
+        assert_eq!(r.ack_policy, AckPolicy::Leader);
+        assert_eq!(c.store_config("x").confirm, ConfirmMode::External);
+        assert_eq!(BrokerConfig::default().store_config("x").confirm, ConfirmMode::FollowWrite);
+
+        let err = |f: &dyn Fn(&mut BrokerConfig)| {
+            let mut c2 = c.clone();
+            f(&mut c2);
+            c2.validate().unwrap_err().to_string()
+        };
+        assert!(err(&|c| c.replica_id = 9).contains("not in peers"));
+        assert!(err(&|c| c.voters = vec![1, 2]).contains("neither a voter"));
+        assert!(err(&|c| c.voters = vec![1, 2, 3, 5]).contains("no address"));
+        assert!(err(&|c| {
+            c.peers.insert(3, "nope".into());
+        })
+        .contains("HOST:PORT"));
+        assert!(err(&|c| c.election_ticks = 20).contains("max_election_ticks"));
+        assert!(toml::from_str::<BrokerConfig>("[peers]\nx = \"a:1\"\n").is_err());
+        assert!(toml::from_str::<BrokerConfig>("ack = \"all\"\n").is_err());
+    }
+
+    #[test]
+    fn peers_flag() {
+        let p = parse_peers("1=a:1, 2=b:2,3=c:3").unwrap();
+        assert_eq!(p.get(&2).map(String::as_str), Some("b:2"));
+        assert!(parse_peers("1=a:1,1=b:2").is_err());
+        assert!(parse_peers("a:1").is_err());
+        assert!(parse_peers("x=a:1").is_err());
     }
 }

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use sluice_broker::config::BrokerConfig;
+use sluice_broker::config::{parse_peers, BrokerConfig};
+use sluice_broker::replication::AckPolicy;
 use sluice_broker::store::FlushMode;
 
 #[derive(Parser, Debug)]
@@ -31,9 +32,37 @@ struct Args {
     replica_id: Option<u64>,
     #[arg(long, value_enum)]
     flush: Option<FlushArg>,
+    /// Replica group members, `ID=HOST:PORT,...` (this broker included); none: standalone.
+    #[arg(long)]
+    peers: Option<String>,
+    /// Voting members (default: every peer that is not a learner).
+    #[arg(long, value_delimiter = ',')]
+    voters: Option<Vec<u64>>,
+    /// Non-voting members.
+    #[arg(long, value_delimiter = ',')]
+    learners: Option<Vec<u64>>,
+    /// When a replicated send is acknowledged: after a majority stored it (`quorum`, default)
+    /// or after the local append (`leader`: a failover can lose acknowledged messages).
+    #[arg(long, value_enum)]
+    ack: Option<AckArg>,
+    #[arg(long)]
+    raft_tick_ms: Option<u64>,
+    #[arg(long)]
+    election_ticks: Option<usize>,
+    #[arg(long)]
+    max_election_ticks: Option<usize>,
+    /// Enables the fault-injection RPC (tests only).
+    #[arg(long)]
+    enable_fault_injection: bool,
     /// Write the bound address to this file once serving.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum AckArg {
+    Quorum,
+    Leader,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -73,6 +102,33 @@ fn load(args: &Args) -> Result<BrokerConfig, Box<dyn std::error::Error>> {
             FlushArg::Async => FlushMode::Async,
             FlushArg::Sync => FlushMode::Sync,
         };
+    }
+    if let Some(v) = &args.peers {
+        c.peers = parse_peers(v)?;
+    }
+    if let Some(v) = &args.voters {
+        c.voters = v.clone();
+    }
+    if let Some(v) = &args.learners {
+        c.learners = v.clone();
+    }
+    if let Some(a) = args.ack {
+        c.ack = match a {
+            AckArg::Quorum => AckPolicy::Quorum,
+            AckArg::Leader => AckPolicy::Leader,
+        };
+    }
+    if let Some(v) = args.raft_tick_ms {
+        c.raft_tick_ms = v;
+    }
+    if let Some(v) = args.election_ticks {
+        c.election_ticks = v;
+    }
+    if let Some(v) = args.max_election_ticks {
+        c.max_election_ticks = v;
+    }
+    if args.enable_fault_injection {
+        c.enable_fault_injection = true;
     }
     c.validate()?;
     Ok(c)

@@ -33,9 +33,23 @@ fn main() -> ExitCode {
         Err(CliError::Usage(msg)) => Cli::command()
             .error(clap::error::ErrorKind::ValueValidation, msg)
             .exit(),
+        // A reader that went away (`sluice ... | head`) is not an error worth reporting.
+        Err(CliError::Failed(e)) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(CliError::Failed(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause
+                .downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                .is_some_and(|k| k == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -94,7 +94,10 @@ impl Node {
         cmd.args(&self.args)
             .arg("--ready-file")
             .arg(&ready)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -124,11 +127,19 @@ impl Node {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
-                    bail!("{} exited with {status} before it was ready; log:\n{}", self.name, self.log_tail());
+                    bail!(
+                        "{} exited with {status} before it was ready; log:\n{}",
+                        self.name,
+                        self.log_tail()
+                    );
                 }
             }
             if Instant::now() > deadline {
-                bail!("{} not ready within 30 s; log:\n{}", self.name, self.log_tail());
+                bail!(
+                    "{} not ready within 30 s; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -169,7 +180,11 @@ impl Node {
         loop {
             if let Some(status) = c.try_wait()? {
                 if !status.success() {
-                    bail!("{} exited with {status} on SIGTERM; log:\n{}", self.name, self.log_tail());
+                    bail!(
+                        "{} exited with {status} on SIGTERM; log:\n{}",
+                        self.name,
+                        self.log_tail()
+                    );
                 }
                 return Ok(());
             }
@@ -324,4 +339,16 @@ pub async fn connect_broker(addr: &str) -> Result<BrokerClient<Channel>> {
     Ok(BrokerClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
+}
+
+/// A CreateTopic request with `queues` read and write queues, readable and writable.
+pub fn create_topic_request(name: &str, queues: u32) -> sluice_proto::v1::CreateTopicRequest {
+    sluice_proto::v1::CreateTopicRequest {
+        config: Some(sluice_proto::v1::TopicConfig {
+            name: name.into(),
+            read_queues: queues,
+            write_queues: queues,
+            perm: sluice_proto::perm::READ_WRITE,
+        }),
+    }
 }

@@ -1,6 +1,6 @@
 //! Every bad input gets a clear error code, never a panic or a dropped connection.
 
-use sluice_integration_tests::{Cluster, ClusterOptions};
+use sluice_integration_tests::{create_topic_request, Cluster, ClusterOptions};
 use sluice_proto::v1::*;
 use sluice_proto::{ApiError, ErrorCode};
 
@@ -15,22 +15,13 @@ fn msg(body: &[u8]) -> Message {
     }
 }
 
-fn topic(name: &str, queues: u32) -> CreateTopicRequest {
-    CreateTopicRequest {
-        config: Some(TopicConfig {
-            name: name.into(),
-            read_queues: queues,
-            write_queues: queues,
-            perm: 6,
-        }),
-    }
-}
-
 #[tokio::test]
 async fn bad_inputs_get_clear_errors() {
     let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
     let mut b = cluster.broker_client(0).await.unwrap();
-    b.create_topic(topic("orders", 2)).await.unwrap();
+    b.create_topic(create_topic_request("orders", 2))
+        .await
+        .unwrap();
 
     // Unknown topic (auto-creation is off by default).
     let e = code(
@@ -65,7 +56,7 @@ async fn bad_inputs_get_clear_errors() {
             .await,
         );
         assert_eq!(e.code, ErrorCode::InvalidTopicName, "{bad:?}: {e}");
-        let e = code(b.create_topic(topic(bad, 1)).await);
+        let e = code(b.create_topic(create_topic_request(bad, 1)).await);
         assert_eq!(e.code, ErrorCode::InvalidTopicName, "{bad:?}: {e}");
     }
 
@@ -135,9 +126,14 @@ async fn bad_inputs_get_clear_errors() {
         .await,
     );
     assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
-    let e = code(b.create_topic(topic("empty", 0)).await);
+    let e = code(b.create_topic(create_topic_request("empty", 0)).await);
     assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
-    let e = code(b.get_message(GetMessageRequest { message_id: "0".repeat(32) }).await);
+    let e = code(
+        b.get_message(GetMessageRequest {
+            message_id: "0".repeat(32),
+        })
+        .await,
+    );
     assert_eq!(e.code, ErrorCode::MessageNotFound, "{e}");
 
     // After all that the same connection and a fresh one still work, and the data is intact.
@@ -155,14 +151,17 @@ async fn bad_inputs_get_clear_errors() {
     let bodies: Vec<&[u8]> = pulled.messages.iter().map(|m| &m.body[..]).collect();
     assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
     let mut other = cluster.broker_client(0).await.unwrap();
-    other.get_broker_status(GetBrokerStatusRequest {}).await.unwrap();
+    other
+        .get_broker_status(GetBrokerStatusRequest {})
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn long_poll_returns_when_a_message_arrives_and_at_timeout() {
     let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
     let mut b = cluster.broker_client(0).await.unwrap();
-    b.create_topic(topic("lp", 1)).await.unwrap();
+    b.create_topic(create_topic_request("lp", 1)).await.unwrap();
 
     // Nothing there: held until the poll timeout, then an empty answer.
     let started = std::time::Instant::now();

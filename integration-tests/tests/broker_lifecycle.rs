@@ -3,19 +3,8 @@
 
 use std::time::Duration;
 
-use sluice_integration_tests::{wait_until, Cluster, ClusterOptions};
+use sluice_integration_tests::{create_topic_request, wait_until, Cluster, ClusterOptions};
 use sluice_proto::v1::*;
-
-fn create(name: &str, queues: u32) -> CreateTopicRequest {
-    CreateTopicRequest {
-        config: Some(TopicConfig {
-            name: name.into(),
-            read_queues: queues,
-            write_queues: queues,
-            perm: 6,
-        }),
-    }
-}
 
 async fn broker_count(cluster: &Cluster) -> usize {
     match cluster.nameserver_client().await {
@@ -37,7 +26,9 @@ async fn acked_messages_and_offsets_survive_kill_9() {
         };
         let mut cluster = Cluster::start(1, opts).unwrap();
         let mut b = cluster.broker_client(0).await.unwrap();
-        b.create_topic(create("durable", 4)).await.unwrap();
+        b.create_topic(create_topic_request("durable", 4))
+            .await
+            .unwrap();
         let mut acked = Vec::new();
         for i in 0..400u32 {
             let q = i % 4;
@@ -85,7 +76,11 @@ async fn acked_messages_and_offsets_survive_kill_9() {
                 .await
                 .unwrap()
                 .into_inner();
-            assert_eq!(r.messages.len(), 1, "{flush}: q{q}@{off} missing after restart");
+            assert_eq!(
+                r.messages.len(),
+                1,
+                "{flush}: q{q}@{off} missing after restart"
+            );
             assert_eq!(&r.messages[0].body[..], body.as_bytes());
         }
         let o = b
@@ -97,7 +92,10 @@ async fn acked_messages_and_offsets_survive_kill_9() {
             .await
             .unwrap()
             .into_inner();
-        assert!(o.found && o.offset == 37, "{flush}: committed offset lost: {o:?}");
+        assert!(
+            o.found && o.offset == 37,
+            "{flush}: committed offset lost: {o:?}"
+        );
         // New sends continue after the recovered offsets.
         let r = b
             .send(SendRequest {
@@ -122,9 +120,11 @@ async fn brokers_leave_the_nameserver_on_expiry_or_at_once_on_clean_stop() {
         ..Default::default()
     };
     let mut cluster = Cluster::start(2, opts).unwrap();
-    wait_until(Duration::from_secs(10), "both brokers registered", || async {
-        broker_count(&cluster).await == 2
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "both brokers registered",
+        || async { broker_count(&cluster).await == 2 },
+    )
     .await
     .unwrap();
 
@@ -141,5 +141,8 @@ async fn brokers_leave_the_nameserver_on_expiry_or_at_once_on_clean_stop() {
     })
     .await
     .unwrap();
-    assert!(killed_at.elapsed() >= Duration::from_millis(1_500), "dropped before the expiry");
+    assert!(
+        killed_at.elapsed() >= Duration::from_millis(1_500),
+        "dropped before the expiry"
+    );
 }

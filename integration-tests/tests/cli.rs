@@ -15,9 +15,18 @@ fn cli_stdin(cluster: &Cluster, args: &[&str], input: &str) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sluice {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sluice {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -28,25 +37,57 @@ fn json(s: &str) -> serde_json::Value {
 #[test]
 fn cli_round_trip() {
     let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
-    cluster.cli(&["topic", "create", "cli-topic", "--queues", "3"]).unwrap();
+    cluster
+        .cli(&["topic", "create", "cli-topic", "--queues", "3"])
+        .unwrap();
     let topics = json(&cluster.cli(&["topic", "list", "--json"]).unwrap());
     assert!(topics.to_string().contains("cli-topic"), "{topics}");
-    let route = json(&cluster.cli(&["topic", "route", "cli-topic", "--json"]).unwrap());
+    let route = json(
+        &cluster
+            .cli(&["topic", "route", "cli-topic", "--json"])
+            .unwrap(),
+    );
     assert!(route.to_string().contains("broker-a"), "{route}");
 
     let lines: String = (0..50).map(|i| format!("line {i}\n")).collect();
-    let produced = cli_stdin(&cluster, &["produce", "cli-topic", "--key", "k1", "--tag", "t1"], &lines);
-    assert_eq!(produced.lines().filter(|l| !l.trim().is_empty()).count(), 50, "{produced}");
+    let produced = cli_stdin(
+        &cluster,
+        &["produce", "cli-topic", "--key", "k1", "--tag", "t1"],
+        &lines,
+    );
+    assert_eq!(
+        produced.lines().filter(|l| !l.trim().is_empty()).count(),
+        50,
+        "{produced}"
+    );
     let generated = cluster
         .cli(&["produce", "cli-topic", "--count", "20", "--size", "100"])
         .unwrap();
-    assert_eq!(generated.lines().filter(|l| !l.trim().is_empty()).count(), 20, "{generated}");
+    assert_eq!(
+        generated.lines().filter(|l| !l.trim().is_empty()).count(),
+        20,
+        "{generated}"
+    );
 
     let consumed = cluster
-        .cli(&["consume", "cli-topic", "--group", "cli-g", "--from", "earliest", "--max", "70", "--idle-timeout", "10"])
+        .cli(&[
+            "consume",
+            "cli-topic",
+            "--group",
+            "cli-g",
+            "--from",
+            "earliest",
+            "--max",
+            "70",
+            "--idle-timeout",
+            "10",
+        ])
         .unwrap();
     for i in 0..50 {
-        assert!(consumed.contains(&format!("line {i}")), "line {i} missing from {consumed}");
+        assert!(
+            consumed.contains(&format!("line {i}")),
+            "line {i} missing from {consumed}"
+        );
     }
     let lag = json(&cluster.cli(&["group", "lag", "cli-g", "--json"]).unwrap());
     let total: u64 = lag
@@ -63,32 +104,68 @@ fn cli_round_trip() {
     assert!(s.contains("broker-a") && s.contains("it"), "{status}");
 
     // Message query: by key finds the 50 keyed lines; one of them by id.
-    let found = json(&cluster.cli(&["message", "find", "--topic", "cli-topic", "--key", "k1", "--json"]).unwrap());
-    let found = found.as_array().cloned().unwrap_or_else(|| found["messages"].as_array().cloned().unwrap());
+    let found = json(
+        &cluster
+            .cli(&[
+                "message",
+                "find",
+                "--topic",
+                "cli-topic",
+                "--key",
+                "k1",
+                "--json",
+            ])
+            .unwrap(),
+    );
+    let found = found
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| found["messages"].as_array().cloned().unwrap());
     assert_eq!(found.len(), 50);
     let id = found[0]["message_id"].as_str().unwrap().to_string();
     let one = cluster.cli(&["message", "get", &id, "--json"]).unwrap();
     assert!(one.contains(&id), "{one}");
     let ranged = json(
         &cluster
-            .cli(&["message", "find", "--topic", "cli-topic", "--from", "0", "--to", &i64::MAX.to_string(), "--json"])
+            .cli(&[
+                "message",
+                "find",
+                "--topic",
+                "cli-topic",
+                "--from",
+                "0",
+                "--to",
+                &i64::MAX.to_string(),
+                "--json",
+            ])
             .unwrap(),
     );
     assert!(ranged.to_string().contains("line 0"), "{ranged}");
 
     // Errors are clear and exit non-zero.
     let out = Command::new(bin("sluice"))
-        .args(["--nameservers", &cluster.nameservers(), "topic", "route", "no-such-topic"])
+        .args([
+            "--nameservers",
+            &cluster.nameservers(),
+            "topic",
+            "route",
+            "no-such-topic",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("no-such-topic"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .to_lowercase()
+        .contains("no-such-topic"));
 }
 
 /// scripts/cluster.sh and scripts/quickstart.sh as the README uses them, on prebuilt binaries.
 #[test]
 fn cluster_script_up_quickstart_down() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let dir = tempfile::tempdir().unwrap();
     let cdir = dir.path().join("cluster");
     let run = |script: &str, args: &[&str]| {
@@ -115,22 +192,36 @@ fn cluster_script_up_quickstart_down() {
 
     let out = run("quickstart.sh", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "quickstart failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "quickstart failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("order-"), "{stdout}");
     let again = run("cluster.sh", &["up", "--dir", &cdir_s]);
     assert!(again.status.success(), "second up must be a no-op");
+    // The pids the script started, read before `down` removes the pid files.
+    let pids: Vec<i32> = walk(&cdir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "pid"))
+        .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
+        .collect();
+    assert!(
+        pids.len() >= 2,
+        "expected a nameserver and a broker pid under {cdir_s}"
+    );
+    // A process that exited but was not reaped yet (a zombie, state Z) counts as stopped.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false)
+    };
+    assert!(pids.iter().all(|p| alive(*p)), "nodes not running after up");
     let out = run("cluster.sh", &["down", "--dir", &cdir_s]);
     assert!(out.status.success());
-    // Every pid the script started is gone.
-    for entry in walk(&cdir) {
-        if entry.extension().is_some_and(|e| e == "pid") {
-            let pid: i32 = std::fs::read_to_string(&entry).unwrap_or_default().trim().parse().unwrap_or(0);
-            if pid > 0 {
-                // SAFETY: signal 0 only checks for existence.
-                let alive = unsafe { libc::kill(pid, 0) } == 0;
-                assert!(!alive, "pid {pid} from {} still running after down", entry.display());
-            }
-        }
+    for pid in pids {
+        assert!(!alive(pid), "pid {pid} still running after down");
     }
 }
 

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sluice_client::{Admin, ClientConfig, Message, Producer, PullConsumer, PushConsumer, ReceivedMessage, StartPosition};
+use sluice_client::{
+    Admin, ClientConfig, Message, Producer, PullConsumer, PushConsumer, ReceivedMessage,
+    StartPosition,
+};
 use sluice_integration_tests::{wait_until, Cluster, ClusterOptions};
 
 fn client_config(cluster: &Cluster) -> ClientConfig {
@@ -15,7 +18,13 @@ fn client_config(cluster: &Cluster) -> ClientConfig {
 /// (queue id, offset, body) in the order the handler saw them.
 type Seen = Arc<Mutex<Vec<(u32, u64, String)>>>;
 
-async fn push_consumer(cluster: &Cluster, group: &str, topic: &str, seen: Seen, concurrency: usize) -> PushConsumer {
+async fn push_consumer(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+    seen: Seen,
+    concurrency: usize,
+) -> PushConsumer {
     PushConsumer::builder(client_config(cluster), group)
         .subscribe(topic)
         .start_position(StartPosition::Earliest)
@@ -35,11 +44,28 @@ async fn push_consumer(cluster: &Cluster, group: &str, topic: &str, seen: Seen, 
         .unwrap()
 }
 
+async fn pull_consumer(cluster: &Cluster, group: &str, topic: &str) -> PullConsumer {
+    PullConsumer::builder(client_config(cluster), group)
+        .subscribe(topic)
+        .start_position(StartPosition::Earliest)
+        .heartbeat_interval(Duration::from_millis(200))
+        .rebalance_interval(Duration::from_millis(500))
+        .start_pull()
+        .await
+        .unwrap()
+}
+
 async fn produce(producer: &Producer, topic: &str, range: std::ops::Range<u32>) -> Vec<String> {
     let mut handles = Vec::new();
     for i in range {
         let body = format!("msg-{i}");
-        handles.push((body.clone(), producer.send_async(Message::new(topic, body.into_bytes())).await.unwrap()));
+        handles.push((
+            body.clone(),
+            producer
+                .send_async(Message::new(topic, body.into_bytes()))
+                .await
+                .unwrap(),
+        ));
     }
     let mut acked = Vec::new();
     for (body, h) in handles {
@@ -50,7 +76,11 @@ async fn produce(producer: &Producer, topic: &str, range: std::ops::Range<u32>) 
 }
 
 fn bodies(seen: &Seen) -> Vec<String> {
-    seen.lock().unwrap().iter().map(|(_, _, b)| b.clone()).collect()
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, b)| b.clone())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,9 +94,11 @@ async fn ten_thousand_messages_consumed_exactly_once_in_queue_order() {
 
     let seen: Seen = Arc::default();
     let consumer = push_consumer(&cluster, "billing", "orders", seen.clone(), 1).await;
-    wait_until(Duration::from_secs(60), "10,000 messages consumed", || async {
-        seen.lock().unwrap().len() >= 10_000
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "10,000 messages consumed",
+        || async { seen.lock().unwrap().len() >= 10_000 },
+    )
     .await
     .unwrap();
     consumer.shutdown().await;
@@ -82,7 +114,10 @@ async fn ten_thousand_messages_consumed_exactly_once_in_queue_order() {
     assert_eq!(per_queue.len(), 8, "round-robin uses every queue");
     for (q, offsets) in per_queue {
         let expected: Vec<u64> = (0..offsets.len() as u64).collect();
-        assert_eq!(offsets, expected, "queue {q} delivered out of order or with gaps");
+        assert_eq!(
+            offsets, expected,
+            "queue {q} delivered out of order or with gaps"
+        );
     }
     // Everything committed on shutdown: no lag.
     let lag = admin.group_lag("billing", Some("orders")).await.unwrap();
@@ -98,14 +133,7 @@ async fn group_resumes_from_committed_offsets_after_broker_kill_9() {
     let acked = produce(&producer, "resume", 0..1000).await;
 
     // Consume part of it and commit exactly what was processed.
-    let mut first = PullConsumer::builder(client_config(&cluster), "readers")
-        .subscribe("resume")
-        .start_position(StartPosition::Earliest)
-        .heartbeat_interval(Duration::from_millis(200))
-        .rebalance_interval(Duration::from_millis(500))
-        .start_pull()
-        .await
-        .unwrap();
+    let mut first = pull_consumer(&cluster, "readers", "resume").await;
     let mut got_first: Vec<String> = Vec::new();
     while got_first.len() < 400 {
         for m in first.poll(50, Duration::from_secs(5)).await.unwrap() {
@@ -120,14 +148,7 @@ async fn group_resumes_from_committed_offsets_after_broker_kill_9() {
 
     // Acked before the crash, and more after it.
     let acked_after = produce(&producer, "resume", 1000..1200).await;
-    let mut second = PullConsumer::builder(client_config(&cluster), "readers")
-        .subscribe("resume")
-        .start_position(StartPosition::Earliest)
-        .heartbeat_interval(Duration::from_millis(200))
-        .rebalance_interval(Duration::from_millis(500))
-        .start_pull()
-        .await
-        .unwrap();
+    let mut second = pull_consumer(&cluster, "readers", "resume").await;
     let expected_rest = acked.len() + acked_after.len() - got_first.len();
     let mut got_second: Vec<String> = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -144,7 +165,11 @@ async fn group_resumes_from_committed_offsets_after_broker_kill_9() {
         assert!(all.contains(m), "acked {m} never consumed");
     }
     // It resumed from the committed offsets rather than from the start.
-    assert_eq!(got_second.len(), expected_rest, "re-delivered committed messages");
+    assert_eq!(
+        got_second.len(),
+        expected_rest,
+        "re-delivered committed messages"
+    );
     let first_set: HashSet<&String> = got_first.iter().collect();
     assert!(got_second.iter().all(|m| !first_set.contains(m)));
 }
@@ -180,9 +205,13 @@ async fn two_push_consumers_split_queues_and_the_survivor_takes_over() {
     // B leaves; A takes every queue within a rebalance interval (plus scheduling slack).
     b.shutdown().await;
     let left = std::time::Instant::now();
-    wait_until(Duration::from_secs(5), "survivor owns all 8 queues", || async { a.assignment().len() == 8 })
-        .await
-        .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "survivor owns all 8 queues",
+        || async { a.assignment().len() == 8 },
+    )
+    .await
+    .unwrap();
     eprintln!("takeover after {:?}", left.elapsed());
 
     acked.extend(produce(&producer, "split", 2000..4000).await);
@@ -194,13 +223,14 @@ async fn two_push_consumers_split_queues_and_the_survivor_takes_over() {
     .unwrap();
     a.shutdown().await;
 
-    let all: HashMap<String, usize> = bodies(&seen_a)
-        .into_iter()
-        .chain(bodies(&seen_b))
-        .fold(HashMap::new(), |mut m, b| {
-            *m.entry(b).or_default() += 1;
-            m
-        });
+    let all: HashMap<String, usize> =
+        bodies(&seen_a)
+            .into_iter()
+            .chain(bodies(&seen_b))
+            .fold(HashMap::new(), |mut m, b| {
+                *m.entry(b).or_default() += 1;
+                m
+            });
     for m in &acked {
         assert!(all.contains_key(m), "{m} lost");
     }

@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-/// When a proposal is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// When a proposal is answered (broker config `ack = "quorum" | "leader"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AckPolicy {
     /// After the entry is committed (stored on a quorum of voters) and applied locally.
     /// Nothing acknowledged this way is lost while a quorum survives.
@@ -13,6 +14,15 @@ pub enum AckPolicy {
     /// Right after the leader has persisted the entry locally. Faster, but an acknowledged
     /// entry is lost if the leader dies before replicating it and a new leader overwrites it.
     Leader,
+}
+
+impl AckPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckPolicy::Quorum => "quorum",
+            AckPolicy::Leader => "leader",
+        }
+    }
 }
 
 /// Why a [`ReplicaConfig`] was refused.

@@ -61,10 +61,11 @@ impl From<LogStoreError> for raft::Error {
 ///   `StorageError::Compacted` for `lo < first_index()` and `StorageError::Unavailable` for
 ///   `hi > last_index() + 1`. `term(i)` returns `Compacted` below the compaction point and
 ///   `Unavailable` above the last index. Reads never panic.
-/// * **Snapshot**: the log carries no state machine besides itself, so a snapshot is only
-///   metadata: `snapshot()` describes the compaction point (`index = first_index() - 1`, its
-///   term, the current [`ConfState`]) with empty data, or returns
-///   `SnapshotTemporarilyUnavailable` when the log was never compacted.
+/// * **Snapshot**: `snapshot()` describes the compaction point (`index = first_index() - 1`,
+///   its term, the current [`ConfState`]), or returns `SnapshotTemporarilyUnavailable` when
+///   the log was never compacted. Its `data` is the store's own business (empty for
+///   [`super::MemLogStore`]; the commit log puts there where its bytes restart and the next
+///   queue offsets): it reaches the follower's [`RaftLogStore::apply_snapshot_data`] as is.
 /// * **Initial state**: `initial_state()` returns the last persisted [`HardState`] and
 ///   [`ConfState`]; a fresh store returns defaults (an empty `ConfState` means "not
 ///   bootstrapped", and the driver then writes the configured membership).
@@ -84,6 +85,25 @@ pub trait RaftLogStore: raft::Storage {
     /// `meta.index + 1`; replaces the membership with `meta.conf_state` and raises the
     /// persisted commit index to `meta.index` if it was lower.
     fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), LogStoreError>;
+
+    /// Installs a snapshot that carries `data` (what this kind of store's `snapshot()` put in
+    /// it, produced by the leader). This is what the driver calls; stores whose snapshots carry
+    /// data override it (and may implement [`Self::apply_snapshot`] as a call with no data).
+    /// The default takes metadata-only snapshots and refuses data it would otherwise drop.
+    fn apply_snapshot_data(
+        &mut self,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+    ) -> Result<(), LogStoreError> {
+        if !data.is_empty() {
+            return Err(LogStoreError::Corrupt(format!(
+                "snapshot at {} carries {} bytes of data this log cannot install",
+                meta.index,
+                data.len()
+            )));
+        }
+        self.apply_snapshot(meta)
+    }
 
     /// Discards the entries before `index` (which becomes `first_index()`), keeping the term of
     /// `index - 1`. A no-op when `index <= first_index()`; an error when

@@ -484,7 +484,7 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
             for peer in std::mem::take(&mut self.unreachable) {
                 self.raw.report_unreachable(peer);
             }
-            // A log snapshot is complete once sent (it is only metadata). Until told, raft-rs
+            // A snapshot is complete once sent (it is one message). Until told, raft-rs
             // pauses the peer; if the message is lost, the next probe fails and it resends.
             for (peer, sent) in std::mem::take(&mut self.snapshots_sent) {
                 let status = if sent {
@@ -504,7 +504,8 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
         self.send_all(rd.take_messages());
         if !rd.snapshot().is_empty() {
             let meta = rd.snapshot().get_metadata().clone();
-            self.install_snapshot(&meta)?;
+            let data = rd.snapshot().data.clone();
+            self.install_snapshot(&meta, &data)?;
         }
         let entries = rd.take_entries();
         let store = self.raw.mut_store();
@@ -532,15 +533,16 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
         Ok(())
     }
 
-    fn install_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<(), NodeError> {
+    fn install_snapshot(&mut self, meta: &SnapshotMetadata, data: &[u8]) -> Result<(), NodeError> {
         tracing::info!(
             replica = self.id,
             index = meta.index,
             term = meta.term,
             "installing the leader's compaction point"
         );
-        self.raw.mut_store().apply_snapshot(meta)?;
-        self.applier.apply_snapshot(meta.index, meta.term)?;
+        self.raw.mut_store().apply_snapshot_data(meta, data)?;
+        self.applier
+            .apply_snapshot_data(meta.index, meta.term, data)?;
         // Only followers receive snapshots, and a follower has no pending proposals.
         self.proposals.fail_all(|id| ProposeError::LeadershipLost {
             term: id.term,

@@ -30,6 +30,9 @@ pub enum StepError {
     Failed(String),
 }
 
+/// Largest snapshot data accepted from a peer (queue offsets and broker metadata, not messages).
+pub const MAX_SNAPSHOT_DATA: usize = 256 << 20;
+
 /// Encodes a Raft message for the wire.
 pub fn encode_message(msg: &Message) -> Result<Bytes, String> {
     msg.write_to_bytes()
@@ -147,8 +150,12 @@ fn check_snapshot<S: Storage>(raft: &Raft<S>, m: &Message) -> Result<(), String>
             meta.index, meta.term, m.term
         ));
     }
-    if !snap.data.is_empty() {
-        return Err("snapshot carries data; log snapshots are metadata only".into());
+    // The data is the log store's and the applier's to check (they decode it); bound it here.
+    if snap.data.len() > MAX_SNAPSHOT_DATA {
+        return Err(format!(
+            "snapshot data of {} bytes exceeds {MAX_SNAPSHOT_DATA}",
+            snap.data.len()
+        ));
     }
     let mut ours = raft.prs().conf().to_conf_state();
     let mut theirs = meta.get_conf_state().clone();

@@ -402,6 +402,7 @@ pub fn open_blocking(
 
     let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
     let (flush_tx, flush_rx) = mpsc::channel();
+    let ftx = flush_tx.clone();
     let (retention_tx, retention_rx) = mpsc::channel();
     let writer = Writer::new(
         shared.clone(),
@@ -422,7 +423,7 @@ pub fn open_blocking(
     let s = shared.clone();
     threads.push(spawn(
         "sluice-store-flusher",
-        Box::new(move || super::flusher::run(s, flush_rx)),
+        Box::new(move || super::flusher::run(s, flush_rx, ftx)),
     )?);
     threads.push(spawn(
         "sluice-store-dispatch",

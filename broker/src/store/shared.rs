@@ -95,9 +95,11 @@ impl Shared {
     }
 
     /// Moves the confirmed offset (never past the write position) and wakes the dispatcher.
+    /// Moves the confirmed offset up (never down: truncation lowers it directly).
     pub fn confirm(&self, offset: u64) {
-        self.confirmed.store(offset, Ordering::Release);
-        self.wake_dispatcher();
+        if self.confirmed.fetch_max(offset, Ordering::AcqRel) < offset {
+            self.wake_dispatcher();
+        }
     }
 
     pub fn wake_dispatcher(&self) {

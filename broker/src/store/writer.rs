@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 use super::commitlog::{sync_dir, Segment};
-use super::flusher::FlushReq;
+use super::flusher::{FlushMsg, FlushReq};
 use super::record::{self, FILLER_LEN};
 use super::retention::RetentionMsg;
 use super::shared::{DispatchMsg, Shared};
@@ -70,10 +70,17 @@ pub struct Writer {
     next: HashMap<String, HashMap<u32, u64>>,
     last_ts: i64,
     buf: Vec<u8>,
-    flush_tx: mpsc::Sender<FlushReq>,
+    flush_tx: mpsc::Sender<FlushMsg>,
     /// A failed write may have left bytes after `pos`; cut them before the next write.
     tail_dirty: bool,
     retention_kick: Option<mpsc::Sender<RetentionMsg>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // However the writer ends, the flusher has nothing more to wait for.
+        let _ = self.flush_tx.send(FlushMsg::Stop);
+    }
 }
 
 /// Producers waiting for the current chunk, and how to undo its queue offsets.
@@ -89,7 +96,7 @@ impl Writer {
         active: Arc<Segment>,
         pos: u64,
         next: HashMap<String, HashMap<u32, u64>>,
-        flush_tx: mpsc::Sender<FlushReq>,
+        flush_tx: mpsc::Sender<FlushMsg>,
         retention_kick: Option<mpsc::Sender<RetentionMsg>>,
     ) -> Writer {
         // Store times never go backwards, even if the clock does across a restart.
@@ -280,11 +287,14 @@ impl Writer {
                 }
             }
             FlushMode::Sync => {
-                if let Err(mpsc::SendError(req)) = self.flush_tx.send(FlushReq {
+                let req = FlushReq {
                     upto: self.pos,
                     acks,
                     done: None,
-                }) {
+                };
+                if let Err(mpsc::SendError(FlushMsg::Req(req))) =
+                    self.flush_tx.send(FlushMsg::Req(req))
+                {
                     for (reply, _) in req.acks {
                         let _ = reply.send(Err(StoreError::Closed));
                     }
@@ -339,11 +349,11 @@ impl Writer {
     fn flush_all(&mut self) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel();
         self.flush_tx
-            .send(FlushReq {
+            .send(FlushMsg::Req(FlushReq {
                 upto: self.pos,
                 acks: Vec::new(),
                 done: Some(tx),
-            })
+            }))
             .map_err(|_| StoreError::Closed)?;
         rx.recv()
             .map_err(|_| StoreError::Closed)?

@@ -72,7 +72,7 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
             views.extend(batch.iter().map(MessageView::from));
         } else if let Err(e) = print_batch(&batch) {
             // Not printed, so not committed: the group gets these messages again.
-            break Err(anyhow::anyhow!("cannot write to stdout: {e}"));
+            break Err(anyhow::Error::new(e).context("cannot write to stdout"));
         }
         if let Err(e) = consumer.commit().await {
             tracing::warn!(error = %e, "commit failed; will retry");

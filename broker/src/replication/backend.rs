@@ -1,0 +1,37 @@
+//! The broker's commit log as a replica group uses it: how sends and metadata operations
+//! become entry data, what applying a committed entry does to the store, and where a
+//! producer's offsets come from.
+
+use bytes::Bytes;
+
+use super::io::CommittedEntry;
+use super::log_store::RaftLogStore;
+use crate::store::{AppendBatch, Appended, StoreError};
+
+/// What the replica group needs from the commit log.
+pub trait LogBackend: Clone + Send + Sync + 'static {
+    /// The Raft log the replica persists to.
+    type Log: RaftLogStore + Send + 'static;
+
+    /// Opens the Raft view of the log (once, at start).
+    fn raft_log(&self) -> Result<Self::Log, StoreError>;
+
+    /// Entry data for a send (validated and encoded on the caller's task).
+    fn encode_send(&self, batch: &AppendBatch, now_ms: i64) -> Result<Bytes, StoreError>;
+
+    /// Entry data for a metadata operation (`body` is an encoded `MetaOp`).
+    fn encode_meta(&self, body: &[u8], now_ms: i64) -> Bytes;
+
+    /// The metadata operation bodies an entry carries (none for a send).
+    fn meta_bodies(&self, data: &[u8]) -> Result<Vec<Bytes>, StoreError>;
+
+    /// `entries` are committed (in order, after the previous call's): make their messages
+    /// visible to consumers. Called on the replica thread, may block.
+    fn commit(&self, entries: &[CommittedEntry]) -> Result<(), StoreError>;
+
+    /// A snapshot up to `index` was installed in the log: what it covers is committed.
+    fn commit_snapshot(&self, index: u64) -> Result<(), StoreError>;
+
+    /// Queue and commit-log offsets of each message of the persisted entry `index` (a send).
+    fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError>;
+}
