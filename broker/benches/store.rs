@@ -24,7 +24,11 @@ fn open(rt: &tokio::runtime::Runtime, dir: &std::path::Path, flush: FlushMode) -
 }
 
 fn append(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("append");
     group.measurement_time(Duration::from_secs(5));
     for (flush, size, batch) in [
@@ -40,9 +44,15 @@ fn append(c: &mut Criterion) {
         group.bench_function(format!("{flush:?}/{size}B/batch{batch}"), |b| {
             b.to_async(&rt).iter_batched(
                 || {
-                    let messages = (0..batch as u64).map(|j| message(i * 1000 + j, &body)).collect();
+                    let messages = (0..batch as u64)
+                        .map(|j| message(i * 1000 + j, &body))
+                        .collect();
                     i += 1;
-                    AppendBatch { topic: "bench".into(), queue_id: (i % 8) as u32, messages }
+                    AppendBatch {
+                        topic: "bench".into(),
+                        queue_id: (i % 8) as u32,
+                        messages,
+                    }
                 },
                 |batch| {
                     let store = store.clone();
@@ -57,7 +67,11 @@ fn append(c: &mut Criterion) {
 }
 
 fn read(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = open(&rt, dir.path(), FlushMode::Async);
     let body = Bytes::from(vec![7u8; 1024]);
@@ -65,7 +79,14 @@ fn read(c: &mut Criterion) {
     rt.block_on(async {
         for i in 0..total / 64 {
             let messages = (0..64).map(|j| message(i * 64 + j, &body)).collect();
-            store.append(AppendBatch { topic: "bench".into(), queue_id: 0, messages }).await.unwrap();
+            store
+                .append(AppendBatch {
+                    topic: "bench".into(),
+                    queue_id: 0,
+                    messages,
+                })
+                .await
+                .unwrap();
         }
         let mut rx = store.subscribe_dispatched();
         while store.queue_offsets("bench", 0).1 < total {
@@ -77,7 +98,9 @@ fn read(c: &mut Criterion) {
     let mut offset = 0u64;
     group.bench_function("read_queue/32x1KiB", |b| {
         b.iter(|| {
-            let r = store.read_queue("bench", 0, offset, 32, usize::MAX).unwrap();
+            let r = store
+                .read_queue("bench", 0, offset, 32, usize::MAX)
+                .unwrap();
             offset = r.next_offset % (total - 32);
             r
         })

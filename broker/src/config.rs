@@ -121,9 +121,9 @@ fn deserialize_peers<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, St
 pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
     let mut peers = BTreeMap::new();
     for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item.split_once('=').ok_or_else(|| {
-            ConfigError::Invalid(format!("peer {item:?} is not ID=HOST:PORT"))
-        })?;
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::Invalid(format!("peer {item:?} is not ID=HOST:PORT")))?;
         let id: u64 = id
             .trim()
             .parse()
@@ -214,7 +214,9 @@ impl BrokerConfig {
                 return bad("peer ids must be >= 1".into());
             }
             if !valid_address(addr) {
-                return bad(format!("peer {id} has address {addr:?}, expected HOST:PORT"));
+                return bad(format!(
+                    "peer {id} has address {addr:?}, expected HOST:PORT"
+                ));
             }
         }
         if !self.peers.contains_key(&self.replica_id) {
@@ -322,10 +324,16 @@ mod tests {
         .unwrap();
         c.validate().unwrap();
         let r = c.replica_config().unwrap().unwrap();
-        assert_eq!((r.id, r.voters.clone(), r.learners.clone()), (2, vec![1, 2, 3], vec![4]));
+        assert_eq!(
+            (r.id, r.voters.clone(), r.learners.clone()),
+            (2, vec![1, 2, 3], vec![4])
+        );
         assert_eq!(r.ack_policy, AckPolicy::Leader);
         assert_eq!(c.store_config("x").confirm, ConfirmMode::External);
-        assert_eq!(BrokerConfig::default().store_config("x").confirm, ConfirmMode::FollowWrite);
+        assert_eq!(
+            BrokerConfig::default().store_config("x").confirm,
+            ConfirmMode::FollowWrite
+        );
 
         let err = |f: &dyn Fn(&mut BrokerConfig)| {
             let mut c2 = c.clone();

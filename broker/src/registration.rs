@@ -9,6 +9,7 @@ use sluice_proto::v1::{RegisterBrokerRequest, Role, UnregisterBrokerRequest};
 use tokio::sync::{watch, Notify};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::replication::MasterState;
 use crate::service::Identity;
 use crate::store::MessageStore;
 use crate::topics::TopicTable;
@@ -23,6 +24,9 @@ pub struct Registrar {
     pub topics: Arc<TopicTable>,
     pub store: MessageStore,
     pub trigger: Arc<Notify>,
+    /// A replicated broker's role: registered as MASTER only while it is the group's master,
+    /// and re-registered at once when that changes. `None`: standalone, always MASTER.
+    pub role: Option<watch::Receiver<MasterState>>,
 }
 
 struct Target {
@@ -50,8 +54,11 @@ impl Registrar {
             }
         }
         let mut retry = FIRST_RETRY;
+        let mut role = self.role.clone();
         loop {
-            let all_ok = self.register_all(&mut targets).await;
+            let req = self.request();
+            let registered_master = req.role == Role::Master as i32;
+            let all_ok = self.register_all(&mut targets, req).await;
             let wait = if all_ok {
                 retry = FIRST_RETRY;
                 self.interval
@@ -64,6 +71,12 @@ impl Registrar {
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.trigger.notified() => {}
+                r = role_changed(&mut role, registered_master) => {
+                    if !r {
+                        // The replica stopped; keep announcing the last role until shutdown.
+                        role = None;
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
         }
@@ -71,20 +84,35 @@ impl Registrar {
     }
 
     fn request(&self) -> RegisterBrokerRequest {
+        let (role, term) = match &self.role {
+            None => (Role::Master, 0),
+            Some(r) => {
+                let m = *r.borrow();
+                (
+                    if m.is_master {
+                        Role::Master
+                    } else {
+                        Role::Slave
+                    },
+                    m.term,
+                )
+            }
+        };
         RegisterBrokerRequest {
             cluster_name: self.identity.cluster_name.clone(),
             broker_name: self.identity.broker_name.clone(),
             replica_id: self.identity.replica_id,
-            role: Role::Master as i32,
+            role: role as i32,
             address: self.identity.address.clone(),
             topics: self.topics.list(),
-            term: 0,
+            term,
             max_offset: self.store.commit_log_range().1,
         }
     }
 
-    async fn register_all(&self, targets: &mut [Target]) -> bool {
-        let req = self.request();
+    /// Registers with every nameserver at once: calls run concurrently, so one slow or dead
+    /// nameserver does not delay the others.
+    async fn register_all(&self, targets: &mut [Target], req: RegisterBrokerRequest) -> bool {
         let calls = targets.iter_mut().map(|t| {
             let req = req.clone();
             async move {
@@ -131,5 +159,21 @@ impl Registrar {
             }
         });
         futures::future::join_all(calls).await;
+    }
+}
+
+/// Resolves when MASTER/SLAVE differs from what was last registered (false when the replica
+/// is gone); never without a replica.
+async fn role_changed(role: &mut Option<watch::Receiver<MasterState>>, registered: bool) -> bool {
+    let Some(rx) = role else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.borrow_and_update().is_master != registered {
+            return true;
+        }
+        if rx.changed().await.is_err() {
+            return false;
+        }
     }
 }

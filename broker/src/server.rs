@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::v1::broker_server::BrokerServer;
+use sluice_proto::v1::replication_server::ReplicationServer;
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -15,6 +16,7 @@ use crate::groups::ConsumerGroups;
 use crate::meta::{MetaStore, SledMeta};
 use crate::offsets::OffsetTable;
 use crate::registration::Registrar;
+use crate::replication::{GroupSettings, InterimBackend, MetaState, ReplicaGroup};
 use crate::service::convert::IdGenerator;
 use crate::service::{BrokerService, Identity, ServiceLimits};
 use crate::store::MessageStore;
@@ -35,6 +37,8 @@ pub enum ServerError {
     Meta(#[from] crate::meta::MetaError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Replica(#[from] crate::replication::GroupError),
 }
 
 /// Runs a broker until `shutdown` resolves. `on_ready` gets the bound address once the broker
@@ -55,8 +59,15 @@ pub async fn run(
         addr: config.listen.clone(),
         source,
     })?;
+    let replica_config = config.replica_config()?;
     let address = match &config.advertise {
         Some(a) => a.clone(),
+        // Peers and clients reach a replica at its address in the peers table.
+        None if replica_config.is_some() => config
+            .peers
+            .get(&config.replica_id)
+            .cloned()
+            .unwrap_or_else(|| local.to_string()),
         None if local.ip().is_unspecified() => {
             tracing::warn!(
                 "listening on {local}; announcing 127.0.0.1 (set `advertise` for other hosts)"
@@ -78,10 +89,33 @@ pub async fn run(
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let reregister = Arc::new(Notify::new());
+    let (replica, replication) = match replica_config {
+        None => (None, None),
+        Some(rc) => {
+            let settings = GroupSettings {
+                replica: rc,
+                broker_name: config.broker_name.clone(),
+                peers: config.peers.clone(),
+                fault_injection: config.enable_fault_injection,
+                propose_timeout: Duration::from_millis(config.sync_flush_timeout_ms.max(1_000)),
+            };
+            let meta_state = MetaState {
+                meta: meta.clone(),
+                topics: topics.clone(),
+                offsets: offsets.clone(),
+                reregister: reregister.clone(),
+            };
+            let backend = InterimBackend::new(store.clone(), &address);
+            let (group, service) =
+                ReplicaGroup::start(settings, backend, meta_state, store.clone())?;
+            (Some(group), Some(service))
+        }
+    };
     let service = BrokerService {
         store: store.clone(),
         topics: topics.clone(),
         offsets,
+        replica: replica.clone(),
         groups: Arc::new(ConsumerGroups::new(Duration::from_millis(
             config.consumer_expiry_ms,
         ))),
@@ -104,6 +138,7 @@ pub async fn run(
         topics,
         store: store.clone(),
         trigger: reregister,
+        role: replica.as_ref().map(|g| g.subscribe_master()),
     };
     let registration = tokio::spawn(registrar.run(stop_rx.clone()));
 
@@ -113,9 +148,15 @@ pub async fn run(
         .max_decoding_message_size(config.max_request_size + (64 << 10))
         .max_encoding_message_size(usize::MAX);
     let mut stop_serving = stop_rx.clone();
+    let replication = replication.map(|r| {
+        ReplicationServer::new(r)
+            .max_decoding_message_size(crate::replication::transport::MAX_RPC_BYTES)
+            .max_encoding_message_size(crate::replication::transport::MAX_RPC_BYTES)
+    });
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(grpc)
+        .add_optional_service(replication)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop_serving.wait_for(|s| *s).await;
         });
@@ -149,6 +190,9 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("nameserver unregistration timed out");
+    }
+    if let Some(group) = &replica {
+        group.shutdown().await;
     }
     store.shutdown().await?;
     meta.flush()?;

@@ -344,10 +344,12 @@ async fn external_confirmation_gates_visibility() {
     assert_eq!(store.queue_offsets("c", 0), (0, 0));
     assert!(store.read_at(a.entries[0].commit_log_offset).is_err());
     let end_a = a.entries[1].commit_log_offset + u64::from(a.entries[1].size);
-    store.set_confirmed_offset(end_a).unwrap();
+    store.set_confirmed_offset(end_a);
     wait_visible(&store, "c", 0, 2).await;
     assert_eq!(store.queue_offsets("c", 0), (0, 2));
-    assert!(store.set_confirmed_offset(u64::MAX).is_err());
+    // It never moves backwards.
+    store.set_confirmed_offset(1);
+    assert_eq!(store.confirmed_offset(), end_a);
     // A restart keeps unconfirmed records but does not show them; offsets continue.
     store.shutdown().await.unwrap();
     drop(store);
@@ -359,9 +361,9 @@ async fn external_confirmation_gates_visibility() {
         .unwrap();
     assert_eq!(d.entries[0].queue_offset, 3);
     assert!(b.entries[0].commit_log_offset < d.entries[0].commit_log_offset);
-    store
-        .set_confirmed_offset(store.commit_log_range().1)
-        .unwrap();
+    // Past the write position it is clamped.
+    store.set_confirmed_offset(u64::MAX);
+    assert_eq!(store.confirmed_offset(), store.commit_log_range().1);
     wait_visible(&store, "c", 0, 4).await;
     assert_eq!(
         read_all(&store, "c", 0)

@@ -19,6 +19,8 @@ pub fn config(dir: &Path) -> StoreConfig {
     c.checkpoint_interval = Duration::from_millis(50);
     c.retention_check_interval = Duration::from_secs(3600);
     c.store_host = "127.0.0.1:10911".into();
+    // Independent of how full the machine's disk is.
+    c.disk_budget_bytes = Some(1 << 30);
     c
 }
 

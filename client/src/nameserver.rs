@@ -58,7 +58,9 @@ impl NameServers {
     {
         let n = self.addrs.len();
         let start = self.preferred.load(Ordering::Relaxed) % n.max(1);
-        let mut best_err: Option<Error> = None;
+        // An answer from a live nameserver says more than a connection error.
+        let mut answer: Option<Error> = None;
+        let mut failures: Vec<(String, Error)> = Vec::new();
         for i in 0..n {
             let idx = (start + i) % n;
             let addr = &self.addrs[idx];
@@ -73,17 +75,35 @@ impl NameServers {
                 }
                 Err(e) if try_next(&e) => {
                     tracing::debug!(nameserver = %addr, error = %e, "nameserver call failed, trying the next one");
-                    // An answer from a live nameserver says more than a connection error.
-                    let keep_old =
-                        matches!(best_err, Some(Error::Api(_))) && !matches!(e, Error::Api(_));
-                    if !keep_old {
-                        best_err = Some(e);
+                    match e {
+                        Error::Api(_) => answer = Some(e),
+                        other => failures.push((addr.clone(), other)),
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(best_err.unwrap_or_else(|| Error::Config("no nameserver address given".into())))
+        if let Some(e) = answer {
+            return Err(e);
+        }
+        if failures.len() <= 1 {
+            return Err(failures.pop().map_or_else(
+                || Error::Config("no nameserver address given".into()),
+                |(_, e)| e,
+            ));
+        }
+        let message = failures
+            .iter()
+            .map(|(addr, e)| match e {
+                Error::Transport { message, .. } => format!("{addr}: {message}"),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Error::Transport {
+            addr: "any nameserver".into(),
+            message,
+        })
     }
 
     pub(crate) async fn topic_route(&self, topic: &str) -> Result<TopicRoute> {

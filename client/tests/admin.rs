@@ -142,3 +142,17 @@ async fn group_lag_and_message_lookups() {
         .all(|w| w[0].message.store_timestamp_ms <= w[1].message.store_timestamp_ms));
     assert!(admin.find_by_time("t", 10, 5, 4).await.is_err());
 }
+
+#[tokio::test]
+async fn a_nameserver_without_the_topic_is_not_the_last_word() {
+    let ns1 = FakeNameServer::start().await;
+    let ns2 = FakeNameServer::start().await;
+    // The broker registered with ns2 only (ns1 has not heard from it yet).
+    let a = start_broker("broker-a", &[&ns2]).await;
+    a.add_topic("t", 2);
+    let admin = Admin::new(config(&[&ns1, &ns2])).unwrap();
+    let route = admin.topic_route("t").await.unwrap();
+    assert_eq!(route.brokers[0].broker_name, "broker-a");
+    let err = admin.topic_route("missing").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TopicNotFound));
+}

@@ -464,3 +464,46 @@ async fn handlers_slower_than_the_drain_timeout_leave_their_message_uncommitted(
     assert_eq!(a.committed("g", "t", 0), Some(0));
     assert!(a.members("g").is_empty());
 }
+
+#[tokio::test]
+async fn scale_out_hands_queues_over_without_redelivery() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 4);
+    let (h1, mut rx1) = forwarder();
+    let (h2, mut rx2) = forwarder();
+    let c1 = builder(&ns, "g", "t").start_push(h1).await.unwrap();
+    produce(&ns, "t", 40).await;
+    let mut seen: Vec<String> = collect(&mut rx1, 40)
+        .await
+        .iter()
+        .map(|m| m.message_id().to_string())
+        .collect();
+    let c2 = builder(&ns, "g", "t").start_push(h2).await.unwrap();
+    wait_for("split", WAIT, || {
+        c1.assignment().len() == 2 && c2.assignment().len() == 2
+    })
+    .await;
+    produce(&ns, "t", 40).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < 80 {
+        tokio::select! {
+            Some(m) = rx1.recv() => seen.push(m.message_id().to_string()),
+            Some(m) = rx2.recv() => seen.push(m.message_id().to_string()),
+            _ = tokio::time::sleep_until(deadline) => panic!("got {} of 80", seen.len()),
+        }
+    }
+    // Anything delivered twice would show up here within a few poll rounds.
+    let extra = tokio::time::timeout(Duration::from_millis(500), async {
+        tokio::select! {
+            Some(m) = rx1.recv() => m,
+            Some(m) = rx2.recv() => m,
+        }
+    })
+    .await;
+    assert!(extra.is_err(), "duplicate delivery: {extra:?}");
+    let unique: BTreeSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), 80);
+    c1.shutdown().await;
+    c2.shutdown().await;
+}

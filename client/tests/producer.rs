@@ -270,3 +270,40 @@ async fn nameserver_failover() {
     p.send(Message::new("t", "x")).await.unwrap();
     assert_eq!(a.message_count("t"), 1);
 }
+
+#[tokio::test]
+async fn not_master_hint_is_followed_before_the_route_catches_up() {
+    let ns = FakeNameServer::start().await;
+    // The nameserver still routes broker-a to the old master; the new one is not registered yet.
+    let old = start_broker("broker-a", &[&ns]).await;
+    let new = start_broker("broker-a", &[]).await;
+    old.add_topic("t", 1);
+    new.add_topic("t", 1);
+    old.fail_next_sends(vec![ApiError::not_master(new.addr()).into()]);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    let r = p.send(Message::new("t", "x")).await.unwrap();
+    assert_eq!(r.broker_name, "broker-a");
+    assert_eq!(new.message_count("t"), 1);
+    assert_eq!(old.message_count("t"), 0);
+}
+
+#[tokio::test]
+async fn retries_on_a_single_broker_group_are_spread_out() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 2);
+    a.fail_next_sends(vec![
+        tonic::Status::unavailable("connection reset"),
+        tonic::Status::unavailable("connection reset"),
+    ]);
+    let p = Producer::builder(config(&ns)).build().unwrap();
+    let started = std::time::Instant::now();
+    p.send(Message::new("t", "x")).await.unwrap();
+    assert_eq!(a.send_attempts.lock().unwrap().len(), 3);
+    // 50 ms, then 100 ms between the attempts.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+}

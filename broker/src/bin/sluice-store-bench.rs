@@ -80,7 +80,12 @@ fn main() -> Result<(), BoxError> {
         };
         for &size in &args.size {
             for &writers in &args.writers {
-                let run = Run { size, mode, writers: writers.max(1), batch: args.batch.max(1) };
+                let run = Run {
+                    size,
+                    mode,
+                    writers: writers.max(1),
+                    batch: args.batch.max(1),
+                };
                 let r = rt.block_on(run.execute(&args))?;
                 println!(
                     "| {} B | {} | {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} msgs/s |",
@@ -124,7 +129,10 @@ struct Outcome {
 
 impl Run {
     async fn execute(self, args: &Args) -> Result<Outcome, BoxError> {
-        let dir = args.dir.join(format!("run-{}-{:?}-{}", self.size, self.mode, self.writers));
+        let dir = args.dir.join(format!(
+            "run-{}-{:?}-{}",
+            self.size, self.mode, self.writers
+        ));
         if dir.exists() {
             fs::remove_dir_all(&dir)?;
         }
@@ -156,7 +164,11 @@ impl Run {
                         .collect();
                     let t0 = Instant::now();
                     store
-                        .append(AppendBatch { topic: "bench".into(), queue_id: queue, messages })
+                        .append(AppendBatch {
+                            topic: "bench".into(),
+                            queue_id: queue,
+                            messages,
+                        })
                         .await?;
                     hist.record((t0.elapsed().as_micros() as u64).max(1))?;
                 }
@@ -172,7 +184,12 @@ impl Run {
         let total = start.elapsed();
         drop(store);
         fs::remove_dir_all(&dir)?;
-        Ok(Outcome { messages: per_writer * self.writers * self.batch, acked, total, hist })
+        Ok(Outcome {
+            messages: per_writer * self.writers * self.batch,
+            acked,
+            total,
+            hist,
+        })
     }
 }
 
@@ -182,7 +199,11 @@ fn disk_probe(dir: &Path, mib: usize, syncs: usize) -> Result<(), BoxError> {
     // Sequential write bandwidth: 1 MiB writes, then one fdatasync; the time includes it, so
     // this is what reaches the disk, not the page cache.
     let chunk = vec![0x5au8; 1 << 20];
-    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
     let start = Instant::now();
     for _ in 0..mib {
         f.write_all(&chunk)?;
@@ -198,7 +219,11 @@ fn disk_probe(dir: &Path, mib: usize, syncs: usize) -> Result<(), BoxError> {
     fs::remove_file(&path)?;
 
     // Append 4 KiB + fdatasync, as a sync-mode group commit of a few messages does.
-    let f = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
     let block = vec![0xa5u8; 4096];
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let start = Instant::now();

@@ -8,22 +8,32 @@ use super::io::CommittedEntry;
 use super::log_store::RaftLogStore;
 use crate::store::{AppendBatch, Appended, StoreError};
 
-/// What the replica group needs from the commit log.
-pub trait LogBackend: Clone + Send + Sync + 'static {
-    /// The Raft log the replica persists to.
-    type Log: RaftLogStore + Send + 'static;
-
-    /// Opens the Raft view of the log (once, at start).
-    fn raft_log(&self) -> Result<Self::Log, StoreError>;
-
+/// The request handlers' side: turning requests into entry data, and answering producers.
+pub trait EntryCodec: Send + Sync + 'static {
     /// Entry data for a send (validated and encoded on the caller's task).
     fn encode_send(&self, batch: &AppendBatch, now_ms: i64) -> Result<Bytes, StoreError>;
 
     /// Entry data for a metadata operation (`body` is an encoded `MetaOp`).
     fn encode_meta(&self, body: &[u8], now_ms: i64) -> Bytes;
 
+    /// Queue and commit-log offsets of each message of the persisted entry `index` (a send).
+    fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError>;
+}
+
+/// What the replica needs from the commit log.
+pub trait LogBackend: EntryCodec + Clone {
+    /// The Raft log the replica persists to.
+    type Log: RaftLogStore + Send + 'static;
+
+    /// Opens the Raft view of the log (once, at start).
+    fn raft_log(&self) -> Result<Self::Log, StoreError>;
+
     /// The metadata operation bodies an entry carries (none for a send).
     fn meta_bodies(&self, data: &[u8]) -> Result<Vec<Bytes>, StoreError>;
+
+    /// At start: entries up to `applied` were committed and applied before the restart; make
+    /// them visible again.
+    fn resume(&self, applied: u64) -> Result<(), StoreError>;
 
     /// `entries` are committed (in order, after the previous call's): make their messages
     /// visible to consumers. Called on the replica thread, may block.
@@ -31,7 +41,4 @@ pub trait LogBackend: Clone + Send + Sync + 'static {
 
     /// A snapshot up to `index` was installed in the log: what it covers is committed.
     fn commit_snapshot(&self, index: u64) -> Result<(), StoreError>;
-
-    /// Queue and commit-log offsets of each message of the persisted entry `index` (a send).
-    fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError>;
 }

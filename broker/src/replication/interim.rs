@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use parking_lot::Mutex;
 
-use super::backend::LogBackend;
+use super::backend::{EntryCodec, LogBackend};
 use super::io::{CommittedEntry, EntryKind};
 use super::mem_store::MemLogStore;
 use crate::store::record;
@@ -44,13 +44,7 @@ fn corrupt(m: impl Into<String>) -> StoreError {
     }
 }
 
-impl LogBackend for InterimBackend {
-    type Log = MemLogStore;
-
-    fn raft_log(&self) -> Result<MemLogStore, StoreError> {
-        Ok(MemLogStore::new())
-    }
-
+impl EntryCodec for InterimBackend {
     fn encode_send(&self, batch: &AppendBatch, _now_ms: i64) -> Result<Bytes, StoreError> {
         let mut buf = vec![SEND];
         for m in &batch.messages {
@@ -66,11 +60,31 @@ impl LogBackend for InterimBackend {
         b.freeze()
     }
 
+    fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError> {
+        self.results
+            .lock()
+            .remove(&index)
+            .ok_or_else(|| corrupt(format!("no results for entry {index}")))
+    }
+}
+
+impl LogBackend for InterimBackend {
+    type Log = MemLogStore;
+
+    fn raft_log(&self) -> Result<MemLogStore, StoreError> {
+        Ok(MemLogStore::new())
+    }
+
     fn meta_bodies(&self, data: &[u8]) -> Result<Vec<Bytes>, StoreError> {
         match data.first() {
             Some(&META) => Ok(vec![Bytes::copy_from_slice(&data[1..])]),
             _ => Ok(Vec::new()),
         }
+    }
+
+    fn resume(&self, _applied: u64) -> Result<(), StoreError> {
+        // The standalone store confirms its own writes.
+        Ok(())
     }
 
     fn commit(&self, entries: &[CommittedEntry]) -> Result<(), StoreError> {
@@ -111,17 +125,14 @@ impl LogBackend for InterimBackend {
             let appended = self.rt.block_on(self.store.append(batch))?;
             self.results.lock().insert(e.index, appended.entries);
         }
+        // The store runs with an external confirmed offset (replicated mode): what was
+        // appended here is committed.
+        self.store
+            .set_confirmed_offset(self.store.commit_log_range().1);
         Ok(())
     }
 
     fn commit_snapshot(&self, _index: u64) -> Result<(), StoreError> {
         Err(corrupt("the in-memory Raft log cannot install snapshots"))
-    }
-
-    fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError> {
-        self.results
-            .lock()
-            .remove(&index)
-            .ok_or_else(|| corrupt(format!("no results for entry {index}")))
     }
 }

@@ -65,7 +65,12 @@ pub trait Applier {
     /// Like [`Self::apply_snapshot`], with the snapshot's data (see
     /// [`super::RaftLogStore::apply_snapshot_data`]), already installed in the log store. This
     /// is what the driver calls; the default ignores the data.
-    fn apply_snapshot_data(&mut self, index: u64, term: u64, data: &[u8]) -> Result<(), ApplyError> {
+    fn apply_snapshot_data(
+        &mut self,
+        index: u64,
+        term: u64,
+        data: &[u8],
+    ) -> Result<(), ApplyError> {
         let _ = data;
         self.apply_snapshot(index, term)
     }

@@ -14,31 +14,55 @@
 //! with [`check_log_store_contract`]. Snapshots are metadata only (the compaction point): a
 //! follower that fell behind the leader's retention skips to it.
 //!
+//! The broker side (`group`, `applier`, `transport`, `rpc`, `role`, `meta_ops`): a broker
+//! with peers runs one replica on its commit log ([`ReplicaGroup`]); peers exchange Raft
+//! messages over the `sluice.v1.Replication` gRPC service, one sender task per peer; committed
+//! entries advance the store's confirmed offset and apply metadata operations (consumer
+//! offsets, topics) on every replica; the leader becomes master once caught up.
+//!
 //! Timing (measured on the simulated cluster, 100 ms ticks, see `tests/raft_scenarios.rs`):
 //! with elections after 10-20 silent ticks a new master is ready ~1.1-1.25 s after the old
 //! one is cut off (p90 1.3-1.5 s); 8-16 ticks gives ~0.9-1.0 s (p90 1.1-1.3 s). An isolated
 //! leader steps down after one or two check-quorum rounds (`election_ticks` each).
 
+mod applier;
+mod backend;
 mod config;
 mod conformance;
+mod faults;
+mod group;
+mod interim;
 mod io;
 mod log_store;
 mod logger;
 mod mem_store;
+pub mod meta_ops;
 mod node;
 mod proposals;
+mod role;
+mod rpc;
 mod runner;
+mod snapshot_log;
 mod status;
+pub mod transport;
 mod validate;
 
+pub use backend::{EntryCodec, LogBackend};
 pub use config::{AckPolicy, ConfigError, ReplicaConfig};
 pub use conformance::check_log_store_contract;
+pub use faults::{FaultSwitch, Isolation};
+pub use group::{GroupError, GroupSettings, ReplicaGroup};
+pub use interim::InterimBackend;
 pub use io::{Applier, ApplyError, CommittedEntry, EntryKind, SendError, Transport};
 pub use log_store::{LogStoreError, RaftLogStore};
 pub use logger::tracing_logger;
 pub use mem_store::MemLogStore;
+pub use meta_ops::MetaState;
 pub use node::{Command, NodeError, ReplicaNode};
 pub use proposals::{Completion, EntryId, ProposeError};
+pub use role::MasterState;
+pub use rpc::ReplicationService;
 pub use runner::{mailbox, Mailbox, ReplicaHandle};
 pub use status::{PeerProgress, PeerState, ReplicaStatus, Role, RoleState};
+pub use transport::GrpcTransport;
 pub use validate::{decode_message, encode_message, StepError};

@@ -87,3 +87,75 @@ impl Replication for ReplicationService {
         Ok(Response::new(FaultResponse { isolated }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::runner::mailbox;
+    use sluice_proto::v1::Isolate;
+    use sluice_proto::ErrorCode;
+
+    /// The service and its replica's mailbox (kept so deliveries have somewhere to go).
+    fn service(faults: bool) -> (ReplicationService, crate::replication::Mailbox) {
+        let (replica, mailbox) = mailbox(2);
+        let faults = Arc::new(FaultSwitch::new(faults));
+        let s = ReplicationService {
+            broker_name: "b".into(),
+            me: 1,
+            members: [1, 2, 3].into_iter().collect(),
+            replica,
+            isolation: faults.view(),
+            faults,
+        };
+        (s, mailbox)
+    }
+
+    fn batch(name: &str, from: u64, to: u64, n: usize) -> RaftBatch {
+        RaftBatch {
+            broker_name: name.into(),
+            from,
+            to,
+            messages: vec![bytes::Bytes::from_static(b"opaque"); n],
+        }
+    }
+
+    #[test]
+    fn refuses_batches_for_others_and_from_strangers() {
+        let (s, _mb) = service(false);
+        for bad in [
+            batch("x", 2, 1, 1),
+            batch("b", 2, 3, 1),
+            batch("b", 9, 1, 1),
+            batch("b", 1, 1, 1),
+        ] {
+            assert_eq!(s.accept(bad).unwrap_err().code, ErrorCode::InvalidArgument);
+        }
+        // A full mailbox drops the rest (Raft retransmits).
+        assert_eq!(s.accept(batch("b", 2, 1, 3)).unwrap().accepted, 2);
+    }
+
+    #[tokio::test]
+    async fn isolated_peers_are_dropped_until_healed() {
+        let (s, _mb) = service(true);
+        let isolate = FaultRequest {
+            fault: Some(Fault::Isolate(Isolate { peer_ids: vec![2] })),
+        };
+        let r = s.inject_fault(Request::new(isolate)).await.unwrap();
+        assert_eq!(r.into_inner().isolated, vec![2]);
+        assert_eq!(s.accept(batch("b", 2, 1, 1)).unwrap().accepted, 0);
+        assert_eq!(s.accept(batch("b", 3, 1, 1)).unwrap().accepted, 1);
+        let heal = FaultRequest {
+            fault: Some(Fault::Heal(sluice_proto::v1::Heal {})),
+        };
+        s.inject_fault(Request::new(heal)).await.unwrap();
+        assert_eq!(s.accept(batch("b", 2, 1, 1)).unwrap().accepted, 1);
+        let empty = s
+            .inject_fault(Request::new(FaultRequest { fault: None }))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            ApiError::from_status(&empty).code,
+            ErrorCode::InvalidArgument
+        );
+    }
+}

@@ -4,15 +4,16 @@ use sluice_proto::names::validate_topic_name;
 use sluice_proto::v1::*;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
-use super::convert::to_wire;
+use super::convert::{now_ms, to_wire};
 use super::BrokerService;
-use crate::topics::require;
+use crate::replication::{meta_ops, PeerState, ReplicaGroup, Role as RaftRole};
+use crate::topics::{self, require};
 
 const DEFAULT_QUERY_MAX: usize = 64;
 const QUERY_MAX: usize = 1000;
 
 impl BrokerService {
-    pub(super) fn do_create_topic(
+    pub(super) async fn do_create_topic(
         &self,
         req: CreateTopicRequest,
     ) -> Result<CreateTopicResponse, ApiError> {
@@ -29,7 +30,7 @@ impl BrokerService {
         if cfg.write_queues == 0 {
             cfg.write_queues = cfg.read_queues;
         }
-        let created = self.topics.upsert(cfg.clone())?;
+        let created = self.upsert_topic(cfg.clone()).await?;
         if created {
             tracing::info!(topic = %cfg.name, queues = cfg.write_queues, perm = cfg.perm, "topic created or updated");
             self.reregister.notify_one();
@@ -37,12 +38,25 @@ impl BrokerService {
         Ok(CreateTopicResponse { created })
     }
 
-    pub(super) fn do_delete_topic(
+    pub(super) async fn do_delete_topic(
         &self,
         req: DeleteTopicRequest,
     ) -> Result<DeleteTopicResponse, ApiError> {
         validate_topic_name(&req.topic)?;
-        if !self.topics.delete(&req.topic)? {
+        let deleted = match &self.replica {
+            Some(group) => {
+                group.require_master()?;
+                let exists = self.topics.get(&req.topic).is_some();
+                if exists {
+                    group
+                        .propose_meta(&meta_ops::delete_topic(&req.topic), now_ms())
+                        .await?;
+                }
+                exists
+            }
+            None => self.topics.delete(&req.topic)?,
+        };
+        if !deleted {
             return Err(ApiError::new(
                 ErrorCode::TopicNotFound,
                 format!("topic {} does not exist", req.topic),
@@ -53,9 +67,25 @@ impl BrokerService {
         Ok(DeleteTopicResponse {})
     }
 
-    pub(crate) fn status(&self) -> BrokerStatus {
+    /// Creates or updates a topic (through the log on a replica group); true when it changed.
+    pub(super) async fn upsert_topic(&self, cfg: TopicConfig) -> Result<bool, ApiError> {
+        let Some(group) = &self.replica else {
+            return self.topics.upsert(cfg);
+        };
+        group.require_master()?;
+        topics::validate(&cfg)?;
+        if self.topics.get(&cfg.name).as_ref() == Some(&cfg) {
+            return Ok(false);
+        }
+        group
+            .propose_meta(&meta_ops::upsert_topic(cfg), now_ms())
+            .await?;
+        Ok(true)
+    }
+
+    pub(crate) async fn status(&self) -> BrokerStatus {
         let (min_offset, max_offset) = self.store.commit_log_range();
-        BrokerStatus {
+        let mut s = BrokerStatus {
             cluster_name: self.identity.cluster_name.clone(),
             broker_name: self.identity.broker_name.clone(),
             replica_id: self.identity.replica_id,
@@ -68,7 +98,12 @@ impl BrokerService {
             topic_count: self.topics.len() as u32,
             disk_usage_ratio: self.store.disk_usage_ratio(),
             flush_mode: self.limits.flush_mode.clone(),
+            ..Default::default()
+        };
+        if let Some(group) = &self.replica {
+            replica_status(group, &mut s).await;
         }
+        s
     }
 
     pub(super) fn do_get_message(
@@ -134,4 +169,57 @@ impl BrokerService {
 
 fn in_range(ts: i64, req: &QueryMessagesRequest) -> bool {
     ts >= req.begin_timestamp_ms && (req.end_timestamp_ms == 0 || ts <= req.end_timestamp_ms)
+}
+
+/// Fills the replication fields of a status from the replica.
+async fn replica_status(group: &ReplicaGroup, s: &mut BrokerStatus) {
+    s.replicated = true;
+    s.ack_policy = group.ack_policy().as_str().to_string();
+    let master = group.master_state();
+    s.role = if master.is_master {
+        Role::Master
+    } else {
+        Role::Slave
+    } as i32;
+    s.term = master.term;
+    let st = match group.status().await {
+        Ok(st) => st,
+        Err(e) => {
+            s.raft_role = "FAILED".into();
+            tracing::warn!(error = %e, "replica status unavailable");
+            return;
+        }
+    };
+    s.raft_role = match st.role.role {
+        RaftRole::Follower => "FOLLOWER",
+        RaftRole::PreCandidate => "PRE_CANDIDATE",
+        RaftRole::Candidate => "CANDIDATE",
+        RaftRole::Leader => "LEADER",
+        RaftRole::Failed => "FAILED",
+    }
+    .into();
+    s.term = st.role.term;
+    s.leader_id = st.role.leader_id.unwrap_or(0);
+    s.first_index = st.first_index;
+    s.last_index = st.last_index;
+    s.commit_index = st.commit_index;
+    s.applied_index = st.applied_index;
+    s.replicas = st
+        .peers
+        .iter()
+        .map(|p| ReplicaProgress {
+            replica_id: p.id,
+            address: group.address_of(p.id).unwrap_or_default().to_string(),
+            match_index: p.matched,
+            lag: st.last_index.saturating_sub(p.matched),
+            learner: p.is_learner,
+            active: p.recent_active || p.id == group.id(),
+            state: match p.state {
+                PeerState::Probe => "PROBE",
+                PeerState::Replicate => "REPLICATE",
+                PeerState::Snapshot => "SNAPSHOT",
+            }
+            .into(),
+        })
+        .collect();
 }

@@ -6,9 +6,10 @@ use sluice_proto::names::{validate_group_name, validate_topic_name};
 use sluice_proto::v1::*;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
-use super::convert::to_wire;
+use super::convert::{now_ms, to_wire};
 use super::BrokerService;
 use crate::offsets::CommittedOffset;
+use crate::replication::meta_ops;
 use crate::topics::require;
 
 const DEFAULT_MAX_MESSAGES: usize = 32;
@@ -108,6 +109,13 @@ impl BrokerService {
                 queue_id: o.queue_id,
                 offset: o.offset,
             });
+        }
+        if let Some(group) = &self.replica {
+            // Durable once the log entry is (a quorum has it); applied here before the answer.
+            group
+                .propose_meta(&meta_ops::commit_offsets(&req.group, &entries), now_ms())
+                .await?;
+            return Ok(CommitOffsetsResponse {});
         }
         self.offsets.commit(&req.group, &entries)?;
         // The ack promises durability: a committed offset survives kill -9.

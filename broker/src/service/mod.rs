@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::groups::ConsumerGroups;
 use crate::offsets::OffsetTable;
+use crate::replication::ReplicaGroup;
 use crate::store::MessageStore;
 use crate::topics::TopicTable;
 use convert::IdGenerator;
@@ -51,6 +52,10 @@ pub struct BrokerService {
     /// Becomes true when the broker shuts down, ending held pulls.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ids: IdGenerator,
+    /// The replica group this broker belongs to; `None` for a standalone broker. When set,
+    /// sends, offset commits and topic changes go through the Raft log and only the master
+    /// takes them.
+    pub(crate) replica: Option<Arc<ReplicaGroup>>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -126,11 +131,11 @@ impl Broker for BrokerService {
     }
 
     async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Reply<CreateTopicResponse> {
-        reply(self.do_create_topic(req.into_inner()))
+        reply(self.do_create_topic(req.into_inner()).await)
     }
 
     async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Reply<DeleteTopicResponse> {
-        reply(self.do_delete_topic(req.into_inner()))
+        reply(self.do_delete_topic(req.into_inner()).await)
     }
 
     async fn list_topics(
@@ -146,7 +151,7 @@ impl Broker for BrokerService {
         &self,
         _req: Request<GetBrokerStatusRequest>,
     ) -> Reply<BrokerStatus> {
-        Ok(Response::new(self.status()))
+        Ok(Response::new(self.status().await))
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Reply<GetMessageResponse> {

@@ -4,7 +4,7 @@ use sluice_proto::names::validate_topic_name;
 use sluice_proto::v1::{SendRequest, SendResponse, SendResult, TopicConfig};
 use sluice_proto::{perm, ApiError, ErrorCode};
 
-use super::convert::to_append;
+use super::convert::{now_ms, to_append};
 use super::BrokerService;
 use crate::store::AppendBatch;
 
@@ -23,7 +23,7 @@ impl BrokerService {
                 req.messages.len()
             )));
         }
-        let topic = self.topic_for_send(&req.topic)?;
+        let topic = self.topic_for_send(&req.topic).await?;
         if topic.perm & perm::WRITE == 0 {
             return Err(ApiError::new(
                 ErrorCode::NoPermission,
@@ -50,20 +50,21 @@ impl BrokerService {
             messages.push(to_append(m, &self.ids, self.limits.max_message_size)?);
         }
         let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
-        let appended = self
-            .store
-            .append(AppendBatch {
-                topic: req.topic,
-                queue_id: req.queue_id,
-                messages,
-            })
-            .await?;
+        let batch = AppendBatch {
+            topic: req.topic,
+            queue_id: req.queue_id,
+            messages,
+        };
+        let entries = match &self.replica {
+            Some(group) => group.propose_send(&batch, now_ms()).await?,
+            None => self.store.append(batch).await?.entries,
+        };
         Ok(SendResponse {
             broker_name: self.identity.broker_name.clone(),
             queue_id: req.queue_id,
             results: ids
                 .into_iter()
-                .zip(appended.entries)
+                .zip(entries)
                 .map(|(message_id, a)| SendResult {
                     message_id,
                     queue_offset: a.queue_offset,
@@ -73,9 +74,13 @@ impl BrokerService {
         })
     }
 
-    fn topic_for_send(&self, name: &str) -> Result<TopicConfig, ApiError> {
+    async fn topic_for_send(&self, name: &str) -> Result<TopicConfig, ApiError> {
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
+        }
+        if let Some(group) = &self.replica {
+            // Only the master creates topics (through the log); a slave sends the producer on.
+            group.require_master()?;
         }
         if !self.limits.auto_create_topics {
             return Err(ApiError::new(
@@ -89,7 +94,7 @@ impl BrokerService {
             write_queues: self.limits.default_queues,
             perm: perm::READ_WRITE,
         };
-        if self.topics.upsert(cfg.clone())? {
+        if self.upsert_topic(cfg.clone()).await? {
             tracing::info!(
                 topic = name,
                 queues = cfg.write_queues,

@@ -58,6 +58,52 @@ pub struct CommitLog {
     pub dir: PathBuf,
     pub segment_size: u64,
     segments: RwLock<Vec<Arc<Segment>>>,
+    pool: Arc<BufPool>,
+}
+
+/// Read buffers handed back when every `Bytes` slicing one is dropped, so steady-state reads
+/// neither allocate nor zero memory.
+#[derive(Default)]
+pub struct BufPool {
+    free: parking_lot::Mutex<Vec<Vec<u8>>>,
+}
+
+/// Buffers larger than this are not kept.
+const POOL_MAX_BUF: usize = 4 << 20;
+/// Buffers kept at most.
+const POOL_MAX_COUNT: usize = 64;
+
+impl BufPool {
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.free.lock().pop().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+}
+
+/// Owner of a pooled buffer inside `Bytes`; returns it to the pool when dropped.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<BufPool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() <= POOL_MAX_BUF {
+            let mut free = self.pool.free.lock();
+            if free.len() < POOL_MAX_COUNT {
+                free.push(buf);
+            }
+        }
+    }
 }
 
 /// Parses a 20-digit zero-padded file name.
@@ -92,6 +138,7 @@ impl CommitLog {
             dir,
             segment_size,
             segments: RwLock::new(segments),
+            pool: Arc::default(),
         }
     }
 
@@ -147,7 +194,7 @@ impl CommitLog {
         let seg = self
             .segment_for(offset)
             .ok_or_else(|| self.out_of_range(offset))?;
-        let mut buf = BytesMut::zeroed(len);
+        let mut buf = self.pool.take(len);
         let n = read_full(&seg.file, &mut buf, offset - seg.base)?;
         if n < len {
             return Err(StoreError::Corrupt {
@@ -155,7 +202,10 @@ impl CommitLog {
                 reason: format!("short read: {n} of {len} bytes"),
             });
         }
-        Ok(buf.freeze())
+        Ok(Bytes::from_owner(Pooled {
+            buf,
+            pool: self.pool.clone(),
+        }))
     }
 
     fn out_of_range(&self, offset: u64) -> StoreError {

@@ -17,7 +17,7 @@ use super::writer::AppendReply;
 use super::{AppendResult, FlushMode, StoreError};
 
 /// fdatasyncs in flight at most (sync mode).
-const SYNC_HELPERS: usize = 4;
+const SYNC_HELPERS: usize = 8;
 
 pub struct FlushReq {
     /// Make the log durable up to here.

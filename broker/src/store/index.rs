@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -271,13 +272,31 @@ pub struct Index {
     files: RwLock<Vec<Arc<IndexFile>>>,
 }
 
+/// Hashes slot numbers (already uniformly distributed hash values) to themselves.
+#[derive(Default)]
+pub struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// Dispatcher-side buffer of entries not yet written.
 #[derive(Default)]
 pub struct IndexWriter {
     pending: Vec<u8>,
     pending_count: u32,
     /// Slot updates of the pending entries (applied after the entries are written).
-    pending_slots: HashMap<u32, u32>,
+    pending_slots: HashMap<u32, u32, BuildHasherDefault<SlotHasher>>,
 }
 
 impl Index {

@@ -441,27 +441,26 @@ impl MessageStore {
 
     /// Moves the confirmed offset (only with `ConfirmMode::External`): records that end at
     /// or below it become visible. It never moves backwards (use `truncate_to`) and never past
-    /// the write position.
-    pub fn set_confirmed_offset(&self, offset: u64) -> Result<(), StoreError> {
+    /// the write position (a larger value is clamped to it). A call in `FollowWrite` mode is a
+    /// caller bug: it is logged and ignored.
+    pub fn set_confirmed_offset(&self, offset: u64) {
         let s = self.shared();
         if s.config.confirm != ConfirmMode::External {
-            return Err(StoreError::Invalid(
-                "the confirmed offset follows the write position (confirm = follow_write)".into(),
-            ));
+            tracing::warn!(
+                offset,
+                "set_confirmed_offset ignored: confirm = follow_write"
+            );
+            return;
         }
         let write = s.write_pos.load(Ordering::Acquire);
         if offset > write {
-            let min = s.log.min_offset().unwrap_or(0);
-            return Err(StoreError::OffsetOutOfRange {
+            tracing::warn!(
                 offset,
-                min,
-                max: write,
-            });
+                write,
+                "confirmed offset past the write position; clamped"
+            );
         }
-        if offset > s.confirmed.fetch_max(offset, Ordering::AcqRel) {
-            s.wake_dispatcher();
-        }
-        Ok(())
+        s.confirm(offset.min(write));
     }
 
     /// Drops every record from `offset` (a record boundary) on, with their consume-queue and

@@ -178,7 +178,7 @@ impl DiskUsage {
     }
 }
 
-/// Share of the file system holding `dir` that is not available to us, and its size.
+/// Share of the usable file system holding `dir` that is in use, and the usable size.
 fn fs_usage_ratio(dir: &Path) -> io::Result<(f64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
@@ -192,10 +192,14 @@ fn fs_usage_ratio(dir: &Path) -> io::Result<(f64, u64)> {
     }
     // SAFETY: rc == 0, so statvfs initialised `st`.
     let st = unsafe { st.assume_init() };
-    let blocks = st.f_blocks as f64;
-    if blocks == 0.0 {
+    // As `df` computes Use%: blocks reserved for root count neither as used nor as available.
+    let used = st.f_blocks.saturating_sub(st.f_bfree);
+    let usable = used.saturating_add(st.f_bavail);
+    if usable == 0 {
         return Ok((0.0, 0));
     }
-    let total = st.f_blocks.saturating_mul(st.f_frsize);
-    Ok(((blocks - st.f_bavail as f64) / blocks, total))
+    Ok((
+        used as f64 / usable as f64,
+        usable.saturating_mul(st.f_frsize),
+    ))
 }

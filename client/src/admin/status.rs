@@ -32,6 +32,11 @@ pub struct BrokerStatusRow {
     pub min_offset: Option<u64>,
     pub disk_usage_ratio: Option<f64>,
     pub flush_mode: Option<String>,
+    /// Raft role (LEADER, FOLLOWER, ...) of a replicated broker.
+    pub raft_role: Option<String>,
+    /// Raft commit and applied indexes of a replicated broker.
+    pub commit_index: Option<u64>,
+    pub applied_index: Option<u64>,
     /// Why the broker could not be asked, when it could not.
     pub error: Option<String>,
 }
@@ -85,6 +90,9 @@ impl Admin {
                     min_offset: None,
                     disk_usage_ratio: None,
                     flush_mode: None,
+                    raft_role: None,
+                    commit_index: None,
+                    applied_index: None,
                     error: None,
                 };
                 match status {
@@ -251,6 +259,11 @@ fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
     }
     row.term = s.term;
     row.topic_count = s.topic_count;
+    if s.replicated {
+        row.raft_role = Some(s.raft_role);
+        row.commit_index = Some(s.commit_index);
+        row.applied_index = Some(s.applied_index);
+    }
 }
 
 /// Messages left: from the committed offset, or from the oldest one without a commit. A commit

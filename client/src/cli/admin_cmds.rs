@@ -167,6 +167,8 @@ pub async fn cluster(admin: &Admin, cmd: ClusterCommand) -> anyhow::Result<()> {
                     r.address.clone(),
                     r.max_offset.to_string(),
                     r.confirmed_offset.map_or("-".into(), |o| o.to_string()),
+                    r.term.to_string(),
+                    r.raft_role.clone().unwrap_or_else(|| "-".into()),
                     r.topic_count.to_string(),
                     r.disk_usage_ratio
                         .map_or("-".into(), |d| format!("{:.1}%", d * 100.0)),

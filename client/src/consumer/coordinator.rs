@@ -1,27 +1,22 @@
-//! Group membership for one consumer: heartbeats, rebalancing, offset commits and the clean
-//! goodbye. A single coordinator task owns the assignment; queue workers report their
-//! committable offsets through watch channels.
+//! Group membership for one consumer: rebalancing, offset commits and the clean goodbye. A
+//! single coordinator task owns the assignment; queue workers report their committable offsets
+//! through watch channels; a heartbeat task reports member-list changes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use sluice_proto::v1::{
-    CommitOffsetsRequest, ConsumerHeartbeatRequest, GetConsumerListRequest, GetQueueOffsetsRequest,
-    OffsetEntry, QueryOffsetRequest, SearchOffsetRequest, Subscription, UnregisterConsumerRequest,
-};
-use sluice_proto::ErrorCode;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::allocate::allocate_averagely;
+use super::member::{heartbeat_loop, Member};
 use super::StartPosition;
 use crate::client::{AbortOnDrop, ClientCore};
 use crate::error::{Error, Result};
 use crate::route::{MessageQueue, TopicRouteInfo};
-use crate::rpc;
 
 pub(crate) struct GroupSettings {
     pub(crate) group: String,
@@ -88,12 +83,6 @@ impl GroupHandle {
     }
 }
 
-/// What the heartbeat task and the coordinator share (read-only).
-struct Member {
-    core: Arc<ClientCore>,
-    settings: GroupSettings,
-}
-
 struct Assigned {
     stop: watch::Sender<bool>,
     progress: watch::Receiver<u64>,
@@ -110,6 +99,10 @@ struct Coordinator<W> {
     assignment: watch::Sender<Vec<MessageQueue>>,
     heartbeat_stop: watch::Sender<bool>,
     heartbeat: Option<AbortOnDrop>,
+    /// Member list of each topic at the last rebalance.
+    last_members: HashMap<String, Vec<String>>,
+    /// Queues won in a membership change, and when they may be taken.
+    deferred: BTreeMap<MessageQueue, Instant>,
 }
 
 /// Joins the group and starts heartbeats and the coordinator.
@@ -138,6 +131,8 @@ pub(crate) async fn start<W: QueueWorkers>(
         assignment: assignment_tx,
         heartbeat_stop,
         heartbeat: Some(AbortOnDrop(heartbeat)),
+        last_members: HashMap::new(),
+        deferred: BTreeMap::new(),
     };
     let task = tokio::spawn(coordinator.run(commands_rx));
     Ok(GroupHandle {
@@ -147,270 +142,9 @@ pub(crate) async fn start<W: QueueWorkers>(
     })
 }
 
-async fn heartbeat_loop(
-    member: Arc<Member>,
-    members_tx: watch::Sender<BTreeMap<String, Vec<String>>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let period = member.settings.heartbeat_interval;
-    let mut tick = interval_at(Instant::now() + period, period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        let lists = member.heartbeat_all().await;
-        // Only a change wakes the coordinator; topics whose list could not be read keep the
-        // previous one rather than looking like a membership change.
-        members_tx.send_if_modified(|current| {
-            let mut merged = current.clone();
-            merged.extend(lists);
-            if merged != *current {
-                *current = merged;
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
-impl Member {
-    fn group(&self) -> &str {
-        &self.settings.group
-    }
-
-    fn timeout(&self) -> Duration {
-        self.core.timeout()
-    }
-
-    /// Master addresses of every broker group hosting a subscribed topic.
-    async fn broker_addresses(&self) -> BTreeSet<String> {
-        let mut addrs = BTreeSet::new();
-        for topic in &self.settings.topics {
-            match self.core.routes.get(topic).await {
-                Ok(route) => addrs.extend(route.masters().into_iter().map(|(_, a)| a)),
-                Err(e) => tracing::warn!(topic, error = %e, "no route for a subscribed topic"),
-            }
-        }
-        addrs
-    }
-
-    /// Heartbeats every broker, then reads each topic's member list.
-    async fn heartbeat_all(&self) -> BTreeMap<String, Vec<String>> {
-        let req = ConsumerHeartbeatRequest {
-            client_id: self.settings.client_id.clone(),
-            subscriptions: vec![Subscription {
-                group: self.settings.group.clone(),
-                topics: self.settings.topics.clone(),
-            }],
-        };
-        let addrs = self.broker_addresses().await;
-        let calls = addrs.iter().map(|addr| {
-            let req = req.clone();
-            async move {
-                let mut client = self.core.broker(addr)?;
-                let r = rpc::request(req, self.timeout());
-                rpc::call(addr, self.timeout(), client.consumer_heartbeat(r)).await
-            }
-        });
-        for (addr, result) in addrs.iter().zip(join_all(calls).await) {
-            match result {
-                Ok(resp) => {
-                    let expiry = Duration::from_millis(resp.expiry_ms);
-                    if resp.expiry_ms > 0 && expiry <= self.settings.heartbeat_interval {
-                        tracing::warn!(broker = %addr, ?expiry, interval = ?self.settings.heartbeat_interval,
-                            "heartbeat interval is not below the broker's consumer expiry; membership will flap");
-                    }
-                }
-                Err(e) => tracing::warn!(broker = %addr, error = %e, "consumer heartbeat failed"),
-            }
-        }
-        let mut lists = BTreeMap::new();
-        for topic in &self.settings.topics {
-            let Ok(route) = self.core.routes.get(topic).await else {
-                continue;
-            };
-            match self.member_list(&route).await {
-                Ok(ids) => {
-                    lists.insert(topic.clone(), ids);
-                }
-                Err(e) => tracing::warn!(topic, error = %e, "cannot read the group's members"),
-            }
-        }
-        lists
-    }
-
-    /// The group's live members as seen by the first master of the sorted route, falling back
-    /// to the next ones.
-    async fn member_list(&self, route: &TopicRouteInfo) -> Result<Vec<String>> {
-        let mut last = Error::no_route(&route.topic, "no broker group has a master");
-        for (_, addr) in route.masters() {
-            let result = async {
-                let mut client = self.core.broker(&addr)?;
-                let req = rpc::request(
-                    GetConsumerListRequest {
-                        group: self.group().to_string(),
-                    },
-                    self.timeout(),
-                );
-                rpc::call(&addr, self.timeout(), client.get_consumer_list(req)).await
-            }
-            .await;
-            match result {
-                Ok(resp) => {
-                    let mut ids = resp.client_ids;
-                    ids.sort();
-                    ids.dedup();
-                    return Ok(ids);
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    /// Where a newly assigned queue starts: the committed offset, else the start position.
-    /// Returns the offset and whether it was committed.
-    async fn start_offset(&self, route: &TopicRouteInfo, mq: &MessageQueue) -> Result<(u64, bool)> {
-        let addr = route
-            .broker(&mq.broker_name)
-            .and_then(|b| b.master_address.as_deref().or_else(|| b.read_address()))
-            .ok_or_else(|| Error::no_route(&mq.topic, "broker group has no replica"))?
-            .to_string();
-        let mut client = self.core.broker(&addr)?;
-        let t = self.timeout();
-        let req = rpc::request(
-            QueryOffsetRequest {
-                group: self.group().to_string(),
-                topic: mq.topic.clone(),
-                queue_id: mq.queue_id,
-            },
-            t,
-        );
-        match rpc::call(&addr, t, client.query_offset(req)).await {
-            Ok(resp) if resp.found => return Ok((resp.offset, true)),
-            Ok(_) => {}
-            Err(e) if e.code() == Some(ErrorCode::GroupNotFound) => {}
-            Err(e) => return Err(e),
-        }
-        let offset = match self.settings.start {
-            StartPosition::Earliest | StartPosition::Latest => {
-                let req = rpc::request(
-                    GetQueueOffsetsRequest {
-                        topic: mq.topic.clone(),
-                    },
-                    t,
-                );
-                let resp = rpc::call(&addr, t, client.get_queue_offsets(req)).await?;
-                let q = resp
-                    .queues
-                    .iter()
-                    .find(|q| q.queue_id == mq.queue_id)
-                    .ok_or_else(|| {
-                        Error::Api(sluice_proto::ApiError::new(
-                            ErrorCode::QueueNotFound,
-                            format!("broker {addr} does not report queue {mq}"),
-                        ))
-                    })?;
-                if self.settings.start == StartPosition::Earliest {
-                    q.min_offset
-                } else {
-                    q.max_offset
-                }
-            }
-            StartPosition::Timestamp(ts) => {
-                let req = rpc::request(
-                    SearchOffsetRequest {
-                        topic: mq.topic.clone(),
-                        queue_id: mq.queue_id,
-                        timestamp_ms: ts,
-                    },
-                    t,
-                );
-                rpc::call(&addr, t, client.search_offset(req)).await?.offset
-            }
-        };
-        Ok((offset, false))
-    }
-
-    /// Sends offsets to the master of each queue's broker group. Returns what was accepted and
-    /// the last error.
-    async fn send_commits(
-        &self,
-        entries: Vec<(MessageQueue, u64)>,
-    ) -> (Vec<(MessageQueue, u64)>, Option<Error>) {
-        let mut by_addr: HashMap<String, Vec<(MessageQueue, u64)>> = HashMap::new();
-        let mut error = None;
-        for (mq, offset) in entries {
-            let addr = self
-                .core
-                .routes
-                .cached(&mq.topic)
-                .and_then(|r| r.master_address(&mq.broker_name).map(str::to_string));
-            match addr {
-                Some(a) => by_addr.entry(a).or_default().push((mq, offset)),
-                None => {
-                    error = Some(Error::no_route(
-                        &mq.topic,
-                        &format!("broker group {} has no master to commit to", mq.broker_name),
-                    ))
-                }
-            }
-        }
-        let calls = by_addr.into_iter().map(|(addr, entries)| async move {
-            let req = CommitOffsetsRequest {
-                group: self.group().to_string(),
-                offsets: entries
-                    .iter()
-                    .map(|(mq, offset)| OffsetEntry {
-                        topic: mq.topic.clone(),
-                        queue_id: mq.queue_id,
-                        offset: *offset,
-                    })
-                    .collect(),
-            };
-            let result = async {
-                let mut client = self.core.broker(&addr)?;
-                let req = rpc::request(req, self.timeout());
-                rpc::call(&addr, self.timeout(), client.commit_offsets(req)).await
-            }
-            .await;
-            (addr, entries, result)
-        });
-        let mut done = Vec::new();
-        for (addr, entries, result) in join_all(calls).await {
-            match result {
-                Ok(_) => done.extend(entries),
-                Err(e) => {
-                    tracing::warn!(broker = %addr, error = %e, "offset commit failed");
-                    error = Some(e);
-                }
-            }
-        }
-        (done, error)
-    }
-
-    /// Tells every broker we are gone, so the others take our queues at once.
-    async fn unregister(&self) {
-        let addrs = self.broker_addresses().await;
-        let calls = addrs.iter().map(|addr| async move {
-            let mut client = self.core.broker(addr)?;
-            let req = rpc::request(
-                UnregisterConsumerRequest {
-                    client_id: self.settings.client_id.clone(),
-                    group: self.group().to_string(),
-                },
-                self.timeout(),
-            );
-            rpc::call(addr, self.timeout(), client.unregister_consumer(req)).await
-        });
-        for (addr, r) in addrs.iter().zip(join_all(calls).await) {
-            if let Err(e) = r {
-                tracing::warn!(broker = %addr, error = %e, "unregistering the consumer failed");
-            }
-        }
+async fn sleep_until_first(deferred: &BTreeMap<MessageQueue, Instant>) {
+    if let Some(&at) = deferred.values().min() {
+        tokio::time::sleep_until(at).await;
     }
 }
 
@@ -427,6 +161,9 @@ impl<W: QueueWorkers> Coordinator<W> {
         loop {
             tokio::select! {
                 _ = rebalance_tick.tick() => self.rebalance().await,
+                _ = sleep_until_first(&self.deferred), if !self.deferred.is_empty() => {
+                    self.rebalance().await
+                }
                 changed = self.members.changed(), if members_alive => {
                     match changed {
                         Ok(()) => self.rebalance().await,
@@ -460,6 +197,8 @@ impl<W: QueueWorkers> Coordinator<W> {
         let me = member.settings.client_id.as_str();
         let mut wanted: BTreeSet<MessageQueue> = BTreeSet::new();
         let mut settled: BTreeSet<&str> = BTreeSet::new();
+        // Topics whose membership changed while other members are around.
+        let mut handover: BTreeSet<&str> = BTreeSet::new();
         let mut routes: HashMap<String, Arc<TopicRouteInfo>> = HashMap::new();
         for topic in &member.settings.topics {
             let route = match member.core.routes.get(topic).await {
@@ -485,6 +224,10 @@ impl<W: QueueWorkers> Coordinator<W> {
                 );
                 continue;
             }
+            if members.len() > 1 && self.last_members.get(topic) != Some(&members) {
+                handover.insert(topic);
+            }
+            self.last_members.insert(topic.clone(), members.clone());
             wanted.extend(allocate_averagely(&route.readable_queues(), &members, me));
             settled.insert(topic);
             routes.insert(topic.clone(), route);
@@ -495,10 +238,28 @@ impl<W: QueueWorkers> Coordinator<W> {
             .filter(|q| settled.contains(q.topic.as_str()) && !wanted.contains(*q))
             .cloned()
             .collect();
-        let gained: Vec<MessageQueue> = wanted
-            .into_iter()
-            .filter(|q| !self.assigned.contains_key(q))
-            .collect();
+        // A queue another member may still own is taken only after the handover delay, so
+        // that owner can notice the change, finish and commit first (fewer duplicates).
+        let now = Instant::now();
+        self.deferred
+            .retain(|q, _| wanted.contains(q) && !self.assigned.contains_key(q));
+        let mut gained: Vec<MessageQueue> = Vec::new();
+        for q in wanted {
+            if self.assigned.contains_key(&q) {
+                continue;
+            }
+            match self.deferred.get(&q) {
+                Some(&at) if at <= now => {
+                    self.deferred.remove(&q);
+                    gained.push(q);
+                }
+                Some(_) => {}
+                None if handover.contains(q.topic.as_str()) => {
+                    self.deferred.insert(q, now + self.handover_delay());
+                }
+                None => gained.push(q),
+            }
+        }
         if !lost.is_empty() {
             tracing::info!(group = member.group(), queues = ?lost, "giving up queues");
             self.release(lost).await;
@@ -526,15 +287,21 @@ impl<W: QueueWorkers> Coordinator<W> {
                 }
             }
         }
-        let now: Vec<MessageQueue> = self.assigned.keys().cloned().collect();
+        let owned: Vec<MessageQueue> = self.assigned.keys().cloned().collect();
         self.assignment.send_if_modified(|a| {
-            if *a != now {
-                *a = now;
+            if *a != owned {
+                *a = owned;
                 true
             } else {
                 false
             }
         });
+    }
+
+    /// Long enough for the other members to see the change at their next heartbeat and give
+    /// the queue up.
+    fn handover_delay(&self) -> Duration {
+        self.member.settings.heartbeat_interval + Duration::from_millis(500)
     }
 
     fn take(&mut self, mq: MessageQueue, offset: u64, committed: bool) {

@@ -8,6 +8,7 @@
 mod allocate;
 mod coordinator;
 mod fetch;
+mod member;
 mod pull;
 mod push;
 mod tracker;

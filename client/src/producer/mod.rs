@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sluice_proto::v1::{self, SendRequest, SendResponse};
-use sluice_proto::{names, ApiError};
+use sluice_proto::{names, ApiError, ErrorCode};
 use tokio::sync::Semaphore;
 
 pub use select::QueueSelector;
@@ -99,6 +99,25 @@ struct FailedAttempt {
     broker: Option<String>,
     /// The route generation the attempt used (0: no route).
     route_generation: u64,
+    /// The address the attempt went to.
+    addr: Option<String>,
+}
+
+/// What one send learned from its failed attempts.
+#[derive(Default)]
+struct RetryState {
+    /// Round-robin position of this attempt.
+    rr: usize,
+    /// The broker that failed last, avoided when another one has queues.
+    avoid: Option<String>,
+    hint: Option<MasterHint>,
+}
+
+/// Where NOT_MASTER said the master is, used until the route catches up.
+struct MasterHint {
+    broker: String,
+    stale: String,
+    master: String,
 }
 
 /// A send in flight; resolves to its receipt.
@@ -264,14 +283,11 @@ impl Producer {
         routing: Routing,
     ) -> Result<Vec<SendReceipt>> {
         let rr_start = self.inner.rr.fetch_add(1, Ordering::Relaxed);
-        let mut avoid: Option<String> = None;
+        let mut state = RetryState::default();
         let mut attempt: u32 = 0;
         loop {
-            let rr = rr_start.wrapping_add(attempt as usize);
-            let failed = match self
-                .attempt(topic, first, &wire, &routing, rr, avoid.as_deref())
-                .await
-            {
+            state.rr = rr_start.wrapping_add(attempt as usize);
+            let failed = match self.attempt(topic, first, &wire, &routing, &state).await {
                 Ok(receipts) => return Ok(receipts),
                 Err(failed) => failed,
             };
@@ -280,17 +296,38 @@ impl Producer {
                 return Err(err);
             }
             tracing::debug!(topic, attempt, error = %err, "send failed; retrying");
+            if let (Some(api), Some(broker), Some(stale)) =
+                (err.api(), &failed.broker, &failed.addr)
+            {
+                if api.code == ErrorCode::NotMaster && !api.master_address.is_empty() {
+                    state.hint = Some(MasterHint {
+                        broker: broker.clone(),
+                        stale: stale.clone(),
+                        master: api.master_address.clone(),
+                    });
+                }
+            }
             if err.is_routing() {
                 // A failed refresh keeps the old route; the next attempt avoids the broker anyway.
-                let _ = self
+                let refreshed = self
                     .inner
                     .core
                     .routes
                     .refresh(topic, failed.route_generation)
                     .await;
+                // With nowhere else to go (one broker group, in failover), pause a little so the
+                // retries span more than a few milliseconds.
+                let elsewhere = refreshed.is_ok_and(|r| {
+                    r.writable_queues()
+                        .iter()
+                        .any(|q| Some(&q.broker_name) != failed.broker.as_ref())
+                });
+                if !elsewhere && state.hint.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                }
             }
             if failed.broker.is_some() {
-                avoid = failed.broker;
+                state.avoid = failed.broker;
             }
             attempt += 1;
         }
@@ -303,8 +340,7 @@ impl Producer {
         first: &Message,
         wire: &[v1::Message],
         routing: &Routing,
-        rr: usize,
-        avoid: Option<&str>,
+        state: &RetryState,
     ) -> Result<Vec<SendReceipt>, FailedAttempt> {
         let route = self
             .inner
@@ -316,24 +352,32 @@ impl Producer {
                 error,
                 broker: None,
                 route_generation: 0,
+                addr: None,
             })?;
         let queues = route.writable_queues();
-        let fail = |error, broker| FailedAttempt {
+        let fail = |error, broker, addr| FailedAttempt {
             error,
             broker,
             route_generation: route.generation,
+            addr,
         };
-        let Some(idx) = pick(queues, routing, rr, avoid, first) else {
+        let Some(idx) = pick(queues, routing, state.rr, state.avoid.as_deref(), first) else {
             return Err(fail(
                 Error::no_route(topic, "no writable queue with a master"),
+                None,
                 None,
             ));
         };
         let queue = &queues[idx];
-        let addr = route.master_address(&queue.broker_name).unwrap_or_default();
+        let mut addr = route.master_address(&queue.broker_name).unwrap_or_default();
+        if let Some(h) = &state.hint {
+            if h.broker == queue.broker_name && h.stale == addr {
+                addr = &h.master;
+            }
+        }
         self.send_once(addr, queue, wire.to_vec())
             .await
-            .map_err(|e| fail(e, Some(queue.broker_name.clone())))
+            .map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
     }
 
     async fn send_once(

@@ -1,0 +1,359 @@
+//! Replica-group test clusters: one nameserver and N brokers sharing a broker name, each on a
+//! fixed loopback port reserved up front (peers must know each other's addresses before they
+//! start). Helpers find the master, read replica status, inject partitions and compare the
+//! replicas' queues.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sluice_proto::v1::fault_request::Fault;
+use sluice_proto::v1::replication_client::ReplicationClient;
+use sluice_proto::v1::{
+    BrokerStatus, FaultRequest, GetBrokerStatusRequest, GetTopicRouteRequest, Heal, Isolate,
+    PullRequest, Role, StoredMessage,
+};
+
+use crate::{bin, connect_broker, wait_until, Node};
+
+/// Reserves `n` distinct free loopback ports: binds them all at once (so they differ), notes
+/// the ports and releases them. Another process may grab one before the broker binds it;
+/// [`ReplicaCluster::start`] retries with new ports then.
+pub fn reserve_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
+}
+
+/// Settings of a replica-group cluster.
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    pub replicas: usize,
+    /// Replica ids (1-based) that are learners.
+    pub learners: Vec<u64>,
+    /// `quorum` or `leader`.
+    pub ack: &'static str,
+    pub flush: &'static str,
+    pub heartbeat_interval_ms: u64,
+    pub broker_expiry_ms: u64,
+    pub raft_tick_ms: u64,
+    pub election_ticks: u32,
+    pub max_election_ticks: u32,
+    pub fault_injection: bool,
+    pub segment_size: u64,
+    /// More TOML lines for every broker (keys the harness does not set).
+    pub extra_broker_toml: String,
+}
+
+impl Default for ReplicaOptions {
+    fn default() -> Self {
+        ReplicaOptions {
+            replicas: 3,
+            learners: Vec::new(),
+            ack: "quorum",
+            flush: "async",
+            heartbeat_interval_ms: 1_000,
+            broker_expiry_ms: 10_000,
+            raft_tick_ms: 100,
+            election_ticks: 8,
+            max_election_ticks: 16,
+            fault_injection: false,
+            segment_size: 4 << 20,
+            extra_broker_toml: String::new(),
+        }
+    }
+}
+
+/// A nameserver and one replica group; every process is killed on drop.
+pub struct ReplicaCluster {
+    pub dir: tempfile::TempDir,
+    pub opts: ReplicaOptions,
+    pub nameserver: Node,
+    /// `replicas[i]` is replica id `i + 1`.
+    pub replicas: Vec<Node>,
+    /// Replica id -> address.
+    pub peers: BTreeMap<u64, String>,
+}
+
+pub const GROUP: &str = "broker-a";
+
+impl ReplicaCluster {
+    pub fn start(opts: ReplicaOptions) -> Result<ReplicaCluster> {
+        let dir = tempfile::Builder::new().prefix("sluice-rg-").tempdir()?;
+        let nameserver = Node::start(
+            "nameserver",
+            bin("sluice-nameserver"),
+            &dir.path().join("ns"),
+            vec![
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                dir.path().join("ns/data").display().to_string(),
+                "--broker-expiry-ms".into(),
+                opts.broker_expiry_ms.to_string(),
+                "--scan-interval-ms".into(),
+                "200".into(),
+            ],
+        )?;
+        let mut last_err = None;
+        for _attempt in 0..3 {
+            match Self::start_replicas(dir.path(), &opts, &nameserver.addr) {
+                Ok((replicas, peers)) => {
+                    return Ok(ReplicaCluster {
+                        dir,
+                        opts,
+                        nameserver,
+                        replicas,
+                        peers,
+                    })
+                }
+                // Most likely a reserved port was taken meanwhile: try new ones.
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow!("no attempt made")))
+    }
+
+    fn start_replicas(
+        root: &std::path::Path,
+        opts: &ReplicaOptions,
+        nameserver: &str,
+    ) -> Result<(Vec<Node>, BTreeMap<u64, String>)> {
+        let ports = reserve_ports(opts.replicas)?;
+        let peers: BTreeMap<u64, String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, format!("127.0.0.1:{p}")))
+            .collect();
+        let peers_toml = peers
+            .iter()
+            .map(|(id, a)| format!("{id} = \"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut nodes = Vec::new();
+        for (&id, addr) in &peers {
+            let name = format!("replica-{id}");
+            let dir = root.join(&name);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let config = dir.join("broker.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"{addr}\"\ndata_dir = \"{data}\"\nnameservers = [\"{nameserver}\"]\n\
+                     cluster_name = \"it\"\nbroker_name = \"{GROUP}\"\nreplica_id = {id}\n\
+                     flush = \"{flush}\"\nack = \"{ack}\"\nheartbeat_interval_ms = {hb}\n\
+                     consumer_expiry_ms = 3000\nsegment_size = {seg}\nraft_tick_ms = {tick}\n\
+                     election_ticks = {el}\nmax_election_ticks = {mel}\n\
+                     enable_fault_injection = {fi}\nlearners = {learners:?}\n\
+                     peers = {{ {peers_toml} }}\n{extra}\n",
+                    data = dir.join("data").display(),
+                    flush = opts.flush,
+                    ack = opts.ack,
+                    hb = opts.heartbeat_interval_ms,
+                    tick = opts.raft_tick_ms,
+                    el = opts.election_ticks,
+                    mel = opts.max_election_ticks,
+                    fi = opts.fault_injection,
+                    seg = opts.segment_size,
+                    learners = opts.learners,
+                    extra = opts.extra_broker_toml,
+                ),
+            )?;
+            nodes.push(Node::start(
+                &name,
+                bin("sluice-broker"),
+                &dir,
+                vec!["--config".into(), config.display().to_string()],
+            )?);
+        }
+        Ok((nodes, peers))
+    }
+
+    /// Index into `replicas` of replica `id`.
+    pub fn index(id: u64) -> usize {
+        (id - 1) as usize
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.replicas[Self::index(id)]
+    }
+
+    pub fn address(&self, id: u64) -> &str {
+        &self.peers[&id]
+    }
+
+    /// Status of replica `id` (fails when it is down).
+    pub async fn status(&self, id: u64) -> Result<BrokerStatus> {
+        let mut c = connect_broker(self.address(id)).await?;
+        let s = tokio::time::timeout(
+            Duration::from_secs(2),
+            c.get_broker_status(GetBrokerStatusRequest {}),
+        )
+        .await
+        .context("status timed out")??;
+        Ok(s.into_inner())
+    }
+
+    /// The replica that reports itself MASTER, among those that answer.
+    pub async fn find_master(&self) -> Option<u64> {
+        for &id in self.peers.keys() {
+            if let Ok(s) = self.status(id).await {
+                if s.role == Role::Master as i32 {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits for a master other than `not`, which the nameserver also routes `topic` to
+    /// (when given).
+    pub async fn await_master(
+        &self,
+        timeout: Duration,
+        not: Option<u64>,
+        topic: Option<&str>,
+    ) -> Result<u64> {
+        let start = Instant::now();
+        loop {
+            if let Some(m) = self.find_master().await.filter(|&m| Some(m) != not) {
+                let routed = match topic {
+                    None => true,
+                    Some(t) => self.routed_master(t).await.ok().flatten() == Some(m),
+                };
+                if routed {
+                    return Ok(m);
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!("no master (other than {not:?}) within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The master replica id the nameserver routes `topic` to.
+    pub async fn routed_master(&self, topic: &str) -> Result<Option<u64>> {
+        let ch =
+            tonic::transport::Channel::from_shared(format!("http://{}", self.nameserver.addr))?
+                .connect()
+                .await?;
+        let mut ns = sluice_proto::v1::name_server_client::NameServerClient::new(ch);
+        let route = ns
+            .get_topic_route(GetTopicRouteRequest {
+                topic: topic.into(),
+            })
+            .await?
+            .into_inner();
+        Ok(route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == GROUP)
+            .map(|b| b.master_replica_id)
+            .filter(|&m| m != 0))
+    }
+
+    /// Waits until every live replica in `ids` has applied at least `index`.
+    pub async fn await_applied(&self, ids: &[u64], index: u64, timeout: Duration) -> Result<()> {
+        wait_until(
+            timeout,
+            &format!("replicas {ids:?} to apply {index}"),
+            || async {
+                for &id in ids {
+                    match self.status(id).await {
+                        Ok(s) if s.applied_index >= index => {}
+                        _ => return false,
+                    }
+                }
+                true
+            },
+        )
+        .await
+    }
+
+    /// Waits until every replica in `ids` has applied what the master `master` has committed.
+    pub async fn await_caught_up(&self, master: u64, ids: &[u64], timeout: Duration) -> Result<()> {
+        let commit = self.status(master).await?.commit_index;
+        self.await_applied(ids, commit, timeout).await
+    }
+
+    /// Fault injection on replica `id`: drop Raft traffic to and from `peers`.
+    pub async fn isolate(&self, id: u64, peers: &[u64]) -> Result<Vec<u64>> {
+        self.fault(
+            id,
+            Fault::Isolate(Isolate {
+                peer_ids: peers.to_vec(),
+            }),
+        )
+        .await
+    }
+
+    pub async fn heal(&self, id: u64) -> Result<Vec<u64>> {
+        self.fault(id, Fault::Heal(Heal {})).await
+    }
+
+    pub async fn fault(&self, id: u64, fault: Fault) -> Result<Vec<u64>> {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", self.address(id)))?
+            .connect()
+            .await?;
+        let r = ReplicationClient::new(ch)
+            .inject_fault(FaultRequest { fault: Some(fault) })
+            .await?;
+        Ok(r.into_inner().isolated)
+    }
+
+    /// Every message of `topic`'s queue `queue_id` on replica `id`, from offset 0 (committed
+    /// data only: that is all a replica serves).
+    pub async fn read_queue(
+        &self,
+        id: u64,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Vec<StoredMessage>> {
+        read_all(self.address(id), topic, queue_id).await
+    }
+}
+
+/// Reads a whole queue from one broker with plain pulls, from its min offset (0 unless
+/// retention or a snapshot moved it).
+pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<StoredMessage>> {
+    let mut c = connect_broker(addr).await?;
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let req = PullRequest {
+            group: String::new(),
+            topic: topic.into(),
+            queue_id,
+            offset,
+            max_messages: 1024,
+            max_bytes: 0,
+            poll_timeout_ms: 0,
+        };
+        let r = match c.pull(req).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let e = sluice_proto::ApiError::from_status(&status);
+                if out.is_empty() && e.code == sluice_proto::ErrorCode::OffsetOutOfRange {
+                    if e.min_offset <= offset {
+                        bail!("pull at {offset} out of range: {e}");
+                    }
+                    offset = e.min_offset;
+                    continue;
+                }
+                return Err(status.into());
+            }
+        };
+        if r.messages.is_empty() {
+            return Ok(out);
+        }
+        offset = r.next_offset;
+        out.extend(r.messages);
+    }
+}
