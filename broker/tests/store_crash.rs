@@ -163,3 +163,34 @@ async fn write_error_is_reported_and_leaves_the_log_intact() {
     store.shutdown().await.unwrap();
     scenario.teardown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_fsync_times_out_sync_appends() {
+    let scenario = FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.flush = FlushMode::Sync;
+    cfg.sync_flush_timeout = std::time::Duration::from_millis(50);
+    let store = MessageStore::open(cfg).await.unwrap();
+    store
+        .append(batch("slow", 0, vec![msg("a", b"1")]))
+        .await
+        .unwrap();
+    fail::cfg("store::flusher::before_sync", "sleep(400)").unwrap();
+    let err = store
+        .append(batch("slow", 0, vec![msg("b", b"2")]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Timeout(_)), "{err:?}");
+    fail::remove("store::flusher::before_sync");
+    // The timed-out message was still written (as RocketMQ's FLUSH_DISK_TIMEOUT): it shows
+    // up once flushed, and later appends work normally.
+    let r = store
+        .append(batch("slow", 0, vec![msg("c", b"3")]))
+        .await
+        .unwrap();
+    assert_eq!(r.entries[0].queue_offset, 2);
+    wait_visible(&store, "slow", 0, 3).await;
+    store.shutdown().await.unwrap();
+    scenario.teardown();
+}

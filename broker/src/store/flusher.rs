@@ -192,6 +192,8 @@ fn finish(req: FlushReq, result: &io::Result<()>) {
 
 /// fdatasyncs every segment holding data between the flushed position and `upto`.
 fn flush_to(shared: &Shared, upto: u64) -> io::Result<()> {
+    // Tests stall the disk here (a `sleep(ms)` action) to exercise the sync-flush timeout.
+    fail::fail_point!("store::flusher::before_sync");
     let flushed = shared.flushed.load(Ordering::Acquire);
     if upto <= flushed {
         return Ok(());

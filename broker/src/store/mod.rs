@@ -5,6 +5,14 @@
 //! over a channel; readers share immutable segment mappings and never block it. A dispatcher
 //! follows the commit log up to the *confirmed offset* and builds consume queues and the index.
 //!
+//! Modules: `record` (on-disk format), `commitlog` (segments, shared read side), `writer`
+//! (the writer thread), `flusher` (fdatasync, group commit), `dispatcher` (consume queues,
+//! index, checkpoints), `cq`, `index`, `checkpoint`, `recovery` (open after a crash),
+//! `retention`, `reader` (read paths), `shared` (state the threads share). The writer,
+//! flusher, dispatcher and retention run on dedicated threads: their work is blocking file
+//! I/O. "Segment mappings" are plain files read with `pread` into pooled buffers, which keeps
+//! reads free of `unsafe` and of SIGBUS on truncated files.
+//!
 //! THE PUBLIC API BELOW IS THE CONTRACT WITH THE BROKER SERVICE: extend it, do not change
 //! signatures without updating `crate::service`.
 
