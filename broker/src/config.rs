@@ -273,8 +273,10 @@ impl BrokerConfig {
         c.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
         c.store_host = store_host.to_string();
         if self.is_replicated() {
-            // The confirmed position is Raft's commit index, moved by the replica's applier.
+            // The commit log is the Raft log; the confirmed position is Raft's commit index,
+            // moved by the replica's applier.
             c.confirm = ConfirmMode::External;
+            c.raft = true;
         }
         c
     }

@@ -16,7 +16,7 @@ use crate::groups::ConsumerGroups;
 use crate::meta::{MetaStore, SledMeta};
 use crate::offsets::OffsetTable;
 use crate::registration::Registrar;
-use crate::replication::{GroupSettings, InterimBackend, MetaState, ReplicaGroup};
+use crate::replication::{GroupSettings, MetaState, ReplicaGroup, StoreBackend};
 use crate::service::convert::IdGenerator;
 use crate::service::{BrokerService, Identity, ServiceLimits};
 use crate::store::MessageStore;
@@ -105,7 +105,7 @@ pub async fn run(
                 offsets: offsets.clone(),
                 reregister: reregister.clone(),
             };
-            let backend = InterimBackend::new(store.clone(), &address);
+            let backend = StoreBackend::new(store.clone(), &address);
             let (group, service) =
                 ReplicaGroup::start(settings, backend, meta_state, store.clone())?;
             (Some(group), Some(service))

@@ -44,6 +44,7 @@ mod rpc;
 mod runner;
 mod snapshot_log;
 mod status;
+mod store_backend;
 pub mod transport;
 mod validate;
 
@@ -64,5 +65,6 @@ pub use role::MasterState;
 pub use rpc::ReplicationService;
 pub use runner::{mailbox, Mailbox, ReplicaHandle};
 pub use status::{PeerProgress, PeerState, ReplicaStatus, Role, RoleState};
+pub use store_backend::StoreBackend;
 pub use transport::GrpcTransport;
 pub use validate::{decode_message, encode_message, StepError};

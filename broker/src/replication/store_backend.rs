@@ -67,19 +67,8 @@ impl LogBackend for StoreBackend {
         if applied == 0 {
             return Ok(());
         }
-        match self.store.entry_end_offset(applied) {
-            Ok(end) => {
-                self.store.set_confirmed_offset(end);
-                Ok(())
-            }
-            // The applied entry was compacted away (a snapshot was installed at it): the log
-            // holds only what follows it.
-            Err(StoreError::OffsetOutOfRange { .. }) => {
-                self.store.set_confirmed_offset(self.store.commit_log_range().0);
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        // The compaction point answers too (where the log restarts after a snapshot).
+        self.confirm_through(applied)
     }
 
     fn commit(&self, entries: &[CommittedEntry]) -> Result<(), StoreError> {

@@ -244,6 +244,43 @@ impl CommitLog {
     }
 }
 
+impl CommitLog {
+    /// Visits the records in `[from, to)` in order (`from` is a record boundary), skipping
+    /// segment fillers and segment tails. One positioned read per record: for short ranges.
+    pub fn for_each_record(
+        &self,
+        from: u64,
+        to: u64,
+        mut visit: impl FnMut(&StoredRecord),
+    ) -> Result<(), StoreError> {
+        let mut at = from;
+        while at < to {
+            let Some(seg) = self.segment_for(at) else {
+                return Err(self.out_of_range(at));
+            };
+            let in_seg = at - seg.base;
+            let seg_len = seg.len.load(Ordering::Acquire);
+            let tail = in_seg >= seg_len || {
+                let n = (seg_len - in_seg).min(record::FILLER_LEN as u64) as usize;
+                record::probe(&self.read_exact(at, n)?) == Probe::Filler
+            };
+            if tail {
+                match self.next_after(seg.base) {
+                    Some(n) => {
+                        at = n.base;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let rec = self.read_record(at)?;
+            at += u64::from(rec.store_size);
+            visit(&rec);
+        }
+        Ok(())
+    }
+}
+
 /// Verifies and decodes the record that starts at `buf[at]` and claims to live at commit-log
 /// offset `offset`.
 pub fn decode_at(buf: &Bytes, at: usize, offset: u64) -> Result<StoredRecord, StoreError> {

@@ -86,7 +86,12 @@ pub fn queue_dir(root: &Path, topic: &str, queue_id: u32) -> PathBuf {
 impl ConsumeQueue {
     /// Opens the files of a queue as they are; call [`ConsumeQueue::recover`] before use.
     pub fn open(root: &Path, topic: &str, queue_id: u32, per_file: u64) -> io::Result<Self> {
-        let dir = queue_dir(root, topic, queue_id);
+        Self::open_dir(queue_dir(root, topic, queue_id), topic, queue_id, per_file)
+    }
+
+    /// Like [`ConsumeQueue::open`] for files kept in `dir` (the raft entry index reuses this
+    /// fixed-entry file format).
+    pub fn open_dir(dir: PathBuf, topic: &str, queue_id: u32, per_file: u64) -> io::Result<Self> {
         fs::create_dir_all(&dir)?;
         let listed = list_offset_files(&dir)?;
         let mut files = Vec::with_capacity(listed.len());
@@ -269,6 +274,34 @@ impl ConsumeQueue {
         }
         self.min.store(first, Ordering::Release);
         self.max.store(first, Ordering::Release);
+        Ok(())
+    }
+
+    /// Empties the queue and makes it start at `first` durably: its files go and an empty file
+    /// named `first` remains, which [`ConsumeQueue::recover`] reads back as min = max = first.
+    pub fn reset_to(&self, first: u64) -> io::Result<()> {
+        let mut files = self.files.write();
+        for f in files.drain(..) {
+            fs::remove_file(&f.path)?;
+        }
+        let path = self.dir.join(format!("{first:020}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        file.sync_all()?;
+        super::commitlog::sync_dir(&self.dir)?;
+        files.push(Arc::new(CqFile {
+            base: first,
+            cap: self.per_file,
+            path,
+            file,
+        }));
+        self.min.store(first, Ordering::Release);
+        self.max.store(first, Ordering::Release);
+        self.last_ts.store(0, Ordering::Release);
         Ok(())
     }
 

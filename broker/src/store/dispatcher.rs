@@ -2,7 +2,7 @@
 //! queues and the index; writes checkpoints. Runs on its own thread (all its work is blocking
 //! file I/O) and is the only writer of consume queues, index and checkpoint.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use super::checkpoint::{self, Checkpoint, Stored};
 use super::cq::{ConsumeQueue, CqEntry, ENTRY_LEN};
 use super::index::{id_hash, key_hash, IndexWriter};
+use super::raftlog::QueueTable;
 use super::record::{self, Probe, RecordView};
 use super::shared::{DispatchMsg, Shared};
 
@@ -121,6 +122,25 @@ impl Dispatcher {
                     q.trim_head(log_min)?;
                 }
                 self.shared.index.trim_head(log_min)?;
+                Ok(None)
+            }
+            DispatchMsg::QueueTable { at, base, reply } => {
+                let _ = reply.send(self.queue_table(at, base));
+                Ok(None)
+            }
+            DispatchMsg::Reset {
+                start,
+                table,
+                reply,
+            } => {
+                let r = self.reset(start, &table);
+                let failed = r.is_err();
+                let _ = reply.send(r);
+                if failed {
+                    // The caller fails the install; keep the dispatcher from building on a
+                    // half-reset state.
+                    self.stalled = true;
+                }
                 Ok(None)
             }
             DispatchMsg::Stop => Ok(Some(Exit::Stop)),
@@ -238,6 +258,10 @@ impl Dispatcher {
     }
 
     fn dispatch_record(&mut self, view: &RecordView<'_>, phy: u64) -> io::Result<()> {
+        if view.is_system() {
+            // Raft bookkeeping and metadata operations: not messages.
+            return Ok(());
+        }
         let topic = view.topic;
         let qid = view.queue_id();
         let qoff = view.queue_offset();
@@ -347,6 +371,15 @@ impl Dispatcher {
             q.sync_from(from)?;
         }
         self.shared.index.sync()?;
+        if let Some(r) = &self.shared.raft {
+            // The checkpoint also vouches for the entry index below `pos`: recovery trusts
+            // it there and rebuilds it from the records above. Entries before the previous
+            // checkpoint were synced then and are never rewritten (they are confirmed).
+            let from = r
+                .first_at_or_after(self.ckpt_pos)
+                .map_or(0, |i| i.saturating_sub(1));
+            r.entries.sync_from(from)?;
+        }
         self.store_checkpoint(self.pos)
     }
 
@@ -370,6 +403,55 @@ impl Dispatcher {
                 Ok(None)
             }
             Stored::Crashed => Ok(Some(Exit::Crashed)),
+        }
+    }
+
+    /// The next queue offset of every queue at commit-log `at`: what the consume queues hold
+    /// below it, plus the records between the dispatch position and `at`.
+    fn queue_table(&mut self, at: u64, base: QueueTable) -> io::Result<QueueTable> {
+        self.publish()?;
+        let upto = at.min(self.pos);
+        let mut table: BTreeMap<(String, u32), u64> =
+            base.into_iter().map(|(t, q, n)| ((t, q), n)).collect();
+        for q in self.shared.all_queues() {
+            let n = q.count_below(upto)?;
+            let e = table.entry((q.topic.clone(), q.queue_id)).or_insert(0);
+            *e = (*e).max(n);
+        }
+        if upto < at {
+            self.shared
+                .log
+                .for_each_record(upto, at, |r| {
+                    if r.sys_flag & record::SYS_FLAGS_SYSTEM == 0 {
+                        let e = table.entry((r.topic.clone(), r.queue_id)).or_insert(0);
+                        *e = (*e).max(r.queue_offset + 1);
+                    }
+                })
+                .map_err(|e| io::Error::other(e.to_string()))?;
+        }
+        Ok(table.into_iter().map(|((t, q), n)| (t, q, n)).collect())
+    }
+
+    /// Snapshot install: every consume queue and the index go; queues restart at `table`.
+    fn reset(&mut self, start: u64, table: &QueueTable) -> io::Result<()> {
+        self.pending.clear();
+        self.dirty.clear();
+        self.index = IndexWriter::default();
+        self.stalled = false;
+        let shared = self.shared.clone();
+        let queues = super::raftlog::recover::reset_queues(
+            &shared.cq_root,
+            shared.config.cq_entries_per_file,
+            table,
+        )?;
+        *shared.queues.write() = queues;
+        shared.index.truncate(0)?;
+        self.pos = start;
+        self.index_floor = start;
+        shared.dispatched.send_replace(start);
+        match self.store_checkpoint(start)? {
+            Some(_) => Err(io::Error::other("checkpoint failpoint during reset")),
+            None => Ok(()),
         }
     }
 

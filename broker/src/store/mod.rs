@@ -8,7 +8,8 @@
 //! Modules: `record` (on-disk format), `commitlog` (segments, shared read side), `writer`
 //! (the writer thread), `flusher` (fdatasync, group commit), `dispatcher` (consume queues,
 //! index, checkpoints), `cq`, `index`, `checkpoint`, `recovery` (open after a crash),
-//! `retention`, `reader` (read paths), `shared` (state the threads share). The writer,
+//! `retention`, `reader` (read paths), `shared` (state the threads share), `entry` and
+//! `raftlog` (raft mode: the commit log as the Raft log, see `raftlog/mod.rs`). The writer,
 //! flusher, dispatcher and retention run on dedicated threads: their work is blocking file
 //! I/O. "Segment mappings" are plain files read with `pread` into pooled buffers, which keeps
 //! reads free of `unsafe` and of SIGBUS on truncated files.
@@ -17,7 +18,7 @@
 //! signatures without updating `crate::service`.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,9 +29,11 @@ mod checkpoint;
 mod commitlog;
 mod cq;
 mod dispatcher;
+mod entry;
 pub mod error;
 mod flusher;
 mod index;
+mod raftlog;
 mod reader;
 pub mod record;
 mod recovery;
@@ -38,7 +41,9 @@ mod retention;
 mod shared;
 mod writer;
 
+pub use entry::{decode_entry, encode_for_proposal, encode_meta_for_proposal, is_meta_entry};
 pub use error::StoreError;
+pub use raftlog::CommitLogRaft;
 pub use record::tag_hash;
 
 use recovery::Started;
@@ -94,7 +99,12 @@ pub struct StoreConfig {
     pub store_host: String,
     /// Who moves the confirmed offset (`FollowWrite` default).
     pub confirm: ConfirmMode,
-    /// Entries per consume-queue file (300,000 default).
+    /// Raft mode (needs `confirm = External`): the commit log is the replica group's Raft
+    /// log, written only through [`MessageStore::raft_log`]; `append` and `truncate_to` are
+    /// refused. Every replica must use the same `segment_size`, and a store keeps the mode
+    /// and segment size it was created with.
+    pub raft: bool,
+    /// Entries per consume-queue file (300,000 default); also per raft entry-index file.
     pub cq_entries_per_file: u64,
     /// Hash slots per index file (1 Mi default).
     pub index_slots: u32,
@@ -120,6 +130,7 @@ impl StoreConfig {
             retention_check_interval: Duration::from_secs(10),
             store_host: String::new(),
             confirm: ConfirmMode::FollowWrite,
+            raft: false,
             cq_entries_per_file: 300_000,
             index_slots: 1 << 20,
             index_entries_per_file: 4 << 20,
@@ -260,11 +271,16 @@ impl MessageStore {
         })
     }
 
-    fn shared(&self) -> &shared::Shared {
+    pub(crate) fn shared(&self) -> &shared::Shared {
         &self.inner.shared
     }
 
-    async fn to_writer(&self, cmd: WriterCmd) -> Result<(), StoreError> {
+    /// Root of the store's files.
+    pub fn data_dir(&self) -> &Path {
+        &self.shared().config.data_dir
+    }
+
+    pub(crate) async fn to_writer(&self, cmd: WriterCmd) -> Result<(), StoreError> {
         let tx = self.inner.writer_tx.as_ref().ok_or(StoreError::Closed)?;
         tx.send(cmd).await.map_err(|_| StoreError::Closed)
     }
@@ -272,34 +288,8 @@ impl MessageStore {
     /// Validates and encodes a batch (on the caller's task, off the writer's thread).
     fn encode(&self, batch: AppendBatch) -> Result<EncodedBatch, StoreError> {
         let cfg = &self.shared().config;
-        sluice_proto::names::validate_topic_name(&batch.topic)
-            .map_err(|e| StoreError::Invalid(e.message))?;
-        if batch.messages.is_empty() {
-            return Err(StoreError::Invalid("empty batch".into()));
-        }
-        let mut buf = Vec::with_capacity(
-            batch
-                .messages
-                .iter()
-                .map(|m| record::payload_size(m) + 256)
-                .sum::<usize>(),
-        );
-        let mut records = Vec::with_capacity(batch.messages.len());
-        for m in &batch.messages {
-            let size = record::payload_size(m);
-            if size > cfg.max_message_size {
-                return Err(StoreError::MessageTooLarge {
-                    size,
-                    limit: cfg.max_message_size,
-                });
-            }
-            if m.message_id.is_empty() {
-                return Err(StoreError::Invalid("message id is empty".into()));
-            }
-            let start = buf.len();
-            record::encode(&mut buf, &batch.topic, batch.queue_id, m, &cfg.store_host)?;
-            records.push((start, buf.len() - start));
-        }
+        let (buf, records) =
+            entry::encode_batch(&batch, &cfg.store_host, Some(cfg.max_message_size))?;
         // A batch is written contiguously into one segment (one future Raft entry).
         let limit = (cfg.segment_size as usize).saturating_sub(record::FILLER_LEN);
         if buf.len() > limit {
@@ -316,6 +306,15 @@ impl MessageStore {
         })
     }
 
+    fn refuse_in_raft_mode(&self, what: &str) -> Result<(), StoreError> {
+        if self.shared().raft.is_some() {
+            return Err(StoreError::Invalid(format!(
+                "{what} is not available in raft mode: the log is written through replication"
+            )));
+        }
+        Ok(())
+    }
+
     /// Appends a batch; returns when acknowledged under the flush mode.
     /// Errors: `MessageTooLarge`, `DiskFull`, `Timeout` (sync flush), `Io`, `Closed`,
     /// `Invalid` (bad topic name, empty batch, empty message id, oversized fields).
@@ -323,6 +322,7 @@ impl MessageStore {
         if self.shared().closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
+        self.refuse_in_raft_mode("append")?;
         let batch = self.encode(batch)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cfg = &self.shared().config;
@@ -474,10 +474,60 @@ impl MessageStore {
     /// Drops every record from `offset` (a record boundary) on, with their consume-queue and
     /// index entries, and resets the next queue offsets. Goes through the writer.
     pub async fn truncate_to(&self, offset: u64) -> Result<(), StoreError> {
+        self.refuse_in_raft_mode("truncate_to")?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.to_writer(WriterCmd::Truncate { offset, reply: tx })
             .await?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The Raft view of this commit log (raft mode only; `Invalid` otherwise). Handles are
+    /// cheap; all writes go through the store's single writer.
+    pub fn raft_log(&self) -> Result<CommitLogRaft, StoreError> {
+        let raft = self.raft_shared()?.clone();
+        Ok(CommitLogRaft::new(self.clone(), raft))
+    }
+
+    fn raft_shared(&self) -> Result<&Arc<raftlog::RaftShared>, StoreError> {
+        self.shared().raft.as_ref().ok_or_else(|| {
+            StoreError::Invalid("the store is not in raft mode (StoreConfig::raft)".into())
+        })
+    }
+
+    fn locate_entry(&self, index: u64) -> Result<raftlog::EntryLoc, StoreError> {
+        let r = self.raft_shared()?;
+        r.locate(index).map_err(|e| match e {
+            raftlog::LocErr::Corrupt(reason) => StoreError::Corrupt { offset: 0, reason },
+            raftlog::LocErr::Compacted | raftlog::LocErr::Unavailable => {
+                StoreError::OffsetOutOfRange {
+                    offset: index,
+                    min: r.first_index(),
+                    max: r.last_index(),
+                }
+            }
+        })
+    }
+
+    /// One past the last byte of raft entry `index` in the commit log (for the compaction
+    /// point itself, where the log restarts). `OffsetOutOfRange` (in raft indexes) when the
+    /// entry is compacted or not in the log.
+    pub fn entry_end_offset(&self, index: u64) -> Result<u64, StoreError> {
+        let r = self.raft_shared()?;
+        {
+            let v = r.view.read();
+            if index == v.cp.index {
+                return Ok(v.cp.phy);
+            }
+        }
+        Ok(self.locate_entry(index)?.end())
+    }
+
+    /// Queue offset, commit-log offset and size of each message of the persisted raft entry
+    /// `index` (none for a no-op or metadata entry): what a producer is told.
+    pub fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError> {
+        let loc = self.locate_entry(index)?;
+        let bytes = self.shared().log.read_exact(loc.offset, loc.len as usize)?;
+        entry::message_results(&bytes)
     }
 
     /// Share of the disk budget in use, 0..1.

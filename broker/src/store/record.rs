@@ -37,6 +37,27 @@ pub const OFF_PHYSICAL: usize = 40;
 pub const OFF_STORE_TS: usize = 56;
 pub const OFF_TERM: usize = 72;
 pub const OFF_ENTRY_INDEX: usize = 80;
+pub const OFF_FLAG: usize = 20;
+pub const OFF_SYS_FLAG: usize = 24;
+
+/// Sys-flag bits the store reserves (producers may not set them). A META record carries a
+/// replicated metadata operation (topic [`META_TOPIC`], body = the encoded op).
+pub const SYS_FLAG_META: u32 = 1 << 30;
+/// Raft mode: the record stands for an entry without data (a new leader's no-op); its `flag`
+/// holds the entry type.
+pub const SYS_FLAG_NOOP: u32 = 1 << 29;
+/// Raft mode: the record wraps entry data that is not a run of records (a membership
+/// change); body = the data, `flag` = the entry type.
+pub const SYS_FLAG_RAW: u32 = 1 << 28;
+/// Raft mode: set by the writer on the last record of every entry, so recovery can tell a
+/// complete entry from a torn one. Never shown to readers.
+pub const SYS_FLAG_ENTRY_END: u32 = 1 << 27;
+/// Records with one of these bits are not messages: the dispatcher skips them.
+pub const SYS_FLAGS_SYSTEM: u32 = SYS_FLAG_META | SYS_FLAG_NOOP | SYS_FLAG_RAW;
+/// Every reserved bit.
+pub const SYS_FLAGS_RESERVED: u32 = SYS_FLAGS_SYSTEM | SYS_FLAG_ENTRY_END;
+/// Topic of META records.
+pub const META_TOPIC: &str = "%SYS%META";
 
 /// Stable 64-bit hash of a tag, kept in consume-queue entries for broker-side filtering
 /// (FNV-1a: persisted, so it must never change).
@@ -85,7 +106,25 @@ pub fn payload_size(m: &AppendMessage) -> usize {
 
 /// Encodes one record into `buf`. Queue offset, physical offset, store time and the record
 /// CRC are left zero: the writer fills them in with [`seal`] when it assigns a position.
+/// Sys-flag bits the store reserves are refused.
 pub fn encode(
+    buf: &mut Vec<u8>,
+    topic: &str,
+    queue_id: u32,
+    m: &AppendMessage,
+    store_host: &str,
+) -> Result<(), StoreError> {
+    if m.sys_flag & SYS_FLAGS_RESERVED != 0 {
+        return Err(StoreError::Invalid(format!(
+            "sys flag {:#x} uses bits reserved by the store ({SYS_FLAGS_RESERVED:#x})",
+            m.sys_flag
+        )));
+    }
+    encode_any(buf, topic, queue_id, m, store_host)
+}
+
+/// [`encode`] without the reserved-bit check (the store's own records).
+pub fn encode_any(
     buf: &mut Vec<u8>,
     topic: &str,
     queue_id: u32,
@@ -148,6 +187,42 @@ pub fn seal(rec: &mut [u8], queue_offset: u64, physical_offset: u64, store_ts_ms
     // term and entry_index stay 0 in standalone mode.
     let crc = record_crc(rec);
     rec[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Raft mode: fills in queue offset, physical offset, term and entry index (store time is the
+/// proposer's), marks the entry's last record and recomputes the CRC.
+pub fn fill(rec: &mut [u8], queue_offset: u64, physical_offset: u64, term: u64, index: u64, last: bool) {
+    rec[OFF_QUEUE_OFFSET..OFF_QUEUE_OFFSET + 8].copy_from_slice(&queue_offset.to_le_bytes());
+    rec[OFF_PHYSICAL..OFF_PHYSICAL + 8].copy_from_slice(&physical_offset.to_le_bytes());
+    rec[OFF_TERM..OFF_TERM + 8].copy_from_slice(&term.to_le_bytes());
+    rec[OFF_ENTRY_INDEX..OFF_ENTRY_INDEX + 8].copy_from_slice(&index.to_le_bytes());
+    let mut sys = u32_at(rec, OFF_SYS_FLAG) & !SYS_FLAG_ENTRY_END;
+    if last {
+        sys |= SYS_FLAG_ENTRY_END;
+    }
+    rec[OFF_SYS_FLAG..OFF_SYS_FLAG + 4].copy_from_slice(&sys.to_le_bytes());
+    set_crc(rec);
+}
+
+/// Sets the store time and computes the CRC of an encoded record (a proposal's form).
+pub fn seal_proposal(rec: &mut [u8], store_ts_ms: i64) {
+    rec[OFF_STORE_TS..OFF_STORE_TS + 8].copy_from_slice(&store_ts_ms.to_le_bytes());
+    set_crc(rec);
+}
+
+fn set_crc(rec: &mut [u8]) {
+    let crc = record_crc(rec);
+    rec[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// True when a record carries any of the fields the raft writer fills (it was read back from
+/// a replica's log rather than freshly proposed).
+pub fn is_filled(rec: &[u8]) -> bool {
+    u64_at(rec, OFF_QUEUE_OFFSET) != 0
+        || u64_at(rec, OFF_PHYSICAL) != 0
+        || u64_at(rec, OFF_TERM) != 0
+        || u64_at(rec, OFF_ENTRY_INDEX) != 0
+        || u32_at(rec, OFF_SYS_FLAG) & SYS_FLAG_ENTRY_END != 0
 }
 
 fn record_crc(rec: &[u8]) -> u32 {
@@ -286,6 +361,25 @@ impl<'a> RecordView<'a> {
     pub fn store_timestamp(&self) -> i64 {
         i64_at(self.raw, OFF_STORE_TS)
     }
+    pub fn flag(&self) -> u32 {
+        u32_at(self.raw, OFF_FLAG)
+    }
+    pub fn sys_flag(&self) -> u32 {
+        u32_at(self.raw, OFF_SYS_FLAG)
+    }
+    /// Not a message: a META, NOOP or RAW record (never dispatched).
+    pub fn is_system(&self) -> bool {
+        self.sys_flag() & SYS_FLAGS_SYSTEM != 0
+    }
+    pub fn term(&self) -> u64 {
+        u64_at(self.raw, OFF_TERM)
+    }
+    pub fn entry_index(&self) -> u64 {
+        u64_at(self.raw, OFF_ENTRY_INDEX)
+    }
+    pub fn ends_entry(&self) -> bool {
+        self.sys_flag() & SYS_FLAG_ENTRY_END != 0
+    }
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
         let mut c = Cursor {
             b: self.keys,
@@ -326,8 +420,9 @@ impl<'a> RecordView<'a> {
             tag: self.tag.to_owned(),
             keys: self.keys().map(str::to_owned).collect(),
             properties: self.properties(),
-            flag: u32_at(self.raw, 20),
-            sys_flag: u32_at(self.raw, 24),
+            flag: self.flag(),
+            // The entry-end mark is the store's bookkeeping, not part of the message.
+            sys_flag: self.sys_flag() & !SYS_FLAG_ENTRY_END,
             born_timestamp_ms: i64_at(self.raw, 48),
             born_host: self.born_host.to_owned(),
             store_timestamp_ms: self.store_timestamp(),

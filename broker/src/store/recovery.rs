@@ -19,10 +19,11 @@ use super::commitlog::{list_offset_files, read_full, sync_dir, CommitLog, Segmen
 use super::cq::ConsumeQueue;
 use super::dispatcher::Dispatcher;
 use super::index::Index;
-use super::record::{self, Probe, FILLER_LEN};
+use super::raftlog::{self, RaftShared, RaftView};
+use super::record::{self, Probe, RecordView, FILLER_LEN};
 use super::retention::{self, RetentionMsg};
 use super::shared::{DiskUsage, DispatchMsg, Queues, Shared};
-use super::writer::{Writer, WriterCmd};
+use super::writer::{RaftWriter, Writer, WriterCmd};
 use super::{ConfirmMode, StoreConfig, StoreError};
 
 const WRITER_QUEUE: usize = 4096;
@@ -57,6 +58,9 @@ fn validate(config: &StoreConfig) -> Result<(), StoreError> {
     if config.retention_check_interval.is_zero() {
         return bad("retention_check_interval must be positive");
     }
+    if config.raft && config.confirm != ConfirmMode::External {
+        return bad("raft mode needs confirm = external (the committed position)");
+    }
     Ok(())
 }
 
@@ -90,6 +94,36 @@ struct LogScan {
 /// torn or corrupt one.
 fn scan_log(log: &CommitLog, start: u64) -> io::Result<LogScan> {
     let mut next: HashMap<String, HashMap<u32, u64>> = HashMap::new();
+    let end = walk_log(log, start, |_, view| {
+        if !view.is_system() {
+            let n = next
+                .entry(view.topic.to_owned())
+                .or_default()
+                .entry(view.queue_id())
+                .or_insert(0);
+            *n = (*n).max(view.queue_offset() + 1);
+        }
+        Walk::Continue
+    })?;
+    Ok(LogScan { end, next })
+}
+
+/// What a [`walk_log`] visitor wants next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Walk {
+    Continue,
+    /// The log ends before this record.
+    Stop,
+}
+
+/// Visits every verified record from `start` (a record boundary) on, skipping segment
+/// fillers, until the first torn or corrupt record or until `visit` says stop; returns that
+/// position (where the log ends).
+pub fn walk_log(
+    log: &CommitLog,
+    start: u64,
+    mut visit: impl FnMut(u64, &RecordView<'_>) -> Walk,
+) -> io::Result<u64> {
     let mut pos = start;
     let mut buf = vec![0u8; 4 << 20];
     'segments: while let Some(seg) = log.segment_for(pos) {
@@ -117,21 +151,18 @@ fn scan_log(log: &CommitLog, start: u64) -> io::Result<LogScan> {
                         let phy = pos + at as u64;
                         let Ok(view) = record::parse(&buf[at..at + t]) else {
                             tracing::warn!(offset = phy, "record fails to parse; log ends here");
-                            return Ok(LogScan { end: phy, next });
+                            return Ok(phy);
                         };
                         if view.physical_offset() != phy {
                             tracing::warn!(
                                 offset = phy,
                                 "record names another offset; log ends here"
                             );
-                            return Ok(LogScan { end: phy, next });
+                            return Ok(phy);
                         }
-                        let n = next
-                            .entry(view.topic.to_owned())
-                            .or_default()
-                            .entry(view.queue_id())
-                            .or_insert(0);
-                        *n = (*n).max(view.queue_offset() + 1);
+                        if visit(phy, &view) == Walk::Stop {
+                            return Ok(phy);
+                        }
                         at += t;
                     }
                     Probe::Filler => {
@@ -143,7 +174,7 @@ fn scan_log(log: &CommitLog, start: u64) -> io::Result<LogScan> {
                             }
                             // A filler with no next segment: the roll did not finish. Cut the
                             // filler so the writer rolls again.
-                            None => return Ok(LogScan { end: phy, next }),
+                            None => return Ok(phy),
                         }
                     }
                     Probe::Incomplete => {
@@ -166,7 +197,7 @@ fn scan_log(log: &CommitLog, start: u64) -> io::Result<LogScan> {
                             offset = phy,
                             "torn record at the end of the log; truncating"
                         );
-                        return Ok(LogScan { end: phy, next });
+                        return Ok(phy);
                     }
                     Probe::Corrupt(why) => {
                         let phy = pos + at as u64;
@@ -175,14 +206,14 @@ fn scan_log(log: &CommitLog, start: u64) -> io::Result<LogScan> {
                             why,
                             "corrupt record; truncating the log here"
                         );
-                        return Ok(LogScan { end: phy, next });
+                        return Ok(phy);
                     }
                 }
             }
             pos += at as u64;
         }
     }
-    Ok(LogScan { end: pos, next })
+    Ok(pos)
 }
 
 /// Cuts the log at `end`: later segments are deleted, the one holding `end` is shortened.
@@ -259,13 +290,15 @@ pub fn open_blocking(
         fs::create_dir_all(d)?;
     }
     let lock = lock_dir(&dir)?;
+    let control = raftlog::recover::prepare(&config)?;
 
     let mut segments = Vec::new();
     for (base, _) in list_offset_files(&log_dir)? {
         segments.push(Arc::new(Segment::open(&log_dir, base, false)?));
     }
     if segments.is_empty() {
-        segments.push(Arc::new(Segment::open(&log_dir, 0, true)?));
+        let base = control.as_ref().map_or(0, |c| c.cp.phy);
+        segments.push(Arc::new(Segment::open(&log_dir, base, true)?));
         sync_dir(&log_dir)?;
     }
     let log = CommitLog::new(log_dir, config.segment_size, segments);
@@ -282,7 +315,21 @@ pub fn open_blocking(
         },
         _ => log_min,
     };
-    let scan = scan_log(&log, start)?;
+    let mut scan = scan_log(&log, start)?;
+    // Raft mode: the entry index is recovered and the log cut at an entry boundary.
+    let (raft_control, raft_entries) = match control {
+        Some(c) => {
+            let rb = raftlog::recover::rebuild(&log, &config, &c, start, scan.end)?;
+            scan.end = rb.end;
+            for ((topic, qid), first) in &rb.dropped {
+                if let Some(n) = scan.next.get_mut(topic).and_then(|m| m.get_mut(qid)) {
+                    *n = (*n).min(*first);
+                }
+            }
+            (Some(c), Some(rb.entries))
+        }
+        None => (None, None),
+    };
     truncate_log(&log, scan.end)?;
     let end = scan.end;
     let dispatch_start = start.min(end);
@@ -368,6 +415,16 @@ pub fn open_blocking(
         closed: AtomicBool::new(false),
         wake_pending: AtomicBool::new(false),
         dispatch_tx,
+        raft: raft_control.clone().zip(raft_entries).map(|(c, entries)| {
+            Arc::new(RaftShared {
+                entries,
+                view: RwLock::new(RaftView {
+                    hard_state: c.hard_state,
+                    conf_state: c.conf_state,
+                    cp: c.cp,
+                }),
+            })
+        }),
     });
 
     // Re-dispatch past the checkpoint before anyone reads or writes.
@@ -399,11 +456,26 @@ pub fn open_blocking(
             *e = (*e).max(n);
         }
     }
+    // Queues a snapshot install started that have had no message since.
+    if let Some(c) = &raft_control {
+        for (topic, qid, n) in &c.cp.table {
+            let e = next
+                .entry(topic.clone())
+                .or_default()
+                .entry(*qid)
+                .or_insert(0);
+            *e = (*e).max(*n);
+        }
+    }
 
     let (writer_tx, writer_rx) = tokio::sync::mpsc::channel(WRITER_QUEUE);
     let (flush_tx, flush_rx) = mpsc::channel();
     let ftx = flush_tx.clone();
     let (retention_tx, retention_rx) = mpsc::channel();
+    let raft_writer = match (&shared.raft, raft_control) {
+        (Some(r), Some(c)) => Some(RaftWriter::new(r.clone(), dir.join(raftlog::DIR), c)),
+        _ => None,
+    };
     let writer = Writer::new(
         shared.clone(),
         active,
@@ -411,6 +483,7 @@ pub fn open_blocking(
         next,
         flush_tx,
         Some(retention_tx.clone()),
+        raft_writer,
     );
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.to_owned()).spawn(f)

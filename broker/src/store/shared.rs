@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::commitlog::CommitLog;
 use super::cq::ConsumeQueue;
 use super::index::Index;
+use super::raftlog::{QueueTable, RaftShared};
 use super::{ConfirmMode, StoreConfig};
 
 pub type Queues = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
@@ -37,6 +38,8 @@ pub struct Shared {
     /// Coalesces dispatcher wake-ups: only one `Wake` is in flight at a time.
     pub wake_pending: AtomicBool,
     pub dispatch_tx: mpsc::Sender<DispatchMsg>,
+    /// Raft mode: the entry index and the raft view (`None` in standalone mode).
+    pub raft: Option<Arc<RaftShared>>,
 }
 
 /// Requests to the dispatcher thread.
@@ -50,6 +53,20 @@ pub enum DispatchMsg {
     },
     /// The commit log's first segment moved up to `log_min`.
     Trim { log_min: u64 },
+    /// Raft mode: the next queue offset of every queue at commit-log offset `at` (queues
+    /// the dispatcher does not know start from `base`).
+    QueueTable {
+        at: u64,
+        base: QueueTable,
+        reply: tokio::sync::oneshot::Sender<io::Result<QueueTable>>,
+    },
+    /// Raft mode, snapshot install: drop every consume queue and the index; the log restarts
+    /// at `start` with queues starting at `table`'s offsets.
+    Reset {
+        start: u64,
+        table: QueueTable,
+        reply: tokio::sync::oneshot::Sender<io::Result<()>>,
+    },
     /// Stop at once, without a checkpoint (the store was dropped without `shutdown`).
     Stop,
     /// Dispatch what is confirmed, write a checkpoint and stop.

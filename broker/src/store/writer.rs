@@ -5,6 +5,12 @@
 //! with one positioned write per segment touched. In async mode the producers are acked at
 //! once; in sync mode the acks go to the flusher, which acks after one fdatasync for the whole
 //! group (group commit).
+//!
+//! Segment layout is a pure function of the write position, so replicas that write the same
+//! entries lay them out byte for byte alike (raft mode relies on it): a segment ends at the
+//! next multiple of `segment_size` after its start (a filler marks the unused rest), and a
+//! record group that starts at such a boundary goes there even if it is larger (raft mode
+//! only; standalone batches always fit).
 
 use std::collections::HashMap;
 use std::io;
@@ -20,6 +26,11 @@ use super::record::{self, FILLER_LEN};
 use super::retention::RetentionMsg;
 use super::shared::{DispatchMsg, Shared};
 use super::{AppendResult, Appended, FlushMode, StoreError};
+use crate::replication::LogStoreError;
+
+mod raft_ops;
+
+pub use raft_ops::{RaftOp, RaftWriter};
 
 /// Upper bound of bytes written per round.
 const MAX_GROUP_BYTES: usize = 4 << 20;
@@ -52,6 +63,12 @@ pub enum WriterCmd {
     Shutdown {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// A write of the raft view (raft mode); answered on a std channel, so the raft thread
+    /// can wait without a runtime.
+    Raft {
+        op: RaftOp,
+        reply: mpsc::Sender<Result<(), LogStoreError>>,
+    },
 }
 
 /// What the writer loop does next.
@@ -74,6 +91,8 @@ pub struct Writer {
     /// A failed write may have left bytes after `pos`; cut them before the next write.
     tail_dirty: bool,
     retention_kick: Option<mpsc::Sender<RetentionMsg>>,
+    /// Raft mode's writer-side state.
+    raft: Option<RaftWriter>,
 }
 
 impl Drop for Writer {
@@ -98,6 +117,7 @@ impl Writer {
         next: HashMap<String, HashMap<u32, u64>>,
         flush_tx: mpsc::Sender<FlushMsg>,
         retention_kick: Option<mpsc::Sender<RetentionMsg>>,
+        raft: Option<RaftWriter>,
     ) -> Writer {
         // Store times never go backwards, even if the clock does across a restart.
         let last_ts = shared
@@ -116,6 +136,7 @@ impl Writer {
             flush_tx,
             tail_dirty: false,
             retention_kick,
+            raft,
         }
     }
 
@@ -160,13 +181,38 @@ impl Writer {
                 Flow::Continue
             }
             WriterCmd::DeleteHead { count, reply } => {
-                let _ = reply.send(self.delete_head(count));
+                let r = if self.raft.is_some() {
+                    self.raft_retention(count)
+                } else {
+                    let limit = self.deletable_below();
+                    self.delete_segments_below(limit, count)
+                };
+                let _ = reply.send(r);
                 Flow::Continue
             }
             WriterCmd::Shutdown { reply } => {
-                let _ = reply.send(self.flush_all());
+                let r = self.flush_all().and_then(|()| match self.raft.is_some() {
+                    true => self.raft_sync_control().map_err(|e| match e {
+                        LogStoreError::Io(e) => StoreError::Io(e),
+                        other => StoreError::Io(std::io::Error::other(other.to_string())),
+                    }),
+                    false => Ok(()),
+                });
+                let _ = reply.send(r);
                 Flow::Stop
             }
+            WriterCmd::Raft { op, reply } => match self.raft_op(op) {
+                Ok(()) => {
+                    let _ = reply.send(Ok(()));
+                    Flow::Continue
+                }
+                Err(raft_ops::Halt::Fail(e)) => {
+                    tracing::error!(error = %e, "raft log write failed");
+                    let _ = reply.send(Err(e));
+                    Flow::Continue
+                }
+                Err(raft_ops::Halt::Crash) => Flow::Crash,
+            },
         }
     }
 
@@ -195,13 +241,12 @@ impl Writer {
         self.buf.clear();
         for (mut batch, reply) in appends.drain(..) {
             let size = batch.buf.len() as u64;
-            let seg_end = self.active.base + self.shared.log.segment_size;
-            if self.pos + self.buf.len() as u64 + size > seg_end {
+            if let Some(target) = self.roll_target(self.pos + self.buf.len() as u64, size) {
                 let flow = self.write_chunk(&mut chunk, ts);
                 if flow != Flow::Continue {
                     return flow;
                 }
-                if let Err(e) = self.roll() {
+                if let Err(e) = self.roll_to(target) {
                     let _ = reply.send(Err(e.into()));
                     continue;
                 }
@@ -244,38 +289,21 @@ impl Writer {
         if self.buf.is_empty() {
             return Flow::Continue;
         }
-        let at = self.pos - self.active.base;
-        fail::fail_point!("store::writer::partial_write", |_| {
-            // A crash in the middle of the write: half the bytes reach the file.
-            let half = self.buf.len() / 2;
-            let _ = self.active.file.write_all_at(&self.buf[..half], at);
-            Flow::Crash
-        });
-        let result = self.write_at(at);
-        if let Err(e) = result {
-            tracing::error!(error = %e, offset = self.pos, "commit log write failed");
-            self.tail_dirty = true;
-            if self.active.file.set_len(at).is_ok() {
-                self.tail_dirty = false;
-            }
-            for (topic, qid, first) in chunk.undo.drain(..).rev() {
-                if let Some(n) = self.next.get_mut(&topic).and_then(|m| m.get_mut(&qid)) {
-                    *n = first;
+        match self.write_buf(ts) {
+            Ok(Flow::Continue) => {}
+            Ok(other) => return other,
+            Err(e) => {
+                for (topic, qid, first) in chunk.undo.drain(..).rev() {
+                    if let Some(n) = self.next.get_mut(&topic).and_then(|m| m.get_mut(&qid)) {
+                        *n = first;
+                    }
                 }
+                for (reply, _) in chunk.acks.drain(..) {
+                    let _ = reply.send(Err(StoreError::Io(super::copy_io_error(&e))));
+                }
+                return Flow::Continue;
             }
-            for (reply, _) in chunk.acks.drain(..) {
-                let _ = reply.send(Err(StoreError::Io(super::copy_io_error(&e))));
-            }
-            self.buf.clear();
-            return Flow::Continue;
         }
-        let len = self.buf.len() as u64;
-        self.buf.clear();
-        self.pos += len;
-        self.active.len.store(at + len, Ordering::Release);
-        self.active.last_store_ts.store(ts, Ordering::Release);
-        self.shared.write_pos.store(self.pos, Ordering::Release);
-        self.shared.disk.log_bytes.fetch_add(len, Ordering::AcqRel);
         fail::fail_point!("store::writer::after_write", |_| Flow::Crash);
         chunk.undo.clear();
         let acks = std::mem::take(&mut chunk.acks);
@@ -304,6 +332,36 @@ impl Writer {
         Flow::Continue
     }
 
+    /// Writes `self.buf` at the write position (one positioned write) and advances it; the
+    /// buffer is emptied either way. On an error nothing of it counts as written.
+    /// `Ok(Flow::Crash)`: a failpoint simulated a crash half way through (tests).
+    fn write_buf(&mut self, ts: i64) -> io::Result<Flow> {
+        let at = self.pos - self.active.base;
+        fail::fail_point!("store::writer::partial_write", |_| {
+            // A crash in the middle of the write: half the bytes reach the file.
+            let half = self.buf.len() / 2;
+            let _ = self.active.file.write_all_at(&self.buf[..half], at);
+            Ok(Flow::Crash)
+        });
+        if let Err(e) = self.write_at(at) {
+            tracing::error!(error = %e, offset = self.pos, "commit log write failed");
+            self.tail_dirty = true;
+            if self.active.file.set_len(at).is_ok() {
+                self.tail_dirty = false;
+            }
+            self.buf.clear();
+            return Err(e);
+        }
+        let len = self.buf.len() as u64;
+        self.buf.clear();
+        self.pos += len;
+        self.active.len.store(at + len, Ordering::Release);
+        self.active.last_store_ts.fetch_max(ts, Ordering::AcqRel);
+        self.shared.write_pos.store(self.pos, Ordering::Release);
+        self.shared.disk.log_bytes.fetch_add(len, Ordering::AcqRel);
+        Ok(Flow::Continue)
+    }
+
     fn write_at(&mut self, at: u64) -> io::Result<()> {
         if self.tail_dirty {
             self.active.file.set_len(at)?;
@@ -318,12 +376,25 @@ impl Writer {
         self.active.file.write_all_at(&self.buf, at)
     }
 
-    /// Ends the active segment with a filler and starts the next one.
-    fn roll(&mut self) -> io::Result<()> {
-        let seg_end = self.active.base + self.shared.log.segment_size;
+    /// Where a new segment must start before `size` bytes can be written at position `p`
+    /// (`None`: write at `p`). Depends on `p` alone (and on whether a segment starts there),
+    /// never on where the active segment started, so every replica decides alike.
+    fn roll_target(&self, p: u64, size: u64) -> Option<u64> {
+        let ss = self.shared.log.segment_size;
+        if p % ss == 0 {
+            return (p != self.active.base).then_some(p);
+        }
+        let window_end = (p / ss + 1) * ss;
+        (p + size > window_end).then_some(window_end)
+    }
+
+    /// Ends the active segment (a filler covers the rest up to `base` when it fits) and
+    /// starts a new one at `base` (the write position, or a segment boundary after it).
+    fn roll_to(&mut self, base: u64) -> io::Result<()> {
         let at = self.pos - self.active.base;
-        if seg_end >= self.pos + FILLER_LEN as u64 {
-            let room = (seg_end - self.pos) as u32;
+        if base >= self.pos + FILLER_LEN as u64 {
+            let room = u32::try_from(base - self.pos)
+                .map_err(|_| io::Error::other("segment filler longer than 4 GiB"))?;
             self.active.file.write_all_at(&record::filler(room), at)?;
             self.active
                 .len
@@ -335,7 +406,6 @@ impl Writer {
         }
         // Only the newest segment may ever have a torn tail.
         self.active.file.sync_data()?;
-        let base = seg_end.max(self.pos);
         let seg = Arc::new(Segment::open(&self.shared.log.dir, base, true)?);
         sync_dir(&self.shared.log.dir)?;
         self.shared.log.push(seg.clone());
@@ -440,34 +510,20 @@ impl Writer {
         Ok(())
     }
 
-    /// For every queue with records in `[offset, pos)`, the queue offset of its first one.
+    /// For every queue with messages in `[offset, pos)`, the queue offset of its first one.
     fn first_queue_offsets(
         &self,
         offset: u64,
     ) -> Result<HashMap<String, HashMap<u32, u64>>, StoreError> {
         let mut out: HashMap<String, HashMap<u32, u64>> = HashMap::new();
-        let mut at = offset;
-        while at < self.pos {
-            let Some(seg) = self.shared.log.segment_for(at) else {
-                break;
-            };
-            let seg_len = seg.len.load(Ordering::Acquire);
-            if at - seg.base >= seg_len || self.is_filler(at)? {
-                match self.shared.log.next_after(seg.base) {
-                    Some(n) => {
-                        at = n.base;
-                        continue;
-                    }
-                    None => break,
-                }
+        self.shared.log.for_each_record(offset, self.pos, |rec| {
+            if rec.sys_flag & record::SYS_FLAGS_SYSTEM == 0 {
+                out.entry(rec.topic.clone())
+                    .or_default()
+                    .entry(rec.queue_id)
+                    .or_insert(rec.queue_offset);
             }
-            let rec = self.shared.log.read_record(at)?;
-            out.entry(rec.topic)
-                .or_default()
-                .entry(rec.queue_id)
-                .or_insert(rec.queue_offset);
-            at += u64::from(rec.store_size);
-        }
+        })?;
         Ok(out)
     }
 
@@ -476,13 +532,19 @@ impl Writer {
         Ok(record::probe(&b) == record::Probe::Filler)
     }
 
-    /// Deletes the oldest `count` segments that are fully dispatched; returns the new minimum.
-    fn delete_head(&mut self, count: usize) -> Result<u64, StoreError> {
+    /// Segments ending at or below this offset may be deleted: dispatched and confirmed.
+    fn deletable_below(&self) -> u64 {
         let dispatched = *self.shared.dispatched.borrow();
+        dispatched.min(self.shared.confirmed.load(Ordering::Acquire))
+    }
+
+    /// Deletes up to `count` of the oldest segments that end at or below `limit` (never the
+    /// active one); returns the new minimum.
+    fn delete_segments_below(&mut self, limit: u64, count: usize) -> Result<u64, StoreError> {
         let segs = self.shared.log.snapshot();
         let mut allowed = 0;
         for pair in segs.windows(2).take(count) {
-            if pair[1].base <= dispatched {
+            if pair[1].base <= limit {
                 allowed += 1;
             } else {
                 break;

@@ -1,0 +1,119 @@
+//! Raft mode after a crash: the writer dies half way through writing entries (a failpoint),
+//! the store is dropped without shutdown and reopened. Run with `--features failpoints`.
+#![cfg(feature = "failpoints")]
+
+#[path = "store_raft_util.rs"]
+mod rutil;
+
+use fail::FailScenario;
+use raft::prelude::{Entry, HardState};
+use raft::{GetEntriesContext, Storage};
+use rutil::*;
+use sluice_broker::replication::RaftLogStore;
+use sluice_broker::store::{decode_entry, MessageStore};
+
+/// Message ids and bodies of an entry (proposed or stored form).
+fn messages(e: &Entry) -> Vec<(String, Vec<u8>)> {
+    decode_entry(&e.data)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.message_id, r.body.to_vec()))
+        .collect()
+}
+
+/// The log ends exactly after entry `last`, whose predecessors read back as proposed.
+fn assert_log_is_prefix(store: &MessageStore, log: &sluice_broker::store::CommitLogRaft, proposed: &[Entry]) {
+    let last = log.last_index().unwrap();
+    assert_eq!(store.commit_log_range().1, store.entry_end_offset(last).unwrap(), "no partial entry may remain");
+    let got = log.entries(1, last + 1, None, GetEntriesContext::empty(false)).unwrap();
+    assert_eq!(got.len() as u64, last);
+    for (g, p) in got.iter().zip(proposed) {
+        assert_eq!((g.index, g.term), (p.index, p.term));
+        assert_eq!(messages(g), messages(p));
+    }
+}
+
+fn big_send(index: u64, messages: usize) -> Entry {
+    entry(index, 1, send_data("t", 0, &format!("e{index}"), messages, 700))
+}
+
+#[test]
+fn a_partially_written_entry_is_dropped_whole() {
+    let scenario = FailScenario::setup();
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut log) = open(&rt, raft_config(dir.path()));
+    let mut proposed: Vec<Entry> = (1..=5).map(|i| big_send(i, 2)).collect();
+    log.append(&proposed).unwrap();
+    let hs = HardState {
+        term: 1,
+        vote: 1,
+        commit: 5,
+        ..Default::default()
+    };
+    log.set_hard_state(&hs).unwrap();
+    log.sync().unwrap();
+    confirm_through(&store, 5);
+    rt.block_on(wait_visible(&store, "t", 0, 10));
+    // Not synced: must not be what recovery finds.
+    log.set_hard_state(&HardState { commit: 6, ..hs.clone() }).unwrap();
+
+    // Entry 6 holds eight records; the crash leaves half of them on disk.
+    let six = big_send(6, 8);
+    fail::cfg("store::writer::partial_write", "return").unwrap();
+    assert!(log.append(std::slice::from_ref(&six)).is_err());
+    fail::remove("store::writer::partial_write");
+    drop((store, log));
+
+    let (store, mut log) = open(&rt, raft_config(dir.path()));
+    assert_eq!(log.last_index().unwrap(), 5);
+    assert_log_is_prefix(&store, &log, &proposed);
+    assert_eq!(log.initial_state().unwrap().hard_state, hs);
+    // Raft re-sends entry 6; its messages take the queue offsets the lost ones would have.
+    log.append(std::slice::from_ref(&six)).unwrap();
+    proposed.push(six);
+    let r = store.entry_results(6).unwrap();
+    assert_eq!(r.iter().map(|a| a.queue_offset).collect::<Vec<_>>(), (10..18).collect::<Vec<_>>());
+    confirm_through(&store, 6);
+    rt.block_on(wait_visible(&store, "t", 0, 18));
+    assert_queues_consistent(&store, "t", 1);
+    assert_log_is_prefix(&store, &log, &proposed);
+    scenario.teardown();
+}
+
+#[test]
+fn a_torn_multi_entry_write_keeps_a_prefix_of_whole_entries() {
+    let scenario = FailScenario::setup();
+    let rt = rt();
+    // Several tear points: half of differently composed writes.
+    for (round, sizes) in [[1usize, 6, 2, 5], [5, 1, 1, 1], [2, 2, 9, 1]].iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, mut log) = open(&rt, raft_config(dir.path()));
+        let mut proposed: Vec<Entry> = (1..=3).map(|i| big_send(i, 1)).collect();
+        log.append(&proposed).unwrap();
+        log.sync().unwrap();
+        let batch: Vec<Entry> = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| big_send(4 + k as u64, *n))
+            .collect();
+        fail::cfg("store::writer::partial_write", "return").unwrap();
+        assert!(log.append(&batch).is_err());
+        fail::remove("store::writer::partial_write");
+        drop((store, log));
+
+        let (store, mut log) = open(&rt, raft_config(dir.path()));
+        let last = log.last_index().unwrap();
+        assert!((3..7).contains(&last), "round {round}: last index {last}");
+        proposed.extend(batch);
+        assert_log_is_prefix(&store, &log, &proposed);
+        log.append(&proposed[last as usize..]).unwrap();
+        assert_eq!(log.last_index().unwrap(), 7);
+        assert_log_is_prefix(&store, &log, &proposed);
+        confirm_through(&store, 7);
+        let total: usize = 3 + sizes.iter().sum::<usize>();
+        rt.block_on(wait_visible(&store, "t", 0, total as u64));
+        assert_queues_consistent(&store, "t", 1);
+    }
+    scenario.teardown();
+}
