@@ -45,8 +45,12 @@ struct Args {
     /// or after the local append (`leader`: a failover can lose acknowledged messages).
     #[arg(long, value_enum)]
     ack: Option<AckArg>,
+    /// Raft tick length (100 ms default).
     #[arg(long)]
     raft_tick_ms: Option<u64>,
+    /// A follower campaigns after a random [election-ticks, max-election-ticks) silent ticks
+    /// (8..16 default, ~1 s failover); a leader steps down after election-ticks without a
+    /// quorum.
     #[arg(long)]
     election_ticks: Option<usize>,
     #[arg(long)]

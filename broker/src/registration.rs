@@ -27,6 +27,9 @@ pub struct Registrar {
     /// A replicated broker's role: registered as MASTER only while it is the group's master,
     /// and re-registered at once when that changes. `None`: standalone, always MASTER.
     pub role: Option<watch::Receiver<MasterState>>,
+    /// Told once the first registration round is over (whatever its outcome), so the broker
+    /// reports itself ready only once the nameservers that answer know it.
+    pub first_round: Option<tokio::sync::oneshot::Sender<bool>>,
 }
 
 struct Target {
@@ -37,7 +40,7 @@ struct Target {
 }
 
 impl Registrar {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut targets = Vec::new();
         for addr in &self.nameservers {
             match Endpoint::from_shared(format!("http://{addr}")) {
@@ -59,6 +62,9 @@ impl Registrar {
             let req = self.request();
             let registered_master = req.role == Role::Master as i32;
             let all_ok = self.register_all(&mut targets, req).await;
+            if let Some(tx) = self.first_round.take() {
+                let _ = tx.send(all_ok);
+            }
             let wait = if all_ok {
                 retry = FIRST_RETRY;
                 self.interval

@@ -41,6 +41,9 @@ pub enum ServerError {
     Replica(#[from] crate::replication::GroupError),
 }
 
+/// Longest the broker waits for its first nameserver registration before it reports ready.
+const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
+
 /// Runs a broker until `shutdown` resolves. `on_ready` gets the bound address once the broker
 /// serves requests.
 pub async fn run(
@@ -131,6 +134,7 @@ pub async fn run(
         shutdown: stop_rx.clone(),
         ids: IdGenerator::new(&address),
     };
+    let (first_round_tx, first_round) = tokio::sync::oneshot::channel();
     let registrar = Registrar {
         identity,
         nameservers: config.nameservers.clone(),
@@ -139,6 +143,7 @@ pub async fn run(
         store: store.clone(),
         trigger: reregister,
         role: replica.as_ref().map(|g| g.subscribe_master()),
+        first_round: Some(first_round_tx),
     };
     let registration = tokio::spawn(registrar.run(stop_rx.clone()));
 
@@ -160,10 +165,18 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             let _ = stop_serving.wait_for(|s| *s).await;
         });
+    let mut server = tokio::spawn(server);
+    // Ready once serving and announced: clients that look the broker up right after find it.
+    // A nameserver that does not answer is retried in the background.
+    if !matches!(
+        tokio::time::timeout(FIRST_REGISTRATION_WAIT, first_round).await,
+        Ok(Ok(true))
+    ) {
+        tracing::warn!("not registered with every nameserver yet; serving anyway");
+    }
     tracing::info!(%address, broker = %config.broker_name, cluster = %config.cluster_name, "broker serving");
     on_ready(local);
 
-    let mut server = tokio::spawn(server);
     let ended_early = tokio::select! {
         _ = shutdown => None,
         r = &mut server => Some(r),

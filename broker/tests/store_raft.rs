@@ -57,7 +57,11 @@ fn replicas_fill_entries_identically_and_detect_divergence() {
     }
     let files_a = log_files(da.path());
     assert!(files_a.len() > 3, "expected several segments");
-    assert_eq!(files_a, log_files(db.path()), "replicas must be byte-identical");
+    assert_eq!(
+        files_a,
+        log_files(db.path()),
+        "replicas must be byte-identical"
+    );
 
     // A replica that receives the stored (filled) form writes the same bytes, and reads back
     // exactly what it was given.
@@ -70,7 +74,10 @@ fn replicas_fill_entries_identically_and_detect_divergence() {
     assert_eq!(summary(&all_entries(&c)), summary(&stored));
     // No-ops, membership changes and metadata come back as proposed; sends in filled form.
     for (p, s) in entries.iter().zip(&stored) {
-        assert_eq!((p.index, p.term, p.get_entry_type()), (s.index, s.term, s.get_entry_type()));
+        assert_eq!(
+            (p.index, p.term, p.get_entry_type()),
+            (s.index, s.term, s.get_entry_type())
+        );
         if p.data.is_empty() || p.get_entry_type() != raft::prelude::EntryType::EntryNormal {
             assert_eq!(p.data, s.data);
         } else {
@@ -80,7 +87,10 @@ fn replicas_fill_entries_identically_and_detect_divergence() {
             );
             assert_eq!(pr.len(), sr.len());
             for (x, y) in pr.iter().zip(&sr) {
-                assert_eq!((&x.message_id, &x.body, x.sys_flag), (&y.message_id, &y.body, y.sys_flag));
+                assert_eq!(
+                    (&x.message_id, &x.body, x.sys_flag),
+                    (&y.message_id, &y.body, y.sys_flag)
+                );
             }
             // Stored records carry term and index, so the bytes differ from the proposal's.
             assert_ne!(p.data, s.data);
@@ -91,8 +101,14 @@ fn replicas_fill_entries_identically_and_detect_divergence() {
     assert_eq!(results.len(), 2);
     assert_eq!(results[0].queue_offset, 0);
     assert_eq!(results[1].queue_offset, 1);
-    assert_eq!(results[1].commit_log_offset, results[0].commit_log_offset + results[0].size as u64);
-    assert!(sa.entry_results(3).unwrap().is_empty(), "a META entry has no messages");
+    assert_eq!(
+        results[1].commit_log_offset,
+        results[0].commit_log_offset + results[0].size as u64
+    );
+    assert!(
+        sa.entry_results(3).unwrap().is_empty(),
+        "a META entry has no messages"
+    );
 
     // A peer's record that does not match what this log computes is refused.
     let dd = tempfile::tempdir().unwrap();
@@ -107,8 +123,15 @@ fn replicas_fill_entries_identically_and_detect_divergence() {
     record::fill(&mut bytes, qoff + 1, phy, bad.term, bad.index, true);
     bad.data = Bytes::from(bytes);
     let err = d.append(&[bad]).unwrap_err();
-    assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("divergent")), "{err}");
-    assert_eq!(d.last_index().unwrap(), 9, "the refused entry is not in the log");
+    assert!(
+        matches!(err, LogStoreError::Corrupt(ref m) if m.contains("divergent")),
+        "{err}"
+    );
+    assert_eq!(
+        d.last_index().unwrap(),
+        9,
+        "the refused entry is not in the log"
+    );
     d.append(&stored[9..20]).unwrap();
     assert_eq!(summary(&all_entries(&d)), summary(&stored[..20]));
 }
@@ -127,7 +150,11 @@ fn a_divergent_tail_is_replaced_and_offsets_continue() {
     let dir = tempfile::tempdir().unwrap();
     let (store, mut log) = open(&rt, raft_config(dir.path()));
     let send = |i: u64, term: u64, tag: &str| {
-        entry(i, term, send_data("t", (i % 2) as u32, &format!("{tag}{i}"), 2, 100))
+        entry(
+            i,
+            term,
+            send_data("t", (i % 2) as u32, &format!("{tag}{i}"), 2, 100),
+        )
     };
     let old: Vec<_> = (1..=10).map(|i| send(i, 1, "old")).collect();
     log.append(&old).unwrap();
@@ -170,13 +197,21 @@ fn a_divergent_tail_is_replaced_and_offsets_continue() {
 
     // Committed entries are never rewritten.
     let err = log.append(&[send(11, 3, "late")]).unwrap_err();
-    assert!(matches!(err, LogStoreError::Corrupt(ref m) if m.contains("confirmed")), "{err}");
+    assert!(
+        matches!(err, LogStoreError::Corrupt(ref m) if m.contains("confirmed")),
+        "{err}"
+    );
     assert_eq!(log.last_index().unwrap(), 12);
     assert_eq!(log.term(11).unwrap(), 2);
 
     // Everything survives a restart.
-    log.set_hard_state(&HardState { term: 2, vote: 1, commit: 12, ..Default::default() })
-        .unwrap();
+    log.set_hard_state(&HardState {
+        term: 2,
+        vote: 1,
+        commit: 12,
+        ..Default::default()
+    })
+    .unwrap();
     log.sync().unwrap();
     let before = summary(&all_entries(&log));
     drop((store, log));
@@ -205,7 +240,10 @@ fn a_follower_installs_a_snapshot_and_continues_with_the_leaders_offsets() {
     rt.block_on(wait_all_dispatched(&sa));
     a.compact(201).unwrap();
     assert_eq!(a.first_index().unwrap(), 201);
-    assert!(sa.commit_log_range().0 > 0, "whole segments below the compaction point go");
+    assert!(
+        sa.commit_log_range().0 > 0,
+        "whole segments below the compaction point go"
+    );
     let snap = a.snapshot(0, 2).unwrap();
     assert_eq!(snap.get_metadata().index, 200);
     assert_eq!(snap.get_metadata().term, 1);
@@ -213,11 +251,17 @@ fn a_follower_installs_a_snapshot_and_continues_with_the_leaders_offsets() {
     // B is empty (or far behind): it installs the snapshot, then gets the rest by append.
     let (sb, mut b) = open(&rt, raft_config(db.path()));
     b.append(&mixed_entries(1, 20, 1, "stale")).unwrap();
-    b.apply_snapshot_data(snap.get_metadata(), &snap.data).unwrap();
-    assert_eq!((b.first_index().unwrap(), b.last_index().unwrap()), (201, 200));
+    b.apply_snapshot_data(snap.get_metadata(), &snap.data)
+        .unwrap();
+    assert_eq!(
+        (b.first_index().unwrap(), b.last_index().unwrap()),
+        (201, 200)
+    );
     assert_eq!(b.term(200).unwrap(), 1);
     assert!(b.initial_state().unwrap().hard_state.commit >= 200);
-    let tail = a.entries(201, 301, None, GetEntriesContext::empty(false)).unwrap();
+    let tail = a
+        .entries(201, 301, None, GetEntriesContext::empty(false))
+        .unwrap();
     b.append(&tail).unwrap();
     // Then both persist new proposals (a new term).
     let more = mixed_entries(301, 360, 2, "b");
@@ -229,12 +273,22 @@ fn a_follower_installs_a_snapshot_and_continues_with_the_leaders_offsets() {
         rt.block_on(wait_all_dispatched(s));
     }
     let table = next_offsets(&first[..200]);
-    for (topic, q) in [("orders", 0), ("orders", 1), ("orders", 2), ("events", 0), ("events", 1), ("events", 2)] {
+    for (topic, q) in [
+        ("orders", 0),
+        ("orders", 1),
+        ("orders", 2),
+        ("events", 0),
+        ("events", 1),
+        ("events", 2),
+    ] {
         let (amin, amax) = sa.queue_offsets(topic, q);
         let (bmin, bmax) = sb.queue_offsets(topic, q);
         assert_eq!(amax, bmax, "{topic}/{q}");
         let at_snapshot = table.get(&(topic.to_string(), q)).copied().unwrap_or(0);
-        assert!(amin <= bmin && bmin == at_snapshot, "{topic}/{q}: B starts at the snapshot");
+        assert!(
+            amin <= bmin && bmin == at_snapshot,
+            "{topic}/{q}: B starts at the snapshot"
+        );
         let a_recs = read_all(&sa, topic, q);
         let b_recs = read_all(&sb, topic, q);
         let a_tail: Vec<_> = a_recs.iter().filter(|r| r.queue_offset >= bmin).collect();
@@ -254,7 +308,10 @@ fn a_follower_installs_a_snapshot_and_continues_with_the_leaders_offsets() {
     assert_eq!(b.snapshot(0, 3).unwrap().get_metadata().index, 200);
     confirm_through(&sb, 360);
     rt.block_on(wait_all_dispatched(&sb));
-    assert_eq!(sb.queue_offsets("orders", 0).1, sa.queue_offsets("orders", 0).1);
+    assert_eq!(
+        sb.queue_offsets("orders", 0).1,
+        sa.queue_offsets("orders", 0).1
+    );
 }
 
 /// Next queue offset of every queue after `entries` (counted from the proposals).
@@ -301,14 +358,24 @@ fn retention_deletes_only_committed_segments_and_compacts_the_raft_view() {
         }
     }));
     let first = log.first_index().unwrap();
-    assert!(first <= 201, "compacted past the confirmed entries: {first}");
-    assert_eq!(store.entry_end_offset(first - 1).unwrap(), store.commit_log_range().0);
+    assert!(
+        first <= 201,
+        "compacted past the confirmed entries: {first}"
+    );
+    assert_eq!(
+        store.entry_end_offset(first - 1).unwrap(),
+        store.commit_log_range().0
+    );
     // What remains reads back unchanged; the snapshot describes the new start.
-    let rest = log.entries(first, 401, None, GetEntriesContext::empty(false)).unwrap();
+    let rest = log
+        .entries(first, 401, None, GetEntriesContext::empty(false))
+        .unwrap();
     assert_eq!(summary(&rest), summary(&all_entries(&log)));
     let snap = log.snapshot(0, 2).unwrap();
     assert_eq!(snap.get_metadata().index, first - 1);
-    assert!(log.entries(first - 1, first, None, GetEntriesContext::empty(false)).is_err());
+    assert!(log
+        .entries(first - 1, first, None, GetEntriesContext::empty(false))
+        .is_err());
     drop((store, log));
     let (_, log) = open(&rt, cfg);
     assert_eq!(log.first_index().unwrap(), first);
@@ -346,7 +413,10 @@ fn modes_do_not_mix() {
     let (store, log) = open(&rt, raft_config(dir.path()));
     let appended = rt.block_on(store.append(batch("t", 0, vec![msg("m", b"x")])));
     assert!(matches!(appended, Err(StoreError::Invalid(_))));
-    assert!(matches!(rt.block_on(store.truncate_to(0)), Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        rt.block_on(store.truncate_to(0)),
+        Err(StoreError::Invalid(_))
+    ));
     drop((store, log));
     let standalone = rt.block_on(MessageStore::open(config(dir.path())));
     assert!(matches!(standalone, Err(StoreError::Invalid(_))));
@@ -361,8 +431,11 @@ fn modes_do_not_mix() {
     assert!(rt.block_on(MessageStore::open(not_external)).is_err());
 
     let plain = tempfile::tempdir().unwrap();
-    let s = rt.block_on(MessageStore::open(config(plain.path()))).unwrap();
-    rt.block_on(s.append(batch("t", 0, vec![msg("m", b"x")]))).unwrap();
+    let s = rt
+        .block_on(MessageStore::open(config(plain.path())))
+        .unwrap();
+    rt.block_on(s.append(batch("t", 0, vec![msg("m", b"x")])))
+        .unwrap();
     assert!(matches!(s.raft_log(), Err(StoreError::Invalid(_))));
     rt.block_on(s.shutdown()).unwrap();
     drop(s);
@@ -383,5 +456,40 @@ fn snapshot_data_is_validated() {
         ..Default::default()
     };
     assert!(log.apply_snapshot_data(&meta, b"garbage").is_err());
-    assert_eq!(log.first_index().unwrap(), 1, "a refused snapshot changes nothing");
+    assert_eq!(
+        log.first_index().unwrap(),
+        1,
+        "a refused snapshot changes nothing"
+    );
+}
+
+#[test]
+fn a_log_that_lost_committed_entries_does_not_open() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut log) = open(&rt, raft_config(dir.path()));
+    log.append(&mixed_entries(1, 10, 1, "c")).unwrap();
+    let hs = HardState {
+        term: 1,
+        vote: 1,
+        commit: 10,
+        ..Default::default()
+    };
+    log.set_hard_state(&hs).unwrap();
+    log.sync().unwrap();
+    let cut = store.entry_end_offset(7).unwrap() + 10;
+    drop((store, log));
+    // The disk loses the end of the log (say, a damaged sector).
+    let seg = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("commitlog").join(format!("{:020}", 0)))
+        .unwrap();
+    seg.set_len(cut).unwrap();
+    drop(seg);
+    let opened = rt.block_on(MessageStore::open(raft_config(dir.path())));
+    assert!(
+        matches!(opened, Err(StoreError::Corrupt { ref reason, .. }) if reason.contains("committed")),
+        "{:?}",
+        opened.err()
+    );
 }

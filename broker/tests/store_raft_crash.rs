@@ -22,10 +22,20 @@ fn messages(e: &Entry) -> Vec<(String, Vec<u8>)> {
 }
 
 /// The log ends exactly after entry `last`, whose predecessors read back as proposed.
-fn assert_log_is_prefix(store: &MessageStore, log: &sluice_broker::store::CommitLogRaft, proposed: &[Entry]) {
+fn assert_log_is_prefix(
+    store: &MessageStore,
+    log: &sluice_broker::store::CommitLogRaft,
+    proposed: &[Entry],
+) {
     let last = log.last_index().unwrap();
-    assert_eq!(store.commit_log_range().1, store.entry_end_offset(last).unwrap(), "no partial entry may remain");
-    let got = log.entries(1, last + 1, None, GetEntriesContext::empty(false)).unwrap();
+    assert_eq!(
+        store.commit_log_range().1,
+        store.entry_end_offset(last).unwrap(),
+        "no partial entry may remain"
+    );
+    let got = log
+        .entries(1, last + 1, None, GetEntriesContext::empty(false))
+        .unwrap();
     assert_eq!(got.len() as u64, last);
     for (g, p) in got.iter().zip(proposed) {
         assert_eq!((g.index, g.term), (p.index, p.term));
@@ -34,7 +44,11 @@ fn assert_log_is_prefix(store: &MessageStore, log: &sluice_broker::store::Commit
 }
 
 fn big_send(index: u64, messages: usize) -> Entry {
-    entry(index, 1, send_data("t", 0, &format!("e{index}"), messages, 700))
+    entry(
+        index,
+        1,
+        send_data("t", 0, &format!("e{index}"), messages, 700),
+    )
 }
 
 #[test]
@@ -56,7 +70,11 @@ fn a_partially_written_entry_is_dropped_whole() {
     confirm_through(&store, 5);
     rt.block_on(wait_visible(&store, "t", 0, 10));
     // Not synced: must not be what recovery finds.
-    log.set_hard_state(&HardState { commit: 6, ..hs.clone() }).unwrap();
+    log.set_hard_state(&HardState {
+        commit: 6,
+        ..hs.clone()
+    })
+    .unwrap();
 
     // Entry 6 holds eight records; the crash leaves half of them on disk.
     let six = big_send(6, 8);
@@ -73,7 +91,10 @@ fn a_partially_written_entry_is_dropped_whole() {
     log.append(std::slice::from_ref(&six)).unwrap();
     proposed.push(six);
     let r = store.entry_results(6).unwrap();
-    assert_eq!(r.iter().map(|a| a.queue_offset).collect::<Vec<_>>(), (10..18).collect::<Vec<_>>());
+    assert_eq!(
+        r.iter().map(|a| a.queue_offset).collect::<Vec<_>>(),
+        (10..18).collect::<Vec<_>>()
+    );
     confirm_through(&store, 6);
     rt.block_on(wait_visible(&store, "t", 0, 18));
     assert_queues_consistent(&store, "t", 1);
@@ -86,7 +107,10 @@ fn a_torn_multi_entry_write_keeps_a_prefix_of_whole_entries() {
     let scenario = FailScenario::setup();
     let rt = rt();
     // Several tear points: half of differently composed writes.
-    for (round, sizes) in [[1usize, 6, 2, 5], [5, 1, 1, 1], [2, 2, 9, 1]].iter().enumerate() {
+    for (round, sizes) in [[1usize, 6, 2, 5], [5, 1, 1, 1], [2, 2, 9, 1]]
+        .iter()
+        .enumerate()
+    {
         let dir = tempfile::tempdir().unwrap();
         let (store, mut log) = open(&rt, raft_config(dir.path()));
         let mut proposed: Vec<Entry> = (1..=3).map(|i| big_send(i, 1)).collect();
@@ -116,4 +140,75 @@ fn a_torn_multi_entry_write_keeps_a_prefix_of_whole_entries() {
         assert_queues_consistent(&store, "t", 1);
     }
     scenario.teardown();
+}
+
+#[test]
+fn an_interrupted_snapshot_install_is_finished_on_restart() {
+    let scenario = FailScenario::setup();
+    // Right after the install is recorded, and after the old log is gone.
+    for fp in ["store::raft::install_begin", "store::raft::install"] {
+        interrupted_install(fp);
+    }
+    scenario.teardown();
+}
+
+fn interrupted_install(fp: &str) {
+    let rt = rt();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (sa, mut a) = open(&rt, raft_config(da.path()));
+    a.append(&mixed_entries(1, 240, 1, "a")).unwrap();
+    a.sync().unwrap();
+    confirm_through(&sa, 240);
+    rt.block_on(wait_all_dispatched(&sa));
+    a.compact(201).unwrap();
+    let snap = a.snapshot(0, 2).unwrap();
+    let restart_at = sa.entry_end_offset(200).unwrap();
+
+    // B holds other (committed, visible) data when the snapshot arrives.
+    let (sb, mut b) = open(&rt, raft_config(db.path()));
+    b.append(&mixed_entries(1, 30, 1, "stale")).unwrap();
+    b.sync().unwrap();
+    confirm_through(&sb, 30);
+    rt.block_on(wait_all_dispatched(&sb));
+    fail::cfg(fp, "return").unwrap();
+    assert!(b
+        .apply_snapshot_data(snap.get_metadata(), &snap.data)
+        .is_err());
+    fail::remove(fp);
+    drop((sb, b));
+
+    let (sb, mut b) = open(&rt, raft_config(db.path()));
+    assert_eq!(
+        (b.first_index().unwrap(), b.last_index().unwrap()),
+        (201, 200)
+    );
+    assert_eq!(b.term(200).unwrap(), 1);
+    assert_eq!(sb.commit_log_range(), (restart_at, restart_at));
+    for q in 0..3 {
+        let (min, max) = sb.queue_offsets("orders", q);
+        assert_eq!(min, max, "stale messages are gone");
+        assert!(sb
+            .read_queue("orders", q, min, 10, usize::MAX)
+            .unwrap()
+            .records
+            .is_empty());
+    }
+    let tail = a
+        .entries(201, 241, None, GetEntriesContext::empty(false))
+        .unwrap();
+    b.append(&tail).unwrap();
+    confirm_through(&sb, 240);
+    rt.block_on(wait_all_dispatched(&sb));
+    for q in 0..3 {
+        let (bmin, bmax) = sb.queue_offsets("orders", q);
+        assert_eq!(bmax, sa.queue_offsets("orders", q).1);
+        let b_recs = read_all(&sb, "orders", q);
+        assert_eq!(b_recs.len() as u64, bmax - bmin);
+        for r in &b_recs {
+            let on_a = sa
+                .read_queue("orders", q, r.queue_offset, 1, usize::MAX)
+                .unwrap();
+            assert_eq!(on_a.records[0], *r);
+        }
+    }
 }

@@ -228,6 +228,39 @@ impl Run {
         while let Ok(a) = self.acks_rx.try_recv() {
             self.acked.push(a.receipt);
         }
+        // The group consumer carried on through the failovers: it receives every acknowledged
+        // message, each queue in offset order (a redelivery after a failover starts again
+        // from the last committed offset, so only first deliveries are checked for order).
+        let mut wanted: HashMap<&str, (u32, u64)> = self
+            .acked
+            .iter()
+            .map(|r| (r.message_id.as_str(), (r.queue_id, r.queue_offset)))
+            .collect();
+        let mut first_seen: HashMap<u32, Vec<u64>> = HashMap::new();
+        let mut delivered = std::collections::HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !wanted.is_empty() {
+            let (q, offset, id) = tokio::time::timeout_at(deadline, self.deliveries.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{} acked messages never delivered", wanted.len()))
+                .expect("consumer gone");
+            if let Some(at) = wanted.remove(id.as_str()) {
+                assert_eq!(at, (q, offset), "{id} delivered at another position");
+            }
+            if delivered.insert((q, offset)) {
+                first_seen.entry(q).or_default().push(offset);
+            }
+        }
+        for (q, offsets) in &first_seen {
+            assert!(
+                offsets.windows(2).all(|w| w[0] < w[1]),
+                "queue {q} delivered out of order"
+            );
+        }
+        // Stopped before the logs are compared: it commits offsets through the log.
+        self.stop_consumer.send_replace(true);
+        self.consumer.await.unwrap();
+
         let c = &self.cluster;
         let master = c.await_master(FAILOVER_BOUND, None, None).await.unwrap();
         let all: Vec<u64> = c.peers.keys().copied().collect();
@@ -278,37 +311,6 @@ impl Run {
             }
         }
 
-        // The group consumer carried on through the failovers: it receives every acknowledged
-        // message, each queue in offset order (a redelivery after a failover starts again
-        // from the last committed offset, so only first deliveries are checked for order).
-        let mut wanted: HashMap<&str, (u32, u64)> = self
-            .acked
-            .iter()
-            .map(|r| (r.message_id.as_str(), (r.queue_id, r.queue_offset)))
-            .collect();
-        let mut first_seen: HashMap<u32, Vec<u64>> = HashMap::new();
-        let mut delivered = std::collections::HashSet::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !wanted.is_empty() {
-            let (q, offset, id) = tokio::time::timeout_at(deadline, self.deliveries.recv())
-                .await
-                .unwrap_or_else(|_| panic!("{} acked messages never delivered", wanted.len()))
-                .expect("consumer gone");
-            if let Some(at) = wanted.remove(id.as_str()) {
-                assert_eq!(at, (q, offset), "{id} delivered at another position");
-            }
-            if delivered.insert((q, offset)) {
-                first_seen.entry(q).or_default().push(offset);
-            }
-        }
-        for (q, offsets) in &first_seen {
-            assert!(
-                offsets.windows(2).all(|w| w[0] < w[1]),
-                "queue {q} delivered out of order"
-            );
-        }
-        self.stop_consumer.send_replace(true);
-        self.consumer.await.unwrap();
         println!(
             "{} sends acknowledged, {failures} failed attempts (client view), {duplicates} duplicates from retries",
             self.acked.len()
@@ -352,6 +354,34 @@ async fn failover_time_over_many_kills() {
     for round in 0..kills {
         let (old, new, failover) = run.kill_master().await;
         println!("kill {round}: master {old} -> {new}: {failover:?}");
+        if failover > Duration::from_secs(2) {
+            // Show how the election went on the survivors.
+            let survivors: Vec<u64> = run
+                .cluster
+                .peers
+                .keys()
+                .copied()
+                .filter(|&id| id != old)
+                .collect();
+            for id in survivors {
+                let dir = &run.cluster.replicas[ReplicaCluster::index(id)].dir;
+                let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+                let lines: Vec<&str> = log
+                    .lines()
+                    .filter(|l| {
+                        l.contains("role changed")
+                            || l.contains("became")
+                            || l.contains("election")
+                            || l.contains("vote")
+                            || l.contains("master")
+                    })
+                    .collect();
+                println!("  replica {id}:");
+                for l in &lines[lines.len().saturating_sub(12)..] {
+                    println!("    {l}");
+                }
+            }
+        }
         times.push(failover);
         run.rejoin(old, new).await;
     }

@@ -125,8 +125,16 @@ async fn isolated_master_stops_acking_and_nothing_acked_is_lost() {
     let err = send_one(&old_addr, "late", 0).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotMaster, "{err}");
 
-    // Heal: the old master rejoins as a slave and catches up; every replica holds the same
-    // queues, with every acknowledged message at its acknowledged offset, once.
+    // The sends it took after the cut sit in its log, uncommitted.
+    let cut_off = cluster.status(old).await.unwrap();
+    assert!(
+        cut_off.last_index > cut_off.commit_index,
+        "no uncommitted tail on the isolated master: {cut_off:?}"
+    );
+
+    // Heal: the old master rejoins as a slave, truncates that tail and catches up; every
+    // replica holds the same log and queues, with every acknowledged message at its
+    // acknowledged offset, once.
     cluster.heal(old).await.unwrap();
     let st = cluster.status(new).await.unwrap();
     cluster
@@ -141,6 +149,15 @@ async fn isolated_master_stops_acking_and_nothing_acked_is_lost() {
     })
     .await
     .unwrap();
+    let (a, b) = (
+        cluster.status(new).await.unwrap(),
+        cluster.status(old).await.unwrap(),
+    );
+    assert_eq!(
+        (a.last_index, a.max_offset, a.confirmed_offset),
+        (b.last_index, b.max_offset, b.confirmed_offset),
+        "the old master's log differs from the new master's"
+    );
     for q in 0..QUEUES {
         let reference = cluster.read_queue(new, TOPIC, q).await.unwrap();
         let mut seen = HashMap::new();

@@ -8,17 +8,23 @@
 //! traits, so it can run on a dedicated thread ([`ReplicaNode::spawn`]) or be stepped by hand
 //! under a simulated clock and network (the `raft_*` integration tests do that).
 //!
-//! The Raft log is meant to *be* the commit log (DLedger style): one entry per send, whose
-//! data is the send's commit-log records. [`MemLogStore`] is the in-memory log used by tests;
-//! the commit-log-backed store implements the same [`RaftLogStore`] trait and can be checked
-//! with [`check_log_store_contract`]. Snapshots are metadata only (the compaction point): a
-//! follower that fell behind the leader's retention skips to it.
+//! The Raft log *is* the commit log (DLedger style): one entry per send, whose data is the
+//! send's commit-log records. [`MemLogStore`] is the in-memory log used by tests; the
+//! commit-log-backed store (`crate::store::CommitLogRaft`) implements the same
+//! [`RaftLogStore`] trait and can be checked with [`check_log_store_contract`]. A follower
+//! that fell behind the leader's retention installs a snapshot: the compaction point, with
+//! the store's restart position and queue offsets, plus the broker's metadata
+//! (`snapshot_log`).
 //!
-//! The broker side (`group`, `applier`, `transport`, `rpc`, `role`, `meta_ops`): a broker
-//! with peers runs one replica on its commit log ([`ReplicaGroup`]); peers exchange Raft
-//! messages over the `sluice.v1.Replication` gRPC service, one sender task per peer; committed
-//! entries advance the store's confirmed offset and apply metadata operations (consumer
-//! offsets, topics) on every replica; the leader becomes master once caught up.
+//! The broker side (`group`, `store_backend`, `applier`, `transport`, `rpc`, `role`,
+//! `meta_ops`): a broker with peers runs one replica on its commit log ([`ReplicaGroup`]);
+//! peers exchange Raft messages over the `sluice.v1.Replication` gRPC service, one sender
+//! task per peer; committed entries advance the store's confirmed offset and apply metadata
+//! operations (consumer offsets, topics) on every replica; the leader becomes master once
+//! it has applied and dispatched its whole log, and re-registers with the nameservers at once.
+//! Measured with real processes (`integration-tests/tests/replication_failover.rs`, 8-16
+//! election ticks of 100 ms): kill -9 of the master to the first acknowledged send on the new
+//! one, as a client sees it, is ~0.9-1.7 s (median ~1.2 s).
 //!
 //! Timing (measured on the simulated cluster, 100 ms ticks, see `tests/raft_scenarios.rs`):
 //! with elections after 10-20 silent ticks a new master is ready ~1.1-1.25 s after the old
@@ -31,7 +37,6 @@ mod config;
 mod conformance;
 mod faults;
 mod group;
-mod interim;
 mod io;
 mod log_store;
 mod logger;
@@ -53,7 +58,6 @@ pub use config::{AckPolicy, ConfigError, ReplicaConfig};
 pub use conformance::check_log_store_contract;
 pub use faults::{FaultSwitch, Isolation};
 pub use group::{GroupError, GroupSettings, ReplicaGroup};
-pub use interim::InterimBackend;
 pub use io::{Applier, ApplyError, CommittedEntry, EntryKind, SendError, Transport};
 pub use log_store::{LogStoreError, RaftLogStore};
 pub use logger::tracing_logger;

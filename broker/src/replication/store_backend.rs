@@ -80,7 +80,8 @@ impl LogBackend for StoreBackend {
 
     fn commit_snapshot(&self, _index: u64) -> Result<(), StoreError> {
         // The commit log restarts where the snapshot says; nothing after it is written yet.
-        self.store.set_confirmed_offset(self.store.commit_log_range().1);
+        self.store
+            .set_confirmed_offset(self.store.commit_log_range().1);
         Ok(())
     }
 }

@@ -23,13 +23,16 @@ fn corrupt(offset: u64, reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// Validates a batch and encodes its records back to back; returns the buffer and each
-/// record's `(start, len)`. `max_message_size` bounds body plus properties when given.
+/// Records encoded back to back, and each one's `(start, len)` in the buffer.
+pub(crate) type Encoded = (Vec<u8>, Vec<(usize, usize)>);
+
+/// Validates a batch and encodes its records back to back. `max_message_size` bounds body
+/// plus properties when given.
 pub(crate) fn encode_batch(
     batch: &AppendBatch,
     store_host: &str,
     max_message_size: Option<usize>,
-) -> Result<(Vec<u8>, Vec<(usize, usize)>), StoreError> {
+) -> Result<Encoded, StoreError> {
     sluice_proto::names::validate_topic_name(&batch.topic)
         .map_err(|e| StoreError::Invalid(e.message))?;
     if batch.messages.is_empty() {
@@ -77,7 +80,14 @@ pub fn encode_for_proposal(
 
 /// A record of the store's own (META, NOOP, RAW): no topic host or id beyond what is given,
 /// so every replica encodes it to the same bytes.
-fn system_record(topic: &str, sys_flag: u32, flag: u32, body: Bytes, host: &str, ts: i64) -> Vec<u8> {
+fn system_record(
+    topic: &str,
+    sys_flag: u32,
+    flag: u32,
+    body: Bytes,
+    host: &str,
+    ts: i64,
+) -> Vec<u8> {
     let m = AppendMessage {
         body,
         flag,
@@ -272,7 +282,8 @@ pub(crate) fn message_results(stored: &[u8]) -> Result<Vec<Appended>, StoreError
         let Probe::Record(t) = record::probe(&stored[at..]) else {
             return Err(corrupt(at as u64, "damaged record in a stored entry"));
         };
-        let view = record::parse(&stored[at..at + t as usize]).map_err(|w| corrupt(at as u64, w))?;
+        let view =
+            record::parse(&stored[at..at + t as usize]).map_err(|w| corrupt(at as u64, w))?;
         if !view.is_system() {
             out.push(Appended {
                 queue_offset: view.queue_offset(),
@@ -308,7 +319,9 @@ mod tests {
         let data = encode_for_proposal(&batch(), "h:1", 77).unwrap();
         let recs = decode_entry(&data).unwrap();
         assert_eq!(recs.len(), 3);
-        assert!(recs.iter().all(|r| r.store_timestamp_ms == 77 && r.queue_id == 2));
+        assert!(recs
+            .iter()
+            .all(|r| r.store_timestamp_ms == 77 && r.queue_id == 2));
         assert!(is_record_run(&data));
         assert!(!is_meta_entry(&data));
         let meta = encode_meta_for_proposal(b"op", "h:1", 5);
@@ -335,7 +348,10 @@ mod tests {
             (EntryType::EntryNormal, Bytes::new()),
             (EntryType::EntryConfChangeV2, Bytes::new()),
             (EntryType::EntryNormal, Bytes::from_static(b"e1")),
-            (EntryType::EntryConfChange, Bytes::from_static(b"\x08\x01\x10\x02")),
+            (
+                EntryType::EntryConfChange,
+                Bytes::from_static(b"\x08\x01\x10\x02"),
+            ),
         ] {
             let mut e = Entry {
                 index: 9,

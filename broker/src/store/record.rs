@@ -191,7 +191,14 @@ pub fn seal(rec: &mut [u8], queue_offset: u64, physical_offset: u64, store_ts_ms
 
 /// Raft mode: fills in queue offset, physical offset, term and entry index (store time is the
 /// proposer's), marks the entry's last record and recomputes the CRC.
-pub fn fill(rec: &mut [u8], queue_offset: u64, physical_offset: u64, term: u64, index: u64, last: bool) {
+pub fn fill(
+    rec: &mut [u8],
+    queue_offset: u64,
+    physical_offset: u64,
+    term: u64,
+    index: u64,
+    last: bool,
+) {
     rec[OFF_QUEUE_OFFSET..OFF_QUEUE_OFFSET + 8].copy_from_slice(&queue_offset.to_le_bytes());
     rec[OFF_PHYSICAL..OFF_PHYSICAL + 8].copy_from_slice(&physical_offset.to_le_bytes());
     rec[OFF_TERM..OFF_TERM + 8].copy_from_slice(&term.to_le_bytes());

@@ -57,14 +57,15 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<RetentionMsg>, writer: mpsc::Sender
     }
 }
 
-/// Re-measures derived files (consume queues, index) and the file system.
+/// Re-measures derived files (consume queues, index, raft entry index) and the file system.
 pub fn refresh_usage(shared: &Shared) {
     let derived: u64 = shared
         .all_queues()
         .iter()
         .map(|q| q.disk_bytes())
         .sum::<u64>()
-        + shared.index.disk_bytes();
+        + shared.index.disk_bytes()
+        + shared.raft.as_ref().map_or(0, |r| r.entries.disk_bytes());
     shared.disk.derived_bytes.store(derived, Ordering::Release);
     shared.disk.refresh_fs();
 }

@@ -381,7 +381,7 @@ impl Writer {
     /// never on where the active segment started, so every replica decides alike.
     fn roll_target(&self, p: u64, size: u64) -> Option<u64> {
         let ss = self.shared.log.segment_size;
-        if p % ss == 0 {
+        if p.is_multiple_of(ss) {
             return (p != self.active.base).then_some(p);
         }
         let window_end = (p / ss + 1) * ss;

@@ -26,6 +26,13 @@ pub(crate) enum Routing {
     /// Same key, same queue, as long as the route does not change.
     Key(String),
     Custom(Arc<dyn QueueSelector>),
+    /// A queue chosen earlier (a batch of the accumulator). `reroutable` batches hold only
+    /// round-robin messages, which may move to another broker's queue after a failure; the
+    /// others stay put so their per-key order survives the retry.
+    Queue {
+        queue: MessageQueue,
+        reroutable: bool,
+    },
 }
 
 /// Round robin from `start`, skipping queues of `avoid_broker` (the one that just failed) when
@@ -55,12 +62,13 @@ pub(crate) fn key_hash(key: &str) -> u64 {
 
 /// The queue index for one attempt. Key and custom routing ignore `avoid_broker`: moving a key
 /// to another queue on a transient error would break the per-key order it exists for.
+/// `message` feeds custom selectors; without one a custom routing finds no queue.
 pub(crate) fn pick(
     queues: &[MessageQueue],
     routing: &Routing,
     rr_start: usize,
     avoid_broker: Option<&str>,
-    message: &Message,
+    message: Option<&Message>,
 ) -> Option<usize> {
     if queues.is_empty() {
         return None;
@@ -68,7 +76,22 @@ pub(crate) fn pick(
     match routing {
         Routing::RoundRobin => round_robin(queues, rr_start, avoid_broker),
         Routing::Key(key) => Some((key_hash(key) % queues.len() as u64) as usize),
-        Routing::Custom(sel) => Some(sel.select(queues, message) % queues.len()),
+        Routing::Custom(sel) => message.map(|m| sel.select(queues, m) % queues.len()),
+        Routing::Queue { queue, reroutable } => {
+            // Queues are sorted by (broker name, queue id) and share the topic.
+            let found = queues
+                .binary_search_by(|q| {
+                    (q.broker_name.as_str(), q.queue_id)
+                        .cmp(&(queue.broker_name.as_str(), queue.queue_id))
+                })
+                .ok();
+            let failed_here = avoid_broker == Some(queue.broker_name.as_str());
+            match found {
+                Some(i) if !(*reroutable && failed_here) => Some(i),
+                _ if *reroutable => round_robin(queues, rr_start, avoid_broker),
+                _ => None,
+            }
+        }
     }
 }
 
@@ -93,10 +116,10 @@ mod tests {
         let qs = queues(&[("a", 2), ("b", 2)]);
         let msg = Message::new("t", "x");
         let picked: Vec<usize> = (0..8)
-            .map(|i| pick(&qs, &Routing::RoundRobin, i, None, &msg).unwrap())
+            .map(|i| pick(&qs, &Routing::RoundRobin, i, None, Some(&msg)).unwrap())
             .collect();
         assert_eq!(picked, [0, 1, 2, 3, 0, 1, 2, 3]);
-        assert_eq!(pick(&[], &Routing::RoundRobin, 0, None, &msg), None);
+        assert_eq!(pick(&[], &Routing::RoundRobin, 0, None, Some(&msg)), None);
     }
 
     #[test]
@@ -119,9 +142,9 @@ mod tests {
         let mut used = std::collections::HashSet::new();
         for k in 0..100 {
             let key = Routing::Key(format!("order-{k}"));
-            let first = pick(&qs, &key, 0, None, &msg).unwrap();
+            let first = pick(&qs, &key, 0, None, Some(&msg)).unwrap();
             for start in 1..5 {
-                assert_eq!(pick(&qs, &key, start, Some("a"), &msg), Some(first));
+                assert_eq!(pick(&qs, &key, start, Some("a"), Some(&msg)), Some(first));
             }
             used.insert(first);
         }
@@ -139,6 +162,29 @@ mod tests {
         let qs = queues(&[("a", 3)]);
         let sel: Arc<dyn QueueSelector> = Arc::new(|_: &[MessageQueue], m: &Message| m.body.len());
         let msg = Message::new("t", "hello");
-        assert_eq!(pick(&qs, &Routing::Custom(sel), 0, None, &msg), Some(2));
+        let custom = Routing::Custom(sel);
+        assert_eq!(pick(&qs, &custom, 0, None, Some(&msg)), Some(2));
+        assert_eq!(pick(&qs, &custom, 0, None, None), None);
+    }
+
+    #[test]
+    fn a_chosen_queue_stays_unless_it_may_move() {
+        let qs = queues(&[("a", 2), ("b", 2)]);
+        let fixed = |broker: &str, queue_id, reroutable| Routing::Queue {
+            queue: MessageQueue {
+                topic: "t".into(),
+                broker_name: broker.into(),
+                queue_id,
+            },
+            reroutable,
+        };
+        assert_eq!(pick(&qs, &fixed("b", 1, false), 0, None, None), Some(3));
+        assert_eq!(pick(&qs, &fixed("a", 1, true), 0, None, None), Some(1));
+        // After broker a failed: a keyed batch stays, a round-robin batch moves to b.
+        assert_eq!(pick(&qs, &fixed("a", 1, false), 0, Some("a"), None), Some(1));
+        assert_eq!(pick(&qs, &fixed("a", 1, true), 0, Some("a"), None), Some(2));
+        // The queue left the route (its broker lost its master).
+        assert_eq!(pick(&qs, &fixed("c", 0, false), 0, None, None), None);
+        assert_eq!(pick(&qs, &fixed("c", 0, true), 1, None, None), Some(1));
     }
 }

@@ -83,7 +83,8 @@ fn encode(c: &Control) -> Result<Vec<u8>, StoreError> {
 }
 
 fn put_table(b: &mut Vec<u8>, table: &QueueTable) -> Result<(), StoreError> {
-    let n = u32::try_from(table.len()).map_err(|_| StoreError::Invalid("too many queues".into()))?;
+    let n =
+        u32::try_from(table.len()).map_err(|_| StoreError::Invalid("too many queues".into()))?;
     b.extend_from_slice(&n.to_le_bytes());
     for (topic, qid, next) in table {
         let len = u16::try_from(topic.len())

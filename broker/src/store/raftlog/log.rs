@@ -15,6 +15,13 @@ use crate::store::MessageStore;
 /// the entry index and the log; writes go through the store's single writer, and block the
 /// calling thread until it has done them (call it from a thread that may block, not from an
 /// async task). Keeps the store open while it exists.
+///
+/// Round trip: `entries()` gives back index, term and type as appended. Data of no-ops (empty)
+/// and of anything that is not a run of records (membership changes) comes back exactly as
+/// appended. A send or metadata entry comes back in its stored form: the records as the
+/// writer filled them in (positions, term, index, entry-end mark). So an entry appended in
+/// stored form (read from a peer) reads back byte for byte, and a proposal reads back as the
+/// filled form of the same records (`decode_entry` yields the same messages).
 #[derive(Clone)]
 pub struct CommitLogRaft {
     store: MessageStore,
@@ -25,9 +32,9 @@ fn storage_err(e: LocErr) -> raft::Error {
     match e {
         LocErr::Compacted => raft::Error::Store(StorageError::Compacted),
         LocErr::Unavailable => raft::Error::Store(StorageError::Unavailable),
-        LocErr::Corrupt(why) => raft::Error::Store(StorageError::Other(Box::new(
-            LogStoreError::Corrupt(why),
-        ))),
+        LocErr::Corrupt(why) => {
+            raft::Error::Store(StorageError::Other(Box::new(LogStoreError::Corrupt(why))))
+        }
     }
 }
 

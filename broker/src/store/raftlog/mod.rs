@@ -176,6 +176,9 @@ impl RaftShared {
     }
 }
 
+/// Bytes fetched with one read at most (unless one entry is larger).
+const MAX_READ: u64 = 4 << 20;
+
 /// Reads entries `[low, low + n)` (cut by `max_size`, at least one) as raft entries.
 pub fn read_entries(
     shared: &Shared,
@@ -213,7 +216,11 @@ pub fn read_entries(
         let seg_end = seg.base + seg.len.load(Ordering::Acquire);
         let mut j = i + 1;
         let mut end = locs[i].end();
-        while j < locs.len() && locs[j].offset == end && locs[j].end() <= seg_end {
+        while j < locs.len()
+            && locs[j].offset == end
+            && locs[j].end() <= seg_end
+            && locs[j].end() - locs[i].offset <= MAX_READ
+        {
             end = locs[j].end();
             j += 1;
         }

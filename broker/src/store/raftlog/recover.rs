@@ -71,7 +71,11 @@ fn finish_install(config: &StoreConfig, c: &Control) -> Result<(), StoreError> {
     }
     Segment::open(&log_dir, c.cp.phy, true)?;
     sync_dir(&log_dir)?;
-    reset_queues(&dir.join("consumequeue"), config.cq_entries_per_file, &c.cp.table)?;
+    reset_queues(
+        &dir.join("consumequeue"),
+        config.cq_entries_per_file,
+        &c.cp.table,
+    )?;
     let index_dir = dir.join("index");
     for (_, path) in list_offset_files(&index_dir)? {
         fs::remove_file(path)?;
@@ -202,7 +206,10 @@ pub fn rebuild(
         }
     } else {
         if k > first {
-            tracing::warn!(first, "entry index does not start at the log start; rebuilding it");
+            tracing::warn!(
+                first,
+                "entry index does not start at the log start; rebuilding it"
+            );
         }
         idx.reset_to(first)?;
         (first, c.cp.term, c.cp.phy)
@@ -210,7 +217,9 @@ pub fn rebuild(
     if cut > end {
         return Err(StoreError::Corrupt {
             offset: end,
-            reason: format!("the commit log ends before raft entry data it must hold (up to {cut})"),
+            reason: format!(
+                "the commit log ends before raft entry data it must hold (up to {cut})"
+            ),
         });
     }
     let from = expect;
@@ -225,9 +234,7 @@ pub fn rebuild(
         if !broken {
             let fits = match open {
                 None => view.entry_index() == expect && view.term() >= prev_term,
-                Some(o) => {
-                    view.entry_index() == o.index && view.term() == o.term && phy == o.next
-                }
+                Some(o) => view.entry_index() == o.index && view.term() == o.term && phy == o.next,
             };
             if fits {
                 let o = open.get_or_insert(Open {
@@ -273,6 +280,19 @@ pub fn rebuild(
     idx.write(from, &built)?;
     idx.publish(expect, 0);
     idx.sync_from(from)?;
+    // The hard state is written after the entries it commits are durable; a log that ends
+    // before them lost committed entries, which Raft cannot recover from on its own.
+    let last = expect - 1;
+    if c.hard_state.commit > last {
+        return Err(StoreError::Corrupt {
+            offset: cut,
+            reason: format!(
+                "the raft log ends at entry {last} but entries up to {} were committed; \
+                 this replica lost committed data and must be rebuilt from its peers",
+                c.hard_state.commit
+            ),
+        });
+    }
     Ok(Rebuilt {
         entries: idx,
         end: cut,

@@ -118,7 +118,9 @@ impl Writer {
     fn raft_parts(&mut self) -> Result<(Arc<RaftShared>, &mut RaftWriter), LogStoreError> {
         match self.raft.as_mut() {
             Some(rw) => Ok((rw.shared.clone(), rw)),
-            None => Err(LogStoreError::Corrupt("the store is not in raft mode".into())),
+            None => Err(LogStoreError::Corrupt(
+                "the store is not in raft mode".into(),
+            )),
         }
     }
 
@@ -142,7 +144,7 @@ impl Writer {
                 rw.dirty = true;
                 Ok(())
             }
-            RaftOp::InstallSnapshot { meta, data } => Ok(self.raft_install(&meta, data)?),
+            RaftOp::InstallSnapshot { meta, data } => self.raft_install(&meta, data),
             RaftOp::Compact(index) => Ok(self.raft_compact(index)?),
             RaftOp::Sync => {
                 self.flush_all()?;
@@ -414,7 +416,9 @@ impl Writer {
             return Ok(self.shared.log.min_offset().unwrap_or(0));
         }
         let keep_from = segs[allowed].base;
-        let rs = self.raft_shared().map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let rs = self
+            .raft_shared()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let index = rs.first_at_or_after(keep_from).map_err(|e| match e {
             LocErr::Corrupt(why) => StoreError::Corrupt {
                 offset: keep_from,
@@ -441,7 +445,7 @@ impl Writer {
         &mut self,
         meta: &SnapshotMetadata,
         data: Option<(u64, QueueTable)>,
-    ) -> Result<(), LogStoreError> {
+    ) -> Result<(), Halt> {
         let (phy, table) = match data {
             Some(d) => d,
             None => (self.pos, self.next_table()),
@@ -469,6 +473,8 @@ impl Writer {
         *commit = (*commit).max(meta.index);
         rw.durable.installing = true;
         control::store(&rw.dir, &rw.durable).map_err(log_err)?;
+        // A crash right after the install was recorded, with nothing done yet (tests).
+        fail::fail_point!("store::raft::install_begin", |_| Err(Halt::Crash));
         {
             let mut v = rs.view.write();
             v.cp = cp;
@@ -491,6 +497,8 @@ impl Writer {
         for seg in self.shared.log.remove_from(0) {
             std::fs::remove_file(&seg.path)?;
         }
+        // A crash with the old log gone and the install unfinished (tests).
+        fail::fail_point!("store::raft::install", |_| Err(Halt::Crash));
         let seg = Arc::new(Segment::open(&self.shared.log.dir, phy, true)?);
         sync_dir(&self.shared.log.dir)?;
         self.shared.log.push(seg.clone());

@@ -1,0 +1,245 @@
+//! One Send RPC with retries: route lookup, queue choice, failover hints. Shared by direct sends
+//! and the accumulator's batches.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sluice_proto::v1::{self, SendRequest, SendResponse};
+use sluice_proto::{ApiError, ErrorCode};
+
+use super::select::{pick, Routing};
+use crate::client::ClientCore;
+use crate::error::{Error, Result};
+use crate::message::{Message, SendReceipt};
+use crate::message_id::new_message_id;
+use crate::route::MessageQueue;
+use crate::rpc;
+
+pub(crate) struct Sender {
+    pub(crate) core: Arc<ClientCore>,
+    pub(crate) retries: u32,
+    pub(crate) send_timeout: Duration,
+    rr: AtomicUsize,
+    /// `born_host` of every message, computed once.
+    host: String,
+}
+
+struct FailedAttempt {
+    error: Error,
+    /// The broker that failed, to avoid on the next attempt.
+    broker: Option<String>,
+    /// The route generation the attempt used (0: no route).
+    route_generation: u64,
+    /// The address the attempt went to.
+    addr: Option<String>,
+}
+
+/// What one send learned from its failed attempts.
+#[derive(Default)]
+struct RetryState {
+    /// Round-robin position of this attempt.
+    rr: usize,
+    /// The broker that failed last, avoided when another one has queues.
+    avoid: Option<String>,
+    hint: Option<MasterHint>,
+}
+
+/// Where NOT_MASTER said the master is, used until the route catches up.
+struct MasterHint {
+    broker: String,
+    stale: String,
+    master: String,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Sender {
+    pub(crate) fn new(core: Arc<ClientCore>, retries: u32, send_timeout: Duration) -> Self {
+        Sender {
+            core,
+            retries,
+            send_timeout,
+            rr: AtomicUsize::new(rand::random::<u16>() as usize),
+            host: crate::message_id::hostname(),
+        }
+    }
+
+    /// The next round-robin position.
+    pub(crate) fn next_rr(&self) -> usize {
+        self.rr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The wire form of a message. Its id and birth time are fixed here, before the first
+    /// attempt, so a retry keeps them.
+    pub(crate) fn to_wire(&self, m: Message, born: i64) -> v1::Message {
+        v1::Message {
+            topic: String::new(),
+            body: m.body,
+            tag: m.tag,
+            keys: m.keys,
+            properties: m.properties,
+            flag: m.flag,
+            message_id: new_message_id(),
+            born_timestamp_ms: born,
+            born_host: self.host.clone(),
+        }
+    }
+
+    /// Sends `wire` (all to one queue, in one request) with retries of retryable errors.
+    /// `selector_input` feeds custom queue selectors.
+    pub(crate) async fn send_with_retries(
+        &self,
+        topic: &str,
+        selector_input: Option<&Message>,
+        wire: &[v1::Message],
+        routing: &Routing,
+    ) -> Result<Vec<SendReceipt>> {
+        let rr_start = self.next_rr();
+        let mut state = RetryState::default();
+        let mut attempt: u32 = 0;
+        loop {
+            state.rr = rr_start.wrapping_add(attempt as usize);
+            let failed = match self
+                .attempt(topic, selector_input, wire, routing, &state)
+                .await
+            {
+                Ok(receipts) => return Ok(receipts),
+                Err(failed) => failed,
+            };
+            let err = failed.error;
+            if !err.is_retryable() || attempt >= self.retries {
+                return Err(err);
+            }
+            tracing::debug!(topic, attempt, error = %err, "send failed; retrying");
+            if let (Some(api), Some(broker), Some(stale)) =
+                (err.api(), &failed.broker, &failed.addr)
+            {
+                if api.code == ErrorCode::NotMaster && !api.master_address.is_empty() {
+                    state.hint = Some(MasterHint {
+                        broker: broker.clone(),
+                        stale: stale.clone(),
+                        master: api.master_address.clone(),
+                    });
+                }
+            }
+            if err.is_routing() {
+                // A failed refresh keeps the old route; the next attempt avoids the broker anyway.
+                let refreshed = self
+                    .core
+                    .routes
+                    .refresh(topic, failed.route_generation)
+                    .await;
+                // With nowhere else to go (one broker group, in failover), pause a little so the
+                // retries span more than a few milliseconds.
+                let elsewhere = refreshed.is_ok_and(|r| {
+                    r.writable_queues()
+                        .iter()
+                        .any(|q| Some(&q.broker_name) != failed.broker.as_ref())
+                });
+                if !elsewhere && state.hint.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                }
+            }
+            if failed.broker.is_some() {
+                state.avoid = failed.broker;
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One try: look up the route, pick a queue, send.
+    async fn attempt(
+        &self,
+        topic: &str,
+        selector_input: Option<&Message>,
+        wire: &[v1::Message],
+        routing: &Routing,
+        state: &RetryState,
+    ) -> Result<Vec<SendReceipt>, FailedAttempt> {
+        let route = self
+            .core
+            .routes
+            .get(topic)
+            .await
+            .map_err(|error| FailedAttempt {
+                error,
+                broker: None,
+                route_generation: 0,
+                addr: None,
+            })?;
+        let queues = route.writable_queues();
+        let fail = |error, broker, addr| FailedAttempt {
+            error,
+            broker,
+            route_generation: route.generation,
+            addr,
+        };
+        let Some(idx) = pick(
+            queues,
+            routing,
+            state.rr,
+            state.avoid.as_deref(),
+            selector_input,
+        ) else {
+            return Err(fail(
+                Error::no_route(topic, "no writable queue with a master"),
+                None,
+                None,
+            ));
+        };
+        let queue = &queues[idx];
+        let mut addr = route.master_address(&queue.broker_name).unwrap_or_default();
+        if let Some(h) = &state.hint {
+            if h.broker == queue.broker_name && h.stale == addr {
+                addr = &h.master;
+            }
+        }
+        self.send_once(addr, queue, wire.to_vec())
+            .await
+            .map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
+    }
+
+    async fn send_once(
+        &self,
+        addr: &str,
+        queue: &MessageQueue,
+        messages: Vec<v1::Message>,
+    ) -> Result<Vec<SendReceipt>> {
+        let count = messages.len();
+        let timeout = self.send_timeout;
+        let mut client = self.core.broker(addr)?;
+        let req = rpc::request(
+            SendRequest {
+                topic: queue.topic.clone(),
+                queue_id: queue.queue_id,
+                messages,
+            },
+            timeout,
+        );
+        let resp: SendResponse = rpc::call(addr, timeout, client.send(req)).await?;
+        if resp.results.len() != count {
+            return Err(Error::Api(ApiError::internal(format!(
+                "broker {addr} acknowledged {} of {count} messages",
+                resp.results.len()
+            ))));
+        }
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|r| SendReceipt {
+                message_id: r.message_id,
+                topic: queue.topic.clone(),
+                broker_name: resp.broker_name.clone(),
+                queue_id: resp.queue_id,
+                queue_offset: r.queue_offset,
+                commit_log_offset: r.commit_log_offset,
+            })
+            .collect())
+    }
+}
