@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# A local Sluice cluster on loopback ports, for development and tests.
+# A local Sluice cluster on loopback ports, for development, tests and chaos runs.
 #
-#   scripts/cluster.sh up       [--dir DIR] [--nameservers N]   build, then start every node
-#   scripts/cluster.sh down     [--dir DIR]                     stop every node (SIGTERM, then SIGKILL)
-#   scripts/cluster.sh status   [--dir DIR]                     node processes + `sluice cluster status`
-#   scripts/cluster.sh kill     NODE [--dir DIR]                SIGKILL one node (a crash)
-#   scripts/cluster.sh restart  NODE [--dir DIR]                stop (if running) and start one node
-#   scripts/cluster.sh logs     NODE [--dir DIR] [--follow]     print (or follow) a node's log
+#   scripts/cluster.sh up [--nameservers N] [--groups G] [--replicas R] [--fault-injection]
+#                                       build (unless SLUICE_BIN_DIR), then start every node
+#   scripts/cluster.sh down             stop every node this directory's `up` started
+#   scripts/cluster.sh status           node processes + `sluice cluster status`
+#   scripts/cluster.sh nodes            one line per node: NAME KIND GROUP REPLICA ADDRESS STATE
+#   scripts/cluster.sh nameservers      the nameserver addresses, comma-separated
+#   scripts/cluster.sh kill NODE        SIGKILL one node (a crash)
+#   scripts/cluster.sh kill-master GROUP   SIGKILL the current master of a broker group
+#   scripts/cluster.sh pause NODE | resume NODE      SIGSTOP / SIGCONT one node
+#   scripts/cluster.sh partition NODE | heal NODE    cut a replica off from its group's Raft
+#                                       traffic (InjectFault RPC; needs --fault-injection)
+#   scripts/cluster.sh restart NODE     stop (if running) and start one node
+#   scripts/cluster.sh logs NODE [--follow]          print (or follow) a node's log
+# Every command takes --dir DIR.
 #
 # DIR defaults to $SLUICE_CLUSTER_DIR, else ./.cluster. Each node lives in DIR/nodes/NAME (ns-1..,
-# broker-a-1): its kind, listen address, generated config.toml, data/, node.log, node.pid and
-# ready files. The first start binds 127.0.0.1:0; the bound address is then kept in the node's
-# `listen` file so restarts reuse it. DIR/nameservers holds the nameserver addresses,
-# comma-separated.
+# broker-a-1, broker-a-2, broker-b-1, ...): its kind, listen address, generated config.toml,
+# data/, node.log, node.pid and ready files. Groups are broker-a, broker-b, ...; with
+# --replicas R >= 2 each group is a Raft replica group of R brokers whose ports are picked
+# before any starts (peers must know each other); with R = 1 (default) each group is one
+# standalone broker. A node keeps its address across restarts. DIR/nameservers holds the
+# nameserver addresses, comma-separated.
 #
 # Environment:
 #   SLUICE_BIN_DIR         use the binaries there instead of building (cargo build --release)
@@ -23,6 +33,10 @@
 #   SLUICE_FLUSH           broker flush mode, async|sync (default async)
 #   SLUICE_DEFAULT_QUEUES  queues of auto-created topics (default 4)
 #   SLUICE_BROKER_EXPIRY_MS  nameserver broker expiry (default: the nameserver's, 120000)
+#   SLUICE_HEARTBEAT_MS    broker -> nameserver heartbeat (default: the broker's, 30000)
+#   SLUICE_RAFT_TICK_MS, SLUICE_ELECTION_TICKS, SLUICE_MAX_ELECTION_TICKS   Raft timing of
+#                          replica groups (default: the broker's, 100 ms and 8..16 ticks)
+#   SLUICE_ACK             ack policy of replica groups, quorum|leader (default quorum)
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,9 +58,9 @@ die() {
 usage() {
   local code=${1:-0}
   if [[ $code == 0 ]]; then
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   else
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   fi
   exit "$code"
 }
@@ -75,7 +89,7 @@ resolve_binaries() {
     BIN_DIR=$target/release
   fi
   local b
-  for b in sluice-nameserver sluice-broker sluice; do
+  for b in sluice-nameserver sluice-broker sluice sluice-chaos; do
     [[ -x $BIN_DIR/$b ]] || die "no executable $BIN_DIR/$b"
   done
   echo "$BIN_DIR" >"$DIR/bin_dir"
@@ -91,7 +105,15 @@ recorded_binaries() {
 
 node_dir() { echo "$DIR/nodes/$1"; }
 
-# Node names in start order: nameservers first, so brokers can register at once.
+# A node's attribute file (kind, listen, broker_name, replica_id, ...), or $2 when absent.
+node_attr() {
+  local f
+  f=$(node_dir "$1")/$2
+  if [[ -f $f ]]; then cat "$f"; else echo "${3:-}"; fi
+}
+
+# Node names in start order: nameservers first, so brokers can register at once; then brokers
+# by group and replica id.
 list_nodes() {
   local kind d
   [[ -d $DIR/nodes ]] || return 0
@@ -127,6 +149,31 @@ node_running() {
   [[ $cmdline == *"$d/config.toml"* ]]
 }
 
+# True if the node runs but is stopped by a signal (SIGSTOP: `pause`).
+node_paused() {
+  local pid state
+  node_running "$1" || return 1
+  pid=$(node_pid "$1")
+  if [[ -r /proc/$pid/stat ]]; then
+    state=$(sed 's/^.*) //' 2>/dev/null <"/proc/$pid/stat" | cut -d' ' -f1) || return 1
+  else
+    state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+  fi
+  [[ $state == T* ]]
+}
+
+node_state() {
+  if ! node_running "$1"; then
+    echo stopped
+  elif node_paused "$1"; then
+    echo paused
+  elif [[ -f $(node_dir "$1")/partitioned ]]; then
+    echo partitioned
+  else
+    echo running
+  fi
+}
+
 # Creates a node directory. Extra KEY=VALUE arguments become files read by its command builder.
 create_node() {
   local name=$1 kind=$2 d kv
@@ -154,30 +201,41 @@ nameserver_command() {
 }
 
 broker_command() {
-  local d=$1 ns listen broker_name cluster
+  local d=$1 ns ns_list="" a addrs item peers_toml=""
   [[ -s $DIR/nameservers ]] || die "no nameserver addresses in $DIR/nameservers"
   ns=$(<"$DIR/nameservers")
-  listen=$(<"$d/listen")
-  broker_name=$(<"$d/broker_name")
-  cluster=$(<"$d/cluster")
-  local ns_list="" a
   IFS=',' read -r -a addrs <<<"$ns"
   for a in "${addrs[@]}"; do
     ns_list+="${ns_list:+, }$(toml_str "$a")"
   done
   {
-    echo "listen = $(toml_str "$listen")"
+    echo "listen = $(toml_str "$(<"$d/listen")")"
     echo "data_dir = $(toml_str "$d/data")"
     echo "nameservers = [$ns_list]"
-    echo "broker_name = $(toml_str "$broker_name")"
-    echo "cluster_name = $(toml_str "$cluster")"
+    echo "broker_name = $(toml_str "$(<"$d/broker_name")")"
+    echo "cluster_name = $(toml_str "$(<"$d/cluster")")"
     echo "flush = $(toml_str "$FLUSH")"
     echo "auto_create_topics = true"
     echo "default_queues = $DEFAULT_QUEUES"
+    if [[ -n ${SLUICE_HEARTBEAT_MS:-} ]]; then
+      echo "heartbeat_interval_ms = $SLUICE_HEARTBEAT_MS"
+    fi
+    if [[ -f $d/peers ]]; then
+      echo "replica_id = $(<"$d/replica_id")"
+      echo "ack = $(toml_str "${SLUICE_ACK:-quorum}")"
+      [[ -n ${SLUICE_RAFT_TICK_MS:-} ]] && echo "raft_tick_ms = $SLUICE_RAFT_TICK_MS"
+      [[ -n ${SLUICE_ELECTION_TICKS:-} ]] && echo "election_ticks = $SLUICE_ELECTION_TICKS"
+      [[ -n ${SLUICE_MAX_ELECTION_TICKS:-} ]] && echo "max_election_ticks = $SLUICE_MAX_ELECTION_TICKS"
+      echo "enable_fault_injection = $(node_attr "$(basename "$d")" fault_injection false)"
+      # peers file: "1=127.0.0.1:4001,2=..." -> peers = { 1 = "127.0.0.1:4001", ... }
+      IFS=',' read -r -a addrs <<<"$(<"$d/peers")"
+      for item in "${addrs[@]}"; do
+        peers_toml+="${peers_toml:+, }${item%%=*} = $(toml_str "${item#*=}")"
+      done
+      echo "peers = { $peers_toml }"
+    fi
   } >"$d/config.toml"
-  CMD=("$BIN_DIR/sluice-broker" --config "$d/config.toml" --listen "$listen" --data-dir "$d/data"
-    --nameservers "$ns" --broker-name "$broker_name" --cluster "$cluster" --flush "$FLUSH"
-    --ready-file "$d/ready")
+  CMD=("$BIN_DIR/sluice-broker" --config "$d/config.toml" --ready-file "$d/ready")
 }
 
 # The log lines of the node's latest start (after the last "=== ... starting" marker).
@@ -199,7 +257,8 @@ start_node() {
     broker) broker_command "$d" ;;
     *) die "node $name has unknown kind $kind" ;;
   esac
-  rm -f "$d/ready" "$d/node.pid"
+  # A fresh process has no injected faults.
+  rm -f "$d/ready" "$d/node.pid" "$d/partitioned"
   echo "=== $(date '+%Y-%m-%d %H:%M:%S') starting: ${CMD[*]}" >>"$d/node.log"
   # setsid: the node outlives this script and ignores Ctrl-C sent to the terminal. The shell
   # records its own pid before exec, so the pid file names the node process itself.
@@ -212,7 +271,9 @@ start_node() {
     if [[ -s $d/node.pid ]] && ! node_running "$name"; then
       echo "cluster.sh: $name exited during startup; its output:" >&2
       last_run_log "$d/node.log" | tail -n 20 >&2
-      echo "(if its pinned port $(<"$d/listen") is taken, let it pick a new one: echo 127.0.0.1:0 >$d/listen)" >&2
+      if [[ ! -f $d/peers ]]; then
+        echo "(if its pinned port $(<"$d/listen") is taken, let it pick a new one: echo 127.0.0.1:0 >$d/listen)" >&2
+      fi
       return 1
     fi
     if ((SECONDS >= deadline)); then
@@ -237,6 +298,8 @@ stop_node() {
   fi
   pid=$(node_pid "$name")
   kill -TERM "$pid" 2>/dev/null || true
+  # A paused node handles SIGTERM only once it runs again.
+  kill -CONT "$pid" 2>/dev/null || true
   deadline=$((SECONDS + STOP_TIMEOUT))
   while node_running "$name" && ((SECONDS < deadline)); do
     sleep 0.1
@@ -246,7 +309,7 @@ stop_node() {
     kill -KILL "$pid" 2>/dev/null || true
     while node_running "$name"; do sleep 0.1; done
   fi
-  rm -f "$(node_dir "$name")/node.pid"
+  rm -f "$(node_dir "$name")/node.pid" "$(node_dir "$name")/partitioned"
   echo "$name stopped"
 }
 
@@ -277,6 +340,32 @@ wait_registered() {
   done
 }
 
+# `sluice cluster status` rows (no header) of broker group $1: CLUSTER BROKER REPLICA ROLE
+# ADDRESS ... STATUS, as the table prints them (no field contains blanks).
+group_status_rows() {
+  "$BIN_DIR/sluice" --nameservers "$(<"$DIR/nameservers")" cluster status 2>/dev/null |
+    awk -v g="$1" 'NR > 1 && $2 == g'
+}
+
+# Prints the address of group $1's master: a replica that answers and reports MASTER (the
+# broker's own view, newer than any registration).
+group_master_address() {
+  group_status_rows "$1" | awk '$4 == "MASTER" && $NF == "ok" { print $5; exit }'
+}
+
+# Waits (bounded) until broker group $1 has a master.
+wait_group_master() {
+  local group=$1 deadline
+  deadline=$((SECONDS + READY_TIMEOUT))
+  until [[ -n $(group_master_address "$group") ]]; do
+    if ((SECONDS >= deadline)); then
+      echo "cluster.sh: group $group has no master after ${READY_TIMEOUT}s" >&2
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
 # Stops what this invocation started (a failed `up` leaves nothing half running).
 rollback() {
   local i
@@ -286,10 +375,78 @@ rollback() {
   die "up failed; stopped the nodes it had started"
 }
 
+# ---------------------------------------------------------------- creating a cluster
+
+# Group name of index i (0 -> broker-a).
+group_name() {
+  local letters=abcdefghijklmnopqrstuvwxyz
+  echo "broker-${letters:$1:1}"
+}
+
+# Picks R free loopback ports for the replicas of group $1 and writes their listen and peers
+# files. Ports are free when picked; a start that finds one taken picks again (see cmd_up).
+assign_group_ports() {
+  local group=$1 ports=() i peers=""
+  mapfile -t ports < <("$BIN_DIR/sluice-chaos" free-ports "$REPLICAS")
+  ((${#ports[@]} == REPLICAS)) || die "could not pick $REPLICAS free ports"
+  for ((i = 1; i <= REPLICAS; i++)); do
+    peers+="${peers:+,}$i=127.0.0.1:${ports[i - 1]}"
+  done
+  for ((i = 1; i <= REPLICAS; i++)); do
+    echo "127.0.0.1:${ports[i - 1]}" >"$(node_dir "$group-$i")/listen"
+    echo "$peers" >"$(node_dir "$group-$i")/peers"
+  done
+}
+
+create_cluster() {
+  local i g r
+  for ((i = 1; i <= NAMESERVERS; i++)); do
+    create_node "ns-$i" nameserver
+  done
+  for ((g = 0; g < GROUPS_N; g++)); do
+    local group
+    group=$(group_name "$g")
+    if ((REPLICAS == 1)); then
+      create_node "$group-1" broker broker_name="$group" cluster="$CLUSTER_NAME"
+    else
+      for ((r = 1; r <= REPLICAS; r++)); do
+        create_node "$group-$r" broker broker_name="$group" cluster="$CLUSTER_NAME" \
+          replica_id="$r" fault_injection="$FAULT_INJECTION"
+      done
+      assign_group_ports "$group"
+    fi
+  done
+}
+
+# Starts the brokers of one group; a replica group also needs its master elected.
+start_group() {
+  local group=$1 n
+  for n in $(list_nodes); do
+    [[ $(node_kind "$n") == broker && $(node_attr "$n" broker_name) == "$group" ]] || continue
+    start_node "$n" || return 1
+  done
+  for n in $(list_nodes); do
+    [[ $(node_kind "$n") == broker && $(node_attr "$n" broker_name) == "$group" ]] || continue
+    wait_registered "$n" || return 1
+  done
+  if [[ -f $(node_dir "$group-1")/peers ]]; then
+    wait_group_master "$group" || return 1
+    echo "$group: master at $(group_master_address "$group")"
+  fi
+}
+
+# The broker groups, in order.
+list_groups() {
+  local n
+  for n in $(list_nodes); do
+    [[ $(node_kind "$n") == broker ]] && node_attr "$n" broker_name
+  done | awk '!seen[$0]++'
+}
+
 # ---------------------------------------------------------------- commands
 
 cmd_up() {
-  local n any_running=0 all_running=1 nodes i
+  local n any_running=0 all_running=1 nodes fresh=0 group attempt
   mkdir -p "$DIR"
   nodes=$(list_nodes)
   for n in $nodes; do
@@ -301,16 +458,12 @@ cmd_up() {
   fi
   resolve_binaries
   if [[ -z $nodes ]]; then
-    for ((i = 1; i <= NAMESERVERS; i++)); do
-      create_node "ns-$i" nameserver
-    done
-    create_node broker-a-1 broker broker_name=broker-a cluster="$CLUSTER_NAME"
+    create_cluster
+    fresh=1
     nodes=$(list_nodes)
   else
-    local existing
-    existing=$(list_nodes | grep -c '^ns-' || true)
-    if [[ $NAMESERVERS_GIVEN == 1 && $existing != "$NAMESERVERS" ]]; then
-      echo "note: the cluster in $DIR has $existing nameserver(s); --nameservers $NAMESERVERS applies to new clusters only"
+    if [[ $SHAPE_GIVEN == 1 ]]; then
+      echo "note: $DIR already holds a cluster; --nameservers/--groups/--replicas/--fault-injection apply to new clusters only"
     fi
     if [[ $any_running == 1 ]]; then
       echo "cluster in $DIR is partly running; starting its stopped nodes"
@@ -321,12 +474,25 @@ cmd_up() {
     start_node "$n" || rollback
   done
   write_nameservers_file
-  for n in $nodes; do
-    [[ $(node_kind "$n") == nameserver ]] && continue
-    start_node "$n" || rollback
-    if [[ $(node_kind "$n") == broker ]]; then
-      wait_registered "$n" || rollback
-    fi
+  for group in $(list_groups); do
+    for attempt in 1 2 3; do
+      start_group "$group" && continue 2
+      # A port picked for a fresh replica group may have been taken by another process
+      # before the broker bound it: stop the group and pick new ports (its data is empty).
+      if [[ $fresh == 1 && -f $(node_dir "$group-1")/peers && $attempt -lt 3 ]]; then
+        echo "cluster.sh: starting group $group failed; retrying with new ports" >&2
+        for n in $(list_nodes); do
+          if [[ $(node_attr "$n" broker_name) == "$group" ]]; then
+            stop_node "$n" >/dev/null
+            rm -rf "$(node_dir "$n")/data" && mkdir -p "$(node_dir "$n")/data"
+          fi
+        done
+        assign_group_ports "$group"
+      else
+        rollback
+      fi
+    done
+    rollback
   done
   echo "nameservers: $(<"$DIR/nameservers")"
 }
@@ -352,11 +518,12 @@ cmd_status() {
     echo "no cluster in $DIR"
     return 1
   fi
-  printf '%-12s %-11s %-8s %-8s %s\n' NODE KIND PID STATE ADDRESS
+  printf '%-12s %-11s %-8s %-11s %s\n' NODE KIND PID STATE ADDRESS
   for n in $(list_nodes); do
     pid=$(node_pid "$n") || pid=-
-    if node_running "$n"; then state=running; else state=stopped rc=1; fi
-    printf '%-12s %-11s %-8s %-8s %s\n' "$n" "$(node_kind "$n")" "$pid" "$state" \
+    state=$(node_state "$n")
+    [[ $state == stopped ]] && rc=1
+    printf '%-12s %-11s %-8s %-11s %s\n' "$n" "$(node_kind "$n")" "$pid" "$state" \
       "$(<"$(node_dir "$n")/listen")"
   done
   recorded_binaries
@@ -374,9 +541,38 @@ cmd_status() {
   return "$rc"
 }
 
+# Machine-readable node list (the control interface sluice-chaos reads).
+cmd_nodes() {
+  local n
+  printf '# NAME\tKIND\tGROUP\tREPLICA\tADDRESS\tSTATE\n'
+  for n in $(list_nodes); do
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$(node_kind "$n")" \
+      "$(node_attr "$n" broker_name -)" "$(node_attr "$n" replica_id 0)" \
+      "$(<"$(node_dir "$n")/listen")" "$(node_state "$n")"
+  done
+}
+
+cmd_nameservers() {
+  [[ -s $DIR/nameservers ]] || die "no nameserver addresses in $DIR (run: cluster.sh up --dir $DIR)"
+  cat "$DIR/nameservers"
+}
+
 require_node() {
   [[ -n $NODE ]] || die "$COMMAND needs a node name (one of: $(list_nodes | tr '\n' ' '))"
   [[ -f $(node_dir "$NODE")/kind ]] || die "no node $NODE in $DIR (nodes: $(list_nodes | tr '\n' ' '))"
+}
+
+require_running() {
+  node_running "$NODE" || die "$NODE is not running"
+}
+
+kill_node() {
+  local name=$1 pid
+  pid=$(node_pid "$name")
+  kill -KILL "$pid"
+  while node_running "$name"; do sleep 0.1; done
+  rm -f "$(node_dir "$name")/node.pid" "$(node_dir "$name")/partitioned"
+  echo "$name (pid $pid) killed"
 }
 
 cmd_kill() {
@@ -385,12 +581,75 @@ cmd_kill() {
     echo "$NODE is not running"
     return 0
   fi
-  local pid
-  pid=$(node_pid "$NODE")
-  kill -KILL "$pid"
-  while node_running "$NODE"; do sleep 0.1; done
-  rm -f "$(node_dir "$NODE")/node.pid"
-  echo "$NODE (pid $pid) killed"
+  kill_node "$NODE"
+}
+
+cmd_kill_master() {
+  local group=$NODE addr n
+  [[ -n $group ]] || die "kill-master needs a broker group (one of: $(list_groups | tr '\n' ' '))"
+  list_groups | grep -qxF "$group" || die "no broker group $group in $DIR (groups: $(list_groups | tr '\n' ' '))"
+  recorded_binaries
+  addr=$(group_master_address "$group")
+  [[ -n $addr ]] || die "group $group has no reachable master right now"
+  for n in $(list_nodes); do
+    if [[ $(node_attr "$n" broker_name) == "$group" && $(<"$(node_dir "$n")/listen") == "$addr" ]]; then
+      node_running "$n" || die "the master $n ($addr) is not a running node of $DIR"
+      echo "master of $group is $n ($addr)"
+      kill_node "$n"
+      return 0
+    fi
+  done
+  die "the master of $group ($addr) is not a node of $DIR"
+}
+
+cmd_pause() {
+  require_node
+  require_running
+  if node_paused "$NODE"; then
+    echo "$NODE is already paused"
+    return 0
+  fi
+  kill -STOP "$(node_pid "$NODE")"
+  echo "$NODE (pid $(node_pid "$NODE")) paused"
+}
+
+cmd_resume() {
+  require_node
+  require_running
+  kill -CONT "$(node_pid "$NODE")"
+  echo "$NODE (pid $(node_pid "$NODE")) resumed"
+}
+
+# partition/heal: the node's Raft traffic to and from the rest of its group is dropped (by the
+# node itself: fault injection). Clients and nameservers still reach it.
+cmd_partition() {
+  require_node
+  require_running
+  local d others="" n
+  d=$(node_dir "$NODE")
+  [[ -f $d/peers ]] || die "$NODE is not a member of a replica group"
+  [[ $(node_attr "$NODE" fault_injection false) == true ]] ||
+    die "$NODE runs without fault injection (create the cluster with: up --fault-injection)"
+  recorded_binaries
+  for n in $(list_nodes); do
+    if [[ $n != "$NODE" && $(node_attr "$n" broker_name) == $(<"$d/broker_name") ]]; then
+      others+=" $(<"$(node_dir "$n")/replica_id")"
+    fi
+  done
+  # shellcheck disable=SC2086 # one argument per replica id
+  "$BIN_DIR/sluice-chaos" fault --addr "$(<"$d/listen")" isolate $others
+  touch "$d/partitioned"
+}
+
+cmd_heal() {
+  require_node
+  require_running
+  local d
+  d=$(node_dir "$NODE")
+  [[ -f $d/peers ]] || die "$NODE is not a member of a replica group"
+  recorded_binaries
+  "$BIN_DIR/sluice-chaos" fault --addr "$(<"$d/listen")" heal
+  rm -f "$d/partitioned"
 }
 
 cmd_restart() {
@@ -431,23 +690,46 @@ COMMAND=""
 NODE=""
 DIR=${SLUICE_CLUSTER_DIR:-./.cluster}
 NAMESERVERS=1
-NAMESERVERS_GIVEN=0
+GROUPS_N=1
+REPLICAS=1
+FAULT_INJECTION=false
+SHAPE_GIVEN=0
 FOLLOW=0
+# Value of option $1 given as "$1 VALUE" (shifts 2) or "$1=VALUE" (shifts 1): sets OPT_VALUE
+# and OPT_SHIFT.
+opt_value() {
+  if [[ $2 == *=* ]]; then
+    OPT_VALUE=${2#*=}
+    OPT_SHIFT=1
+  else
+    (($3 >= 2)) || die "$1 needs a value"
+    OPT_VALUE=$4
+    OPT_SHIFT=2
+  fi
+}
 while (($# > 0)); do
   case $1 in
-    --dir)
-      (($# >= 2)) || die "--dir needs a value"
-      DIR=$2
-      shift 2
+    --dir | --dir=*)
+      opt_value --dir "$1" $# "${2:-}"
+      DIR=$OPT_VALUE
+      shift "$OPT_SHIFT"
       ;;
-    --dir=*) DIR=${1#--dir=}; shift ;;
-    --nameservers)
-      (($# >= 2)) || die "--nameservers needs a value"
-      NAMESERVERS=$2
-      NAMESERVERS_GIVEN=1
-      shift 2
+    --nameservers | --nameservers=*)
+      opt_value --nameservers "$1" $# "${2:-}"
+      NAMESERVERS=$OPT_VALUE SHAPE_GIVEN=1
+      shift "$OPT_SHIFT"
       ;;
-    --nameservers=*) NAMESERVERS=${1#--nameservers=} NAMESERVERS_GIVEN=1; shift ;;
+    --groups | --groups=*)
+      opt_value --groups "$1" $# "${2:-}"
+      GROUPS_N=$OPT_VALUE SHAPE_GIVEN=1
+      shift "$OPT_SHIFT"
+      ;;
+    --replicas | --replicas=*)
+      opt_value --replicas "$1" $# "${2:-}"
+      REPLICAS=$OPT_VALUE SHAPE_GIVEN=1
+      shift "$OPT_SHIFT"
+      ;;
+    --fault-injection) FAULT_INJECTION=true SHAPE_GIVEN=1; shift ;;
     -f | --follow) FOLLOW=1; shift ;;
     -h | --help) usage 0 ;;
     -*)
@@ -470,12 +752,19 @@ done
 if ! is_uint "$NAMESERVERS" || ((10#$NAMESERVERS < 1)); then
   die "--nameservers must be a positive integer"
 fi
+if ! is_uint "$GROUPS_N" || ((10#$GROUPS_N < 1 || 10#$GROUPS_N > 26)); then
+  die "--groups must be within 1..26"
+fi
+if ! is_uint "$REPLICAS" || ((10#$REPLICAS < 1 || 10#$REPLICAS > 9)); then
+  die "--replicas must be within 1..9"
+fi
+NAMESERVERS=$((10#$NAMESERVERS)) GROUPS_N=$((10#$GROUPS_N)) REPLICAS=$((10#$REPLICAS))
 is_uint "$READY_TIMEOUT" || die "SLUICE_READY_TIMEOUT must be whole seconds"
 is_uint "$STOP_TIMEOUT" || die "SLUICE_STOP_TIMEOUT must be whole seconds"
 
 [[ -n $COMMAND ]] || usage 2
 case $COMMAND in
-  up | down | status | kill | restart | logs) ;;
+  up | down | status | nodes | nameservers | kill | kill-master | pause | resume | partition | heal | restart | logs) ;;
   *)
     echo "cluster.sh: unknown command $COMMAND" >&2
     usage 2
@@ -489,17 +778,30 @@ fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 
-# One cluster.sh at a time per directory; different directories never collide.
-if [[ $COMMAND != logs && $COMMAND != status ]] && command -v flock >/dev/null; then
-  exec 9>"$DIR/.lock"
-  flock -n 9 || die "another cluster.sh is working on $DIR"
-fi
+# One cluster.sh at a time per directory; different directories never collide. Read-only
+# commands and signals (pause/resume/partition/heal) do not wait for the lock, so a chaos run
+# can act while nobody else changes the node set.
+case $COMMAND in
+  up | down | kill | kill-master | restart)
+    if command -v flock >/dev/null; then
+      exec 9>"$DIR/.lock"
+      flock -w "$READY_TIMEOUT" 9 || die "another cluster.sh is working on $DIR"
+    fi
+    ;;
+esac
 
 case $COMMAND in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  nodes) cmd_nodes ;;
+  nameservers) cmd_nameservers ;;
   kill) cmd_kill ;;
+  kill-master) cmd_kill_master ;;
+  pause) cmd_pause ;;
+  resume) cmd_resume ;;
+  partition) cmd_partition ;;
+  heal) cmd_heal ;;
   restart) cmd_restart ;;
   logs) cmd_logs ;;
 esac

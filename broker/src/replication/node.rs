@@ -70,6 +70,9 @@ impl From<raft::Error> for NodeError {
     }
 }
 
+/// Fewest ticks a candidate waits for votes before it campaigns again.
+const CANDIDATE_RETRY_MIN: usize = 2;
+
 /// Bounds the Ready rounds of one `process_ready` (each round normally settles the next).
 const MAX_READY_ROUNDS: usize = 16;
 
@@ -419,6 +422,17 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
         let (lo, hi) = self.election_range;
         let t = self.rng.gen_range(lo..hi);
         self.raw.raft.set_randomized_election_timeout(t);
+        if self.raw.raft.state == StateRole::Candidate {
+            // A candidate hears back within a few round trips; if it has not won by then,
+            // the vote was most likely split with another candidate (both passed pre-vote
+            // at once), and waiting a whole election timeout again would double the
+            // failover. Retry after a short random wait instead: a few ticks, still
+            // randomised so the two candidates drift apart.
+            let wait = self
+                .rng
+                .gen_range(CANDIDATE_RETRY_MIN..(lo / 2).max(1) + CANDIDATE_RETRY_MIN);
+            self.raw.raft.election_elapsed = t.saturating_sub(wait);
+        }
     }
 
     /// Notices role/term transitions and publishes the role.

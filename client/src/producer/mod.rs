@@ -1,17 +1,19 @@
-//! Sending messages: one at a time with an ack, many in flight, or a batch to one queue.
+//! Sending messages: one at a time with an ack, many in flight (grouped into batches per
+//! queue by the accumulator), or a batch to one queue.
 
+mod accumulator;
 mod select;
+mod sender;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use sluice_proto::v1::{self, SendRequest, SendResponse};
-use sluice_proto::{names, ApiError, ErrorCode};
-use tokio::sync::Semaphore;
+use sluice_proto::{names, ApiError};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 pub use select::QueueSelector;
 use select::{pick, Routing};
@@ -20,9 +22,9 @@ use crate::client::ClientCore;
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
-use crate::message_id::{hostname, new_message_id};
-use crate::route::MessageQueue;
 use crate::rpc;
+use accumulator::{AccumulatorHandle, BatchLimits, Queued, Waiter};
+use sender::{now_ms, Sender};
 
 /// Builder for a [`Producer`].
 pub struct ProducerBuilder {
@@ -30,6 +32,8 @@ pub struct ProducerBuilder {
     retries: u32,
     send_timeout: Option<Duration>,
     max_in_flight: usize,
+    batching: bool,
+    limits: BatchLimits,
 }
 
 impl ProducerBuilder {
@@ -52,6 +56,33 @@ impl ProducerBuilder {
         self
     }
 
+    /// Whether [`Producer::send_async`] groups messages per queue into one request (default
+    /// true). Without batching every message is its own request and messages of one queue
+    /// may be stored in any order.
+    pub fn batching(mut self, on: bool) -> Self {
+        self.batching = on;
+        self
+    }
+
+    /// Most messages in one batch (default 1024; the broker takes up to 10,000).
+    pub fn batch_max_messages(mut self, n: usize) -> Self {
+        self.limits.max_messages = n;
+        self
+    }
+
+    /// Most encoded bytes in one batch (default 1 MiB); a larger message travels alone.
+    pub fn batch_max_bytes(mut self, bytes: usize) -> Self {
+        self.limits.max_bytes = bytes;
+        self
+    }
+
+    /// How long a message may wait for others to join its batch when its queue has no batch
+    /// on the wire (default 0: it leaves at once; batches still form while one is out).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.limits.linger = linger;
+        self
+    }
+
     /// Creates the producer. Must be called inside a tokio runtime.
     pub fn build(self) -> Result<Producer> {
         if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS {
@@ -61,13 +92,23 @@ impl ProducerBuilder {
         if send_timeout.is_zero() {
             return Err(Error::Config("send timeout must be above zero".into()));
         }
+        if self.limits.max_messages == 0 || self.limits.max_messages > MAX_BATCH_MESSAGES {
+            return Err(Error::Config(format!(
+                "batch_max_messages must be in 1..={MAX_BATCH_MESSAGES}"
+            )));
+        }
+        if self.limits.max_bytes == 0 {
+            return Err(Error::Config("batch_max_bytes must be above zero".into()));
+        }
         let core = ClientCore::new(self.config)?;
+        let sender = Arc::new(Sender::new(core, self.retries, send_timeout));
+        let accumulator = self
+            .batching
+            .then(|| AccumulatorHandle::start(sender.clone(), self.limits));
         Ok(Producer {
             inner: Arc::new(Inner {
-                core,
-                retries: self.retries,
-                send_timeout,
-                rr: AtomicUsize::new(rand::random::<u16>() as usize),
+                sender,
+                accumulator,
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
                 max_in_flight: self.max_in_flight,
                 closed: AtomicBool::new(false),
@@ -76,72 +117,51 @@ impl ProducerBuilder {
     }
 }
 
-/// Sends messages to topics. Cheap to clone; clones share connections, routes and the
-/// round-robin position.
+/// The broker's limit of messages in one Send request.
+const MAX_BATCH_MESSAGES: usize = 10_000;
+
+/// Sends messages to topics. Cheap to clone; clones share connections, routes, the
+/// round-robin position and the batches of [`send_async`](Self::send_async).
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    core: Arc<ClientCore>,
-    retries: u32,
-    send_timeout: Duration,
-    rr: AtomicUsize,
+    sender: Arc<Sender>,
+    /// None when batching is off.
+    accumulator: Option<AccumulatorHandle>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
     closed: AtomicBool,
 }
 
-struct FailedAttempt {
-    error: Error,
-    /// The broker that failed, to avoid on the next attempt.
-    broker: Option<String>,
-    /// The route generation the attempt used (0: no route).
-    route_generation: u64,
-    /// The address the attempt went to.
-    addr: Option<String>,
-}
-
-/// What one send learned from its failed attempts.
-#[derive(Default)]
-struct RetryState {
-    /// Round-robin position of this attempt.
-    rr: usize,
-    /// The broker that failed last, avoided when another one has queues.
-    avoid: Option<String>,
-    hint: Option<MasterHint>,
-}
-
-/// Where NOT_MASTER said the master is, used until the route catches up.
-struct MasterHint {
-    broker: String,
-    stale: String,
-    master: String,
+enum Pending {
+    Task(tokio::task::JoinHandle<Result<SendReceipt>>),
+    Queued(oneshot::Receiver<Result<SendReceipt>>),
 }
 
 /// A send in flight; resolves to its receipt.
-pub struct SendHandle(tokio::task::JoinHandle<Result<SendReceipt>>);
+pub struct SendHandle(Pending);
 
 impl Future for SendHandle {
     type Output = Result<SendReceipt>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map(|joined| {
-            joined.unwrap_or_else(|e| {
-                Err(Error::Api(ApiError::internal(format!(
-                    "send task failed: {e}"
-                ))))
-            })
-        })
+        match &mut self.0 {
+            Pending::Task(task) => Pin::new(task).poll(cx).map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(Error::Api(ApiError::internal(format!(
+                        "send task failed: {e}"
+                    ))))
+                })
+            }),
+            // The accumulator always answers unless the runtime is going away.
+            Pending::Queued(rx) => Pin::new(rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or(Err(Error::Shutdown("producer")))),
+        }
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl Producer {
@@ -151,6 +171,12 @@ impl Producer {
             retries: 2,
             send_timeout: None,
             max_in_flight: 1024,
+            batching: true,
+            limits: BatchLimits {
+                max_messages: 1024,
+                max_bytes: 1 << 20,
+                linger: Duration::ZERO,
+            },
         }
     }
 
@@ -177,7 +203,21 @@ impl Producer {
 
     /// Starts a send and returns once it is under way (waiting only when `max_in_flight` sends are
     /// already pending). Await the handle for the receipt.
+    ///
+    /// With batching on (the default), messages for the same queue are grouped into one
+    /// request, and messages of one queue (same key, or same selector choice) are stored in
+    /// the order of their `send_async` calls.
     pub async fn send_async(&self, message: Message) -> Result<SendHandle> {
+        self.send_async_routed(message, Routing::RoundRobin).await
+    }
+
+    /// [`send_async`](Self::send_async) with a sharding key (see [`send_with_key`](Self::send_with_key)).
+    pub async fn send_async_with_key(&self, message: Message, key: &str) -> Result<SendHandle> {
+        self.send_async_routed(message, Routing::Key(key.to_string()))
+            .await
+    }
+
+    async fn send_async_routed(&self, message: Message, routing: Routing) -> Result<SendHandle> {
         self.check_open()?;
         let permit = self
             .inner
@@ -186,12 +226,89 @@ impl Producer {
             .acquire_owned()
             .await
             .map_err(|_| Error::Shutdown("producer"))?;
+        if let Some(acc) = &self.inner.accumulator {
+            // Without a route or a writable queue yet, the direct path retries and refreshes.
+            if let Some(queue) = self.resolve_queue(&message, &routing).await {
+                let (tx, rx) = oneshot::channel();
+                let item = Queued {
+                    reroutable: matches!(routing, Routing::RoundRobin),
+                    wire: self.inner.sender.to_wire(message, now_ms()),
+                    waiter: Waiter {
+                        reply: tx,
+                        permit: Some(permit),
+                    },
+                };
+                acc.send(queue, item);
+                return Ok(SendHandle(Pending::Queued(rx)));
+            }
+        }
+        Ok(self.spawn_direct(message, routing, permit))
+    }
+
+    /// The queue a message goes to, from the cached (or first fetched) route.
+    async fn resolve_queue(
+        &self,
+        message: &Message,
+        routing: &Routing,
+    ) -> Option<crate::route::MessageQueue> {
+        if names::validate_topic_name(&message.topic).is_err() {
+            return None;
+        }
+        let routes = &self.inner.sender.core.routes;
+        let route = match routes.cached(&message.topic) {
+            Some(r) => r,
+            None => routes.get(&message.topic).await.ok()?,
+        };
+        let queues = route.writable_queues();
+        let rr = match routing {
+            Routing::RoundRobin => self.inner.sender.next_rr(),
+            _ => 0,
+        };
+        pick(queues, routing, rr, None, Some(message)).map(|i| queues[i].clone())
+    }
+
+    fn spawn_direct(
+        &self,
+        message: Message,
+        routing: Routing,
+        permit: OwnedSemaphorePermit,
+    ) -> SendHandle {
         let this = self.clone();
-        Ok(SendHandle(tokio::spawn(async move {
-            let result = this.send(message).await;
+        SendHandle(Pending::Task(tokio::spawn(async move {
+            let result = this.send_routed(message, routing).await;
             drop(permit);
             result
         })))
+    }
+
+    /// Fetches a topic's route and opens connections to its masters, so that the first send
+    /// does not pay for them.
+    pub async fn prepare(&self, topic: &str) -> Result<()> {
+        names::validate_topic_name(topic)?;
+        let core = &self.inner.sender.core;
+        let route = core.routes.get(topic).await?;
+        let t = core.timeout();
+        for (_, addr) in route.masters() {
+            let mut client = core.broker(&addr)?;
+            rpc::call(
+                &addr,
+                t,
+                client.get_broker_status(rpc::request(
+                    sluice_proto::v1::GetBrokerStatusRequest {},
+                    t,
+                )),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every message queued by [`send_async`](Self::send_async) now, without lingering,
+    /// and waits until those queued before the call are acknowledged or failed.
+    pub async fn flush(&self) {
+        if let Some(acc) = &self.inner.accumulator {
+            acc.flush().await;
+        }
     }
 
     /// Sends messages of one topic to one queue in one request: all are stored or none.
@@ -209,16 +326,19 @@ impl Producer {
             .await
     }
 
-    /// Refuses new sends and waits (bounded) for the pending ones to finish.
+    /// Refuses new sends, sends what the accumulator holds and waits (bounded) for the pending
+    /// sends to finish.
     pub async fn shutdown(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let attempts = self.inner.retries + 1;
-        let bound = self.inner.send_timeout * attempts + Duration::from_secs(1);
+        let attempts = self.inner.sender.retries + 1;
+        let bound = self.inner.sender.send_timeout * attempts + Duration::from_secs(1);
         let all = u32::try_from(self.inner.max_in_flight).unwrap_or(u32::MAX);
-        if tokio::time::timeout(bound, self.inner.in_flight.acquire_many(all))
-            .await
-            .is_err()
-        {
+        let drained = async {
+            self.flush().await;
+            // Direct sends hold their slot until they finish.
+            self.inner.in_flight.acquire_many(all).await
+        };
+        if tokio::time::timeout(bound, drained).await.is_err() {
             tracing::warn!("producer shut down with sends still pending");
         }
         self.inner.in_flight.close();
@@ -240,7 +360,7 @@ impl Producer {
 
     async fn send_batch_routed(
         &self,
-        messages: Vec<Message>,
+        mut messages: Vec<Message>,
         routing: Routing,
     ) -> Result<Vec<SendReceipt>> {
         self.check_open()?;
@@ -255,166 +375,20 @@ impl Producer {
                 m.topic
             )));
         }
-        // Ids and birth time are fixed before the first attempt, so a retry keeps them.
         let born = now_ms();
-        let host = hostname();
-        let wire: Vec<v1::Message> = messages
-            .iter()
-            .map(|m| v1::Message {
-                topic: String::new(),
-                body: m.body.clone(),
-                tag: m.tag.clone(),
-                keys: m.keys.clone(),
-                properties: m.properties.clone(),
-                flag: m.flag,
-                message_id: new_message_id(),
-                born_timestamp_ms: born,
-                born_host: host.clone(),
-            })
-            .collect();
-        self.send_with_retries(&topic, first, wire, routing).await
-    }
-
-    async fn send_with_retries(
-        &self,
-        topic: &str,
-        first: &Message,
-        wire: Vec<v1::Message>,
-        routing: Routing,
-    ) -> Result<Vec<SendReceipt>> {
-        let rr_start = self.inner.rr.fetch_add(1, Ordering::Relaxed);
-        let mut state = RetryState::default();
-        let mut attempt: u32 = 0;
-        loop {
-            state.rr = rr_start.wrapping_add(attempt as usize);
-            let failed = match self.attempt(topic, first, &wire, &routing, &state).await {
-                Ok(receipts) => return Ok(receipts),
-                Err(failed) => failed,
-            };
-            let err = failed.error;
-            if !err.is_retryable() || attempt >= self.inner.retries {
-                return Err(err);
-            }
-            tracing::debug!(topic, attempt, error = %err, "send failed; retrying");
-            if let (Some(api), Some(broker), Some(stale)) =
-                (err.api(), &failed.broker, &failed.addr)
-            {
-                if api.code == ErrorCode::NotMaster && !api.master_address.is_empty() {
-                    state.hint = Some(MasterHint {
-                        broker: broker.clone(),
-                        stale: stale.clone(),
-                        master: api.master_address.clone(),
-                    });
-                }
-            }
-            if err.is_routing() {
-                // A failed refresh keeps the old route; the next attempt avoids the broker anyway.
-                let refreshed = self
-                    .inner
-                    .core
-                    .routes
-                    .refresh(topic, failed.route_generation)
-                    .await;
-                // With nowhere else to go (one broker group, in failover), pause a little so the
-                // retries span more than a few milliseconds.
-                let elsewhere = refreshed.is_ok_and(|r| {
-                    r.writable_queues()
-                        .iter()
-                        .any(|q| Some(&q.broker_name) != failed.broker.as_ref())
-                });
-                if !elsewhere && state.hint.is_none() {
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
-                }
-            }
-            if failed.broker.is_some() {
-                state.avoid = failed.broker;
-            }
-            attempt += 1;
-        }
-    }
-
-    /// One try: look up the route, pick a queue, send.
-    async fn attempt(
-        &self,
-        topic: &str,
-        first: &Message,
-        wire: &[v1::Message],
-        routing: &Routing,
-        state: &RetryState,
-    ) -> Result<Vec<SendReceipt>, FailedAttempt> {
-        let route = self
-            .inner
-            .core
-            .routes
-            .get(topic)
-            .await
-            .map_err(|error| FailedAttempt {
-                error,
-                broker: None,
-                route_generation: 0,
-                addr: None,
-            })?;
-        let queues = route.writable_queues();
-        let fail = |error, broker, addr| FailedAttempt {
-            error,
-            broker,
-            route_generation: route.generation,
-            addr,
+        // Custom selectors look at the first message on every attempt; the others move.
+        let selector_input = match routing {
+            Routing::Custom(_) => Some(messages.remove(0)),
+            _ => None,
         };
-        let Some(idx) = pick(queues, routing, state.rr, state.avoid.as_deref(), first) else {
-            return Err(fail(
-                Error::no_route(topic, "no writable queue with a master"),
-                None,
-                None,
-            ));
-        };
-        let queue = &queues[idx];
-        let mut addr = route.master_address(&queue.broker_name).unwrap_or_default();
-        if let Some(h) = &state.hint {
-            if h.broker == queue.broker_name && h.stale == addr {
-                addr = &h.master;
-            }
+        let sender = &self.inner.sender;
+        let mut wire = Vec::with_capacity(messages.len() + 1);
+        if let Some(m) = &selector_input {
+            wire.push(sender.to_wire(m.clone(), born));
         }
-        self.send_once(addr, queue, wire.to_vec())
+        wire.extend(messages.into_iter().map(|m| sender.to_wire(m, born)));
+        sender
+            .send_with_retries(&topic, selector_input.as_ref(), &wire, &routing)
             .await
-            .map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
-    }
-
-    async fn send_once(
-        &self,
-        addr: &str,
-        queue: &MessageQueue,
-        messages: Vec<v1::Message>,
-    ) -> Result<Vec<SendReceipt>> {
-        let count = messages.len();
-        let timeout = self.inner.send_timeout;
-        let mut client = self.inner.core.broker(addr)?;
-        let req = rpc::request(
-            SendRequest {
-                topic: queue.topic.clone(),
-                queue_id: queue.queue_id,
-                messages,
-            },
-            timeout,
-        );
-        let resp: SendResponse = rpc::call(addr, timeout, client.send(req)).await?;
-        if resp.results.len() != count {
-            return Err(Error::Api(ApiError::internal(format!(
-                "broker {addr} acknowledged {} of {count} messages",
-                resp.results.len()
-            ))));
-        }
-        Ok(resp
-            .results
-            .into_iter()
-            .map(|r| SendReceipt {
-                message_id: r.message_id,
-                topic: queue.topic.clone(),
-                broker_name: resp.broker_name.clone(),
-                queue_id: resp.queue_id,
-                queue_offset: r.queue_offset,
-                commit_log_offset: r.commit_log_offset,
-            })
-            .collect())
     }
 }

@@ -181,7 +181,10 @@ mod tests {
         assert_eq!(pick(&qs, &fixed("b", 1, false), 0, None, None), Some(3));
         assert_eq!(pick(&qs, &fixed("a", 1, true), 0, None, None), Some(1));
         // After broker a failed: a keyed batch stays, a round-robin batch moves to b.
-        assert_eq!(pick(&qs, &fixed("a", 1, false), 0, Some("a"), None), Some(1));
+        assert_eq!(
+            pick(&qs, &fixed("a", 1, false), 0, Some("a"), None),
+            Some(1)
+        );
         assert_eq!(pick(&qs, &fixed("a", 1, true), 0, Some("a"), None), Some(2));
         // The queue left the route (its broker lost its master).
         assert_eq!(pick(&qs, &fixed("c", 0, false), 0, None, None), None);
