@@ -16,6 +16,8 @@ use crate::topics::TopicTable;
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// A nameserver that came back (restart) is found again within this, whatever the heartbeat.
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 pub struct Registrar {
     pub identity: Identity,
@@ -71,7 +73,7 @@ impl Registrar {
             } else {
                 // Retry a missing nameserver sooner than the heartbeat, backing off up to it.
                 let w = retry.min(self.interval);
-                retry = (retry * 2).min(self.interval);
+                retry = (retry * 2).min(self.interval).min(MAX_RETRY);
                 w
             };
             tokio::select! {

@@ -1,5 +1,5 @@
 //! The commit log in Raft mode as the replica group's log: the Raft log *is* the commit log
-//! (see `raft_interface.md`): a send is proposed as commit-log records, persisted by the
+//! (see `docs/replication.md`): a send is proposed as commit-log records, persisted by the
 //! store's single writer on every replica (which fills in offsets, term and index), and
 //! becomes visible to consumers when the applier moves the confirmed offset past it.
 

@@ -1,4 +1,4 @@
-//! Raft entry data as commit-log records (raft mode; see `raft_interface.md`).
+//! Raft entry data as commit-log records (raft mode; see `docs/replication.md`).
 //!
 //! A proposal is a run of records encoded with queue offset, physical offset, term and entry
 //! index zero but a valid CRC. The writer fills those fields in when it persists the entry, so

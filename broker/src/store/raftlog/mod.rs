@@ -1,4 +1,4 @@
-//! Raft mode: the commit log is the Raft log (see `raft_interface.md`).
+//! Raft mode: the commit log is the Raft log (see `docs/replication.md`).
 //!
 //! Every raft entry is one or more commit-log records written contiguously into one segment;
 //! the writer fills in positions, term and index (`writer/raft_ops.rs`). On top of the log:
