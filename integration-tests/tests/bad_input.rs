@@ -206,3 +206,53 @@ async fn long_poll_returns_when_a_message_arrives_and_at_timeout() {
     assert_eq!(&got.messages[0].body[..], b"wake");
     assert_eq!(got.next_offset, 1);
 }
+
+#[tokio::test]
+async fn auto_create_topics_creates_on_first_send_with_the_default_queue_count() {
+    let opts = ClusterOptions {
+        extra_broker_toml: "auto_create_topics = true\ndefault_queues = 3\n".into(),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(1, opts).unwrap();
+    let mut b = cluster.broker_client(0).await.unwrap();
+    let r = b
+        .send(SendRequest {
+            topic: "born-on-send".into(),
+            queue_id: 2,
+            messages: vec![msg(b"first")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].queue_offset, 0);
+    let topics = b
+        .list_topics(BrokerListTopicsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .topics;
+    let t = topics
+        .iter()
+        .find(|t| t.name == "born-on-send")
+        .expect("auto-created");
+    assert_eq!((t.read_queues, t.write_queues), (3, 3));
+    // Queue ids past the default count are still refused, and bad names are not auto-created.
+    let e = code(
+        b.send(SendRequest {
+            topic: "born-on-send".into(),
+            queue_id: 3,
+            messages: vec![msg(b"x")],
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::QueueNotFound, "{e}");
+    let e = code(
+        b.send(SendRequest {
+            topic: "bad name".into(),
+            queue_id: 0,
+            messages: vec![msg(b"x")],
+        })
+        .await,
+    );
+    assert_eq!(e.code, ErrorCode::InvalidTopicName, "{e}");
+}

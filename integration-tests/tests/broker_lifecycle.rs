@@ -146,3 +146,85 @@ async fn brokers_leave_the_nameserver_on_expiry_or_at_once_on_clean_stop() {
         "dropped before the expiry"
     );
 }
+
+#[tokio::test]
+async fn broker_without_a_nameserver_keeps_retrying_and_registers_once_one_is_up() {
+    use sluice_integration_tests::{bin, Node};
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on yet: bind, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ns_addr = format!("127.0.0.1:{port}");
+    let broker_dir = dir.path().join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let _broker = Node::start(
+        "broker",
+        bin("sluice-broker"),
+        &broker_dir,
+        vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            broker_dir.join("data").display().to_string(),
+            "--nameservers".into(),
+            ns_addr.clone(),
+            "--broker-name".into(),
+            "lonely".into(),
+        ],
+    )
+    .unwrap();
+    // It serves clients and says why it is not registered.
+    let log = || std::fs::read_to_string(broker_dir.join("node.log")).unwrap_or_default();
+    wait_until(
+        Duration::from_secs(10),
+        "a log line about the unreachable nameserver",
+        || async {
+            let l = log();
+            l.contains("cannot register") && l.contains(&ns_addr)
+        },
+    )
+    .await
+    .unwrap();
+
+    // The nameserver comes up on that port later; the broker finds it without a restart.
+    let ns = Node::start(
+        "nameserver",
+        bin("sluice-nameserver"),
+        &dir.path().join("ns"),
+        vec![
+            "--listen".into(),
+            ns_addr.clone(),
+            "--data-dir".into(),
+            dir.path().join("ns/data").display().to_string(),
+        ],
+    );
+    let Ok(_ns) = ns else {
+        // Another process took the released port in between: nothing to test against.
+        eprintln!("port {port} was taken before the nameserver could bind it; skipping");
+        return;
+    };
+    let registered = wait_until(Duration::from_secs(15), "the broker registered", || async {
+        let Ok(ch) = tonic::transport::Channel::from_shared(format!("http://{ns_addr}"))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        let mut ns = sluice_proto::v1::name_server_client::NameServerClient::new(ch);
+        ns.get_cluster_info(GetClusterInfoRequest {})
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .brokers
+                    .iter()
+                    .any(|b| b.broker_name == "lonely")
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    registered.unwrap();
+}
