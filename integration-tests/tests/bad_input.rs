@@ -1,6 +1,8 @@
 //! Every bad input gets a clear error code, never a panic or a dropped connection.
 
-use sluice_integration_tests::{create_topic_request, Cluster, ClusterOptions};
+use std::time::Duration;
+
+use sluice_integration_tests::{create_topic_request, wait_until, Cluster, ClusterOptions};
 use sluice_proto::v1::*;
 use sluice_proto::{ApiError, ErrorCode};
 
@@ -104,6 +106,31 @@ async fn bad_inputs_get_clear_errors() {
         .unwrap()
         .into_inner();
     assert_eq!(sent.results.len(), 3);
+    // Acked means written; consume queues are built just after (dispatch), so wait for them.
+    let probe = b.clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the three messages visible",
+        || {
+            let mut probe = probe.clone();
+            async move {
+                probe
+                    .get_queue_offsets(GetQueueOffsetsRequest {
+                        topic: "orders".into(),
+                    })
+                    .await
+                    .map(|r| {
+                        r.into_inner()
+                            .queues
+                            .iter()
+                            .any(|q| q.queue_id == 1 && q.max_offset == 3)
+                    })
+                    .unwrap_or(false)
+            }
+        },
+    )
+    .await
+    .unwrap();
     let e = code(
         b.pull(PullRequest {
             group: "g".into(),
