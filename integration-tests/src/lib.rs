@@ -212,6 +212,11 @@ impl Drop for Node {
     }
 }
 
+/// Store budget of test brokers: their disk-usage ratios count against it rather than against
+/// the host's file system, so a host disk filled by something else cannot turn every test into a
+/// DISK_FULL test. The thresholds themselves are tested in the store's retention tests.
+pub const TEST_DISK_BUDGET: u64 = 16 << 30;
+
 /// Settings for test clusters: short intervals so expiry and rebalancing happen in seconds.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -281,7 +286,8 @@ impl Cluster {
             format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\nnameservers = [\"{}\"]\n\
                  cluster_name = \"it\"\nbroker_name = \"{name}\"\nflush = \"{}\"\n\
-                 heartbeat_interval_ms = {}\nconsumer_expiry_ms = 3000\nsegment_size = 4194304\n{}\n",
+                 heartbeat_interval_ms = {}\nconsumer_expiry_ms = 3000\nsegment_size = 4194304\n\
+                 disk_budget_bytes = {TEST_DISK_BUDGET}\n{}\n",
                 dir.join("data").display(),
                 self.nameserver.addr,
                 self.opts.flush,

@@ -148,7 +148,7 @@ impl ReplicaCluster {
                     "listen = \"{addr}\"\ndata_dir = \"{data}\"\nnameservers = [\"{nameserver}\"]\n\
                      cluster_name = \"it\"\nbroker_name = \"{GROUP}\"\nreplica_id = {id}\n\
                      flush = \"{flush}\"\nack = \"{ack}\"\nheartbeat_interval_ms = {hb}\n\
-                     consumer_expiry_ms = 3000\nsegment_size = {seg}\nraft_tick_ms = {tick}\n\
+                     consumer_expiry_ms = 3000\nsegment_size = {seg}\ndisk_budget_bytes = {budget}\nraft_tick_ms = {tick}\n\
                      election_ticks = {el}\nmax_election_ticks = {mel}\n\
                      enable_fault_injection = {fi}\nlearners = {learners:?}\n\
                      peers = {{ {peers_toml} }}\n{extra}\n",
@@ -161,6 +161,7 @@ impl ReplicaCluster {
                     mel = opts.max_election_ticks,
                     fi = opts.fault_injection,
                     seg = opts.segment_size,
+                    budget = crate::TEST_DISK_BUDGET,
                     learners = opts.learners,
                     extra = opts.extra_broker_toml,
                 ),
