@@ -37,6 +37,8 @@
 #   SLUICE_RAFT_TICK_MS, SLUICE_ELECTION_TICKS, SLUICE_MAX_ELECTION_TICKS   Raft timing of
 #                          replica groups (default: the broker's, 100 ms and 8..16 ticks)
 #   SLUICE_ACK             ack policy of replica groups, quorum|leader (default quorum)
+#   SLUICE_DISK_BUDGET_BYTES  brokers count disk use against this budget instead of the file
+#                          system (their disk_high/hard ratios apply to it)
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -89,10 +91,16 @@ resolve_binaries() {
     BIN_DIR=$target/release
   fi
   local b
-  for b in sluice-nameserver sluice-broker sluice sluice-chaos; do
+  for b in sluice-nameserver sluice-broker sluice; do
     [[ -x $BIN_DIR/$b ]] || die "no executable $BIN_DIR/$b"
   done
   echo "$BIN_DIR" >"$DIR/bin_dir"
+}
+
+# sluice-chaos picks ports for replica groups and sends fault-injection requests.
+require_chaos_binary() {
+  [[ -x $BIN_DIR/sluice-chaos ]] ||
+    die "no executable $BIN_DIR/sluice-chaos (needed for replica groups and partitions; it is built with -p sluice-client)"
 }
 
 # Sets BIN_DIR from what `up` recorded (restart and status must not rebuild).
@@ -220,6 +228,9 @@ broker_command() {
     if [[ -n ${SLUICE_HEARTBEAT_MS:-} ]]; then
       echo "heartbeat_interval_ms = $SLUICE_HEARTBEAT_MS"
     fi
+    if [[ -n ${SLUICE_DISK_BUDGET_BYTES:-} ]]; then
+      echo "disk_budget_bytes = $SLUICE_DISK_BUDGET_BYTES"
+    fi
     if [[ -f $d/peers ]]; then
       echo "replica_id = $(<"$d/replica_id")"
       echo "ack = $(toml_str "${SLUICE_ACK:-quorum}")"
@@ -340,17 +351,30 @@ wait_registered() {
   done
 }
 
-# `sluice cluster status` rows (no header) of broker group $1: CLUSTER BROKER REPLICA ROLE
-# ADDRESS ... STATUS, as the table prints them (no field contains blanks).
-group_status_rows() {
-  "$BIN_DIR/sluice" --nameservers "$(<"$DIR/nameservers")" cluster status 2>/dev/null |
-    awk -v g="$1" 'NR > 1 && $2 == g'
+# `sluice cluster status --json` as lines "BROKER_NAME REPLICA_ID ROLE REACHABLE TERM ADDRESS",
+# one per broker replica. The JSON is pretty-printed, one field a line, one object per replica:
+# plain awk reads it without jq.
+status_rows() {
+  "$BIN_DIR/sluice" --nameservers "$(<"$DIR/nameservers")" cluster status --json 2>/dev/null |
+    awk '
+      /^[[:space:]]*"[a-z_]+": / {
+        line = $0
+        sub(/^[[:space:]]*"/, "", line)
+        key = line; sub(/".*/, "", key)
+        val = line; sub(/^[^"]*": /, "", val); sub(/,[[:space:]]*$/, "", val); gsub(/"/, "", val)
+        f[key] = val
+      }
+      /^[[:space:]]*}/ {
+        if ("broker_name" in f) print f["broker_name"], f["replica_id"], f["role"], f["reachable"], f["term"], f["address"]
+        split("", f)
+      }'
 }
 
-# Prints the address of group $1's master: a replica that answers and reports MASTER (the
-# broker's own view, newer than any registration).
+# Prints the address of group $1's master: among its replicas that answer and report MASTER
+# (the broker's own view, newer than any registration), the one with the highest term.
 group_master_address() {
-  group_status_rows "$1" | awk '$4 == "MASTER" && $NF == "ok" { print $5; exit }'
+  status_rows | awk -v g="$1" '$1 == g && $3 == "MASTER" && $4 == "true"' | sort -k5,5nr |
+    awk 'NR == 1 { print $6 }'
 }
 
 # Waits (bounded) until broker group $1 has a master.
@@ -387,6 +411,7 @@ group_name() {
 # files. Ports are free when picked; a start that finds one taken picks again (see cmd_up).
 assign_group_ports() {
   local group=$1 ports=() i peers=""
+  require_chaos_binary
   mapfile -t ports < <("$BIN_DIR/sluice-chaos" free-ports "$REPLICAS")
   ((${#ports[@]} == REPLICAS)) || die "could not pick $REPLICAS free ports"
   for ((i = 1; i <= REPLICAS; i++)); do
@@ -631,6 +656,7 @@ cmd_partition() {
   [[ $(node_attr "$NODE" fault_injection false) == true ]] ||
     die "$NODE runs without fault injection (create the cluster with: up --fault-injection)"
   recorded_binaries
+  require_chaos_binary
   for n in $(list_nodes); do
     if [[ $n != "$NODE" && $(node_attr "$n" broker_name) == $(<"$d/broker_name") ]]; then
       others+=" $(<"$(node_dir "$n")/replica_id")"
@@ -648,6 +674,7 @@ cmd_heal() {
   d=$(node_dir "$NODE")
   [[ -f $d/peers ]] || die "$NODE is not a member of a replica group"
   recorded_binaries
+  require_chaos_binary
   "$BIN_DIR/sluice-chaos" fault --addr "$(<"$d/listen")" heal
   rm -f "$d/partitioned"
 }

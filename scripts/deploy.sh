@@ -28,9 +28,11 @@
 # Inventory (whitespace-separated; `#` starts a comment):
 #   transport ssh|netns         remote_dir DIR          (default /opt/sluice; netns: next to
 #   ssh_user USER               ssh_options OPTS...      the inventory, .deploy/NAME/root)
+#   service_user USER (ssh: the units' User=; default root)
 #   sudo CMD (default sudo; "-" for none)               cluster_name NAME
 #   flush async|sync   ack quorum|leader   fault_injection true|false
 #   raft_tick_ms N   election_ticks N   max_election_ticks N   heartbeat_interval_ms N
+#   default_queues N   disk_budget_bytes N
 #   broker_expiry_ms N (nameservers)
 #   netns_prefix P  (netns: link names; default the inventory's name)
 #   netns_bridge NS (netns: namespace holding the bridge)   netns_client NS IP/PREFIX
@@ -40,12 +42,14 @@
 # 24 bits). See docs/operations.md.
 #
 # Environment: SLUICE_BIN_DIR (binaries to deploy; else cargo build --release), CARGO_TARGET_DIR,
-# SLUICE_READY_TIMEOUT (default 60 s), SLUICE_STOP_TIMEOUT (default 15 s).
+# SLUICE_READY_TIMEOUT (default 60 s), SLUICE_STOP_TIMEOUT (default 15 s),
+# SLUICE_DEPLOY_DRY_RUN=1 (print the remote commands and copies instead of running them).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
 READY_TIMEOUT=${SLUICE_READY_TIMEOUT:-60}
+DRY_RUN=${SLUICE_DEPLOY_DRY_RUN:-0}
 STOP_TIMEOUT=${SLUICE_STOP_TIMEOUT:-15}
 BINARIES=(sluice-nameserver sluice-broker sluice sluice-chaos)
 
@@ -187,32 +191,44 @@ require_node() {
 
 # ---------------------------------------------------------------- transport
 
+# Runs ARGV, or with SLUICE_DEPLOY_DRY_RUN=1 prints it (shell-quoted) and succeeds silently.
+t_exec() {
+  if [[ $DRY_RUN == 1 ]]; then
+    echo "+ $(shell_quote "$@")"
+  else
+    "$@"
+  fi
+}
+
+# ssh options and login of the ssh transport: sets SSH_OPTS and SSH_TARGET for HOST.
+ssh_target() {
+  SSH_TARGET=$1
+  [[ -n $(setting ssh_user) ]] && SSH_TARGET="$(setting ssh_user)@$1"
+  read -r -a SSH_OPTS <<<"$(setting ssh_options "-o BatchMode=yes -o ConnectTimeout=10")"
+}
+
 # Runs a shell command line on HOST: over ssh, or in the namespace HOST.
 t_run() {
   local host=$1 cmd=$2
   if [[ $TRANSPORT == netns ]]; then
-    ip netns exec "$host" sh -c "$cmd"
+    t_exec ip netns exec "$host" sh -c "$cmd"
   else
-    local target=$host opts=()
-    [[ -n $(setting ssh_user) ]] && target="$(setting ssh_user)@$host"
-    read -r -a opts <<<"$(setting ssh_options "-o BatchMode=yes -o ConnectTimeout=10")"
-    # shellcheck disable=SC2029 # the command line is built here on purpose, quoted for the host
-    ssh "${opts[@]}" "$target" "$cmd"
+    ssh_target "$host"
+    t_exec ssh "${SSH_OPTS[@]}" "$SSH_TARGET" "$cmd"
   fi
 }
 
-# Copies a local file to PATH on HOST (namespaces share this machine's file system).
+# Copies a local file to PATH on HOST (namespaces share this machine's file system). The file
+# lands under a temporary name first, so a running node never sees half a file.
 t_copy() {
   local host=$1 src=$2 dst=$3
   if [[ $TRANSPORT == netns ]]; then
-    cp "$src" "$dst.tmp" && mv -f "$dst.tmp" "$dst"
+    t_exec cp "$src" "$dst.tmp"
   else
-    local target=$host opts=()
-    [[ -n $(setting ssh_user) ]] && target="$(setting ssh_user)@$host"
-    read -r -a opts <<<"$(setting ssh_options "-o BatchMode=yes -o ConnectTimeout=10")"
-    scp -q "${opts[@]}" "$src" "$target:$dst.tmp"
-    t_run "$host" "mv -f $(shell_quote "$dst.tmp" "$dst")"
+    ssh_target "$host"
+    t_exec scp -q "${SSH_OPTS[@]}" "$src" "$SSH_TARGET:$dst.tmp"
   fi
+  t_run "$host" "mv -f $(shell_quote "$dst.tmp" "$dst")"
 }
 
 # ---------------------------------------------------------------- node files
@@ -248,7 +264,7 @@ write_config() {
     echo "flush = $(toml_str "$(setting flush async)")"
     echo "auto_create_topics = $(setting auto_create_topics true)"
     local k
-    for k in heartbeat_interval_ms default_queues; do
+    for k in heartbeat_interval_ms default_queues disk_budget_bytes; do
       [[ -n $(setting $k) ]] && echo "$k = $(setting $k)"
     done
     if (($(group_members "${GROUP[$n]}" | wc -l) > 1)); then
@@ -279,7 +295,6 @@ Wants=network-online.target
 
 [Service]
 Type=simple
-${user:+User=$user}
 WorkingDirectory=$d
 ExecStartPre=/bin/rm -f $d/ready
 ExecStart=$(node_cmdline "$n")
@@ -295,6 +310,9 @@ StandardError=append:$d/node.log
 [Install]
 WantedBy=multi-user.target
 EOF
+  if [[ -n $user ]]; then
+    sed -i "s/^\[Service\]\$/[Service]\nUser=$user/" "$out"
+  fi
 }
 
 # Builds (or finds) the binaries to deploy; sets BIN_DIR.
@@ -343,6 +361,10 @@ cmd_install() {
     t_copy "$h" "$STAGE/$n/$unit" "$d/$unit"
     if [[ $TRANSPORT == ssh ]]; then
       t_run "$h" "$SUDO install -m 644 $(shell_quote "$d/$unit" "/etc/systemd/system/$unit")"
+      if [[ -n $(setting service_user) ]]; then
+        # The service writes its data, log and ready file there.
+        t_run "$h" "$SUDO chown -R $(shell_quote "$(setting service_user)" "$d")"
+      fi
     fi
     verify_unit "$n"
     echo "installed $n on $h ($d)"
@@ -356,6 +378,7 @@ cmd_install() {
 # skipped with a note where systemd-analyze is missing.
 verify_unit() {
   local n=$1 d unit out
+  [[ $DRY_RUN == 1 && $TRANSPORT == netns ]] && return 0
   d=$(node_dir "$n")
   unit=$(unit_name "$n")
   if [[ $TRANSPORT == netns ]]; then
@@ -382,7 +405,9 @@ verify_unit() {
 node_state() {
   local n=$1 d
   d=$(node_dir "$n")
-  if [[ $TRANSPORT == ssh ]]; then
+  if [[ $DRY_RUN == 1 ]]; then
+    echo stopped
+  elif [[ $TRANSPORT == ssh ]]; then
     # shellcheck disable=SC2016 # expanded on the host
     t_run "${HOST[$n]}" 'pid=$(systemctl show -p MainPID --value '"$(unit_name "$n")"'); if [ "${pid:-0}" = 0 ]; then echo stopped; elif grep -q "^[^)]*) T" /proc/$pid/stat 2>/dev/null; then echo paused; else echo running; fi'
   else
@@ -404,6 +429,7 @@ node_pid() {
 # Waits (bounded, on the host) until the node wrote its ready file.
 wait_ready() {
   local n=$1 ready
+  [[ $DRY_RUN == 1 ]] && return 0
   ready=$(shell_quote "$(node_dir "$n")/ready")
   if ! t_run "${HOST[$n]}" "i=0; while [ ! -s $ready ]; do i=\$((i + 1)); [ \$i -gt $((READY_TIMEOUT * 10)) ] && exit 1; sleep 0.1; done"; then
     echo "deploy.sh: $n is not ready after ${READY_TIMEOUT}s; its log:" >&2
@@ -421,7 +447,7 @@ start_node() {
   fi
   rm -f "$STAGE/$n/partitioned"
   if [[ $TRANSPORT == ssh ]]; then
-    t_run "${HOST[$n]}" "$SUDO systemctl enable --now $(unit_name "$n") >/dev/null 2>&1 || $SUDO systemctl start $(unit_name "$n")"
+    t_run "${HOST[$n]}" "$SUDO systemctl enable --now $(unit_name "$n")"
   else
     # setsid: the node outlives `ip netns exec`; the inner shell records its pid, then execs.
     # shellcheck disable=SC2016 # $$ and $@ are for the inner sh
@@ -477,27 +503,45 @@ cmd_kill() {
 
 # Runs the `sluice` CLI on a broker's or nameserver's host against the cluster.
 cluster_status_on() {
-  t_run "$1" "$(shell_quote "$REMOTE_DIR/bin/sluice") --nameservers $(nameserver_list) cluster status"
+  t_run "$1" "$(shell_quote "$REMOTE_DIR/bin/sluice") --nameservers $(nameserver_list) cluster status ${2:-}"
+}
+
+# Reads `sluice cluster status --json` (pretty-printed: one field a line, one object per
+# replica) on stdin; prints "BROKER_NAME REPLICA_ID ROLE REACHABLE TERM ADDRESS" per replica.
+status_rows() {
+  awk '
+    /^[[:space:]]*"[a-z_]+": / {
+      line = $0
+      sub(/^[[:space:]]*"/, "", line)
+      key = line; sub(/".*/, "", key)
+      val = line; sub(/^[^"]*": /, "", val); sub(/,[[:space:]]*$/, "", val); gsub(/"/, "", val)
+      f[key] = val
+    }
+    /^[[:space:]]*}/ {
+      if ("broker_name" in f) print f["broker_name"], f["replica_id"], f["role"], f["reachable"], f["term"], f["address"]
+      split("", f)
+    }'
 }
 
 # Waits until the brokers are registered and every replica group has a master.
 check_cluster() {
-  local n g deadline=$((SECONDS + READY_TIMEOUT)) host out missing
+  local n g deadline=$((SECONDS + READY_TIMEOUT)) host rows missing
+  [[ $DRY_RUN == 1 ]] && return 0
   host=${HOST[${NODES[0]}]}
   while :; do
-    out=$(cluster_status_on "$host" 2>/dev/null || true)
+    rows=$(cluster_status_on "$host" --json 2>/dev/null | status_rows || true)
     missing=""
     for n in "${NODES[@]}"; do
       [[ ${ROLE[$n]} == broker ]] || continue
-      grep -qF "${ADDR[$n]}" <<<"$out" || missing+=" $n"
+      awk -v a="${ADDR[$n]}" '$6 == a { found = 1 } END { exit !found }' <<<"$rows" || missing+=" $n"
     done
     for g in $(list_groups); do
-      awk -v g="$g" 'NR > 1 && $2 == g && $4 == "MASTER" && $NF == "ok" { found = 1 } END { exit !found }' <<<"$out" ||
+      awk -v g="$g" '$1 == g && $3 == "MASTER" && $4 == "true" { found = 1 } END { exit !found }' <<<"$rows" ||
         missing+=" master-of-$g"
     done
     [[ -z $missing ]] && break
     if ((SECONDS >= deadline)); then
-      echo "$out" >&2
+      echo "$rows" >&2
       die "cluster not complete after ${READY_TIMEOUT}s: missing$missing"
     fi
     sleep 0.3
@@ -657,8 +701,10 @@ cmd_partition() {
     done
     t_run "${HOST[$NODE]}" "$(shell_quote "$REMOTE_DIR/bin/sluice-chaos" fault --addr "${ADDR[$NODE]}" isolate "${others[@]}")"
   fi
-  mkdir -p "$STAGE/$NODE"
-  touch "$STAGE/$NODE/partitioned"
+  if [[ $DRY_RUN != 1 ]]; then
+    mkdir -p "$STAGE/$NODE"
+    touch "$STAGE/$NODE/partitioned"
+  fi
 }
 
 cmd_heal() {

@@ -58,6 +58,13 @@ impl ChannelPool {
             .max_encoding_message_size(MAX_GRPC_MESSAGE))
     }
 
+    /// A raw gRPC client to `addr`, for calls with hand-made codecs.
+    pub(crate) fn grpc(&self, addr: &str) -> Result<tonic::client::Grpc<Channel>> {
+        Ok(tonic::client::Grpc::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE))
+    }
+
     pub(crate) fn nameserver(&self, addr: &str) -> Result<NameServerClient<Channel>> {
         Ok(NameServerClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)

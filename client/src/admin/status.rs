@@ -37,8 +37,27 @@ pub struct BrokerStatusRow {
     /// Raft commit and applied indexes of a replicated broker.
     pub commit_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// When a replicated broker acks a send: "quorum" or "leader".
+    pub ack_policy: Option<String>,
+    /// On a group's master: how far each replica of the group has the log.
+    pub replicas: Vec<ReplicaProgressRow>,
     /// Why the broker could not be asked, when it could not.
     pub error: Option<String>,
+}
+
+/// A replica's progress as its group's master sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplicaProgressRow {
+    pub replica_id: u64,
+    pub address: String,
+    /// Highest log index known to be stored on the replica.
+    pub match_index: u64,
+    /// Entries it is behind the master's last index.
+    pub lag: u64,
+    pub learner: bool,
+    pub active: bool,
+    /// PROBE, REPLICATE or SNAPSHOT.
+    pub state: String,
 }
 
 /// Lag of a group on one queue.
@@ -93,6 +112,8 @@ impl Admin {
                     raft_role: None,
                     commit_index: None,
                     applied_index: None,
+                    ack_policy: None,
+                    replicas: Vec::new(),
                     error: None,
                 };
                 match status {
@@ -263,6 +284,20 @@ fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
         row.raft_role = Some(s.raft_role);
         row.commit_index = Some(s.commit_index);
         row.applied_index = Some(s.applied_index);
+        row.ack_policy = (!s.ack_policy.is_empty()).then_some(s.ack_policy);
+        row.replicas = s
+            .replicas
+            .into_iter()
+            .map(|p| ReplicaProgressRow {
+                replica_id: p.replica_id,
+                address: p.address,
+                match_index: p.match_index,
+                lag: p.lag,
+                learner: p.learner,
+                active: p.active,
+                state: p.state,
+            })
+            .collect();
     }
 }
 

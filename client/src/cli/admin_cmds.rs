@@ -153,6 +153,9 @@ pub async fn cluster(admin: &Admin, cmd: ClusterCommand) -> anyhow::Result<()> {
                 "ADDRESS",
                 "MAX_OFFSET",
                 "CONFIRMED",
+                "TERM",
+                "RAFT",
+                "COMMIT",
                 "TOPICS",
                 "DISK",
                 "HEARTBEAT",
@@ -169,6 +172,7 @@ pub async fn cluster(admin: &Admin, cmd: ClusterCommand) -> anyhow::Result<()> {
                     r.confirmed_offset.map_or("-".into(), |o| o.to_string()),
                     r.term.to_string(),
                     r.raft_role.clone().unwrap_or_else(|| "-".into()),
+                    r.commit_index.map_or("-".into(), |c| c.to_string()),
                     r.topic_count.to_string(),
                     r.disk_usage_ratio
                         .map_or("-".into(), |d| format!("{:.1}%", d * 100.0)),
@@ -180,9 +184,44 @@ pub async fn cluster(admin: &Admin, cmd: ClusterCommand) -> anyhow::Result<()> {
                 ]);
             }
             t.print()?;
-            Ok(())
+            print_replication(&rows)
         }
     }
+}
+
+/// Each replica group's progress as its master reports it: match index and lag per replica.
+fn print_replication(rows: &[sluice_client::BrokerStatusRow]) -> anyhow::Result<()> {
+    let masters: Vec<_> = rows.iter().filter(|r| !r.replicas.is_empty()).collect();
+    if masters.is_empty() {
+        return Ok(());
+    }
+    println!();
+    let mut t = Table::new(&[
+        "GROUP", "MASTER", "TERM", "COMMIT", "REPLICA", "ADDRESS", "MATCH", "LAG", "STATE",
+        "ACTIVE",
+    ]);
+    for m in masters {
+        for p in &m.replicas {
+            t.row(vec![
+                m.broker_name.clone(),
+                m.replica_id.to_string(),
+                m.term.to_string(),
+                m.commit_index.map_or("-".into(), |c| c.to_string()),
+                format!(
+                    "{}{}",
+                    p.replica_id,
+                    if p.learner { " (learner)" } else { "" }
+                ),
+                p.address.clone(),
+                p.match_index.to_string(),
+                p.lag.to_string(),
+                p.state.clone(),
+                if p.active { "yes" } else { "no" }.to_string(),
+            ]);
+        }
+    }
+    t.print()?;
+    Ok(())
 }
 
 pub async fn group(admin: &Admin, cmd: GroupCommand) -> anyhow::Result<()> {

@@ -48,6 +48,9 @@ pub enum Command {
     /// Look messages up.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// Measure throughput and latency: produce, consume, or both end to end.
+    #[command(subcommand)]
+    Bench(super::bench::args::BenchCommand),
 }
 
 #[derive(Debug, Args)]

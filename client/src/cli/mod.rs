@@ -2,6 +2,7 @@
 
 mod admin_cmds;
 pub mod args;
+mod bench;
 mod consume;
 mod output;
 mod produce;
@@ -48,6 +49,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cluster(c) => admin_cmds::cluster(&Admin::new(config)?, c).await?,
         Command::Group(c) => admin_cmds::group(&Admin::new(config)?, c).await?,
         Command::Message(c) => admin_cmds::message(&Admin::new(config)?, c).await?,
+        Command::Bench(c) => {
+            let plan = bench::args::Plan::new(c).map_err(CliError::Usage)?;
+            bench::bench(config, plan).await?
+        }
     }
     Ok(())
 }

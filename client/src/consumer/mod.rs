@@ -223,8 +223,12 @@ impl ConsumerBuilder {
                 "max unfinished messages per queue must be at least the pull batch size".into(),
             ));
         }
-        if self.concurrency > tokio::sync::Semaphore::MAX_PERMITS {
-            return Err(Error::Config("concurrency is too large".into()));
+        if self.concurrency > tokio::sync::Semaphore::MAX_PERMITS
+            || self.buffer > tokio::sync::Semaphore::MAX_PERMITS
+        {
+            return Err(Error::Config(
+                "concurrency or buffer size is too large".into(),
+            ));
         }
         Ok(())
     }

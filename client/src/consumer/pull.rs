@@ -8,9 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use sluice_proto::v1::StoredMessage;
-use tokio::sync::mpsc::error::SendError;
-use tokio::sync::mpsc::OwnedPermit;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
@@ -23,15 +21,19 @@ use crate::message::ReceivedMessage;
 use crate::route::MessageQueue;
 
 enum Ack {
-    Done(u64),
+    /// These offsets (of one queue) are finished.
+    Done(Vec<u64>),
     /// Answered once every ack sent before it has been applied.
     Barrier(oneshot::Sender<()>),
 }
 
+/// Messages of one pull, handed from a queue's loop to `poll` in one piece.
 struct Delivery {
-    message: ReceivedMessage,
+    messages: std::vec::IntoIter<ReceivedMessage>,
     /// Back to the queue's loop; closed once the queue was taken away.
     acks: mpsc::UnboundedSender<Ack>,
+    /// One buffer slot per message not yet taken by `poll`.
+    slots: OwnedSemaphorePermit,
 }
 
 /// The application pulls: [`poll`](Self::poll) returns messages, [`commit`](Self::commit)
@@ -42,8 +44,11 @@ struct Delivery {
 pub struct PullConsumer {
     group: GroupHandle,
     client_id: String,
-    deliveries: mpsc::Receiver<Delivery>,
-    unacked: Vec<(mpsc::UnboundedSender<Ack>, u64)>,
+    deliveries: mpsc::UnboundedReceiver<Delivery>,
+    /// The delivery `poll` is taking messages from.
+    current: Option<Delivery>,
+    /// Offsets handed out and not acked yet, grouped by queue loop.
+    unacked: Vec<(mpsc::UnboundedSender<Ack>, Vec<u64>)>,
     auto_commit: bool,
     barrier_timeout: Duration,
 }
@@ -57,7 +62,8 @@ impl PullConsumer {
         b.validate()?;
         let core = ClientCore::new(b.config.clone())?;
         let client_id = new_client_id();
-        let (tx, rx) = mpsc::channel(b.buffer);
+        // The channel carries whole pulls; the semaphore bounds the messages they hold.
+        let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             reader: Arc::new(ReaderCtx {
                 core: core.clone(),
@@ -66,6 +72,8 @@ impl PullConsumer {
                 batch: b.pull_batch,
             }),
             deliveries: tx,
+            slots: Arc::new(Semaphore::new(b.buffer)),
+            buffer: b.buffer,
             max_unfinished: b.max_unfinished_per_queue,
         });
         let barrier_timeout = core.timeout();
@@ -84,6 +92,7 @@ impl PullConsumer {
             group,
             client_id,
             deliveries: rx,
+            current: None,
             unacked: Vec::new(),
             auto_commit: b.auto_commit,
             barrier_timeout,
@@ -107,7 +116,28 @@ impl PullConsumer {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < max {
-            let delivery = if out.is_empty() {
+            if let Some(d) = &mut self.current {
+                // Fetched for a queue this consumer no longer owns: its new owner delivers it.
+                if !d.acks.is_closed() {
+                    let start = out.len();
+                    out.extend(d.messages.by_ref().take(max - start));
+                    let taken = out.len() - start;
+                    // Hand the buffer slots of the taken messages back to the queue loops.
+                    drop(d.slots.split(taken));
+                    let offsets = out[start..].iter().map(|m| m.message.queue_offset);
+                    match self.unacked.last_mut() {
+                        Some((tx, list)) if tx.same_channel(&d.acks) => list.extend(offsets),
+                        _ => self.unacked.push((d.acks.clone(), offsets.collect())),
+                    }
+                    if d.messages.len() > 0 {
+                        break;
+                    }
+                }
+                self.current = None;
+                continue;
+            }
+            // `recv` is cancel-safe: nothing is lost if the caller drops this future.
+            let next = if out.is_empty() {
                 match tokio::time::timeout_at(deadline, self.deliveries.recv()).await {
                     Ok(Some(d)) => d,
                     Ok(None) => return Err(Error::Shutdown("consumer")),
@@ -119,13 +149,7 @@ impl PullConsumer {
                     Err(_) => break,
                 }
             };
-            // Fetched for a queue this consumer no longer owns: its new owner delivers it.
-            if delivery.acks.is_closed() {
-                continue;
-            }
-            self.unacked
-                .push((delivery.acks, delivery.message.message.queue_offset));
-            out.push(delivery.message);
+            self.current = Some(next);
         }
         Ok(out)
     }
@@ -162,9 +186,9 @@ impl PullConsumer {
     /// Sends the acks of everything polled; returns one sender per queue involved.
     fn ack_polled(&mut self) -> Vec<mpsc::UnboundedSender<Ack>> {
         let mut queues: Vec<mpsc::UnboundedSender<Ack>> = Vec::new();
-        for (tx, offset) in self.unacked.drain(..) {
+        for (tx, offsets) in self.unacked.drain(..) {
             // A closed channel means the queue moved on; its new owner re-delivers.
-            let _ = tx.send(Ack::Done(offset));
+            let _ = tx.send(Ack::Done(offsets));
             if !queues.iter().any(|q| q.same_channel(&tx)) {
                 queues.push(tx);
             }
@@ -175,7 +199,10 @@ impl PullConsumer {
 
 struct Shared {
     reader: Arc<ReaderCtx>,
-    deliveries: mpsc::Sender<Delivery>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    /// Buffer slots, one per message fetched ahead of `poll`.
+    slots: Arc<Semaphore>,
+    buffer: usize,
     max_unfinished: usize,
 }
 
@@ -189,8 +216,10 @@ impl QueueWorkers for Workers {
 
 fn apply_ack(tracker: &mut OffsetTracker, ack: Ack) {
     match ack {
-        Ack::Done(offset) => {
-            tracker.complete(offset);
+        Ack::Done(offsets) => {
+            for offset in offsets {
+                tracker.complete(offset);
+            }
         }
         Ack::Barrier(reply) => {
             let _ = reply.send(());
@@ -209,8 +238,7 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();
     let mut pending: VecDeque<StoredMessage> = VecDeque::new();
     let mut pull: Option<BoxFuture<'static, PullOutcome>> = None;
-    let mut reserve: Option<BoxFuture<'static, Result<OwnedPermit<Delivery>, SendError<()>>>> =
-        None;
+    let mut reserve: Option<BoxFuture<'static, Result<OwnedSemaphorePermit, AcquireError>>> = None;
     let mut failures = 0u32;
     loop {
         if pull.is_none() && pending.is_empty() && tracker.in_flight() < shared.max_unfinished {
@@ -219,24 +247,34 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
         }
         // Kept across iterations so the queue keeps its place among those waiting for room.
         if reserve.is_none() && !pending.is_empty() {
-            reserve = Some(shared.deliveries.clone().reserve_owned().boxed());
+            let n = u32::try_from(pending.len().min(shared.buffer)).unwrap_or(u32::MAX);
+            reserve = Some(shared.slots.clone().acquire_many_owned(n).boxed());
         }
         tokio::select! {
             biased;
             _ = stop.changed() => break,
             Some(ack) = ack_rx.recv() => apply_ack(&mut tracker, ack),
-            slot = maybe(&mut reserve) => {
+            slots = maybe(&mut reserve) => {
                 reserve = None;
-                let (Ok(slot), Some(message)) = (slot, pending.pop_front()) else {
+                let Ok(slots) = slots else {
                     break;
                 };
-                slot.send(Delivery {
-                    message: ReceivedMessage {
+                let n = slots.num_permits().min(pending.len());
+                let messages: Vec<ReceivedMessage> = pending
+                    .drain(..n)
+                    .map(|message| ReceivedMessage {
                         broker_name: mq.broker_name.clone(),
                         message,
-                    },
+                    })
+                    .collect();
+                let delivery = Delivery {
+                    messages: messages.into_iter(),
                     acks: ack_tx.clone(),
-                });
+                    slots,
+                };
+                if shared.deliveries.send(delivery).is_err() {
+                    break;
+                }
             }
             outcome = maybe(&mut pull) => {
                 pull = None;

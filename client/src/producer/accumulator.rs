@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ impl AccumulatorHandle {
         let acc = Accumulator {
             sender,
             limits,
-            queues: HashMap::new(),
+            queues: QueueMap::default(),
             timers: BinaryHeap::new(),
             flushes: Vec::new(),
             done_tx,
@@ -119,6 +120,30 @@ impl AccumulatorHandle {
     }
 }
 
+/// FNV-1a: queue keys are short and trusted (they come from routes), and the map is looked up
+/// for every message.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type QueueMap<V> = HashMap<MessageQueue, V, BuildHasherDefault<Fnv>>;
+
 #[derive(Default)]
 struct QueueState {
     pending: VecDeque<Pending>,
@@ -143,7 +168,7 @@ struct FlushWaiter {
 struct Accumulator {
     sender: Arc<Sender>,
     limits: BatchLimits,
-    queues: HashMap<MessageQueue, QueueState>,
+    queues: QueueMap<QueueState>,
     /// Linger deadlines, earliest first. An entry may be stale; firing re-checks the queue.
     timers: BinaryHeap<Reverse<(Instant, MessageQueue)>>,
     flushes: Vec<FlushWaiter>,
@@ -399,6 +424,7 @@ async fn send_batch(
         queue: queue.clone(),
         reroutable,
     };
+    let wire = Arc::new(wire);
     match sender
         .send_with_retries(&queue.topic, None, &wire, &routing)
         .await
@@ -414,7 +440,7 @@ async fn send_batch(
             tracing::debug!(queue = %queue, error = %e, "batch refused; sending its messages one by one");
             for (m, w) in wire.iter().zip(waiters) {
                 let one = sender
-                    .send_with_retries(&queue.topic, None, std::slice::from_ref(m), &routing)
+                    .send_with_retries(&queue.topic, None, &Arc::new(vec![m.clone()]), &routing)
                     .await
                     .and_then(|mut r| {
                         r.pop().ok_or_else(|| {

@@ -4,6 +4,7 @@
 mod accumulator;
 mod select;
 mod sender;
+mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -251,12 +252,11 @@ impl Producer {
         message: &Message,
         routing: &Routing,
     ) -> Option<crate::route::MessageQueue> {
-        if names::validate_topic_name(&message.topic).is_err() {
-            return None;
-        }
         let routes = &self.inner.sender.core.routes;
         let route = match routes.cached(&message.topic) {
             Some(r) => r,
+            // A bad name fails on the direct path with a clear error.
+            None if names::validate_topic_name(&message.topic).is_err() => return None,
             None => routes.get(&message.topic).await.ok()?,
         };
         let queues = route.writable_queues();
@@ -388,7 +388,7 @@ impl Producer {
         }
         wire.extend(messages.into_iter().map(|m| sender.to_wire(m, born)));
         sender
-            .send_with_retries(&topic, selector_input.as_ref(), &wire, &routing)
+            .send_with_retries(&topic, selector_input.as_ref(), &Arc::new(wire), &routing)
             .await
     }
 }

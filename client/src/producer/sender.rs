@@ -5,10 +5,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sluice_proto::v1::{self, SendRequest, SendResponse};
+use prost::Message as _;
+use sluice_proto::v1::{self, SendResponse};
 use sluice_proto::{ApiError, ErrorCode};
 
 use super::select::{pick, Routing};
+use super::wire::{SendCodec, SharedSendRequest};
 use crate::client::ClientCore;
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
@@ -97,7 +99,7 @@ impl Sender {
         &self,
         topic: &str,
         selector_input: Option<&Message>,
-        wire: &[v1::Message],
+        wire: &Arc<Vec<v1::Message>>,
         routing: &Routing,
     ) -> Result<Vec<SendReceipt>> {
         let rr_start = self.next_rr();
@@ -158,7 +160,7 @@ impl Sender {
         &self,
         topic: &str,
         selector_input: Option<&Message>,
-        wire: &[v1::Message],
+        wire: &Arc<Vec<v1::Message>>,
         routing: &Routing,
         state: &RetryState,
     ) -> Result<Vec<SendReceipt>, FailedAttempt> {
@@ -200,7 +202,7 @@ impl Sender {
                 addr = &h.master;
             }
         }
-        self.send_once(addr, queue, wire.to_vec())
+        self.send_once(addr, queue, wire.clone())
             .await
             .map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
     }
@@ -209,34 +211,50 @@ impl Sender {
         &self,
         addr: &str,
         queue: &MessageQueue,
-        messages: Vec<v1::Message>,
+        messages: Arc<Vec<v1::Message>>,
     ) -> Result<Vec<SendReceipt>> {
         let count = messages.len();
         let timeout = self.send_timeout;
-        let mut client = self.core.broker(addr)?;
-        let req = rpc::request(
-            SendRequest {
-                topic: queue.topic.clone(),
-                queue_id: queue.queue_id,
-                messages,
-            },
-            timeout,
-        );
-        let resp: SendResponse = rpc::call(addr, timeout, client.send(req)).await?;
+        let mut grpc = self.core.pool.grpc(addr)?;
+        let request = SharedSendRequest {
+            topic: queue.topic.clone(),
+            queue_id: queue.queue_id,
+            messages,
+        };
+        let codec = SendCodec {
+            encoded_len: request.encoded_len(),
+        };
+        let mut req = rpc::request(request, timeout);
+        req.extensions_mut()
+            .insert(tonic::GrpcMethod::new("sluice.v1.Broker", "Send"));
+        let call = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+            grpc.unary(
+                req,
+                tonic::codegen::http::uri::PathAndQuery::from_static("/sluice.v1.Broker/Send"),
+                codec,
+            )
+            .await
+        };
+        let resp: SendResponse = rpc::call(addr, timeout, call).await?;
         if resp.results.len() != count {
             return Err(Error::Api(ApiError::internal(format!(
                 "broker {addr} acknowledged {} of {count} messages",
                 resp.results.len()
             ))));
         }
+        let broker_name = resp.broker_name;
+        let queue_id = resp.queue_id;
         Ok(resp
             .results
             .into_iter()
             .map(|r| SendReceipt {
                 message_id: r.message_id,
                 topic: queue.topic.clone(),
-                broker_name: resp.broker_name.clone(),
-                queue_id: resp.queue_id,
+                broker_name: broker_name.clone(),
+                queue_id,
                 queue_offset: r.queue_offset,
                 commit_log_offset: r.commit_log_offset,
             })

@@ -49,6 +49,9 @@ pub struct BrokerState {
     pub register_delay: Mutex<Duration>,
     pub pulls: AtomicU64,
     pub commits: AtomicU64,
+    /// Largest body accepted (0: no limit); a send with a larger one is refused whole with
+    /// MESSAGE_TOO_LARGE, as the real broker does.
+    pub max_body: AtomicU64,
 }
 
 impl BrokerState {
@@ -223,6 +226,10 @@ impl Broker for FakeBroker {
         }
         if req.messages.is_empty() {
             return Err(ApiError::invalid("empty batch").into());
+        }
+        let max_body = self.0.max_body.load(Ordering::SeqCst);
+        if max_body > 0 && req.messages.iter().any(|m| m.body.len() as u64 > max_body) {
+            return Err(ApiError::new(ErrorCode::MessageTooLarge, "body too large").into());
         }
         let results = self.0.append(&req.topic, req.queue_id, req.messages);
         Ok(Response::new(SendResponse {
@@ -577,6 +584,7 @@ pub async fn start_broker(name: &str, nameservers: &[&FakeNameServer]) -> FakeBr
         register_delay: Mutex::new(Duration::from_millis(50)),
         pulls: AtomicU64::new(0),
         commits: AtomicU64::new(0),
+        max_body: AtomicU64::new(0),
     });
     for ns in nameservers {
         ns.state.register(

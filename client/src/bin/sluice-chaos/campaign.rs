@@ -335,6 +335,7 @@ impl Run {
             node: String::new(),
             new_master: None,
             failover_ms: None,
+            fault_cmd_ms: None,
             new_master_ms: None,
             recovery_ms: None,
             rejoined: false,
@@ -367,8 +368,13 @@ impl Run {
             bail!("no load on {} before the fault", group.name);
         }
 
+        // The fault takes effect somewhere while the control command runs. Only sends started
+        // after it returned are sure to miss the old master, and timing them from its start
+        // makes the failover an upper bound (it includes the command's own latency).
         let fault_at = Instant::now();
         self.control.act(fault.inject(), &node).await?;
+        let fault_done = Instant::now();
+        c.fault_cmd_ms = Some(ms(fault_done - fault_at));
         // The new master is looked for among the others: the attacked one may not answer.
         let others = Group {
             name: group.name.clone(),
@@ -381,7 +387,7 @@ impl Run {
         };
         let (first_ack, new_master) = tokio::join!(
             self.ledger
-                .first_ack_since(gi, fault_at, o.failover_timeout),
+                .first_ack_since(gi, fault_done, o.failover_timeout),
             async {
                 let m = probe::await_master(&others, None, o.failover_timeout).await;
                 (m, fault_at.elapsed())

@@ -154,18 +154,17 @@ pub fn start() -> mpsc::UnboundedSender<Event> {
             ack_count_waiters: Vec::new(),
         };
         while let Some(ev) = rx.recv().await {
-            if let Event::Finish(reply) = ev {
-                let _ = reply.send(c.rec);
+            if !c.handle(ev) {
                 return;
             }
-            c.handle(ev);
         }
     });
     tx
 }
 
 impl Collector {
-    fn handle(&mut self, ev: Event) {
+    /// Applies one event; false once the record was handed over.
+    fn handle(&mut self, ev: Event) -> bool {
         match ev {
             Event::Ack {
                 id,
@@ -211,8 +210,12 @@ impl Collector {
             Event::Counts(reply) => {
                 let _ = reply.send(self.rec.counts);
             }
-            Event::Finish(_) => unreachable!("handled by the loop"),
+            Event::Finish(reply) => {
+                let _ = reply.send(std::mem::take(&mut self.rec));
+                return false;
+            }
         }
+        true
     }
 
     fn ack(&mut self, id: MsgId, at: Position, started: Instant, acked: Instant) {

@@ -91,7 +91,7 @@ struct RunArgs {
     #[arg(long)]
     nameservers: Option<String>,
     /// Concurrent producers (each sends one message at a time).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     producers: u32,
     /// Members of the consumer group.
     #[arg(long, default_value_t = 2)]
@@ -235,7 +235,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,sluice_client=error")),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,145 @@
+//! Consumer workers: pull consumers of one group, timing each delivery against the send time
+//! its body carries.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_client::{ClientConfig, ConsumerBuilder, PullConsumer, StartPosition};
+use tokio::time::Instant;
+
+use super::args::{Amount, ReceivePlan};
+use super::gaps::GapClock;
+use super::payload;
+use super::progress::Counters;
+use super::stats::Latencies;
+
+/// Longest single wait in `poll`, so stop conditions are noticed promptly.
+const POLL_SLICE: Duration = Duration::from_millis(100);
+
+pub struct ReceiveShared {
+    pub plan: ReceivePlan,
+    pub amount: Amount,
+    pub counters: Arc<Counters>,
+    pub gaps: GapClock,
+    /// e2e: set once every producer finished; consumers then stop when they have received
+    /// everything acknowledged, or after the idle timeout.
+    pub sending_over: Option<AtomicBool>,
+}
+
+#[derive(Default)]
+pub struct ReceiveOutcome {
+    pub latencies: Latencies,
+    pub messages: u64,
+    pub bytes: u64,
+    /// Messages without a send time in their body (not sent by `sluice bench`).
+    pub unstamped: u64,
+    pub error: Option<String>,
+}
+
+impl ReceiveOutcome {
+    pub fn merge(&mut self, other: ReceiveOutcome) {
+        self.latencies.merge(&other.latencies);
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.unstamped += other.unstamped;
+        if self.error.is_none() {
+            self.error = other.error;
+        }
+    }
+}
+
+pub async fn consumer(
+    config: &ClientConfig,
+    topic: &str,
+    group: &str,
+    plan: &ReceivePlan,
+) -> sluice_client::Result<PullConsumer> {
+    let batch = plan.pull_batch;
+    ConsumerBuilder::new(config.clone(), group)
+        .subscribe(topic)
+        .start_position(if plan.from_earliest {
+            StartPosition::Earliest
+        } else {
+            StartPosition::Latest
+        })
+        .pull_batch_size(batch)
+        // Room for a few pulls per queue ahead of `poll`.
+        .max_unfinished_per_queue((batch as usize * 4).max(1000))
+        .buffer_size((batch as usize * 8).max(8192))
+        .poll_timeout(Duration::from_secs(2))
+        .start_pull()
+        .await
+}
+
+fn enough(shared: &ReceiveShared, deadline: Option<Instant>) -> bool {
+    let received = shared.counters.received.load(Ordering::Relaxed);
+    if let Amount::Count(n) = shared.amount {
+        if received >= n {
+            return true;
+        }
+    }
+    if let Some(over) = &shared.sending_over {
+        let sent = shared.counters.sent.load(Ordering::Relaxed);
+        if over.load(Ordering::Acquire) && received >= sent {
+            return true;
+        }
+    }
+    deadline.is_some_and(|d| Instant::now() >= d) || shared.counters.stopped()
+}
+
+/// Polls until the run has what it needs, or nothing came for the idle timeout.
+pub async fn run(
+    mut consumer: PullConsumer,
+    shared: Arc<ReceiveShared>,
+    deadline: Option<Instant>,
+) -> ReceiveOutcome {
+    let mut out = ReceiveOutcome::default();
+    let mut last_activity = Instant::now();
+    let idle = shared.plan.idle_timeout;
+    loop {
+        if enough(&shared, deadline) {
+            break;
+        }
+        // The idle clock runs only once nothing more is being sent.
+        let sending = shared
+            .sending_over
+            .as_ref()
+            .is_some_and(|o| !o.load(Ordering::Acquire));
+        if !sending && last_activity.elapsed() >= idle {
+            break;
+        }
+        let batch = match consumer.poll(8192, POLL_SLICE).await {
+            Ok(b) => b,
+            Err(e) => {
+                out.error = Some(e.to_string());
+                break;
+            }
+        };
+        if batch.is_empty() {
+            if sending {
+                last_activity = Instant::now();
+            }
+            continue;
+        }
+        let now = Instant::now();
+        last_activity = now;
+        let now_us = payload::now_us();
+        for m in &batch {
+            let body = m.body();
+            out.bytes += body.len() as u64;
+            match payload::sent_us(body) {
+                Some(sent) => out.latencies.record_us(now_us.saturating_sub(sent)),
+                None => out.unstamped += 1,
+            }
+        }
+        out.messages += batch.len() as u64;
+        shared
+            .counters
+            .received
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        shared.gaps.tick(now);
+    }
+    consumer.shutdown().await;
+    out
+}

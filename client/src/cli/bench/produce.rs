@@ -1,0 +1,209 @@
+//! Producer workers: each owns a [`Producer`] (its own connections and batches) and keeps its
+//! window of sends in flight, timing each one from send to ack.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use sluice_client::{ClientConfig, Message, Producer, Result as SendResult, SendReceipt};
+use tokio::time::Instant;
+
+use super::args::{Amount, SendPlan};
+use super::gaps::GapClock;
+use super::payload;
+use super::progress::Counters;
+use super::stats::Latencies;
+
+/// What every producer worker shares.
+pub struct SendShared {
+    pub topic: String,
+    pub size: usize,
+    pub plan: SendPlan,
+    pub amount: Amount,
+    /// Messages handed out so far (count mode): a worker takes one before each send.
+    pub tickets: AtomicU64,
+    pub counters: Arc<Counters>,
+    pub gaps: GapClock,
+}
+
+/// One worker's results.
+#[derive(Default)]
+pub struct SendOutcome {
+    pub latencies: Latencies,
+    pub ok: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+}
+
+impl SendOutcome {
+    fn settle(&mut self, shared: &SendShared, started: Instant, result: SendResult<SendReceipt>) {
+        let now = Instant::now();
+        match result {
+            Ok(_) => {
+                self.ok += 1;
+                self.latencies
+                    .record(now.saturating_duration_since(started));
+                shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                shared.gaps.tick(now);
+            }
+            Err(e) => {
+                self.failed += 1;
+                shared.counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: SendOutcome) {
+        self.latencies.merge(&other.latencies);
+        self.ok += other.ok;
+        self.failed += other.failed;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+pub fn producer(config: &ClientConfig, plan: &SendPlan) -> sluice_client::Result<Producer> {
+    Producer::builder(config.clone())
+        .retries(plan.retries)
+        .max_in_flight(plan.in_flight)
+        .batching(plan.batching)
+        .batch_max_messages(plan.batch_size)
+        .batch_max_bytes(plan.batch_bytes)
+        .linger(plan.linger)
+        .build()
+}
+
+/// Whether another message may be sent, taking its ticket.
+fn may_send(shared: &SendShared, deadline: Option<Instant>) -> bool {
+    if shared.counters.stopped() {
+        return false;
+    }
+    match shared.amount {
+        Amount::Count(n) => shared.tickets.fetch_add(1, Ordering::Relaxed) < n,
+        Amount::Duration(_) | Amount::UntilIdle => deadline.is_none_or(|d| Instant::now() < d),
+    }
+}
+
+/// Paces one worker at its share of `--rate`: message i is due at start + i * period.
+struct Pacer {
+    next: Instant,
+    period: Duration,
+}
+
+impl Pacer {
+    fn new(start: Instant, rate: Option<u64>, workers: usize) -> Option<Pacer> {
+        let per_worker = rate? as f64 / workers as f64;
+        Some(Pacer {
+            next: start,
+            period: Duration::from_secs_f64(1.0 / per_worker.max(1e-9)),
+        })
+    }
+
+    /// The scheduled time of the next message.
+    fn take(&mut self) -> Instant {
+        let due = self.next;
+        self.next += self.period;
+        due
+    }
+}
+
+/// Runs one producer until its share is sent and acknowledged.
+pub async fn run(
+    producer: Producer,
+    shared: Arc<SendShared>,
+    start: Instant,
+    deadline: Option<Instant>,
+) -> SendOutcome {
+    let mut out = SendOutcome::default();
+    let mut pacer = Pacer::new(start, shared.plan.rate, shared.plan.producers);
+    if shared.plan.in_flight == 1 {
+        // One at a time: each send waits for its ack (`send`, not the batching path).
+        while may_send(&shared, deadline) {
+            let started = wait_turn(&mut pacer).await;
+            let body = payload::body(shared.size, payload::now_us());
+            let result = producer
+                .send(Message::new(shared.topic.clone(), body))
+                .await;
+            let failed = result.is_err();
+            out.settle(&shared, started, result);
+            if failed {
+                // Do not spin on a broker that fails at once (the peer does the same).
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    } else {
+        let mut window = FuturesUnordered::new();
+        loop {
+            // Take what has finished without waiting, so acks are timed when they arrive.
+            while let Some(Some((started, result))) = window.next().now_or_never() {
+                out.settle(&shared, started, result);
+            }
+            if window.len() >= shared.plan.in_flight {
+                if let Some((started, result)) = window.next().await {
+                    out.settle(&shared, started, result);
+                }
+                continue;
+            }
+            if let Some(due) = pacer.as_ref().map(|p| p.next) {
+                if due > Instant::now() {
+                    // Collect acks while waiting for the next slot, so they are timed on arrival.
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        Some((started, result)) = window.next(), if !window.is_empty() => {
+                            out.settle(&shared, started, result);
+                        }
+                    }
+                    continue;
+                }
+            }
+            if !may_send(&shared, deadline) {
+                break;
+            }
+            let started = pacer.as_mut().map_or_else(Instant::now, Pacer::take);
+            let body = payload::body(shared.size, payload::now_us());
+            match producer
+                .send_async(Message::new(shared.topic.clone(), body))
+                .await
+            {
+                Ok(handle) => window.push(handle.map(move |r| (started, r))),
+                Err(e) => out.settle(&shared, started, Err(e)),
+            }
+        }
+        while let Some((started, result)) = window.next().await {
+            out.settle(&shared, started, result);
+        }
+    }
+    producer.shutdown().await;
+    out
+}
+
+/// Waits for the next scheduled send (with --rate) and returns the time latency counts from.
+async fn wait_turn(pacer: &mut Option<Pacer>) -> Instant {
+    match pacer {
+        Some(p) => {
+            let due = p.take();
+            tokio::time::sleep_until(due).await;
+            due
+        }
+        None => Instant::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_spreads_the_rate_over_workers() {
+        let start = Instant::now();
+        assert!(Pacer::new(start, None, 2).is_none());
+        let mut p = Pacer::new(start, Some(1000), 4).unwrap();
+        assert_eq!(p.period, Duration::from_millis(4));
+        assert_eq!(p.take(), start);
+        assert_eq!(p.take(), start + Duration::from_millis(4));
+    }
+}

@@ -1,0 +1,229 @@
+//! `sluice bench produce|consume|e2e` against real binaries, small counts, JSON reports.
+
+use std::io::Read;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_integration_tests::{bin, Cluster, ClusterOptions};
+
+/// Kills the child if the test panics while it runs.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `sluice --nameservers NS args...`, killing it after `timeout`.
+fn sluice(cluster: &Cluster, args: &[&str], timeout: Duration) -> Output {
+    let child = Command::new(bin("sluice"))
+        .arg("--nameservers")
+        .arg(cluster.nameservers())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(Some(child));
+    let child = running.0.as_mut().unwrap();
+    // Drain both pipes while waiting, so a chatty child cannot block on a full pipe.
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sluice {args:?} still running after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    running.0 = None;
+    Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn report(cluster: &Cluster, args: &[&str]) -> serde_json::Value {
+    let out = sluice(cluster, args, Duration::from_secs(120));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sluice {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn u(v: &serde_json::Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+fn f(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn bench_produce_consume_e2e_report_what_they_measured() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+
+    // Produce: creates the topic, sends every message, one latency sample per send.
+    let p = report(
+        &cluster,
+        &[
+            "bench", "produce", "--topic", "bt", "--queues", "3", "--count", "500", "--size",
+            "100", "--in-flight", "64", "--json",
+        ],
+    );
+    assert_eq!(p["settings"]["workload"], "produce");
+    assert_eq!(p["settings"]["queues"], 3);
+    assert_eq!(p["settings"]["message_size"], 100);
+    assert_eq!(p["broker"]["flush_mode"], "async");
+    assert_eq!(p["broker"]["brokers"], 1);
+    let sent = &p["produce"];
+    assert_eq!(u(&sent["messages"]), 500, "{p}");
+    assert_eq!(u(&sent["failed"]), 0, "{p}");
+    assert_eq!(u(&sent["bytes"]), 500 * 100);
+    assert!(f(&sent["msgs_per_sec"]) > 0.0);
+    let lat = &sent["latency_us"];
+    assert_eq!(u(&lat["samples"]), 500);
+    assert!(u(&lat["p50"]) > 0 && u(&lat["p50"]) <= u(&lat["p99"]));
+    assert!(u(&lat["p99"]) <= u(&lat["max"]));
+    assert!(p["consume"].is_null());
+
+    // One at a time (`send`, each waits for its ack), and without batching.
+    let sync = report(
+        &cluster,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "bt",
+            "--count",
+            "30",
+            "--size",
+            "100",
+            "--in-flight",
+            "1",
+            "--json",
+        ],
+    );
+    assert_eq!(u(&sync["produce"]["messages"]), 30);
+    assert!(sync["produce"]["latency_us"]["kind"]
+        .as_str()
+        .unwrap()
+        .contains("one at a time"));
+    let unbatched = report(
+        &cluster,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "bt",
+            "--count",
+            "70",
+            "--size",
+            "100",
+            "--producers",
+            "2",
+            "--no-batching",
+            "--json",
+        ],
+    );
+    assert_eq!(u(&unbatched["produce"]["messages"]), 70);
+    assert_eq!(unbatched["settings"]["batching"], false);
+
+    // Consume the backlog from the start: 600 messages, each carrying its send time.
+    let c = report(
+        &cluster,
+        &[
+            "bench",
+            "consume",
+            "--topic",
+            "bt",
+            "--count",
+            "600",
+            "--consumers",
+            "2",
+            "--pull-batch",
+            "64",
+            "--json",
+        ],
+    );
+    let got = &c["consume"];
+    assert_eq!(u(&got["messages"]), 600, "{c}");
+    assert_eq!(u(&got["bytes"]), 600 * 100);
+    assert_eq!(u(&got["latency_us"]["samples"]), 600);
+    assert!(c["produce"].is_null());
+    assert_eq!(c["settings"]["consumers"], 2);
+
+    // End to end on a new topic: everything sent is received, latency from send to delivery.
+    let e = report(
+        &cluster,
+        &[
+            "bench", "e2e", "--topic", "bt-e2e", "--count", "300", "--size", "64", "--json",
+        ],
+    );
+    assert_eq!(u(&e["produce"]["messages"]), 300, "{e}");
+    assert_eq!(u(&e["consume"]["messages"]), 300, "{e}");
+    assert_eq!(u(&e["consume"]["latency_us"]["samples"]), 300);
+    assert!(e["consume"]["latency_us"]["kind"]
+        .as_str()
+        .unwrap()
+        .starts_with("send to delivery"));
+
+    // A rate limit is honoured: 200 messages at 400/s take about half a second.
+    let r = report(
+        &cluster,
+        &[
+            "bench", "produce", "--topic", "bt", "--count", "200", "--rate", "400", "--json",
+        ],
+    );
+    let secs = f(&r["produce"]["elapsed_s"]);
+    assert!((0.4..5.0).contains(&secs), "200 messages at 400/s took {secs}s");
+}
+
+#[test]
+fn bench_errors_are_clear() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    // Nothing to consume from a topic that does not exist.
+    let out = sluice(
+        &cluster,
+        &["bench", "consume", "--topic", "no-such-topic", "--count", "1"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-topic") && err.contains("does not exist"), "{err}");
+    // Bad options are usage errors (exit code 2) that name the option.
+    for (args, needle) in [
+        (&["bench", "e2e", "--size", "8"][..], "--size"),
+        (&["bench", "produce", "--in-flight", "0"], "--in-flight"),
+        (&["bench", "consume", "--pull-batch", "5000"], "--pull-batch"),
+    ] {
+        let out = sluice(&cluster, args, Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
