@@ -78,6 +78,7 @@ fi
 RESULTS=$DIR/results.tsv
 : >"$RESULTS"
 NATS_PIDS=()
+NATS_PID=""
 CLUSTERS=()
 BIN_DIR=""
 
@@ -260,12 +261,22 @@ sluice_failover() {
 
 NATS_URLS=""
 
+# Starts nats-server with the given arguments; sets NATS_PID. Disowned, so that killing it on
+# purpose (failover trials) does not make the shell report it.
+nats_start() {
+  local log=$1
+  shift
+  nats-server "$@" >>"$log" 2>&1 &
+  NATS_PID=$!
+  disown "$NATS_PID"
+  NATS_PIDS+=("$NATS_PID")
+}
+
 nats_single_up() {
   local port
   port=$(free_ports 1)
   echo "== starting NATS JetStream (1 node) on $port"
-  nats-server -js -sd "$DIR/nats1" -a 127.0.0.1 -p "$port" >"$DIR/nats1.log" 2>&1 &
-  NATS_PIDS+=($!)
+  nats_start "$DIR/nats1.log" -js -sd "$DIR/nats1" -a 127.0.0.1 -p "$port"
   wait_port "$port"
   NATS_URLS=nats://127.0.0.1:$port
 }
@@ -290,28 +301,34 @@ http: 127.0.0.1:${ports[3 + i]}
 jetstream { store_dir: $DIR/nats-c$i }
 cluster { name: C3, listen: 127.0.0.1:${ports[6 + i]}, routes: [ $routes ] }
 CONF
-    nats-server -c "${NATS_CONF[i]}" >>"$DIR/nats-n$i.log" 2>&1 &
-    NATS_NODE_PID[i]=$!
-    NATS_PIDS+=($!)
+    nats_start "$DIR/nats-n$i.log" -c "${NATS_CONF[i]}"
+    NATS_NODE_PID[i]=$NATS_PID
     NATS_URLS+="${NATS_URLS:+,}nats://127.0.0.1:${ports[i]}"
   done
   for i in 0 1 2; do wait_port "${ports[i]}"; done
   # JetStream needs its meta leader before a stream can be created; the peer client retries
   # the connection but not the stream creation, so wait for it.
   local deadline=$((SECONDS + 60))
-  until curl -s "127.0.0.1:${NATS_HTTP[0]}/jsz" 2>/dev/null | grep -q '"meta_cluster".*"leader"'; do
+  until curl -s "127.0.0.1:${NATS_HTTP[0]}/jsz" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    leader = json.load(sys.stdin).get("meta_cluster", {}).get("leader")
+except Exception:
+    leader = None
+sys.exit(0 if leader else 1)'; do
     ((SECONDS < deadline)) || die "NATS JetStream has no meta leader after 60 s"
     sleep 0.2
   done
 }
 
 nats_down() {
-  local p
+  local p deadline
   for p in "${NATS_PIDS[@]:-}"; do
     if [[ -n $p ]]; then kill "$p" 2>/dev/null || true; fi
   done
+  deadline=$((SECONDS + 15))
   for p in "${NATS_PIDS[@]:-}"; do
-    if [[ -n $p ]]; then wait "$p" 2>/dev/null || true; fi
+    while [[ -n $p ]] && kill -0 "$p" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
   done
   NATS_PIDS=()
 }
@@ -357,9 +374,8 @@ for a in d.get("account_details", []):
   wait "$pid" || true
   out=$(<"$DIR/nats-failover-$t.txt")
   record nats "failover gap ms" "$(sed -n 's/.*max_gap_between_successes=\([0-9.]*\)ms.*/\1/p' <<<"$out")"
-  nats-server -c "${NATS_CONF[i]}" >>"$DIR/nats-n$i.log" 2>&1 &
-  NATS_NODE_PID[i]=$!
-  NATS_PIDS+=($!)
+  nats_start "$DIR/nats-n$i.log" -c "${NATS_CONF[i]}"
+  NATS_NODE_PID[i]=$NATS_PID
   # Let the restarted node catch up before the next trial (the peer waits 5 s too).
   sleep 5
 }

@@ -165,7 +165,18 @@ mod tests {
             let m = SledMeta::open(dir.path()).unwrap();
             exercise(&m);
         }
-        let m = SledMeta::open(dir.path()).unwrap();
+        // sled releases its file lock from a background thread after the drop: retry briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let m = loop {
+            match SledMeta::open(dir.path()) {
+                Ok(m) => break m,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopen failed: {e}"),
+            }
+        };
         assert_eq!(m.get("t", b"a/2").unwrap().as_deref(), Some(&b"y"[..]));
         assert_eq!(m.get("t", b"a/1").unwrap(), None);
     }

@@ -91,8 +91,19 @@ fn bench_produce_consume_e2e_report_what_they_measured() {
     let p = report(
         &cluster,
         &[
-            "bench", "produce", "--topic", "bt", "--queues", "3", "--count", "500", "--size",
-            "100", "--in-flight", "64", "--json",
+            "bench",
+            "produce",
+            "--topic",
+            "bt",
+            "--queues",
+            "3",
+            "--count",
+            "500",
+            "--size",
+            "100",
+            "--in-flight",
+            "64",
+            "--json",
         ],
     );
     assert_eq!(p["settings"]["workload"], "produce");
@@ -200,7 +211,10 @@ fn bench_produce_consume_e2e_report_what_they_measured() {
         ],
     );
     let secs = f(&r["produce"]["elapsed_s"]);
-    assert!((0.4..5.0).contains(&secs), "200 messages at 400/s took {secs}s");
+    assert!(
+        (0.4..5.0).contains(&secs),
+        "200 messages at 400/s took {secs}s"
+    );
 }
 
 #[test]
@@ -209,17 +223,30 @@ fn bench_errors_are_clear() {
     // Nothing to consume from a topic that does not exist.
     let out = sluice(
         &cluster,
-        &["bench", "consume", "--topic", "no-such-topic", "--count", "1"],
+        &[
+            "bench",
+            "consume",
+            "--topic",
+            "no-such-topic",
+            "--count",
+            "1",
+        ],
         Duration::from_secs(60),
     );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no-such-topic") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("no-such-topic") && err.contains("does not exist"),
+        "{err}"
+    );
     // Bad options are usage errors (exit code 2) that name the option.
     for (args, needle) in [
         (&["bench", "e2e", "--size", "8"][..], "--size"),
         (&["bench", "produce", "--in-flight", "0"], "--in-flight"),
-        (&["bench", "consume", "--pull-batch", "5000"], "--pull-batch"),
+        (
+            &["bench", "consume", "--pull-batch", "5000"],
+            "--pull-batch",
+        ),
     ] {
         let out = sluice(&cluster, args, Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(2), "{args:?}");

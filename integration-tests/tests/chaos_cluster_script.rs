@@ -180,12 +180,13 @@ fn replica_groups_kill_master_pause_partition_and_isolation_between_dirs() {
     let old = master_of(&a, "broker-b").expect("broker-b has a master");
     let out = ok(&a, &["kill-master", "broker-b"]);
     assert!(out.contains("killed"), "{out}");
-    let killed = nodes(&a)
-        .into_iter()
-        .find(|(_, n)| n.address == old)
-        .map(|(name, n)| (name, n.state))
-        .unwrap();
-    assert_eq!(killed.1, "stopped");
+    // SIGKILL is delivered at once, but the process may take a moment to exit and be reaped.
+    let killed = wait_for("the killed master to be stopped", || {
+        nodes(&a)
+            .into_iter()
+            .find(|(_, n)| n.address == old && n.state == "stopped")
+            .map(|(name, n)| (name, n.state))
+    });
     let new = wait_for("a new broker-b master", || {
         master_of(&a, "broker-b").filter(|m| *m != old)
     });

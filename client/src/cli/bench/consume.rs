@@ -68,6 +68,9 @@ pub async fn consumer(
         .max_unfinished_per_queue((batch as usize * 4).max(1000))
         .buffer_size((batch as usize * 8).max(8192))
         .poll_timeout(Duration::from_secs(2))
+        // Several consumers join at once: hand queues over quickly so the run can start.
+        .heartbeat_interval(Duration::from_millis(500))
+        .rebalance_interval(Duration::from_secs(1))
         .start_pull()
         .await
 }

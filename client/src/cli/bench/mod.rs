@@ -39,8 +39,9 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Ready>();
     let setup_started = Instant::now();
 
-    // Consumers first: an e2e run must own every queue before the first message is sent. They
-    // start pulling as soon as they exist, so consumption is timed from here.
+    // Consumers first: they must own every queue before the clock starts (and, e2e, before the
+    // first message is sent). What they fetch meanwhile (at most their buffers) is delivered
+    // after the start.
     let mut consumers: Vec<Worker<ReceiveOutcome>> = Vec::new();
     let owned: Arc<Vec<AtomicUsize>> = Arc::new(
         (0..plan.receive.as_ref().map_or(0, |r| r.consumers))
@@ -150,7 +151,8 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
 
     let setup = async {
         workers::all_ready(&mut ready_rx, consumers.len() + producers.len(), SETUP_WAIT).await?;
-        if plan.workload == Workload::E2e {
+        if !owned.is_empty() {
+            // Every queue has its consumer before the clock starts.
             wait_assigned(&owned, queues).await?;
         }
         anyhow::Ok(())
@@ -236,13 +238,8 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
             }
         }),
         consume: receive_shared.as_ref().map(|shared| {
-            // A backlog is timed from when the consumers started pulling; e2e from the start.
-            let from = match plan.workload {
-                Workload::E2e => start,
-                _ => setup_started,
-            };
             // Up to the last delivery: the idle wait at the end is not consumption time.
-            let end = shared.gaps.last().unwrap_or(from);
+            let end = shared.gaps.last().unwrap_or(start);
             let kind = if received.unstamped > 0 {
                 format!(
                     "send to delivery, per message ({} without a send time)",
@@ -256,7 +253,7 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
                     received.messages,
                     0,
                     received.bytes,
-                    end.saturating_duration_since(from),
+                    end.saturating_duration_since(start),
                 ),
                 latency_us: received.latencies.summary(&kind),
                 max_gap_ms: shared.gaps.longest().as_secs_f64() * 1000.0,
@@ -317,17 +314,20 @@ async fn broker_settings(admin: &Admin) -> BrokerSettings {
     }
 }
 
-/// Waits (bounded) until the group's consumers together own every queue.
+/// Waits (bounded) until the group's consumers together own every queue and, when there are
+/// enough queues, each owns some: the assignment has settled.
 async fn wait_assigned(owned: &[AtomicUsize], queues: u32) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETUP_WAIT;
     loop {
-        let n: usize = owned.iter().map(|o| o.load(Ordering::Relaxed)).sum();
-        if n >= queues as usize {
+        let counts: Vec<usize> = owned.iter().map(|o| o.load(Ordering::Relaxed)).collect();
+        let total: usize = counts.iter().sum();
+        let spread = counts.len() > queues as usize || counts.iter().all(|&c| c > 0);
+        if total >= queues as usize && spread {
             return Ok(());
         }
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "consumers own {n} of {queues} queues after {}s",
+                "consumers own {total} of {queues} queues after {}s",
                 SETUP_WAIT.as_secs()
             );
         }
