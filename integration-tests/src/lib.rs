@@ -212,6 +212,25 @@ impl Drop for Node {
     }
 }
 
+/// Starts a nameserver on a free port under `dir/ns` with the given expiry and scan interval.
+pub fn start_nameserver(dir: &Path, broker_expiry_ms: u64, scan_interval_ms: u64) -> Result<Node> {
+    Node::start(
+        "nameserver",
+        bin("sluice-nameserver"),
+        &dir.join("ns"),
+        vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            dir.join("ns/data").display().to_string(),
+            "--broker-expiry-ms".into(),
+            broker_expiry_ms.to_string(),
+            "--scan-interval-ms".into(),
+            scan_interval_ms.to_string(),
+        ],
+    )
+}
+
 /// Store budget of test brokers: their disk-usage ratios count against it rather than against
 /// the host's file system, so a host disk filled by something else cannot turn every test into a
 /// DISK_FULL test. The thresholds themselves are tested in the store's retention tests.
@@ -250,21 +269,8 @@ pub struct Cluster {
 impl Cluster {
     pub fn start(brokers: usize, opts: ClusterOptions) -> Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("sluice-it-").tempdir()?;
-        let nameserver = Node::start(
-            "nameserver",
-            bin("sluice-nameserver"),
-            &dir.path().join("ns"),
-            vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--data-dir".into(),
-                dir.path().join("ns/data").display().to_string(),
-                "--broker-expiry-ms".into(),
-                opts.broker_expiry_ms.to_string(),
-                "--scan-interval-ms".into(),
-                opts.scan_interval_ms.to_string(),
-            ],
-        )?;
+        let nameserver =
+            start_nameserver(dir.path(), opts.broker_expiry_ms, opts.scan_interval_ms)?;
         let mut c = Cluster {
             dir,
             opts,

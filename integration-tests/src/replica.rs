@@ -85,21 +85,7 @@ pub const GROUP: &str = "broker-a";
 impl ReplicaCluster {
     pub fn start(opts: ReplicaOptions) -> Result<ReplicaCluster> {
         let dir = tempfile::Builder::new().prefix("sluice-rg-").tempdir()?;
-        let nameserver = Node::start(
-            "nameserver",
-            bin("sluice-nameserver"),
-            &dir.path().join("ns"),
-            vec![
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--data-dir".into(),
-                dir.path().join("ns/data").display().to_string(),
-                "--broker-expiry-ms".into(),
-                opts.broker_expiry_ms.to_string(),
-                "--scan-interval-ms".into(),
-                "200".into(),
-            ],
-        )?;
+        let nameserver = crate::start_nameserver(dir.path(), opts.broker_expiry_ms, 200)?;
         let mut last_err = None;
         for _attempt in 0..3 {
             match Self::start_replicas(dir.path(), &opts, &nameserver.addr) {
