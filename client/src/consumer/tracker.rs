@@ -1,20 +1,24 @@
 //! Which offsets of a queue are safe to commit.
 
-use std::collections::BTreeSet;
+use std::collections::VecDeque;
 
 /// Offsets pulled but not yet finished, and the next offset to pull. The committable offset is
 /// the lowest unfinished one: everything below it has been handled, whatever order handlers
 /// finished in.
 #[derive(Debug, Clone)]
 pub(crate) struct OffsetTracker {
-    unfinished: BTreeSet<u64>,
+    /// Pulled offsets in ascending order with a finished flag. The front is always
+    /// unfinished: finished offsets leave as soon as nothing unfinished is below them.
+    window: VecDeque<(u64, bool)>,
+    unfinished: usize,
     next: u64,
 }
 
 impl OffsetTracker {
     pub(crate) fn new(start: u64) -> Self {
         OffsetTracker {
-            unfinished: BTreeSet::new(),
+            window: VecDeque::new(),
+            unfinished: 0,
             next: start,
         }
     }
@@ -28,8 +32,20 @@ impl OffsetTracker {
     pub(crate) fn pulled(&mut self, offsets: impl IntoIterator<Item = u64>, next_offset: u64) {
         let mut highest = None;
         for o in offsets {
-            self.unfinished.insert(o);
-            highest = Some(o);
+            // Pulls move forward, so this is an append; anything else is placed in order.
+            match self.window.back() {
+                Some(&(last, _)) if o <= last => {
+                    if let Err(at) = self.window.binary_search_by_key(&o, |&(x, _)| x) {
+                        self.window.insert(at, (o, false));
+                        self.unfinished += 1;
+                    }
+                }
+                _ => {
+                    self.window.push_back((o, false));
+                    self.unfinished += 1;
+                }
+            }
+            highest = Some(highest.map_or(o, |h: u64| h.max(o)));
         }
         // Never pull the same messages again, even if the broker's next offset lags behind.
         let floor = highest.map_or(self.next, |h| h + 1).max(self.next);
@@ -39,25 +55,42 @@ impl OffsetTracker {
     /// Moves the pull position after OFFSET_OUT_OF_RANGE; may move backwards (the queue was
     /// truncated), in which case in-flight messages at or above it will be pulled again.
     pub(crate) fn reset(&mut self, offset: u64) {
-        self.unfinished.retain(|&o| o < offset);
+        self.window.retain(|&(o, _)| o < offset);
+        self.unfinished = self.window.iter().filter(|(_, done)| !done).count();
+        self.trim();
         self.next = offset;
     }
 
     /// Marks a message handled. Returns false if it was not in flight.
     pub(crate) fn complete(&mut self, offset: u64) -> bool {
-        self.unfinished.remove(&offset)
+        let Ok(at) = self.window.binary_search_by_key(&offset, |&(o, _)| o) else {
+            return false;
+        };
+        if self.window[at].1 {
+            return false;
+        }
+        self.window[at].1 = true;
+        self.unfinished -= 1;
+        self.trim();
+        true
+    }
+
+    /// Drops the finished offsets at the front.
+    fn trim(&mut self) {
+        while self.window.front().is_some_and(|&(_, done)| done) {
+            self.window.pop_front();
+        }
     }
 
     pub(crate) fn in_flight(&self) -> usize {
-        self.unfinished.len()
+        self.unfinished
     }
 
     /// Everything below this offset is handled.
     pub(crate) fn commit_offset(&self) -> u64 {
-        self.unfinished
-            .first()
-            .copied()
-            .map_or(self.next, |o| o.min(self.next))
+        self.window
+            .front()
+            .map_or(self.next, |&(o, _)| o.min(self.next))
     }
 }
 
@@ -107,6 +140,28 @@ mod tests {
         assert_eq!(t.next(), 7);
         t.pulled([], 3);
         assert_eq!(t.next(), 7);
+    }
+
+    #[test]
+    fn out_of_order_pulls_and_many_offsets() {
+        let mut t = OffsetTracker::new(0);
+        t.pulled([5, 7], 8);
+        // An earlier offset showing up late is still tracked, once.
+        t.pulled([3, 5], 8);
+        assert_eq!(t.in_flight(), 3);
+        assert_eq!(t.commit_offset(), 3);
+        assert!(t.complete(5) && t.complete(3));
+        assert_eq!(t.commit_offset(), 7);
+        assert!(t.complete(7));
+        assert_eq!((t.in_flight(), t.commit_offset()), (0, 8));
+        // A long run completed from the back: the commit point jumps once the front is done.
+        t.pulled(8..10_008, 10_008);
+        for o in (9..10_008).rev() {
+            assert!(t.complete(o));
+        }
+        assert_eq!(t.commit_offset(), 8);
+        assert!(t.complete(8));
+        assert_eq!((t.in_flight(), t.commit_offset()), (0, 10_008));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! sorted by key.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{ConfigStore, StoreError};
 
@@ -15,10 +16,29 @@ pub struct SledConfigStore {
 
 impl SledConfigStore {
     /// Opens (or creates) the store in `dir`. Fails if another process has it open.
+    ///
+    /// sled drops its file lock from a background flusher thread shortly after the last handle
+    /// goes away, so a restart inside one process (tests, an embedding application) may find
+    /// the lock still held for a moment: a held lock is retried for up to [`LOCK_WAIT`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
-        Ok(SledConfigStore { db })
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Ok(SledConfigStore { db }),
+                Err(e) if is_lock_held(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
+}
+
+/// How long [`SledConfigStore::open`] waits for a lock held by a handle that is going away.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn is_lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 fn namespace_prefix(namespace: &str) -> Vec<u8> {
