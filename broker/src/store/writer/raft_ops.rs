@@ -24,7 +24,7 @@ use crate::store::raftlog::control::{self, CompactionPoint, Control, QueueTable}
 use crate::store::raftlog::{EntryLoc, LocErr, RaftShared};
 use crate::store::record::{self, OFF_STORE_TS, OFF_SYS_FLAG, SYS_FLAGS_SYSTEM};
 use crate::store::shared::DispatchMsg;
-use crate::store::StoreError;
+use crate::store::{FlushMode, StoreError};
 
 /// Raft writes the writer performs for `CommitLogRaft`.
 pub enum RaftOp {
@@ -134,20 +134,37 @@ impl Writer {
             RaftOp::Append(entries) => self.raft_append(&entries),
             RaftOp::HardState(hs) => {
                 let (rs, rw) = self.raft_parts()?;
+                // Only term and vote must be durable before Raft acts on them; the commit index
+                // is persisted lazily (on the next term/vote/membership write) and re-learned
+                // from the leader after a restart. Rewriting the control file for every
+                // commit advance would cost four fsyncs per replicated write.
+                let d = &rw.durable.hard_state;
+                if hs.term != d.term || hs.vote != d.vote {
+                    rw.dirty = true;
+                }
                 rs.view.write().hard_state = hs;
-                rw.dirty = true;
                 Ok(())
             }
             RaftOp::ConfState(cs) => {
                 let (rs, rw) = self.raft_parts()?;
+                if cs != rw.durable.conf_state {
+                    rw.dirty = true;
+                }
                 rs.view.write().conf_state = cs;
-                rw.dirty = true;
                 Ok(())
             }
             RaftOp::InstallSnapshot { meta, data } => self.raft_install(&meta, data),
             RaftOp::Compact(index) => Ok(self.raft_compact(index)?),
             RaftOp::Sync => {
-                self.flush_all()?;
+                // The log is fdatasynced before a control file that may name its entries
+                // (commit index) is written. Otherwise only sync flush pays for it: async flush
+                // acks entries from the page cache, as a single broker does (the flusher
+                // thread writes them back on its interval), so a quorum ack means a majority
+                // of processes hold the entry, which survives kill -9 of any minority.
+                let dirty = self.raft_parts()?.1.dirty;
+                if dirty || self.shared.config.flush == FlushMode::Sync {
+                    self.flush_all()?;
+                }
                 Ok(self.raft_sync_control()?)
             }
         }
