@@ -63,6 +63,15 @@ pub struct BrokerConfig {
     pub max_election_ticks: usize,
     /// Enables the `InjectFault` RPC (partition tests). Never turn on in production.
     pub enable_fault_injection: bool,
+    /// Replica groups: consumers may be sent to pull from slaves (read hints). Set it the same
+    /// on every replica of a group.
+    pub slave_read_enable: bool,
+    /// The master sends a consumer to a slave when it reads more than this share of physical
+    /// memory behind the commit log's end (that data is likely out of the page cache).
+    pub read_hint_behind_memory_ratio: f64,
+    /// At this many appended bytes per second the group counts as under write pressure: the
+    /// master sends readers to slaves that hold the data, and slaves keep them. 0: never.
+    pub read_hint_write_pressure_bytes_per_sec: u64,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +109,9 @@ impl Default for BrokerConfig {
             election_ticks: 8,
             max_election_ticks: 16,
             enable_fault_injection: false,
+            slave_read_enable: true,
+            read_hint_behind_memory_ratio: 0.40,
+            read_hint_write_pressure_bytes_per_sec: 128 << 20,
         }
     }
 }
@@ -181,6 +193,9 @@ impl BrokerConfig {
             || !(0.0..=1.0).contains(&self.disk_hard_ratio)
         {
             return bad("disk ratios must be within 0..=1");
+        }
+        if !(0.0..=1.0).contains(&self.read_hint_behind_memory_ratio) {
+            return bad("read_hint_behind_memory_ratio must be within 0..=1");
         }
         if self.heartbeat_interval_ms == 0 || self.consumer_expiry_ms == 0 {
             return bad("heartbeat_interval_ms and consumer_expiry_ms must be > 0");
@@ -314,6 +329,27 @@ mod tests {
         };
         assert!(c.validate().is_err());
         assert!(BrokerConfig::default().validate().is_ok());
+        let c = BrokerConfig {
+            read_hint_behind_memory_ratio: 1.5,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn read_hint_keys() {
+        let c = BrokerConfig::default();
+        assert!(c.slave_read_enable);
+        assert_eq!(c.read_hint_behind_memory_ratio, 0.40);
+        let c: BrokerConfig = toml::from_str(
+            "slave_read_enable = false\nread_hint_behind_memory_ratio = 0.0\n\
+             read_hint_write_pressure_bytes_per_sec = 0\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(!c.slave_read_enable);
+        assert_eq!(c.read_hint_behind_memory_ratio, 0.0);
+        assert_eq!(c.read_hint_write_pressure_bytes_per_sec, 0);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::offsets::OffsetTable;
 use crate::registration::Registrar;
 use crate::replication::{GroupSettings, MetaState, ReplicaGroup, StoreBackend};
 use crate::service::convert::IdGenerator;
+use crate::service::read_hint::{ReadHintSettings, ReadHints};
 use crate::service::{BrokerService, Identity, ServiceLimits};
 use crate::store::MessageStore;
 use crate::topics::TopicTable;
@@ -114,7 +115,14 @@ pub async fn run(
             (Some(group), Some(service))
         }
     };
+    let read_hints = ReadHints::start(
+        ReadHintSettings::from_config(&config),
+        store.clone(),
+        replica.clone(),
+        stop_rx.clone(),
+    );
     let service = BrokerService {
+        read_hints,
         store: store.clone(),
         topics: topics.clone(),
         offsets,

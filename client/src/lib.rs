@@ -55,7 +55,7 @@ mod route;
 mod rpc;
 pub mod time;
 
-pub use admin::{Admin, BrokerStatusRow, LagRow, ReplicaProgressRow, TopicCreated};
+pub use admin::{Admin, BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow, TopicCreated};
 pub use config::ClientConfig;
 pub use consumer::{
     allocate_averagely, ConsumerBuilder, HandlerError, MessageHandler, PullConsumer, PushConsumer,

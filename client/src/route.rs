@@ -55,6 +55,36 @@ impl BrokerRouteInfo {
             .as_deref()
             .or_else(|| self.replicas.first().map(|r| r.address.as_str()))
     }
+
+    /// Replica id of the master, if the group has one right now.
+    pub fn master_replica_id(&self) -> Option<u64> {
+        let master = self.master_address.as_deref()?;
+        self.replicas
+            .iter()
+            .find(|r| r.address == master)
+            .map(|r| r.replica_id)
+    }
+
+    /// Where to read from, in order: the `preferred` replica (a read hint) if the route still
+    /// has it, then the master, then every other replica. Each entry is (replica id, address).
+    pub fn read_order(&self, preferred: Option<u64>) -> Vec<(u64, &str)> {
+        let master = self.master_replica_id();
+        let mut order: Vec<(u64, &str)> = Vec::with_capacity(self.replicas.len());
+        let mut push = |id: u64| {
+            if order.iter().all(|&(i, _)| i != id) {
+                if let Some(r) = self.replicas.iter().find(|r| r.replica_id == id) {
+                    order.push((id, r.address.as_str()));
+                }
+            }
+        };
+        for id in preferred.into_iter().chain(master) {
+            push(id);
+        }
+        for r in &self.replicas {
+            push(r.replica_id);
+        }
+        order
+    }
 }
 
 /// A topic's route, with broker groups sorted by name.
@@ -329,5 +359,46 @@ pub(crate) mod tests {
         assert_eq!(r.master_address("b"), Some("b:1"));
         assert_eq!(r.master_address("a"), None);
         assert_eq!(r.broker("a").unwrap().read_address(), Some("a:1"));
+    }
+
+    fn group(master: u64) -> BrokerRouteInfo {
+        let info = TopicRouteInfo::from_proto(TopicRoute {
+            topic: "t".into(),
+            brokers: vec![BrokerRoute {
+                cluster_name: "c".into(),
+                broker_name: "g".into(),
+                read_queues: 1,
+                write_queues: 1,
+                perm: 6,
+                replicas: (1..=3)
+                    .map(|id| ReplicaRoute {
+                        replica_id: id,
+                        address: format!("h:{id}"),
+                        role: if id == master {
+                            Role::Master as i32
+                        } else {
+                            Role::Slave as i32
+                        },
+                    })
+                    .collect(),
+                master_replica_id: master,
+            }],
+        });
+        info.brokers[0].clone()
+    }
+
+    #[test]
+    fn read_order_follows_the_hint_then_the_master() {
+        let g = group(2);
+        assert_eq!(g.master_replica_id(), Some(2));
+        assert_eq!(g.read_order(None), [(2, "h:2"), (1, "h:1"), (3, "h:3")]);
+        assert_eq!(g.read_order(Some(3)), [(3, "h:3"), (2, "h:2"), (1, "h:1")]);
+        assert_eq!(g.read_order(Some(2)), [(2, "h:2"), (1, "h:1"), (3, "h:3")]);
+        // A hinted replica the route no longer has is skipped.
+        assert_eq!(g.read_order(Some(9)), [(2, "h:2"), (1, "h:1"), (3, "h:3")]);
+        // No master: any replica, the hinted one first.
+        let g = group(0);
+        assert_eq!(g.master_replica_id(), None);
+        assert_eq!(g.read_order(Some(3)), [(3, "h:3"), (1, "h:1"), (2, "h:2")]);
     }
 }

@@ -12,7 +12,7 @@ use sluice_proto::v1::fault_request::Fault;
 use sluice_proto::v1::replication_client::ReplicationClient;
 use sluice_proto::v1::{
     BrokerStatus, FaultRequest, GetBrokerStatusRequest, GetTopicRouteRequest, Heal, Isolate,
-    PullRequest, Role, StoredMessage,
+    PullRequest, ReadStats, Role, StoredMessage,
 };
 
 use crate::{bin, connect_broker, wait_until, Node};
@@ -185,6 +185,14 @@ impl ReplicaCluster {
         .await
         .context("status timed out")??;
         Ok(s.into_inner())
+    }
+
+    /// What replica `id` served to pulls and the read hints it gave (fails when it is down).
+    pub async fn read_stats(&self, id: u64) -> Result<ReadStats> {
+        self.status(id)
+            .await?
+            .read_stats
+            .ok_or_else(|| anyhow!("replica {id} reports no read stats"))
     }
 
     /// The replica that reports itself MASTER, among those that answer.

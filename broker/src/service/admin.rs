@@ -98,6 +98,7 @@ impl BrokerService {
             topic_count: self.topics.len() as u32,
             disk_usage_ratio: self.store.disk_usage_ratio(),
             flush_mode: self.limits.flush_mode.clone(),
+            read_stats: Some(self.read_hints.stats()),
             ..Default::default()
         };
         if let Some(group) = &self.replica {

@@ -7,9 +7,11 @@ use sluice_proto::v1::*;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
+use super::read_hint::PullFacts;
 use super::BrokerService;
 use crate::offsets::CommittedOffset;
 use crate::replication::meta_ops;
+use crate::store::{QueueRead, StoreError};
 use crate::topics::require;
 
 const DEFAULT_MAX_MESSAGES: usize = 32;
@@ -68,22 +70,35 @@ impl BrokerService {
             // Mark the current position seen before reading, so a dispatch that lands after the
             // read still wakes us.
             dispatched.borrow_and_update();
-            let read = self.store.read_queue(
-                &req.topic,
-                req.queue_id,
-                req.offset,
-                max_messages,
-                max_bytes,
-            )?;
+            let (read, lacks_offset) = self.read_for_pull(&req, max_messages, max_bytes)?;
+            let hint = self.replica.as_ref().map(|group| {
+                self.read_hints.hint(
+                    group,
+                    &PullFacts {
+                        group: &req.group,
+                        topic: &req.topic,
+                        queue_id: req.queue_id,
+                        records: &read.records,
+                        log_end: self.store.confirmed_offset(),
+                        lacks_offset,
+                    },
+                )
+            });
+            // Sent elsewhere with nothing to read here: answer now, the other replica has it.
+            let redirected = hint.is_some_and(|h| h.redirects(self.identity.replica_id));
             let done = !read.records.is_empty()
+                || redirected
                 || tokio::time::Instant::now() >= until
                 || *shutdown.borrow();
             if done {
+                self.read_hints
+                    .served(&read.records, hint, self.identity.replica_id);
                 return Ok(PullResponse {
                     messages: read.records.into_iter().map(to_wire).collect(),
                     next_offset: read.next_offset,
                     min_offset: read.min_offset,
                     max_offset: read.max_offset,
+                    hint: hint.map(Into::into),
                 });
             }
             tokio::select! {
@@ -93,6 +108,46 @@ impl BrokerService {
                 _ = tokio::time::sleep_until(until) => {}
                 _ = shutdown.changed() => {}
             }
+        }
+    }
+
+    /// Reads for a pull. A replica that is not the master and does not have the offset yet
+    /// (past its queue's end: it is behind the master) answers with nothing and `true`, so the
+    /// consumer goes back to the master instead of being told its offset is invalid: only the
+    /// master, which has every committed entry, may move a consumer's offset forward.
+    fn read_for_pull(
+        &self,
+        req: &PullRequest,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<(QueueRead, bool), ApiError> {
+        let read = self.store.read_queue(
+            &req.topic,
+            req.queue_id,
+            req.offset,
+            max_messages,
+            max_bytes,
+        );
+        let not_master = self
+            .replica
+            .as_ref()
+            .is_some_and(|g| !g.master_state().is_master);
+        match read {
+            Ok(r) => Ok((r, false)),
+            Err(StoreError::OffsetOutOfRange { offset, min, max })
+                if not_master && offset > max =>
+            {
+                Ok((
+                    QueueRead {
+                        records: Vec::new(),
+                        next_offset: offset,
+                        min_offset: min,
+                        max_offset: max,
+                    },
+                    true,
+                ))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -5,6 +5,7 @@ mod admin;
 mod consume;
 pub mod convert;
 mod produce;
+pub mod read_hint;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct BrokerService {
     /// sends, offset commits and topic changes go through the Raft log and only the master
     /// takes them.
     pub(crate) replica: Option<Arc<ReplicaGroup>>,
+    /// Where consumers should pull next (replica groups), and what this replica served.
+    pub(crate) read_hints: read_hint::ReadHints,
 }
 
 type Reply<T> = Result<Response<T>, Status>;

@@ -12,7 +12,7 @@ use serde::Serialize;
 use sluice_proto::v1::{BrokerInfo, CreateTopicRequest, Role, TopicConfig};
 use sluice_proto::{names, perm, ApiError, ErrorCode};
 
-pub use status::{BrokerStatusRow, LagRow, ReplicaProgressRow};
+pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
 
 use crate::client::ClientCore;
 use crate::config::ClientConfig;

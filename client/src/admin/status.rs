@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use futures::future::join_all;
 use serde::Serialize;
 use sluice_proto::v1::{
-    BrokerStatus, GetBrokerStatusRequest, GetGroupOffsetsRequest, GetQueueOffsetsRequest, Role,
+    BrokerStatus, GetBrokerStatusRequest, GetGroupOffsetsRequest, GetQueueOffsetsRequest,
+    ReadHintReason, ReadStats, Role,
 };
 use sluice_proto::{names, ApiError, ErrorCode};
 
@@ -41,6 +42,8 @@ pub struct BrokerStatusRow {
     pub ack_policy: Option<String>,
     /// On a group's master: how far each replica of the group has the log.
     pub replicas: Vec<ReplicaProgressRow>,
+    /// What the replica served to pulls (brokers that report it).
+    pub reads: Option<ReadRow>,
     /// Why the broker could not be asked, when it could not.
     pub error: Option<String>,
 }
@@ -58,6 +61,26 @@ pub struct ReplicaProgressRow {
     pub active: bool,
     /// PROBE, REPLICATE or SNAPSHOT.
     pub state: String,
+}
+
+/// Pulls a replica served, the read hints it gave, and its share of its group's reads.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReadRow {
+    pub pulls: u64,
+    pub messages: u64,
+    pub bytes: u64,
+    pub recent_messages_per_sec: f64,
+    /// Pulls answered with a hint naming another replica.
+    pub redirects: u64,
+    /// Hints given, by reason (STAY, CONSUMER_BEHIND, ...).
+    pub hints: BTreeMap<String, u64>,
+    pub slave_read_enable: bool,
+    /// The group's recent append rate as this replica measures it.
+    pub write_bytes_per_sec: f64,
+    pub write_pressure: bool,
+    /// Share of the messages its group served: over the last seconds when the group served
+    /// any recently, else since the replicas started. `None` when the group served nothing.
+    pub read_share: Option<f64>,
 }
 
 /// Lag of a group on one queue.
@@ -114,6 +137,7 @@ impl Admin {
                     applied_index: None,
                     ack_policy: None,
                     replicas: Vec::new(),
+                    reads: None,
                     error: None,
                 };
                 match status {
@@ -130,6 +154,7 @@ impl Admin {
                 b.replica_id,
             ))
         });
+        fill_read_shares(&mut rows);
         Ok(rows)
     }
 
@@ -267,8 +292,60 @@ impl Admin {
     }
 }
 
+/// Each replica's share of what its group (cluster, broker name) served.
+pub(crate) fn fill_read_shares(rows: &mut [BrokerStatusRow]) {
+    let mut totals: BTreeMap<(String, String), (f64, u64)> = BTreeMap::new();
+    for r in rows.iter() {
+        if let Some(reads) = &r.reads {
+            let t = totals
+                .entry((r.cluster_name.clone(), r.broker_name.clone()))
+                .or_default();
+            t.0 += reads.recent_messages_per_sec;
+            t.1 += reads.messages;
+        }
+    }
+    for r in rows.iter_mut() {
+        let key = (r.cluster_name.clone(), r.broker_name.clone());
+        let (Some(reads), Some(&(recent, total))) = (r.reads.as_mut(), totals.get(&key)) else {
+            continue;
+        };
+        reads.read_share = if recent > 0.0 {
+            Some(reads.recent_messages_per_sec / recent)
+        } else if total > 0 {
+            Some(reads.messages as f64 / total as f64)
+        } else {
+            None
+        };
+    }
+}
+
+fn read_row(s: ReadStats) -> ReadRow {
+    ReadRow {
+        pulls: s.pulls,
+        messages: s.messages,
+        bytes: s.bytes,
+        recent_messages_per_sec: s.recent_messages_per_sec,
+        redirects: s.redirects,
+        hints: s
+            .hints
+            .iter()
+            .map(|h| {
+                let name =
+                    ReadHintReason::try_from(h.reason).map_or("UNKNOWN", |r| r.as_str_name());
+                let name = name.strip_prefix("READ_HINT_REASON_").unwrap_or(name);
+                (name.to_string(), h.count)
+            })
+            .collect(),
+        slave_read_enable: s.slave_read_enable,
+        write_bytes_per_sec: s.write_bytes_per_sec,
+        write_pressure: s.write_pressure,
+        read_share: None,
+    }
+}
+
 fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
     row.reachable = true;
+    row.reads = s.read_stats.map(read_row);
     row.max_offset = s.max_offset;
     row.min_offset = Some(s.min_offset);
     row.confirmed_offset = Some(s.confirmed_offset);
@@ -310,6 +387,63 @@ pub(crate) fn lag(min: u64, max: u64, committed: Option<u64>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(broker: &str, id: u64, reads: Option<(f64, u64)>) -> BrokerStatusRow {
+        BrokerStatusRow {
+            cluster_name: "c".into(),
+            broker_name: broker.into(),
+            replica_id: id,
+            role: "SLAVE".into(),
+            address: format!("h:{id}"),
+            term: 1,
+            max_offset: 0,
+            last_heartbeat_ago_ms: 0,
+            topic_count: 0,
+            reachable: true,
+            confirmed_offset: None,
+            min_offset: None,
+            disk_usage_ratio: None,
+            flush_mode: None,
+            raft_role: None,
+            commit_index: None,
+            applied_index: None,
+            ack_policy: None,
+            replicas: Vec::new(),
+            reads: reads.map(|(recent, messages)| {
+                read_row(ReadStats {
+                    recent_messages_per_sec: recent,
+                    messages,
+                    hints: vec![sluice_proto::v1::ReadHintCount {
+                        reason: ReadHintReason::ConsumerBehind as i32,
+                        count: 2,
+                    }],
+                    ..Default::default()
+                })
+            }),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn read_share_per_group_prefers_recent_rates() {
+        let mut rows = vec![
+            row("a", 1, Some((10.0, 100))),
+            row("a", 2, Some((30.0, 0))),
+            row("a", 3, None),
+            row("b", 1, Some((0.0, 30))),
+            row("b", 2, Some((0.0, 10))),
+            row("c", 1, Some((0.0, 0))),
+        ];
+        fill_read_shares(&mut rows);
+        let share = |i: usize| rows[i].reads.as_ref().and_then(|r| r.read_share);
+        assert_eq!(share(0), Some(0.25));
+        assert_eq!(share(1), Some(0.75));
+        assert_eq!(share(2), None);
+        assert_eq!(share(3), Some(0.75));
+        assert_eq!(share(4), Some(0.25));
+        assert_eq!(share(5), None);
+        assert_eq!(rows[0].reads.as_ref().unwrap().hints["CONSUMER_BEHIND"], 2);
+    }
 
     #[test]
     fn lag_counts_from_the_commit_or_the_oldest_message() {

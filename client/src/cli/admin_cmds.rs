@@ -184,7 +184,8 @@ pub async fn cluster(admin: &Admin, cmd: ClusterCommand) -> anyhow::Result<()> {
                 ]);
             }
             t.print()?;
-            print_replication(&rows)
+            print_replication(&rows)?;
+            print_reads(&rows)
         }
     }
 }
@@ -219,6 +220,55 @@ fn print_replication(rows: &[sluice_client::BrokerStatusRow]) -> anyhow::Result<
                 if p.active { "yes" } else { "no" }.to_string(),
             ]);
         }
+    }
+    t.print()?;
+    Ok(())
+}
+
+/// What each replica served to pulls and its share of its group's reads (read hints move
+/// consumers between replicas).
+fn print_reads(rows: &[sluice_client::BrokerStatusRow]) -> anyhow::Result<()> {
+    let readers: Vec<_> = rows.iter().filter(|r| r.reads.is_some()).collect();
+    if readers.is_empty() {
+        return Ok(());
+    }
+    println!();
+    let mut t = Table::new(&[
+        "GROUP",
+        "REPLICA",
+        "ROLE",
+        "READ SHARE",
+        "MSGS/S",
+        "MESSAGES",
+        "PULLS",
+        "REDIRECTS",
+        "SLAVE READ",
+        "WRITE MB/S",
+    ]);
+    for r in readers {
+        let Some(reads) = &r.reads else { continue };
+        t.row(vec![
+            r.broker_name.clone(),
+            r.replica_id.to_string(),
+            r.role.clone(),
+            reads
+                .read_share
+                .map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+            format!("{:.0}", reads.recent_messages_per_sec),
+            reads.messages.to_string(),
+            reads.pulls.to_string(),
+            reads.redirects.to_string(),
+            if reads.slave_read_enable { "on" } else { "off" }.to_string(),
+            format!(
+                "{:.1}{}",
+                reads.write_bytes_per_sec / (1 << 20) as f64,
+                if reads.write_pressure {
+                    " (loaded)"
+                } else {
+                    ""
+                }
+            ),
+        ]);
     }
     t.print()?;
     Ok(())

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proto::v1::{PullRequest, StoredMessage};
+use sluice_proto::v1::{PullRequest, PullResponse, ReadHintReason, StoredMessage};
 use sluice_proto::ErrorCode;
 
 use super::tracker::OffsetTracker;
@@ -24,42 +24,127 @@ pub(crate) enum PullOutcome {
     Messages {
         messages: Vec<StoredMessage>,
         next_offset: u64,
+        /// Where to pull next (the answer's read hint): a replica id, `None` for the master.
+        next_source: Option<u64>,
     },
     /// The offset was outside the queue's range; continue here.
     Moved(u64),
     Failed(Error),
 }
 
-/// Pulls `mq` at `offset` after waiting `delay` (the backoff after failures).
+/// Pulls `mq` at `offset` after waiting `delay` (the backoff after failures), from the
+/// replica `source` (a read hint; `None`: the master).
 pub(crate) async fn fetch(
     ctx: Arc<ReaderCtx>,
     mq: MessageQueue,
     offset: u64,
     delay: Duration,
+    source: Option<u64>,
 ) -> PullOutcome {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    match try_fetch(&ctx, &mq, offset).await {
+    match try_fetch(&ctx, &mq, offset, source).await {
         Ok(outcome) => outcome,
         Err(e) => PullOutcome::Failed(e),
     }
 }
 
-async fn try_fetch(ctx: &ReaderCtx, mq: &MessageQueue, offset: u64) -> Result<PullOutcome> {
+async fn try_fetch(
+    ctx: &ReaderCtx,
+    mq: &MessageQueue,
+    offset: u64,
+    source: Option<u64>,
+) -> Result<PullOutcome> {
     let route = ctx.core.routes.get(&mq.topic).await?;
-    let Some(addr) = route
-        .broker(&mq.broker_name)
-        .and_then(|b| b.read_address())
-        .map(str::to_string)
-    else {
+    let Some(broker) = route.broker(&mq.broker_name) else {
         let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
         return Err(Error::no_route(
             &mq.topic,
             &format!("broker {} is not in the route", mq.broker_name),
         ));
     };
-    let mut client = ctx.core.broker(&addr)?;
+    let master = broker.master_replica_id();
+    let order = broker.read_order(source);
+    if order.is_empty() {
+        let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
+        return Err(Error::no_route(
+            &mq.topic,
+            &format!("broker {} has no replica in the route", mq.broker_name),
+        ));
+    }
+    // The hinted replica first; if it cannot be reached, the master, then any replica, all
+    // at the same offset, so switching never skips or repeats anything.
+    let mut last = None;
+    for (replica, addr) in order {
+        let from_master = master.is_none_or(|m| m == replica);
+        match pull_from(ctx, mq, addr, offset).await {
+            // Those we wanted could not be reached and this one has nothing: back off
+            // rather than bounce between a dead replica and an empty answer.
+            Ok(resp) if resp.messages.is_empty() && last.is_some() => {
+                let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
+                return Err(last.unwrap_or_else(|| Error::no_route(&mq.topic, "unreachable")));
+            }
+            Ok(resp) => {
+                let next_source = resp
+                    .hint
+                    .filter(|h| h.replica_id != 0 && Some(h.replica_id) != master)
+                    .map(|h| h.replica_id);
+                if next_source != source.filter(|&s| Some(s) != master) {
+                    let reason = resp
+                        .hint
+                        .map_or(ReadHintReason::Unspecified, |h| h.reason());
+                    tracing::debug!(queue = %mq, from = replica, to = ?next_source,
+                        reason = reason.as_str_name(), "read hint moves the queue");
+                }
+                return Ok(PullOutcome::Messages {
+                    messages: resp.messages,
+                    next_offset: resp.next_offset,
+                    next_source,
+                });
+            }
+            Err(Error::Api(api)) if api.code == ErrorCode::OffsetOutOfRange => {
+                // Only the master has every committed message: a slave's range is no reason
+                // to move the offset. Ask the master next.
+                if !from_master {
+                    return Ok(PullOutcome::Messages {
+                        messages: Vec::new(),
+                        next_offset: offset,
+                        next_source: None,
+                    });
+                }
+                return if offset < api.min_offset {
+                    Ok(PullOutcome::Moved(api.min_offset))
+                } else if offset > api.max_offset {
+                    Ok(PullOutcome::Moved(api.max_offset))
+                } else {
+                    Err(Error::Api(api))
+                };
+            }
+            Err(e @ (Error::Transport { .. } | Error::Timeout { .. })) => {
+                tracing::debug!(queue = %mq, replica, error = %e, "replica unreachable; trying the next");
+                last = Some(e);
+            }
+            Err(e) => {
+                if e.is_routing() {
+                    let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
+                }
+                return Err(e);
+            }
+        }
+    }
+    let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
+    Err(last.unwrap_or_else(|| Error::no_route(&mq.topic, "no replica answered")))
+}
+
+/// One long-polling pull from the replica at `addr`.
+async fn pull_from(
+    ctx: &ReaderCtx,
+    mq: &MessageQueue,
+    addr: &str,
+    offset: u64,
+) -> Result<PullResponse> {
+    let mut client = ctx.core.broker(addr)?;
     // The broker may hold the call for the poll timeout; allow a normal request time on top.
     let timeout = ctx.poll_timeout + ctx.core.timeout();
     let req = rpc::request(
@@ -74,46 +159,30 @@ async fn try_fetch(ctx: &ReaderCtx, mq: &MessageQueue, offset: u64) -> Result<Pu
         },
         timeout,
     );
-    match rpc::call(&addr, timeout, client.pull(req)).await {
-        Ok(resp) => Ok(PullOutcome::Messages {
-            messages: resp.messages,
-            next_offset: resp.next_offset,
-        }),
-        Err(Error::Api(api)) if api.code == ErrorCode::OffsetOutOfRange => {
-            if offset < api.min_offset {
-                Ok(PullOutcome::Moved(api.min_offset))
-            } else if offset > api.max_offset {
-                Ok(PullOutcome::Moved(api.max_offset))
-            } else {
-                Err(Error::Api(api))
-            }
-        }
-        Err(e) => {
-            if e.is_routing() {
-                let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
-            }
-            Err(e)
-        }
-    }
+    rpc::call(addr, timeout, client.pull(req)).await
 }
 
 /// Applies a pull's outcome to a queue's tracker and returns the messages to deliver.
-/// `failures` counts consecutive failed pulls (for the backoff).
+/// `failures` counts consecutive failed pulls (for the backoff); `source` is the replica to
+/// pull from next (`None`: the master).
 pub(crate) fn apply_outcome(
     mq: &MessageQueue,
     tracker: &mut OffsetTracker,
     failures: &mut u32,
+    source: &mut Option<u64>,
     outcome: PullOutcome,
 ) -> Vec<StoredMessage> {
     match outcome {
         PullOutcome::Messages {
             messages,
             next_offset,
+            next_source,
         } => {
             if *failures > 0 {
                 tracing::info!(queue = %mq, "pulling works again");
             }
             *failures = 0;
+            *source = next_source;
             let from = tracker.next();
             let fresh: Vec<StoredMessage> = messages
                 .into_iter()
@@ -124,6 +193,7 @@ pub(crate) fn apply_outcome(
         }
         PullOutcome::Moved(offset) => {
             *failures = 0;
+            *source = None;
             tracing::warn!(queue = %mq, from = tracker.next(), to = offset,
                 "offset out of the queue's range; moving");
             tracker.reset(offset);
@@ -131,6 +201,8 @@ pub(crate) fn apply_outcome(
         }
         PullOutcome::Failed(e) => {
             *failures += 1;
+            // Start over from the master.
+            *source = None;
             if *failures == 1 {
                 tracing::warn!(queue = %mq, error = %e, "pull failed; retrying with backoff");
             } else {

@@ -240,10 +240,21 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
     let mut pull: Option<BoxFuture<'static, PullOutcome>> = None;
     let mut reserve: Option<BoxFuture<'static, Result<OwnedSemaphorePermit, AcquireError>>> = None;
     let mut failures = 0u32;
+    // The replica a read hint named for this queue; `None`: the master.
+    let mut source: Option<u64> = None;
     loop {
         if pull.is_none() && pending.is_empty() && tracker.in_flight() < shared.max_unfinished {
             let delay = pull_backoff(failures);
-            pull = Some(fetch(shared.reader.clone(), mq.clone(), tracker.next(), delay).boxed());
+            pull = Some(
+                fetch(
+                    shared.reader.clone(),
+                    mq.clone(),
+                    tracker.next(),
+                    delay,
+                    source,
+                )
+                .boxed(),
+            );
         }
         // Kept across iterations so the queue keeps its place among those waiting for room.
         if reserve.is_none() && !pending.is_empty() {
@@ -278,7 +289,7 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
             }
             outcome = maybe(&mut pull) => {
                 pull = None;
-                pending.extend(apply_outcome(&mq, &mut tracker, &mut failures, outcome));
+                pending.extend(apply_outcome(&mq, &mut tracker, &mut failures, &mut source, outcome));
             }
         }
         let commit = tracker.commit_offset();

@@ -274,6 +274,7 @@ impl Broker for FakeBroker {
                         next_offset: next,
                         min_offset: min,
                         max_offset: maxo,
+                        hint: None,
                     }));
                 }
                 if tokio::time::Instant::now() >= deadline {
@@ -282,6 +283,7 @@ impl Broker for FakeBroker {
                         next_offset: req.offset,
                         min_offset: min,
                         max_offset: maxo,
+                        hint: None,
                     }));
                 }
             }
