@@ -352,22 +352,10 @@ wait_registered() {
 }
 
 # `sluice cluster status --json` as lines "BROKER_NAME REPLICA_ID ROLE REACHABLE TERM ADDRESS",
-# one per broker replica. The JSON is pretty-printed, one field a line, one object per replica:
-# plain awk reads it without jq.
+# one per broker replica.
 status_rows() {
   "$BIN_DIR/sluice" --nameservers "$(<"$DIR/nameservers")" cluster status --json 2>/dev/null |
-    awk '
-      /^[[:space:]]*"[a-z_]+": / {
-        line = $0
-        sub(/^[[:space:]]*"/, "", line)
-        key = line; sub(/".*/, "", key)
-        val = line; sub(/^[^"]*": /, "", val); sub(/,[[:space:]]*$/, "", val); gsub(/"/, "", val)
-        f[key] = val
-      }
-      /^[[:space:]]*}/ {
-        if ("broker_name" in f) print f["broker_name"], f["replica_id"], f["role"], f["reachable"], f["term"], f["address"]
-        split("", f)
-      }'
+    awk -f "$REPO_ROOT/scripts/lib/status_rows.awk"
 }
 
 # Prints the address of group $1's master: among its replicas that answer and report MASTER

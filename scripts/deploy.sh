@@ -506,21 +506,10 @@ cluster_status_on() {
   t_run "$1" "$(shell_quote "$REMOTE_DIR/bin/sluice") --nameservers $(nameserver_list) cluster status ${2:-}"
 }
 
-# Reads `sluice cluster status --json` (pretty-printed: one field a line, one object per
-# replica) on stdin; prints "BROKER_NAME REPLICA_ID ROLE REACHABLE TERM ADDRESS" per replica.
+# `sluice cluster status --json` on stdin as "BROKER_NAME REPLICA_ID ROLE REACHABLE TERM ADDRESS"
+# lines, one per broker replica.
 status_rows() {
-  awk '
-    /^[[:space:]]*"[a-z_]+": / {
-      line = $0
-      sub(/^[[:space:]]*"/, "", line)
-      key = line; sub(/".*/, "", key)
-      val = line; sub(/^[^"]*": /, "", val); sub(/,[[:space:]]*$/, "", val); gsub(/"/, "", val)
-      f[key] = val
-    }
-    /^[[:space:]]*}/ {
-      if ("broker_name" in f) print f["broker_name"], f["replica_id"], f["role"], f["reachable"], f["term"], f["address"]
-      split("", f)
-    }'
+  awk -f "$REPO_ROOT/scripts/lib/status_rows.awk"
 }
 
 # Waits until the brokers are registered and every replica group has a master.

@@ -9,7 +9,6 @@ use std::time::Duration;
 use sluice_proto::v1::broker_server::BrokerServer;
 use sluice_proto::v1::replication_server::ReplicationServer;
 use tokio::sync::{watch, Notify};
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::BrokerConfig;
 use crate::groups::ConsumerGroups;
@@ -42,6 +41,9 @@ pub enum ServerError {
     Replica(#[from] crate::replication::GroupError),
 }
 
+/// HTTP/2 flow-control windows of every connection the broker accepts.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// Longest the broker waits for its first nameserver registration before it reports ready.
 const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
@@ -167,12 +169,20 @@ pub async fn run(
             .max_encoding_message_size(crate::replication::transport::MAX_RPC_BYTES)
     });
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        // HTTP/2's default 64 KiB windows stall a connection carrying several batched sends
+        // (or replication appends) at once: each waits a round trip for a window update.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(grpc)
         .add_optional_service(replication)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop_serving.wait_for(|s| *s).await;
-        });
+        .serve_with_incoming_shutdown(
+            // `Server::tcp_nodelay` only applies to listeners tonic binds itself: without
+            // this, Nagle holds small answers back until the peer's delayed ACK (40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_serving.wait_for(|s| *s).await;
+            },
+        );
     let mut server = tokio::spawn(server);
     // Ready once serving and announced: clients that look the broker up right after find it.
     // A nameserver that does not answer is retried in the background.

@@ -112,14 +112,16 @@ pub fn confirm_through(store: &MessageStore, index: u64) {
 /// `(file name, bytes)` of every commit-log segment.
 pub fn log_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let d: PathBuf = dir.join("commitlog");
+    // Retention may delete a segment between the listing and the read: skip it then.
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
         .unwrap()
-        .map(|e| {
+        .filter_map(|e| {
             let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
+            match std::fs::read(e.path()) {
+                Ok(bytes) => Some((e.file_name().to_string_lossy().into_owned(), bytes)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+                Err(err) => panic!("reading {}: {err}", e.path().display()),
+            }
         })
         .collect();
     out.sort();

@@ -42,6 +42,10 @@ impl ChannelPool {
         let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            // HTTP/2's default 64 KiB windows make batched sends and large pull answers on one
+            // connection wait a round trip per window update.
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(32 << 20)
             // Notice dead peers on idle connections (a long poll can sit quiet for 15 s).
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))

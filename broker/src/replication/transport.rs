@@ -49,7 +49,9 @@ impl GrpcTransport {
                 .map_err(|e| format!("peer {id} address {addr:?}: {e}"))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(RPC_TIMEOUT)
-                .tcp_nodelay(true);
+                .tcp_nodelay(true)
+                .initial_stream_window_size(crate::server::STREAM_WINDOW)
+                .initial_connection_window_size(crate::server::CONNECTION_WINDOW);
             let client = ReplicationClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_RPC_BYTES)
                 .max_encoding_message_size(MAX_RPC_BYTES);

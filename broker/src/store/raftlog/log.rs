@@ -9,7 +9,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use super::{read_entries, LocErr, RaftShared};
 use crate::replication::{LogStoreError, RaftLogStore};
 use crate::store::writer::{RaftOp, WriterCmd};
-use crate::store::MessageStore;
+use crate::store::{FlushMode, MessageStore};
 
 /// The Raft view of a store opened in raft mode (`MessageStore::raft_log`). Reads come from
 /// the entry index and the log; writes go through the store's single writer, and block the
@@ -26,6 +26,9 @@ use crate::store::MessageStore;
 pub struct CommitLogRaft {
     store: MessageStore,
     raft: Arc<RaftShared>,
+    /// A hard state or membership the control file does not hold yet was handed to the
+    /// writer since the last `sync`.
+    control_pending: bool,
 }
 
 fn storage_err(e: LocErr) -> raft::Error {
@@ -40,7 +43,11 @@ fn storage_err(e: LocErr) -> raft::Error {
 
 impl CommitLogRaft {
     pub(crate) fn new(store: MessageStore, raft: Arc<RaftShared>) -> Self {
-        CommitLogRaft { store, raft }
+        CommitLogRaft {
+            store,
+            raft,
+            control_pending: false,
+        }
     }
 
     /// The store this log belongs to.
@@ -132,11 +139,23 @@ impl RaftLogStore for CommitLogRaft {
         self.call(RaftOp::Append(entries.to_vec()))
     }
 
+    /// A change of the commit index alone is recorded in the view without a trip to the writer:
+    /// only term and vote must reach the control file (see `RaftOp::HardState`), and this
+    /// happens on every commit advance.
     fn set_hard_state(&mut self, hs: &HardState) -> Result<(), LogStoreError> {
+        {
+            let mut v = self.raft().view.write();
+            if v.hard_state.term == hs.term && v.hard_state.vote == hs.vote {
+                v.hard_state.commit = hs.commit;
+                return Ok(());
+            }
+        }
+        self.control_pending = true;
         self.call(RaftOp::HardState(hs.clone()))
     }
 
     fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), LogStoreError> {
+        self.control_pending = true;
         self.call(RaftOp::ConfState(cs.clone()))
     }
 
@@ -166,6 +185,13 @@ impl RaftLogStore for CommitLogRaft {
     }
 
     fn sync(&mut self) -> Result<(), LogStoreError> {
-        self.call(RaftOp::Sync)
+        // With async flush and nothing for the control file the writer has nothing to do
+        // (entries are acknowledged from the page cache): skip the round trip.
+        if !self.control_pending && self.store.shared().config.flush == FlushMode::Async {
+            return Ok(());
+        }
+        self.call(RaftOp::Sync)?;
+        self.control_pending = false;
+        Ok(())
     }
 }

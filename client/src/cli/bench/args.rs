@@ -78,6 +78,11 @@ pub struct SendOpts {
     /// One request per message (no batching).
     #[arg(long)]
     pub no_batching: bool,
+    /// Send explicit batches of this many messages, one `send_batch` call each (RocketMQ's
+    /// batch send, stored whole in one queue); --in-flight then counts batches and latency is
+    /// per batch.
+    #[arg(long, value_name = "MESSAGES")]
+    pub send_batch: Option<usize>,
     /// Send at most this many messages per second over all producers; latency then counts
     /// from each message's scheduled send time.
     #[arg(long, value_name = "MSGS_PER_SEC")]
@@ -139,6 +144,8 @@ pub struct SendPlan {
     pub linger: Duration,
     pub rate: Option<u64>,
     pub retries: u32,
+    /// Messages per explicit `send_batch` call, if the run sends explicit batches.
+    pub send_batch: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -193,6 +200,14 @@ fn send_plan(o: SendOpts) -> Result<SendPlan, String> {
     if o.rate == Some(0) {
         return Err("--rate must be above zero".into());
     }
+    if let Some(n) = o.send_batch {
+        if !(1..=10_000).contains(&n) {
+            return Err("--send-batch must be within 1..=10000 (the broker's limit)".into());
+        }
+        if o.rate.is_some() {
+            return Err("--send-batch and --rate cannot be combined".into());
+        }
+    }
     Ok(SendPlan {
         producers: o.producers,
         in_flight: o.in_flight,
@@ -202,6 +217,7 @@ fn send_plan(o: SendOpts) -> Result<SendPlan, String> {
         linger: Duration::from_secs_f64(o.linger_ms / 1000.0),
         rate: o.rate,
         retries: o.retries,
+        send_batch: o.send_batch,
     })
 }
 
@@ -395,6 +411,9 @@ mod tests {
             &["produce", "--batch-bytes", "0"],
             &["produce", "--linger-ms", "-3"],
             &["produce", "--rate", "0"],
+            &["produce", "--send-batch", "0"],
+            &["produce", "--send-batch", "10001"],
+            &["produce", "--send-batch", "8", "--rate", "100"],
             &["produce", "--topic", "no spaces"],
             &["produce", "--size", "5000000"],
             &["produce", "--queues", "0"],

@@ -210,6 +210,7 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
             consumers: plan.receive.as_ref().map_or(0, |r| r.consumers),
             in_flight: send_plan.as_ref().map_or(0, |s| s.in_flight),
             batching: send_plan.as_ref().is_some_and(|s| s.batching),
+            send_batch: send_plan.as_ref().and_then(|s| s.send_batch),
             batch_max_messages: send_plan.as_ref().map_or(0, |s| s.batch_size),
             batch_max_bytes: send_plan.as_ref().map_or(0, |s| s.batch_bytes),
             linger_ms: send_plan
@@ -220,7 +221,9 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
         },
         broker,
         produce: send_shared.as_ref().map(|shared| {
-            let kind = if shared.plan.in_flight == 1 {
+            let kind = if shared.plan.send_batch.is_some() {
+                "send to ack, per batch"
+            } else if shared.plan.in_flight == 1 {
                 "send to ack, one at a time"
             } else {
                 "send to ack, per message"

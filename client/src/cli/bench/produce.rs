@@ -56,6 +56,31 @@ impl SendOutcome {
         }
     }
 
+    /// Settles one explicit batch of `n` messages: one latency sample for the batch.
+    fn settle_batch(
+        &mut self,
+        shared: &SendShared,
+        started: Instant,
+        n: u64,
+        result: SendResult<Vec<SendReceipt>>,
+    ) {
+        let now = Instant::now();
+        match result {
+            Ok(_) => {
+                self.ok += n;
+                self.latencies
+                    .record(now.saturating_duration_since(started));
+                shared.counters.sent.fetch_add(n, Ordering::Relaxed);
+                shared.gaps.tick(now);
+            }
+            Err(e) => {
+                self.failed += n;
+                shared.counters.send_failed.fetch_add(n, Ordering::Relaxed);
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+
     pub fn merge(&mut self, other: SendOutcome) {
         self.latencies.merge(&other.latencies);
         self.ok += other.ok;
@@ -85,6 +110,62 @@ fn may_send(shared: &SendShared, deadline: Option<Instant>) -> bool {
     match shared.amount {
         Amount::Count(n) => shared.tickets.fetch_add(1, Ordering::Relaxed) < n,
         Amount::Duration(_) | Amount::UntilIdle => deadline.is_none_or(|d| Instant::now() < d),
+    }
+}
+
+/// How many messages the next explicit batch may hold (up to `want`), taking their tickets;
+/// 0 when the run is over.
+fn take_batch(shared: &SendShared, want: usize, deadline: Option<Instant>) -> usize {
+    if shared.counters.stopped() {
+        return 0;
+    }
+    match shared.amount {
+        Amount::Count(n) => {
+            let first = shared.tickets.fetch_add(want as u64, Ordering::Relaxed);
+            n.saturating_sub(first).min(want as u64) as usize
+        }
+        Amount::Duration(_) | Amount::UntilIdle => {
+            if deadline.is_none_or(|d| Instant::now() < d) {
+                want
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// Keeps `in_flight` explicit batches of `size` messages on the wire until the run is over.
+async fn run_batches(
+    producer: &Producer,
+    shared: &SendShared,
+    size: usize,
+    deadline: Option<Instant>,
+    out: &mut SendOutcome,
+) {
+    let mut window = FuturesUnordered::new();
+    let mut more = true;
+    loop {
+        while more && window.len() < shared.plan.in_flight {
+            let n = take_batch(shared, size, deadline);
+            if n == 0 {
+                more = false;
+                break;
+            }
+            let started = Instant::now();
+            let now = payload::now_us();
+            let batch: Vec<Message> = (0..n)
+                .map(|_| Message::new(shared.topic.clone(), payload::body(shared.size, now)))
+                .collect();
+            window.push(
+                producer
+                    .send_batch(batch)
+                    .map(move |r| (started, n as u64, r)),
+            );
+        }
+        match window.next().await {
+            Some((started, n, result)) => out.settle_batch(shared, started, n, result),
+            None => break,
+        }
     }
 }
 
@@ -120,7 +201,9 @@ pub async fn run(
 ) -> SendOutcome {
     let mut out = SendOutcome::default();
     let mut pacer = Pacer::new(start, shared.plan.rate, shared.plan.producers);
-    if shared.plan.in_flight == 1 {
+    if let Some(size) = shared.plan.send_batch {
+        run_batches(&producer, &shared, size, deadline, &mut out).await;
+    } else if shared.plan.in_flight == 1 {
         // One at a time: each send waits for its ack (`send`, not the batching path).
         while may_send(&shared, deadline) {
             let started = wait_turn(&mut pacer).await;

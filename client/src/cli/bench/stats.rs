@@ -124,6 +124,8 @@ pub struct RunSettings {
     /// Sends in flight per producer (1: each send waits for its ack).
     pub in_flight: usize,
     pub batching: bool,
+    /// Messages per explicit `send_batch` call, if the run sent explicit batches.
+    pub send_batch: Option<usize>,
     pub batch_max_messages: usize,
     pub batch_max_bytes: usize,
     pub linger_ms: f64,
@@ -216,7 +218,9 @@ impl Report {
                 ", {} producer(s) x {} in flight",
                 c.producers, c.in_flight
             );
-            if c.in_flight > 1 && c.batching {
+            if let Some(n) = c.send_batch {
+                let _ = write!(out, " batches of {n} (explicit send_batch)");
+            } else if c.in_flight > 1 && c.batching {
                 let _ = write!(
                     out,
                     ", batches <= {} msgs / {} KiB, linger {} ms",
@@ -332,6 +336,7 @@ mod tests {
                 consumers: 0,
                 in_flight: 256,
                 batching: true,
+                send_batch: None,
                 batch_max_messages: 1024,
                 batch_max_bytes: 1 << 20,
                 linger_ms: 0.0,
