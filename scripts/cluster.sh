@@ -39,6 +39,8 @@
 #   SLUICE_ACK             ack policy of replica groups, quorum|leader (default quorum)
 #   SLUICE_DISK_BUDGET_BYTES  brokers count disk use against this budget instead of the file
 #                          system (their disk_high/hard ratios apply to it)
+#   SLUICE_BROKER_CONFIG   extra TOML lines appended to every broker's config (e.g.
+#                          "slave_read_enable = false")
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -230,6 +232,9 @@ broker_command() {
     fi
     if [[ -n ${SLUICE_DISK_BUDGET_BYTES:-} ]]; then
       echo "disk_budget_bytes = $SLUICE_DISK_BUDGET_BYTES"
+    fi
+    if [[ -n ${SLUICE_BROKER_CONFIG:-} ]]; then
+      printf '%s\n' "$SLUICE_BROKER_CONFIG"
     fi
     if [[ -f $d/peers ]]; then
       echo "replica_id = $(<"$d/replica_id")"
