@@ -35,7 +35,7 @@
 #   SLUICE_BROKER_EXPIRY_MS  nameserver broker expiry (default: the nameserver's, 120000)
 #   SLUICE_HEARTBEAT_MS    broker -> nameserver heartbeat (default: the broker's, 30000)
 #   SLUICE_RAFT_TICK_MS, SLUICE_ELECTION_TICKS, SLUICE_MAX_ELECTION_TICKS   Raft timing of
-#                          replica groups (default: the broker's, 100 ms and 8..16 ticks)
+#                          replica groups (default: the broker's, 100 ms and 6..12 ticks)
 #   SLUICE_ACK             ack policy of replica groups, quorum|leader (default quorum)
 #   SLUICE_DISK_BUDGET_BYTES  brokers count disk use against this budget instead of the file
 #                          system (their disk_high/hard ratios apply to it)

@@ -145,7 +145,19 @@ async fn a_replica_down_past_retention_catches_up_from_a_snapshot() {
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(offsets(lagging).await, offsets(master).await);
+    // Applied is not yet dispatched: the consume queues catch up right after.
+    let want = offsets(master).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the lagging replica's queue offsets to match the master's",
+        || {
+            let got = offsets(lagging);
+            let want = want.clone();
+            async move { got.await == want }
+        },
+    )
+    .await
+    .unwrap();
     let r = m.send(batch(1, sent + 10, 5)).await.unwrap().into_inner();
     let last = r.results.last().unwrap().clone();
     let commit = cluster.status(master).await.unwrap().commit_index;
@@ -153,10 +165,21 @@ async fn a_replica_down_past_retention_catches_up_from_a_snapshot() {
         .await_applied(&[lagging], commit, Duration::from_secs(10))
         .await
         .unwrap();
-    let on_lagging = cluster.read_queue(lagging, TOPIC, 1).await.unwrap();
-    let tail = on_lagging.last().unwrap();
-    assert_eq!(
-        (tail.queue_offset, tail.message_id.as_str()),
-        (last.queue_offset, last.message_id.as_str())
-    );
+    let cluster = &cluster;
+    wait_until(
+        Duration::from_secs(10),
+        "the new messages in the lagging replica's queue",
+        || {
+            let last = last.clone();
+            async move {
+                let on_lagging = cluster.read_queue(lagging, TOPIC, 1).await.unwrap();
+                on_lagging.last().is_some_and(|tail| {
+                    (tail.queue_offset, tail.message_id.as_str())
+                        == (last.queue_offset, last.message_id.as_str())
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
 }

@@ -138,14 +138,15 @@ impl Sender {
                     .refresh(topic, failed.route_generation)
                     .await;
                 // With nowhere else to go (one broker group, in failover), pause a little so the
-                // retries span more than a few milliseconds.
+                // retries span more than a few milliseconds; at most 200 ms, so a new master
+                // (registered the moment it is elected) is found soon after it takes over.
                 let elsewhere = refreshed.is_ok_and(|r| {
                     r.writable_queues()
                         .iter()
                         .any(|q| Some(&q.broker_name) != failed.broker.as_ref())
                 });
                 if !elsewhere && state.hint.is_none() {
-                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
+                    tokio::time::sleep(Duration::from_millis(50 << attempt.min(2))).await;
                 }
             }
             if failed.broker.is_some() {
