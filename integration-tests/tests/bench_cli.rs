@@ -188,6 +188,34 @@ fn bench_produce_consume_e2e_report_what_they_measured() {
     assert!(c["produce"].is_null());
     assert_eq!(c["settings"]["consumers"], 2);
 
+    // Explicit batches: 250 messages in batches of 32 (the last one short), one sample each.
+    let b = report(
+        &cluster,
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "bt",
+            "--count",
+            "250",
+            "--size",
+            "100",
+            "--in-flight",
+            "4",
+            "--send-batch",
+            "32",
+            "--json",
+        ],
+    );
+    assert_eq!(u(&b["produce"]["messages"]), 250, "{b}");
+    assert_eq!(u(&b["produce"]["failed"]), 0, "{b}");
+    assert_eq!(u(&b["produce"]["latency_us"]["samples"]), 8, "{b}");
+    assert_eq!(b["settings"]["send_batch"], 32);
+    assert!(b["produce"]["latency_us"]["kind"]
+        .as_str()
+        .unwrap()
+        .contains("per batch"));
+
     // End to end on a new topic: everything sent is received, latency from send to delivery.
     let e = report(
         &cluster,

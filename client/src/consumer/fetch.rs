@@ -162,10 +162,60 @@ async fn pull_from(
     rpc::call(addr, timeout, client.pull(req)).await
 }
 
+/// One queue loop's pull state: consecutive failures (for the backoff) and the replica a read
+/// hint named for the next pull (`None`: the master).
+pub(crate) struct QueueReader {
+    mq: MessageQueue,
+    failures: u32,
+    source: Option<u64>,
+}
+
+impl QueueReader {
+    pub(crate) fn new(mq: MessageQueue) -> Self {
+        QueueReader {
+            mq,
+            failures: 0,
+            source: None,
+        }
+    }
+
+    /// The next pull of this queue at `offset`, after the backoff its failures call for.
+    pub(crate) fn pull(
+        &self,
+        ctx: &Arc<ReaderCtx>,
+        offset: u64,
+    ) -> futures::future::BoxFuture<'static, PullOutcome> {
+        use futures::FutureExt;
+        fetch(
+            ctx.clone(),
+            self.mq.clone(),
+            offset,
+            pull_backoff(self.failures),
+            self.source,
+        )
+        .boxed()
+    }
+
+    /// Applies a pull's outcome to `tracker`; returns the messages to deliver.
+    pub(crate) fn apply(
+        &mut self,
+        tracker: &mut OffsetTracker,
+        outcome: PullOutcome,
+    ) -> Vec<StoredMessage> {
+        apply_outcome(
+            &self.mq,
+            tracker,
+            &mut self.failures,
+            &mut self.source,
+            outcome,
+        )
+    }
+}
+
 /// Applies a pull's outcome to a queue's tracker and returns the messages to deliver.
 /// `failures` counts consecutive failed pulls (for the backoff); `source` is the replica to
 /// pull from next (`None`: the master).
-pub(crate) fn apply_outcome(
+fn apply_outcome(
     mq: &MessageQueue,
     tracker: &mut OffsetTracker,
     failures: &mut u32,

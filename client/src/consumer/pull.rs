@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
-use super::fetch::{apply_outcome, fetch, maybe, pull_backoff, PullOutcome, ReaderCtx};
+use super::fetch::{maybe, PullOutcome, QueueReader, ReaderCtx};
 use super::tracker::OffsetTracker;
 use super::{new_client_id, ConsumerBuilder};
 use crate::client::ClientCore;
@@ -239,22 +239,10 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
     let mut pending: VecDeque<StoredMessage> = VecDeque::new();
     let mut pull: Option<BoxFuture<'static, PullOutcome>> = None;
     let mut reserve: Option<BoxFuture<'static, Result<OwnedSemaphorePermit, AcquireError>>> = None;
-    let mut failures = 0u32;
-    // The replica a read hint named for this queue; `None`: the master.
-    let mut source: Option<u64> = None;
+    let mut reader = QueueReader::new(mq.clone());
     loop {
         if pull.is_none() && pending.is_empty() && tracker.in_flight() < shared.max_unfinished {
-            let delay = pull_backoff(failures);
-            pull = Some(
-                fetch(
-                    shared.reader.clone(),
-                    mq.clone(),
-                    tracker.next(),
-                    delay,
-                    source,
-                )
-                .boxed(),
-            );
+            pull = Some(reader.pull(&shared.reader, tracker.next()));
         }
         // Kept across iterations so the queue keeps its place among those waiting for room.
         if reserve.is_none() && !pending.is_empty() {
@@ -289,7 +277,7 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
             }
             outcome = maybe(&mut pull) => {
                 pull = None;
-                pending.extend(apply_outcome(&mq, &mut tracker, &mut failures, &mut source, outcome));
+                pending.extend(reader.apply(&mut tracker, outcome));
             }
         }
         let commit = tracker.commit_offset();

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch, AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
-use super::fetch::{apply_outcome, doubling, fetch, maybe, pull_backoff, PullOutcome, ReaderCtx};
+use super::fetch::{doubling, maybe, PullOutcome, QueueReader, ReaderCtx};
 use super::tracker::OffsetTracker;
 use super::{new_client_id, ConsumerBuilder, MessageHandler};
 use crate::client::ClientCore;
@@ -119,23 +119,11 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
     let mut pending: VecDeque<StoredMessage> = VecDeque::new();
     let mut pull: Option<BoxFuture<'static, PullOutcome>> = None;
     let mut acquire: Option<BoxFuture<'static, Result<OwnedSemaphorePermit, AcquireError>>> = None;
-    let mut failures = 0u32;
-    // The replica a read hint named for this queue; `None`: the master.
-    let mut source: Option<u64> = None;
+    let mut reader = QueueReader::new(mq.clone());
     let mut running = 0usize;
     loop {
         if pull.is_none() && pending.is_empty() && tracker.in_flight() < shared.max_unfinished {
-            let delay = pull_backoff(failures);
-            pull = Some(
-                fetch(
-                    shared.reader.clone(),
-                    mq.clone(),
-                    tracker.next(),
-                    delay,
-                    source,
-                )
-                .boxed(),
-            );
+            pull = Some(reader.pull(&shared.reader, tracker.next()));
         }
         // One waiting acquire kept across iterations keeps this queue's place in the
         // semaphore's FIFO, so busy queues cannot starve it.
@@ -161,7 +149,7 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
             }
             outcome = maybe(&mut pull) => {
                 pull = None;
-                pending.extend(apply_outcome(&mq, &mut tracker, &mut failures, &mut source, outcome));
+                pending.extend(reader.apply(&mut tracker, outcome));
             }
         }
         let commit = tracker.commit_offset();
