@@ -254,7 +254,8 @@ impl ReplicaCluster {
             .filter(|&m| m != 0))
     }
 
-    /// Waits until every live replica in `ids` has applied at least `index`.
+    /// Waits until every live replica in `ids` has applied at least `index` and dispatched what
+    /// it applied (so its queues serve it).
     pub async fn await_applied(&self, ids: &[u64], index: u64, timeout: Duration) -> Result<()> {
         wait_until(
             timeout,
@@ -262,7 +263,9 @@ impl ReplicaCluster {
             || async {
                 for &id in ids {
                     match self.status(id).await {
-                        Ok(s) if s.applied_index >= index => {}
+                        Ok(s)
+                            if s.applied_index >= index
+                                && s.dispatched_offset >= s.confirmed_offset => {}
                         _ => return false,
                     }
                 }

@@ -183,7 +183,7 @@ async fn three_replicas_elect_a_master_and_replicate_messages_and_metadata() {
     assert_eq!(err.code, ErrorCode::NotMaster);
     m.commit_offsets(commit).await.unwrap();
     for &s in &slaves {
-        let mut c = connect_broker(cluster.address(s)).await.unwrap();
+        let c = connect_broker(cluster.address(s)).await.unwrap();
         wait_until(Duration::from_secs(5), "offset on slave", || {
             let mut c = c.clone();
             async move {
@@ -198,15 +198,26 @@ async fn three_replicas_elect_a_master_and_replicate_messages_and_metadata() {
         })
         .await
         .unwrap();
-        // Queue offsets are served by slaves too.
-        let q = c
-            .get_queue_offsets(sluice_proto::v1::GetQueueOffsetsRequest {
-                topic: TOPIC.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(q.queues.iter().map(|q| q.max_offset).sum::<u64>(), 201);
+        // Queue offsets are served by slaves too (once applied entries are dispatched).
+        wait_until(Duration::from_secs(5), "queue offsets on slave", || {
+            let mut c = c.clone();
+            async move {
+                c.get_queue_offsets(sluice_proto::v1::GetQueueOffsetsRequest {
+                    topic: TOPIC.into(),
+                })
+                .await
+                .is_ok_and(|r| {
+                    r.into_inner()
+                        .queues
+                        .iter()
+                        .map(|q| q.max_offset)
+                        .sum::<u64>()
+                        == 201
+                })
+            }
+        })
+        .await
+        .unwrap();
     }
 
     // Fault injection is off unless configured.

@@ -94,6 +94,7 @@ impl BrokerService {
             min_offset,
             max_offset,
             confirmed_offset: self.store.confirmed_offset(),
+            dispatched_offset: self.store.dispatched_offset(),
             term: 0,
             topic_count: self.topics.len() as u32,
             disk_usage_ratio: self.store.disk_usage_ratio(),

@@ -386,6 +386,12 @@ impl MessageStore {
         })
     }
 
+    /// The commit-log position up to which consume queues and the index are built: readers see
+    /// the messages below it.
+    pub fn dispatched_offset(&self) -> u64 {
+        *self.shared().dispatched.borrow()
+    }
+
     /// A watch on the dispatched commit-log position; it changes whenever new entries become
     /// visible to readers. Long-polling pulls wait on it.
     pub fn subscribe_dispatched(&self) -> tokio::sync::watch::Receiver<u64> {
