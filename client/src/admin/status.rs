@@ -16,7 +16,7 @@ use crate::route::role_name;
 use crate::rpc;
 
 /// One broker replica, as the nameservers know it and (if reachable) as it reports itself.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct BrokerStatusRow {
     pub cluster_name: String,
     pub broker_name: String,
@@ -127,18 +127,8 @@ impl Admin {
                     max_offset: b.max_offset,
                     last_heartbeat_ago_ms: b.last_heartbeat_ago_ms,
                     topic_count: b.topic_count,
-                    reachable: false,
-                    confirmed_offset: None,
-                    min_offset: None,
-                    disk_usage_ratio: None,
-                    flush_mode: None,
-                    raft_role: None,
-                    commit_index: None,
-                    applied_index: None,
-                    ack_policy: None,
-                    replicas: Vec::new(),
-                    reads: None,
-                    error: None,
+                    // The broker's own report (filled in below) or the error reaching it.
+                    ..Default::default()
                 };
                 match status {
                     Ok(s) => merge_status(&mut row, s),
@@ -398,17 +388,7 @@ mod tests {
             term: 1,
             max_offset: 0,
             last_heartbeat_ago_ms: 0,
-            topic_count: 0,
             reachable: true,
-            confirmed_offset: None,
-            min_offset: None,
-            disk_usage_ratio: None,
-            flush_mode: None,
-            raft_role: None,
-            commit_index: None,
-            applied_index: None,
-            ack_policy: None,
-            replicas: Vec::new(),
             reads: reads.map(|(recent, messages)| {
                 read_row(ReadStats {
                     recent_messages_per_sec: recent,
@@ -420,7 +400,7 @@ mod tests {
                     ..Default::default()
                 })
             }),
-            error: None,
+            ..Default::default()
         }
     }
 
