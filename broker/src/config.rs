@@ -72,6 +72,11 @@ pub struct BrokerConfig {
     /// At this many appended bytes per second the group counts as under write pressure: the
     /// master sends readers to slaves that hold the data, and slaves keep them. 0: never.
     pub read_hint_write_pressure_bytes_per_sec: u64,
+    /// Serve Send on a framed-TCP data port next to gRPC (docs/protocol.md); its address goes
+    /// to the nameservers with the broker's registration.
+    pub data_port_enable: bool,
+    /// Port of the data port, on the `listen` host; 0 takes any free port.
+    pub data_port: u16,
 }
 
 impl Default for BrokerConfig {
@@ -105,7 +110,6 @@ impl Default for BrokerConfig {
             learners: Vec::new(),
             ack: AckPolicy::Quorum,
             raft_tick_ms: 100,
-            // ~1 s failover (measured in the core's simulation: 8-16 ticks of 100 ms).
             // 0.6-1.2 s of silence: with heartbeats every tick that is six missed in a row, and
             // a dead master is replaced in about a second.
             election_ticks: 6,
@@ -114,6 +118,8 @@ impl Default for BrokerConfig {
             slave_read_enable: true,
             read_hint_behind_memory_ratio: 0.40,
             read_hint_write_pressure_bytes_per_sec: 128 << 20,
+            data_port_enable: true,
+            data_port: 0,
         }
     }
 }

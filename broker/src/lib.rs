@@ -2,6 +2,7 @@
 //! ARCHITECTURE.md maps these modules.
 
 pub mod config;
+pub mod data_port;
 pub mod groups;
 pub mod meta;
 pub mod offsets;

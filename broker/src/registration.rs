@@ -115,6 +115,7 @@ impl Registrar {
             topics: self.topics.list(),
             term,
             max_offset: self.store.commit_log_range().1,
+            data_address: self.identity.data_address.clone(),
         }
     }
 

@@ -82,6 +82,20 @@ pub async fn run(
         }
         None => local.to_string(),
     };
+    let data_listener = if config.data_port_enable {
+        let addr = SocketAddr::new(local.ip(), config.data_port);
+        let bind_err = |source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(bind_err)?;
+        let bound = l.local_addr().map_err(bind_err)?;
+        Some((l, crate::data_port::advertised(&address, bound)))
+    } else {
+        None
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(crate::store::StoreError::Io)?;
     let store = MessageStore::open(config.store_config(&address)).await?;
     let meta: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&config.data_dir.join("meta"))?);
@@ -92,6 +106,10 @@ pub async fn run(
         broker_name: config.broker_name.clone(),
         replica_id: config.replica_id,
         address: address.clone(),
+        data_address: data_listener
+            .as_ref()
+            .map(|(_, a)| a.clone())
+            .unwrap_or_default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let reregister = Arc::new(Notify::new());
@@ -104,6 +122,7 @@ pub async fn run(
                 peers: config.peers.clone(),
                 fault_injection: config.enable_fault_injection,
                 propose_timeout: Duration::from_millis(config.sync_flush_timeout_ms.max(1_000)),
+                data_address: identity.data_address.clone(),
             };
             let meta_state = MetaState {
                 meta: meta.clone(),
@@ -114,7 +133,7 @@ pub async fn run(
             let backend = StoreBackend::new(store.clone(), &address);
             let (group, service) =
                 ReplicaGroup::start(settings, backend, meta_state, store.clone())?;
-            (Some(group), Some(service))
+            (Some(group), Some(Arc::new(service)))
         }
     };
     let read_hints = ReadHints::start(
@@ -123,8 +142,10 @@ pub async fn run(
         replica.clone(),
         stop_rx.clone(),
     );
-    let service = BrokerService {
+    let data_port_stats = Arc::new(crate::data_port::DataPortStats::default());
+    let service = Arc::new(BrokerService {
         read_hints,
+        data_port: data_port_stats.clone(),
         store: store.clone(),
         topics: topics.clone(),
         offsets,
@@ -143,7 +164,7 @@ pub async fn run(
         reregister: reregister.clone(),
         shutdown: stop_rx.clone(),
         ids: IdGenerator::new(&address),
-    };
+    });
     let (first_round_tx, first_round) = tokio::sync::oneshot::channel();
     let registrar = Registrar {
         identity,
@@ -157,14 +178,24 @@ pub async fn run(
     };
     let registration = tokio::spawn(registrar.run(stop_rx.clone()));
 
-    let grpc = BrokerServer::new(service)
+    let data_port = data_listener.map(|(listener, _)| {
+        tokio::spawn(crate::data_port::serve(
+            listener,
+            service.clone(),
+            replication.clone(),
+            config.max_request_size + (64 << 10),
+            data_port_stats,
+            stop_rx.clone(),
+        ))
+    });
+    let grpc = BrokerServer::from_arc(service)
         // Above the message limit, so an oversized message gets MESSAGE_TOO_LARGE from us
         // rather than a transport error.
         .max_decoding_message_size(config.max_request_size + (64 << 10))
         .max_encoding_message_size(usize::MAX);
     let mut stop_serving = stop_rx.clone();
     let replication = replication.map(|r| {
-        ReplicationServer::new(r)
+        ReplicationServer::from_arc(r)
             .max_decoding_message_size(crate::replication::transport::MAX_RPC_BYTES)
             .max_encoding_message_size(crate::replication::transport::MAX_RPC_BYTES)
     });
@@ -216,6 +247,10 @@ pub async fn run(
             Ok(())
         }
     };
+    if let Some(d) = data_port {
+        // The accept loop ends with the stop signal; open connections finish their sends.
+        let _ = d.await;
+    }
     if tokio::time::timeout(Duration::from_secs(5), registration)
         .await
         .is_err()

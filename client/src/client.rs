@@ -7,6 +7,7 @@ use sluice_proto::v1::broker_client::BrokerClient;
 use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
+use crate::data_port::DataPorts;
 use crate::error::{Error, Result};
 use crate::nameserver::NameServers;
 use crate::pool::ChannelPool;
@@ -24,6 +25,7 @@ impl Drop for AbortOnDrop {
 pub(crate) struct ClientCore {
     pub(crate) config: ClientConfig,
     pub(crate) pool: Arc<ChannelPool>,
+    pub(crate) data_ports: DataPorts,
     pub(crate) nameservers: Arc<NameServers>,
     pub(crate) routes: Arc<RouteCache>,
     _refresher: AbortOnDrop,
@@ -50,6 +52,7 @@ impl ClientCore {
             config.route_refresh_interval,
         ));
         Ok(Arc::new(ClientCore {
+            data_ports: DataPorts::new(config.connect_timeout),
             config,
             pool,
             nameservers,

@@ -11,6 +11,7 @@ pub struct ClientConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) route_refresh_interval: Duration,
+    pub(crate) use_data_port: bool,
 }
 
 impl ClientConfig {
@@ -26,6 +27,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(3),
             route_refresh_interval: Duration::from_secs(30),
+            use_data_port: true,
         }
     }
 
@@ -53,6 +55,13 @@ impl ClientConfig {
 
     pub fn route_refresh_interval(mut self, interval: Duration) -> Self {
         self.route_refresh_interval = interval;
+        self
+    }
+
+    /// Send through a broker's data port (framed TCP) when the route names one; on by default.
+    /// Off, every call uses gRPC.
+    pub fn use_data_port(mut self, on: bool) -> Self {
+        self.use_data_port = on;
         self
     }
 

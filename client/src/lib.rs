@@ -45,6 +45,7 @@ pub mod admin;
 mod client;
 mod config;
 mod consumer;
+mod data_port;
 mod error;
 mod message;
 pub mod message_id;

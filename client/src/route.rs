@@ -33,6 +33,9 @@ pub struct ReplicaInfo {
     pub replica_id: u64,
     pub address: String,
     pub role: String,
+    /// The replica's data port (framed TCP, sends only); `None` when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_address: Option<String>,
 }
 
 /// A broker group serving the topic.
@@ -135,6 +138,7 @@ impl TopicRouteInfo {
                         replica_id: r.replica_id,
                         address: r.address.clone(),
                         role: role_name(r.role).to_string(),
+                        data_address: (!r.data_address.is_empty()).then(|| r.data_address.clone()),
                     })
                     .collect();
                 replicas.sort_by_key(|r| r.replica_id);
@@ -172,6 +176,17 @@ impl TopicRouteInfo {
 
     pub fn master_address(&self, broker_name: &str) -> Option<&str> {
         self.broker(broker_name)?.master_address.as_deref()
+    }
+
+    /// The data port of the group's master, when it has a master and the master a data port.
+    pub fn master_data_address(&self, broker_name: &str) -> Option<&str> {
+        let b = self.broker(broker_name)?;
+        let master = b.master_address.as_deref()?;
+        b.replicas
+            .iter()
+            .find(|r| r.address == master)?
+            .data_address
+            .as_deref()
     }
 
     /// Queues a producer may write: every write queue of every writable group with a master,
@@ -332,6 +347,7 @@ pub(crate) mod tests {
                         replica_id: 1,
                         address: format!("{name}:1"),
                         role: Role::Master as i32,
+                        data_address: format!("{name}:2"),
                     }],
                     master_replica_id: u64::from(has_master),
                 })
@@ -358,6 +374,8 @@ pub(crate) mod tests {
         assert_eq!(rd[0], ("a".to_string(), 0));
         assert_eq!(r.master_address("b"), Some("b:1"));
         assert_eq!(r.master_address("a"), None);
+        assert_eq!(r.master_data_address("b"), Some("b:2"));
+        assert_eq!(r.master_data_address("a"), None);
         assert_eq!(r.broker("a").unwrap().read_address(), Some("a:1"));
     }
 
@@ -379,6 +397,7 @@ pub(crate) mod tests {
                         } else {
                             Role::Slave as i32
                         },
+                        data_address: String::new(),
                     })
                     .collect(),
                 master_replica_id: master,

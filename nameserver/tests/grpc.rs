@@ -63,6 +63,7 @@ fn register_req(
         replica_id: replica,
         role: role as i32,
         address: format!("127.0.0.{replica}:{}", 20000 + broker.len()),
+        data_address: String::new(),
         topics: topics
             .iter()
             .map(|(name, queues)| TopicConfig {

@@ -9,6 +9,7 @@ pub mod v1 {
 }
 
 mod error;
+pub mod frame;
 pub mod names;
 
 pub use error::ApiError;

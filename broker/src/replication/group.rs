@@ -25,7 +25,7 @@ use super::rpc::ReplicationService;
 use super::runner::{mailbox, ReplicaHandle};
 use super::snapshot_log::MetaSnapshotLog;
 use super::status::{ReplicaStatus, RoleState};
-use super::transport::GrpcTransport;
+use super::transport::PeerTransport;
 use crate::store::{AppendBatch, Appended, MessageStore};
 
 /// Commands queued for the Raft thread before new ones are refused (peer messages are dropped,
@@ -42,6 +42,8 @@ pub struct GroupSettings {
     pub fault_injection: bool,
     /// How long a proposal may wait for its acknowledgement.
     pub propose_timeout: Duration,
+    /// This replica's data port (empty: none); peers learn it from Raft acks.
+    pub data_address: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +91,7 @@ impl ReplicaGroup {
             BrokerApplier::open(backend.clone(), meta, first, last).map_err(setup)?;
         let faults = Arc::new(FaultSwitch::new(settings.fault_injection));
         let transport =
-            GrpcTransport::start(&settings.broker_name, me, &settings.peers, faults.view())
+            PeerTransport::start(&settings.broker_name, me, &settings.peers, faults.view())
                 .map_err(setup)?;
         let (handle, mb) = mailbox(MAILBOX);
         let node = ReplicaNode::new(cfg, log, transport, applier).map_err(setup)?;
@@ -119,6 +121,7 @@ impl ReplicaGroup {
             replica: handle.clone(),
             isolation: faults.view(),
             faults,
+            data_address: settings.data_address.clone(),
         };
         let group = ReplicaGroup {
             id: me,

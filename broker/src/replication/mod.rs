@@ -72,5 +72,5 @@ pub use rpc::ReplicationService;
 pub use runner::{mailbox, Mailbox, ReplicaHandle};
 pub use status::{PeerProgress, PeerState, ReplicaStatus, Role, RoleState};
 pub use store_backend::StoreBackend;
-pub use transport::GrpcTransport;
+pub use transport::PeerTransport;
 pub use validate::{decode_message, encode_message, StepError};

@@ -24,10 +24,12 @@ pub struct ReplicationService {
     pub(crate) replica: ReplicaHandle,
     pub(crate) faults: Arc<FaultSwitch>,
     pub(crate) isolation: Isolation,
+    /// This replica's data port, told to peers in every ack so they switch to it.
+    pub(crate) data_address: String,
 }
 
 impl ReplicationService {
-    fn accept(&self, batch: RaftBatch) -> Result<RaftAck, ApiError> {
+    pub(crate) fn accept(&self, batch: RaftBatch) -> Result<RaftAck, ApiError> {
         if batch.broker_name != self.broker_name {
             return Err(ApiError::invalid(format!(
                 "raft batch for broker group {:?}; this is {:?}",
@@ -53,7 +55,10 @@ impl ReplicationService {
             )));
         }
         if self.isolation.is_isolated(batch.from) {
-            return Ok(RaftAck { accepted: 0 });
+            return Ok(RaftAck {
+                accepted: 0,
+                data_address: self.data_address.clone(),
+            });
         }
         // The replica decodes and validates each message; garbage is counted and dropped there.
         let mut accepted = 0;
@@ -62,7 +67,10 @@ impl ReplicationService {
                 accepted += 1;
             }
         }
-        Ok(RaftAck { accepted })
+        Ok(RaftAck {
+            accepted,
+            data_address: self.data_address.clone(),
+        })
     }
 }
 
@@ -106,6 +114,7 @@ mod tests {
             replica,
             isolation: faults.view(),
             faults,
+            data_address: "h:9".into(),
         };
         (s, mailbox)
     }
@@ -131,7 +140,9 @@ mod tests {
             assert_eq!(s.accept(bad).unwrap_err().code, ErrorCode::InvalidArgument);
         }
         // A full mailbox drops the rest (Raft retransmits).
-        assert_eq!(s.accept(batch("b", 2, 1, 3)).unwrap().accepted, 2);
+        let ack = s.accept(batch("b", 2, 1, 3)).unwrap();
+        assert_eq!(ack.accepted, 2);
+        assert_eq!(ack.data_address, "h:9");
     }
 
     #[tokio::test]

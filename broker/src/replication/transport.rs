@@ -1,15 +1,24 @@
 //! The network edge of a replica: one sender task per peer, fed by a bounded channel, carrying
-//! batches of encoded Raft messages over the `Replication.Raft` RPC. The Raft thread only ever
-//! `try_send`s: a full queue drops the message and reports the peer unreachable (Raft retries).
-//! Connections are lazy and re-established by the channel on the next call after a failure.
+//! batches of encoded Raft messages. The Raft thread only ever `try_send`s: a full queue drops
+//! the message and reports the peer unreachable (Raft retries).
+//!
+//! The first batches go over the `Replication.Raft` gRPC call, one at a time. Its ack names the
+//! peer's data port; from then on batches are written to that TCP connection back to back
+//! without waiting for acks (Raft's own messages acknowledge progress), which saves HTTP/2's
+//! per-call cost on every hop of every write. A broken data connection is dropped with what was
+//! in flight (Raft retransmits) and the next batch connects again, over gRPC if that fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
+use sluice_proto::frame::{self, Kind, PREFACE, RESPONSE_HEADER_LEN};
 use sluice_proto::v1::replication_client::ReplicationClient;
 use sluice_proto::v1::RaftBatch;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
 use super::faults::Isolation;
@@ -26,12 +35,12 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_RPC_BYTES: usize = 64 << 20;
 
 /// Queues Raft messages for the per-peer sender tasks.
-pub struct GrpcTransport {
+pub struct PeerTransport {
     queues: HashMap<u64, mpsc::Sender<Bytes>>,
     isolation: Isolation,
 }
 
-impl GrpcTransport {
+impl PeerTransport {
     /// Starts one sender task per peer (on the current tokio runtime). `peers` excludes this
     /// replica.
     pub fn start(
@@ -63,15 +72,17 @@ impl GrpcTransport {
                 addr: addr.clone(),
                 client,
                 isolation: isolation.clone(),
+                data_address: None,
+                data: None,
             };
             tokio::spawn(sender.run(rx));
             queues.insert(id, tx);
         }
-        Ok(GrpcTransport { queues, isolation })
+        Ok(PeerTransport { queues, isolation })
     }
 }
 
-impl Transport for GrpcTransport {
+impl Transport for PeerTransport {
     fn send(&mut self, to: u64, msg: Bytes) -> Result<(), SendError> {
         if self.isolation.is_isolated(to) {
             // A partitioned network loses messages silently.
@@ -92,10 +103,13 @@ struct PeerSender {
     addr: String,
     client: ReplicationClient<Channel>,
     isolation: Isolation,
+    /// The peer's data port, once an ack named it.
+    data_address: Option<String>,
+    data: Option<DataLink>,
 }
 
 impl PeerSender {
-    /// Sends what is queued, one RPC at a time, until the transport is dropped.
+    /// Sends what is queued until the transport is dropped.
     async fn run(mut self, mut rx: mpsc::Receiver<Bytes>) {
         let mut failing = false;
         while let Some(first) = rx.recv().await {
@@ -120,21 +134,147 @@ impl PeerSender {
                 to: self.peer,
                 messages,
             };
-            match self.client.raft(batch).await {
-                Ok(_) => {
+            let result = match self.data_link().await {
+                Some(link) => link.send(&batch).await,
+                None => self.send_grpc(batch).await,
+            };
+            match result {
+                Ok(()) => {
                     if failing {
                         tracing::info!(peer = self.peer, addr = %self.addr, "replica reachable again");
                     }
                     failing = false;
                 }
-                Err(status) => {
+                Err(error) => {
+                    // The next batch connects again (or falls back to gRPC).
+                    self.data = None;
                     // Raft copes with lost messages; log the first failure of a streak only.
                     if !failing {
-                        tracing::warn!(peer = self.peer, addr = %self.addr, error = %status.message(), "cannot reach replica");
+                        tracing::warn!(peer = self.peer, addr = %self.addr, %error, "cannot reach replica");
                     }
                     failing = true;
                 }
             }
+        }
+    }
+
+    async fn send_grpc(&mut self, batch: RaftBatch) -> Result<(), String> {
+        let ack = self
+            .client
+            .raft(batch)
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        if !ack.data_address.is_empty() && self.data_address.is_none() {
+            tracing::debug!(peer = self.peer, data = %ack.data_address, "replica has a data port");
+            self.data_address = Some(ack.data_address);
+        }
+        Ok(())
+    }
+
+    /// The open data connection, connecting when the peer has a data port and there is none;
+    /// `None` sends over gRPC.
+    async fn data_link(&mut self) -> Option<&mut DataLink> {
+        if self.data.as_ref().is_some_and(|d| d.is_broken()) {
+            self.data = None;
+        }
+        if self.data.is_none() {
+            let addr = self.data_address.as_deref()?;
+            match DataLink::connect(addr).await {
+                Ok(link) => self.data = Some(link),
+                Err(e) => {
+                    tracing::debug!(peer = self.peer, %addr, "data port unreachable, using gRPC: {e}");
+                    return None;
+                }
+            }
+        }
+        self.data.as_mut()
+    }
+}
+
+/// A data-port connection to a peer. Batches are written back to back; a reader task drains
+/// the acks and marks the link broken when the peer refuses a batch or hangs up.
+struct DataLink {
+    wr: OwnedWriteHalf,
+    next_id: u64,
+    out: BytesMut,
+    broken: watch::Receiver<bool>,
+    reader: tokio::task::AbortHandle,
+}
+
+impl Drop for DataLink {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl DataLink {
+    async fn connect(addr: &str) -> std::io::Result<DataLink> {
+        let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+            })??;
+        sock.set_nodelay(true)?;
+        sock.write_all(&PREFACE).await?;
+        let (rd, wr) = sock.into_split();
+        let (broken_tx, broken) = watch::channel(false);
+        let reader = tokio::spawn(async move {
+            if let Err(e) = drain_acks(rd).await {
+                tracing::debug!("raft data link ended: {e}");
+            }
+            let _ = broken_tx.send(true);
+        });
+        Ok(DataLink {
+            wr,
+            next_id: 1,
+            out: BytesMut::new(),
+            broken,
+            reader: reader.abort_handle(),
+        })
+    }
+
+    fn is_broken(&self) -> bool {
+        *self.broken.borrow()
+    }
+
+    async fn send(&mut self, batch: &RaftBatch) -> Result<(), String> {
+        if self.is_broken() {
+            return Err("data link closed".into());
+        }
+        self.out.clear();
+        frame::encode_request(Kind::Raft, self.next_id, batch, &mut self.out);
+        self.next_id += 1;
+        // A peer that stopped reading (paused, wedged) must not hold this sender forever.
+        match tokio::time::timeout(RPC_TIMEOUT, self.wr.write_all(&self.out)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("data port write: {e}")),
+            Err(_) => Err("data port write timed out".into()),
+        }
+    }
+}
+
+/// Reads acks until the connection ends; an error answer (a refused batch) ends it too, so
+/// the sender reconnects and, if that keeps failing, notices through its log.
+async fn drain_acks(mut rd: OwnedReadHalf) -> Result<(), String> {
+    let mut input = BytesMut::with_capacity(4 << 10);
+    loop {
+        while let Some(h) = frame::peek_response_header(&input).map_err(|e| e.message)? {
+            // An ack is a few bytes; anything huge is not one.
+            if h.body_len > 1 << 20 {
+                return Err(format!("answer of {} bytes is not an ack", h.body_len));
+            }
+            if input.len() < RESPONSE_HEADER_LEN + h.body_len {
+                break;
+            }
+            input.advance(RESPONSE_HEADER_LEN);
+            let body = input.split_to(h.body_len).freeze();
+            if !h.ok {
+                return Err(format!("batch refused: {}", frame::decode_error(body)));
+            }
+        }
+        if rd.read_buf(&mut input).await.map_err(|e| e.to_string())? == 0 {
+            return Ok(());
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Topic administration, broker status and message query.
 
+use std::sync::atomic::Ordering;
+
 use sluice_proto::names::validate_topic_name;
 use sluice_proto::v1::*;
 use sluice_proto::{perm, ApiError, ErrorCode};
@@ -95,6 +97,9 @@ impl BrokerService {
             max_offset,
             confirmed_offset: self.store.confirmed_offset(),
             dispatched_offset: self.store.dispatched_offset(),
+            data_address: self.identity.data_address.clone(),
+            data_port_connections: self.data_port.connections.load(Ordering::Relaxed),
+            data_port_sends: self.data_port.sends.load(Ordering::Relaxed),
             term: 0,
             topic_count: self.topics.len() as u32,
             disk_usage_ratio: self.store.disk_usage_ratio(),

@@ -29,6 +29,8 @@ pub struct Identity {
     pub broker_name: String,
     pub replica_id: u64,
     pub address: String,
+    /// The data port's advertised address; empty when it is off.
+    pub data_address: String,
 }
 
 /// Limits and switches the handlers apply.
@@ -59,6 +61,8 @@ pub struct BrokerService {
     pub(crate) replica: Option<Arc<ReplicaGroup>>,
     /// Where consumers should pull next (replica groups), and what this replica served.
     pub(crate) read_hints: read_hint::ReadHints,
+    /// Counters of the data port, shown in the status.
+    pub(crate) data_port: Arc<crate::data_port::DataPortStats>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;

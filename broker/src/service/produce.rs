@@ -12,7 +12,7 @@ use crate::store::AppendBatch;
 pub const MAX_BATCH: usize = 10_000;
 
 impl BrokerService {
-    pub(super) async fn do_send(&self, req: SendRequest) -> Result<SendResponse, ApiError> {
+    pub(crate) async fn do_send(&self, req: SendRequest) -> Result<SendResponse, ApiError> {
         validate_topic_name(&req.topic)?;
         if req.messages.is_empty() {
             return Err(ApiError::invalid("a send needs at least one message"));

@@ -453,11 +453,13 @@ mod tests {
                         replica_id: 2,
                         address: "h:2".into(),
                         role: Role::Slave as i32,
+                        data_address: String::new(),
                     },
                     ReplicaRoute {
                         replica_id: 1,
                         address: "h:1".into(),
                         role: Role::Master as i32,
+                        data_address: "h:11".into(),
                     },
                 ],
                 master_replica_id: 1,
@@ -468,6 +470,10 @@ mod tests {
         assert_eq!(v["brokers"][0]["master_address"], "h:1");
         assert_eq!(v["brokers"][0]["replicas"][0]["role"], "MASTER");
         assert_eq!(v["brokers"][0]["replicas"][1]["address"], "h:2");
+        assert_eq!(v["brokers"][0]["replicas"][0]["data_address"], "h:11");
+        assert!(v["brokers"][0]["replicas"][1].get("data_address").is_none());
+        assert_eq!(route.master_data_address("b"), Some("h:11"));
+        assert_eq!(route.master_data_address("x"), None);
         let text = route_table(&route).render();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);

@@ -26,6 +26,10 @@ pub struct Cli {
     #[arg(long, global = true, default_value_t = 5000, value_name = "MS")]
     pub timeout_ms: u64,
 
+    /// Send over gRPC even to brokers that have a data port (framed TCP).
+    #[arg(long, global = true, env = "SLUICE_GRPC_ONLY")]
+    pub grpc_only: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -37,7 +37,9 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, CliError> {
     }
     let config = ClientConfig::from_list(list)
         .map_err(|e| CliError::Usage(format!("--nameservers: {e}")))?;
-    Ok(config.request_timeout(Duration::from_millis(cli.timeout_ms)))
+    Ok(config
+        .request_timeout(Duration::from_millis(cli.timeout_ms))
+        .use_data_port(!cli.grpc_only))
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
+use sluice_proto::frame::Kind;
 use sluice_proto::v1::{self, SendResponse};
 use sluice_proto::{ApiError, ErrorCode};
 
@@ -198,14 +199,44 @@ impl Sender {
         };
         let queue = &queues[idx];
         let mut addr = route.master_address(&queue.broker_name).unwrap_or_default();
+        let mut data_addr = route
+            .master_data_address(&queue.broker_name)
+            .filter(|_| self.core.config.use_data_port);
         if let Some(h) = &state.hint {
             if h.broker == queue.broker_name && h.stale == addr {
                 addr = &h.master;
+                // The hint names the master's gRPC address only.
+                data_addr = None;
             }
         }
-        self.send_once(addr, queue, wire.clone())
-            .await
-            .map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
+        let sent = match data_addr {
+            Some(data) => self.send_data_port(data, queue, wire.clone()).await,
+            None => self.send_once(addr, queue, wire.clone()).await,
+        };
+        sent.map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
+    }
+
+    /// Send through the broker's data port: the same request and answer as the gRPC call.
+    async fn send_data_port(
+        &self,
+        addr: &str,
+        queue: &MessageQueue,
+        messages: Arc<Vec<v1::Message>>,
+    ) -> Result<Vec<SendReceipt>> {
+        let count = messages.len();
+        let request = SharedSendRequest {
+            topic: queue.topic.clone(),
+            queue_id: queue.queue_id,
+            messages,
+        };
+        let conn = self.core.data_ports.get(addr).await?;
+        let body = conn.call(Kind::Send, &request, self.send_timeout).await?;
+        let resp = SendResponse::decode(body).map_err(|e| {
+            Error::Api(ApiError::internal(format!(
+                "undecodable SendResponse from {addr}: {e}"
+            )))
+        })?;
+        receipts(addr, queue, count, resp)
     }
 
     async fn send_once(
@@ -240,6 +271,18 @@ impl Sender {
             .await
         };
         let resp: SendResponse = rpc::call(addr, timeout, call).await?;
+        receipts(addr, queue, count, resp)
+    }
+}
+
+/// One receipt per message sent, or an error when the broker acknowledged another number.
+fn receipts(
+    addr: &str,
+    queue: &MessageQueue,
+    count: usize,
+    resp: SendResponse,
+) -> Result<Vec<SendReceipt>> {
+    {
         if resp.results.len() != count {
             return Err(Error::Api(ApiError::internal(format!(
                 "broker {addr} acknowledged {} of {count} messages",

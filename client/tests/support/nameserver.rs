@@ -91,6 +91,8 @@ impl NameServer for FakeNs {
                         replica_id: 1,
                         address: r.address.clone(),
                         role: r.role as i32,
+                        // The fake brokers speak gRPC only.
+                        data_address: String::new(),
                     }],
                     master_replica_id: u64::from(r.role == Role::Master),
                 })
@@ -135,6 +137,7 @@ impl NameServer for FakeNs {
                 max_offset: 0,
                 last_heartbeat_ago_ms: 5,
                 topic_count: r.topics.len() as u32,
+                data_address: String::new(),
             })
             .collect();
         Ok(Response::new(ClusterInfo { brokers }))

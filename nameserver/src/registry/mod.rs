@@ -29,6 +29,8 @@ pub struct Registration {
     /// `Role::Master` or `Role::Slave`, never unspecified.
     pub role: Role,
     pub address: String,
+    /// The data port's address; empty when the broker has none.
+    pub data_address: String,
     pub term: u64,
     pub max_offset: u64,
     /// Topic configs by name (names unique and valid).
@@ -85,6 +87,7 @@ pub struct ExpiredReplica {
 struct Replica {
     cluster_name: String,
     address: String,
+    data_address: String,
     term: u64,
     max_offset: u64,
     last_seen: Instant,
@@ -183,6 +186,7 @@ impl Registry {
         let replica = Replica {
             cluster_name: reg.cluster_name,
             address: reg.address,
+            data_address: reg.data_address,
             term: reg.term,
             max_offset: reg.max_offset,
             last_seen: now,
@@ -282,6 +286,7 @@ impl Registry {
                         replica_id: *id,
                         address: r.address.clone(),
                         role: group.role_of(*id) as i32,
+                        data_address: r.data_address.clone(),
                     })
                     .collect(),
                 master_replica_id: group.master.unwrap_or(0),
@@ -326,6 +331,7 @@ impl Registry {
                     max_offset: r.max_offset,
                     last_heartbeat_ago_ms: duration_ms(now.saturating_duration_since(r.last_seen)),
                     topic_count: u32::try_from(r.topics.len()).unwrap_or(u32::MAX),
+                    data_address: r.data_address.clone(),
                 })
             })
             .collect();

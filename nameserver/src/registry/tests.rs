@@ -24,6 +24,7 @@ fn reg(broker: &str, replica: u64, role: Role, term: u64, topics: &[TopicConfig]
         replica_id: replica,
         role,
         address: format!("10.0.0.{replica}:{}", 10000 + broker.len()),
+        data_address: format!("10.0.0.{replica}:{}", 20000 + broker.len()),
         term,
         max_offset: 0,
         topics: topics
@@ -89,6 +90,7 @@ fn register_then_route() {
     assert_eq!(b.master_replica_id, 1);
     assert_eq!(b.replicas.len(), 1);
     assert_eq!(b.replicas[0].address, "10.0.0.1:10001");
+    assert_eq!(b.replicas[0].data_address, "10.0.0.1:20001");
     assert_eq!(b.replicas[0].role, Role::Master as i32);
 }
 

@@ -107,6 +107,10 @@ impl Registration {
             }
         };
         validate_address(&req.address)?;
+        if !req.data_address.is_empty() {
+            validate_address(&req.data_address)
+                .map_err(|e| ApiError::invalid(format!("data port: {}", e.message)))?;
+        }
         let mut topics = BTreeMap::new();
         for topic in req.topics {
             validate_topic_name(&topic.name).map_err(|e| {
@@ -132,6 +136,7 @@ impl Registration {
             replica_id: req.replica_id,
             role,
             address: req.address,
+            data_address: req.data_address,
             term: req.term,
             max_offset: req.max_offset,
             topics,
@@ -177,6 +182,7 @@ mod tests {
             }],
             term: 3,
             max_offset: 99,
+            data_address: "127.0.0.1:10912".into(),
         }
     }
 
@@ -229,7 +235,17 @@ mod tests {
             let mut r = request();
             r.address = bad.into();
             assert!(rejected(r).contains("address"), "{bad} accepted");
+            let mut r = request();
+            r.data_address = bad.into();
+            assert!(
+                rejected(r).contains("data port"),
+                "data port {bad} accepted"
+            );
         }
+        // No data port at all is fine.
+        let mut r = request();
+        r.data_address.clear();
+        assert_eq!(Registration::from_request(r).unwrap().data_address, "");
     }
 
     #[test]

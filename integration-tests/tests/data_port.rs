@@ -1,0 +1,261 @@
+//! The broker's data port (framed TCP Send, docs/protocol.md) on a real broker: announced in
+//! routes, answers like the gRPC Send, and every malformed frame gets its error code without
+//! losing the connection or the sends around it.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message as _;
+use sluice_client::{ClientConfig, Message, Producer};
+use sluice_integration_tests::replica::read_all;
+use sluice_integration_tests::{create_topic_request, Cluster, ClusterOptions};
+use sluice_proto::frame::{self, Kind, PREFACE, RESPONSE_HEADER_LEN};
+use sluice_proto::v1::{GetBrokerStatusRequest, GetTopicRouteRequest, SendRequest, SendResponse};
+use sluice_proto::{ApiError, ErrorCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn data_address(cluster: &Cluster, topic: &str) -> String {
+    let mut ns = cluster.nameserver_client().await.unwrap();
+    // The broker re-registers right after a topic change; poll until the route shows it.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let route = loop {
+        let req = GetTopicRouteRequest {
+            topic: topic.into(),
+        };
+        match ns.get_topic_route(req).await {
+            Ok(r) => break r.into_inner(),
+            Err(e) if Instant::now() > deadline => panic!("no route for {topic}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let replica = &route.brokers[0].replicas[0];
+    assert!(
+        !replica.data_address.is_empty(),
+        "route has no data port: {route:?}"
+    );
+    assert_ne!(replica.data_address, replica.address);
+    replica.data_address.clone()
+}
+
+/// A raw data-port connection, to send what a well-behaved client never would.
+struct Raw {
+    sock: TcpStream,
+    input: BytesMut,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        let mut sock = TcpStream::connect(addr).await.unwrap();
+        sock.write_all(&PREFACE).await.unwrap();
+        Raw {
+            sock,
+            input: BytesMut::new(),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.unwrap();
+    }
+
+    /// The next answer: (request id, Ok(body) or the error).
+    async fn answer(&mut self) -> (u64, Result<Bytes, ApiError>) {
+        loop {
+            if let Some(h) = frame::peek_response_header(&self.input).unwrap() {
+                if self.input.len() >= RESPONSE_HEADER_LEN + h.body_len {
+                    self.input.advance(RESPONSE_HEADER_LEN);
+                    let body = self.input.split_to(h.body_len).freeze();
+                    let r = if h.ok {
+                        Ok(body)
+                    } else {
+                        Err(frame::decode_error(body))
+                    };
+                    return (h.request_id, r);
+                }
+            }
+            let n = tokio::time::timeout(IO_TIMEOUT, self.sock.read_buf(&mut self.input))
+                .await
+                .expect("answer within the timeout")
+                .unwrap();
+            assert!(n > 0, "the broker closed the connection");
+        }
+    }
+}
+
+fn send_request(topic: &str, queue_id: u32, body: &[u8]) -> SendRequest {
+    SendRequest {
+        topic: topic.into(),
+        queue_id,
+        messages: vec![sluice_proto::v1::Message {
+            body: body.to_vec().into(),
+            ..Default::default()
+        }],
+    }
+}
+
+fn frame_of(kind: u8, id: u64, body: &[u8]) -> BytesMut {
+    let mut out = BytesMut::new();
+    out.put_u32(body.len() as u32);
+    out.put_u8(kind);
+    out.put_u64(id);
+    out.put_slice(body);
+    out
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_codes_and_the_connection_carries_on() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let mut b = cluster.broker_client(0).await.unwrap();
+    b.create_topic(create_topic_request("orders", 2))
+        .await
+        .unwrap();
+    let addr = data_address(&cluster, "orders").await;
+    let mut raw = Raw::connect(&addr).await;
+
+    // A good send, pipelined with bad ones on the same connection.
+    let mut out = BytesMut::new();
+    frame::encode_request(Kind::Send, 1, &send_request("orders", 0, b"one"), &mut out);
+    // Unknown call kind.
+    out.extend_from_slice(&frame_of(77, 2, b"whatever"));
+    // Not a SendRequest.
+    out.extend_from_slice(&frame_of(Kind::Send as u8, 3, &[0xff; 9]));
+    // Handler errors travel with their code: a queue that does not exist.
+    frame::encode_request(Kind::Send, 4, &send_request("orders", 9, b"x"), &mut out);
+    raw.write(&out).await;
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(raw.answer().await);
+    }
+    answers.sort_by_key(|(id, _)| *id);
+    let ok = SendResponse::decode(answers[0].1.clone().unwrap()).unwrap();
+    assert_eq!(ok.results.len(), 1);
+    assert_eq!(ok.results[0].queue_offset, 0);
+    let codes: Vec<ErrorCode> = answers[1..]
+        .iter()
+        .map(|(_, r)| r.clone().unwrap_err().code)
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ErrorCode::InvalidArgument,
+            ErrorCode::InvalidArgument,
+            ErrorCode::QueueNotFound
+        ]
+    );
+    let unknown = answers[1].1.clone().unwrap_err();
+    assert!(unknown.message.contains("kind 77"), "{unknown}");
+
+    // A frame above the request limit (32 MiB + 64 KiB by default) is answered without being
+    // read into memory; its body is skipped and the next frame is served.
+    let too_big = (33u32 << 20) as usize;
+    let mut header = BytesMut::new();
+    header.put_u32(too_big as u32);
+    header.put_u8(Kind::Send as u8);
+    header.put_u64(5);
+    raw.write(&header).await;
+    let (id, r) = raw.answer().await;
+    assert_eq!(id, 5);
+    assert_eq!(r.unwrap_err().code, ErrorCode::MessageTooLarge);
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = too_big;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        raw.write(&chunk[..n]).await;
+        left -= n;
+    }
+    let mut out = BytesMut::new();
+    frame::encode_request(Kind::Send, 6, &send_request("orders", 0, b"two"), &mut out);
+    raw.write(&out).await;
+    let (id, r) = raw.answer().await;
+    assert_eq!(id, 6);
+    let two = SendResponse::decode(r.unwrap()).unwrap();
+    assert_eq!(two.results[0].queue_offset, 1);
+
+    // A peer that does not speak the protocol is disconnected; the broker keeps serving.
+    let mut stranger = TcpStream::connect(&addr).await.unwrap();
+    stranger.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(IO_TIMEOUT, stranger.read(&mut buf))
+        .await
+        .expect("closed within the timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "a bad preface gets no answer, only a close");
+
+    // Half a frame, then the client goes away: nothing breaks.
+    let mut half = Raw::connect(&addr).await;
+    let mut out = BytesMut::new();
+    frame::encode_request(Kind::Send, 7, &send_request("orders", 0, b"cut"), &mut out);
+    half.write(&out[..out.len() / 2]).await;
+    drop(half);
+
+    let mut out = BytesMut::new();
+    frame::encode_request(
+        Kind::Send,
+        8,
+        &send_request("orders", 0, b"three"),
+        &mut out,
+    );
+    raw.write(&out).await;
+    let (_, r) = raw.answer().await;
+    let three = SendResponse::decode(r.unwrap()).unwrap();
+    assert_eq!(
+        three.results[0].queue_offset, 2,
+        "the cut send must not be stored"
+    );
+}
+
+#[tokio::test]
+async fn producer_sends_through_the_data_port_or_grpc_alike() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let mut b = cluster.broker_client(0).await.unwrap();
+    b.create_topic(create_topic_request("mixed", 1))
+        .await
+        .unwrap();
+    data_address(&cluster, "mixed").await;
+    let config = ClientConfig::from_list(&cluster.nameservers()).unwrap();
+    let fast = Producer::builder(config.clone()).build().unwrap();
+    let grpc = Producer::builder(config.use_data_port(false))
+        .build()
+        .unwrap();
+    let mut sent = Vec::new();
+    for i in 0..200u32 {
+        let p = if i % 2 == 0 { &fast } else { &grpc };
+        let r = p
+            .send(Message::new("mixed", format!("m-{i}")))
+            .await
+            .unwrap();
+        sent.push((r.queue_offset, format!("m-{i}")));
+    }
+    // Batches go through the data port too.
+    let batch: Vec<Message> = (200..300u32)
+        .map(|i| Message::new("mixed", format!("m-{i}")))
+        .collect();
+    let receipts = fast.send_batch(batch).await.unwrap();
+    for (i, r) in (200..300u32).zip(&receipts) {
+        sent.push((r.queue_offset, format!("m-{i}")));
+    }
+    let offsets: Vec<u64> = sent.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..300).collect::<Vec<u64>>());
+
+    // 100 single sends and one batch came through the data port, on one connection.
+    let status = b
+        .get_broker_status(GetBrokerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.data_port_sends, 101, "{status:?}");
+    assert_eq!(status.data_port_connections, 1, "{status:?}");
+    assert!(!status.data_address.is_empty());
+
+    let stored = read_all(&status.address, "mixed", 0).await.unwrap();
+    let bodies: Vec<String> = stored
+        .iter()
+        .map(|m| String::from_utf8(m.body.to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = sent.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(bodies, expected);
+    fast.shutdown().await;
+    grpc.shutdown().await;
+}

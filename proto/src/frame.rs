@@ -1,0 +1,220 @@
+//! The data port's framing: `sluice.v1` messages over plain TCP, for the calls where gRPC's
+//! per-call cost (HTTP/2 headers, a stream per call, tower layers) dominates: Send, and the
+//! Raft traffic between replicas.
+//!
+//! A connection starts with the client's 4-byte [`PREFACE`]. Then both sides exchange frames;
+//! all integers are big-endian:
+//!
+//! ```text
+//! request:  body_len u32 | kind u8 | request_id u64 | body (the call's request message)
+//! response: body_len u32 | kind u8 | request_id u64 | status u8 | body
+//! ```
+//!
+//! `status` 0 means the body is the call's response message, 1 that it is an `ErrorDetail`.
+//! Responses may come back in any order; `request_id` pairs them with their requests. The
+//! layout is specified for other languages in docs/protocol.md.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::v1::{ErrorCode, ErrorDetail};
+use crate::ApiError;
+
+/// "SLW" and the protocol version.
+pub const PREFACE: [u8; 4] = *b"SLW\x01";
+pub const REQUEST_HEADER_LEN: usize = 13;
+pub const RESPONSE_HEADER_LEN: usize = 14;
+
+const STATUS_OK: u8 = 0;
+const STATUS_ERROR: u8 = 1;
+
+/// The calls the data port serves. Values are wire codes: never reuse one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// `SendRequest` -> `SendResponse`.
+    Send = 1,
+    /// `RaftBatch` -> `RaftAck`: Raft traffic between the replicas of a group.
+    Raft = 2,
+}
+
+impl Kind {
+    pub fn from_wire(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::Send),
+            2 => Some(Kind::Raft),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub body_len: usize,
+    /// Raw, so a server can answer a kind it does not know with an error.
+    pub kind: u8,
+    pub request_id: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHeader {
+    pub body_len: usize,
+    pub kind: u8,
+    pub request_id: u64,
+    pub ok: bool,
+}
+
+/// The header at the start of `buf`, or `None` when fewer than [`REQUEST_HEADER_LEN`] bytes
+/// are there yet.
+pub fn peek_request_header(buf: &[u8]) -> Option<RequestHeader> {
+    let mut b = buf.get(..REQUEST_HEADER_LEN)?;
+    Some(RequestHeader {
+        body_len: b.get_u32() as usize,
+        kind: b.get_u8(),
+        request_id: b.get_u64(),
+    })
+}
+
+/// The header at the start of `buf`; `None` while incomplete. An unknown status byte is an
+/// error: the stream cannot be trusted past it.
+pub fn peek_response_header(buf: &[u8]) -> Result<Option<ResponseHeader>, ApiError> {
+    let Some(mut b) = buf.get(..RESPONSE_HEADER_LEN) else {
+        return Ok(None);
+    };
+    let body_len = b.get_u32() as usize;
+    let kind = b.get_u8();
+    let request_id = b.get_u64();
+    let ok = match b.get_u8() {
+        STATUS_OK => true,
+        STATUS_ERROR => false,
+        other => {
+            return Err(ApiError::internal(format!(
+                "data port answered request {request_id} with status byte {other}"
+            )))
+        }
+    };
+    Ok(Some(ResponseHeader {
+        body_len,
+        kind,
+        request_id,
+        ok,
+    }))
+}
+
+/// Appends a request frame to `out`.
+pub fn encode_request(kind: Kind, request_id: u64, msg: &impl Message, out: &mut BytesMut) {
+    let len = msg.encoded_len();
+    out.reserve(REQUEST_HEADER_LEN + len);
+    out.put_u32(len as u32);
+    out.put_u8(kind as u8);
+    out.put_u64(request_id);
+    // Cannot fail: the space was reserved above and BytesMut grows anyway.
+    let _ = msg.encode(out);
+}
+
+/// Appends a successful response frame to `out`.
+pub fn encode_ok(kind: u8, request_id: u64, msg: &impl Message, out: &mut BytesMut) {
+    put_response(kind, request_id, STATUS_OK, msg, out);
+}
+
+/// Appends an error response frame to `out`.
+pub fn encode_error(kind: u8, request_id: u64, err: &ApiError, out: &mut BytesMut) {
+    let detail = ErrorDetail {
+        code: err.code as i32,
+        message: err.message.clone(),
+        master_address: err.master_address.clone(),
+        min_offset: err.min_offset,
+        max_offset: err.max_offset,
+    };
+    put_response(kind, request_id, STATUS_ERROR, &detail, out);
+}
+
+fn put_response(kind: u8, request_id: u64, status: u8, msg: &impl Message, out: &mut BytesMut) {
+    let len = msg.encoded_len();
+    out.reserve(RESPONSE_HEADER_LEN + len);
+    out.put_u32(len as u32);
+    out.put_u8(kind);
+    out.put_u64(request_id);
+    out.put_u8(status);
+    let _ = msg.encode(out);
+}
+
+/// Reads an error response's body back.
+pub fn decode_error(body: Bytes) -> ApiError {
+    match ErrorDetail::decode(body) {
+        Ok(d) => ApiError {
+            code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
+            message: d.message,
+            master_address: d.master_address,
+            min_offset: d.min_offset,
+            max_offset: d.max_offset,
+        },
+        Err(e) => ApiError::internal(format!("undecodable error from the data port: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::{SendRequest, SendResponse};
+
+    #[test]
+    fn request_round_trips() {
+        let req = SendRequest {
+            topic: "t".into(),
+            queue_id: 3,
+            messages: vec![],
+        };
+        let mut out = BytesMut::new();
+        encode_request(Kind::Send, 42, &req, &mut out);
+        assert_eq!(peek_request_header(&out[..REQUEST_HEADER_LEN - 1]), None);
+        let h = peek_request_header(&out).unwrap();
+        assert_eq!(h.kind, Kind::Send as u8);
+        assert_eq!(Kind::from_wire(h.kind), Some(Kind::Send));
+        assert_eq!(h.request_id, 42);
+        assert_eq!(h.body_len, out.len() - REQUEST_HEADER_LEN);
+        let back = SendRequest::decode(&out[REQUEST_HEADER_LEN..]).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(Kind::from_wire(2), Some(Kind::Raft));
+        assert_eq!(Kind::from_wire(0), None);
+        assert_eq!(Kind::from_wire(200), None);
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let mut out = BytesMut::new();
+        let resp = SendResponse {
+            broker_name: "b".into(),
+            queue_id: 1,
+            results: vec![],
+        };
+        encode_ok(1, 7, &resp, &mut out);
+        let err = ApiError::not_master("10.0.0.2:10911");
+        encode_error(1, 8, &err, &mut out);
+        let mut buf = out.freeze();
+
+        let h = peek_response_header(&buf).unwrap().unwrap();
+        assert!(h.ok && h.request_id == 7 && h.kind == 1);
+        buf.advance(RESPONSE_HEADER_LEN);
+        let body = buf.split_to(h.body_len);
+        assert_eq!(SendResponse::decode(body).unwrap(), resp);
+
+        let h = peek_response_header(&buf).unwrap().unwrap();
+        assert!(!h.ok && h.request_id == 8);
+        buf.advance(RESPONSE_HEADER_LEN);
+        assert_eq!(decode_error(buf.split_to(h.body_len)), err);
+        assert!(buf.is_empty());
+        assert_eq!(peek_response_header(&buf).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_status_byte_and_bad_error_body_are_errors() {
+        let mut out = BytesMut::new();
+        encode_ok(1, 7, &ErrorDetail::default(), &mut out);
+        out[RESPONSE_HEADER_LEN - 1] = 9;
+        let e = peek_response_header(&out).unwrap_err();
+        assert!(e.message.contains("status byte 9"), "{e}");
+        let garbage = Bytes::from_static(&[0xff, 0xff, 0xff]);
+        assert_eq!(decode_error(garbage).code, ErrorCode::Internal);
+    }
+}
