@@ -7,10 +7,14 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use sluice_client::{ClientConfig, Message, Producer};
-use sluice_integration_tests::replica::read_all;
-use sluice_integration_tests::{create_topic_request, Cluster, ClusterOptions};
+use sluice_integration_tests::replica::{read_all, ReplicaCluster, ReplicaOptions};
+use sluice_integration_tests::{
+    connect_broker, create_topic_request, wait_until, Cluster, ClusterOptions,
+};
 use sluice_proto::frame::{self, Kind, PREFACE, RESPONSE_HEADER_LEN};
-use sluice_proto::v1::{GetBrokerStatusRequest, GetTopicRouteRequest, SendRequest, SendResponse};
+use sluice_proto::v1::{
+    BrokerStatus, GetBrokerStatusRequest, GetTopicRouteRequest, SendRequest, SendResponse,
+};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -258,4 +262,83 @@ async fn producer_sends_through_the_data_port_or_grpc_alike() {
     assert_eq!(bodies, expected);
     fast.shutdown().await;
     grpc.shutdown().await;
+}
+
+/// Replicates 50 sends through a 3-replica group; returns the master and every replica's
+/// status afterwards.
+async fn replicate(cluster: &ReplicaCluster) -> (u64, Vec<BrokerStatus>) {
+    let master = cluster
+        .await_master(Duration::from_secs(10), None, None)
+        .await
+        .unwrap();
+    let mut b = connect_broker(cluster.address(master)).await.unwrap();
+    b.create_topic(create_topic_request("rep", 1))
+        .await
+        .unwrap();
+    let producer = Producer::builder(ClientConfig::from_list(&cluster.nameserver.addr).unwrap())
+        .build()
+        .unwrap();
+    for i in 0..50 {
+        let r = producer
+            .send(Message::new("rep", format!("r-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(r.queue_offset, i);
+    }
+    producer.shutdown().await;
+    let ids: Vec<u64> = cluster.peers.keys().copied().collect();
+    cluster
+        .await_caught_up(master, &ids, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for &id in &ids {
+        let stored = cluster.read_queue(id, "rep", 0).await.unwrap();
+        assert_eq!(stored.len(), 50, "replica {id}");
+    }
+    let mut statuses = Vec::new();
+    for &id in &ids {
+        statuses.push(cluster.status(id).await.unwrap());
+    }
+    (master, statuses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_move_raft_traffic_to_the_data_port() {
+    let cluster = ReplicaCluster::start(ReplicaOptions::default()).unwrap();
+    let (master, _) = replicate(&cluster).await;
+    // Each replica's senders learn their peers' data ports from the first gRPC ack and connect:
+    // the master to both slaves, each slave (its append answers) to the master.
+    let ids: Vec<u64> = cluster.peers.keys().copied().collect();
+    wait_until(
+        Duration::from_secs(10),
+        "raft links on data ports",
+        || async {
+            let mut all = true;
+            for &id in &ids {
+                let s = cluster.status(id).await.unwrap_or_default();
+                let want = if id == master { 2 } else { 1 };
+                all &= s.data_port_connections >= want;
+            }
+            all
+        },
+    )
+    .await
+    .unwrap();
+    let m = cluster.status(master).await.unwrap();
+    // The 50 producer sends came through the master's data port.
+    assert!(m.data_port_sends >= 50, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replica_groups_without_data_ports_replicate_over_grpc() {
+    let cluster = ReplicaCluster::start(ReplicaOptions {
+        extra_broker_toml: "data_port_enable = false\n".into(),
+        ..ReplicaOptions::default()
+    })
+    .unwrap();
+    let (_, statuses) = replicate(&cluster).await;
+    for s in statuses {
+        assert!(s.data_address.is_empty(), "{s:?}");
+        assert_eq!((s.data_port_connections, s.data_port_sends), (0, 0));
+    }
 }
