@@ -7,7 +7,7 @@
 # Workloads, 1 KiB messages on loopback (data dirs under DIR):
 #   sync      one send in flight, each waits for its ack: msgs/s, p50, p99
 #   async     256 sends in flight: msgs/s
-#   pipelined (Sluice only) two producers sending explicit 64-message batches: the ceiling
+#   pipelined (Sluice only) two producers sending explicit 128-message batches (128 KiB): the ceiling
 #   failover  (3 replicas) publish one at a time for 20 s, SIGKILL the master / stream leader
 #             after 5 s: longest gap between acknowledged sends, median over --trials
 # With --repeat N every row is measured N times, alternating Sluice and NATS, and the median
@@ -21,13 +21,13 @@
 #   SYNC_COUNT, ASYNC_COUNT, PIPELINED_COUNT      messages per run (20000, 200000, 1000000;
 #                       3 replicas: 5000, 100000, 500000, as the peer's own script)
 #   PIPELINED_ARGS      extra `sluice bench produce` options of the pipelined row
-#                       (default: --producers 2 --in-flight 8 --send-batch 64: explicit batches)
+#                       (default: --producers 2 --in-flight 8 --send-batch 128: explicit batches)
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 readonly REPO_ROOT
 NATS_PEER_DIR=${NATS_PEER_DIR:-/work/shared/peers/nats}
-PIPELINED_ARGS=${PIPELINED_ARGS:---producers 2 --in-flight 8 --send-batch 64}
+PIPELINED_ARGS=${PIPELINED_ARGS:---producers 2 --in-flight 8 --send-batch 128}
 SIZE=1024
 WINDOW=256
 

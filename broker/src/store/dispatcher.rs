@@ -189,7 +189,7 @@ impl Dispatcher {
             let mut jump_segment = false;
             while at < buf.len() {
                 let phy = self.pos + at as u64;
-                match record::probe(&buf[at..]) {
+                match record::probe_written(&buf[at..]) {
                     Probe::Record(t) => {
                         let t = t as usize;
                         match record::parse(&buf[at..at + t]) {

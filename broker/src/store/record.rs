@@ -278,6 +278,19 @@ pub enum Probe {
 
 /// Validates the record starting at `buf[0]` (`buf` may hold more data after it).
 pub fn probe(buf: &[u8]) -> Probe {
+    probe_with(buf, true)
+}
+
+/// [`probe`] without the record CRC (magic, size and filler still checked), for bytes this
+/// process validated already: the commit log behind the writer holds only records that passed
+/// their CRC on the way in (a proposal's encoder, a follower's entry check, recovery), and
+/// reading them back to dispatch them or to answer a send would otherwise checksum every
+/// message once more.
+pub fn probe_written(buf: &[u8]) -> Probe {
+    probe_with(buf, false)
+}
+
+fn probe_with(buf: &[u8], check_crc: bool) -> Probe {
     if buf.len() < FILLER_LEN {
         return Probe::Incomplete;
     }
@@ -302,7 +315,7 @@ pub fn probe(buf: &[u8]) -> Probe {
         return Probe::Incomplete;
     }
     let rec = &buf[..total as usize];
-    if record_crc(rec) != u32_at(rec, OFF_CRC) {
+    if check_crc && record_crc(rec) != u32_at(rec, OFF_CRC) {
         return Probe::Corrupt("record CRC mismatch");
     }
     Probe::Record(total)
@@ -541,6 +554,23 @@ mod tests {
             );
         }
         assert_eq!(probe(&buf[..buf.len() - 1]), Probe::Incomplete);
+    }
+
+    #[test]
+    fn probe_written_skips_only_the_crc() {
+        let mut buf = Vec::new();
+        encode(&mut buf, "topic", 3, &msg(), "host:1").unwrap();
+        seal(&mut buf, 5, 1000, 1234);
+        let body_byte = buf.len() - 1;
+        buf[body_byte] ^= 1;
+        assert_eq!(probe(&buf), Probe::Corrupt("record CRC mismatch"));
+        assert_eq!(probe_written(&buf), Probe::Record(buf.len() as u32));
+        // Structure is still checked.
+        assert_eq!(probe_written(&buf[..buf.len() - 1]), Probe::Incomplete);
+        let mut bad_magic = buf.clone();
+        bad_magic[OFF_MAGIC] ^= 1;
+        assert_eq!(probe_written(&bad_magic), Probe::Corrupt("bad magic"));
+        assert_eq!(probe_written(&filler(100)), Probe::Filler);
     }
 
     #[test]

@@ -129,9 +129,17 @@ impl Shared {
     /// Called by the writer (async mode) or flusher (sync mode) once data up to `offset` is
     /// acknowledged.
     pub fn acked_up_to(&self, offset: u64) {
-        if self.config.confirm == ConfirmMode::FollowWrite {
-            self.confirm(offset);
+        if self.acked_up_to_deferred(offset) {
+            self.wake_dispatcher();
         }
+    }
+
+    /// [`Self::acked_up_to`] without waking the dispatcher: true when the caller should call
+    /// [`Self::wake_dispatcher`], which it does after sending its acks so that the wake-up (a
+    /// syscall, and a thread competing for the CPU) does not delay them.
+    pub fn acked_up_to_deferred(&self, offset: u64) -> bool {
+        self.config.confirm == ConfirmMode::FollowWrite
+            && self.confirmed.fetch_max(offset, Ordering::AcqRel) < offset
     }
 }
 

@@ -309,9 +309,12 @@ impl Writer {
         let acks = std::mem::take(&mut chunk.acks);
         match self.shared.config.flush {
             FlushMode::Async => {
-                self.shared.acked_up_to(self.pos);
+                let wake = self.shared.acked_up_to_deferred(self.pos);
                 for (reply, res) in acks {
                     let _ = reply.send(Ok(res));
+                }
+                if wake {
+                    self.shared.wake_dispatcher();
                 }
             }
             FlushMode::Sync => {
