@@ -183,10 +183,15 @@ sluice_down() {
   "$REPO_ROOT/scripts/cluster.sh" down --dir "$SLUICE_DIR" >/dev/null 2>&1 || true
 }
 
+# Every workload starts with no dirty pages left by the one before: otherwise the page cache's
+# writeback of an earlier row (either system's) is charged to whatever runs next.
+settle() { sync; }
+
 # sluice_bench NAME ARGS... : runs `sluice bench produce --json`, keeps the report in DIR/NAME.json
 sluice_bench() {
   local name=$1
   shift
+  settle
   "$SLUICE" --nameservers "$SLUICE_NS" bench produce --size "$SIZE" --json "$@" \
     >"$DIR/$name.json" 2>"$DIR/$name.err" ||
     { tail -5 "$DIR/$name.err" >&2; die "sluice bench $name failed"; }
@@ -336,11 +341,13 @@ nats_down() {
 nats_workloads() {
   local r=$1 sync_n=$2 async_n=$3 i=$4 stream out
   stream=$([[ $r == 1 ]] && echo BENCH || echo R3)
+  settle
   out=$("$NATSBENCH" sync "$NATS_URLS" "$stream" "$r" "$sync_n" "$SIZE" 2>&1) || die "natsbench sync: $out"
   echo "$out" >"$DIR/nats-r$r-sync-$i.txt"
   record nats "r$r sync msgs/s" "$(sed -n 's/.*: \([0-9.]*\) msg\/s.*/\1/p' <<<"$out")"
   record nats "r$r sync p50 us" "$(sed -n 's/.*p50=\([0-9.]*\)us.*/\1/p' <<<"$out")"
   record nats "r$r sync p99 us" "$(sed -n 's/.*p99=\([0-9.]*\)us.*/\1/p' <<<"$out")"
+  settle
   out=$("$NATSBENCH" async "$NATS_URLS" "$stream" "$r" "$async_n" "$SIZE" "$WINDOW" 2>&1) || die "natsbench async: $out"
   echo "$out" >"$DIR/nats-r$r-async-$i.txt"
   record nats "r$r async msgs/s" "$(sed -n 's/.*: \([0-9.]*\) msg\/s.*/\1/p' <<<"$out")"

@@ -32,7 +32,7 @@
 #   sudo CMD (default sudo; "-" for none)               cluster_name NAME
 #   flush async|sync   ack quorum|leader   fault_injection true|false
 #   raft_tick_ms N   election_ticks N   max_election_ticks N   heartbeat_interval_ms N
-#   default_queues N   disk_budget_bytes N
+#   default_queues N   disk_budget_bytes N   data_port N (brokers' data port; default any free port)
 #   broker_expiry_ms N (nameservers)
 #   netns_prefix P  (netns: link names; default the inventory's name)
 #   netns_bridge NS (netns: namespace holding the bridge)   netns_client NS IP/PREFIX
@@ -264,7 +264,7 @@ write_config() {
     echo "flush = $(toml_str "$(setting flush async)")"
     echo "auto_create_topics = $(setting auto_create_topics true)"
     local k
-    for k in heartbeat_interval_ms default_queues disk_budget_bytes; do
+    for k in heartbeat_interval_ms default_queues disk_budget_bytes data_port; do
       [[ -n $(setting $k) ]] && echo "$k = $(setting $k)"
     done
     if (($(group_members "${GROUP[$n]}" | wc -l) > 1)); then
