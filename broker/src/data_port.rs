@@ -4,8 +4,8 @@
 //! Same handler as the gRPC Send, minus HTTP/2: on this 2-core machine a gRPC unary round trip
 //! costs ~250 us of the ~100 us a TCP round trip does. One task per connection reads frames,
 //! runs their sends concurrently (answers go back as they finish, paired by request id) and
-//! writes the answers; it reads no further while `MAX_IN_FLIGHT` sends are pending, which
-//! pushes back on the client through TCP.
+//! writes the answers; it reads no further while `MAX_IN_FLIGHT` sends or `MAX_PENDING_BYTES` of
+//! requests are pending, which pushes back on the client through TCP.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,8 +29,10 @@ use crate::replication::transport::MAX_RPC_BYTES;
 use crate::replication::ReplicationService;
 use crate::service::BrokerService;
 
-/// Sends one connection may have pending before the broker stops reading from it.
+/// Sends one connection may have pending before the broker stops reading from it...
 const MAX_IN_FLIGHT: usize = 1024;
+/// ...and request bytes they may hold (one larger send is still taken when none is pending).
+const MAX_PENDING_BYTES: usize = 64 << 20;
 /// A connection that has not sent its preface by then is dropped.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -39,6 +41,26 @@ const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct DataPortStats {
     pub connections: AtomicU64,
     pub sends: AtomicU64,
+}
+
+/// The sends a connection started and has not answered yet.
+#[derive(Default)]
+struct InFlight {
+    sends: FuturesUnordered<Pending>,
+    /// Request bytes they hold.
+    bytes: usize,
+}
+
+impl InFlight {
+    /// Room to start one more send of `len` request bytes.
+    fn has_room(&self, len: usize) -> bool {
+        self.sends.is_empty()
+            || (self.sends.len() < MAX_IN_FLIGHT && self.bytes + len <= MAX_PENDING_BYTES)
+    }
+
+    fn finished(&mut self, h: &RequestHeader) {
+        self.bytes = self.bytes.saturating_sub(h.body_len);
+    }
 }
 
 type Pending =
@@ -120,30 +142,31 @@ impl Connection {
         let (mut rd, mut wr) = sock.into_split();
         let mut input = BytesMut::with_capacity(64 << 10);
         let mut output = BytesMut::with_capacity(4 << 10);
-        let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut pending = InFlight::default();
         // Body bytes of an oversized frame still to be skipped.
         let mut skip = 0usize;
         let mut reading = !*self.stop.borrow();
         loop {
-            if pending.len() < MAX_IN_FLIGHT {
-                self.take_frames(&mut input, &mut skip, &mut pending, &mut output);
-            }
+            // Full: read nothing more until a send finishes (TCP pushes back on the client).
+            let full = !self.take_frames(&mut input, &mut skip, &mut pending, &mut output);
             if !output.is_empty() {
                 wr.write_all(&output).await?;
                 output.clear();
             }
-            if !reading && pending.is_empty() {
+            if !reading && pending.sends.is_empty() {
                 return Ok(());
             }
             tokio::select! {
-                Some((h, r)) = pending.next(), if !pending.is_empty() => {
+                Some((h, r)) = pending.sends.next(), if !pending.sends.is_empty() => {
+                    pending.finished(&h);
                     answer(h, r, &mut output);
                     // Everything else already done goes out in the same write.
-                    while let Some(Some((h, r))) = pending.next().now_or_never() {
+                    while let Some(Some((h, r))) = pending.sends.next().now_or_never() {
+                        pending.finished(&h);
                         answer(h, r, &mut output);
                     }
                 }
-                n = rd.read_buf(&mut input), if reading && pending.len() < MAX_IN_FLIGHT => {
+                n = rd.read_buf(&mut input), if reading && !full => {
                     if n? == 0 {
                         // The client is done sending; finish what it asked for, then close.
                         reading = false;
@@ -158,25 +181,26 @@ impl Connection {
     }
 
     /// Starts every complete frame in `input`; errors about a frame itself (too large, unknown
-    /// call, undecodable body) are answered right away and the connection carries on.
+    /// call, undecodable body) are answered right away and the connection carries on. False
+    /// when it stopped for want of room in `pending`.
     fn take_frames(
         &self,
         input: &mut BytesMut,
         skip: &mut usize,
-        pending: &mut FuturesUnordered<Pending>,
+        pending: &mut InFlight,
         output: &mut BytesMut,
-    ) {
-        while pending.len() < MAX_IN_FLIGHT {
+    ) -> bool {
+        loop {
             if *skip > 0 {
                 let n = (*skip).min(input.len());
                 input.advance(n);
                 *skip -= n;
                 if *skip > 0 {
-                    return;
+                    return true;
                 }
             }
             let Some(h) = frame::peek_request_header(input) else {
-                return;
+                return true;
             };
             // Raft batches are bounded by the replication limit, sends by the request limit.
             let limit = if h.kind == Kind::Raft as u8 {
@@ -197,10 +221,13 @@ impl Connection {
                 *skip = h.body_len;
                 continue;
             }
+            if h.kind == Kind::Send as u8 && !pending.has_room(h.body_len) {
+                return false;
+            }
             let frame_len = REQUEST_HEADER_LEN + h.body_len;
             if input.len() < frame_len {
                 input.reserve(frame_len - input.len());
-                return;
+                return true;
             }
             input.advance(REQUEST_HEADER_LEN);
             let body = input.split_to(h.body_len).freeze();
@@ -209,7 +236,10 @@ impl Connection {
                     Ok(req) => {
                         self.stats.sends.fetch_add(1, Ordering::Relaxed);
                         let service = self.service.clone();
-                        pending.push(async move { (h, service.do_send(req).await) }.boxed());
+                        pending.bytes += h.body_len;
+                        pending
+                            .sends
+                            .push(async move { (h, service.do_send(req).await) }.boxed());
                     }
                     Err(e) => {
                         let err = ApiError::invalid(format!("undecodable SendRequest: {e}"));
@@ -266,6 +296,28 @@ pub fn advertised(grpc_address: &str, bound: SocketAddr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_room_is_bounded_by_count_and_bytes() {
+        let mut f = InFlight::default();
+        // Nothing pending: any single send is taken, however large.
+        assert!(f.has_room(MAX_PENDING_BYTES * 2));
+        let h = RequestHeader {
+            body_len: MAX_PENDING_BYTES - 10,
+            kind: Kind::Send as u8,
+            request_id: 1,
+        };
+        f.bytes += h.body_len;
+        f.sends.push(std::future::pending().boxed());
+        assert!(f.has_room(10));
+        assert!(!f.has_room(11));
+        f.finished(&h);
+        assert!(f.has_room(MAX_PENDING_BYTES));
+        for _ in 1..MAX_IN_FLIGHT {
+            f.sends.push(std::future::pending().boxed());
+        }
+        assert!(!f.has_room(0), "count limit");
+    }
 
     #[test]
     fn advertised_keeps_the_host_and_takes_the_port() {

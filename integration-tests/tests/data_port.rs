@@ -304,7 +304,7 @@ async fn replicate(cluster: &ReplicaCluster) -> (u64, Vec<BrokerStatus>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_move_raft_traffic_to_the_data_port() {
-    let cluster = ReplicaCluster::start(ReplicaOptions::default()).unwrap();
+    let mut cluster = ReplicaCluster::start(ReplicaOptions::default()).unwrap();
     let (master, _) = replicate(&cluster).await;
     // Each replica's senders learn their peers' data ports from the first gRPC ack and connect:
     // the master to both slaves, each slave (its append answers) to the master.
@@ -327,6 +327,24 @@ async fn replicas_move_raft_traffic_to_the_data_port() {
     let m = cluster.status(master).await.unwrap();
     // The 50 producer sends came through the master's data port.
     assert!(m.data_port_sends >= 50, "{m:?}");
+
+    // A restarted slave comes back on a new data port (port 0 picks another one): the master
+    // learns it from the next gRPC ack and moves its link there.
+    let slave = ids.iter().copied().find(|&id| id != master).unwrap();
+    let before = cluster.status(slave).await.unwrap().data_address;
+    cluster.node(slave).kill9();
+    cluster.node(slave).restart().unwrap();
+    wait_until(
+        Duration::from_secs(15),
+        "master's link to the restarted slave",
+        || async {
+            cluster.status(slave).await.is_ok_and(|s| {
+                s.data_address != before && s.leader_id == master && s.data_port_connections >= 1
+            })
+        },
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -165,9 +165,13 @@ impl PeerSender {
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
-        if !ack.data_address.is_empty() && self.data_address.is_none() {
-            tracing::debug!(peer = self.peer, data = %ack.data_address, "replica has a data port");
-            self.data_address = Some(ack.data_address);
+        // Every ack says where the peer's data port is now: a restarted peer may have a new one
+        // (or none).
+        let learned = (!ack.data_address.is_empty()).then_some(ack.data_address);
+        if learned != self.data_address {
+            tracing::debug!(peer = self.peer, data = ?learned, "replica's data port");
+            self.data_address = learned;
+            self.data = None;
         }
         Ok(())
     }
@@ -184,6 +188,8 @@ impl PeerSender {
                 Ok(link) => self.data = Some(link),
                 Err(e) => {
                     tracing::debug!(peer = self.peer, %addr, "data port unreachable, using gRPC: {e}");
+                    // Learn it again from the next gRPC ack (the peer may have restarted).
+                    self.data_address = None;
                     return None;
                 }
             }
