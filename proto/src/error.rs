@@ -59,6 +59,28 @@ impl ApiError {
         }
     }
 
+    /// The wire form carried in a gRPC status's details or a data-port error frame.
+    pub fn to_detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code as i32,
+            message: self.message.clone(),
+            master_address: self.master_address.clone(),
+            min_offset: self.min_offset,
+            max_offset: self.max_offset,
+        }
+    }
+
+    /// Reads the wire form back; an unknown code becomes INTERNAL.
+    pub fn from_detail(d: ErrorDetail) -> Self {
+        ApiError {
+            code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
+            message: d.message,
+            master_address: d.master_address,
+            min_offset: d.min_offset,
+            max_offset: d.max_offset,
+        }
+    }
+
     /// The gRPC status code that best matches the error code, for clients that ignore details.
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
@@ -87,13 +109,7 @@ impl ApiError {
     pub fn from_status(status: &tonic::Status) -> Self {
         if let Ok(d) = ErrorDetail::decode(status.details()) {
             if d.code != ErrorCode::Unspecified as i32 {
-                return ApiError {
-                    code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
-                    message: d.message,
-                    master_address: d.master_address,
-                    min_offset: d.min_offset,
-                    max_offset: d.max_offset,
-                };
+                return ApiError::from_detail(d);
             }
         }
         let code = match status.code() {
@@ -132,13 +148,7 @@ impl std::error::Error for ApiError {}
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> Self {
-        let detail = ErrorDetail {
-            code: e.code as i32,
-            message: e.message.clone(),
-            master_address: e.master_address.clone(),
-            min_offset: e.min_offset,
-            max_offset: e.max_offset,
-        };
+        let detail = e.to_detail();
         tonic::Status::with_details(
             e.grpc_code(),
             format!("{}: {}", e.code.as_str_name(), e.message),

@@ -17,7 +17,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 
-use crate::v1::{ErrorCode, ErrorDetail};
+use crate::v1::ErrorDetail;
 use crate::ApiError;
 
 /// "SLW" and the protocol version.
@@ -119,14 +119,7 @@ pub fn encode_ok(kind: u8, request_id: u64, msg: &impl Message, out: &mut BytesM
 
 /// Appends an error response frame to `out`.
 pub fn encode_error(kind: u8, request_id: u64, err: &ApiError, out: &mut BytesMut) {
-    let detail = ErrorDetail {
-        code: err.code as i32,
-        message: err.message.clone(),
-        master_address: err.master_address.clone(),
-        min_offset: err.min_offset,
-        max_offset: err.max_offset,
-    };
-    put_response(kind, request_id, STATUS_ERROR, &detail, out);
+    put_response(kind, request_id, STATUS_ERROR, &err.to_detail(), out);
 }
 
 fn put_response(kind: u8, request_id: u64, status: u8, msg: &impl Message, out: &mut BytesMut) {
@@ -142,13 +135,7 @@ fn put_response(kind: u8, request_id: u64, status: u8, msg: &impl Message, out: 
 /// Reads an error response's body back.
 pub fn decode_error(body: Bytes) -> ApiError {
     match ErrorDetail::decode(body) {
-        Ok(d) => ApiError {
-            code: ErrorCode::try_from(d.code).unwrap_or(ErrorCode::Internal),
-            message: d.message,
-            master_address: d.master_address,
-            min_offset: d.min_offset,
-            max_offset: d.max_offset,
-        },
+        Ok(d) => ApiError::from_detail(d),
         Err(e) => ApiError::internal(format!("undecodable error from the data port: {e}")),
     }
 }
@@ -157,6 +144,7 @@ pub fn decode_error(body: Bytes) -> ApiError {
 mod tests {
     use super::*;
     use crate::v1::{SendRequest, SendResponse};
+    use crate::ErrorCode;
 
     #[test]
     fn request_round_trips() {

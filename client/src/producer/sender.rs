@@ -224,11 +224,7 @@ impl Sender {
         messages: Arc<Vec<v1::Message>>,
     ) -> Result<Vec<SendReceipt>> {
         let count = messages.len();
-        let request = SharedSendRequest {
-            topic: queue.topic.clone(),
-            queue_id: queue.queue_id,
-            messages,
-        };
+        let request = SharedSendRequest::new(queue, messages);
         let conn = self.core.data_ports.get(addr).await?;
         let body = conn.call(Kind::Send, &request, self.send_timeout).await?;
         let resp = SendResponse::decode(body).map_err(|e| {
@@ -248,11 +244,7 @@ impl Sender {
         let count = messages.len();
         let timeout = self.send_timeout;
         let mut grpc = self.core.pool.grpc(addr)?;
-        let request = SharedSendRequest {
-            topic: queue.topic.clone(),
-            queue_id: queue.queue_id,
-            messages,
-        };
+        let request = SharedSendRequest::new(queue, messages);
         let codec = SendCodec {
             encoded_len: request.encoded_len(),
         };

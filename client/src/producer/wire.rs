@@ -18,6 +18,16 @@ pub(crate) struct SharedSendRequest {
     pub(crate) messages: Arc<Vec<v1::Message>>,
 }
 
+impl SharedSendRequest {
+    pub(crate) fn new(queue: &crate::route::MessageQueue, messages: Arc<Vec<v1::Message>>) -> Self {
+        SharedSendRequest {
+            topic: queue.topic.clone(),
+            queue_id: queue.queue_id,
+            messages,
+        }
+    }
+}
+
 impl prost::Message for SharedSendRequest {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         // Field numbers of SendRequest; proto3 leaves default scalars out.
