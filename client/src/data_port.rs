@@ -1,9 +1,10 @@
 //! Client side of a broker's data port (framed TCP, `sluice_proto::frame`): one connection per
 //! address, shared by every send to it.
 //!
-//! Callers hand whole frames to a writer task (so a caller that times out can never leave half
-//! a frame on the wire) and wait on a oneshot that the reader task completes when the answer
-//! with their request id arrives. When the connection breaks, every waiting call fails with a
+//! Callers hand their requests to a writer task, which encodes them into one reused buffer and
+//! writes whole frames (so a caller that times out can never leave half a frame on the wire,
+//! and a 128 KiB batch costs no allocation of its own); callers wait on a oneshot that the
+//! reader task completes when the answer with their request id arrives. When the connection breaks, every waiting call fails with a
 //! transport error and the next call connects again.
 
 use std::collections::HashMap;
@@ -22,14 +23,19 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::validate_addr;
 use crate::error::{Error, Result};
 
-/// Frames queued for the writer before callers wait.
+/// Requests queued for the writer before callers wait.
 const WRITE_QUEUE: usize = 1024;
-/// Frames up to this size are copied together into one write; larger ones go out as they are.
-const COALESCE_LIMIT: usize = 16 << 10;
+/// The writer writes once this much is encoded (or nothing else is queued).
+const WRITE_CHUNK: usize = 256 << 10;
+/// The write buffer is given back after a frame grew it beyond this.
+const KEEP_BUFFER: usize = 8 << 20;
 /// Largest answer accepted (a Send answer is ~60 bytes per message).
 const MAX_RESPONSE: usize = 64 << 20;
 
 type Answer = std::result::Result<Bytes, Error>;
+
+/// A request waiting for the writer: encodes its frame into the writer's buffer.
+type Outgoing = Box<dyn FnOnce(&mut BytesMut) + Send>;
 
 /// Open data-port connections by address.
 pub(crate) struct DataPorts {
@@ -103,7 +109,7 @@ impl Shared {
 
 pub(crate) struct DataConn {
     shared: Arc<Shared>,
-    frames: mpsc::Sender<Bytes>,
+    frames: mpsc::Sender<Outgoing>,
     next_id: AtomicU64,
     tasks: [tokio::task::AbortHandle; 2],
 }
@@ -162,12 +168,11 @@ impl DataConn {
     pub(crate) async fn call(
         &self,
         kind: Kind,
-        msg: &impl prost::Message,
+        msg: impl prost::Message + 'static,
         timeout: Duration,
     ) -> Result<Bytes> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut buf = BytesMut::new();
-        frame::encode_request(kind, id, msg, &mut buf);
+        let encode: Outgoing = Box::new(move |out| frame::encode_request(kind, id, &msg, out));
         let (tx, rx) = oneshot::channel();
         {
             let mut w = self.shared.waiting.lock();
@@ -181,7 +186,7 @@ impl DataConn {
             id,
         };
         let exchange = async {
-            if self.frames.send(buf.freeze()).await.is_err() {
+            if self.frames.send(encode).await.is_err() {
                 return Err(self.shared.transport("connection closed"));
             }
             rx.await
@@ -211,42 +216,39 @@ impl Drop for Forget<'_> {
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut queue: mpsc::Receiver<Bytes>, shared: Arc<Shared>) {
-    let mut out = BytesMut::with_capacity(COALESCE_LIMIT * 2);
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outgoing>,
+    shared: Arc<Shared>,
+) {
+    let mut out = BytesMut::with_capacity(WRITE_CHUNK);
     while let Some(first) = queue.recv().await {
-        // Everything queued behind the first frame goes out with it.
+        // Everything queued behind the first request goes out with it.
         let mut next = Some(first);
         let mut result = Ok(());
-        while let Some(f) = next.take() {
-            if f.len() <= COALESCE_LIMIT {
-                out.extend_from_slice(&f);
-            } else {
-                result = flush(&mut wr, &mut out).await;
-                if result.is_ok() {
-                    result = wr.write_all(&f).await;
+        while let Some(encode) = next.take() {
+            encode(&mut out);
+            if out.len() >= WRITE_CHUNK {
+                result = wr.write_all(&out).await;
+                out.clear();
+                if result.is_err() {
+                    break;
                 }
-            }
-            if result.is_err() || out.len() > COALESCE_LIMIT {
-                break;
             }
             next = queue.try_recv().ok();
         }
-        if result.is_ok() {
-            result = flush(&mut wr, &mut out).await;
+        if result.is_ok() && !out.is_empty() {
+            result = wr.write_all(&out).await;
+            out.clear();
         }
         if let Err(e) = result {
             shared.close(format!("write failed: {e}"));
             return;
         }
+        if out.capacity() > KEEP_BUFFER {
+            out = BytesMut::with_capacity(WRITE_CHUNK);
+        }
     }
-}
-
-async fn flush(wr: &mut OwnedWriteHalf, out: &mut BytesMut) -> std::io::Result<()> {
-    if !out.is_empty() {
-        wr.write_all(out).await?;
-        out.clear();
-    }
-    Ok(())
 }
 
 async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
@@ -355,7 +357,7 @@ mod tests {
     }
 
     async fn send(conn: &DataConn, topic: &str, t: Duration) -> Result<Bytes> {
-        conn.call(Kind::Send, &req(topic), t).await
+        conn.call(Kind::Send, req(topic), t).await
     }
 
     fn echo(id: u64, r: SendRequest) -> Option<std::result::Result<SendResponse, ApiError>> {
@@ -414,14 +416,14 @@ mod tests {
         let ports = DataPorts::new(Duration::from_secs(1));
         let conn = ports.get(&addr).await.unwrap();
         let e = conn
-            .call(Kind::Send, &req("a"), Duration::from_millis(100))
+            .call(Kind::Send, req("a"), Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
         assert!(conn.shared.waiting.lock().calls.is_empty());
         // The late answer (released by the next request) is dropped; the next call works.
         let r = conn
-            .call(Kind::Send, &req("b"), Duration::from_secs(5))
+            .call(Kind::Send, req("b"), Duration::from_secs(5))
             .await
             .unwrap();
         assert_eq!(SendResponse::decode(r).unwrap().broker_name, "b");

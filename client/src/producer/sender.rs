@@ -226,7 +226,7 @@ impl Sender {
         let count = messages.len();
         let request = SharedSendRequest::new(queue, messages);
         let conn = self.core.data_ports.get(addr).await?;
-        let body = conn.call(Kind::Send, &request, self.send_timeout).await?;
+        let body = conn.call(Kind::Send, request, self.send_timeout).await?;
         let resp = SendResponse::decode(body).map_err(|e| {
             Error::Api(ApiError::internal(format!(
                 "undecodable SendResponse from {addr}: {e}"
