@@ -252,6 +252,12 @@ async fn producer_sends_through_the_data_port_or_grpc_alike() {
     assert_eq!(status.data_port_sends, 101, "{status:?}");
     assert_eq!(status.data_port_connections, 1, "{status:?}");
     assert!(!status.data_address.is_empty());
+    // `sluice cluster status --json` shows the same.
+    let json: serde_json::Value =
+        serde_json::from_str(&cluster.cli(&["cluster", "status", "--json"]).unwrap()).unwrap();
+    let row = &json["brokers"][0];
+    assert_eq!(row["data_address"], status.data_address.as_str(), "{row}");
+    assert_eq!(row["data_port_sends"], 101, "{row}");
 
     let stored = read_all(&status.address, "mixed", 0).await.unwrap();
     let bodies: Vec<String> = stored

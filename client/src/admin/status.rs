@@ -23,6 +23,11 @@ pub struct BrokerStatusRow {
     pub replica_id: u64,
     pub role: String,
     pub address: String,
+    /// The broker's data port (framed TCP for sends and Raft traffic), if it has one.
+    pub data_address: Option<String>,
+    /// Data-port connections open now and sends served through it since start.
+    pub data_port_connections: Option<u64>,
+    pub data_port_sends: Option<u64>,
     pub term: u64,
     /// Commit-log max offset: from the broker itself, else from its last registration.
     pub max_offset: u64,
@@ -123,6 +128,7 @@ impl Admin {
                     replica_id: b.replica_id,
                     role: role_name(b.role).to_string(),
                     address: b.address,
+                    data_address: (!b.data_address.is_empty()).then_some(b.data_address),
                     term: b.term,
                     max_offset: b.max_offset,
                     last_heartbeat_ago_ms: b.last_heartbeat_ago_ms,
@@ -341,6 +347,11 @@ fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
     row.confirmed_offset = Some(s.confirmed_offset);
     row.disk_usage_ratio = Some(s.disk_usage_ratio);
     row.flush_mode = (!s.flush_mode.is_empty()).then_some(s.flush_mode);
+    if !s.data_address.is_empty() {
+        row.data_address = Some(s.data_address);
+    }
+    row.data_port_connections = Some(s.data_port_connections);
+    row.data_port_sends = Some(s.data_port_sends);
     // The broker's own view is newer than its last registration.
     if s.role != Role::Unspecified as i32 {
         row.role = role_name(s.role).to_string();
