@@ -49,6 +49,9 @@ pub struct PullConsumer {
     current: Option<Delivery>,
     /// Offsets handed out and not acked yet, grouped by queue loop.
     unacked: Vec<(mpsc::UnboundedSender<Ack>, Vec<u64>)>,
+    /// Queue loops sent acks since the last commit: a commit waits until each applied them,
+    /// including acks an earlier `poll` sent (auto-commit acks a poll's messages at the next).
+    acked: Vec<mpsc::UnboundedSender<Ack>>,
     auto_commit: bool,
     barrier_timeout: Duration,
 }
@@ -94,6 +97,7 @@ impl PullConsumer {
             deliveries: rx,
             current: None,
             unacked: Vec::new(),
+            acked: Vec::new(),
             auto_commit: b.auto_commit,
             barrier_timeout,
         })
@@ -156,9 +160,9 @@ impl PullConsumer {
 
     /// Marks every polled message finished and sends the offsets to the brokers.
     pub async fn commit(&mut self) -> Result<()> {
-        let queues = self.ack_polled();
+        self.ack_polled();
         // Make sure the queue loops applied the acks before their offsets are read.
-        let waits = queues.into_iter().filter_map(|q| {
+        let waits = std::mem::take(&mut self.acked).into_iter().filter_map(|q| {
             let (tx, rx) = oneshot::channel();
             q.send(Ack::Barrier(tx)).ok().map(|_| rx)
         });
@@ -183,17 +187,18 @@ impl PullConsumer {
         self.group.shutdown().await;
     }
 
-    /// Sends the acks of everything polled; returns one sender per queue involved.
-    fn ack_polled(&mut self) -> Vec<mpsc::UnboundedSender<Ack>> {
-        let mut queues: Vec<mpsc::UnboundedSender<Ack>> = Vec::new();
+    /// Sends the acks of everything polled, and remembers the queue loops they went to.
+    fn ack_polled(&mut self) {
+        // Loops that ended (their queue moved) need no barrier.
+        self.acked.retain(|q| !q.is_closed());
         for (tx, offsets) in self.unacked.drain(..) {
             // A closed channel means the queue moved on; its new owner re-delivers.
-            let _ = tx.send(Ack::Done(offsets));
-            if !queues.iter().any(|q| q.same_channel(&tx)) {
-                queues.push(tx);
+            if tx.send(Ack::Done(offsets)).is_ok()
+                && !self.acked.iter().any(|q| q.same_channel(&tx))
+            {
+                self.acked.push(tx);
             }
         }
-        queues
     }
 }
 
