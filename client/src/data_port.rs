@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
-use sluice_proto::frame::{self, Kind, PREFACE, RESPONSE_HEADER_LEN};
+use sluice_proto::frame::{self, Kind, PREFACE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -262,26 +262,13 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
 async fn read_answers(rd: &mut OwnedReadHalf, shared: &Shared) -> std::result::Result<(), String> {
     let mut input = BytesMut::with_capacity(64 << 10);
     loop {
-        while let Some(h) = frame::peek_response_header(&input).map_err(|e| e.message)? {
-            if h.body_len > MAX_RESPONSE {
-                return Err(format!("answer of {} bytes is too large", h.body_len));
-            }
-            let frame_len = RESPONSE_HEADER_LEN + h.body_len;
-            if input.len() < frame_len {
-                input.reserve(frame_len - input.len());
-                break;
-            }
-            input.advance(RESPONSE_HEADER_LEN);
-            let body = input.split_to(h.body_len).freeze();
-            let answer = if h.ok {
-                Ok(body)
-            } else {
-                Err(Error::Api(frame::decode_error(body)))
-            };
-            let waiter = shared.waiting.lock().calls.remove(&h.request_id);
+        while let Some((id, r)) =
+            frame::take_response(&mut input, MAX_RESPONSE).map_err(|e| e.message)?
+        {
+            let waiter = shared.waiting.lock().calls.remove(&id);
             // No waiter: the call timed out and was forgotten.
             if let Some(tx) = waiter {
-                let _ = tx.send(answer);
+                let _ = tx.send(r.map_err(Error::Api));
             }
         }
         match rd.read_buf(&mut input).await {
@@ -295,6 +282,7 @@ async fn read_answers(rd: &mut OwnedReadHalf, shared: &Shared) -> std::result::R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Buf;
     use prost::Message as _;
     use sluice_proto::frame::{peek_request_header, REQUEST_HEADER_LEN};
     use sluice_proto::v1::{SendRequest, SendResponse};

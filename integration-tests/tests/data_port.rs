@@ -4,14 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use sluice_client::{ClientConfig, Message, Producer};
 use sluice_integration_tests::replica::{read_all, ReplicaCluster, ReplicaOptions};
 use sluice_integration_tests::{
     connect_broker, create_topic_request, wait_until, Cluster, ClusterOptions,
 };
-use sluice_proto::frame::{self, Kind, PREFACE, RESPONSE_HEADER_LEN};
+use sluice_proto::frame::{self, Kind, PREFACE};
 use sluice_proto::v1::{
     BrokerStatus, GetBrokerStatusRequest, GetTopicRouteRequest, SendRequest, SendResponse,
 };
@@ -67,17 +67,8 @@ impl Raw {
     /// The next answer: (request id, Ok(body) or the error).
     async fn answer(&mut self) -> (u64, Result<Bytes, ApiError>) {
         loop {
-            if let Some(h) = frame::peek_response_header(&self.input).unwrap() {
-                if self.input.len() >= RESPONSE_HEADER_LEN + h.body_len {
-                    self.input.advance(RESPONSE_HEADER_LEN);
-                    let body = self.input.split_to(h.body_len).freeze();
-                    let r = if h.ok {
-                        Ok(body)
-                    } else {
-                        Err(frame::decode_error(body))
-                    };
-                    return (h.request_id, r);
-                }
+            if let Some(answer) = frame::take_response(&mut self.input, 1 << 20).unwrap() {
+                return answer;
             }
             let n = tokio::time::timeout(IO_TIMEOUT, self.sock.read_buf(&mut self.input))
                 .await

@@ -101,6 +101,38 @@ pub fn peek_response_header(buf: &[u8]) -> Result<Option<ResponseHeader>, ApiErr
     }))
 }
 
+/// One answer off the wire: the request id it answers, and the response body or the error.
+pub type Answer = (u64, Result<Bytes, ApiError>);
+
+/// Takes the first complete response frame off `input`: its request id and either the
+/// response body (status OK) or the error it carries. `None` while the frame is incomplete
+/// (room for the rest is reserved). A body above `max_body` or a bad status byte is an error:
+/// the stream cannot be trusted past it.
+pub fn take_response(input: &mut BytesMut, max_body: usize) -> Result<Option<Answer>, ApiError> {
+    let Some(h) = peek_response_header(input)? else {
+        return Ok(None);
+    };
+    if h.body_len > max_body {
+        return Err(ApiError::internal(format!(
+            "answer to request {} of {} bytes is above the {max_body}-byte limit",
+            h.request_id, h.body_len
+        )));
+    }
+    let frame_len = RESPONSE_HEADER_LEN + h.body_len;
+    if input.len() < frame_len {
+        input.reserve(frame_len - input.len());
+        return Ok(None);
+    }
+    input.advance(RESPONSE_HEADER_LEN);
+    let body = input.split_to(h.body_len).freeze();
+    let r = if h.ok {
+        Ok(body)
+    } else {
+        Err(decode_error(body))
+    };
+    Ok(Some((h.request_id, r)))
+}
+
 /// Appends a request frame to `out`.
 pub fn encode_request(kind: Kind, request_id: u64, msg: &impl Message, out: &mut BytesMut) {
     let len = msg.encoded_len();
@@ -193,6 +225,32 @@ mod tests {
         assert_eq!(decode_error(buf.split_to(h.body_len)), err);
         assert!(buf.is_empty());
         assert_eq!(peek_response_header(&buf).unwrap(), None);
+    }
+
+    #[test]
+    fn take_response_waits_for_whole_frames_and_bounds_bodies() {
+        let mut frames = BytesMut::new();
+        encode_ok(1, 7, &ErrorDetail::default(), &mut frames);
+        encode_error(1, 8, &ApiError::internal("boom"), &mut frames);
+        let whole = frames.clone();
+        let mut input = BytesMut::from(&whole[..RESPONSE_HEADER_LEN - 1]);
+        assert_eq!(take_response(&mut input, 1 << 20).unwrap(), None);
+        input.extend_from_slice(&whole[RESPONSE_HEADER_LEN - 1..]);
+        let (id, r) = take_response(&mut input, 1 << 20).unwrap().unwrap();
+        assert_eq!((id, r.is_ok()), (7, true));
+        let (id, r) = take_response(&mut input, 1 << 20).unwrap().unwrap();
+        assert_eq!(id, 8);
+        assert_eq!(r.unwrap_err().message, "boom");
+        assert!(input.is_empty());
+        let mut big = BytesMut::new();
+        encode_error(
+            1,
+            9,
+            &ApiError::internal("too long for the limit"),
+            &mut big,
+        );
+        let e = take_response(&mut big, 4).unwrap_err();
+        assert!(e.message.contains("limit"), "{e}");
     }
 
     #[test]

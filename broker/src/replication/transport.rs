@@ -11,8 +11,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use sluice_proto::frame::{self, Kind, PREFACE, RESPONSE_HEADER_LEN};
+use bytes::{Bytes, BytesMut};
+use sluice_proto::frame::{self, Kind, PREFACE};
 use sluice_proto::v1::replication_client::ReplicationClient;
 use sluice_proto::v1::RaftBatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -265,18 +265,10 @@ impl DataLink {
 async fn drain_acks(mut rd: OwnedReadHalf) -> Result<(), String> {
     let mut input = BytesMut::with_capacity(4 << 10);
     loop {
-        while let Some(h) = frame::peek_response_header(&input).map_err(|e| e.message)? {
-            // An ack is a few bytes; anything huge is not one.
-            if h.body_len > 1 << 20 {
-                return Err(format!("answer of {} bytes is not an ack", h.body_len));
-            }
-            if input.len() < RESPONSE_HEADER_LEN + h.body_len {
-                break;
-            }
-            input.advance(RESPONSE_HEADER_LEN);
-            let body = input.split_to(h.body_len).freeze();
-            if !h.ok {
-                return Err(format!("batch refused: {}", frame::decode_error(body)));
+        // An ack is a few bytes; anything huge is not one.
+        while let Some((_, r)) = frame::take_response(&mut input, 1 << 20).map_err(|e| e.message)? {
+            if let Err(e) = r {
+                return Err(format!("batch refused: {e}"));
             }
         }
         if rd.read_buf(&mut input).await.map_err(|e| e.to_string())? == 0 {
