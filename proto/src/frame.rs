@@ -144,6 +144,89 @@ pub fn encode_request(kind: Kind, request_id: u64, msg: &impl Message, out: &mut
     let _ = msg.encode(out);
 }
 
+/// A Raft batch request frame as pieces: the header and small fields are encoded into
+/// `scratch`, the Raft messages (the bulk: entries) are referenced, not copied. Written with
+/// vectored writes, the bytes are identical to [`encode_request`]'s. The leader sends every
+/// entry to each follower this way; copying each batch into one buffer first was a visible
+/// share of its CPU.
+pub fn raft_batch_pieces(
+    request_id: u64,
+    batch: &crate::v1::RaftBatch,
+    scratch: &mut BytesMut,
+) -> Pieces {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    scratch.clear();
+    let len = batch.encoded_len();
+    scratch.put_u32(len as u32);
+    scratch.put_u8(Kind::Raft as u8);
+    scratch.put_u64(request_id);
+    // `messages` is the last field, and prost writes fields in number order: the other
+    // fields, then each message as field 4.
+    let head = crate::v1::RaftBatch {
+        broker_name: batch.broker_name.clone(),
+        from: batch.from,
+        to: batch.to,
+        messages: Vec::new(),
+    };
+    head.encode_raw(scratch);
+    let mut parts = std::collections::VecDeque::with_capacity(2 * batch.messages.len() + 1);
+    for m in &batch.messages {
+        encode_key(4, WireType::LengthDelimited, scratch);
+        encode_varint(m.len() as u64, scratch);
+        parts.push_back(scratch.split().freeze());
+        parts.push_back(m.clone());
+    }
+    if !scratch.is_empty() {
+        parts.push_back(scratch.split().freeze());
+    }
+    Pieces { parts }
+}
+
+/// Bytes in several pieces, read in order ([`Buf`], with vectored chunks).
+#[derive(Debug, Default)]
+pub struct Pieces {
+    parts: std::collections::VecDeque<Bytes>,
+}
+
+impl Buf for Pieces {
+    fn remaining(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        self.parts.iter().find(|p| !p.is_empty()).map_or(&[], |p| p)
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.parts.front_mut() else {
+                return;
+            };
+            let n = cnt.min(front.len());
+            front.advance(n);
+            cnt -= n;
+            if front.is_empty() {
+                self.parts.pop_front();
+            }
+        }
+        while self.parts.front().is_some_and(Bytes::is_empty) {
+            self.parts.pop_front();
+        }
+    }
+
+    fn chunks_vectored<'a>(&'a self, dst: &mut [std::io::IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for p in self.parts.iter().filter(|p| !p.is_empty()) {
+            if n == dst.len() {
+                break;
+            }
+            dst[n] = std::io::IoSlice::new(p);
+            n += 1;
+        }
+        n
+    }
+}
+
 /// Appends a successful response frame to `out`.
 pub fn encode_ok(kind: u8, request_id: u64, msg: &impl Message, out: &mut BytesMut) {
     put_response(kind, request_id, STATUS_OK, msg, out);
@@ -198,6 +281,46 @@ mod tests {
         assert_eq!(Kind::from_wire(2), Some(Kind::Raft));
         assert_eq!(Kind::from_wire(0), None);
         assert_eq!(Kind::from_wire(200), None);
+    }
+
+    #[test]
+    fn raft_batch_pieces_are_the_request_frame() {
+        use crate::v1::RaftBatch;
+        let batches = [
+            RaftBatch {
+                broker_name: "broker-a".into(),
+                from: 1,
+                to: 3,
+                messages: vec![
+                    Bytes::from(vec![7u8; 300]),
+                    Bytes::new(),
+                    Bytes::from_static(b"m"),
+                ],
+            },
+            RaftBatch::default(),
+            RaftBatch {
+                messages: vec![Bytes::from(vec![1u8; 70_000])],
+                ..Default::default()
+            },
+        ];
+        let mut scratch = BytesMut::new();
+        for b in &batches {
+            let mut whole = BytesMut::new();
+            encode_request(Kind::Raft, 9, b, &mut whole);
+            let mut pieces = raft_batch_pieces(9, b, &mut scratch);
+            assert_eq!(pieces.remaining(), whole.len());
+            let mut slices = [std::io::IoSlice::new(&[]); 2];
+            assert!(pieces.chunks_vectored(&mut slices) <= 2);
+            // Read back in uneven steps, as partial writes would.
+            let mut got = Vec::new();
+            while pieces.has_remaining() {
+                let step = pieces.chunk().len().min(5);
+                got.extend_from_slice(&pieces.chunk()[..step]);
+                pieces.advance(step);
+            }
+            assert_eq!(got, whole.to_vec());
+            assert_eq!(pieces.chunk(), &[] as &[u8]);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use sluice_proto::frame::{self, Kind, PREFACE};
+use sluice_proto::frame::{self, PREFACE};
 use sluice_proto::v1::replication_client::ReplicationClient;
 use sluice_proto::v1::RaftBatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -248,11 +248,10 @@ impl DataLink {
         if self.is_broken() {
             return Err("data link closed".into());
         }
-        self.out.clear();
-        frame::encode_request(Kind::Raft, self.next_id, batch, &mut self.out);
+        let mut frame = frame::raft_batch_pieces(self.next_id, batch, &mut self.out);
         self.next_id += 1;
         // A peer that stopped reading (paused, wedged) must not hold this sender forever.
-        match tokio::time::timeout(RPC_TIMEOUT, self.wr.write_all(&self.out)).await {
+        match tokio::time::timeout(RPC_TIMEOUT, self.wr.write_all_buf(&mut frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("data port write: {e}")),
             Err(_) => Err("data port write timed out".into()),

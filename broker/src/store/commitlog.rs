@@ -76,7 +76,15 @@ const POOL_MAX_COUNT: usize = 64;
 impl BufPool {
     /// A buffer of exactly `len` bytes (contents unspecified).
     fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self.free.lock().pop().unwrap_or_default();
+        let mut buf = {
+            let mut free = self.free.lock();
+            // Prefer a buffer already as long as asked: growing one zeroes the new part, and
+            // that memset showed up next to the read itself in profiles.
+            match free.iter().rposition(|b| b.len() >= len) {
+                Some(i) => free.swap_remove(i),
+                None => free.pop().unwrap_or_default(),
+            }
+        };
         buf.resize(len, 0);
         buf
     }

@@ -181,10 +181,19 @@ impl Dispatcher {
             }
             let want = ((seg_len - in_seg).min(target - self.pos) as usize).min(CHUNK.max(need));
             // Taken out of `self` so records can borrow it while `self` is updated.
-            let mut buf = std::mem::take(&mut self.buf);
-            buf.resize(want, 0);
-            let got = super::commitlog::read_full(&seg.file, &mut buf, in_seg)?;
-            buf.truncate(got);
+            let mut whole = std::mem::take(&mut self.buf);
+            // The buffer keeps its length between rounds: only growing it zeroes memory.
+            if whole.len() < want {
+                whole.resize(want, 0);
+            }
+            let got = match super::commitlog::read_full(&seg.file, &mut whole[..want], in_seg) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf = whole;
+                    return Err(e);
+                }
+            };
+            let buf = &whole[..got];
             let mut at = 0usize;
             let mut jump_segment = false;
             while at < buf.len() {
@@ -195,7 +204,7 @@ impl Dispatcher {
                         match record::parse(&buf[at..at + t]) {
                             Ok(view) if view.physical_offset() == phy => {
                                 if let Err(e) = self.dispatch_record(&view, phy) {
-                                    self.buf = buf;
+                                    self.buf = whole;
                                     return Err(e);
                                 }
                             }
@@ -223,11 +232,11 @@ impl Dispatcher {
                 }
             }
             let head_total = if buf.len() >= 4 {
-                record::u32_at(&buf, 0) as usize
+                record::u32_at(buf, 0) as usize
             } else {
                 0
             };
-            self.buf = buf;
+            self.buf = whole;
             self.pos += at as u64;
             if jump_segment {
                 match log.next_after(seg.base) {

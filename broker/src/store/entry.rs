@@ -232,41 +232,49 @@ pub(crate) fn stored_form(e: &Entry) -> Vec<u8> {
 
 /// The raft entry stored as `stored` (the records of entry `index` of `term`): data as it
 /// was appended for NOOP and RAW entries, the filled records otherwise.
+///
+/// Every record must be whole and carry this entry's index and term, but CRCs and strings are
+/// not checked again: these bytes passed both on their way into this log, and what is read
+/// here is either sent to a follower (which checks every record of an entry it appends) or
+/// handed to the applier (whose metadata decoding checks them too). The raft thread reads
+/// every entry back at least once (to send it, then to apply it); it used to checksum and
+/// parse each message each time.
 pub(crate) fn to_raft_entry(index: u64, term: u64, stored: Bytes) -> Result<Entry, String> {
     let mut at = 0usize;
-    let mut first: Option<(u32, u32, std::ops::Range<usize>)> = None;
     while at < stored.len() {
-        let Probe::Record(t) = record::probe(&stored[at..]) else {
+        let Probe::Record(t) = record::probe_written(&stored[at..]) else {
             return Err(format!("entry {index}: damaged record at byte {at}"));
         };
-        let t = t as usize;
-        let view = record::parse(&stored[at..at + t])
-            .map_err(|why| format!("entry {index}: record at byte {at}: {why}"))?;
-        if view.entry_index() != index || view.term() != term {
+        let rec = &stored[at..at + t as usize];
+        let (rec_index, rec_term) = (
+            record::u64_at(rec, record::OFF_ENTRY_INDEX),
+            record::u64_at(rec, record::OFF_TERM),
+        );
+        if rec_index != index || rec_term != term {
             return Err(format!(
-                "entry {index} (term {term}) holds a record of entry {} (term {})",
-                view.entry_index(),
-                view.term()
+                "entry {index} (term {term}) holds a record of entry {rec_index} (term {rec_term})"
             ));
         }
-        if first.is_none() {
-            first = Some((view.sys_flag(), view.flag(), view.body.clone()));
-        }
-        at += t;
+        at += t as usize;
     }
-    let Some((sys, flag, body)) = first else {
+    if stored.is_empty() {
         return Err(format!("entry {index} has no records"));
-    };
+    }
     let mut e = Entry {
         index,
         term,
         ..Default::default()
     };
+    let sys = record::u32_at(&stored, OFF_SYS_FLAG);
     if sys & (SYS_FLAG_NOOP | SYS_FLAG_RAW) != 0 {
+        // A no-op or opaque entry is one system record: its body is the entry's data.
+        let first = record::parse(&stored[..record::u32_at(&stored, record::OFF_TOTAL) as usize])
+            .map_err(|why| format!("entry {index}: {why}"))?;
+        let flag = first.flag();
         let ty = entry_type(flag).ok_or_else(|| format!("entry {index}: unknown type {flag}"))?;
         e.set_entry_type(ty);
         if sys & SYS_FLAG_RAW != 0 {
-            e.data = stored.slice(body);
+            e.data = stored.slice(first.body.clone());
         }
     } else {
         e.data = stored;
