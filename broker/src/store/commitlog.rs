@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -59,13 +59,22 @@ pub struct CommitLog {
     pub segment_size: u64,
     segments: RwLock<Vec<Arc<Segment>>>,
     pool: Arc<BufPool>,
+    /// The writer's group buffers, handed to the dispatcher after each write (see
+    /// [`CommitLog::hand_off`]).
+    write_pool: Arc<BufPool>,
 }
+
+/// Most buffer capacity handed from the writer to the dispatcher and not yet released. Past it
+/// the writer keeps its buffer and the dispatcher reads those bytes from the file.
+const HANDOFF_LIMIT: usize = 64 << 20;
 
 /// Read buffers handed back when every `Bytes` slicing one is dropped, so steady-state reads
 /// neither allocate nor zero memory.
 #[derive(Default)]
 pub struct BufPool {
     free: parking_lot::Mutex<Vec<Vec<u8>>>,
+    /// Capacity of this pool's buffers currently out in `Bytes`.
+    held: AtomicUsize,
 }
 
 /// Buffers larger than this are not kept.
@@ -88,6 +97,32 @@ impl BufPool {
         buf.resize(len, 0);
         buf
     }
+
+    /// An empty buffer with room for `capacity` bytes.
+    fn take_empty(&self, capacity: usize) -> Vec<u8> {
+        let found = {
+            let mut free = self.free.lock();
+            free.iter()
+                .rposition(|b| b.capacity() >= capacity)
+                .map(|i| free.swap_remove(i))
+        };
+        match found {
+            Some(mut b) => {
+                b.clear();
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// `buf` as `Bytes` that give it back to `pool` once the last of them is dropped.
+    fn wrap(pool: &Arc<BufPool>, buf: Vec<u8>) -> Bytes {
+        pool.held.fetch_add(buf.capacity(), Ordering::AcqRel);
+        Bytes::from_owner(Pooled {
+            buf,
+            pool: pool.clone(),
+        })
+    }
 }
 
 /// Owner of a pooled buffer inside `Bytes`; returns it to the pool when dropped.
@@ -105,6 +140,7 @@ impl AsRef<[u8]> for Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
+        self.pool.held.fetch_sub(buf.capacity(), Ordering::AcqRel);
         if buf.capacity() <= POOL_MAX_BUF {
             let mut free = self.pool.free.lock();
             if free.len() < POOL_MAX_COUNT {
@@ -147,7 +183,20 @@ impl CommitLog {
             segment_size,
             segments: RwLock::new(segments),
             pool: Arc::default(),
+            write_pool: Arc::default(),
         }
+    }
+
+    /// Hands the writer's just-written group buffer over as `Bytes` (for the dispatcher) and
+    /// gives it an empty one back; `None` (and `buf` left alone) when too much is handed out
+    /// already.
+    pub fn hand_off(&self, buf: &mut Vec<u8>) -> Option<Bytes> {
+        let pool = &self.write_pool;
+        if pool.held.load(Ordering::Acquire) + buf.capacity() > HANDOFF_LIMIT {
+            return None;
+        }
+        let next = pool.take_empty(buf.capacity());
+        Some(BufPool::wrap(pool, std::mem::replace(buf, next)))
     }
 
     pub fn snapshot(&self) -> Vec<Arc<Segment>> {
@@ -210,10 +259,7 @@ impl CommitLog {
                 reason: format!("short read: {n} of {len} bytes"),
             });
         }
-        Ok(Bytes::from_owner(Pooled {
-            buf,
-            pool: self.pool.clone(),
-        }))
+        Ok(BufPool::wrap(&self.pool, buf))
     }
 
     fn out_of_range(&self, offset: u64) -> StoreError {
@@ -327,4 +373,34 @@ pub fn read_full(file: &File, buf: &mut [u8], mut pos: u64) -> io::Result<usize>
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_off_is_bounded_and_buffers_come_back() {
+        let log = CommitLog::new(PathBuf::from("/nonexistent"), 1 << 20, Vec::new());
+        let mut buf = Vec::with_capacity(HANDOFF_LIMIT / 2);
+        buf.extend_from_slice(b"records");
+        let first = log.hand_off(&mut buf).expect("room for the first half");
+        assert_eq!(&first[..], b"records");
+        assert!(buf.is_empty() && buf.capacity() >= HANDOFF_LIMIT / 2);
+        buf.extend_from_slice(b"more");
+        let second = log.hand_off(&mut buf).expect("room for the second half");
+        // Full: the writer keeps its buffer and the dispatcher reads the file instead.
+        buf.extend_from_slice(b"kept");
+        assert!(log.hand_off(&mut buf).is_none());
+        assert_eq!(&buf[..], b"kept");
+        // Dropping every slice of a handed buffer releases its room.
+        let part = first.slice(1..3);
+        drop(first);
+        assert!(log.hand_off(&mut buf).is_none());
+        drop(part);
+        let third = log.hand_off(&mut buf).expect("room again");
+        assert_eq!(&third[..], b"kept");
+        drop((second, third));
+        assert_eq!(log.write_pool.held.load(Ordering::Acquire), 0);
+    }
 }

@@ -2,12 +2,14 @@
 //! queues and the index; writes checkpoints. Runs on its own thread (all its work is blocking
 //! file I/O) and is the only writer of consume queues, index and checkpoint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use super::checkpoint::{self, Checkpoint, Stored};
 use super::cq::{ConsumeQueue, CqEntry, ENTRY_LEN};
@@ -34,6 +36,9 @@ pub struct Dispatcher {
     ckpt_pos: u64,
     last_ckpt: Instant,
     buf: Vec<u8>,
+    /// Groups the writer handed over (`DispatchMsg::Written`), in log order, not yet
+    /// dispatched past: records are taken from here rather than read back from the file.
+    recent: VecDeque<(u64, Bytes)>,
     pending: HashMap<String, HashMap<u32, PendingQueue>>,
     /// Queues written since the last checkpoint, with the first queue offset written.
     dirty: HashMap<(String, u32), (Arc<ConsumeQueue>, u64)>,
@@ -62,6 +67,7 @@ impl Dispatcher {
             index_floor,
             last_ckpt: Instant::now(),
             buf: Vec::new(),
+            recent: VecDeque::new(),
             pending: HashMap::new(),
             dirty: HashMap::new(),
             index: IndexWriter::default(),
@@ -107,6 +113,10 @@ impl Dispatcher {
                 self.shared.wake_pending.store(false, Ordering::Release);
                 let target = self.shared.confirmed.load(Ordering::Acquire);
                 self.dispatch_to(target)?;
+                Ok(None)
+            }
+            DispatchMsg::Written { at, bytes } => {
+                self.keep_written(at, bytes);
                 Ok(None)
             }
             DispatchMsg::Truncate { offset, reply } => {
@@ -179,21 +189,36 @@ impl Dispatcher {
                     None => break,
                 }
             }
-            let want = ((seg_len - in_seg).min(target - self.pos) as usize).min(CHUNK.max(need));
+            let mut want =
+                ((seg_len - in_seg).min(target - self.pos) as usize).min(CHUNK.max(need));
             // Taken out of `self` so records can borrow it while `self` is updated.
             let mut whole = std::mem::take(&mut self.buf);
-            // The buffer keeps its length between rounds: only growing it zeroes memory.
-            if whole.len() < want {
-                whole.resize(want, 0);
-            }
-            let got = match super::commitlog::read_full(&seg.file, &mut whole[..want], in_seg) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf = whole;
-                    return Err(e);
+            // A record the handed-over bytes end in the middle of is read from the file.
+            let handed = if need == 0 {
+                self.written_at(self.pos, target)
+            } else {
+                None
+            };
+            let buf: &[u8] = match &handed {
+                Some(b) => {
+                    want = b.len();
+                    b
+                }
+                None => {
+                    // The buffer keeps its length between rounds: only growing it zeroes
+                    // memory.
+                    if whole.len() < want {
+                        whole.resize(want, 0);
+                    }
+                    match super::commitlog::read_full(&seg.file, &mut whole[..want], in_seg) {
+                        Ok(n) => &whole[..n],
+                        Err(e) => {
+                            self.buf = whole;
+                            return Err(e);
+                        }
+                    }
                 }
             };
-            let buf = &whole[..got];
             let mut at = 0usize;
             let mut jump_segment = false;
             while at < buf.len() {
@@ -264,6 +289,42 @@ impl Dispatcher {
             self.publish()?;
         }
         self.publish()
+    }
+
+    /// Keeps a group the writer handed over, unless it is already dispatched past.
+    fn keep_written(&mut self, at: u64, bytes: Bytes) {
+        let end = at + bytes.len() as u64;
+        if end <= self.pos {
+            return;
+        }
+        if self
+            .recent
+            .back()
+            .is_some_and(|(a, b)| at < a + b.len() as u64)
+        {
+            // Not after what is kept (cannot happen without a truncation in between, which
+            // drops what it cuts): keep only the newest bytes.
+            self.recent.clear();
+        }
+        self.recent.push_back((at, bytes));
+    }
+
+    /// The handed-over bytes from `pos` up to `target` (or the end of their group), dropping
+    /// groups that end at or before `pos`.
+    fn written_at(&mut self, pos: u64, target: u64) -> Option<Bytes> {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(a, b)| a + b.len() as u64 <= pos)
+        {
+            self.recent.pop_front();
+        }
+        let (at, bytes) = self.recent.front()?;
+        if *at > pos {
+            return None;
+        }
+        let end = (at + bytes.len() as u64).min(target);
+        (end > pos).then(|| bytes.slice((pos - at) as usize..(end - at) as usize))
     }
 
     fn dispatch_record(&mut self, view: &RecordView<'_>, phy: u64) -> io::Result<()> {
@@ -443,6 +504,7 @@ impl Dispatcher {
 
     /// Snapshot install: every consume queue and the index go; queues restart at `table`.
     fn reset(&mut self, start: u64, table: &QueueTable) -> io::Result<()> {
+        self.recent.clear();
         self.pending.clear();
         self.dirty.clear();
         self.index = IndexWriter::default();
@@ -466,6 +528,11 @@ impl Dispatcher {
 
     /// Drops consume-queue and index entries at or above `offset`.
     fn truncate(&mut self, offset: u64) -> io::Result<Option<Exit>> {
+        // Bytes at or after `offset` are about to be cut (and may be written again).
+        self.recent.retain(|(at, _)| *at < offset);
+        if let Some((at, b)) = self.recent.back_mut() {
+            b.truncate(b.len().min((offset - *at) as usize));
+        }
         self.publish()?;
         self.stalled = false;
         if offset < self.pos {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 
+use bytes::Bytes;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
@@ -46,6 +47,9 @@ pub struct Shared {
 pub enum DispatchMsg {
     /// The confirmed offset moved.
     Wake,
+    /// The writer wrote `bytes` (whole records) at commit-log offset `at`: the dispatcher may
+    /// take them from here instead of reading the file back.
+    Written { at: u64, bytes: Bytes },
     /// Drop consume-queue and index entries at or above `offset`.
     Truncate {
         offset: u64,

@@ -356,13 +356,27 @@ impl Writer {
             return Err(e);
         }
         let len = self.buf.len() as u64;
-        self.buf.clear();
+        self.hand_to_dispatcher();
         self.pos += len;
         self.active.len.store(at + len, Ordering::Release);
         self.active.last_store_ts.fetch_max(ts, Ordering::AcqRel);
         self.shared.write_pos.store(self.pos, Ordering::Release);
         self.shared.disk.log_bytes.fetch_add(len, Ordering::AcqRel);
         Ok(Flow::Continue)
+    }
+
+    /// Passes the group just written (at the write position) to the dispatcher, which would
+    /// otherwise read it back from the file soon after; leaves `self.buf` empty either way.
+    fn hand_to_dispatcher(&mut self) {
+        if let Some(bytes) = self.shared.log.hand_off(&mut self.buf) {
+            let at = self.pos;
+            // A stopped dispatcher reads nothing any more; the bytes are simply dropped.
+            let _ = self
+                .shared
+                .dispatch_tx
+                .send(DispatchMsg::Written { at, bytes });
+        }
+        self.buf.clear();
     }
 
     fn write_at(&mut self, at: u64) -> io::Result<()> {
