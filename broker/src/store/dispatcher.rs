@@ -16,7 +16,7 @@ use super::cq::{ConsumeQueue, CqEntry, ENTRY_LEN};
 use super::index::{id_hash, key_hash, IndexWriter};
 use super::raftlog::QueueTable;
 use super::record::{self, Probe, RecordView};
-use super::shared::{DispatchMsg, Shared};
+use super::shared::{DispatchMsg, Shared, Written};
 
 const CHUNK: usize = 4 << 20;
 
@@ -36,9 +36,10 @@ pub struct Dispatcher {
     ckpt_pos: u64,
     last_ckpt: Instant,
     buf: Vec<u8>,
-    /// Groups the writer handed over (`DispatchMsg::Written`), in log order, not yet
-    /// dispatched past: records are taken from here rather than read back from the file.
+    /// Groups the writer handed over, in log order, not yet dispatched past: records are
+    /// taken from here rather than read back from the file.
     recent: VecDeque<(u64, Bytes)>,
+    written: Receiver<Written>,
     pending: HashMap<String, HashMap<u32, PendingQueue>>,
     /// Queues written since the last checkpoint, with the first queue offset written.
     dirty: HashMap<(String, u32), (Arc<ConsumeQueue>, u64)>,
@@ -59,7 +60,13 @@ enum Exit {
 
 impl Dispatcher {
     /// Starts at `pos`; records below `index_floor` are already in the index.
-    pub fn new(shared: Arc<Shared>, pos: u64, ckpt_pos: u64, index_floor: u64) -> Dispatcher {
+    pub fn new(
+        shared: Arc<Shared>,
+        written: Receiver<Written>,
+        pos: u64,
+        ckpt_pos: u64,
+        index_floor: u64,
+    ) -> Dispatcher {
         Dispatcher {
             shared,
             pos,
@@ -68,6 +75,7 @@ impl Dispatcher {
             last_ckpt: Instant::now(),
             buf: Vec::new(),
             recent: VecDeque::new(),
+            written,
             pending: HashMap::new(),
             dirty: HashMap::new(),
             index: IndexWriter::default(),
@@ -113,10 +121,6 @@ impl Dispatcher {
                 self.shared.wake_pending.store(false, Ordering::Release);
                 let target = self.shared.confirmed.load(Ordering::Acquire);
                 self.dispatch_to(target)?;
-                Ok(None)
-            }
-            DispatchMsg::Written { at, bytes } => {
-                self.keep_written(at, bytes);
                 Ok(None)
             }
             DispatchMsg::Truncate { offset, reply } => {
@@ -168,6 +172,7 @@ impl Dispatcher {
         let shared = self.shared.clone();
         let log = &shared.log;
         let mut need = 0usize;
+        self.take_written();
         while self.pos < target && !self.stalled {
             let Some(seg) = log.segment_for(self.pos) else {
                 tracing::error!(
@@ -289,6 +294,14 @@ impl Dispatcher {
             self.publish()?;
         }
         self.publish()
+    }
+
+    /// Takes what the writer handed over since the last look. Everything it wrote before its
+    /// latest message on the main channel is there by now.
+    fn take_written(&mut self) {
+        while let Ok(w) = self.written.try_recv() {
+            self.keep_written(w.at, w.bytes);
+        }
     }
 
     /// Keeps a group the writer handed over, unless it is already dispatched past.
@@ -504,6 +517,7 @@ impl Dispatcher {
 
     /// Snapshot install: every consume queue and the index go; queues restart at `table`.
     fn reset(&mut self, start: u64, table: &QueueTable) -> io::Result<()> {
+        self.take_written();
         self.recent.clear();
         self.pending.clear();
         self.dirty.clear();
@@ -529,6 +543,7 @@ impl Dispatcher {
     /// Drops consume-queue and index entries at or above `offset`.
     fn truncate(&mut self, offset: u64) -> io::Result<Option<Exit>> {
         // Bytes at or after `offset` are about to be cut (and may be written again).
+        self.take_written();
         self.recent.retain(|(at, _)| *at < offset);
         if let Some((at, b)) = self.recent.back_mut() {
             b.truncate(b.len().min((offset - *at) as usize));

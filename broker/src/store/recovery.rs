@@ -394,6 +394,7 @@ pub fn open_blocking(
         ConfirmMode::External => dispatch_start,
     };
     let (dispatch_tx, dispatch_rx) = mpsc::channel();
+    let (written_tx, written_rx) = mpsc::channel();
     let (dispatched_tx, _) = watch::channel(redispatch);
     let Some(active) = log.last() else {
         return Err(StoreError::Corrupt {
@@ -415,6 +416,7 @@ pub fn open_blocking(
         closed: AtomicBool::new(false),
         wake_pending: AtomicBool::new(false),
         dispatch_tx,
+        written_tx,
         raft: raft_control.clone().zip(raft_entries).map(|(c, entries)| {
             Arc::new(RaftShared {
                 entries,
@@ -428,7 +430,13 @@ pub fn open_blocking(
     });
 
     // Re-dispatch past the checkpoint before anyone reads or writes.
-    let mut dispatcher = Dispatcher::new(shared.clone(), redispatch, redispatch, dispatch_start);
+    let mut dispatcher = Dispatcher::new(
+        shared.clone(),
+        written_rx,
+        redispatch,
+        redispatch,
+        dispatch_start,
+    );
     dispatcher.dispatch_to(confirmed)?;
     if dispatcher.position() < confirmed {
         tracing::warn!(

@@ -39,17 +39,24 @@ pub struct Shared {
     /// Coalesces dispatcher wake-ups: only one `Wake` is in flight at a time.
     pub wake_pending: AtomicBool,
     pub dispatch_tx: mpsc::Sender<DispatchMsg>,
+    /// Groups the writer wrote, for the dispatcher to dispatch from instead of reading them
+    /// back. A channel of its own: the dispatcher drains it when it has work, so a write does
+    /// not wake it (the confirmation that follows does).
+    pub written_tx: mpsc::Sender<Written>,
     /// Raft mode: the entry index and the raft view (`None` in standalone mode).
     pub raft: Option<Arc<RaftShared>>,
+}
+
+/// `bytes` (whole records) were written at commit-log offset `at`.
+pub struct Written {
+    pub at: u64,
+    pub bytes: Bytes,
 }
 
 /// Requests to the dispatcher thread.
 pub enum DispatchMsg {
     /// The confirmed offset moved.
     Wake,
-    /// The writer wrote `bytes` (whole records) at commit-log offset `at`: the dispatcher may
-    /// take them from here instead of reading the file back.
-    Written { at: u64, bytes: Bytes },
     /// Drop consume-queue and index entries at or above `offset`.
     Truncate {
         offset: u64,

@@ -24,7 +24,7 @@ use super::commitlog::{sync_dir, Segment};
 use super::flusher::{FlushMsg, FlushReq};
 use super::record::{self, FILLER_LEN};
 use super::retention::RetentionMsg;
-use super::shared::{DispatchMsg, Shared};
+use super::shared::{DispatchMsg, Shared, Written};
 use super::{AppendResult, Appended, FlushMode, StoreError};
 use crate::replication::LogStoreError;
 
@@ -371,10 +371,7 @@ impl Writer {
         if let Some(bytes) = self.shared.log.hand_off(&mut self.buf) {
             let at = self.pos;
             // A stopped dispatcher reads nothing any more; the bytes are simply dropped.
-            let _ = self
-                .shared
-                .dispatch_tx
-                .send(DispatchMsg::Written { at, bytes });
+            let _ = self.shared.written_tx.send(Written { at, bytes });
         }
         self.buf.clear();
     }
