@@ -218,16 +218,18 @@ fn entry_type(code: u32) -> Option<EntryType> {
     }
 }
 
-/// The records to persist for a raft entry, before the writer fills them in.
-pub(crate) fn stored_form(e: &Entry) -> Vec<u8> {
+/// The records to persist for a raft entry, before the writer fills them in: the entry's own
+/// data when it is a run of records (not copied here; the writer copies it once, into its
+/// write buffer), else one system record made for it.
+pub(crate) fn stored_form(e: &Entry) -> std::borrow::Cow<'_, [u8]> {
     let ty = type_code(e.get_entry_type());
     if e.data.is_empty() {
-        return system_record("", SYS_FLAG_NOOP, ty, Bytes::new(), "", 0);
+        return system_record("", SYS_FLAG_NOOP, ty, Bytes::new(), "", 0).into();
     }
     if e.get_entry_type() == EntryType::EntryNormal && is_record_run(&e.data) {
-        return e.data.to_vec();
+        return e.data[..].into();
     }
-    system_record("", SYS_FLAG_RAW, ty, e.data.clone(), "", 0)
+    system_record("", SYS_FLAG_RAW, ty, e.data.clone(), "", 0).into()
 }
 
 /// The raft entry stored as `stored` (the records of entry `index` of `term`): data as it
@@ -369,7 +371,7 @@ mod tests {
                 ..Default::default()
             };
             e.set_entry_type(ty);
-            let mut stored = stored_form(&e);
+            let mut stored = stored_form(&e).into_owned();
             let spans = record_spans(&stored);
             assert_eq!(spans.len(), 1);
             record::fill(&mut stored, 0, 100, 3, 9, true);

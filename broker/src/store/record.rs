@@ -211,6 +211,23 @@ pub fn fill(
     set_crc(rec);
 }
 
+/// True when `rec` already holds exactly what [`fill`] with these values would write (its CRC
+/// aside): a record a peer filled in agrees with this log.
+pub fn holds_fill(
+    rec: &[u8],
+    queue_offset: u64,
+    physical_offset: u64,
+    term: u64,
+    index: u64,
+    last: bool,
+) -> bool {
+    u64_at(rec, OFF_QUEUE_OFFSET) == queue_offset
+        && u64_at(rec, OFF_PHYSICAL) == physical_offset
+        && u64_at(rec, OFF_TERM) == term
+        && u64_at(rec, OFF_ENTRY_INDEX) == index
+        && (u32_at(rec, OFF_SYS_FLAG) & SYS_FLAG_ENTRY_END != 0) == last
+}
+
 /// Sets the store time and computes the CRC of an encoded record (a proposal's form).
 pub fn seal_proposal(rec: &mut [u8], store_ts_ms: i64) {
     rec[OFF_STORE_TS..OFF_STORE_TS + 8].copy_from_slice(&store_ts_ms.to_le_bytes());

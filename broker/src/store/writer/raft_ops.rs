@@ -216,7 +216,7 @@ impl Writer {
             }
             .into());
         }
-        let forms: Vec<Vec<u8>> = entries.iter().map(entry::stored_form).collect();
+        let forms: Vec<_> = entries.iter().map(entry::stored_form).collect();
         if let Some(f) = forms.iter().find(|f| u32::try_from(f.len()).is_err()) {
             return Err(LogStoreError::Corrupt(format!("entry of {} bytes", f.len())).into());
         }
@@ -242,19 +242,24 @@ impl Writer {
             first: head.index,
             ..Default::default()
         };
-        for (e, mut bytes) in entries.iter().zip(forms) {
-            let size = bytes.len() as u64;
+        for (e, form) in entries.iter().zip(forms) {
+            let size = form.len() as u64;
             if let Some(target) = self.roll_target(self.pos + self.buf.len() as u64, size) {
                 self.raft_write(&rs, &mut p)?;
                 self.roll_to(target)?;
             }
             let at = self.pos + self.buf.len() as u64;
-            if let Err(err) = self.fill_entry(&mut bytes, at, e, &mut p) {
+            // Filled in place in the write buffer (taken out so `fill_entry` may borrow self).
+            let mut buf = std::mem::take(&mut self.buf);
+            let start = buf.len();
+            buf.extend_from_slice(&form);
+            let filled = self.fill_entry(&mut buf[start..], at, e, &mut p);
+            self.buf = buf;
+            if let Err(err) = filled {
                 self.undo_next(&mut p.undo);
                 self.buf.clear();
                 return Err(err.into());
             }
-            self.buf.extend_from_slice(&bytes);
             let loc = EntryLoc {
                 offset: at,
                 len: size as u32,
@@ -266,7 +271,8 @@ impl Writer {
     }
 
     /// Fills in the records of entry `e` placed at `at`. A record a peer already filled must
-    /// come out identical, or the logs diverged.
+    /// already hold what this log would put there, or the logs diverged; it is then kept as it
+    /// came, CRC included (checked when the entry arrived, see `entry::stored_form`).
     fn fill_entry(
         &mut self,
         bytes: &mut [u8],
@@ -278,38 +284,45 @@ impl Writer {
         let n = spans.len();
         for (k, (start, len)) in spans.into_iter().enumerate() {
             let rec = &mut bytes[start..start + len];
-            let peer_form = record::is_filled(rec).then(|| rec.to_vec());
             let qoff = if record::u32_at(rec, OFF_SYS_FLAG) & SYS_FLAGS_SYSTEM != 0 {
                 0
             } else {
                 let view = record::parse(rec).map_err(|w| LogStoreError::Corrupt(w.into()))?;
-                let (topic, qid) = (view.topic.to_owned(), view.queue_id());
-                let next = self
-                    .next
-                    .entry(topic.clone())
-                    .or_default()
-                    .entry(qid)
-                    .or_insert(0);
+                let qid = view.queue_id();
+                // Looked up by `&str` first: a String per record was a visible cost.
+                let queues = match self.next.get_mut(view.topic) {
+                    Some(q) => q,
+                    None => self.next.entry(view.topic.to_owned()).or_default(),
+                };
+                let next = queues.entry(qid).or_insert(0);
                 let q = *next;
                 *next += 1;
-                p.undo.push((topic, qid, q));
+                // Undo restores each queue's first offset of this write; later ones add nothing
+                // (past a few queues the check costs more than the duplicates).
+                let seen = p.undo.len() <= 16
+                    && p.undo
+                        .iter()
+                        .any(|(t, id, _)| *id == qid && t == view.topic);
+                if !seen {
+                    p.undo.push((view.topic.to_owned(), qid, q));
+                }
                 q
             };
             p.max_ts = p.max_ts.max(record::i64_at(rec, OFF_STORE_TS));
             let phy = at + start as u64;
-            record::fill(rec, qoff, phy, e.term, e.index, k + 1 == n);
-            if let Some(theirs) = peer_form {
-                if theirs[..] != rec[..] {
-                    return Err(LogStoreError::Corrupt(format!(
-                        "divergent entry {} (term {}): record {k} was stored by a peer at \
-                         offset {} with queue offset {}, this log puts it at {phy} with \
-                         queue offset {qoff}",
-                        e.index,
-                        e.term,
-                        record::u64_at(&theirs, record::OFF_PHYSICAL),
-                        record::u64_at(&theirs, record::OFF_QUEUE_OFFSET),
-                    )));
-                }
+            let last = k + 1 == n;
+            if !record::is_filled(rec) {
+                record::fill(rec, qoff, phy, e.term, e.index, last);
+            } else if !record::holds_fill(rec, qoff, phy, e.term, e.index, last) {
+                return Err(LogStoreError::Corrupt(format!(
+                    "divergent entry {} (term {}): record {k} was stored by a peer at \
+                     offset {} with queue offset {}, this log puts it at {phy} with \
+                     queue offset {qoff}",
+                    e.index,
+                    e.term,
+                    record::u64_at(rec, record::OFF_PHYSICAL),
+                    record::u64_at(rec, record::OFF_QUEUE_OFFSET),
+                )));
             }
         }
         Ok(())
