@@ -70,19 +70,38 @@ const HANDOFF_LIMIT: usize = 64 << 20;
 
 /// Read buffers handed back when every `Bytes` slicing one is dropped, so steady-state reads
 /// neither allocate nor zero memory.
-#[derive(Default)]
 pub struct BufPool {
     free: parking_lot::Mutex<Vec<Vec<u8>>>,
     /// Capacity of this pool's buffers currently out in `Bytes`.
     held: AtomicUsize,
+    /// Buffers larger than this are not kept.
+    max_buf: usize,
 }
 
-/// Buffers larger than this are not kept.
-const POOL_MAX_BUF: usize = 4 << 20;
+impl Default for BufPool {
+    fn default() -> Self {
+        BufPool::keeping_up_to(READ_POOL_MAX_BUF)
+    }
+}
+
+/// Read buffers larger than this are not kept.
+const READ_POOL_MAX_BUF: usize = 4 << 20;
+/// The writer's groups reach its 4 MiB group limit plus one batch; a buffer that grew past
+/// what the pool keeps would be replaced by a fresh allocation (page faults on every byte)
+/// after each hand-off.
+const WRITE_POOL_MAX_BUF: usize = 16 << 20;
 /// Buffers kept at most.
 const POOL_MAX_COUNT: usize = 64;
 
 impl BufPool {
+    fn keeping_up_to(max_buf: usize) -> BufPool {
+        BufPool {
+            free: parking_lot::Mutex::default(),
+            held: AtomicUsize::new(0),
+            max_buf,
+        }
+    }
+
     /// A buffer of exactly `len` bytes (contents unspecified).
     fn take(&self, len: usize) -> Vec<u8> {
         let mut buf = {
@@ -141,7 +160,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         self.pool.held.fetch_sub(buf.capacity(), Ordering::AcqRel);
-        if buf.capacity() <= POOL_MAX_BUF {
+        if buf.capacity() <= self.pool.max_buf {
             let mut free = self.pool.free.lock();
             if free.len() < POOL_MAX_COUNT {
                 free.push(buf);
@@ -183,19 +202,19 @@ impl CommitLog {
             segment_size,
             segments: RwLock::new(segments),
             pool: Arc::default(),
-            write_pool: Arc::default(),
+            write_pool: Arc::new(BufPool::keeping_up_to(WRITE_POOL_MAX_BUF)),
         }
     }
 
     /// Hands the writer's just-written group buffer over as `Bytes` (for the dispatcher) and
-    /// gives it an empty one back; `None` (and `buf` left alone) when too much is handed out
-    /// already.
-    pub fn hand_off(&self, buf: &mut Vec<u8>) -> Option<Bytes> {
+    /// gives it an empty one of at least `capacity` back; `None` (and `buf` left alone) when
+    /// too much is handed out already.
+    pub fn hand_off(&self, buf: &mut Vec<u8>, capacity: usize) -> Option<Bytes> {
         let pool = &self.write_pool;
         if pool.held.load(Ordering::Acquire) + buf.capacity() > HANDOFF_LIMIT {
             return None;
         }
-        let next = pool.take_empty(buf.capacity());
+        let next = pool.take_empty(capacity);
         Some(BufPool::wrap(pool, std::mem::replace(buf, next)))
     }
 
@@ -382,25 +401,33 @@ mod tests {
     #[test]
     fn hand_off_is_bounded_and_buffers_come_back() {
         let log = CommitLog::new(PathBuf::from("/nonexistent"), 1 << 20, Vec::new());
-        let mut buf = Vec::with_capacity(HANDOFF_LIMIT / 2);
-        buf.extend_from_slice(b"records");
-        let first = log.hand_off(&mut buf).expect("room for the first half");
-        assert_eq!(&first[..], b"records");
-        assert!(buf.is_empty() && buf.capacity() >= HANDOFF_LIMIT / 2);
-        buf.extend_from_slice(b"more");
-        let second = log.hand_off(&mut buf).expect("room for the second half");
+        let cap = WRITE_POOL_MAX_BUF;
+        let mut buf = Vec::with_capacity(cap);
+        let mut out = Vec::new();
+        for i in 0..HANDOFF_LIMIT / cap {
+            buf.push(i as u8);
+            out.push(log.hand_off(&mut buf, cap).expect("room under the limit"));
+            assert!(buf.is_empty() && buf.capacity() >= cap);
+        }
+        assert_eq!(&out[1][..], &[1]);
         // Full: the writer keeps its buffer and the dispatcher reads the file instead.
         buf.extend_from_slice(b"kept");
-        assert!(log.hand_off(&mut buf).is_none());
+        assert!(log.hand_off(&mut buf, cap).is_none());
         assert_eq!(&buf[..], b"kept");
-        // Dropping every slice of a handed buffer releases its room.
-        let part = first.slice(1..3);
-        drop(first);
-        assert!(log.hand_off(&mut buf).is_none());
+        // Dropping every slice of a handed buffer releases its room and pools the buffer.
+        let part = out[0].slice(0..1);
+        out.remove(0);
+        assert!(log.hand_off(&mut buf, cap).is_none());
         drop(part);
-        let third = log.hand_off(&mut buf).expect("room again");
-        assert_eq!(&third[..], b"kept");
-        drop((second, third));
+        assert_eq!(log.write_pool.free.lock().len(), 1);
+        let again = log.hand_off(&mut buf, cap).expect("room again");
+        assert_eq!(&again[..], b"kept");
+        assert!(
+            log.write_pool.free.lock().is_empty(),
+            "the pooled buffer was reused"
+        );
+        drop((out, again));
         assert_eq!(log.write_pool.held.load(Ordering::Acquire), 0);
+        assert_eq!(log.write_pool.free.lock().len(), HANDOFF_LIMIT / cap);
     }
 }

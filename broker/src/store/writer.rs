@@ -34,6 +34,11 @@ pub use raft_ops::{RaftOp, RaftWriter};
 
 /// Upper bound of bytes written per round.
 const MAX_GROUP_BYTES: usize = 4 << 20;
+/// Capacity asked for the buffer that replaces one handed to the dispatcher. Replica groups
+/// write many small groups (one Raft append each, at most 1 MiB by default) while the last
+/// few wait for their commit; the hand-off budget counts capacity, so 4 MiB buffers for them
+/// left it spent after 16 groups. A bigger group grows its buffer, which the pool keeps.
+const NEXT_BUF_CAPACITY: usize = 1 << 20;
 
 pub type AppendReply = oneshot::Sender<Result<AppendResult, StoreError>>;
 
@@ -368,7 +373,7 @@ impl Writer {
     /// Passes the group just written (at the write position) to the dispatcher, which would
     /// otherwise read it back from the file soon after; leaves `self.buf` empty either way.
     fn hand_to_dispatcher(&mut self) {
-        if let Some(bytes) = self.shared.log.hand_off(&mut self.buf) {
+        if let Some(bytes) = self.shared.log.hand_off(&mut self.buf, NEXT_BUF_CAPACITY) {
             let at = self.pos;
             // A stopped dispatcher reads nothing any more; the bytes are simply dropped.
             let _ = self.shared.written_tx.send(Written { at, bytes });
