@@ -170,7 +170,7 @@ fn a_failing_log_stops_the_replica_and_fails_its_proposals() {
         late.try_recv().unwrap(),
         Err(ProposeError::Stopped(_))
     ));
-    assert!(node.step(b"anything").is_err());
+    assert!(node.step(&bytes::Bytes::from_static(b"anything")).is_err());
     assert!(matches!(node.compact(1), Err(NodeError::Failed(_))));
     assert_eq!(node.status().role.role, Role::Failed);
 }

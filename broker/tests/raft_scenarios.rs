@@ -298,7 +298,7 @@ fn garbage_and_malformed_messages_are_refused_without_harm() {
     let enc = |m: &Message| encode_message(m).unwrap();
 
     assert!(matches!(
-        node.step(b"\xff\xff\xff garbage"),
+        node.step(&bytes::Bytes::from_static(b"\xff\xff\xff garbage")),
         Err(StepError::Decode(_))
     ));
     assert!(matches!(

@@ -256,7 +256,7 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
 
     /// Feeds an encoded message from a peer. Garbage and messages raft-rs cannot take are
     /// refused with an error; the replica is unaffected.
-    pub fn step(&mut self, bytes: &[u8]) -> Result<(), StepError> {
+    pub fn step(&mut self, bytes: &Bytes) -> Result<(), StepError> {
         if let Some(f) = &self.failure {
             return Err(StepError::Failed(f.clone()));
         }

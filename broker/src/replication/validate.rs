@@ -40,9 +40,10 @@ pub fn encode_message(msg: &Message) -> Result<Bytes, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Decodes a Raft message received from a peer.
-pub fn decode_message(bytes: &[u8]) -> Result<Message, StepError> {
-    Message::parse_from_bytes(bytes).map_err(|e| StepError::Decode(e.to_string()))
+/// Decodes a Raft message received from a peer. Entry data is sliced out of `bytes`, not
+/// copied (a follower used to copy every replicated byte here before storing it).
+pub fn decode_message(bytes: &Bytes) -> Result<Message, StepError> {
+    Message::parse_from_carllerche_bytes(bytes).map_err(|e| StepError::Decode(e.to_string()))
 }
 
 /// Checks `m` (from a peer, for replica `me`) against what raft-rs assumes of its input.

@@ -472,6 +472,19 @@ impl<'a> RecordView<'a> {
 
 /// Parses a record whose bytes (exactly `total_size` of them) passed [`probe`]. The body CRC
 /// is not checked again: the record CRC already covers the body.
+/// The topic of a record, without parsing (and checking) the rest: for bytes a full [`parse`]
+/// accepted already.
+pub fn topic(raw: &[u8]) -> Result<&str, &'static str> {
+    if raw.len() < HEADER_LEN {
+        return Err("record shorter than its header");
+    }
+    Cursor {
+        b: raw,
+        at: HEADER_LEN,
+    }
+    .str16()
+}
+
 pub fn parse(raw: &[u8]) -> Result<RecordView<'_>, &'static str> {
     if raw.len() < HEADER_LEN {
         return Err("record shorter than its header");

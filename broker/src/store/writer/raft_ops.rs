@@ -287,24 +287,23 @@ impl Writer {
             let qoff = if record::u32_at(rec, OFF_SYS_FLAG) & SYS_FLAGS_SYSTEM != 0 {
                 0
             } else {
-                let view = record::parse(rec).map_err(|w| LogStoreError::Corrupt(w.into()))?;
-                let qid = view.queue_id();
+                // `stored_form` parsed these records in full a moment ago.
+                let topic = record::topic(rec).map_err(|w| LogStoreError::Corrupt(w.into()))?;
+                let qid = record::u32_at(rec, record::OFF_QUEUE_ID);
                 // Looked up by `&str` first: a String per record was a visible cost.
-                let queues = match self.next.get_mut(view.topic) {
+                let queues = match self.next.get_mut(topic) {
                     Some(q) => q,
-                    None => self.next.entry(view.topic.to_owned()).or_default(),
+                    None => self.next.entry(topic.to_owned()).or_default(),
                 };
                 let next = queues.entry(qid).or_insert(0);
                 let q = *next;
                 *next += 1;
                 // Undo restores each queue's first offset of this write; later ones add nothing
                 // (past a few queues the check costs more than the duplicates).
-                let seen = p.undo.len() <= 16
-                    && p.undo
-                        .iter()
-                        .any(|(t, id, _)| *id == qid && t == view.topic);
+                let seen =
+                    p.undo.len() <= 16 && p.undo.iter().any(|(t, id, _)| *id == qid && t == topic);
                 if !seen {
-                    p.undo.push((view.topic.to_owned(), qid, q));
+                    p.undo.push((topic.to_owned(), qid, q));
                 }
                 q
             };
