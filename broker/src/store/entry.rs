@@ -243,6 +243,7 @@ pub(crate) fn stored_form(e: &Entry) -> std::borrow::Cow<'_, [u8]> {
 /// parse each message each time.
 pub(crate) fn to_raft_entry(index: u64, term: u64, stored: Bytes) -> Result<Entry, String> {
     let mut at = 0usize;
+    let mut first_len = None;
     while at < stored.len() {
         let Probe::Record(t) = record::probe_written(&stored[at..]) else {
             return Err(format!("entry {index}: damaged record at byte {at}"));
@@ -257,11 +258,12 @@ pub(crate) fn to_raft_entry(index: u64, term: u64, stored: Bytes) -> Result<Entr
                 "entry {index} (term {term}) holds a record of entry {rec_index} (term {rec_term})"
             ));
         }
+        first_len.get_or_insert(t as usize);
         at += t as usize;
     }
-    if stored.is_empty() {
+    let Some(first_len) = first_len else {
         return Err(format!("entry {index} has no records"));
-    }
+    };
     let mut e = Entry {
         index,
         term,
@@ -270,8 +272,8 @@ pub(crate) fn to_raft_entry(index: u64, term: u64, stored: Bytes) -> Result<Entr
     let sys = record::u32_at(&stored, OFF_SYS_FLAG);
     if sys & (SYS_FLAG_NOOP | SYS_FLAG_RAW) != 0 {
         // A no-op or opaque entry is one system record: its body is the entry's data.
-        let first = record::parse(&stored[..record::u32_at(&stored, record::OFF_TOTAL) as usize])
-            .map_err(|why| format!("entry {index}: {why}"))?;
+        let first =
+            record::parse(&stored[..first_len]).map_err(|why| format!("entry {index}: {why}"))?;
         let flag = first.flag();
         let ty = entry_type(flag).ok_or_else(|| format!("entry {index}: unknown type {flag}"))?;
         e.set_entry_type(ty);

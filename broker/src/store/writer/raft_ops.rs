@@ -249,13 +249,10 @@ impl Writer {
                 self.roll_to(target)?;
             }
             let at = self.pos + self.buf.len() as u64;
-            // Filled in place in the write buffer (taken out so `fill_entry` may borrow self).
-            let mut buf = std::mem::take(&mut self.buf);
-            let start = buf.len();
-            buf.extend_from_slice(&form);
-            let filled = self.fill_entry(&mut buf[start..], at, e, &mut p);
-            self.buf = buf;
-            if let Err(err) = filled {
+            // Filled in place in the write buffer.
+            let start = self.buf.len();
+            self.buf.extend_from_slice(&form);
+            if let Err(err) = fill_entry(&mut self.next, &mut self.buf[start..], at, e, &mut p) {
                 self.undo_next(&mut p.undo);
                 self.buf.clear();
                 return Err(err.into());
@@ -268,63 +265,6 @@ impl Writer {
             p.idx.extend_from_slice(&loc.to_cq(e.index).encode());
         }
         self.raft_write(&rs, &mut p)
-    }
-
-    /// Fills in the records of entry `e` placed at `at`. A record a peer already filled must
-    /// already hold what this log would put there, or the logs diverged; it is then kept as it
-    /// came, CRC included (checked when the entry arrived, see `entry::stored_form`).
-    fn fill_entry(
-        &mut self,
-        bytes: &mut [u8],
-        at: u64,
-        e: &Entry,
-        p: &mut Pending,
-    ) -> Result<(), LogStoreError> {
-        let spans = entry::record_spans(bytes);
-        let n = spans.len();
-        for (k, (start, len)) in spans.into_iter().enumerate() {
-            let rec = &mut bytes[start..start + len];
-            let qoff = if record::u32_at(rec, OFF_SYS_FLAG) & SYS_FLAGS_SYSTEM != 0 {
-                0
-            } else {
-                // `stored_form` parsed these records in full a moment ago.
-                let topic = record::topic(rec).map_err(|w| LogStoreError::Corrupt(w.into()))?;
-                let qid = record::u32_at(rec, record::OFF_QUEUE_ID);
-                // Looked up by `&str` first: a String per record was a visible cost.
-                let queues = match self.next.get_mut(topic) {
-                    Some(q) => q,
-                    None => self.next.entry(topic.to_owned()).or_default(),
-                };
-                let next = queues.entry(qid).or_insert(0);
-                let q = *next;
-                *next += 1;
-                // Undo restores each queue's first offset of this write; later ones add nothing
-                // (past a few queues the check costs more than the duplicates).
-                let seen =
-                    p.undo.len() <= 16 && p.undo.iter().any(|(t, id, _)| *id == qid && t == topic);
-                if !seen {
-                    p.undo.push((topic.to_owned(), qid, q));
-                }
-                q
-            };
-            p.max_ts = p.max_ts.max(record::i64_at(rec, OFF_STORE_TS));
-            let phy = at + start as u64;
-            let last = k + 1 == n;
-            if !record::is_filled(rec) {
-                record::fill(rec, qoff, phy, e.term, e.index, last);
-            } else if !record::holds_fill(rec, qoff, phy, e.term, e.index, last) {
-                return Err(LogStoreError::Corrupt(format!(
-                    "divergent entry {} (term {}): record {k} was stored by a peer at \
-                     offset {} with queue offset {}, this log puts it at {phy} with \
-                     queue offset {qoff}",
-                    e.index,
-                    e.term,
-                    record::u64_at(rec, record::OFF_PHYSICAL),
-                    record::u64_at(rec, record::OFF_QUEUE_OFFSET),
-                )));
-            }
-        }
-        Ok(())
     }
 
     fn undo_next(&mut self, undo: &mut Vec<(String, u32, u64)>) {
@@ -563,4 +503,62 @@ fn table_to_next(table: &QueueTable) -> HashMap<String, HashMap<u32, u64>> {
         next.entry(topic.clone()).or_default().insert(*q, *n);
     }
     next
+}
+
+/// Fills in the records of entry `e` placed at `at`, taking queue offsets from `next` (the
+/// writer's). A record a peer already filled must already hold what this log would put there,
+/// or the logs diverged; it is then kept as it came, CRC included (checked when the entry
+/// arrived, see `entry::stored_form`).
+fn fill_entry(
+    next: &mut HashMap<String, HashMap<u32, u64>>,
+    bytes: &mut [u8],
+    at: u64,
+    e: &Entry,
+    p: &mut Pending,
+) -> Result<(), LogStoreError> {
+    let spans = entry::record_spans(bytes);
+    let n = spans.len();
+    for (k, (start, len)) in spans.into_iter().enumerate() {
+        let rec = &mut bytes[start..start + len];
+        let qoff = if record::u32_at(rec, OFF_SYS_FLAG) & SYS_FLAGS_SYSTEM != 0 {
+            0
+        } else {
+            // `stored_form` parsed these records in full a moment ago.
+            let topic = record::topic(rec).map_err(|w| LogStoreError::Corrupt(w.into()))?;
+            let qid = record::u32_at(rec, record::OFF_QUEUE_ID);
+            // Looked up by `&str` first: a String per record was a visible cost.
+            let queues = match next.get_mut(topic) {
+                Some(q) => q,
+                None => next.entry(topic.to_owned()).or_default(),
+            };
+            let slot = queues.entry(qid).or_insert(0);
+            let q = *slot;
+            *slot += 1;
+            // Undo restores each queue's first offset of this write; later ones add nothing
+            // (past a few queues the check costs more than the duplicates).
+            let seen =
+                p.undo.len() <= 16 && p.undo.iter().any(|(t, id, _)| *id == qid && t == topic);
+            if !seen {
+                p.undo.push((topic.to_owned(), qid, q));
+            }
+            q
+        };
+        p.max_ts = p.max_ts.max(record::i64_at(rec, OFF_STORE_TS));
+        let phy = at + start as u64;
+        let last = k + 1 == n;
+        if !record::is_filled(rec) {
+            record::fill(rec, qoff, phy, e.term, e.index, last);
+        } else if !record::holds_fill(rec, qoff, phy, e.term, e.index, last) {
+            return Err(LogStoreError::Corrupt(format!(
+                "divergent entry {} (term {}): record {k} was stored by a peer at \
+                 offset {} with queue offset {}, this log puts it at {phy} with \
+                 queue offset {qoff}",
+                e.index,
+                e.term,
+                record::u64_at(rec, record::OFF_PHYSICAL),
+                record::u64_at(rec, record::OFF_QUEUE_OFFSET),
+            )));
+        }
+    }
+    Ok(())
 }
