@@ -183,6 +183,7 @@ pub async fn run(
             listener,
             service.clone(),
             replication.clone(),
+            store.writer_runtime().cloned(),
             config.max_request_size + (64 << 10),
             data_port_stats,
             stop_rx.clone(),

@@ -12,12 +12,14 @@ use sluice_integration_tests::{
     connect_broker, create_topic_request, wait_until, Cluster, ClusterOptions,
 };
 use sluice_proto::frame::{self, Kind, PREFACE};
+use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::{
     BrokerStatus, GetBrokerStatusRequest, GetTopicRouteRequest, SendRequest, SendResponse,
 };
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tonic::transport::Channel;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -259,6 +261,140 @@ async fn producer_sends_through_the_data_port_or_grpc_alike() {
     assert_eq!(bodies, expected);
     fast.shutdown().await;
     grpc.shutdown().await;
+}
+
+/// A batch of `n` 1 KiB messages whose bodies start with their number.
+fn batch_request(topic: &str, first: u32, n: u32) -> SendRequest {
+    SendRequest {
+        topic: topic.into(),
+        queue_id: 0,
+        messages: (first..first + n)
+            .map(|i| {
+                let mut body = format!("m-{i:06}-").into_bytes();
+                body.resize(1024, b'.');
+                sluice_proto::v1::Message {
+                    body: body.into(),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_pipelines_batches_moves_off_the_writer_thread_and_keeps_its_sends() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let mut b = cluster.broker_client(0).await.unwrap();
+    b.create_topic(create_topic_request("piped", 1))
+        .await
+        .unwrap();
+    let addr = data_address(&cluster, "piped").await;
+    let mut raw = Raw::connect(&addr).await;
+    // Body of every acked message by the queue offset the broker gave it.
+    let mut acked = std::collections::BTreeMap::new();
+    let mut next_msg = 0u32;
+    let mut next_id = 1u64;
+    // Writes `batches` batches of 40 (> 32 KiB each) and `singles` single sends in one go, and
+    // checks every answer.
+    async fn exchange(
+        raw: &mut Raw,
+        acked: &mut std::collections::BTreeMap<u64, String>,
+        next_msg: &mut u32,
+        next_id: &mut u64,
+        batches: u32,
+        singles: u32,
+    ) {
+        let mut out = BytesMut::new();
+        let mut sent = std::collections::HashMap::new();
+        for k in 0..batches + singles {
+            let n = if k < batches { 40 } else { 1 };
+            let req = batch_request("piped", *next_msg, n);
+            sent.insert(*next_id, (*next_msg, n));
+            frame::encode_request(Kind::Send, *next_id, &req, &mut out);
+            *next_msg += n;
+            *next_id += 1;
+        }
+        raw.write(&out).await;
+        for _ in 0..sent.len() {
+            let (id, r) = raw.answer().await;
+            let (first, n) = sent.remove(&id).expect("an answer per request, once");
+            let resp = SendResponse::decode(r.unwrap()).unwrap();
+            assert_eq!(resp.results.len(), n as usize);
+            for (i, res) in (first..first + n).zip(&resp.results) {
+                let prior = acked.insert(res.queue_offset, format!("m-{i:06}-"));
+                assert!(
+                    prior.is_none(),
+                    "queue offset {} given twice",
+                    res.queue_offset
+                );
+            }
+        }
+    }
+    async fn moved(b: &mut BrokerClient<Channel>) -> u64 {
+        let s = b
+            .get_broker_status(GetBrokerStatusRequest {})
+            .await
+            .unwrap();
+        s.into_inner().data_port_moved
+    }
+
+    // One batch at a time: the connection stays beside the writer.
+    for _ in 0..3 {
+        exchange(&mut raw, &mut acked, &mut next_msg, &mut next_id, 1, 0).await;
+    }
+    assert_eq!(moved(&mut b).await, 0);
+    // Small sends, many at once: still beside the writer.
+    exchange(&mut raw, &mut acked, &mut next_msg, &mut next_id, 0, 50).await;
+    assert_eq!(moved(&mut b).await, 0);
+    // Batches pipelined: the broker takes the second while the first is in flight (all come
+    // in one write; a round where the writer finished each before the next was read is
+    // retried).
+    let mut rounds = 0;
+    while moved(&mut b).await == 0 {
+        rounds += 1;
+        assert!(rounds <= 10, "the connection never moved to the workers");
+        exchange(&mut raw, &mut acked, &mut next_msg, &mut next_id, 6, 2).await;
+    }
+    assert_eq!(moved(&mut b).await, 1);
+    // The moved connection goes on serving, pipelined and not.
+    exchange(&mut raw, &mut acked, &mut next_msg, &mut next_id, 8, 20).await;
+    exchange(&mut raw, &mut acked, &mut next_msg, &mut next_id, 1, 0).await;
+    assert_eq!(
+        moved(&mut b).await,
+        1,
+        "a moved connection does not move again"
+    );
+
+    // Every acked message is stored once, at the offset it was given.
+    assert_eq!(acked.len(), next_msg as usize);
+    let offsets: Vec<u64> = acked.keys().copied().collect();
+    assert_eq!(offsets, (0..next_msg as u64).collect::<Vec<u64>>());
+    let status = b
+        .get_broker_status(GetBrokerStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let stored = read_all(&status.address, "piped", 0).await.unwrap();
+    assert_eq!(stored.len(), acked.len());
+    for (m, (offset, prefix)) in stored.iter().zip(&acked) {
+        assert!(
+            m.body.starts_with(prefix.as_bytes()),
+            "offset {offset}: stored {:?}, acked {prefix}",
+            String::from_utf8_lossy(&m.body[..12])
+        );
+    }
+    drop(raw);
+    // The connection is counted out wherever it ended.
+    wait_until(IO_TIMEOUT, "the connection counted out", || async {
+        let mut b = cluster.broker_client(0).await.unwrap();
+        let s = b
+            .get_broker_status(GetBrokerStatusRequest {})
+            .await
+            .unwrap();
+        s.into_inner().data_port_connections == 0
+    })
+    .await
+    .unwrap();
 }
 
 /// Replicates 50 sends through a 3-replica group; returns the master and every replica's

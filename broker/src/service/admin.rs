@@ -100,6 +100,7 @@ impl BrokerService {
             data_address: self.identity.data_address.clone(),
             data_port_connections: self.data_port.connections.load(Ordering::Relaxed),
             data_port_sends: self.data_port.sends.load(Ordering::Relaxed),
+            data_port_moved: self.data_port.moved.load(Ordering::Relaxed),
             term: 0,
             topic_count: self.topics.len() as u32,
             disk_usage_ratio: self.store.disk_usage_ratio(),

@@ -34,6 +34,8 @@ pub struct Started {
     pub retention_tx: mpsc::Sender<RetentionMsg>,
     /// Writer, flusher, dispatcher, retention.
     pub threads: Vec<JoinHandle<()>>,
+    /// The writer thread's runtime, for tasks that should run beside the writer.
+    pub writer_runtime: tokio::runtime::Handle,
     /// Holds the directory lock for the store's lifetime.
     pub lock: File,
 }
@@ -496,10 +498,22 @@ pub fn open_blocking(
     let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
         std::thread::Builder::new().name(name.to_owned()).spawn(f)
     };
+    // The writer waits on a single-threaded runtime of its own, so that tasks placed beside it
+    // (standalone data-port connections) hand it work without waking another thread.
+    let writer_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("sluice-store-writer")
+        .build()?;
+    let writer_runtime = writer_rt.handle().clone();
     let mut threads = Vec::new();
     threads.push(spawn(
         "sluice-store-writer",
-        Box::new(move || writer.run(writer_rx)),
+        Box::new(move || {
+            writer_rt.block_on(writer.run(writer_rx));
+            // Tasks still on the runtime (connections) are dropped here; one of them may hold
+            // the last handle to the store, whose drop then stops the other threads from here.
+            drop(writer_rt);
+        }),
     )?);
     let s = shared.clone();
     threads.push(spawn(
@@ -521,6 +535,7 @@ pub fn open_blocking(
             shared,
             retention_tx,
             threads,
+            writer_runtime,
             lock,
         },
         writer_tx,
@@ -534,12 +549,18 @@ pub fn stop(started: Started) {
         shared,
         retention_tx,
         threads,
+        writer_runtime: _,
         lock,
     } = started;
     let _ = retention_tx.send(RetentionMsg::Stop);
     let _ = shared.dispatch_tx.send(DispatchMsg::Stop);
+    let me = std::thread::current().id();
     for t in threads {
-        let _ = t.join();
+        // The last handle can be dropped by a task on the writer's runtime, i.e. on the
+        // writer thread, which is ending anyway: it cannot wait for itself.
+        if t.thread().id() != me {
+            let _ = t.join();
+        }
     }
     drop(lock);
 }

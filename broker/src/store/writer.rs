@@ -98,6 +98,8 @@ pub struct Writer {
     retention_kick: Option<mpsc::Sender<RetentionMsg>>,
     /// Raft mode's writer-side state.
     raft: Option<RaftWriter>,
+    /// Acked data the dispatcher has not been woken for yet (see [`Writer::run`]).
+    wake_due: bool,
 }
 
 impl Drop for Writer {
@@ -142,13 +144,17 @@ impl Writer {
             tail_dirty: false,
             retention_kick,
             raft,
+            wake_due: false,
         }
     }
 
     /// The thread body: returns when every sender is gone, on `Shutdown`, or on a simulated crash.
-    pub fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<WriterCmd>) {
+    /// It runs on the writer thread's own single-threaded runtime (see [`super::WriterRuntime`]),
+    /// where it waits for commands; writing blocks that thread, which only it and the tasks
+    /// that feed it use.
+    pub async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<WriterCmd>) {
         let mut appends: Vec<(EncodedBatch, AppendReply)> = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
+        while let Some(first) = rx.recv().await {
             let mut cmd = Some(first);
             let mut bytes = 0usize;
             while let Some(c) = cmd.take() {
@@ -165,6 +171,9 @@ impl Writer {
                             return;
                         }
                         if self.control(other) != Flow::Continue {
+                            if self.wake_due {
+                                self.shared.wake_dispatcher();
+                            }
                             return;
                         }
                         cmd = rx.try_recv().ok();
@@ -173,6 +182,13 @@ impl Writer {
             }
             if self.write_group(&mut appends) == Flow::Crash {
                 return;
+            }
+            if std::mem::take(&mut self.wake_due) {
+                // Let the tasks beside the writer (data-port connections) send the answers it
+                // just gave before the dispatcher's wake-up: waking a parked thread is the
+                // costliest step of a small send here (an IPI), and the answer need not wait.
+                tokio::task::yield_now().await;
+                self.shared.wake_dispatcher();
             }
         }
     }
@@ -314,12 +330,9 @@ impl Writer {
         let acks = std::mem::take(&mut chunk.acks);
         match self.shared.config.flush {
             FlushMode::Async => {
-                let wake = self.shared.acked_up_to_deferred(self.pos);
+                self.wake_due |= self.shared.acked_up_to_deferred(self.pos);
                 for (reply, res) in acks {
                     let _ = reply.send(Ok(res));
-                }
-                if wake {
-                    self.shared.wake_dispatcher();
                 }
             }
             FlushMode::Sync => {
@@ -489,7 +502,7 @@ impl Writer {
             .dispatch_tx
             .send(DispatchMsg::Truncate { offset, reply: tx })
             .map_err(|_| StoreError::Closed)?;
-        rx.blocking_recv().map_err(|_| StoreError::Closed)??;
+        wait_for(rx).map_err(|_| StoreError::Closed)??;
         // Drop whole segments after the one holding `offset`, then cut that one.
         let Some(keep) = self.shared.log.segment_for(offset) else {
             return Err(StoreError::OffsetOutOfRange {
@@ -593,4 +606,11 @@ impl Writer {
         }
         Ok(min)
     }
+}
+
+/// Blocks the writer thread for another store thread's answer. The writer runs inside its own
+/// runtime, where `blocking_recv` refuses to block; blocking is what is meant here (the
+/// answer comes from a plain thread, and nothing on this runtime may move before it).
+fn wait_for<T>(rx: oneshot::Receiver<T>) -> Result<T, oneshot::error::RecvError> {
+    futures::executor::block_on(rx)
 }

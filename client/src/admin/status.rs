@@ -28,6 +28,8 @@ pub struct BrokerStatusRow {
     /// Data-port connections open now and sends served through it since start.
     pub data_port_connections: Option<u64>,
     pub data_port_sends: Option<u64>,
+    /// Data-port connections a standalone broker moved off its writer's thread since start.
+    pub data_port_moved: Option<u64>,
     pub term: u64,
     /// Commit-log max offset: from the broker itself, else from its last registration.
     pub max_offset: u64,
@@ -352,6 +354,7 @@ fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
     }
     row.data_port_connections = Some(s.data_port_connections);
     row.data_port_sends = Some(s.data_port_sends);
+    row.data_port_moved = Some(s.data_port_moved);
     // The broker's own view is newer than its last registration.
     if s.role != Role::Unspecified as i32 {
         row.role = role_name(s.role).to_string();

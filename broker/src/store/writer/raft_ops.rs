@@ -310,7 +310,7 @@ impl Writer {
                 reply: tx,
             })
             .map_err(|_| closed())?;
-        rx.blocking_recv()
+        super::wait_for(rx)
             .map_err(|_| closed())?
             .map_err(LogStoreError::Io)
     }
@@ -462,7 +462,7 @@ impl Writer {
                 reply: tx,
             })
             .map_err(|_| closed())?;
-        rx.blocking_recv().map_err(|_| closed())??;
+        super::wait_for(rx).map_err(|_| closed())??;
         for seg in self.shared.log.remove_from(0) {
             std::fs::remove_file(&seg.path)?;
         }
