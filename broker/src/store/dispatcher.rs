@@ -15,7 +15,7 @@ use super::checkpoint::{self, Checkpoint, Stored};
 use super::cq::{ConsumeQueue, CqEntry, ENTRY_LEN};
 use super::index::{id_hash, key_hash, IndexWriter};
 use super::raftlog::QueueTable;
-use super::record::{self, Probe, RecordView};
+use super::record::{self, DispatchView, Probe};
 use super::shared::{DispatchMsg, Shared, Written};
 
 const CHUNK: usize = 4 << 20;
@@ -231,7 +231,7 @@ impl Dispatcher {
                 match record::probe_written(&buf[at..]) {
                     Probe::Record(t) => {
                         let t = t as usize;
-                        match record::parse(&buf[at..at + t]) {
+                        match record::parse_for_dispatch(&buf[at..at + t]) {
                             Ok(view) if view.physical_offset() == phy => {
                                 if let Err(e) = self.dispatch_record(&view, phy) {
                                     self.buf = whole;
@@ -340,7 +340,7 @@ impl Dispatcher {
         (end > pos).then(|| bytes.slice((pos - at) as usize..(end - at) as usize))
     }
 
-    fn dispatch_record(&mut self, view: &RecordView<'_>, phy: u64) -> io::Result<()> {
+    fn dispatch_record(&mut self, view: &DispatchView<'_>, phy: u64) -> io::Result<()> {
         if view.is_system() {
             // Raft bookkeeping and metadata operations: not messages.
             return Ok(());

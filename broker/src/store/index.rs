@@ -35,14 +35,14 @@ const HEADER_LEN: u64 = 64;
 pub const ENTRY_LEN: usize = 20;
 
 /// Index key of a message id.
-pub fn id_hash(message_id: &str) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(b"\x01"), message_id.as_bytes())
+pub fn id_hash(message_id: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(b"\x01"), message_id)
 }
 
 /// Index key of a business key within a topic.
-pub fn key_hash(topic: &str, key: &str) -> u32 {
+pub fn key_hash(topic: &str, key: &[u8]) -> u32 {
     let h = crc32c::crc32c_append(crc32c::crc32c(b"\x02"), topic.as_bytes());
-    crc32c::crc32c_append(crc32c::crc32c_append(h, b"\x00"), key.as_bytes())
+    crc32c::crc32c_append(crc32c::crc32c_append(h, b"\x00"), key)
 }
 
 fn encode_entry(hash: u32, prev: u32, phy: u64) -> [u8; ENTRY_LEN] {

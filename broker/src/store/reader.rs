@@ -130,15 +130,17 @@ fn visible(s: &Shared) -> u64 {
 
 pub fn get_by_id(s: &Shared, message_id: &str) -> Result<Option<StoredRecord>, StoreError> {
     let mut found = None;
-    s.index.lookup(id_hash(message_id), visible(s), |phy| {
-        match index_hit(s, phy) {
+    s.index.lookup(
+        id_hash(message_id.as_bytes()),
+        visible(s),
+        |phy| match index_hit(s, phy) {
             Some(r) if r.message_id == message_id => {
                 found = Some(r);
                 false
             }
             _ => true,
-        }
-    })?;
+        },
+    )?;
     Ok(found)
 }
 
@@ -153,16 +155,17 @@ pub fn find_by_key(
     if max == 0 {
         return Ok(out);
     }
-    s.index.lookup(key_hash(topic, key), visible(s), |phy| {
-        if seen.insert(phy) {
-            if let Some(r) = index_hit(s, phy) {
-                if r.topic == topic && r.keys.iter().any(|k| k == key) {
-                    out.push(r);
+    s.index
+        .lookup(key_hash(topic, key.as_bytes()), visible(s), |phy| {
+            if seen.insert(phy) {
+                if let Some(r) = index_hit(s, phy) {
+                    if r.topic == topic && r.keys.iter().any(|k| k == key) {
+                        out.push(r);
+                    }
                 }
             }
-        }
-        out.len() < max
-    })?;
+            out.len() < max
+        })?;
     // Files are visited newest first, entries within a file newest first.
     out.sort_by_key(|r| std::cmp::Reverse(r.commit_log_offset));
     Ok(out)
