@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 
-use super::record::{self, Probe};
+use super::record::{self, Fixed as _, Probe};
 use super::{StoreError, StoredRecord};
 
 pub struct Segment {

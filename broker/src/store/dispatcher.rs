@@ -15,7 +15,7 @@ use super::checkpoint::{self, Checkpoint, Stored};
 use super::cq::{ConsumeQueue, CqEntry, ENTRY_LEN};
 use super::index::{id_hash, key_hash, IndexWriter};
 use super::raftlog::QueueTable;
-use super::record::{self, DispatchView, Probe};
+use super::record::{self, DispatchView, Fixed as _, Probe};
 use super::shared::{DispatchMsg, Shared, Written};
 
 const CHUNK: usize = 4 << 20;

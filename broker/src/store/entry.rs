@@ -11,8 +11,8 @@ use bytes::Bytes;
 use raft::prelude::{Entry, EntryType};
 
 use super::record::{
-    self, Probe, HEADER_LEN, MAGIC_V1, META_TOPIC, OFF_MAGIC, OFF_SYS_FLAG, SYS_FLAG_META,
-    SYS_FLAG_NOOP, SYS_FLAG_RAW,
+    self, Fixed as _, Probe, HEADER_LEN, MAGIC_V1, META_TOPIC, OFF_MAGIC, OFF_SYS_FLAG,
+    SYS_FLAG_META, SYS_FLAG_NOOP, SYS_FLAG_RAW,
 };
 use super::{AppendBatch, AppendMessage, Appended, StoreError, StoredRecord};
 

@@ -385,41 +385,59 @@ impl<'a> Cursor<'a> {
     }
 }
 
-impl<'a> RecordView<'a> {
-    pub fn total_size(&self) -> u32 {
-        self.raw.len() as u32
+/// The fixed header's fields, for any view of one whole record.
+pub trait Fixed<'a> {
+    /// The record's bytes, exactly `total_size` of them.
+    fn raw(&self) -> &'a [u8];
+    fn total_size(&self) -> u32 {
+        self.raw().len() as u32
     }
-    pub fn queue_id(&self) -> u32 {
-        u32_at(self.raw, OFF_QUEUE_ID)
+    fn queue_id(&self) -> u32 {
+        u32_at(self.raw(), OFF_QUEUE_ID)
     }
-    pub fn queue_offset(&self) -> u64 {
-        u64_at(self.raw, OFF_QUEUE_OFFSET)
+    fn queue_offset(&self) -> u64 {
+        u64_at(self.raw(), OFF_QUEUE_OFFSET)
     }
-    pub fn physical_offset(&self) -> u64 {
-        u64_at(self.raw, OFF_PHYSICAL)
+    fn physical_offset(&self) -> u64 {
+        u64_at(self.raw(), OFF_PHYSICAL)
     }
-    pub fn store_timestamp(&self) -> i64 {
-        i64_at(self.raw, OFF_STORE_TS)
+    fn store_timestamp(&self) -> i64 {
+        i64_at(self.raw(), OFF_STORE_TS)
     }
-    pub fn flag(&self) -> u32 {
-        u32_at(self.raw, OFF_FLAG)
+    fn flag(&self) -> u32 {
+        u32_at(self.raw(), OFF_FLAG)
     }
-    pub fn sys_flag(&self) -> u32 {
-        u32_at(self.raw, OFF_SYS_FLAG)
+    fn sys_flag(&self) -> u32 {
+        u32_at(self.raw(), OFF_SYS_FLAG)
     }
     /// Not a message: a META, NOOP or RAW record (never dispatched).
-    pub fn is_system(&self) -> bool {
+    fn is_system(&self) -> bool {
         self.sys_flag() & SYS_FLAGS_SYSTEM != 0
     }
-    pub fn term(&self) -> u64 {
-        u64_at(self.raw, OFF_TERM)
+    fn term(&self) -> u64 {
+        u64_at(self.raw(), OFF_TERM)
     }
-    pub fn entry_index(&self) -> u64 {
-        u64_at(self.raw, OFF_ENTRY_INDEX)
+    fn entry_index(&self) -> u64 {
+        u64_at(self.raw(), OFF_ENTRY_INDEX)
     }
-    pub fn ends_entry(&self) -> bool {
+    fn ends_entry(&self) -> bool {
         self.sys_flag() & SYS_FLAG_ENTRY_END != 0
     }
+}
+
+impl<'a> Fixed<'a> for RecordView<'a> {
+    fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+}
+
+impl<'a> Fixed<'a> for DispatchView<'a> {
+    fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+}
+
+impl<'a> RecordView<'a> {
     pub fn keys(&self) -> impl Iterator<Item = &'a str> + 'a {
         let mut c = Cursor {
             b: self.keys,
@@ -609,24 +627,6 @@ pub fn parse_for_dispatch(raw: &[u8]) -> Result<DispatchView<'_>, &'static str> 
 }
 
 impl<'a> DispatchView<'a> {
-    pub fn total_size(&self) -> u32 {
-        self.raw.len() as u32
-    }
-    pub fn queue_id(&self) -> u32 {
-        u32_at(self.raw, OFF_QUEUE_ID)
-    }
-    pub fn queue_offset(&self) -> u64 {
-        u64_at(self.raw, OFF_QUEUE_OFFSET)
-    }
-    pub fn physical_offset(&self) -> u64 {
-        u64_at(self.raw, OFF_PHYSICAL)
-    }
-    pub fn store_timestamp(&self) -> i64 {
-        i64_at(self.raw, OFF_STORE_TS)
-    }
-    pub fn is_system(&self) -> bool {
-        u32_at(self.raw, OFF_SYS_FLAG) & SYS_FLAGS_SYSTEM != 0
-    }
     pub fn keys(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let mut c = Cursor {
             b: self.keys,

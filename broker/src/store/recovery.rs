@@ -20,7 +20,7 @@ use super::cq::ConsumeQueue;
 use super::dispatcher::Dispatcher;
 use super::index::Index;
 use super::raftlog::{self, RaftShared, RaftView};
-use super::record::{self, Probe, RecordView, FILLER_LEN};
+use super::record::{self, Fixed as _, Probe, RecordView, FILLER_LEN};
 use super::retention::{self, RetentionMsg};
 use super::shared::{DiskUsage, DispatchMsg, Queues, Shared};
 use super::writer::{RaftWriter, Writer, WriterCmd};

@@ -14,6 +14,7 @@ use super::{EntryLoc, DIR, ENTRIES_DIR};
 use crate::store::checkpoint::{self, Checkpoint};
 use crate::store::commitlog::{list_offset_files, sync_dir, CommitLog, Segment};
 use crate::store::cq::ConsumeQueue;
+use crate::store::record::Fixed as _;
 use crate::store::recovery::{walk_log, Walk};
 use crate::store::shared::Queues;
 use crate::store::{StoreConfig, StoreError};
