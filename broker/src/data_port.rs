@@ -216,22 +216,23 @@ impl Connection {
     fn ended(mut self, r: std::io::Result<Ended>) {
         let peer = self.peer;
         match r {
-            Ok(Ended::Moved(sock, state)) => {
-                let Some(local) = self.local.take() else {
+            Ok(Ended::Moved(sock, state)) => match self.local.take() {
+                Some(local) => {
+                    tracing::debug!(%peer, "data port connection moves to the worker threads");
+                    self.stats.moved.fetch_add(1, Ordering::Relaxed);
+                    local.workers.spawn(async move {
+                        let r = match TcpStream::from_std(sock) {
+                            Ok(sock) => self.serve(sock, *state).await,
+                            Err(e) => Err(e),
+                        };
+                        // Without `local` it cannot move again.
+                        self.ended(r);
+                    });
                     return;
-                };
-                tracing::debug!(%peer, "data port connection moves to the worker threads");
-                self.stats.moved.fetch_add(1, Ordering::Relaxed);
-                local.workers.spawn(async move {
-                    let r = match TcpStream::from_std(sock) {
-                        Ok(sock) => self.serve(sock, *state).await,
-                        Err(e) => Err(e),
-                    };
-                    // Without `local` it cannot move again.
-                    self.ended(r);
-                });
-                return;
-            }
+                }
+                // `serve` moves only connections that have somewhere to go.
+                None => tracing::debug!(%peer, "data port connection closed (nowhere to move)"),
+            },
             Ok(Ended::Closed) => tracing::debug!(%peer, "data port connection closed"),
             Err(e) => tracing::debug!(%peer, "data port connection ended: {e}"),
         }
