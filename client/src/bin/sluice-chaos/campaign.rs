@@ -16,6 +16,9 @@ use crate::probe::{self, Group, Replica};
 use crate::report::{CycleReport, Report};
 use crate::verify::{self, QueueLog};
 
+/// How often the final check re-reads a follower that is behind the master.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FaultKind {
     /// kill -9 the master, restart it after the failover.
@@ -480,10 +483,21 @@ impl Run {
             )
             .await?;
             let master_addr = &g.replica(master).context("master not listed")?.address;
+            // A follower learns of the last commits with the leader's next message, and a healed
+            // one may still be catching up: one behind (holding a prefix of the master's queue)
+            // gets until this deadline to reach it.
+            let deadline = Instant::now() + self.opts.heal_timeout;
             for q in 0..self.opts.queues {
                 let reference = probe::read_queue(master_addr, &self.topic, q).await?;
                 for r in g.replicas.iter().filter(|r| r.id != master) {
-                    let copy = probe::read_queue(&r.address, &self.topic, q).await?;
+                    let mut copy = probe::read_queue(&r.address, &self.topic, q).await?;
+                    while copy.len() < reference.len()
+                        && reference.starts_with(&copy)
+                        && Instant::now() < deadline
+                    {
+                        tokio::time::sleep(CATCH_UP_POLL).await;
+                        copy = probe::read_queue(&r.address, &self.topic, q).await?;
+                    }
                     if copy != reference {
                         mismatches.push(describe_mismatch(
                             &g.name, q, master, r.id, &reference, &copy,
