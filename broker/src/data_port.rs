@@ -259,8 +259,7 @@ impl Connection {
         let (mut rd, mut wr) = sock.into_split();
         loop {
             // Full: read nothing more until a send finishes (TCP pushes back on the client).
-            let taken =
-                self.take_frames(&mut st.input, &mut st.skip, &mut st.pending, &mut st.output);
+            let taken = self.take_frames(&mut st);
             if !st.output.is_empty() {
                 wr.write_all(&st.output).await?;
                 st.output.clear();
@@ -300,13 +299,14 @@ impl Connection {
 
     /// Starts every complete frame in `input`; errors about a frame itself (too large, unknown
     /// call, undecodable body) are answered right away and the connection carries on.
-    fn take_frames(
-        &self,
-        input: &mut BytesMut,
-        skip: &mut usize,
-        pending: &mut InFlight,
-        output: &mut BytesMut,
-    ) -> Taken {
+    fn take_frames(&self, st: &mut Served) -> Taken {
+        let Served {
+            input,
+            output,
+            pending,
+            skip,
+            ..
+        } = st;
         let mut taken = Taken::default();
         loop {
             if *skip > 0 {
@@ -383,9 +383,7 @@ impl Connection {
             }
         }
     }
-}
 
-impl Connection {
     /// Starts one send (decoding included) on the current runtime; true when the writer had
     /// other sends of a standalone broker's connections in flight (see [`serve`]).
     fn start_send(&self, h: RequestHeader, body: Bytes) -> (Pending, bool) {

@@ -149,9 +149,9 @@ impl Writer {
     }
 
     /// The thread body: returns when every sender is gone, on `Shutdown`, or on a simulated crash.
-    /// It runs on the writer thread's own single-threaded runtime (see [`super::WriterRuntime`]),
-    /// where it waits for commands; writing blocks that thread, which only it and the tasks
-    /// that feed it use.
+    /// It runs on the writer thread's own single-threaded runtime (see
+    /// `MessageStore::writer_runtime`), where it waits for commands; writing blocks that thread,
+    /// which only it and the tasks that feed it use.
     pub async fn run(mut self, mut rx: tokio::sync::mpsc::Receiver<WriterCmd>) {
         let mut appends: Vec<(EncodedBatch, AppendReply)> = Vec::new();
         while let Some(first) = rx.recv().await {
