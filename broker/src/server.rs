@@ -44,6 +44,10 @@ pub enum ServerError {
 /// HTTP/2 flow-control windows of every connection the broker accepts.
 pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// Largest HTTP/2 frame this broker accepts (the default is 16 KiB): a batch of sends or a
+/// replication append arrives in a few large DATA frames instead of one per 16 KiB, each a
+/// separate read, parse and copy.
+pub const MAX_FRAME: u32 = 1 << 20;
 /// Longest the broker waits for its first nameserver registration before it reports ready.
 const FIRST_REGISTRATION_WAIT: Duration = Duration::from_secs(5);
 
@@ -205,6 +209,7 @@ pub async fn run(
         // (or replication appends) at once: each waits a round trip for a window update.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_frame_size(Some(MAX_FRAME))
         .add_service(grpc)
         .add_optional_service(replication)
         .serve_with_incoming_shutdown(

@@ -46,6 +46,9 @@ impl ChannelPool {
             // connection wait a round trip per window update.
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(32 << 20)
+            // Let the broker send a pull answer in large DATA frames: each 16 KiB frame (the
+            // default) is a separate read, parse and copy on this side.
+            .max_frame_size(1u32 << 20)
             // Notice dead peers on idle connections (a long poll can sit quiet for 15 s).
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))

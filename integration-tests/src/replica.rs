@@ -319,7 +319,8 @@ impl ReplicaCluster {
 }
 
 /// Reads a whole queue from one broker with plain pulls, from its min offset (0 unless
-/// retention or a snapshot moved it).
+/// retention or a snapshot moved it). Every batch is read twice, decoded by the broker and as
+/// raw records, and the two must agree.
 pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<StoredMessage>> {
     let mut c = connect_broker(addr).await?;
     let mut out = Vec::new();
@@ -333,8 +334,9 @@ pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<Stor
             max_messages: 1024,
             max_bytes: 0,
             poll_timeout_ms: 0,
+            raw_records: false,
         };
-        let r = match c.pull(req).await {
+        let r = match c.pull(req.clone()).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
                 let e = sluice_proto::ApiError::from_status(&status);
@@ -351,7 +353,41 @@ pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<Stor
         if r.messages.is_empty() {
             return Ok(out);
         }
+        check_raw_pull(&mut c, req, &r.messages).await?;
         offset = r.next_offset;
         out.extend(r.messages);
     }
+}
+
+/// Pulls `req` again as raw records: they must parse (CRC, structure) into `decoded` (more
+/// may have arrived since).
+async fn check_raw_pull(
+    c: &mut sluice_proto::v1::broker_client::BrokerClient<tonic::transport::Channel>,
+    req: PullRequest,
+    decoded: &[StoredMessage],
+) -> Result<()> {
+    let at = req.offset;
+    let raw = c
+        .pull(PullRequest {
+            raw_records: true,
+            ..req
+        })
+        .await?
+        .into_inner();
+    if !raw.messages.is_empty() || raw.records.len() < decoded.len() {
+        bail!(
+            "raw pull at {at}: {} messages, {} records for {} decoded",
+            raw.messages.len(),
+            raw.records.len(),
+            decoded.len()
+        );
+    }
+    for (r, m) in raw.records.iter().zip(decoded) {
+        let parsed = sluice_proto::record::message_of(r)
+            .map_err(|why| anyhow::anyhow!("raw record at offset {}: {why}", m.queue_offset))?;
+        if &parsed != m {
+            bail!("raw record differs from the decoded message:\n{parsed:?}\n{m:?}");
+        }
+    }
+    Ok(())
 }

@@ -237,3 +237,72 @@ async fn two_push_consumers_split_queues_and_the_survivor_takes_over() {
     let dups: usize = all.values().map(|c| c - 1).sum();
     eprintln!("duplicates across the handover: {dups}");
 }
+
+/// The consumer reads raw records and parses them itself: what it hands out must be exactly
+/// what was sent and what the broker's own decoding says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumed_message_carries_every_field_it_was_sent_with() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let admin = Admin::new(client_config(&cluster)).unwrap();
+    admin.create_topic("fields", 2, None).await.unwrap();
+    let producer = Producer::builder(client_config(&cluster)).build().unwrap();
+    let body = b"\x00\xff not text \xfe".to_vec();
+    let receipt = producer
+        .send(
+            Message::new("fields", body.clone())
+                .with_tag("t1")
+                .with_key("k1")
+                .with_key("k2")
+                .with_property("p", "v")
+                .with_property("empty", "")
+                .with_flag(7),
+        )
+        .await
+        .unwrap();
+
+    let mut consumer = pull_consumer(&cluster, "g-fields", "fields").await;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.is_empty() && tokio::time::Instant::now() < deadline {
+        got = consumer.poll(10, Duration::from_millis(500)).await.unwrap();
+    }
+    consumer.shutdown().await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let m = &got[0].message;
+    assert_eq!(
+        (m.topic.as_str(), m.queue_id, m.queue_offset),
+        ("fields", receipt.queue_id, receipt.queue_offset)
+    );
+    assert_eq!(m.message_id, receipt.message_id);
+    assert_eq!(m.commit_log_offset, receipt.commit_log_offset);
+    assert_eq!(&m.body[..], &body[..]);
+    assert_eq!(m.tag, "t1");
+    assert_eq!(m.keys, vec!["k1", "k2"]);
+    let props: HashMap<String, String> = [("p", "v"), ("empty", "")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(m.properties, props);
+    assert_eq!((m.flag, m.sys_flag, m.reconsume_times), (7, 0, 0));
+    assert!(!m.born_host.is_empty() && !m.store_host.is_empty(), "{m:?}");
+    assert!(m.born_timestamp_ms > 0 && m.store_timestamp_ms >= m.born_timestamp_ms);
+    assert!(
+        m.store_size as usize > body.len() && m.body_crc != 0,
+        "{m:?}"
+    );
+
+    let mut b = cluster.broker_client(0).await.unwrap();
+    let decoded = b
+        .pull(sluice_proto::v1::PullRequest {
+            topic: "fields".into(),
+            queue_id: receipt.queue_id,
+            offset: receipt.queue_offset,
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(decoded.records.is_empty(), "records only when asked for");
+    assert_eq!(decoded.messages, vec![m.clone()]);
+}

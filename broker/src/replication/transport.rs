@@ -60,7 +60,8 @@ impl PeerTransport {
                 .timeout(RPC_TIMEOUT)
                 .tcp_nodelay(true)
                 .initial_stream_window_size(crate::server::STREAM_WINDOW)
-                .initial_connection_window_size(crate::server::CONNECTION_WINDOW);
+                .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
+                .max_frame_size(crate::server::MAX_FRAME);
             let client = ReplicationClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_RPC_BYTES)
                 .max_encoding_message_size(MAX_RPC_BYTES);

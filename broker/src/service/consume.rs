@@ -7,11 +7,16 @@ use sluice_proto::v1::*;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
+use super::read_hint::Hint;
 use super::read_hint::PullFacts;
 use super::BrokerService;
 use crate::offsets::CommittedOffset;
 use crate::replication::meta_ops;
-use crate::store::{QueueRead, StoreError};
+use crate::store::{LogPlaced, MessageStore, QueueRead, StoreError};
+
+/// A store read of one queue: topic, queue, offset, max messages, max bytes.
+type QueueReader<R> =
+    fn(&MessageStore, &str, u32, u64, usize, usize) -> Result<QueueRead<R>, StoreError>;
 use crate::topics::require;
 
 const DEFAULT_MAX_MESSAGES: usize = 32;
@@ -64,13 +69,49 @@ impl BrokerService {
             wait = wait.min(d.saturating_sub(DEADLINE_MARGIN));
         }
         let until = tokio::time::Instant::now() + wait;
+        let limits = (max_messages, max_bytes);
+        if req.raw_records {
+            let (read, hint) = self
+                .pull_until(&req, limits, until, MessageStore::read_queue_raw)
+                .await?;
+            return Ok(PullResponse {
+                messages: Vec::new(),
+                records: read.records.into_iter().map(|r| r.bytes).collect(),
+                next_offset: read.next_offset,
+                min_offset: read.min_offset,
+                max_offset: read.max_offset,
+                hint: hint.map(Into::into),
+            });
+        }
+        let (read, hint) = self
+            .pull_until(&req, limits, until, MessageStore::read_queue)
+            .await?;
+        Ok(PullResponse {
+            messages: read.records.into_iter().map(to_wire).collect(),
+            records: Vec::new(),
+            next_offset: read.next_offset,
+            min_offset: read.min_offset,
+            max_offset: read.max_offset,
+            hint: hint.map(Into::into),
+        })
+    }
+
+    /// Reads the queue with `read` until it has something, the hint sends the consumer
+    /// elsewhere, `until` passes or the broker stops; returns the read and its hint.
+    async fn pull_until<R: LogPlaced>(
+        &self,
+        req: &PullRequest,
+        (max_messages, max_bytes): (usize, usize),
+        until: tokio::time::Instant,
+        read: QueueReader<R>,
+    ) -> Result<(QueueRead<R>, Option<Hint>), ApiError> {
         let mut dispatched = self.store.subscribe_dispatched();
         let mut shutdown = self.shutdown.clone();
         loop {
             // Mark the current position seen before reading, so a dispatch that lands after the
             // read still wakes us.
             dispatched.borrow_and_update();
-            let (read, lacks_offset) = self.read_for_pull(&req, max_messages, max_bytes)?;
+            let (got, lacks_offset) = self.read_for_pull(req, max_messages, max_bytes, read)?;
             let hint = self.replica.as_ref().map(|group| {
                 self.read_hints.hint(
                     group,
@@ -78,7 +119,7 @@ impl BrokerService {
                         group: &req.group,
                         topic: &req.topic,
                         queue_id: req.queue_id,
-                        records: &read.records,
+                        records: &got.records,
                         log_end: self.store.confirmed_offset(),
                         lacks_offset,
                     },
@@ -86,20 +127,14 @@ impl BrokerService {
             });
             // Sent elsewhere with nothing to read here: answer now, the other replica has it.
             let redirected = hint.is_some_and(|h| h.redirects(self.identity.replica_id));
-            let done = !read.records.is_empty()
+            let done = !got.records.is_empty()
                 || redirected
                 || tokio::time::Instant::now() >= until
                 || *shutdown.borrow();
             if done {
                 self.read_hints
-                    .served(&read.records, hint, self.identity.replica_id);
-                return Ok(PullResponse {
-                    messages: read.records.into_iter().map(to_wire).collect(),
-                    next_offset: read.next_offset,
-                    min_offset: read.min_offset,
-                    max_offset: read.max_offset,
-                    hint: hint.map(Into::into),
-                });
+                    .served(&got.records, hint, self.identity.replica_id);
+                return Ok((got, hint));
             }
             tokio::select! {
                 r = dispatched.changed() => if r.is_err() {
@@ -115,13 +150,15 @@ impl BrokerService {
     /// (past its queue's end: it is behind the master) answers with nothing and `true`, so the
     /// consumer goes back to the master instead of being told its offset is invalid: only the
     /// master, which has every committed entry, may move a consumer's offset forward.
-    fn read_for_pull(
+    fn read_for_pull<R>(
         &self,
         req: &PullRequest,
         max_messages: usize,
         max_bytes: usize,
-    ) -> Result<(QueueRead, bool), ApiError> {
-        let read = self.store.read_queue(
+        read: QueueReader<R>,
+    ) -> Result<(QueueRead<R>, bool), ApiError> {
+        let got = read(
+            &self.store,
             &req.topic,
             req.queue_id,
             req.offset,
@@ -132,20 +169,12 @@ impl BrokerService {
             .replica
             .as_ref()
             .is_some_and(|g| !g.master_state().is_master);
-        match read {
+        match got {
             Ok(r) => Ok((r, false)),
             Err(StoreError::OffsetOutOfRange { offset, min, max })
                 if not_master && offset > max =>
             {
-                Ok((
-                    QueueRead {
-                        records: Vec::new(),
-                        next_offset: offset,
-                        min_offset: min,
-                        max_offset: max,
-                    },
-                    true,
-                ))
+                Ok((QueueRead::empty(offset, min, max), true))
             }
             Err(e) => Err(e.into()),
         }

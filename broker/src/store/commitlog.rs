@@ -15,8 +15,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
 
+use super::reader::Expected;
 use super::record::{self, Fixed as _, Probe};
-use super::{StoreError, StoredRecord};
+use super::{RawRecord, StoreError, StoredRecord};
 
 pub struct Segment {
     pub base: u64,
@@ -354,27 +355,57 @@ impl CommitLog {
     }
 }
 
+/// The CRC-checked record that starts at `buf[at]` and claims to live at commit-log offset
+/// `offset`.
+fn checked_at(buf: &Bytes, at: usize, offset: u64) -> Result<&[u8], StoreError> {
+    let rest = buf
+        .get(at..)
+        .ok_or_else(|| corrupt_at(offset, "record outside the buffer"))?;
+    let total = match record::probe(rest) {
+        Probe::Record(t) => t as usize,
+        Probe::Filler => return Err(corrupt_at(offset, "not a record boundary (segment filler)")),
+        Probe::Incomplete => return Err(corrupt_at(offset, "incomplete record")),
+        Probe::Corrupt(why) => return Err(corrupt_at(offset, why)),
+    };
+    Ok(&rest[..total])
+}
+
+fn corrupt_at(offset: u64, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        offset,
+        reason: reason.to_owned(),
+    }
+}
+
 /// Verifies and decodes the record that starts at `buf[at]` and claims to live at commit-log
 /// offset `offset`.
 pub fn decode_at(buf: &Bytes, at: usize, offset: u64) -> Result<StoredRecord, StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        offset,
-        reason: reason.to_owned(),
-    };
-    let rest = buf
-        .get(at..)
-        .ok_or_else(|| corrupt("record outside the buffer"))?;
-    let total = match record::probe(rest) {
-        Probe::Record(t) => t as usize,
-        Probe::Filler => return Err(corrupt("not a record boundary (segment filler)")),
-        Probe::Incomplete => return Err(corrupt("incomplete record")),
-        Probe::Corrupt(why) => return Err(corrupt(why)),
-    };
-    let view = record::parse(&rest[..total]).map_err(corrupt)?;
+    let rec = checked_at(buf, at, offset)?;
+    let view = record::parse(rec).map_err(|why| corrupt_at(offset, why))?;
     if view.physical_offset() != offset {
-        return Err(corrupt("not a record boundary"));
+        return Err(corrupt_at(offset, "not a record boundary"));
     }
-    Ok(view.to_stored(buf, at))
+    Ok(record::to_stored(&view, buf, at))
+}
+
+/// [`decode_at`] for a raw read: the record's bytes, CRC and structure checked and matched
+/// against `want`, without decoding its text (the reader of raw records checks that).
+pub fn raw_at(
+    buf: &Bytes,
+    at: usize,
+    offset: u64,
+    want: &Expected<'_>,
+) -> Result<RawRecord, StoreError> {
+    let rec = checked_at(buf, at, offset)?;
+    let view = record::parse_for_dispatch(rec).map_err(|why| corrupt_at(offset, why))?;
+    if view.physical_offset() != offset {
+        return Err(corrupt_at(offset, "not a record boundary"));
+    }
+    want.check(view.topic, view.queue_id(), view.queue_offset(), offset)?;
+    Ok(RawRecord {
+        bytes: buf.slice(at..at + rec.len()),
+        commit_log_offset: offset,
+    })
 }
 
 /// `pread` until `buf` is full or the end of the file; returns the bytes read.

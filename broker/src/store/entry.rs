@@ -149,7 +149,7 @@ pub fn decode_entry(data: &[u8]) -> Result<Vec<StoredRecord>, StoreError> {
             Probe::Corrupt(why) => return Err(corrupt(at as u64, why)),
         };
         let view = record::parse(&owner[at..at + t]).map_err(|why| corrupt(at as u64, why))?;
-        out.push(view.to_stored(&owner, at));
+        out.push(record::to_stored(&view, &owner, at));
         at += t;
     }
     Ok(out)

@@ -203,15 +203,59 @@ pub struct StoredRecord {
     pub prepared_transaction_offset: u64,
 }
 
-/// The result of reading a queue.
-#[derive(Debug, Clone, Default)]
-pub struct QueueRead {
-    pub records: Vec<StoredRecord>,
+/// The result of reading a queue: decoded records, or [`RawRecord`]s.
+#[derive(Debug, Clone)]
+pub struct QueueRead<R = StoredRecord> {
+    pub records: Vec<R>,
     /// The queue offset to read next.
     pub next_offset: u64,
     pub min_offset: u64,
     /// One past the last dispatched (visible) entry.
     pub max_offset: u64,
+}
+
+impl<R> QueueRead<R> {
+    /// Nothing read at `offset` (queue range `min..max`).
+    pub fn empty(offset: u64, min: u64, max: u64) -> Self {
+        QueueRead {
+            records: Vec::new(),
+            next_offset: offset,
+            min_offset: min,
+            max_offset: max,
+        }
+    }
+}
+
+/// One record's bytes exactly as the commit log holds them (see `sluice_proto::record`),
+/// checked (CRC, structure, position) before it is handed out.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub bytes: Bytes,
+    pub commit_log_offset: u64,
+}
+
+/// Where a record read from the log sits in it.
+pub trait LogPlaced {
+    fn commit_log_offset(&self) -> u64;
+    fn store_size(&self) -> u32;
+}
+
+impl LogPlaced for StoredRecord {
+    fn commit_log_offset(&self) -> u64 {
+        self.commit_log_offset
+    }
+    fn store_size(&self) -> u32 {
+        self.store_size
+    }
+}
+
+impl LogPlaced for RawRecord {
+    fn commit_log_offset(&self) -> u64 {
+        self.commit_log_offset
+    }
+    fn store_size(&self) -> u32 {
+        self.bytes.len() as u32
+    }
 }
 
 /// A copy of an I/O error for each of several waiters (keeps the OS error code).
@@ -366,6 +410,26 @@ impl MessageStore {
         max_bytes: usize,
     ) -> Result<QueueRead, StoreError> {
         reader::read_queue(
+            self.shared(),
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+        )
+    }
+
+    /// [`Self::read_queue`] handing out the records' bytes as stored (for pulls that asked for
+    /// raw records: nothing decoded, nothing re-encoded).
+    pub fn read_queue_raw(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<QueueRead<RawRecord>, StoreError> {
+        reader::read_queue_raw(
             self.shared(),
             topic,
             queue_id,

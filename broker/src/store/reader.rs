@@ -9,11 +9,13 @@ use bytes::Bytes;
 use super::cq::CqEntry;
 use super::index::{id_hash, key_hash};
 use super::shared::Shared;
-use super::{commitlog, QueueRead, Seen, StoreError, StoredRecord};
+use super::{commitlog, QueueRead, RawRecord, Seen, StoreError, StoredRecord};
 
 /// Records of one queue closer than this in the log are fetched with one read.
 const MAX_GAP: u64 = 1024;
 
+/// Reads a queue from `offset`: up to `max_messages` records and `max_bytes` (at least one
+/// record), decoded.
 pub fn read_queue(
     s: &Shared,
     topic: &str,
@@ -22,9 +24,79 @@ pub fn read_queue(
     max_messages: usize,
     max_bytes: usize,
 ) -> Result<QueueRead, StoreError> {
+    read_queue_as(
+        s,
+        topic,
+        queue_id,
+        offset,
+        max_messages,
+        max_bytes,
+        |buf, at, phy, want| {
+            let r = commitlog::decode_at(buf, at, phy)?;
+            want.check(&r.topic, r.queue_id, r.queue_offset, phy)?;
+            Ok(r)
+        },
+    )
+}
+
+/// [`read_queue`] handing out each record's bytes as stored (CRC and structure checked).
+pub fn read_queue_raw(
+    s: &Shared,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    max_messages: usize,
+    max_bytes: usize,
+) -> Result<QueueRead<RawRecord>, StoreError> {
+    read_queue_as(
+        s,
+        topic,
+        queue_id,
+        offset,
+        max_messages,
+        max_bytes,
+        commitlog::raw_at,
+    )
+}
+
+/// Where a queue read expects a record: it must agree with its consume-queue entry.
+pub struct Expected<'a> {
+    pub topic: &'a str,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}
+
+impl Expected<'_> {
+    /// The record at log offset `phy` claims (topic, queue, queue offset).
+    pub fn check(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        queue_offset: u64,
+        phy: u64,
+    ) -> Result<(), StoreError> {
+        if topic == self.topic && queue_id == self.queue_id && queue_offset == self.queue_offset {
+            Ok(())
+        } else {
+            Err(mismatch(phy))
+        }
+    }
+}
+
+/// A queue read with `decode` turning each record (buffer, position in it, log offset) into
+/// an `R`, checking it is the record its entry expects.
+fn read_queue_as<R>(
+    s: &Shared,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    max_messages: usize,
+    max_bytes: usize,
+    decode: impl Fn(&Bytes, usize, u64, &Expected<'_>) -> Result<R, StoreError>,
+) -> Result<QueueRead<R>, StoreError> {
     let Some(q) = s.queue(topic, queue_id) else {
         if offset == 0 {
-            return Ok(QueueRead::default());
+            return Ok(QueueRead::empty(0, 0, 0));
         }
         return Err(StoreError::OffsetOutOfRange {
             offset,
@@ -47,8 +119,13 @@ pub fn read_queue(
         total += e.size as usize;
         take += 1;
     }
-    let records = read_entries(s, &entries[..take], |i, r| {
-        r.topic == topic && r.queue_id == queue_id && r.queue_offset == offset + i as u64
+    let records = read_entries(s, &entries[..take], |i, buf, at, phy| {
+        let want = Expected {
+            topic,
+            queue_id,
+            queue_offset: offset + i as u64,
+        };
+        decode(buf, at, phy, &want)
     })?;
     Ok(QueueRead {
         next_offset: offset + records.len() as u64,
@@ -58,13 +135,21 @@ pub fn read_queue(
     })
 }
 
-/// Reads the records of `entries` (in log order), fetching neighbours with one read each and
-/// slicing bodies out of the shared buffer. `check` validates each record against its entry.
-fn read_entries(
+fn mismatch(offset: u64) -> StoreError {
+    StoreError::Corrupt {
+        offset,
+        reason: "record does not match its consume-queue entry".into(),
+    }
+}
+
+/// Reads the records of `entries` (in log order), fetching neighbours with one read each;
+/// `decode` gets each record's index in `entries`, the buffer, its position there and its log
+/// offset.
+fn read_entries<R>(
     s: &Shared,
     entries: &[CqEntry],
-    check: impl Fn(usize, &StoredRecord) -> bool,
-) -> Result<Vec<StoredRecord>, StoreError> {
+    decode: impl Fn(usize, &Bytes, usize, u64) -> Result<R, StoreError>,
+) -> Result<Vec<R>, StoreError> {
     let mut out = Vec::with_capacity(entries.len());
     let mut i = 0;
     while i < entries.len() {
@@ -87,14 +172,7 @@ fn read_entries(
         }
         let buf: Bytes = s.log.read_exact(first.phy, (end - first.phy) as usize)?;
         for (k, e) in entries[i..j].iter().enumerate() {
-            let rec = commitlog::decode_at(&buf, (e.phy - first.phy) as usize, e.phy)?;
-            if !check(i + k, &rec) {
-                return Err(StoreError::Corrupt {
-                    offset: e.phy,
-                    reason: "record does not match its consume-queue entry".into(),
-                });
-            }
-            out.push(rec);
+            out.push(decode(i + k, &buf, (e.phy - first.phy) as usize, e.phy)?);
         }
         i = j;
     }
@@ -211,7 +289,14 @@ pub fn find_by_time(
     // Read in log order, hand out oldest first.
     let mut by_phy = hits.clone();
     by_phy.sort_by_key(|e| e.phy);
-    let mut recs = read_entries(s, &by_phy, |_, r| r.topic == topic)?;
+    let mut recs = read_entries(s, &by_phy, |_, buf, at, phy| {
+        let r = commitlog::decode_at(buf, at, phy)?;
+        if r.topic == topic {
+            Ok(r)
+        } else {
+            Err(mismatch(phy))
+        }
+    })?;
     recs.sort_by_key(|r| (r.store_timestamp_ms, r.commit_log_offset));
     Ok(recs)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::v1::{PullRequest, PullResponse, ReadHintReason, StoredMessage};
-use sluice_proto::ErrorCode;
+use sluice_proto::{record, ErrorCode};
 
 use super::tracker::OffsetTracker;
 use crate::client::ClientCore;
@@ -78,10 +78,13 @@ async fn try_fetch(
     let mut last = None;
     for (replica, addr) in order {
         let from_master = master.is_none_or(|m| m == replica);
-        match pull_from(ctx, mq, addr, offset).await {
+        match pull_from(ctx, mq, addr, offset)
+            .await
+            .and_then(|r| with_messages(r, addr))
+        {
             // Those we wanted could not be reached and this one has nothing: back off
             // rather than bounce between a dead replica and an empty answer.
-            Ok(resp) if resp.messages.is_empty() && last.is_some() => {
+            Ok(resp) if resp.messages.is_empty() && resp.records.is_empty() && last.is_some() => {
                 let _ = ctx.core.routes.refresh(&mq.topic, route.generation).await;
                 return Err(last.unwrap_or_else(|| Error::no_route(&mq.topic, "unreachable")));
             }
@@ -137,6 +140,22 @@ async fn try_fetch(
     Err(last.unwrap_or_else(|| Error::no_route(&mq.topic, "no replica answered")))
 }
 
+/// A pull answer with its stored records (asked for: the broker sends them as read, without
+/// encoding each message) parsed into `messages`. A record that fails its CRC or structure
+/// check fails the answer like a broken connection: the next replica is tried.
+fn with_messages(mut resp: PullResponse, addr: &str) -> Result<PullResponse> {
+    let records = std::mem::take(&mut resp.records);
+    resp.messages.reserve(records.len());
+    for r in &records {
+        let m = record::message_of(r).map_err(|why| Error::Transport {
+            addr: addr.to_string(),
+            message: format!("pull answer holds a bad record: {why}"),
+        })?;
+        resp.messages.push(m);
+    }
+    Ok(resp)
+}
+
 /// One long-polling pull from the replica at `addr`.
 async fn pull_from(
     ctx: &ReaderCtx,
@@ -156,6 +175,7 @@ async fn pull_from(
             max_messages: ctx.batch,
             max_bytes: 0,
             poll_timeout_ms: u32::try_from(ctx.poll_timeout.as_millis()).unwrap_or(u32::MAX),
+            raw_records: true,
         },
         timeout,
     );
@@ -300,5 +320,26 @@ mod tests {
         assert_eq!(doubling(1, lo, hi), lo);
         assert_eq!(doubling(3, lo, hi), Duration::from_secs(4));
         assert_eq!(doubling(100, lo, hi), hi);
+    }
+
+    #[test]
+    fn a_bad_record_fails_the_answer_as_a_transport_error() {
+        let resp = PullResponse {
+            records: vec![bytes::Bytes::from_static(&[0u8; 120])],
+            ..Default::default()
+        };
+        match with_messages(resp, "b:1") {
+            Err(Error::Transport { addr, message }) => {
+                assert_eq!(addr, "b:1");
+                assert!(message.contains("bad record: bad magic"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Decoded messages (a broker that does not send records) pass through.
+        let resp = PullResponse {
+            messages: vec![StoredMessage::default()],
+            ..Default::default()
+        };
+        assert_eq!(with_messages(resp, "b:1").unwrap().messages.len(), 1);
     }
 }

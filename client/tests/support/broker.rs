@@ -269,8 +269,10 @@ impl Broker for FakeBroker {
                     let batch: Vec<StoredMessage> =
                         msgs[start..].iter().take(max).cloned().collect();
                     let next = req.offset + batch.len() as u64;
+                    // Decoded messages whatever the request asked for: the client reads both.
                     return Ok(Response::new(PullResponse {
                         messages: batch,
+                        records: vec![],
                         next_offset: next,
                         min_offset: min,
                         max_offset: maxo,
@@ -280,6 +282,7 @@ impl Broker for FakeBroker {
                 if tokio::time::Instant::now() >= deadline {
                     return Ok(Response::new(PullResponse {
                         messages: vec![],
+                        records: vec![],
                         next_offset: req.offset,
                         min_offset: min,
                         max_offset: maxo,

@@ -18,8 +18,9 @@ use tokio::sync::watch;
 
 use crate::config::BrokerConfig;
 use crate::replication::ReplicaGroup;
-use crate::store::{MessageStore, StoredRecord};
-use decide::{decide, spread_key, Hint, HintInput, Position};
+use crate::store::{LogPlaced, MessageStore};
+pub use decide::Hint;
+use decide::{decide, spread_key, HintInput, Position};
 use monitor::{HintView, Monitor};
 use stats::ReadCounters;
 
@@ -77,11 +78,11 @@ pub struct ReadHints {
 }
 
 /// What a pull found, for the hint.
-pub struct PullFacts<'a> {
+pub struct PullFacts<'a, R> {
     pub group: &'a str,
     pub topic: &'a str,
     pub queue_id: u32,
-    pub records: &'a [StoredRecord],
+    pub records: &'a [R],
     /// The readable end of this replica's commit log.
     pub log_end: u64,
     pub lacks_offset: bool,
@@ -120,8 +121,8 @@ impl ReadHints {
     }
 
     /// Counts a pull answer: its messages and its hint (`me` is this replica's id).
-    pub fn served(&self, records: &[StoredRecord], hint: Option<Hint>, me: u64) {
-        let bytes = records.iter().map(|r| u64::from(r.store_size)).sum();
+    pub fn served<R: LogPlaced>(&self, records: &[R], hint: Option<Hint>, me: u64) {
+        let bytes = records.iter().map(|r| u64::from(r.store_size())).sum();
         self.counters.served(records.len(), bytes);
         if let Some(h) = hint {
             self.counters.hinted(h.reason, h.redirects(me));
@@ -129,7 +130,7 @@ impl ReadHints {
     }
 
     /// The hint for a pull answered by a member of `group`.
-    pub fn hint(&self, group: &ReplicaGroup, f: &PullFacts<'_>) -> Hint {
+    pub fn hint<R: LogPlaced>(&self, group: &ReplicaGroup, f: &PullFacts<'_, R>) -> Hint {
         let master = group.master_state();
         let me = group.id();
         let position = if master.is_master {
@@ -143,11 +144,11 @@ impl ReadHints {
         let behind = f
             .records
             .first()
-            .map_or(0, |r| f.log_end.saturating_sub(r.commit_log_offset));
+            .map_or(0, |r| f.log_end.saturating_sub(r.commit_log_offset()));
         let needed = f
             .records
             .last()
-            .map(|r| r.commit_log_offset + u64::from(r.store_size));
+            .map(|r| r.commit_log_offset() + u64::from(r.store_size()));
         decide(&HintInput {
             me,
             position,
