@@ -429,13 +429,14 @@ impl MessageStore {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<QueueRead<RawRecord>, StoreError> {
-        reader::read_queue_raw(
+        reader::read_queue_with(
             self.shared(),
             topic,
             queue_id,
             offset,
             max_messages,
             max_bytes,
+            commitlog::raw_at,
         )
     }
 

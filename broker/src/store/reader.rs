@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::cq::CqEntry;
 use super::index::{id_hash, key_hash};
 use super::shared::Shared;
-use super::{commitlog, QueueRead, RawRecord, Seen, StoreError, StoredRecord};
+use super::{commitlog, QueueRead, Seen, StoreError, StoredRecord};
 
 /// Records of one queue closer than this in the log are fetched with one read.
 const MAX_GAP: u64 = 1024;
@@ -24,7 +24,7 @@ pub fn read_queue(
     max_messages: usize,
     max_bytes: usize,
 ) -> Result<QueueRead, StoreError> {
-    read_queue_as(
+    read_queue_with(
         s,
         topic,
         queue_id,
@@ -36,26 +36,6 @@ pub fn read_queue(
             want.check(&r.topic, r.queue_id, r.queue_offset, phy)?;
             Ok(r)
         },
-    )
-}
-
-/// [`read_queue`] handing out each record's bytes as stored (CRC and structure checked).
-pub fn read_queue_raw(
-    s: &Shared,
-    topic: &str,
-    queue_id: u32,
-    offset: u64,
-    max_messages: usize,
-    max_bytes: usize,
-) -> Result<QueueRead<RawRecord>, StoreError> {
-    read_queue_as(
-        s,
-        topic,
-        queue_id,
-        offset,
-        max_messages,
-        max_bytes,
-        commitlog::raw_at,
     )
 }
 
@@ -84,8 +64,9 @@ impl Expected<'_> {
 }
 
 /// A queue read with `decode` turning each record (buffer, position in it, log offset) into
-/// an `R`, checking it is the record its entry expects.
-fn read_queue_as<R>(
+/// an `R`, checking it is the record its entry expects ([`commitlog::raw_at`] hands out the
+/// stored bytes).
+pub fn read_queue_with<R>(
     s: &Shared,
     topic: &str,
     queue_id: u32,
