@@ -77,6 +77,10 @@ pub struct BrokerConfig {
     pub data_port_enable: bool,
     /// Port of the data port, on the `listen` host; 0 takes any free port.
     pub data_port: u16,
+    /// Standalone broker: an idle data-port connection whose client sends one message (batch)
+    /// at a time reads its socket without sleeping for this long, in microseconds, before it
+    /// waits (docs/protocol.md, "Where connections run"). 0 turns it off.
+    pub data_port_busy_poll_us: u64,
 }
 
 impl Default for BrokerConfig {
@@ -120,6 +124,7 @@ impl Default for BrokerConfig {
             read_hint_write_pressure_bytes_per_sec: 128 << 20,
             data_port_enable: true,
             data_port: 0,
+            data_port_busy_poll_us: 100,
         }
     }
 }

@@ -187,7 +187,12 @@ pub async fn run(
             listener,
             service.clone(),
             replication.clone(),
-            store.writer_runtime().cloned(),
+            store
+                .writer_runtime()
+                .map(|rt| crate::data_port::WriterThread {
+                    runtime: rt.clone(),
+                    busy_poll: Duration::from_micros(config.data_port_busy_poll_us),
+                }),
             config.max_request_size + (64 << 10),
             data_port_stats,
             stop_rx.clone(),
