@@ -7,17 +7,16 @@ use sluice_proto::v1::*;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
-use super::read_hint::Hint;
-use super::read_hint::PullFacts;
+use super::read_hint::{Hint, PullFacts};
 use super::BrokerService;
 use crate::offsets::CommittedOffset;
 use crate::replication::meta_ops;
 use crate::store::{LogPlaced, MessageStore, QueueRead, StoreError};
+use crate::topics::require;
 
 /// A store read of one queue: topic, queue, offset, max messages, max bytes.
 type QueueReader<R> =
     fn(&MessageStore, &str, u32, u64, usize, usize) -> Result<QueueRead<R>, StoreError>;
-use crate::topics::require;
 
 const DEFAULT_MAX_MESSAGES: usize = 32;
 const MAX_MESSAGES: usize = 4096;
