@@ -2,7 +2,7 @@
 # Sluice against NATS JetStream on this machine, same workloads, same run, one table.
 #
 #   scripts/bench-compare.sh [--replicas 1|3|both] [--repeat N] [--trials N] [--dir DIR] [--keep]
-#                            [--skip-nats] [--markdown FILE]
+#                            [--reuse] [--skip-nats] [--markdown FILE]
 #
 # Workloads, 1 KiB messages on loopback (data dirs under DIR):
 #   sync      one send in flight, each waits for its ack: msgs/s, p50, p99
@@ -11,10 +11,11 @@
 #   failover  (3 replicas) publish one at a time for 20 s, SIGKILL the master / stream leader
 #             after 5 s: longest gap between acknowledged sends, median over --trials
 # With --repeat N every row is measured N times, alternating Sluice and NATS, and the median
-# is reported. A section (1 replica, 3 replicas) deletes both systems' data directories when
-# it ends (not with --keep), so the next one starts on a clean machine. Sluice runs with async
-# flush (NATS JetStream 2.9 does not fsync each message either); 3-replica Sluice groups ack
-# after a quorum stored the message.
+# is reported. Every round starts both systems afresh and deletes their data when it ends
+# (--keep moves it to DIR/rR-roundN), so each starts on the same machine state; --reuse keeps
+# one cluster of each for all rounds of a section instead. Sluice runs with async flush (NATS
+# JetStream 2.9 does not fsync each message either); 3-replica Sluice groups ack after a
+# quorum stored it.
 #
 # Environment:
 #   SLUICE_BIN_DIR      Sluice binaries (default: cargo build --release into CARGO_TARGET_DIR)
@@ -38,6 +39,7 @@ REPEAT=1
 TRIALS=3
 DIR=""
 KEEP=0
+REUSE=0
 SKIP_NATS=0
 MARKDOWN=""
 
@@ -47,7 +49,7 @@ die() {
 }
 
 usage() {
-  sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -60,6 +62,7 @@ while (($#)); do
     --trials) TRIALS=${2:-}; shift 2 ;;
     --dir) DIR=${2:-}; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --reuse) REUSE=1; shift ;;
     --skip-nats) SKIP_NATS=1; shift ;;
     --markdown) MARKDOWN=${2:-}; shift 2 ;;
     -h | --help) usage 0 ;;
@@ -399,6 +402,21 @@ machine() {
 echo "results in $DIR"
 machine | tee "$DIR/machine.txt"
 
+# Starts both systems for a section (1 or 3 replicas).
+systems_up() {
+  sluice_up "$1"
+  if [[ $SKIP_NATS == 0 ]]; then
+    if [[ $1 == 1 ]]; then nats_single_up; else nats_cluster_up; fi
+  fi
+}
+
+# systems_down [NAME]: stops both systems and deletes their data (see drop_data).
+systems_down() {
+  sluice_down
+  [[ $SKIP_NATS == 1 ]] || nats_down
+  drop_data "${1:-}"
+}
+
 run_replicas() {
   local r=$1 sync_n async_n pipe_n i
   if [[ $r == 1 ]]; then
@@ -406,13 +424,14 @@ run_replicas() {
   else
     sync_n=${SYNC_COUNT:-5000} async_n=${ASYNC_COUNT:-100000} pipe_n=${PIPELINED_COUNT:-500000}
   fi
-  sluice_up "$r"
-  if [[ $SKIP_NATS == 0 ]]; then
-    if [[ $r == 1 ]]; then nats_single_up; else nats_cluster_up; fi
-  fi
+  systems_up "$r"
   # Alternate the systems so that a change in machine load hits both.
   for ((i = 1; i <= REPEAT; i++)); do
     echo "-- round $i/$REPEAT ($r replica(s))"
+    if ((i > 1 && REUSE == 0)); then
+      systems_down "r$r-round$((i - 1))"
+      systems_up "$r"
+    fi
     sluice_workloads "$r" "$sync_n" "$async_n" "$pipe_n" "$i"
     [[ $SKIP_NATS == 1 ]] || nats_workloads "$r" "$sync_n" "$async_n" "$i"
   done
@@ -422,19 +441,27 @@ run_replicas() {
       [[ $SKIP_NATS == 1 ]] || nats_failover "$i"
     done
   fi
-  sluice_down
-  [[ $SKIP_NATS == 1 ]] || nats_down
-  drop_section_data
+  systems_down
 }
 
-# Deletes both systems' data of the section that just ended (unless --keep), so the next
-# section starts from the same machine state: gigabytes of the previous section's files left
-# in the page cache made every later write pay for reclaiming memory (3-replica pipelined
-# measured 73-92k msgs/s after the 1-replica section, 113-121k on its own).
-drop_section_data() {
-  ((KEEP == 0)) || return 0
-  rm -rf "$SLUICE_DIR" "$DIR"/nats1 "$DIR"/nats-c*
-  sync
+# drop_data [NAME]: deletes both systems' data, so that every round starts from the same
+# machine state; with --keep it stays, moved to DIR/NAME when a NAME is given (the next round
+# then starts with empty directories, but the kept files' pages stay cached). On this VM a
+# guest's growing page cache makes each new page it writes slower (the host backs it lazily):
+# in one cluster, five 1 GB pipelined runs in a row measured 314k, 304k, 321k, 261k and 144k
+# msgs/s; with the previous runs' pages dropped before each, seven runs measured 341k-388k. A
+# round that inherits the rounds before it measures how much the VM has handed out so far.
+drop_data() {
+  local p
+  if ((KEEP == 0)); then
+    rm -rf "$SLUICE_DIR" "$DIR"/nats1 "$DIR"/nats-c*
+    sync
+  elif [[ -n $1 ]]; then
+    mkdir -p "$DIR/$1"
+    for p in "$SLUICE_DIR" "$DIR"/nats1 "$DIR"/nats-c*; do
+      if [[ -e $p ]]; then mv "$p" "$DIR/$1/"; fi
+    done
+  fi
 }
 
 case $REPLICAS in

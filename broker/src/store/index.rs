@@ -606,6 +606,10 @@ mod tests {
         idx.flush(&mut w).unwrap();
         assert_eq!(found(&idx, 7), vec![50, 0]);
         idx.flush(&mut w).unwrap();
-        assert_eq!(found(&idx, 7), vec![50, 0], "an empty flush changes nothing");
+        assert_eq!(
+            found(&idx, 7),
+            vec![50, 0],
+            "an empty flush changes nothing"
+        );
     }
 }
