@@ -18,6 +18,8 @@ use super::raftlog::QueueTable;
 use super::record::{self, DispatchView, Fixed as _, Probe};
 use super::shared::{DispatchMsg, Shared, Written};
 
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 const CHUNK: usize = 4 << 20;
 
 struct PendingQueue {
@@ -40,7 +42,9 @@ pub struct Dispatcher {
     /// taken from here rather than read back from the file.
     recent: VecDeque<(u64, Bytes)>,
     written: Receiver<Written>,
-    pending: HashMap<String, HashMap<u32, PendingQueue>>,
+    /// Looked up twice per record: keyed with foldhash, not SipHash (no untrusted keys here:
+    /// topics and queue ids of records already in the log).
+    pending: FastMap<String, FastMap<u32, PendingQueue>>,
     /// Queues written since the last checkpoint, with the first queue offset written.
     dirty: HashMap<(String, u32), (Arc<ConsumeQueue>, u64)>,
     index: IndexWriter,
@@ -76,7 +80,7 @@ impl Dispatcher {
             buf: Vec::new(),
             recent: VecDeque::new(),
             written,
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             dirty: HashMap::new(),
             index: IndexWriter::default(),
             stalled: false,
