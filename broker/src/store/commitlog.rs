@@ -408,6 +408,18 @@ pub fn raw_at(
     })
 }
 
+/// [`decode_at`] for a queue read: the record must be the one its consume-queue entry expects.
+pub fn decoded_at(
+    buf: &Bytes,
+    at: usize,
+    offset: u64,
+    want: &Expected<'_>,
+) -> Result<StoredRecord, StoreError> {
+    let r = decode_at(buf, at, offset)?;
+    want.check(&r.topic, r.queue_id, r.queue_offset, offset)?;
+    Ok(r)
+}
+
 /// `pread` until `buf` is full or the end of the file; returns the bytes read.
 pub fn read_full(file: &File, buf: &mut [u8], mut pos: u64) -> io::Result<usize> {
     let mut done = 0;

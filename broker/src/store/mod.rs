@@ -409,13 +409,14 @@ impl MessageStore {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<QueueRead, StoreError> {
-        reader::read_queue(
+        reader::read_queue_with(
             self.shared(),
             topic,
             queue_id,
             offset,
             max_messages,
             max_bytes,
+            commitlog::decoded_at,
         )
     }
 

@@ -14,31 +14,6 @@ use super::{commitlog, QueueRead, Seen, StoreError, StoredRecord};
 /// Records of one queue closer than this in the log are fetched with one read.
 const MAX_GAP: u64 = 1024;
 
-/// Reads a queue from `offset`: up to `max_messages` records and `max_bytes` (at least one
-/// record), decoded.
-pub fn read_queue(
-    s: &Shared,
-    topic: &str,
-    queue_id: u32,
-    offset: u64,
-    max_messages: usize,
-    max_bytes: usize,
-) -> Result<QueueRead, StoreError> {
-    read_queue_with(
-        s,
-        topic,
-        queue_id,
-        offset,
-        max_messages,
-        max_bytes,
-        |buf, at, phy, want| {
-            let r = commitlog::decode_at(buf, at, phy)?;
-            want.check(&r.topic, r.queue_id, r.queue_offset, phy)?;
-            Ok(r)
-        },
-    )
-}
-
 /// Where a queue read expects a record: it must agree with its consume-queue entry.
 pub struct Expected<'a> {
     pub topic: &'a str,
@@ -63,9 +38,10 @@ impl Expected<'_> {
     }
 }
 
-/// A queue read with `decode` turning each record (buffer, position in it, log offset) into
-/// an `R`, checking it is the record its entry expects ([`commitlog::raw_at`] hands out the
-/// stored bytes).
+/// Reads a queue from `offset`: up to `max_messages` records and `max_bytes` (at least one
+/// record), `decode` turning each (buffer, position in it, log offset) into an `R` and checking
+/// it is the record its entry expects ([`commitlog::decoded_at`] decodes it,
+/// [`commitlog::raw_at`] hands out the stored bytes).
 pub fn read_queue_with<R>(
     s: &Shared,
     topic: &str,
