@@ -93,6 +93,15 @@ async fn disk_use_above_the_high_ratio_deletes_the_oldest_segments() {
         store.disk_usage_ratio() <= 0.25
     })
     .await;
+    // The dispatcher trims consume queues after the log: wait until the queue's head is a
+    // record the log still holds, so the read below does not race the trimming.
+    wait_for("the queue trimmed with the log", || {
+        let (min, _) = store.queue_offsets("hw", 0);
+        store
+            .read_queue("hw", 0, min, 1, usize::MAX)
+            .is_ok_and(|r| !r.records.is_empty())
+    })
+    .await;
     let (min, max) = store.queue_offsets("hw", 0);
     assert_eq!(max, 1500);
     assert!(min > 0);

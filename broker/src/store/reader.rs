@@ -66,6 +66,15 @@ pub fn read_queue_with<R>(
         return Err(StoreError::OffsetOutOfRange { offset, min, max });
     }
     let entries = q.entries(offset, max_messages.max(1))?;
+    if entries.is_empty() && offset < max && q.min() > offset {
+        // Retention trimmed the queue's head between the bounds check and the read: the
+        // offset is gone, not empty (an empty answer would have the reader retry it forever).
+        return Err(StoreError::OffsetOutOfRange {
+            offset,
+            min: q.min(),
+            max,
+        });
+    }
     // Bound by bytes, keeping at least one record.
     let mut total = 0usize;
     let mut take = 0;
