@@ -2,8 +2,12 @@
 //! `raw_records` receives it (the broker sends records as stored; see docs/protocol.md).
 //!
 //! Every record is self-describing: a fixed 88-byte header followed by length-prefixed
-//! variable fields. All integers are little-endian. The record CRC (CRC32C) covers the whole
-//! record except the CRC field itself, so any torn or flipped byte is detected.
+//! variable fields. All integers are little-endian. Two CRC32Cs cover every byte, so any torn
+//! or flipped byte is detected: in format v2 (magic [`MAGIC_V2`], what this build writes) the
+//! body CRC covers the body and the record CRC everything else but itself (the body CRC field
+//! included). Like Kafka's batch CRC leaving out the offsets the broker assigns, this lets the
+//! store fill in positions and re-seal a record by checksumming its header and fields, not its
+//! body again. Format v1 (magic [`MAGIC_V1`]; the record CRC covers the body too) is still read.
 //!
 //! ```text
 //!  0 u32 total_size        4 u32 magic            8 u32 record_crc     12 u32 body_crc
@@ -23,7 +27,10 @@ use bytes::Bytes;
 
 use crate::v1::StoredMessage;
 
+/// Record format v1: the record CRC covers the whole record but its own field.
 pub const MAGIC_V1: u32 = 0x534C_5501;
+/// Record format v2: the record CRC covers the record but its own field and the body.
+pub const MAGIC_V2: u32 = 0x534C_5502;
 pub const FILLER_MAGIC: u32 = 0x534C_55FF;
 pub const HEADER_LEN: usize = 88;
 pub const FILLER_LEN: usize = 12;
@@ -62,9 +69,21 @@ pub const SYS_FLAGS_SYSTEM: u32 = SYS_FLAG_META | SYS_FLAG_NOOP | SYS_FLAG_RAW;
 /// Every reserved bit.
 pub const SYS_FLAGS_RESERVED: u32 = SYS_FLAGS_SYSTEM | SYS_FLAG_ENTRY_END;
 
-/// The record CRC: CRC32C of the whole record but its CRC field.
+/// True for the magic of a record format this build reads.
+pub fn is_record_magic(magic: u32) -> bool {
+    magic == MAGIC_V1 || magic == MAGIC_V2
+}
+
+/// The record CRC of a whole record (at least [`FILLER_LEN`] bytes): CRC32C of bytes 0-7,
+/// then 12 up to the body (v2) or to the end (v1). A v2 record whose fields do not parse is
+/// checksummed to its end; [`probe`] refuses it for its structure anyway.
 pub fn record_crc(rec: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&rec[..OFF_CRC]), &rec[OFF_CRC + 4..])
+    let end = if u32_at(rec, OFF_MAGIC) == MAGIC_V2 {
+        layout(rec).map_or(rec.len(), |l| l.body.start)
+    } else {
+        rec.len()
+    };
+    crc32c::crc32c_append(crc32c::crc32c(&rec[..OFF_CRC]), &rec[OFF_CRC + 4..end])
 }
 
 /// A filler that marks the rest of a segment (`len` bytes, at least [`FILLER_LEN`]) as unused.
@@ -135,7 +154,7 @@ fn probe_with(buf: &[u8], check_crc: bool) -> Probe {
             Probe::Corrupt("bad filler")
         };
     }
-    if magic != MAGIC_V1 {
+    if !is_record_magic(magic) {
         return Probe::Corrupt("bad magic");
     }
     let min = HEADER_LEN + 5 * 2 + 2 + 2 + 4;
@@ -146,8 +165,28 @@ fn probe_with(buf: &[u8], check_crc: bool) -> Probe {
         return Probe::Incomplete;
     }
     let rec = &buf[..total as usize];
-    if check_crc && record_crc(rec) != u32_at(rec, OFF_CRC) {
+    if !check_crc {
+        return Probe::Record(total);
+    }
+    if magic == MAGIC_V1 {
+        if record_crc(rec) != u32_at(rec, OFF_CRC) {
+            return Probe::Corrupt("record CRC mismatch");
+        }
+        return Probe::Record(total);
+    }
+    let body = match layout(rec) {
+        Ok(l) => l.body,
+        Err(why) => return Probe::Corrupt(why),
+    };
+    let head = crc32c::crc32c_append(
+        crc32c::crc32c(&rec[..OFF_CRC]),
+        &rec[OFF_CRC + 4..body.start],
+    );
+    if head != u32_at(rec, OFF_CRC) {
         return Probe::Corrupt("record CRC mismatch");
+    }
+    if crc32c::crc32c(&rec[body]) != u32_at(rec, OFF_BODY_CRC) {
+        return Probe::Corrupt("body CRC mismatch");
     }
     Probe::Record(total)
 }
@@ -397,7 +436,7 @@ fn text(b: &[u8]) -> Result<&str, &'static str> {
 }
 
 /// Parses a record whose bytes (exactly `total_size` of them) passed [`probe`], text checked.
-/// The body CRC is not checked again: the record CRC already covers the body.
+/// The CRCs are not checked again.
 pub fn parse(raw: &[u8]) -> Result<RecordView<'_>, &'static str> {
     let l = layout(raw)?;
     // Keys and property names are text too.

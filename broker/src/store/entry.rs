@@ -11,8 +11,8 @@ use bytes::Bytes;
 use raft::prelude::{Entry, EntryType};
 
 use super::record::{
-    self, Fixed as _, Probe, HEADER_LEN, MAGIC_V1, META_TOPIC, OFF_MAGIC, OFF_SYS_FLAG,
-    SYS_FLAG_META, SYS_FLAG_NOOP, SYS_FLAG_RAW,
+    self, Fixed as _, Probe, HEADER_LEN, META_TOPIC, OFF_MAGIC, OFF_SYS_FLAG, SYS_FLAG_META,
+    SYS_FLAG_NOOP, SYS_FLAG_RAW,
 };
 use super::{AppendBatch, AppendMessage, Appended, StoreError, StoredRecord};
 
@@ -131,7 +131,7 @@ pub fn encode_meta_for_proposal(body: &[u8], store_host: &str, store_timestamp_m
 /// Cheap check: is the entry's first record a META record?
 pub fn is_meta_entry(data: &[u8]) -> bool {
     data.len() >= HEADER_LEN
-        && record::u32_at(data, OFF_MAGIC) == MAGIC_V1
+        && record::is_record_magic(record::u32_at(data, OFF_MAGIC))
         && record::u32_at(data, OFF_SYS_FLAG) & SYS_FLAG_META != 0
 }
 

@@ -86,7 +86,7 @@ pub fn encode_any(
     buf.resize(start + HEADER_LEN, 0);
     {
         let h = &mut buf[start..start + HEADER_LEN];
-        h[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&MAGIC_V1.to_le_bytes());
+        h[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&MAGIC_V2.to_le_bytes());
         h[OFF_BODY_CRC..OFF_BODY_CRC + 4].copy_from_slice(&crc32c::crc32c(&m.body).to_le_bytes());
         h[16..20].copy_from_slice(&queue_id.to_le_bytes());
         h[20..24].copy_from_slice(&m.flag.to_le_bytes());
@@ -398,7 +398,7 @@ mod tests {
         seal(&mut buf, 5, 1000, 1234);
         let body_byte = buf.len() - 1;
         buf[body_byte] ^= 1;
-        assert_eq!(probe(&buf), Probe::Corrupt("record CRC mismatch"));
+        assert_eq!(probe(&buf), Probe::Corrupt("body CRC mismatch"));
         assert_eq!(probe_written(&buf), Probe::Record(buf.len() as u32));
         // Structure is still checked.
         assert_eq!(probe_written(&buf[..buf.len() - 1]), Probe::Incomplete);
@@ -406,6 +406,55 @@ mod tests {
         bad_magic[OFF_MAGIC] ^= 1;
         assert_eq!(probe_written(&bad_magic), Probe::Corrupt("bad magic"));
         assert_eq!(probe_written(&filler(100)), Probe::Filler);
+    }
+
+    #[test]
+    fn v2_record_crc_leaves_the_body_to_the_body_crc() {
+        let mut buf = Vec::new();
+        encode(&mut buf, "topic", 3, &msg(), "host:1").unwrap();
+        seal(&mut buf, 5, 1000, 1234);
+        assert_eq!(u32_at(&buf, OFF_MAGIC), MAGIC_V2);
+        let body_at = buf.len() - 5;
+        // The record CRC stops where the body starts...
+        let head = crc32c::crc32c_append(crc32c::crc32c(&buf[..OFF_CRC]), &buf[12..body_at]);
+        assert_eq!(u32_at(&buf, OFF_CRC), head);
+        // ...so a damaged body is the body CRC's to catch, and the body CRC field is covered.
+        let mut body = buf.clone();
+        body[body_at] ^= 1;
+        assert_eq!(probe(&body), Probe::Corrupt("body CRC mismatch"));
+        let mut field = buf.clone();
+        field[OFF_BODY_CRC] ^= 1;
+        assert_eq!(probe(&field), Probe::Corrupt("record CRC mismatch"));
+        let mut pos = buf.clone();
+        pos[OFF_QUEUE_OFFSET] ^= 1;
+        assert_eq!(probe(&pos), Probe::Corrupt("record CRC mismatch"));
+        // Filling positions in again re-seals it without the body.
+        fill(&mut buf, 6, 2000, 4, 11, true);
+        assert_eq!(probe(&buf), Probe::Record(buf.len() as u32));
+        assert_eq!(parse(&buf).unwrap().queue_offset(), 6);
+    }
+
+    #[test]
+    fn v1_records_are_still_read_and_filled() {
+        // A v1 record (an older broker's log or a peer's entry in a rolling upgrade).
+        let mut v1 = Vec::new();
+        encode(&mut v1, "topic", 3, &msg(), "host:1").unwrap();
+        v1[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&MAGIC_V1.to_le_bytes());
+        seal(&mut v1, 5, 1000, 1234);
+        let whole = crc32c::crc32c_append(crc32c::crc32c(&v1[..OFF_CRC]), &v1[12..]);
+        assert_eq!(u32_at(&v1, OFF_CRC), whole);
+        assert_eq!(probe(&v1), Probe::Record(v1.len() as u32));
+        let mut bad = v1.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(probe(&bad), Probe::Corrupt("record CRC mismatch"));
+        fill(&mut v1, 6, 2000, 4, 11, false);
+        assert_eq!(probe(&v1), Probe::Record(v1.len() as u32));
+        let bytes = Bytes::from(v1);
+        assert_eq!(
+            message_of(&bytes).unwrap().body,
+            Bytes::from_static(b"hello")
+        );
     }
 
     #[test]

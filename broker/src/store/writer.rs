@@ -260,6 +260,10 @@ impl Writer {
         self.last_ts = ts;
         let mut chunk = Chunk::default();
         self.buf.clear();
+        // One reservation for the whole group: growing a multi-MiB buffer step by step copies
+        // it each time (mimalloc reallocates large blocks by copying).
+        self.buf
+            .reserve(appends.iter().map(|(b, _)| b.buf.len()).sum());
         for (mut batch, reply) in appends.drain(..) {
             let size = batch.buf.len() as u64;
             if let Some(target) = self.roll_target(self.pos + self.buf.len() as u64, size) {
