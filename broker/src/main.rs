@@ -7,11 +7,6 @@ use sluice_broker::config::{parse_peers, BrokerConfig};
 use sluice_broker::replication::AckPolicy;
 use sluice_broker::store::FlushMode;
 
-// mimalloc: glibc's malloc/free (with chunk consolidation) was ~10 % of the machine in
-// pipelined produce profiles; per-thread free lists keep the hot path off shared arenas.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(name = "sluice-broker", version, about = "Sluice message broker")]
 struct Args {

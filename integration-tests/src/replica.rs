@@ -335,6 +335,7 @@ pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<Stor
             max_bytes: 0,
             poll_timeout_ms: 0,
             raw_records: false,
+            record_format: 0,
         };
         let r = match c.pull(req.clone()).await {
             Ok(r) => r.into_inner(),
@@ -360,16 +361,34 @@ pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<Stor
 }
 
 /// Pulls `req` again as raw records: they must parse (CRC, structure) into `decoded` (more
-/// may have arrived since).
+/// may have arrived since). A client that does not name the record format it parses (built
+/// before format 2) asks for raw records too and must get decoded messages instead.
 async fn check_raw_pull(
     c: &mut sluice_proto::v1::broker_client::BrokerClient<tonic::transport::Channel>,
     req: PullRequest,
     decoded: &[StoredMessage],
 ) -> Result<()> {
     let at = req.offset;
+    let old = c
+        .pull(PullRequest {
+            raw_records: true,
+            record_format: 0,
+            ..req.clone()
+        })
+        .await?
+        .into_inner();
+    if !old.records.is_empty() || old.messages.get(..decoded.len()) != Some(decoded) {
+        bail!(
+            "raw pull at {at} without a record format: {} records, {} messages for {} decoded",
+            old.records.len(),
+            old.messages.len(),
+            decoded.len()
+        );
+    }
     let raw = c
         .pull(PullRequest {
             raw_records: true,
+            record_format: sluice_proto::record::RECORD_FORMAT,
             ..req
         })
         .await?

@@ -31,6 +31,9 @@ use crate::v1::StoredMessage;
 pub const MAGIC_V1: u32 = 0x534C_5501;
 /// Record format v2: the record CRC covers the record but its own field and the body.
 pub const MAGIC_V2: u32 = 0x534C_5502;
+/// The newest record format this crate parses, and the one the broker writes: what a client
+/// puts in `PullRequest.record_format` to receive raw records.
+pub const RECORD_FORMAT: u32 = 2;
 pub const FILLER_MAGIC: u32 = 0x534C_55FF;
 pub const HEADER_LEN: usize = 88;
 pub const FILLER_LEN: usize = 12;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::names::{validate_group_name, validate_topic_name};
 use sluice_proto::v1::*;
-use sluice_proto::{perm, ApiError, ErrorCode};
+use sluice_proto::{perm, record, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
 use super::read_hint::{Hint, PullFacts};
@@ -69,7 +69,9 @@ impl BrokerService {
         }
         let until = tokio::time::Instant::now() + wait;
         let limits = (max_messages, max_bytes);
-        if req.raw_records {
+        // Raw records only for a client that parses the format the log is written in; others
+        // (built before the format changed) get decoded messages.
+        if req.raw_records && req.record_format >= record::RECORD_FORMAT {
             let (read, hint) = self
                 .pull_until(&req, limits, until, MessageStore::read_queue_raw)
                 .await?;

@@ -176,6 +176,7 @@ async fn pull_from(
             max_bytes: 0,
             poll_timeout_ms: u32::try_from(ctx.poll_timeout.as_millis()).unwrap_or(u32::MAX),
             raw_records: true,
+            record_format: record::RECORD_FORMAT,
         },
         timeout,
     );

@@ -242,6 +242,8 @@ impl Writer {
             first: head.index,
             ..Default::default()
         };
+        // One reservation for the whole append (see `write_group`).
+        self.buf.reserve(forms.iter().map(|f| f.len()).sum());
         for (e, form) in entries.iter().zip(forms) {
             let size = form.len() as u64;
             if let Some(target) = self.roll_target(self.pos + self.buf.len() as u64, size) {

@@ -244,6 +244,7 @@ pub async fn read_queue(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<St
             max_bytes: 0,
             poll_timeout_ms: 0,
             raw_records: false,
+            record_format: 0,
         };
         let r = match tokio::time::timeout(Duration::from_secs(10), c.pull(req)).await {
             Err(_) => bail!("pull of {topic}/{queue_id} at {offset} from {addr} timed out"),
