@@ -244,7 +244,12 @@ fn put_response(kind: u8, request_id: u64, status: u8, msg: &impl Message, out: 
     out.put_u8(kind);
     out.put_u64(request_id);
     out.put_u8(status);
-    let _ = msg.encode(out);
+    // Through a Vec: prost writes varints a byte at a time, and `BytesMut::put_slice` is an
+    // out-of-line call (a `memcpy`) per byte, Vec's is inlined. A send's answer is all varints
+    // and short strings (one result per message): 1.6 % of a broker's samples went there.
+    let mut body = Vec::with_capacity(len);
+    let _ = msg.encode(&mut body);
+    out.extend_from_slice(&body);
 }
 
 /// Reads an error response's body back.
