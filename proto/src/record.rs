@@ -86,6 +86,11 @@ pub fn record_crc(rec: &[u8]) -> u32 {
     } else {
         rec.len()
     };
+    crc_up_to(rec, end)
+}
+
+/// CRC32C of `rec[..end]` without the record CRC field.
+fn crc_up_to(rec: &[u8], end: usize) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&rec[..OFF_CRC]), &rec[OFF_CRC + 4..end])
 }
 
@@ -171,25 +176,22 @@ fn probe_with(buf: &[u8], check_crc: bool) -> Probe {
     if !check_crc {
         return Probe::Record(total);
     }
-    if magic == MAGIC_V1 {
-        if record_crc(rec) != u32_at(rec, OFF_CRC) {
-            return Probe::Corrupt("record CRC mismatch");
+    let body = if magic == MAGIC_V1 {
+        None
+    } else {
+        match layout(rec) {
+            Ok(l) => Some(l.body),
+            Err(why) => return Probe::Corrupt(why),
         }
-        return Probe::Record(total);
-    }
-    let body = match layout(rec) {
-        Ok(l) => l.body,
-        Err(why) => return Probe::Corrupt(why),
     };
-    let head = crc32c::crc32c_append(
-        crc32c::crc32c(&rec[..OFF_CRC]),
-        &rec[OFF_CRC + 4..body.start],
-    );
-    if head != u32_at(rec, OFF_CRC) {
+    let crc_end = body.as_ref().map_or(rec.len(), |b| b.start);
+    if crc_up_to(rec, crc_end) != u32_at(rec, OFF_CRC) {
         return Probe::Corrupt("record CRC mismatch");
     }
-    if crc32c::crc32c(&rec[body]) != u32_at(rec, OFF_BODY_CRC) {
-        return Probe::Corrupt("body CRC mismatch");
+    if let Some(body) = body {
+        if crc32c::crc32c(&rec[body]) != u32_at(rec, OFF_BODY_CRC) {
+            return Probe::Corrupt("body CRC mismatch");
+        }
     }
     Probe::Record(total)
 }
