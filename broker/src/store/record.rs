@@ -436,7 +436,7 @@ mod tests {
 
     #[test]
     fn v1_records_are_still_read_and_filled() {
-        // A v1 record (an older broker's log or a peer's entry in a rolling upgrade).
+        // A v1 record (an older build's log, or an entry an older leader proposed).
         let mut v1 = Vec::new();
         encode(&mut v1, "topic", 3, &msg(), "host:1").unwrap();
         v1[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&MAGIC_V1.to_le_bytes());
