@@ -27,6 +27,14 @@ pub fn bin_dir() -> PathBuf {
         .expect("target dir")
 }
 
+/// The workspace root (where `scripts/` lives), for tests that run the scripts.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .expect("integration-tests sits inside the workspace")
+}
+
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(

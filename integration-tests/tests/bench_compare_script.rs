@@ -5,14 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_integration_tests::{bin_dir, TEST_DISK_BUDGET};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use sluice_integration_tests::{bin_dir, repo_root, TEST_DISK_BUDGET};
 
 /// Kills the script if the test panics or times out, then stops the cluster it may have left.
 struct Run {

@@ -2,21 +2,14 @@
 //! group of 3 replicas, fault injection on), kills, pauses and partitions the master under
 //! load, and must find every acknowledged message consumed, in order, and the replicas equal.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_integration_tests::{bin_dir, TEST_DISK_BUDGET};
+use sluice_integration_tests::{bin_dir, repo_root, TEST_DISK_BUDGET};
 
 /// The whole run (cluster start, cycles, drain, checks) must end within this.
 const RUN_BOUND: Duration = Duration::from_secs(110);
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// Stops every cluster chaos.sh made under `tmp` (its TMPDIR), also when the test panics or
 /// chaos.sh had to be killed before its own cleanup ran.

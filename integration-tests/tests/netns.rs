@@ -13,14 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sluice_integration_tests::{bin_dir, TEST_DISK_BUDGET};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use sluice_integration_tests::{bin_dir, repo_root, TEST_DISK_BUDGET};
 
 /// The namespaces of one test run: `<prefix>-sw` (bridge), `-ns`, `-b1..3`, `-cl` (clients).
 struct Namespaces {
