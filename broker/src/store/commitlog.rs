@@ -137,10 +137,16 @@ impl BufPool {
 
     /// `buf` as `Bytes` that give it back to `pool` once the last of them is dropped.
     fn wrap(pool: &Arc<BufPool>, buf: Vec<u8>) -> Bytes {
+        BufPool::wrap_counted(pool, buf, true)
+    }
+
+    /// `buf` as `Bytes` counted in `held` while any of them lives; `keep`: then pooled.
+    fn wrap_counted(pool: &Arc<BufPool>, buf: Vec<u8>, keep: bool) -> Bytes {
         pool.held.fetch_add(buf.capacity(), Ordering::AcqRel);
         Bytes::from_owner(Pooled {
             buf,
             pool: pool.clone(),
+            keep,
         })
     }
 }
@@ -149,6 +155,9 @@ impl BufPool {
 struct Pooled {
     buf: Vec<u8>,
     pool: Arc<BufPool>,
+    /// False for buffers the pool did not hand out (a producer's encoded batch): their sizes
+    /// fit no request of the pool's users, so they are freed.
+    keep: bool,
 }
 
 impl AsRef<[u8]> for Pooled {
@@ -161,7 +170,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         self.pool.held.fetch_sub(buf.capacity(), Ordering::AcqRel);
-        if buf.capacity() <= self.pool.max_buf {
+        if self.keep && buf.capacity() <= self.pool.max_buf {
             let mut free = self.pool.free.lock();
             if free.len() < POOL_MAX_COUNT {
                 free.push(buf);
@@ -217,6 +226,16 @@ impl CommitLog {
         }
         let next = pool.take_empty(capacity);
         Some(BufPool::wrap(pool, std::mem::replace(buf, next)))
+    }
+
+    /// Hands a written batch over as `Bytes` (for the dispatcher), within the same limit as
+    /// [`CommitLog::hand_off`]; `None` (and the batch dropped) when too much is out already.
+    pub fn hand_off_batch(&self, buf: Vec<u8>) -> Option<Bytes> {
+        let pool = &self.write_pool;
+        if pool.held.load(Ordering::Acquire) + buf.capacity() > HANDOFF_LIMIT {
+            return None;
+        }
+        Some(BufPool::wrap_counted(pool, buf, false))
     }
 
     pub fn snapshot(&self) -> Vec<Arc<Segment>> {
@@ -437,9 +456,75 @@ pub fn read_full(file: &File, buf: &mut [u8], mut pos: u64) -> io::Result<usize>
     Ok(done)
 }
 
+/// Most slices given to one `pwritev` (the kernel's limit is 1024).
+const MAX_IOV: usize = 512;
+
+/// Writes the first `len` bytes of `parts`, in order, at `pos` with vectored positioned
+/// writes: a group of producers' batches goes to the file without first being copied into
+/// one buffer.
+pub fn write_parts_at(file: &File, parts: &[&[u8]], pos: u64, len: usize) -> io::Result<()> {
+    let mut left = len;
+    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(parts.len());
+    for p in parts {
+        if left == 0 {
+            break;
+        }
+        let n = p.len().min(left);
+        if n > 0 {
+            slices.push(io::IoSlice::new(&p[..n]));
+        }
+        left -= n;
+    }
+    let mut rest = &mut slices[..];
+    let mut pos = pos;
+    while !rest.is_empty() {
+        let window = &rest[..rest.len().min(MAX_IOV)];
+        match rustix::io::pwritev(file, window, pos) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                pos += n as u64;
+                io::IoSlice::advance_slices(&mut rest, n);
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_are_written_in_order_and_cut_at_the_length() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .expect("create");
+        // More slices than one pwritev takes, some empty.
+        let owned: Vec<Vec<u8>> = (0..1500u32)
+            .map(|i| vec![(i % 251) as u8; (i % 7) as usize])
+            .collect();
+        let parts: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+        let all: Vec<u8> = owned.concat();
+        write_parts_at(&file, &parts, 3, all.len()).expect("write");
+        let mut back = vec![0u8; all.len() + 3];
+        assert_eq!(read_full(&file, &mut back, 0).expect("read"), all.len() + 3);
+        assert_eq!(&back[3..], &all[..]);
+        // A prefix ending inside a part (the crash simulations write half a group).
+        file.set_len(0).expect("truncate");
+        let half = all.len() / 2 + 1;
+        write_parts_at(&file, &parts, 0, half).expect("write half");
+        assert_eq!(file.metadata().expect("meta").len(), half as u64);
+        let mut back = vec![0u8; half];
+        read_full(&file, &mut back, 0).expect("read");
+        assert_eq!(&back[..], &all[..half]);
+    }
 
     #[test]
     fn hand_off_is_bounded_and_buffers_come_back() {
