@@ -68,23 +68,29 @@ pub fn hostname() -> String {
 
 /// A new unique message id.
 pub fn new_message_id() -> String {
-    let secs = SystemTime::now()
+    let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-        .saturating_sub(EPOCH_2024_SECS) as u32;
+        .map_or(0, |d| d.as_millis() as i64);
+    message_id_at(now_ms)
+}
+
+/// A new unique message id carrying `unix_ms` (a message's born time, already read once for
+/// its whole batch: a clock read per message showed in producer profiles).
+pub fn message_id_at(unix_ms: i64) -> String {
+    let secs = (unix_ms.max(0) as u64 / 1000).saturating_sub(EPOCH_2024_SECS) as u32;
     let count = next_count();
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(prefix());
     id[8..12].copy_from_slice(&secs.to_be_bytes());
     id[12..].copy_from_slice(&count.to_be_bytes());
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(32);
-    for b in id {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    let mut hex = [0u8; 32];
+    for (i, b) in id.into_iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    s
+    // Always ASCII; the fallback is unreachable.
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
@@ -119,5 +125,18 @@ mod tests {
         let b = new_message_id();
         assert_eq!(a[..16], b[..16]);
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn ids_at_one_time_differ_and_carry_its_seconds() {
+        // 2025-01-01T00:00:00.999Z: 366 days after the id epoch.
+        let ms = (EPOCH_2024_SECS as i64 + 366 * 86_400) * 1000 + 999;
+        let a = message_id_at(ms);
+        let b = message_id_at(ms);
+        assert_ne!(a, b);
+        assert_eq!(a[16..24], format!("{:08x}", 366 * 86_400));
+        assert_eq!(a[16..24], b[16..24]);
+        // A clock before the epoch does not wrap around.
+        assert_eq!(message_id_at(-5)[16..24], *"00000000");
     }
 }

@@ -49,15 +49,25 @@ impl BrokerService {
             }
             messages.push(to_append(m, &self.ids, self.limits.max_message_size)?);
         }
-        let ids: Vec<String> = messages.iter().map(|m| m.message_id.clone()).collect();
         let batch = AppendBatch {
             topic: req.topic,
             queue_id: req.queue_id,
             messages,
         };
-        let entries = match &self.replica {
-            Some(group) => group.propose_send(&batch, now_ms()).await?,
-            None => self.store.append(batch).await?.entries,
+        // The ids are moved out for the answer (not copied); the bodies go with the rest.
+        let take_ids = |b: AppendBatch| -> Vec<String> {
+            b.messages.into_iter().map(|m| m.message_id).collect()
+        };
+        let (ids, entries) = match &self.replica {
+            Some(group) => {
+                let entries = group.propose_send(&batch, now_ms()).await?;
+                (take_ids(batch), entries)
+            }
+            None => {
+                let encoded = self.store.encode(&batch)?;
+                let ids = take_ids(batch);
+                (ids, self.store.append_encoded(encoded).await?.entries)
+            }
         };
         Ok(SendResponse {
             broker_name: self.identity.broker_name.clone(),

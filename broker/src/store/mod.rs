@@ -345,10 +345,10 @@ impl MessageStore {
     }
 
     /// Validates and encodes a batch (on the caller's task, off the writer's thread).
-    fn encode(&self, batch: AppendBatch) -> Result<EncodedBatch, StoreError> {
+    pub fn encode(&self, batch: &AppendBatch) -> Result<EncodedBatch, StoreError> {
         let cfg = &self.shared().config;
         let (buf, records) =
-            entry::encode_batch(&batch, &cfg.store_host, Some(cfg.max_message_size))?;
+            entry::encode_batch(batch, &cfg.store_host, Some(cfg.max_message_size))?;
         // A batch is written contiguously into one segment (one future Raft entry).
         let limit = (cfg.segment_size as usize).saturating_sub(record::FILLER_LEN);
         if buf.len() > limit {
@@ -358,7 +358,7 @@ impl MessageStore {
             });
         }
         Ok(EncodedBatch {
-            topic: batch.topic,
+            topic: batch.topic.clone(),
             queue_id: batch.queue_id,
             buf,
             records,
@@ -378,11 +378,17 @@ impl MessageStore {
     /// Errors: `MessageTooLarge`, `DiskFull`, `Timeout` (sync flush), `Io`, `Closed`,
     /// `Invalid` (bad topic name, empty batch, empty message id, oversized fields).
     pub async fn append(&self, batch: AppendBatch) -> Result<AppendResult, StoreError> {
+        let batch = self.encode(&batch)?;
+        self.append_encoded(batch).await
+    }
+
+    /// Appends a batch [`MessageStore::encode`] encoded (the send path takes the message ids
+    /// for its answer out of the batch in between instead of copying them).
+    pub async fn append_encoded(&self, batch: EncodedBatch) -> Result<AppendResult, StoreError> {
         if self.shared().closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);
         }
         self.refuse_in_raft_mode("append")?;
-        let batch = self.encode(batch)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let cfg = &self.shared().config;
         let wait = async {

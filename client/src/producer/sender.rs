@@ -15,7 +15,7 @@ use super::wire::{SendCodec, SharedSendRequest};
 use crate::client::ClientCore;
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
-use crate::message_id::new_message_id;
+use crate::message_id::message_id_at;
 use crate::route::MessageQueue;
 use crate::rpc;
 
@@ -88,7 +88,7 @@ impl Sender {
             keys: m.keys,
             properties: m.properties,
             flag: m.flag,
-            message_id: new_message_id(),
+            message_id: message_id_at(born),
             born_timestamp_ms: born,
             born_host: self.host.clone(),
         }
