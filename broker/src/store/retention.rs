@@ -47,8 +47,14 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<RetentionMsg>, writer: mpsc::Sender
             return;
         }
         match rx.blocking_recv() {
-            Ok(Ok(min)) => {
-                tracing::debug!(min, "retention moved the commit-log start");
+            Ok(Ok(deleted)) => {
+                tracing::debug!(
+                    min = deleted.log_min,
+                    "retention moved the commit-log start"
+                );
+                // Closing the files frees their blocks (here, not on the writer's thread),
+                // before the usage is measured again.
+                drop(deleted.segments);
                 refresh_usage(&shared);
             }
             Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),

@@ -63,7 +63,7 @@ pub enum WriterCmd {
     /// Delete the `count` oldest segments (never the active one).
     DeleteHead {
         count: usize,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<Deleted, StoreError>>,
     },
     Shutdown {
         reply: oneshot::Sender<Result<(), StoreError>>,
@@ -74,6 +74,29 @@ pub enum WriterCmd {
         op: RaftOp,
         reply: mpsc::Sender<Result<(), LogStoreError>>,
     },
+}
+
+/// Segments retention deleted, and the commit log's new start. Their files are unlinked
+/// already; whoever drops this closes them, and the last close frees the blocks, which on a
+/// file system mounted with `discard` waits for the device: not on the writer's thread
+/// (a 1 GiB segment stalled every write behind it).
+pub struct Deleted {
+    pub log_min: u64,
+    pub segments: Vec<Arc<Segment>>,
+}
+
+/// Closes deleted segments on a thread of their own (see [`Deleted`]).
+fn close_elsewhere(segments: Vec<Arc<Segment>>) {
+    if segments.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("sluice-seg-close".into())
+        .spawn(move || drop(segments));
+    if let Err(e) = spawned {
+        // The segments went with the failed closure and are closed here.
+        tracing::warn!(error = %e, "no thread to close deleted segments; closed on the writer");
+    }
 }
 
 /// What the writer loop does next.
@@ -611,7 +634,7 @@ impl Writer {
 
     /// Deletes up to `count` of the oldest segments that end at or below `limit` (never the
     /// active one); returns the new minimum.
-    fn delete_segments_below(&mut self, limit: u64, count: usize) -> Result<u64, StoreError> {
+    fn delete_segments_below(&mut self, limit: u64, count: usize) -> Result<Deleted, StoreError> {
         let segs = self.shared.log.snapshot();
         let mut allowed = 0;
         for pair in segs.windows(2).take(count) {
@@ -643,7 +666,10 @@ impl Writer {
                 .dispatch_tx
                 .send(DispatchMsg::Trim { log_min: min });
         }
-        Ok(min)
+        Ok(Deleted {
+            log_min: min,
+            segments: removed,
+        })
     }
 }
 

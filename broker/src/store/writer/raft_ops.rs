@@ -15,7 +15,7 @@ use std::sync::Arc;
 use raft::prelude::{ConfState, Entry, HardState, SnapshotMetadata};
 use tokio::sync::oneshot;
 
-use super::{Flow, Writer};
+use super::{Deleted, Flow, Writer};
 use crate::replication::LogStoreError;
 use crate::store::commitlog::{sync_dir, Segment};
 use crate::store::cq::ENTRY_LEN;
@@ -369,13 +369,13 @@ impl Writer {
         self.compact_view(index)?;
         let limit = self.deletable_below().min(rs.view.read().cp.phy);
         self.delete_segments_below(limit, usize::MAX)
-            .map(|_| ())
+            .map(|d| super::close_elsewhere(d.segments))
             .map_err(log_err)
     }
 
     /// Retention in raft mode: deletes up to `count` old segments that lie below the
     /// confirmed offset and moves the raft view's start past them.
-    pub(super) fn raft_retention(&mut self, count: usize) -> Result<u64, StoreError> {
+    pub(super) fn raft_retention(&mut self, count: usize) -> Result<Deleted, StoreError> {
         let limit = self.deletable_below();
         let segs = self.shared.log.snapshot();
         let allowed = segs
@@ -384,7 +384,10 @@ impl Writer {
             .take_while(|pair| pair[1].base <= limit)
             .count();
         if allowed == 0 {
-            return Ok(self.shared.log.min_offset().unwrap_or(0));
+            return Ok(Deleted {
+                log_min: self.shared.log.min_offset().unwrap_or(0),
+                segments: Vec::new(),
+            });
         }
         let keep_from = segs[allowed].base;
         let rs = self
