@@ -82,6 +82,13 @@ else
 fi
 RESULTS=$DIR/results.tsv
 : >"$RESULTS"
+# Above the broker's disk high-water mark (75 % by default) retention deletes segments while the
+# benchmark writes, and the rows measure that too.
+used=$(df --output=pcent "$DIR" 2>/dev/null | tail -1 | tr -dc '0-9')
+if [[ -n $used ]] && ((used >= 70)); then
+  echo "warning: the file system of $DIR is ${used}% full; a broker deletes old segments above 75%," >&2
+  echo "         and the pipelined rows write about 1 GB per round" >&2
+fi
 NATS_PIDS=()
 NATS_PID=""
 CLUSTERS=()
