@@ -633,7 +633,8 @@ impl Writer {
     }
 
     /// Deletes up to `count` of the oldest segments that end at or below `limit` (never the
-    /// active one); returns the new minimum.
+    /// active one); returns the new minimum and the unlinked segments, for the caller to close
+    /// off this thread (see [`Deleted`]).
     fn delete_segments_below(&mut self, limit: u64, count: usize) -> Result<Deleted, StoreError> {
         let segs = self.shared.log.snapshot();
         let mut allowed = 0;
