@@ -4,11 +4,11 @@
 pub mod config;
 pub mod data_port;
 pub mod groups;
+pub mod messaging;
 pub mod meta;
-pub mod offsets;
 pub mod registration;
 pub mod replication;
 pub mod server;
 pub mod service;
+pub mod state;
 pub mod store;
-pub mod topics;

@@ -25,11 +25,24 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 
+/// One write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
 /// Named trees of ordered byte keys. Writes are visible at once; `flush` makes them durable.
 pub trait MetaStore: Send + Sync + 'static {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError>;
-    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), MetaError>;
-    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), MetaError>;
+    /// Applies every write or none (also across a crash), in order.
+    fn write_batch(&self, tree: &str, ops: &[WriteOp]) -> Result<(), MetaError>;
+    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), MetaError> {
+        self.write_batch(tree, &[WriteOp::Put(key.to_vec(), value.to_vec())])
+    }
+    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), MetaError> {
+        self.write_batch(tree, &[WriteOp::Delete(key.to_vec())])
+    }
     /// Entries whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, tree: &str, prefix: &[u8]) -> Result<Entries, MetaError>;
     /// Blocks until every earlier write is on disk.
@@ -60,13 +73,15 @@ impl MetaStore for SledMeta {
         Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), MetaError> {
-        self.tree(tree)?.insert(key, value)?;
-        Ok(())
-    }
-
-    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), MetaError> {
-        self.tree(tree)?.remove(key)?;
+    fn write_batch(&self, tree: &str, ops: &[WriteOp]) -> Result<(), MetaError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                WriteOp::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+                WriteOp::Delete(k) => batch.remove(k.as_slice()),
+            }
+        }
+        self.tree(tree)?.apply_batch(batch)?;
         Ok(())
     }
 
@@ -100,18 +115,18 @@ impl MetaStore for MemMeta {
             .and_then(|t| t.get(key).cloned()))
     }
 
-    fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), MetaError> {
-        self.trees
-            .write()
-            .entry(tree.to_string())
-            .or_default()
-            .insert(key.to_vec(), value.to_vec());
-        Ok(())
-    }
-
-    fn delete(&self, tree: &str, key: &[u8]) -> Result<(), MetaError> {
-        if let Some(t) = self.trees.write().get_mut(tree) {
-            t.remove(key);
+    fn write_batch(&self, tree: &str, ops: &[WriteOp]) -> Result<(), MetaError> {
+        let mut trees = self.trees.write();
+        let t = trees.entry(tree.to_string()).or_default();
+        for op in ops {
+            match op {
+                WriteOp::Put(k, v) => {
+                    t.insert(k.clone(), v.clone());
+                }
+                WriteOp::Delete(k) => {
+                    t.remove(k);
+                }
+            }
         }
         Ok(())
     }
@@ -150,6 +165,18 @@ mod tests {
         assert_eq!(a[1].1, b"y");
         m.delete("t", b"a/1").unwrap();
         assert_eq!(m.get("t", b"a/1").unwrap(), None);
+        // A batch applies in order: the later write of a key wins.
+        m.write_batch(
+            "t",
+            &[
+                WriteOp::Put(b"c/1".to_vec(), b"1".to_vec()),
+                WriteOp::Delete(b"b/1".to_vec()),
+                WriteOp::Put(b"c/1".to_vec(), b"2".to_vec()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(m.get("t", b"c/1").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(m.get("t", b"b/1").unwrap(), None);
         m.flush().unwrap();
     }
 

@@ -13,14 +13,14 @@ use tokio::sync::{watch, Notify};
 use crate::config::BrokerConfig;
 use crate::groups::ConsumerGroups;
 use crate::meta::{MetaStore, SledMeta};
-use crate::offsets::OffsetTable;
 use crate::registration::Registrar;
-use crate::replication::{GroupSettings, MetaState, ReplicaGroup, StoreBackend};
+use crate::messaging::WritePath;
+use crate::replication::{GroupSettings, ReplicaGroup, StoreBackend};
+use crate::state::StateMachine;
 use crate::service::convert::IdGenerator;
 use crate::service::read_hint::{ReadHintSettings, ReadHints};
 use crate::service::{BrokerService, Identity, ServiceLimits};
 use crate::store::MessageStore;
-use crate::topics::TopicTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -103,8 +103,9 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir).map_err(crate::store::StoreError::Io)?;
     let store = MessageStore::open(config.store_config(&address)).await?;
     let meta: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&config.data_dir.join("meta"))?);
-    let topics = Arc::new(TopicTable::load(meta.clone())?);
-    let offsets = Arc::new(OffsetTable::new(meta.clone()));
+    let reregister = Arc::new(Notify::new());
+    let state = Arc::new(StateMachine::open(meta.clone(), reregister.clone())?);
+    let topics = state.topics.clone();
     let identity = Identity {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
@@ -116,7 +117,6 @@ pub async fn run(
             .unwrap_or_default(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reregister = Arc::new(Notify::new());
     let (replica, replication) = match replica_config {
         None => (None, None),
         Some(rc) => {
@@ -128,15 +128,9 @@ pub async fn run(
                 propose_timeout: Duration::from_millis(config.sync_flush_timeout_ms.max(1_000)),
                 data_address: identity.data_address.clone(),
             };
-            let meta_state = MetaState {
-                meta: meta.clone(),
-                topics: topics.clone(),
-                offsets: offsets.clone(),
-                reregister: reregister.clone(),
-            };
             let backend = StoreBackend::new(store.clone(), &address);
             let (group, service) =
-                ReplicaGroup::start(settings, backend, meta_state, store.clone())?;
+                ReplicaGroup::start(settings, backend, state.clone(), store.clone())?;
             (Some(group), Some(Arc::new(service)))
         }
     };
@@ -152,8 +146,17 @@ pub async fn run(
         data_port: data_port_stats.clone(),
         store: store.clone(),
         topics: topics.clone(),
-        offsets,
-        replica: replica.clone(),
+        state: state.clone(),
+        write: match &replica {
+            Some(group) => WritePath::Replicated {
+                group: group.clone(),
+                state: state.clone(),
+            },
+            None => WritePath::Standalone {
+                store: store.clone(),
+                state: state.clone(),
+            },
+        },
         groups: Arc::new(ConsumerGroups::new(Duration::from_millis(
             config.consumer_expiry_ms,
         ))),

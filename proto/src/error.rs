@@ -96,7 +96,7 @@ impl ApiError {
             ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::NotMaster => Code::FailedPrecondition,
-            ErrorCode::DiskFull => Code::ResourceExhausted,
+            ErrorCode::DiskFull | ErrorCode::LimitExceeded => Code::ResourceExhausted,
             ErrorCode::StoreTimeout => Code::DeadlineExceeded,
             ErrorCode::NoPermission => Code::PermissionDenied,
             ErrorCode::Unavailable => Code::Unavailable,

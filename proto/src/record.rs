@@ -357,6 +357,7 @@ impl<'a> RecordView<'a> {
             prepared_transaction_offset: self.prepared_transaction_offset(),
             body_crc: self.body_crc(),
             store_size: self.total_size(),
+            timer: None,
         }
     }
 }

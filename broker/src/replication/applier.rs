@@ -1,22 +1,25 @@
-//! Applies committed entries on every replica: metadata operations go to the metadata store,
-//! and the commit log's confirmed position moves up so consume queues and the index include
-//! the entries' messages. The applied index is kept in the metadata store (written after the
-//! operations it covers), so a restart resumes where it stopped.
+//! Applies committed entries on every replica: state operations go to the state machine
+//! (`crate::state`, in one atomic batch with the applied index), and the commit log's
+//! confirmed position moves up so consume queues and the index include the entries'
+//! messages. A restart resumes after the applied index the state recorded.
+
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use super::backend::LogBackend;
 use super::io::{Applier, ApplyError, CommittedEntry, EntryKind};
-use super::meta_ops::MetaState;
 use super::snapshot_log::decode_snapshot;
-
-const TREE: &str = "replication";
-const APPLIED_KEY: &[u8] = b"applied_index";
+use crate::state::StateMachine;
 
 pub struct BrokerApplier<B: LogBackend> {
     backend: B,
-    meta: MetaState,
+    state: Arc<StateMachine>,
+    /// Entries up to here are committed to the store.
     applied: u64,
+    /// Entries up to here have their state ops in the state (a snapshot's dump may be ahead of
+    /// the log: its ops are not applied twice).
+    state_applied: u64,
     applied_tx: watch::Sender<u64>,
 }
 
@@ -24,22 +27,20 @@ fn store_fault(e: impl std::fmt::Display) -> ApplyError {
     ApplyError(format!("commit log: {e}"))
 }
 
+fn state_fault(e: impl std::fmt::Display) -> ApplyError {
+    ApplyError(format!("state store: {e}"))
+}
+
 impl<B: LogBackend> BrokerApplier<B> {
     /// Resumes after the persisted applied index, clamped to the log `[first - 1, last]` (a
     /// log that lost its unsynced tail in a crash re-applies from what it kept).
     pub fn open(
         backend: B,
-        meta: MetaState,
+        state: Arc<StateMachine>,
         first_index: u64,
         last_index: u64,
     ) -> Result<(Self, watch::Receiver<u64>), ApplyError> {
-        let persisted = match meta.meta.get(TREE, APPLIED_KEY) {
-            Ok(Some(v)) => <[u8; 8]>::try_from(v.as_slice())
-                .map(u64::from_be_bytes)
-                .map_err(|_| ApplyError(format!("applied index of {} bytes", v.len())))?,
-            Ok(None) => 0,
-            Err(e) => return Err(ApplyError(e.to_string())),
-        };
+        let persisted = state.applied_index().map_err(state_fault)?;
         let applied = persisted.min(last_index).max(first_index.saturating_sub(1));
         if applied != persisted {
             tracing::warn!(
@@ -55,24 +56,18 @@ impl<B: LogBackend> BrokerApplier<B> {
         Ok((
             BrokerApplier {
                 backend,
-                meta,
+                state,
                 applied,
+                state_applied: persisted,
                 applied_tx,
             },
             rx,
         ))
     }
 
-    fn record_applied(&mut self, index: u64) -> Result<(), ApplyError> {
-        // Not flushed here: sled flushes on its own timer, and a lost update only re-applies
-        // idempotent operations after a crash.
-        self.meta
-            .meta
-            .put(TREE, APPLIED_KEY, &index.to_be_bytes())
-            .map_err(|e| ApplyError(e.to_string()))?;
+    fn record_applied(&mut self, index: u64) {
         self.applied = index;
         self.applied_tx.send_replace(index);
-        Ok(())
     }
 }
 
@@ -85,21 +80,28 @@ impl<B: LogBackend> Applier for BrokerApplier<B> {
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        for e in entries {
-            if e.kind != EntryKind::Normal {
-                continue;
+        if last.index > self.state_applied {
+            let mut bodies = Vec::new();
+            for e in entries {
+                if e.kind != EntryKind::Normal || e.index <= self.state_applied {
+                    continue;
+                }
+                bodies.extend(self.backend.meta_bodies(&e.data).map_err(store_fault)?);
             }
-            for body in self.backend.meta_bodies(&e.data).map_err(store_fault)? {
-                self.meta.apply(&body)?;
-            }
+            // Not flushed: the ops are in the log; a crash re-applies from the index kept.
+            self.state
+                .apply_encoded(Some(last.index), &bodies, false)
+                .map_err(state_fault)?;
+            self.state_applied = last.index;
         }
         self.backend.commit(entries).map_err(store_fault)?;
-        self.record_applied(last.index)
+        self.record_applied(last.index);
+        Ok(())
     }
 
     fn apply_snapshot(&mut self, index: u64, term: u64) -> Result<(), ApplyError> {
         Err(ApplyError(format!(
-            "snapshot at {index} (term {term}) without data; a broker snapshot carries metadata"
+            "snapshot at {index} (term {term}) without data; a broker snapshot carries its state"
         )))
     }
 
@@ -110,9 +112,15 @@ impl<B: LogBackend> Applier for BrokerApplier<B> {
         data: &[u8],
     ) -> Result<(), ApplyError> {
         let snap = decode_snapshot(data).map_err(ApplyError)?;
-        self.meta.restore(snap.topics, &snap.offsets)?;
+        let dump = snap.state.unwrap_or_else(|| {
+            // An earlier build's snapshot: idempotent puts at or after `index`.
+            StateMachine::legacy_dump(index, &snap.topics, &snap.offsets)
+        });
+        self.state.restore(&dump).map_err(state_fault)?;
+        self.state_applied = dump.applied_index;
         self.backend.commit_snapshot(index).map_err(store_fault)?;
-        self.record_applied(index)
+        self.record_applied(index);
+        Ok(())
     }
 }
 
@@ -128,12 +136,10 @@ mod tests {
 
     use super::*;
     use crate::meta::{MemMeta, MetaStore};
-    use crate::offsets::{CommittedOffset, OffsetTable};
     use crate::replication::backend::EntryCodec;
-    use crate::replication::meta_ops;
     use crate::replication::MemLogStore;
+    use crate::state::{self, CommittedOffset};
     use crate::store::{AppendBatch, Appended, StoreError};
-    use crate::topics::TopicTable;
 
     /// Entry data: b'M' + meta op, or anything else for a send. Records what it is told.
     #[derive(Clone, Default)]
@@ -179,13 +185,8 @@ mod tests {
         }
     }
 
-    fn meta_state(meta: Arc<dyn MetaStore>) -> MetaState {
-        MetaState {
-            topics: Arc::new(TopicTable::load(meta.clone()).unwrap()),
-            offsets: Arc::new(OffsetTable::new(meta.clone())),
-            meta,
-            reregister: Arc::new(Notify::new()),
-        }
+    fn meta_state(meta: Arc<dyn MetaStore>) -> Arc<StateMachine> {
+        Arc::new(StateMachine::open(meta, Arc::new(Notify::new())).unwrap())
     }
 
     fn entry(index: u64, data: Bytes) -> CommittedEntry {
@@ -217,8 +218,8 @@ mod tests {
         let (mut a, applied) =
             BrokerApplier::open(fake.clone(), meta_state(meta.clone()), 1, 0).unwrap();
         assert_eq!(a.applied_index(), 0);
-        let op = fake.encode_meta(&meta_ops::upsert_topic(topic("t")).encode_to_vec(), 0);
-        let offsets = meta_ops::commit_offsets(
+        let op = fake.encode_meta(&state::upsert_topic_op(topic("t")).encode_to_vec(), 0);
+        let offsets = state::commit_offsets_op(
             "g",
             &[CommittedOffset {
                 topic: "t".into(),
@@ -253,29 +254,40 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_replaces_the_metadata() {
+    fn a_snapshot_replaces_the_state_and_its_ops_are_not_applied_twice() {
         let fake = Fake::default();
         let state = meta_state(Arc::new(MemMeta::default()));
-        state.topics.upsert(topic("stale")).unwrap();
-        let (mut a, _) = BrokerApplier::open(fake.clone(), state.clone(), 1, 0).unwrap();
+        state
+            .apply(Some(1), &[state::upsert_topic_op(topic("stale"))], false)
+            .unwrap();
+        let (mut a, _) = BrokerApplier::open(fake.clone(), state.clone(), 1, 1).unwrap();
+        // The donor's dump is at 45, ahead of the snapshot index 40: it created "late" at 43
+        // and deleted it at 45.
         let donor = meta_state(Arc::new(MemMeta::default()));
-        donor.topics.upsert(topic("fresh")).unwrap();
+        let offsets = [CommittedOffset {
+            topic: "fresh".into(),
+            queue_id: 0,
+            offset: 9,
+        }];
         donor
-            .offsets
-            .commit(
-                "g",
-                &[CommittedOffset {
-                    topic: "fresh".into(),
-                    queue_id: 0,
-                    offset: 9,
-                }],
+            .apply(
+                Some(40),
+                &[
+                    state::upsert_topic_op(topic("fresh")),
+                    state::commit_offsets_op("g", &offsets),
+                ],
+                false,
             )
             .unwrap();
-        let (topics, offsets) = donor.dump().unwrap();
+        let create_late = state::upsert_topic_op(topic("late"));
+        donor.apply(Some(43), &[create_late.clone()], false).unwrap();
+        donor
+            .apply(Some(45), &[state::delete_topic_op("late")], false)
+            .unwrap();
         let data = ReplicaSnapshot {
             store: Bytes::from_static(b"store part"),
-            topics,
-            offsets,
+            state: Some(donor.dump().unwrap()),
+            ..Default::default()
         }
         .encode_to_vec();
         a.apply_snapshot_data(40, 3, &data).unwrap();
@@ -283,7 +295,24 @@ mod tests {
         assert!(state.topics.get("stale").is_none() && state.topics.get("fresh").is_some());
         assert_eq!(state.offsets.get("g", "fresh", 0).unwrap(), Some(9));
         assert_eq!(fake.events.lock().last().unwrap(), "snapshot 40");
-        assert!(a.apply_snapshot_data(41, 3, b"\xff garbage").is_err());
-        assert!(a.apply_snapshot(42, 3).is_err());
+        // Entries 41-45 are in the dump already: "late" is not created again; 46 applies.
+        let late = fake.encode_meta(&create_late.encode_to_vec(), 0);
+        let newer = fake.encode_meta(&state::upsert_topic_op(topic("newer")).encode_to_vec(), 0);
+        a.apply(&[entry(43, late), entry(46, newer)]).unwrap();
+        assert!(state.topics.get("late").is_none());
+        assert!(state.topics.get("newer").is_some());
+        assert_eq!(state.applied_index().unwrap(), 46);
+
+        // An earlier build's snapshot (topics and offsets, no dump) still installs.
+        let legacy = ReplicaSnapshot {
+            store: Bytes::new(),
+            topics: vec![topic("old-form")],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        a.apply_snapshot_data(50, 4, &legacy).unwrap();
+        assert_eq!(state.topics.list(), vec![topic("old-form")]);
+        assert!(a.apply_snapshot_data(51, 4, b"\xff garbage").is_err());
+        assert!(a.apply_snapshot(52, 4).is_err());
     }
 }

@@ -17,7 +17,6 @@ use super::applier::BrokerApplier;
 use super::backend::{EntryCodec, LogBackend};
 use super::config::{AckPolicy, ReplicaConfig};
 use super::faults::FaultSwitch;
-use super::meta_ops::MetaState;
 use super::node::ReplicaNode;
 use super::proposals::{EntryId, ProposeError};
 use super::role::{run_gate, MasterState};
@@ -26,6 +25,7 @@ use super::runner::{mailbox, ReplicaHandle};
 use super::snapshot_log::MetaSnapshotLog;
 use super::status::{ReplicaStatus, RoleState};
 use super::transport::PeerTransport;
+use crate::state::StateMachine;
 use crate::store::{AppendBatch, Appended, MessageStore};
 
 /// Commands queued for the Raft thread before new ones are refused (peer messages are dropped,
@@ -78,17 +78,17 @@ impl ReplicaGroup {
     pub fn start<B: LogBackend>(
         settings: GroupSettings,
         backend: B,
-        meta: MetaState,
+        state: Arc<StateMachine>,
         store: MessageStore,
     ) -> Result<(Arc<ReplicaGroup>, ReplicationService), GroupError> {
         let cfg = &settings.replica;
         cfg.validate().map_err(setup)?;
         let me = cfg.id;
-        let log = MetaSnapshotLog::new(backend.raft_log().map_err(setup)?, meta.clone());
+        let log = MetaSnapshotLog::new(backend.raft_log().map_err(setup)?, state.clone());
         let first = log.first_index().map_err(setup)?;
         let last = log.last_index().map_err(setup)?;
         let (applier, applied) =
-            BrokerApplier::open(backend.clone(), meta, first, last).map_err(setup)?;
+            BrokerApplier::open(backend.clone(), state, first, last).map_err(setup)?;
         let faults = Arc::new(FaultSwitch::new(settings.fault_injection));
         let transport =
             PeerTransport::start(&settings.broker_name, me, &settings.peers, faults.view())
@@ -201,7 +201,7 @@ impl ReplicaGroup {
         Ok(self.codec.entry_results(id.index)?)
     }
 
-    /// Replicates a metadata operation; returns once it is applied on this replica.
+    /// Replicates a state operation; returns once it is applied on this replica.
     pub async fn propose_meta(&self, op: &MetaOp, now_ms: i64) -> Result<(), ApiError> {
         self.require_master()?;
         let data = self.codec.encode_meta(&op.encode_to_vec(), now_ms);

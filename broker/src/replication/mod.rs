@@ -16,11 +16,10 @@
 //! the store's restart position and queue offsets, plus the broker's metadata
 //! (`snapshot_log`).
 //!
-//! The broker side (`group`, `store_backend`, `applier`, `transport`, `rpc`, `role`,
-//! `meta_ops`): a broker with peers runs one replica on its commit log ([`ReplicaGroup`]);
+//! The broker side (`group`, `store_backend`, `applier`, `transport`, `rpc`, `role`): a broker with peers runs one replica on its commit log ([`ReplicaGroup`]);
 //! peers exchange Raft messages over the `sluice.v1.Replication` gRPC service, one sender
-//! task per peer; committed entries advance the store's confirmed offset and apply metadata
-//! operations (consumer offsets, topics) on every replica; the leader becomes master once
+//! task per peer; committed entries advance the store's confirmed offset and apply state
+//! operations (`crate::state`: consumer offsets, topics, ...) on every replica; the leader becomes master once
 //! it has applied and dispatched its whole log, and re-registers with the nameservers at once.
 //! Measured with real processes (`integration-tests/tests/replication_failover.rs`, 8-16
 //! election ticks of 100 ms): kill -9 of the master to the first acknowledged send on the new
@@ -43,7 +42,6 @@ mod io;
 mod log_store;
 mod logger;
 mod mem_store;
-pub mod meta_ops;
 mod node;
 mod proposals;
 mod role;
@@ -64,7 +62,6 @@ pub use io::{Applier, ApplyError, CommittedEntry, EntryKind, SendError, Transpor
 pub use log_store::{LogStoreError, RaftLogStore};
 pub use logger::tracing_logger;
 pub use mem_store::MemLogStore;
-pub use meta_ops::MetaState;
 pub use node::{Command, NodeError, ReplicaNode};
 pub use proposals::{Completion, EntryId, ProposeError};
 pub use role::MasterState;

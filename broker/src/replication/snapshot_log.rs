@@ -1,7 +1,7 @@
-//! Adds the broker's metadata to the log store's snapshots. A replica that fell behind the
-//! leader's retention installs a snapshot instead of the entries it missed; the commit log's
-//! snapshot says where its bytes restart, and this wrapper adds the topic configs and consumer
-//! offsets those missed entries would have produced (as a [`ReplicaSnapshot`]).
+//! Adds the broker's replicated state to the log store's snapshots. A replica that fell behind
+//! the leader's retention installs a snapshot instead of the entries it missed; the commit
+//! log's snapshot says where its bytes restart, and this wrapper adds every table of the state
+//! (`crate::state`) whole, at the index it is at (as a [`ReplicaSnapshot`]).
 
 use prost::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -9,16 +9,18 @@ use raft::{GetEntriesContext, RaftState};
 use sluice_proto::v1::ReplicaSnapshot;
 
 use super::log_store::{LogStoreError, RaftLogStore};
-use super::meta_ops::MetaState;
+use std::sync::Arc;
+
+use crate::state::StateMachine;
 
 pub struct MetaSnapshotLog<L> {
     inner: L,
-    meta: MetaState,
+    state: Arc<StateMachine>,
 }
 
 impl<L: RaftLogStore> MetaSnapshotLog<L> {
-    pub fn new(inner: L, meta: MetaState) -> Self {
-        MetaSnapshotLog { inner, meta }
+    pub fn new(inner: L, state: Arc<StateMachine>) -> Self {
+        MetaSnapshotLog { inner, state }
     }
 }
 
@@ -56,17 +58,19 @@ impl<L: RaftLogStore> raft::Storage for MetaSnapshotLog<L> {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut snap = self.inner.snapshot(request_index, to)?;
-        // Metadata as of now, at or after the snapshot index: see `meta_ops` on why that
-        // converges once the follower applies the entries after the index.
-        let (topics, offsets) = self.meta.dump().map_err(|e| {
+        // The state as of now (this runs on the raft thread, between applies), at or after the
+        // snapshot index: the installing replica skips the state ops of entries up to the
+        // dump's own index.
+        let state = self.state.dump().map_err(|e| {
             raft::Error::Store(raft::StorageError::Other(Box::new(std::io::Error::other(
                 e.to_string(),
             ))))
         })?;
         let data = ReplicaSnapshot {
             store: std::mem::take(&mut snap.data),
-            topics,
-            offsets,
+            topics: Vec::new(),
+            offsets: Vec::new(),
+            state: Some(state),
         };
         snap.data = data.encode_to_vec().into();
         Ok(snap)

@@ -8,8 +8,9 @@ use sluice_proto::{perm, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
-use crate::replication::{meta_ops, PeerState, ReplicaGroup, Role as RaftRole};
-use crate::topics::{self, require};
+use crate::replication::{PeerState, ReplicaGroup, Role as RaftRole};
+use crate::state;
+use crate::state::topics::{self, require};
 
 const DEFAULT_QUERY_MAX: usize = 64;
 const QUERY_MAX: usize = 1000;
@@ -45,19 +46,13 @@ impl BrokerService {
         req: DeleteTopicRequest,
     ) -> Result<DeleteTopicResponse, ApiError> {
         validate_topic_name(&req.topic)?;
-        let deleted = match &self.replica {
-            Some(group) => {
-                group.require_master()?;
-                let exists = self.topics.get(&req.topic).is_some();
-                if exists {
-                    group
-                        .propose_meta(&meta_ops::delete_topic(&req.topic), now_ms())
-                        .await?;
-                }
-                exists
-            }
-            None => self.topics.delete(&req.topic)?,
-        };
+        self.write.require_writer()?;
+        let deleted = self.topics.get(&req.topic).is_some()
+            && self
+                .write
+                .apply(state::delete_topic_op(&req.topic), now_ms())
+                .await?
+                == state::Applied::Changed;
         if !deleted {
             return Err(ApiError::new(
                 ErrorCode::TopicNotFound,
@@ -71,18 +66,12 @@ impl BrokerService {
 
     /// Creates or updates a topic (through the log on a replica group); true when it changed.
     pub(super) async fn upsert_topic(&self, cfg: TopicConfig) -> Result<bool, ApiError> {
-        let Some(group) = &self.replica else {
-            return self.topics.upsert(cfg);
-        };
-        group.require_master()?;
+        self.write.require_writer()?;
         topics::validate(&cfg)?;
         if self.topics.get(&cfg.name).as_ref() == Some(&cfg) {
             return Ok(false);
         }
-        group
-            .propose_meta(&meta_ops::upsert_topic(cfg), now_ms())
-            .await?;
-        Ok(true)
+        Ok(self.write.apply(state::upsert_topic_op(cfg), now_ms()).await? == state::Applied::Changed)
     }
 
     pub(crate) async fn status(&self) -> BrokerStatus {
@@ -108,7 +97,7 @@ impl BrokerService {
             read_stats: Some(self.read_hints.stats()),
             ..Default::default()
         };
-        if let Some(group) = &self.replica {
+        if let Some(group) = self.write.group() {
             replica_status(group, &mut s).await;
         }
         s

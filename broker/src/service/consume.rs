@@ -9,10 +9,9 @@ use sluice_proto::{perm, record, ApiError, ErrorCode};
 use super::convert::{now_ms, to_wire};
 use super::read_hint::{Hint, PullFacts};
 use super::BrokerService;
-use crate::offsets::CommittedOffset;
-use crate::replication::meta_ops;
+use crate::state::{self, CommittedOffset};
 use crate::store::{LogPlaced, MessageStore, QueueRead, StoreError};
-use crate::topics::require;
+use crate::state::topics::require;
 
 /// A store read of one queue: topic, queue, offset, max messages, max bytes.
 type QueueReader<R> =
@@ -113,7 +112,7 @@ impl BrokerService {
             // read still wakes us.
             dispatched.borrow_and_update();
             let (got, lacks_offset) = self.read_for_pull(req, max_messages, max_bytes, read)?;
-            let hint = self.replica.as_ref().map(|group| {
+            let hint = self.write.group().map(|group| {
                 self.read_hints.hint(
                     group,
                     &PullFacts {
@@ -167,8 +166,8 @@ impl BrokerService {
             max_bytes,
         );
         let not_master = self
-            .replica
-            .as_ref()
+            .write
+            .group()
             .is_some_and(|g| !g.master_state().is_master);
         match got {
             Ok(r) => Ok((r, false)),
@@ -195,19 +194,11 @@ impl BrokerService {
                 offset: o.offset,
             });
         }
-        if let Some(group) = &self.replica {
-            // Durable once the log entry is (a quorum has it); applied here before the answer.
-            group
-                .propose_meta(&meta_ops::commit_offsets(&req.group, &entries), now_ms())
-                .await?;
-            return Ok(CommitOffsetsResponse {});
-        }
-        self.offsets.commit(&req.group, &entries)?;
-        // The ack promises durability: a committed offset survives kill -9.
-        let offsets = self.offsets.clone();
-        tokio::task::spawn_blocking(move || offsets.flush())
-            .await
-            .map_err(|e| ApiError::internal(format!("offset flush task failed: {e}")))??;
+        // The ack promises durability: a committed offset survives kill -9 (flushed
+        // standalone, in a quorum's log in a group) and is applied here before the answer.
+        self.write
+            .apply(state::commit_offsets_op(&req.group, &entries), now_ms())
+            .await?;
         Ok(CommitOffsetsResponse {})
     }
 
@@ -218,7 +209,7 @@ impl BrokerService {
         validate_group_name(&req.group)?;
         validate_topic_name(&req.topic)?;
         Ok(
-            match self.offsets.get(&req.group, &req.topic, req.queue_id)? {
+            match self.offsets().get(&req.group, &req.topic, req.queue_id)? {
                 Some(offset) => QueryOffsetResponse {
                     found: true,
                     offset,
@@ -312,7 +303,7 @@ impl BrokerService {
         };
         Ok(GetGroupOffsetsResponse {
             offsets: self
-                .offsets
+                .offsets()
                 .list(&req.group, topic)?
                 .into_iter()
                 .map(|o| OffsetEntry {

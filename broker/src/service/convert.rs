@@ -119,6 +119,7 @@ pub fn to_wire(r: StoredRecord) -> StoredMessage {
         prepared_transaction_offset: r.prepared_transaction_offset,
         body_crc: r.body_crc,
         store_size: r.store_size,
+        timer: None,
     }
 }
 

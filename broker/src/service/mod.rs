@@ -16,10 +16,9 @@ use tokio::sync::{watch, Notify};
 use tonic::{Request, Response, Status};
 
 use crate::groups::ConsumerGroups;
-use crate::offsets::OffsetTable;
-use crate::replication::ReplicaGroup;
 use crate::store::MessageStore;
-use crate::topics::TopicTable;
+use crate::state::{OffsetTable, StateMachine, TopicTable};
+use crate::messaging::WritePath;
 use convert::IdGenerator;
 
 /// Who this broker is, as announced to nameservers and clients.
@@ -46,7 +45,9 @@ pub struct ServiceLimits {
 pub struct BrokerService {
     pub(crate) store: MessageStore,
     pub(crate) topics: Arc<TopicTable>,
-    pub(crate) offsets: Arc<OffsetTable>,
+    pub(crate) state: Arc<StateMachine>,
+    /// Where every write of messages and state goes (standalone or through the group's log).
+    pub(crate) write: WritePath,
     pub(crate) groups: Arc<ConsumerGroups>,
     pub(crate) identity: Identity,
     pub(crate) limits: ServiceLimits,
@@ -55,10 +56,6 @@ pub struct BrokerService {
     /// Becomes true when the broker shuts down, ending held pulls.
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ids: IdGenerator,
-    /// The replica group this broker belongs to; `None` for a standalone broker. When set,
-    /// sends, offset commits and topic changes go through the Raft log and only the master
-    /// takes them.
-    pub(crate) replica: Option<Arc<ReplicaGroup>>,
     /// Where consumers should pull next (replica groups), and what this replica served.
     pub(crate) read_hints: read_hint::ReadHints,
     /// Counters of the data port, shown in the status.
@@ -69,6 +66,12 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn reply<T>(r: Result<T, sluice_proto::ApiError>) -> Reply<T> {
     r.map(Response::new).map_err(Status::from)
+}
+
+impl BrokerService {
+    pub(crate) fn offsets(&self) -> &OffsetTable {
+        &self.state.offsets
+    }
 }
 
 #[tonic::async_trait]
@@ -170,5 +173,12 @@ impl Broker for BrokerService {
         req: Request<QueryMessagesRequest>,
     ) -> Reply<QueryMessagesResponse> {
         reply(self.do_query_messages(req.into_inner()))
+    }
+
+    async fn cancel_delayed(
+        &self,
+        req: Request<CancelDelayedRequest>,
+    ) -> Reply<CancelDelayedResponse> {
+        reply(self.do_cancel_delayed(req.into_inner()).await)
     }
 }

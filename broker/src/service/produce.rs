@@ -54,21 +54,7 @@ impl BrokerService {
             queue_id: req.queue_id,
             messages,
         };
-        // The ids are moved out for the answer (not copied); the bodies go with the rest.
-        let take_ids = |b: AppendBatch| -> Vec<String> {
-            b.messages.into_iter().map(|m| m.message_id).collect()
-        };
-        let (ids, entries) = match &self.replica {
-            Some(group) => {
-                let entries = group.propose_send(&batch, now_ms()).await?;
-                (take_ids(batch), entries)
-            }
-            None => {
-                let encoded = self.store.encode(&batch)?;
-                let ids = take_ids(batch);
-                (ids, self.store.append_encoded(encoded).await?.entries)
-            }
-        };
+        let (ids, entries) = self.write.append(batch, now_ms()).await?;
         Ok(SendResponse {
             broker_name: self.identity.broker_name.clone(),
             queue_id: req.queue_id,
@@ -79,6 +65,7 @@ impl BrokerService {
                     message_id,
                     queue_offset: a.queue_offset,
                     commit_log_offset: a.commit_log_offset,
+                    ..Default::default()
                 })
                 .collect(),
         })
@@ -88,10 +75,8 @@ impl BrokerService {
         if let Some(t) = self.topics.get(name) {
             return Ok(t);
         }
-        if let Some(group) = &self.replica {
-            // Only the master creates topics (through the log); a slave sends the producer on.
-            group.require_master()?;
-        }
+        // Only the master creates topics (through the log); a slave sends the producer on.
+        self.write.require_writer()?;
         if !self.limits.auto_create_topics {
             return Err(ApiError::new(
                 ErrorCode::TopicNotFound,
@@ -114,5 +99,14 @@ impl BrokerService {
         }
         // Another send may have created it concurrently with other settings; use what is stored.
         Ok(self.topics.get(name).unwrap_or(cfg))
+    }
+}
+
+impl BrokerService {
+    pub(crate) async fn do_cancel_delayed(
+        &self,
+        _req: sluice_proto::v1::CancelDelayedRequest,
+    ) -> Result<sluice_proto::v1::CancelDelayedResponse, ApiError> {
+        Err(ApiError::internal("not yet"))
     }
 }

@@ -39,6 +39,7 @@ pub mod record;
 mod recovery;
 mod retention;
 mod shared;
+pub mod timer;
 mod writer;
 
 pub use entry::{decode_entry, encode_for_proposal, encode_meta_for_proposal, is_meta_entry};

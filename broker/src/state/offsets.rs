@@ -1,17 +1,21 @@
-//! Committed consumer offsets per (group, topic, queue), in the metadata store.
+//! Committed consumer offsets per (group, topic, queue): a table of the replicated state.
 
 use std::sync::Arc;
 
+use sluice_proto::v1::CommitOffsetsOp;
+
+use super::{table_key, Applied, Staged, TREE};
 use crate::meta::{MetaError, MetaStore};
 
-const TREE: &str = "offsets";
+pub const TABLE: &str = "offsets";
 
+/// Reads of the table (writes are [`super::StateMachine::apply`]'s).
 pub struct OffsetTable {
     meta: Arc<dyn MetaStore>,
 }
 
-/// Key layout: group \0 topic \0 queue-id (big endian), so a prefix scan lists a group or a
-/// group's topic in queue order. Names cannot contain \0 (validated on the way in).
+/// Key layout in the table: group \0 topic \0 queue-id (big endian), so a prefix scan lists a
+/// group or a group's topic in queue order. Names cannot contain \0 (validated on the way in).
 fn key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
     let mut k = prefix(group, Some(topic));
     k.extend_from_slice(&queue_id.to_be_bytes());
@@ -19,8 +23,8 @@ fn key(group: &str, topic: &str, queue_id: u32) -> Vec<u8> {
 }
 
 fn prefix(group: &str, topic: Option<&str>) -> Vec<u8> {
-    let mut k = Vec::with_capacity(group.len() + 40);
-    k.extend_from_slice(group.as_bytes());
+    let mut k = Vec::with_capacity(TABLE.len() + group.len() + 40);
+    k.extend_from_slice(&table_key(TABLE, group.as_bytes()));
     k.push(0);
     if let Some(t) = topic {
         k.extend_from_slice(t.as_bytes());
@@ -36,8 +40,18 @@ pub struct CommittedOffset {
     pub offset: u64,
 }
 
+pub(super) fn apply_commit(staged: &mut Staged, c: &CommitOffsetsOp) -> Applied {
+    for o in &c.offsets {
+        staged.put(
+            key(&c.group, &o.topic, o.queue_id),
+            o.offset.to_be_bytes().to_vec(),
+        );
+    }
+    Applied::Changed
+}
+
 impl OffsetTable {
-    pub fn new(meta: Arc<dyn MetaStore>) -> Self {
+    pub(crate) fn new(meta: Arc<dyn MetaStore>) -> Self {
         OffsetTable { meta }
     }
 
@@ -48,22 +62,6 @@ impl OffsetTable {
         }
     }
 
-    /// Records offsets; durable once `flush` returns.
-    pub fn commit(&self, group: &str, entries: &[CommittedOffset]) -> Result<(), MetaError> {
-        for e in entries {
-            self.meta.put(
-                TREE,
-                &key(group, &e.topic, e.queue_id),
-                &e.offset.to_be_bytes(),
-            )?;
-        }
-        Ok(())
-    }
-
-    pub fn flush(&self) -> Result<(), MetaError> {
-        self.meta.flush()
-    }
-
     /// Every committed offset of a group, optionally of one topic.
     pub fn list(
         &self,
@@ -71,12 +69,13 @@ impl OffsetTable {
         topic: Option<&str>,
     ) -> Result<Vec<CommittedOffset>, MetaError> {
         let mut out = Vec::new();
+        let group_prefix = prefix(group, None);
         for (k, v) in self.meta.scan_prefix(TREE, &prefix(group, topic))? {
-            let rest = &k[group.len() + 1..];
             let corrupt = || MetaError::Corrupt {
                 tree: TREE.into(),
                 reason: format!("bad offset key {:?}", String::from_utf8_lossy(&k)),
             };
+            let rest = k.get(group_prefix.len()..).ok_or_else(corrupt)?;
             let sep = rest.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
             let topic = String::from_utf8(rest[..sep].to_vec()).map_err(|_| corrupt())?;
             let qid: [u8; 4] = rest[sep + 1..].try_into().map_err(|_| corrupt())?;
@@ -96,30 +95,4 @@ fn decode_u64(v: &[u8]) -> Result<u64, MetaError> {
         reason: format!("offset value of {} bytes", v.len()),
     })?;
     Ok(u64::from_be_bytes(b))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::meta::MemMeta;
-
-    #[test]
-    fn commit_get_list() {
-        let t = OffsetTable::new(Arc::new(MemMeta::default()));
-        let e = |topic: &str, q, o| CommittedOffset {
-            topic: topic.into(),
-            queue_id: q,
-            offset: o,
-        };
-        t.commit("g", &[e("a", 1, 10), e("a", 0, 5), e("ab", 0, 7)])
-            .unwrap();
-        t.commit("g2", &[e("a", 0, 99)]).unwrap();
-        assert_eq!(t.get("g", "a", 1).unwrap(), Some(10));
-        assert_eq!(t.get("g", "a", 2).unwrap(), None);
-        assert_eq!(
-            t.list("g", Some("a")).unwrap(),
-            vec![e("a", 0, 5), e("a", 1, 10)]
-        );
-        assert_eq!(t.list("g", None).unwrap().len(), 3);
-    }
 }

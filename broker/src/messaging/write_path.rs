@@ -1,0 +1,88 @@
+//! The one write path of messages and state: a standalone broker's store writer confirms a
+//! write; a replica group's Raft log commits it (and only the master takes writes). Handlers
+//! call this instead of branching on the broker's mode.
+
+use std::sync::Arc;
+
+use sluice_proto::ApiError;
+
+use crate::replication::ReplicaGroup;
+use crate::state::{Applied, StateMachine, StateOp};
+use crate::store::{AppendBatch, Appended, MessageStore};
+
+#[derive(Clone)]
+pub enum WritePath {
+    Standalone {
+        store: MessageStore,
+        state: Arc<StateMachine>,
+    },
+    Replicated {
+        group: Arc<ReplicaGroup>,
+        state: Arc<StateMachine>,
+    },
+}
+
+impl WritePath {
+    pub fn state(&self) -> &Arc<StateMachine> {
+        match self {
+            WritePath::Standalone { state, .. } | WritePath::Replicated { state, .. } => state,
+        }
+    }
+
+    pub fn group(&self) -> Option<&Arc<ReplicaGroup>> {
+        match self {
+            WritePath::Standalone { .. } => None,
+            WritePath::Replicated { group, .. } => Some(group),
+        }
+    }
+
+    /// NOT_MASTER (with the master's address when known) unless this broker takes writes.
+    pub fn require_writer(&self) -> Result<(), ApiError> {
+        match self {
+            WritePath::Standalone { .. } => Ok(()),
+            WritePath::Replicated { group, .. } => group.require_master(),
+        }
+    }
+
+    /// Appends one queue's batch atomically; returns the message ids (moved out of the batch,
+    /// not copied) and each message's position, once acknowledged.
+    pub async fn append(
+        &self,
+        batch: AppendBatch,
+        now_ms: i64,
+    ) -> Result<(Vec<String>, Vec<Appended>), ApiError> {
+        let take_ids = |b: AppendBatch| -> Vec<String> {
+            b.messages.into_iter().map(|m| m.message_id).collect()
+        };
+        match self {
+            WritePath::Standalone { store, .. } => {
+                let encoded = store.encode(&batch)?;
+                let ids = take_ids(batch);
+                Ok((ids, store.append_encoded(encoded).await?.entries))
+            }
+            WritePath::Replicated { group, .. } => {
+                let entries = group.propose_send(&batch, now_ms).await?;
+                Ok((take_ids(batch), entries))
+            }
+        }
+    }
+
+    /// Applies a state operation; durable (in the metadata store, or in a quorum's log) and
+    /// applied on this broker when it returns. A replica group cannot tell whether the op
+    /// changed anything (it was decided on apply): callers check before they propose.
+    pub async fn apply(&self, op: StateOp, now_ms: i64) -> Result<Applied, ApiError> {
+        match self {
+            WritePath::Standalone { state, .. } => {
+                let state = state.clone();
+                let r = tokio::task::spawn_blocking(move || state.apply(None, &[op], true))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("state apply task failed: {e}")))??;
+                Ok(r.first().copied().unwrap_or(Applied::Unchanged))
+            }
+            WritePath::Replicated { group, .. } => {
+                group.propose_meta(&op, now_ms).await?;
+                Ok(Applied::Changed)
+            }
+        }
+    }
+}

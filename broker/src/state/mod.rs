@@ -1,0 +1,377 @@
+//! The broker's replicated state machine: one registry of tables (topic configs, committed
+//! offsets, ...) in one tree of the metadata store, each table under a key prefix of its own.
+//!
+//! Rules (see ARCHITECTURE.md, "Replicated state"):
+//! - every change is a [`StateOp`] applied here, deterministically: the result depends only on
+//!   the op and the state before it (no clock, no randomness);
+//! - the ops of one apply call and the applied index are written in one atomic batch, so a
+//!   crash never leaves ops applied without the index that says so (or the reverse);
+//! - a dump carries every table whole with the index it is at; restoring clears each table
+//!   first, so a key deleted on the leader does not come back on a replica that installs it.
+//!
+//! A replica group applies ops from the Raft log (`replication/applier.rs`); a standalone
+//! broker applies them directly (`messaging::WritePath`). Both go through [`StateMachine::apply`].
+
+pub mod offsets;
+pub mod topics;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prost::Message as _;
+use sluice_proto::v1::meta_op::Op;
+use sluice_proto::v1::{MetaKeyValue, StateDump, StateTable, TopicConfig};
+use tokio::sync::Notify;
+
+use crate::meta::{MetaError, MetaStore, WriteOp};
+pub use offsets::{CommittedOffset, OffsetTable};
+pub use sluice_proto::v1::MetaOp as StateOp;
+pub use topics::TopicTable;
+
+/// The metadata-store tree every table lives in (one tree: sled batches are atomic per tree).
+pub const TREE: &str = "state";
+
+/// Every table of the registry, by key prefix. A dump carries each; a restore clears each.
+pub const TABLES: &[&str] = &[topics::TABLE, offsets::TABLE];
+
+/// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).
+const APPLIED_KEY: &[u8] = b"sys/applied_index";
+
+/// Trees of earlier builds, moved into [`TREE`] at open.
+const OLD_TOPICS_TREE: &str = "topics";
+const OLD_OFFSETS_TREE: &str = "offsets";
+const OLD_REPLICATION_TREE: &str = "replication";
+
+/// Full key of `key` in `table`.
+pub fn table_key(table: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(table.len() + 1 + key.len());
+    k.extend_from_slice(table.as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(key);
+    k
+}
+
+/// The op that commits `offsets` for `group`.
+pub fn commit_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
+    StateOp {
+        op: Some(Op::CommitOffsets(sluice_proto::v1::CommitOffsetsOp {
+            group: group.to_string(),
+            offsets: offsets
+                .iter()
+                .map(|o| sluice_proto::v1::OffsetEntry {
+                    topic: o.topic.clone(),
+                    queue_id: o.queue_id,
+                    offset: o.offset,
+                })
+                .collect(),
+        })),
+    }
+}
+
+pub fn upsert_topic_op(cfg: TopicConfig) -> StateOp {
+    StateOp {
+        op: Some(Op::UpsertTopic(cfg)),
+    }
+}
+
+pub fn delete_topic_op(name: &str) -> StateOp {
+    StateOp {
+        op: Some(Op::DeleteTopic(name.to_string())),
+    }
+}
+
+/// What applying one op changed, for the caller's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+}
+
+/// Writes of one apply call, readable before they are committed (a later op of the same call
+/// sees what an earlier one did).
+#[derive(Default)]
+pub(crate) struct Staged {
+    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Staged {
+    pub(crate) fn get(
+        &self,
+        meta: &dyn MetaStore,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, MetaError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => meta.get(TREE, key),
+        }
+    }
+
+    pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.writes.insert(key, Some(value));
+    }
+
+    pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        self.writes.insert(key, None);
+    }
+
+    fn into_ops(self) -> Vec<WriteOp> {
+        self.writes
+            .into_iter()
+            .map(|(k, v)| match v {
+                Some(v) => WriteOp::Put(k, v),
+                None => WriteOp::Delete(k),
+            })
+            .collect()
+    }
+}
+
+/// The registry. Cheap to share (`Arc`); applies are serialized inside.
+pub struct StateMachine {
+    meta: Arc<dyn MetaStore>,
+    pub topics: Arc<TopicTable>,
+    pub offsets: OffsetTable,
+    /// Wakes nameserver registration after a topic change.
+    reregister: Arc<Notify>,
+    /// One apply at a time (the replica thread, or a standalone broker's handlers).
+    apply_lock: Mutex<()>,
+}
+
+impl StateMachine {
+    /// Opens the state in `meta`, moving an earlier build's trees into the state tree first.
+    pub fn open(meta: Arc<dyn MetaStore>, reregister: Arc<Notify>) -> Result<Self, MetaError> {
+        migrate(meta.as_ref())?;
+        let topics = Arc::new(TopicTable::load(meta.as_ref())?);
+        Ok(StateMachine {
+            offsets: OffsetTable::new(meta.clone()),
+            meta,
+            topics,
+            reregister,
+            apply_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    /// The index of the last log entry whose ops are applied (0: none, or standalone).
+    pub fn applied_index(&self) -> Result<u64, MetaError> {
+        match self.meta.get(TREE, APPLIED_KEY)? {
+            None => Ok(0),
+            Some(v) => <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| MetaError::Corrupt {
+                    tree: TREE.into(),
+                    reason: format!("applied index of {} bytes", v.len()),
+                }),
+        }
+    }
+
+    /// Applies `ops` in order, and records `index` as applied in the same atomic batch (`None`:
+    /// a standalone broker, no index). An op that is invalid here (only a bug or a version
+    /// mismatch gets one past the proposer's checks) is skipped with an error log, alike on
+    /// every replica. `durable` flushes before returning (standalone: the answer promises it;
+    /// a replica group has the op in its log).
+    pub fn apply(
+        &self,
+        index: Option<u64>,
+        ops: &[StateOp],
+        durable: bool,
+    ) -> Result<Vec<Applied>, MetaError> {
+        let _one = self.apply_lock.lock();
+        let mut staged = Staged::default();
+        let mut results = Vec::with_capacity(ops.len());
+        let mut topics_changed = false;
+        for op in ops {
+            let r = match &op.op {
+                None => {
+                    tracing::error!("skipping an empty state operation");
+                    Applied::Unchanged
+                }
+                Some(Op::CommitOffsets(c)) => offsets::apply_commit(&mut staged, c),
+                Some(Op::UpsertTopic(cfg)) => {
+                    topics::apply_upsert(self.meta.as_ref(), &mut staged, cfg)?
+                }
+                Some(Op::DeleteTopic(name)) => {
+                    topics::apply_delete(self.meta.as_ref(), &mut staged, name)?
+                }
+            };
+            topics_changed |= r == Applied::Changed
+                && matches!(op.op, Some(Op::UpsertTopic(_) | Op::DeleteTopic(_)));
+            results.push(r);
+        }
+        let mut writes = staged.into_ops();
+        if let Some(index) = index {
+            writes.push(WriteOp::Put(
+                APPLIED_KEY.to_vec(),
+                index.to_be_bytes().to_vec(),
+            ));
+        }
+        if !writes.is_empty() {
+            self.meta.write_batch(TREE, &writes)?;
+        }
+        if durable {
+            self.meta.flush()?;
+        }
+        if topics_changed {
+            self.topics.reload(self.meta.as_ref())?;
+            self.reregister.notify_one();
+        }
+        Ok(results)
+    }
+
+    /// Decodes META record bodies and applies them (see [`Self::apply`]); an undecodable body
+    /// is skipped with an error log, alike on every replica.
+    pub fn apply_encoded(
+        &self,
+        index: Option<u64>,
+        bodies: &[bytes::Bytes],
+        durable: bool,
+    ) -> Result<(), MetaError> {
+        let mut ops = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            match StateOp::decode(body.as_ref()) {
+                Ok(op) => ops.push(op),
+                Err(e) => {
+                    tracing::error!(len = body.len(), error = %e, "skipping an undecodable state operation")
+                }
+            }
+        }
+        self.apply(index, &ops, durable).map(|_| ())
+    }
+
+    /// Every table whole, with the index it is at.
+    pub fn dump(&self) -> Result<StateDump, MetaError> {
+        let _one = self.apply_lock.lock();
+        let mut tables = Vec::with_capacity(TABLES.len());
+        for name in TABLES {
+            let prefix = table_key(name, b"");
+            let entries = self
+                .meta
+                .scan_prefix(TREE, &prefix)?
+                .into_iter()
+                .map(|(k, v)| MetaKeyValue {
+                    key: k.get(prefix.len()..).unwrap_or_default().to_vec().into(),
+                    value: v.into(),
+                })
+                .collect();
+            tables.push(StateTable {
+                name: (*name).to_string(),
+                entries,
+            });
+        }
+        Ok(StateDump {
+            applied_index: self.applied_index()?,
+            tables,
+        })
+    }
+
+    /// Replaces every table with the dump's (tables it does not name end up empty) and the
+    /// applied index with its index, in one atomic batch.
+    pub fn restore(&self, dump: &StateDump) -> Result<(), MetaError> {
+        let _one = self.apply_lock.lock();
+        let mut writes = Vec::new();
+        for name in TABLES {
+            for (k, _) in self.meta.scan_prefix(TREE, &table_key(name, b""))? {
+                writes.push(WriteOp::Delete(k));
+            }
+        }
+        for t in &dump.tables {
+            if !TABLES.contains(&t.name.as_str()) {
+                // A newer build's table: this build has no use for it.
+                tracing::warn!(table = %t.name, "snapshot table unknown to this build; skipped");
+                continue;
+            }
+            for kv in &t.entries {
+                writes.push(WriteOp::Put(
+                    table_key(&t.name, &kv.key),
+                    kv.value.to_vec(),
+                ));
+            }
+        }
+        writes.push(WriteOp::Put(
+            APPLIED_KEY.to_vec(),
+            dump.applied_index.to_be_bytes().to_vec(),
+        ));
+        self.meta.write_batch(TREE, &writes)?;
+        self.meta.flush()?;
+        self.topics.reload(self.meta.as_ref())?;
+        self.reregister.notify_one();
+        Ok(())
+    }
+
+    /// An earlier build's snapshot (topics and offsets, no index): as a dump at `index`.
+    pub fn legacy_dump(
+        index: u64,
+        topics: &[TopicConfig],
+        offsets: &[MetaKeyValue],
+    ) -> StateDump {
+        StateDump {
+            applied_index: index,
+            tables: vec![
+                StateTable {
+                    name: topics::TABLE.into(),
+                    entries: topics
+                        .iter()
+                        .map(|t| MetaKeyValue {
+                            key: t.name.clone().into_bytes().into(),
+                            value: t.encode_to_vec().into(),
+                        })
+                        .collect(),
+                },
+                StateTable {
+                    name: offsets::TABLE.into(),
+                    entries: offsets.to_vec(),
+                },
+            ],
+        }
+    }
+
+    /// Blocks until every applied op is on disk.
+    pub fn flush(&self) -> Result<(), MetaError> {
+        self.meta.flush()
+    }
+}
+
+/// Moves the per-table trees of earlier builds into the state tree (one batch), then empties
+/// them. A no-op once done.
+fn migrate(meta: &dyn MetaStore) -> Result<(), MetaError> {
+    let old_topics = meta.scan_prefix(OLD_TOPICS_TREE, b"")?;
+    let old_offsets = meta.scan_prefix(OLD_OFFSETS_TREE, b"")?;
+    let old_applied = meta.get(OLD_REPLICATION_TREE, b"applied_index")?;
+    if old_topics.is_empty() && old_offsets.is_empty() && old_applied.is_none() {
+        return Ok(());
+    }
+    let mut writes = Vec::new();
+    for (k, v) in &old_topics {
+        writes.push(WriteOp::Put(table_key(topics::TABLE, k), v.clone()));
+    }
+    for (k, v) in &old_offsets {
+        writes.push(WriteOp::Put(table_key(offsets::TABLE, k), v.clone()));
+    }
+    if let Some(v) = old_applied {
+        writes.push(WriteOp::Put(APPLIED_KEY.to_vec(), v));
+    }
+    meta.write_batch(TREE, &writes)?;
+    meta.flush()?;
+    let clear = |entries: &[(Vec<u8>, Vec<u8>)]| -> Vec<WriteOp> {
+        entries
+            .iter()
+            .map(|(k, _)| WriteOp::Delete(k.clone()))
+            .collect()
+    };
+    meta.write_batch(OLD_TOPICS_TREE, &clear(&old_topics))?;
+    meta.write_batch(OLD_OFFSETS_TREE, &clear(&old_offsets))?;
+    meta.delete(OLD_REPLICATION_TREE, b"applied_index")?;
+    meta.flush()?;
+    tracing::info!(
+        topics = old_topics.len(),
+        offsets = old_offsets.len(),
+        "moved metadata of an earlier build into the state tree"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
