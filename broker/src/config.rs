@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::messaging::timer::{parse_duration, parse_levels, TimerSettings};
 use crate::replication::{AckPolicy, ReplicaConfig};
 use crate::store::{ConfirmMode, FlushMode, StoreConfig};
 
@@ -81,6 +82,12 @@ pub struct BrokerConfig {
     /// at a time reads its socket without sleeping for this long, in microseconds, before it
     /// waits (docs/protocol.md, "Where connections run"). 0 turns it off.
     pub data_port_busy_poll_us: u64,
+    /// Delay levels for `delay_level` 1..=n (RocketMQ's 18 by default), units ms s m h d.
+    pub delay_levels: String,
+    /// Latest due time a delayed message may ask for, from now (30 days by default).
+    pub max_delay: String,
+    /// Most delayed messages waiting at once; sends past it fail with LIMIT_EXCEEDED.
+    pub max_pending_timers: u64,
 }
 
 impl Default for BrokerConfig {
@@ -125,6 +132,9 @@ impl Default for BrokerConfig {
             data_port_enable: true,
             data_port: 0,
             data_port_busy_poll_us: 100,
+            delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),
+            max_delay: "30d".into(),
+            max_pending_timers: 100_000_000,
         }
     }
 }
@@ -213,11 +223,33 @@ impl BrokerConfig {
         if self.heartbeat_interval_ms == 0 || self.consumer_expiry_ms == 0 {
             return bad("heartbeat_interval_ms and consumer_expiry_ms must be > 0");
         }
+        self.timer_settings()?;
         if let Some(r) = self.replica_config()? {
             r.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Delayed-message settings, checked.
+    pub fn timer_settings(&self) -> Result<TimerSettings, ConfigError> {
+        let invalid = |what: &str, e: String| ConfigError::Invalid(format!("{what}: {e}"));
+        let levels = parse_levels(&self.delay_levels).map_err(|e| invalid("delay_levels", e))?;
+        if levels.is_empty() {
+            return Err(invalid("delay_levels", "needs at least one level".into()));
+        }
+        let max_delay = parse_duration(&self.max_delay).map_err(|e| invalid("max_delay", e))?;
+        if let Some(l) = levels.iter().find(|l| **l > max_delay) {
+            return Err(invalid(
+                "delay_levels",
+                format!("level {l:?} is longer than max_delay {}", self.max_delay),
+            ));
+        }
+        Ok(TimerSettings {
+            levels,
+            max_delay,
+            max_pending: self.max_pending_timers,
+        })
     }
 
     /// True when this broker is a member of a replica group.

@@ -11,8 +11,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::replication::MasterState;
 use crate::service::Identity;
-use crate::store::MessageStore;
 use crate::state::TopicTable;
+use crate::store::MessageStore;
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_RETRY: Duration = Duration::from_millis(500);

@@ -12,14 +12,15 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::BrokerConfig;
 use crate::groups::ConsumerGroups;
+use crate::messaging::timer::Timers;
+use crate::messaging::WritePath;
 use crate::meta::{MetaStore, SledMeta};
 use crate::registration::Registrar;
-use crate::messaging::WritePath;
 use crate::replication::{GroupSettings, ReplicaGroup, StoreBackend};
-use crate::state::StateMachine;
 use crate::service::convert::IdGenerator;
 use crate::service::read_hint::{ReadHintSettings, ReadHints};
 use crate::service::{BrokerService, Identity, ServiceLimits};
+use crate::state::StateMachine;
 use crate::store::MessageStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -141,22 +142,39 @@ pub async fn run(
         stop_rx.clone(),
     );
     let data_port_stats = Arc::new(crate::data_port::DataPortStats::default());
+    let write = match &replica {
+        Some(group) => WritePath::Replicated {
+            group: group.clone(),
+            state: state.clone(),
+        },
+        None => WritePath::Standalone {
+            store: store.clone(),
+            state: state.clone(),
+        },
+    };
+    let timers = Timers::new(config.timer_settings()?, store.clone(), write.clone());
+    // Standalone, this broker is always its own master; the sender lives as long as the task.
+    let standalone_master = crate::messaging::leader::always_master();
+    let timer_task = crate::messaging::leader::spawn(
+        "timers",
+        match &replica {
+            Some(group) => group.subscribe_master(),
+            None => standalone_master.subscribe(),
+        },
+        stop_rx.clone(),
+        {
+            let timers = timers.clone();
+            move |stop| timers.clone().run(stop)
+        },
+    );
     let service = Arc::new(BrokerService {
+        timers,
         read_hints,
         data_port: data_port_stats.clone(),
         store: store.clone(),
         topics: topics.clone(),
         state: state.clone(),
-        write: match &replica {
-            Some(group) => WritePath::Replicated {
-                group: group.clone(),
-                state: state.clone(),
-            },
-            None => WritePath::Standalone {
-                store: store.clone(),
-                state: state.clone(),
-            },
-        },
+        write,
         groups: Arc::new(ConsumerGroups::new(Duration::from_millis(
             config.consumer_expiry_ms,
         ))),
@@ -271,6 +289,14 @@ pub async fn run(
     {
         tracing::warn!("nameserver unregistration timed out");
     }
+    // The timer task stops with the stop signal (after its write in flight, if any).
+    if tokio::time::timeout(Duration::from_secs(5), timer_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the timer task did not stop in time");
+    }
+    drop(standalone_master);
     if let Some(group) = &replica {
         group.shutdown().await;
     }

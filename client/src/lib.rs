@@ -63,7 +63,7 @@ pub use consumer::{
     StartPosition,
 };
 pub use error::{Error, Result};
-pub use message::{Message, ReceivedMessage, SendReceipt};
-pub use producer::{Producer, ProducerBuilder, QueueSelector, SendHandle};
+pub use message::{Delay, Message, ReceivedMessage, SendReceipt};
+pub use producer::{CancelOutcome, Producer, ProducerBuilder, QueueSelector, SendHandle};
 pub use route::{BrokerRouteInfo, MessageQueue, ReplicaInfo, TopicRouteInfo};
 pub use sluice_proto::{ApiError, ErrorCode};

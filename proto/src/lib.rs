@@ -11,6 +11,7 @@ pub mod v1 {
 mod error;
 pub mod frame;
 pub mod names;
+pub mod props;
 pub mod record;
 
 pub use error::ApiError;

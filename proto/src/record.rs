@@ -69,7 +69,18 @@ pub const SYS_FLAG_RAW: u32 = 1 << 28;
 pub const SYS_FLAG_ENTRY_END: u32 = 1 << 27;
 /// Records with one of these bits are not messages: the dispatcher skips them.
 pub const SYS_FLAGS_SYSTEM: u32 = SYS_FLAG_META | SYS_FLAG_NOOP | SYS_FLAG_RAW;
-/// Every reserved bit.
+/// A delayed message as scheduled: topic `%TIMER%` queue 0, due time and real topic and
+/// queue in properties (`crate::props`). Indexed by the timer index, not delivered.
+pub const SYS_FLAG_SCHEDULED: u32 = 1 << 26;
+/// A delayed message delivered to its real queue; property `__TIMER_OF` names the scheduled
+/// record's offset. The record itself marks the timer fired (one record decides).
+pub const SYS_FLAG_TIMER_FIRED: u32 = 1 << 25;
+/// A delayed message cancelled before it was due (topic `%TIMER%` queue 1, `__TIMER_OF`).
+pub const SYS_FLAG_TIMER_CANCEL: u32 = 1 << 24;
+/// Bits the timer index reads.
+pub const SYS_FLAGS_TIMER: u32 = SYS_FLAG_SCHEDULED | SYS_FLAG_TIMER_FIRED | SYS_FLAG_TIMER_CANCEL;
+/// Bits the store alone sets (the timer bits are the broker's: its messaging layer writes
+/// them; producers cannot, their sys flag is always 0).
 pub const SYS_FLAGS_RESERVED: u32 = SYS_FLAGS_SYSTEM | SYS_FLAG_ENTRY_END;
 
 /// True for the magic of a record format this build reads.

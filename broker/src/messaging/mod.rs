@@ -2,6 +2,8 @@
 //! and the store: operations take and return domain types and `ApiError`, and every write of
 //! messages or state goes through one [`WritePath`].
 
+pub mod leader;
+pub mod timer;
 mod write_path;
 
 pub use write_path::WritePath;

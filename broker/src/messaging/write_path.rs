@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use sluice_proto::ApiError;
+use sluice_proto::{ApiError, ErrorCode};
 
 use crate::replication::ReplicaGroup;
 use crate::state::{Applied, StateMachine, StateOp};
@@ -65,6 +65,30 @@ impl WritePath {
                 Ok((take_ids(batch), entries))
             }
         }
+    }
+
+    /// Waits until everything this broker has written or proposed so far is applied and
+    /// dispatched (or known never to be): what a leader-only task does after a failed write
+    /// whose outcome it cannot know, before it reads the state again.
+    pub async fn settle(&self, store: &MessageStore) -> Result<(), ApiError> {
+        let target = match self {
+            WritePath::Standalone { .. } => store.write_position(),
+            WritePath::Replicated { group, .. } => {
+                let last = group.status().await?.last_index;
+                let mut applied = group.subscribe_applied();
+                applied
+                    .wait_for(|&a| a >= last)
+                    .await
+                    .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the replica stopped"))?;
+                store.confirmed_offset()
+            }
+        };
+        let mut dispatched = store.subscribe_dispatched();
+        dispatched
+            .wait_for(|&d| d >= target)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the store stopped"))?;
+        Ok(())
     }
 
     /// Applies a state operation; durable (in the metadata store, or in a quorum's log) and

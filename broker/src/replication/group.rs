@@ -150,6 +150,11 @@ impl ReplicaGroup {
         self.peers.get(&id).map(String::as_str)
     }
 
+    /// The applied index (entries up to it are applied on this replica).
+    pub fn subscribe_applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
     /// MASTER/SLAVE changes, for nameserver registration.
     pub fn subscribe_master(&self) -> watch::Receiver<MasterState> {
         self.master.clone()

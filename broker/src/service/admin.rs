@@ -3,14 +3,18 @@
 use std::sync::atomic::Ordering;
 
 use sluice_proto::names::validate_topic_name;
+use sluice_proto::record::SYS_FLAGS_TIMER;
+use sluice_proto::v1 as proto;
 use sluice_proto::v1::*;
-use sluice_proto::{perm, ApiError, ErrorCode};
+use sluice_proto::{perm, props, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
 use crate::replication::{PeerState, ReplicaGroup, Role as RaftRole};
 use crate::state;
 use crate::state::topics::{self, require};
+use crate::store::timer::TimerState;
+use crate::store::StoredRecord;
 
 const DEFAULT_QUERY_MAX: usize = 64;
 const QUERY_MAX: usize = 1000;
@@ -32,6 +36,12 @@ impl BrokerService {
         }
         if cfg.write_queues == 0 {
             cfg.write_queues = cfg.read_queues;
+        }
+        if props::is_internal_topic(&cfg.name) {
+            return Err(ApiError::new(
+                ErrorCode::NoPermission,
+                format!("topic {} is the broker's own", cfg.name),
+            ));
         }
         let created = self.upsert_topic(cfg.clone()).await?;
         if created {
@@ -71,7 +81,11 @@ impl BrokerService {
         if self.topics.get(&cfg.name).as_ref() == Some(&cfg) {
             return Ok(false);
         }
-        Ok(self.write.apply(state::upsert_topic_op(cfg), now_ms()).await? == state::Applied::Changed)
+        Ok(self
+            .write
+            .apply(state::upsert_topic_op(cfg), now_ms())
+            .await?
+            == state::Applied::Changed)
     }
 
     pub(crate) async fn status(&self) -> BrokerStatus {
@@ -112,7 +126,7 @@ impl BrokerService {
         }
         match self.store.get_by_id(&req.message_id)? {
             Some(r) => Ok(GetMessageResponse {
-                message: Some(to_wire(r)),
+                message: Some(self.with_timer(r)),
             }),
             None => Err(ApiError::new(
                 ErrorCode::MessageNotFound,
@@ -159,7 +173,67 @@ impl BrokerService {
             return Err(ApiError::invalid("give a key, a time range, or both"));
         };
         Ok(QueryMessagesResponse {
-            messages: records.into_iter().map(to_wire).collect(),
+            messages: records.into_iter().map(|r| self.with_timer(r)).collect(),
+        })
+    }
+}
+
+impl BrokerService {
+    /// The wire form of a record, with where it stands as a delayed message if it is one.
+    fn with_timer(&self, r: StoredRecord) -> StoredMessage {
+        let info = self.timer_info(&r);
+        let mut m = to_wire(r);
+        m.timer = info;
+        m
+    }
+
+    fn timer_info(&self, r: &StoredRecord) -> Option<TimerInfo> {
+        use sluice_proto::record::{SYS_FLAG_SCHEDULED, SYS_FLAG_TIMER_FIRED};
+        if r.sys_flag & SYS_FLAGS_TIMER == 0 {
+            return None;
+        }
+        let num = |name: &str| props::get(&r.properties, name).and_then(|v| v.parse::<i64>().ok());
+        let broker = &self.identity.broker_name;
+        let real_topic = props::get(&r.properties, props::REAL_TOPIC).unwrap_or_default();
+        let real_queue = num(props::REAL_QUEUE).unwrap_or_default() as u32;
+        let timer_of = num(props::TIMER_OF).unwrap_or_default() as u64;
+        let (state, handle, topic, queue_id) = if r.sys_flag & SYS_FLAG_SCHEDULED != 0 {
+            let state = match self.store.timer_entry(r.commit_log_offset) {
+                Ok(Some(e)) => match e.state {
+                    TimerState::Pending => proto::TimerState::Scheduled,
+                    TimerState::Fired => proto::TimerState::Delivered,
+                    TimerState::Cancelled => proto::TimerState::Cancelled,
+                },
+                // Resolved long ago (the index let go of it), or unreadable.
+                _ => proto::TimerState::Unspecified,
+            };
+            (
+                state,
+                r.commit_log_offset,
+                real_topic.to_string(),
+                real_queue,
+            )
+        } else if r.sys_flag & SYS_FLAG_TIMER_FIRED != 0 {
+            (
+                proto::TimerState::Delivered,
+                timer_of,
+                r.topic.clone(),
+                r.queue_id,
+            )
+        } else {
+            (
+                proto::TimerState::Cancelled,
+                timer_of,
+                real_topic.to_string(),
+                real_queue,
+            )
+        };
+        Some(TimerInfo {
+            state: state as i32,
+            deliver_at_ms: num(props::DELIVER_AT).unwrap_or_default(),
+            handle: crate::messaging::timer::handle(broker, handle),
+            topic,
+            queue_id,
         })
     }
 }

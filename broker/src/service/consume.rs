@@ -9,9 +9,9 @@ use sluice_proto::{perm, record, ApiError, ErrorCode};
 use super::convert::{now_ms, to_wire};
 use super::read_hint::{Hint, PullFacts};
 use super::BrokerService;
+use crate::state::topics::require;
 use crate::state::{self, CommittedOffset};
 use crate::store::{LogPlaced, MessageStore, QueueRead, StoreError};
-use crate::state::topics::require;
 
 /// A store read of one queue: topic, queue, offset, max messages, max bytes.
 type QueueReader<R> =

@@ -72,6 +72,16 @@ pub fn to_append(
     if m.message_id.len() > 128 {
         return Err(ApiError::invalid("message_id longer than 128 bytes"));
     }
+    if let Some(k) = m
+        .properties
+        .keys()
+        .find(|k| k.starts_with(sluice_proto::props::RESERVED_PREFIX))
+    {
+        return Err(ApiError::invalid(format!(
+            "property {k:?}: names starting with {:?} are reserved for the broker",
+            sluice_proto::props::RESERVED_PREFIX
+        )));
+    }
     let mut properties: Vec<(String, String)> = m.properties.into_iter().collect();
     // A map has no order on the wire; sort so the stored record is deterministic.
     properties.sort();

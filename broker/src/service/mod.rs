@@ -16,9 +16,9 @@ use tokio::sync::{watch, Notify};
 use tonic::{Request, Response, Status};
 
 use crate::groups::ConsumerGroups;
-use crate::store::MessageStore;
-use crate::state::{OffsetTable, StateMachine, TopicTable};
 use crate::messaging::WritePath;
+use crate::state::{OffsetTable, StateMachine, TopicTable};
+use crate::store::MessageStore;
 use convert::IdGenerator;
 
 /// Who this broker is, as announced to nameservers and clients.
@@ -48,6 +48,8 @@ pub struct BrokerService {
     pub(crate) state: Arc<StateMachine>,
     /// Where every write of messages and state goes (standalone or through the group's log).
     pub(crate) write: WritePath,
+    /// Delayed messages: settings and the way to the master's timer task.
+    pub(crate) timers: Arc<crate::messaging::timer::Timers>,
     pub(crate) groups: Arc<ConsumerGroups>,
     pub(crate) identity: Identity,
     pub(crate) limits: ServiceLimits,

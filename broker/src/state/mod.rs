@@ -284,10 +284,7 @@ impl StateMachine {
                 continue;
             }
             for kv in &t.entries {
-                writes.push(WriteOp::Put(
-                    table_key(&t.name, &kv.key),
-                    kv.value.to_vec(),
-                ));
+                writes.push(WriteOp::Put(table_key(&t.name, &kv.key), kv.value.to_vec()));
             }
         }
         writes.push(WriteOp::Put(
@@ -302,11 +299,7 @@ impl StateMachine {
     }
 
     /// An earlier build's snapshot (topics and offsets, no index): as a dump at `index`.
-    pub fn legacy_dump(
-        index: u64,
-        topics: &[TopicConfig],
-        offsets: &[MetaKeyValue],
-    ) -> StateDump {
+    pub fn legacy_dump(index: u64, topics: &[TopicConfig], offsets: &[MetaKeyValue]) -> StateDump {
         StateDump {
             applied_index: index,
             tables: vec![

@@ -75,7 +75,11 @@ fn ops_apply_in_order_within_one_batch() {
     assert_eq!(m.applied_index().unwrap(), 3);
     // Invalid ops are skipped, not fatal; the index still moves.
     let r = m
-        .apply(Some(4), &[upsert("bad name!", 1), StateOp { op: None }], true)
+        .apply(
+            Some(4),
+            &[upsert("bad name!", 1), StateOp { op: None }],
+            true,
+        )
         .unwrap();
     assert_eq!(r, vec![Unchanged, Unchanged]);
     assert_eq!(m.applied_index().unwrap(), 4);

@@ -1,5 +1,5 @@
 //! The dispatcher: follows the commit log up to the confirmed offset and builds the consume
-//! queues and the index; writes checkpoints. Runs on its own thread (all its work is blocking
+//! queues, the index and the timer index (`timer/`); writes checkpoints. Runs on its own thread (all its work is blocking
 //! file I/O) and is the only writer of consume queues, index and checkpoint.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,6 +17,8 @@ use super::index::{id_hash, key_hash, IndexWriter};
 use super::raftlog::QueueTable;
 use super::record::{self, DispatchView, Fixed as _, Probe};
 use super::shared::{DispatchMsg, Shared, Written};
+use super::timer::{Resolved, TimerState};
+use sluice_proto::props;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -52,6 +54,8 @@ pub struct Dispatcher {
     index_floor: u64,
     /// Set when a record cannot be dispatched (corruption): stop rather than skip it.
     stalled: bool,
+    /// The timer index changed since the last publish (floor and counts to refresh).
+    timers_changed: bool,
 }
 
 /// How the dispatcher thread ended.
@@ -84,6 +88,7 @@ impl Dispatcher {
             dirty: HashMap::new(),
             index: IndexWriter::default(),
             stalled: false,
+            timers_changed: true,
         }
     }
 
@@ -400,6 +405,12 @@ impl Dispatcher {
             );
         }
         // qoff < expected: already dispatched before a restart; nothing to add.
+        let sys = view.sys_flag();
+        let real_topic = if sys & record::SYS_FLAGS_TIMER != 0 {
+            self.dispatch_timer(view, phy, sys)?
+        } else {
+            None
+        };
         if phy < self.index_floor {
             // Indexed before the restart (the index was kept up to here).
             return Ok(());
@@ -408,10 +419,65 @@ impl Dispatcher {
         if !view.message_id.is_empty() {
             index.add(&mut self.index, id_hash(view.message_id), phy)?;
         }
+        // A scheduled message is found by key under the topic it is for.
+        let key_topic = real_topic.as_deref().unwrap_or(topic);
         for k in view.keys() {
-            index.add(&mut self.index, key_hash(topic, k), phy)?;
+            index.add(&mut self.index, key_hash(key_topic, k), phy)?;
         }
         Ok(())
+    }
+
+    /// A scheduled record enters the timer index; a fired or cancel record resolves its timer.
+    /// Returns a scheduled record's real topic.
+    fn dispatch_timer(
+        &mut self,
+        view: &DispatchView<'_>,
+        phy: u64,
+        sys: u32,
+    ) -> io::Result<Option<String>> {
+        let rec = match record::parse(view.raw()) {
+            Ok(r) => r,
+            Err(why) => {
+                tracing::error!(offset = phy, why, "timer record unreadable; not indexed");
+                return Ok(None);
+            }
+        };
+        let props: Vec<(String, String)> = rec.properties().collect();
+        let number = |name: &str| props::get(&props, name).and_then(|v| v.parse::<i64>().ok());
+        self.timers_changed = true;
+        let mut timers = self.shared.timers.lock();
+        if sys & record::SYS_FLAG_SCHEDULED != 0 {
+            let Some(due) = number(props::DELIVER_AT) else {
+                tracing::error!(
+                    offset = phy,
+                    "scheduled record without a due time; not indexed"
+                );
+                return Ok(None);
+            };
+            timers.schedule(phy, due, view.total_size())?;
+            return Ok(props::get(&props, props::REAL_TOPIC).map(str::to_owned));
+        }
+        let Some(of) = number(props::TIMER_OF).and_then(|v| u64::try_from(v).ok()) else {
+            tracing::error!(offset = phy, "timer record without the timer it resolves");
+            return Ok(None);
+        };
+        let state = if sys & record::SYS_FLAG_TIMER_FIRED != 0 {
+            TimerState::Fired
+        } else {
+            TimerState::Cancelled
+        };
+        if let Resolved::Before(was) = timers.resolve(of, phy, state)? {
+            // The leader's timer task proposes one resolution per timer; a second one (or one
+            // for a timer this replica does not hold) changes nothing.
+            tracing::warn!(
+                timer = of,
+                by = phy,
+                ?was,
+                ?state,
+                "timer resolved before; ignored"
+            );
+        }
+        Ok(None)
     }
 
     /// Writes buffered entries and makes everything below `pos` visible.
@@ -432,6 +498,19 @@ impl Dispatcher {
             }
         }
         self.shared.index.flush(&mut self.index)?;
+        if self.timers_changed {
+            self.timers_changed = false;
+            // The floor moves before the dispatched position does: retention never deletes
+            // a record the position says is dispatched while its timer is not counted yet.
+            let (floor, pending) = {
+                let mut t = self.shared.timers.lock();
+                t.flush()?;
+                (t.floor()?, t.pending())
+            };
+            self.shared.timer_floor.store(floor, Ordering::Release);
+            self.shared.timer_pending.store(pending, Ordering::Release);
+            self.shared.timer_version.send_modify(|v| *v += 1);
+        }
         self.shared.dispatched.send_if_modified(|d| {
             let changed = *d != self.pos;
             *d = self.pos;
@@ -458,6 +537,7 @@ impl Dispatcher {
             q.sync_from(from)?;
         }
         self.shared.index.sync()?;
+        self.shared.timers.lock().sync()?;
         if let Some(r) = &self.shared.raft {
             // The checkpoint also vouches for the entry index below `pos`: recovery trusts
             // it there and rebuilds it from the records above. Entries before the previous
@@ -467,7 +547,11 @@ impl Dispatcher {
                 .map_or(0, |i| i.saturating_sub(1));
             r.entries.sync_from(from)?;
         }
-        self.store_checkpoint(self.pos)
+        let pos = self.pos;
+        let exit = self.store_checkpoint(pos)?;
+        // Only now: a file resolved below the stored checkpoint is never needed again.
+        self.shared.timers.lock().gc(pos)?;
+        Ok(exit)
     }
 
     fn store_checkpoint(&mut self, pos: u64) -> io::Result<Option<Exit>> {
@@ -535,6 +619,8 @@ impl Dispatcher {
         )?;
         *shared.queues.write() = queues;
         shared.index.truncate(0)?;
+        shared.timers.lock().reset()?;
+        self.timers_changed = true;
         self.pos = start;
         self.index_floor = start;
         shared.dispatched.send_replace(start);
@@ -560,6 +646,8 @@ impl Dispatcher {
                 q.truncate(keep)?;
             }
             self.shared.index.truncate(offset)?;
+            self.shared.timers.lock().truncate(offset)?;
+            self.timers_changed = true;
             self.index_floor = self.index_floor.min(offset);
             self.pending.clear();
             self.pos = offset;

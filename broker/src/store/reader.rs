@@ -188,6 +188,14 @@ pub fn get_by_id(s: &Shared, message_id: &str) -> Result<Option<StoredRecord>, S
     Ok(found)
 }
 
+/// A record belongs to `topic`, or is a delayed message scheduled for it.
+fn for_topic(r: &StoredRecord, topic: &str) -> bool {
+    r.topic == topic
+        || (r.sys_flag & super::record::SYS_FLAGS_TIMER != 0
+            && sluice_proto::props::get(&r.properties, sluice_proto::props::REAL_TOPIC)
+                == Some(topic))
+}
+
 pub fn find_by_key(
     s: &Shared,
     topic: &str,
@@ -203,7 +211,7 @@ pub fn find_by_key(
         .lookup(key_hash(topic, key.as_bytes()), visible(s), |phy| {
             if seen.insert(phy) {
                 if let Some(r) = index_hit(s, phy) {
-                    if r.topic == topic && r.keys.iter().any(|k| k == key) {
+                    if for_topic(&r, topic) && r.keys.iter().any(|k| k == key) {
                         out.push(r);
                     }
                 }

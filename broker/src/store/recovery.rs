@@ -23,6 +23,7 @@ use super::raftlog::{self, RaftShared, RaftView};
 use super::record::{self, Fixed as _, Probe, RecordView, FILLER_LEN};
 use super::retention::{self, RetentionMsg};
 use super::shared::{DiskUsage, DispatchMsg, Queues, Shared};
+use super::timer::TimerIndex;
 use super::writer::{RaftWriter, Writer, WriterCmd};
 use super::{ConfirmMode, StoreConfig, StoreError};
 
@@ -376,6 +377,14 @@ pub fn open_blocking(
             }
         }
     }
+    // The timer index keeps what the checkpoint vouches for; damaged entries below it are
+    // rebuilt by dispatching again from the record they came from.
+    let (timers, timer_rebuild) =
+        TimerIndex::open(dir.join("timer"), config.timer_entries_per_file, redispatch)?;
+    if let Some(from) = timer_rebuild {
+        tracing::warn!(from, "timer index damaged; rebuilding it from the log");
+        redispatch = redispatch.min(from.max(log_min));
+    }
     let index = Index::open(
         index_dir,
         config.index_slots,
@@ -419,6 +428,10 @@ pub fn open_blocking(
         wake_pending: AtomicBool::new(false),
         dispatch_tx,
         written_tx,
+        timers: parking_lot::Mutex::new(timers),
+        timer_floor: AtomicU64::new(u64::MAX),
+        timer_pending: AtomicU64::new(0),
+        timer_version: watch::channel(0).0,
         raft: raft_control.clone().zip(raft_entries).map(|(c, entries)| {
             Arc::new(RaftShared {
                 entries,

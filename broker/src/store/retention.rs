@@ -48,6 +48,16 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<RetentionMsg>, writer: mpsc::Sender
         }
         match rx.blocking_recv() {
             Ok(Ok(deleted)) => {
+                let floor = shared.timer_floor.load(Ordering::Acquire);
+                if deleted.segments.len() < count && floor != u64::MAX {
+                    tracing::warn!(
+                        wanted = count,
+                        deleted = deleted.segments.len(),
+                        floor,
+                        pending = shared.timer_pending.load(Ordering::Acquire),
+                        "retention held back: segments hold delayed messages not delivered yet"
+                    );
+                }
                 tracing::debug!(
                     min = deleted.log_min,
                     "retention moved the commit-log start"
@@ -71,7 +81,8 @@ pub fn refresh_usage(shared: &Shared) {
         .map(|q| q.disk_bytes())
         .sum::<u64>()
         + shared.index.disk_bytes()
-        + shared.raft.as_ref().map_or(0, |r| r.entries.disk_bytes());
+        + shared.raft.as_ref().map_or(0, |r| r.entries.disk_bytes())
+        + shared.timers.lock().disk_bytes();
     shared.disk.derived_bytes.store(derived, Ordering::Release);
     shared.disk.refresh_fs();
 }

@@ -16,6 +16,7 @@ use super::commitlog::CommitLog;
 use super::cq::ConsumeQueue;
 use super::index::Index;
 use super::raftlog::{QueueTable, RaftShared};
+use super::timer::TimerIndex;
 use super::{ConfirmMode, StoreConfig};
 
 pub type Queues = HashMap<String, HashMap<u32, Arc<ConsumeQueue>>>;
@@ -45,6 +46,14 @@ pub struct Shared {
     pub written_tx: mpsc::Sender<Written>,
     /// Raft mode: the entry index and the raft view (`None` in standalone mode).
     pub raft: Option<Arc<RaftShared>>,
+    /// Delayed messages' due times. The dispatcher writes it; the leader's timer task reads.
+    pub timers: parking_lot::Mutex<TimerIndex>,
+    /// Lowest offset of a pending timer's scheduled record (`u64::MAX`: none): retention and
+    /// Raft compaction keep the log from there on.
+    pub timer_floor: AtomicU64,
+    pub timer_pending: AtomicU64,
+    /// Bumped whenever the dispatcher changed the timer index (the timer task waits on it).
+    pub timer_version: watch::Sender<u64>,
 }
 
 /// `bytes` (whole records) were written at commit-log offset `at`.

@@ -629,7 +629,9 @@ impl Writer {
     /// Segments ending at or below this offset may be deleted: dispatched and confirmed.
     fn deletable_below(&self) -> u64 {
         let dispatched = *self.shared.dispatched.borrow();
-        dispatched.min(self.shared.confirmed.load(Ordering::Acquire))
+        dispatched
+            .min(self.shared.confirmed.load(Ordering::Acquire))
+            .min(self.shared.timer_floor.load(Ordering::Acquire))
     }
 
     /// Deletes up to `count` of the oldest segments that end at or below `limit` (never the

@@ -327,6 +327,7 @@ pub fn lag_table(doc: &LagDoc<'_>) -> Table {
 
 pub async fn message(admin: &Admin, cmd: MessageCommand) -> anyhow::Result<()> {
     let (found, json) = match cmd {
+        MessageCommand::Cancel { .. } => anyhow::bail!("cancel takes a producer (see cli::run)"),
         MessageCommand::Get { id, out } => {
             let m = admin.get_message(&id).await?;
             if out.json {

@@ -118,6 +118,15 @@ pub struct ProduceArgs {
     /// Sends in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
+    /// Deliver every message this long after it is stored (e.g. 1500ms, 30s, 30m, 2h, 7d).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with_all = ["deliver_at", "delay_level"])]
+    pub delay: Option<std::time::Duration>,
+    /// Deliver every message at this time (RFC 3339 or ms since the epoch).
+    #[arg(long, value_parser = parse_time, value_name = "TIME", conflicts_with = "delay_level")]
+    pub deliver_at: Option<i64>,
+    /// Deliver after the broker's delay level N (1-18 by default: 1s 5s 10s 30s 1m ... 2h).
+    #[arg(long, value_name = "N")]
+    pub delay_level: Option<u32>,
     /// Read the message bodies from this file (one per line) instead of stdin.
     #[arg(long, conflicts_with = "count")]
     pub file: Option<PathBuf>,
@@ -174,8 +183,35 @@ pub enum GroupCommand {
     },
 }
 
+/// `1500ms`, `30s`, `30m`, `2h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} needs a unit: ms, s, m, h or d"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number and a unit"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m, h or d")),
+    };
+    ms.map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
 #[derive(Debug, Subcommand)]
 pub enum MessageCommand {
+    /// Stop a delayed message before it is due (HANDLE from its send receipt).
+    Cancel {
+        handle: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// A message by its id.
     Get {
         id: String,
@@ -265,6 +301,16 @@ mod tests {
             ],
             vec!["sluice", "message", "find", "--topic", "t", "--from", "0"],
             vec!["sluice", "produce", "t", "--size", "10"],
+            vec!["sluice", "produce", "t", "--delay", "10"],
+            vec![
+                "sluice",
+                "produce",
+                "t",
+                "--delay",
+                "1s",
+                "--delay-level",
+                "2",
+            ],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?} was accepted");
         }

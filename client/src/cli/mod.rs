@@ -50,6 +50,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Topic(c) => admin_cmds::topic(&Admin::new(config)?, c).await?,
         Command::Cluster(c) => admin_cmds::cluster(&Admin::new(config)?, c).await?,
         Command::Group(c) => admin_cmds::group(&Admin::new(config)?, c).await?,
+        Command::Message(args::MessageCommand::Cancel { handle, out }) => {
+            produce::cancel(config, &handle, out.json).await?
+        }
         Command::Message(c) => admin_cmds::message(&Admin::new(config)?, c).await?,
         Command::Bench(c) => {
             let plan = bench::args::Plan::new(c).map_err(CliError::Usage)?;

@@ -92,6 +92,41 @@ pub struct MessageView {
     pub body: Option<String>,
     /// The body in hex when it is not UTF-8.
     pub body_hex: Option<String>,
+    /// A delayed message: where it stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delayed: Option<DelayedView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DelayedView {
+    /// scheduled, delivered or cancelled.
+    pub state: &'static str,
+    pub deliver_at_ms: i64,
+    pub deliver_at: String,
+    pub handle: String,
+    pub topic: String,
+    pub queue_id: u32,
+}
+
+impl DelayedView {
+    fn of(m: &sluice_proto::v1::StoredMessage) -> Option<DelayedView> {
+        use sluice_proto::v1::TimerState;
+        let t = m.timer.as_ref()?;
+        let state = match TimerState::try_from(t.state) {
+            Ok(TimerState::Scheduled) => "scheduled",
+            Ok(TimerState::Delivered) => "delivered",
+            Ok(TimerState::Cancelled) => "cancelled",
+            _ => "resolved",
+        };
+        Some(DelayedView {
+            state,
+            deliver_at_ms: t.deliver_at_ms,
+            deliver_at: format_time(t.deliver_at_ms),
+            handle: format!("{}/{}", t.topic, t.handle),
+            topic: t.topic.clone(),
+            queue_id: t.queue_id,
+        })
+    }
 }
 
 impl From<&ReceivedMessage> for MessageView {
@@ -122,6 +157,7 @@ impl From<&ReceivedMessage> for MessageView {
             body_size: m.body.len(),
             body,
             body_hex,
+            delayed: DelayedView::of(m),
         }
     }
 }
@@ -143,6 +179,12 @@ pub fn message_line(r: &ReceivedMessage) -> String {
     }
     if !m.keys.is_empty() {
         line.push_str(&format!(" keys={}", m.keys.join(",")));
+    }
+    if let Some(d) = DelayedView::of(m) {
+        line.push_str(&format!(
+            " {} for {} at {} handle={}",
+            d.state, d.topic, d.deliver_at, d.handle
+        ));
     }
     line.push(' ');
     line.push_str(&String::from_utf8_lossy(&m.body).escape_debug().to_string());

@@ -34,11 +34,21 @@ impl Acks {
             Ok(r) => {
                 if !self.json {
                     let mut out = std::io::stdout().lock();
-                    writeln!(
-                        out,
-                        "{} queue={}:{} offset={}",
-                        r.message_id, r.broker_name, r.queue_id, r.queue_offset
-                    )?;
+                    match (&r.delay_handle, r.deliver_at_ms) {
+                        (Some(handle), Some(at)) => writeln!(
+                            out,
+                            "{} queue={}:{} scheduled for {} handle={handle}",
+                            r.message_id,
+                            r.broker_name,
+                            r.queue_id,
+                            sluice_client::time::format_time(at)
+                        )?,
+                        _ => writeln!(
+                            out,
+                            "{} queue={}:{} offset={}",
+                            r.message_id, r.broker_name, r.queue_id, r.queue_offset
+                        )?,
+                    }
                 }
                 self.receipts.push(r);
             }
@@ -69,6 +79,16 @@ pub async fn produce(config: ClientConfig, args: ProduceArgs) -> anyhow::Result<
         }
         if let Some(t) = &args.tag {
             m = m.with_tag(t.clone());
+        }
+        if let Some(d) = args.delay {
+            m = m.with_delay(d);
+        }
+        if let Some(at) = args.deliver_at {
+            let at = u64::try_from(at).unwrap_or(0);
+            m = m.deliver_at(std::time::UNIX_EPOCH + std::time::Duration::from_millis(at));
+        }
+        if let Some(level) = args.delay_level {
+            m = m.with_delay_level(level);
         }
         m
     };
@@ -165,6 +185,30 @@ async fn next_line(
         }
     }
     Ok(Some(buf))
+}
+
+/// `sluice message cancel HANDLE`.
+pub async fn cancel(config: ClientConfig, handle: &str, json: bool) -> anyhow::Result<()> {
+    let producer = Producer::builder(config).build()?;
+    let outcome = producer.cancel_delayed(handle).await;
+    producer.shutdown().await;
+    let o = outcome?;
+    if json {
+        return print_json(&o);
+    }
+    let what = match o.outcome {
+        "cancelled" => "cancelled: it will not be delivered",
+        "already_delivered" => "too late: it was delivered already",
+        "already_cancelled" => "it had been cancelled already",
+        _ => "unknown outcome",
+    };
+    println!(
+        "{} (topic {}, due {}): {what}",
+        o.message_id,
+        o.topic,
+        sluice_client::time::format_time(o.deliver_at_ms)
+    );
+    Ok(())
 }
 
 #[cfg(test)]

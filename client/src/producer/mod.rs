@@ -2,6 +2,7 @@
 //! queue by the accumulator), or a batch to one queue.
 
 mod accumulator;
+mod delayed;
 mod select;
 mod sender;
 mod wire;
@@ -26,6 +27,8 @@ use crate::message::{Message, SendReceipt};
 use crate::rpc;
 use accumulator::{AccumulatorHandle, BatchLimits, Queued, Waiter};
 use sender::{now_ms, Sender};
+
+pub use delayed::CancelOutcome;
 
 /// Builder for a [`Producer`].
 pub struct ProducerBuilder {
@@ -227,7 +230,9 @@ impl Producer {
             .acquire_owned()
             .await
             .map_err(|_| Error::Shutdown("producer"))?;
-        if let Some(acc) = &self.inner.accumulator {
+        // Delayed messages travel alone: a batch of the broker is all delayed or all not.
+        let batchable = message.delay.is_none();
+        if let Some(acc) = self.inner.accumulator.as_ref().filter(|_| batchable) {
             // Without a route or a writable queue yet, the direct path retries and refreshes.
             if let Some(queue) = self.resolve_queue(&message, &routing).await {
                 let (tx, rx) = oneshot::channel();

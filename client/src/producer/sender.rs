@@ -91,6 +91,7 @@ impl Sender {
             message_id: message_id_at(born),
             born_timestamp_ms: born,
             born_host: self.host.clone(),
+            ..crate::message::delay_fields(m.delay)
         }
     }
 
@@ -293,6 +294,9 @@ fn receipts(
                 queue_id,
                 queue_offset: r.queue_offset,
                 commit_log_offset: r.commit_log_offset,
+                delay_handle: (!r.delay_handle.is_empty())
+                    .then(|| format!("{}/{}", queue.topic, r.delay_handle)),
+                deliver_at_ms: (r.deliver_at_ms != 0).then_some(r.deliver_at_ms),
             })
             .collect())
     }

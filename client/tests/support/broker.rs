@@ -184,6 +184,8 @@ impl BrokerState {
                     ..Default::default()
                 });
                 SendResult {
+                    delay_handle: String::new(),
+                    deliver_at_ms: 0,
                     message_id: id,
                     queue_offset: offset,
                     commit_log_offset: clo,
@@ -520,6 +522,18 @@ impl Broker for FakeBroker {
                 Err(ApiError::new(ErrorCode::MessageNotFound, format!("no message {id}")).into())
             }
         }
+    }
+
+    async fn cancel_delayed(
+        &self,
+        _req: Request<CancelDelayedRequest>,
+    ) -> Res<CancelDelayedResponse> {
+        self.0.check_up()?;
+        Err(ApiError::new(
+            ErrorCode::MessageNotFound,
+            "the fake broker keeps no timers",
+        )
+        .into())
     }
 
     async fn query_messages(

@@ -282,7 +282,10 @@ impl Files {
             if no >= self.buf_from {
                 let at = ((no - self.buf_from) as usize) * ENTRY_LEN;
                 let end = ((upto - self.buf_from) as usize) * ENTRY_LEN;
-                let raw = self.buf.get(at..end.min(self.buf.len())).unwrap_or_default();
+                let raw = self
+                    .buf
+                    .get(at..end.min(self.buf.len()))
+                    .unwrap_or_default();
                 for (i, c) in raw.chunks_exact(ENTRY_LEN).enumerate() {
                     out.extend(TimerEntry::decode(no + i as u64, c));
                 }
@@ -308,11 +311,18 @@ impl Files {
                 .and_then(|c| TimerEntry::decode(no, c)));
         }
         let start = no - no % BLOCK;
-        if self.cache.as_ref().is_none_or(|(s, _)| *s != start) {
-            let n = BLOCK.min(self.buf_from - start).min(self.base(start) + self.per_file - start);
+        let at = ((no - start) as usize) * ENTRY_LEN;
+        // A block read before later entries were written to it does not hold them yet.
+        if self
+            .cache
+            .as_ref()
+            .is_none_or(|(s, b)| *s != start || b.len() < at + ENTRY_LEN)
+        {
+            let n = BLOCK
+                .min(self.buf_from - start)
+                .min(self.base(start) + self.per_file - start);
             self.cache = Some((start, self.read_raw(start, n)?));
         }
-        let at = ((no - start) as usize) * ENTRY_LEN;
         Ok(self
             .cache
             .as_ref()

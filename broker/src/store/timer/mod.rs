@@ -240,7 +240,11 @@ impl TimerIndex {
                 out.push(e);
             }
             if e.prev >= at {
-                tracing::error!(entry = at - 1, prev = e.prev, "timer chain does not go back; cut");
+                tracing::error!(
+                    entry = at - 1,
+                    prev = e.prev,
+                    "timer chain does not go back; cut"
+                );
                 break;
             }
             at = e.prev;
@@ -297,10 +301,14 @@ impl TimerIndex {
         self.files.flush()
     }
 
-    /// Makes the index durable for everything dispatched below `checkpoint`, then deletes
-    /// files whose every entry was resolved below it.
-    pub fn checkpoint(&mut self, checkpoint: u64) -> io::Result<()> {
-        self.files.sync()?;
+    /// Makes the index durable (for a checkpoint about to be written).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.files.sync()
+    }
+
+    /// Deletes files whose every entry was resolved by a record below `checkpoint` (a
+    /// checkpoint already stored: re-dispatch never needs them again).
+    pub fn gc(&mut self, checkpoint: u64) -> io::Result<()> {
         if let Some(first) = self.files.drop_resolved(checkpoint)? {
             let m = &mut self.mem;
             while m.samples_base + SAMPLE <= first && m.samples.len() > 1 {

@@ -33,15 +33,27 @@ fn schedules_chains_by_slot_and_resolves() {
     ix.schedule(400, 5_100, 10).unwrap(); // re-dispatch: ignored
     assert_eq!(ix.pending(), 4);
     assert_eq!(ix.first_slot(), Some(5));
-    assert_eq!(due(&mut ix, 5), vec![(5_100, 200), (5_100, 400), (5_500, 100)]);
+    assert_eq!(
+        due(&mut ix, 5),
+        vec![(5_100, 200), (5_100, 400), (5_500, 100)]
+    );
     assert_eq!(ix.floor().unwrap(), 100);
-    assert_eq!(ix.resolve(100, 900, TimerState::Fired).unwrap(), Resolved::Now);
-    assert_eq!(ix.resolve(100, 900, TimerState::Fired).unwrap(), Resolved::Again);
+    assert_eq!(
+        ix.resolve(100, 900, TimerState::Fired).unwrap(),
+        Resolved::Now
+    );
+    assert_eq!(
+        ix.resolve(100, 900, TimerState::Fired).unwrap(),
+        Resolved::Again
+    );
     assert_eq!(
         ix.resolve(100, 950, TimerState::Cancelled).unwrap(),
         Resolved::Before(Some(TimerState::Fired))
     );
-    assert_eq!(ix.resolve(150, 950, TimerState::Fired).unwrap(), Resolved::Before(None));
+    assert_eq!(
+        ix.resolve(150, 950, TimerState::Fired).unwrap(),
+        Resolved::Before(None)
+    );
     assert_eq!(ix.floor().unwrap(), 200);
     assert_eq!(ix.find(100).unwrap().unwrap().state, TimerState::Fired);
     assert_eq!(ix.find(300).unwrap().unwrap().due_ms, 7_000);
@@ -57,12 +69,26 @@ fn schedules_chains_by_slot_and_resolves() {
 }
 
 #[test]
+fn chains_see_entries_written_after_their_block_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ix, _) = open(dir.path(), 4096, u64::MAX);
+    for round in 0..3u64 {
+        for i in 0..10u64 {
+            ix.schedule(round * 100 + i + 1, 5_000, 1).unwrap();
+        }
+        ix.flush().unwrap();
+        assert_eq!(due(&mut ix, 5).len() as u64, (round + 1) * 10);
+    }
+}
+
+#[test]
 fn reopening_keeps_what_the_checkpoint_covers_and_undoes_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     {
         let (mut ix, _) = open(dir.path(), 64, u64::MAX);
         for i in 0..100u64 {
-            ix.schedule(i * 10, 1_000 + (i as i64 % 7) * 1_000, 1).unwrap();
+            ix.schedule(i * 10, 1_000 + (i as i64 % 7) * 1_000, 1)
+                .unwrap();
         }
         // Resolved below the checkpoint (500) and above it.
         ix.resolve(10, 400, TimerState::Fired).unwrap();
@@ -102,7 +128,7 @@ fn a_damaged_entry_asks_for_a_rebuild_from_the_last_good_one() {
         for i in 0..10u64 {
             ix.schedule(100 + i, 1_000, 1).unwrap();
         }
-        ix.checkpoint(u64::MAX).unwrap();
+        ix.sync().unwrap();
     }
     let path = dir.path().join("timer").join(format!("{:020}", 0));
     let mut bytes = std::fs::read(&path).unwrap();
@@ -127,9 +153,10 @@ fn resolved_files_go_only_below_the_checkpoint() {
         ix.resolve(i + 1, 10_000 + i, TimerState::Fired).unwrap();
     }
     let files = || std::fs::read_dir(dir.path().join("timer")).unwrap().count();
-    ix.checkpoint(10_000).unwrap();
+    ix.sync().unwrap();
+    ix.gc(10_000).unwrap();
     assert_eq!(files(), 4);
-    ix.checkpoint(20_000).unwrap();
+    ix.gc(20_000).unwrap();
     // Entries 0-127 (two files) are resolved; the third holds pending ones.
     assert_eq!(files(), 2);
     assert_eq!(ix.floor().unwrap(), 151);
@@ -182,15 +209,25 @@ proptest! {
                     prop_assert_eq!(ix.resolve(p, phy, state).unwrap(), Resolved::Now);
                     model.remove(&p);
                 }
-                Op::Checkpoint => ix.checkpoint(phy + 1).unwrap(),
+                Op::Checkpoint => {
+                    ix.sync().unwrap();
+                    ix.gc(phy + 1).unwrap();
+                }
                 Op::Reopen => {
-                    ix.checkpoint(phy + 1).unwrap();
+                    ix.sync().unwrap();
                     drop(ix);
                     ix = open(dir.path(), 16, phy + 1).0;
                 }
             }
             prop_assert_eq!(ix.pending(), model.len() as u64);
             prop_assert_eq!(ix.floor().unwrap(), model.keys().next().copied().unwrap_or(u64::MAX));
+            // Chains are walked between writes too (cached blocks must not go stale).
+            if phy % 3 == 0 {
+                ix.flush().unwrap();
+            }
+            let mut want: Vec<(i64, u64)> = model.iter().map(|(p, d)| (*d, *p)).collect();
+            want.sort();
+            prop_assert_eq!(due(&mut ix, i64::MAX), want);
         }
         let mut want: Vec<(i64, u64)> = model.iter().map(|(p, d)| (*d, *p)).collect();
         want.sort();

@@ -1,0 +1,33 @@
+//! Message properties and topics the broker reserves. Producers may not set properties whose
+//! names start with `__`; the broker sets these on the records it writes for delayed
+//! messages (see ARCHITECTURE.md, "Delayed messages").
+
+/// Topic of scheduled and cancel records (never delivered, never created as a topic).
+pub const TIMER_TOPIC: &str = "%TIMER%";
+/// Queue of `TIMER_TOPIC` holding scheduled records.
+pub const TIMER_QUEUE_SCHEDULED: u32 = 0;
+/// Queue of `TIMER_TOPIC` holding cancel records.
+pub const TIMER_QUEUE_CANCELS: u32 = 1;
+
+/// Prefix of every reserved property name.
+pub const RESERVED_PREFIX: &str = "__";
+/// Due time of a delayed message, ms since the Unix epoch (decimal).
+pub const DELIVER_AT: &str = "__DELIVER_AT";
+/// Scheduled record: the topic and queue it is delivered to.
+pub const REAL_TOPIC: &str = "__REAL_TOPIC";
+pub const REAL_QUEUE: &str = "__REAL_QUEUE";
+/// Fired and cancel records: commit-log offset of the scheduled record (decimal).
+pub const TIMER_OF: &str = "__TIMER_OF";
+
+/// Topics producers cannot send to or create: the broker's own.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic.starts_with("%TIMER%") || topic.starts_with("%SYS%")
+}
+
+/// The value of a property in a record's property list.
+pub fn get<'a>(props: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    props
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
