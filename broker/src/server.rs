@@ -167,7 +167,10 @@ pub async fn run(
             move |stop| timers.clone().run(stop)
         },
     );
+    let retries =
+        crate::messaging::retry::Retries::new(store.clone(), write.clone(), timers.clone());
     let service = Arc::new(BrokerService {
+        retries,
         timers,
         read_hints,
         data_port: data_port_stats.clone(),

@@ -56,11 +56,14 @@ mod route;
 mod rpc;
 pub mod time;
 
-pub use admin::{Admin, BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow, TopicCreated};
+pub use admin::{
+    Admin, BrokerStatusRow, DeadLetter, GroupPolicy, LagRow, ReadRow, Redriven, ReplicaProgressRow,
+    TopicCreated,
+};
 pub use config::ClientConfig;
 pub use consumer::{
     allocate_averagely, ConsumerBuilder, HandlerError, MessageHandler, PullConsumer, PushConsumer,
-    StartPosition,
+    RetryLater, SendBackOutcome, StartPosition,
 };
 pub use error::{Error, Result};
 pub use message::{Delay, Message, ReceivedMessage, SendReceipt};

@@ -42,7 +42,10 @@ async fn kill_9_of_the_master_while_timers_fire_loses_duplicates_and_hurries_non
         .create_topic(create_topic_request(TOPIC, QUEUES))
         .await
         .unwrap();
-    cluster.await_master(bound, None, Some(TOPIC)).await.unwrap();
+    cluster
+        .await_master(bound, None, Some(TOPIC))
+        .await
+        .unwrap();
     let config = ClientConfig::new([cluster.nameserver.addr.clone()])
         .request_timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_millis(500));
@@ -53,7 +56,8 @@ async fn kill_9_of_the_master_while_timers_fire_loses_duplicates_and_hurries_non
     let mut due: HashMap<String, i64> = HashMap::new();
     let mut sends = Vec::new();
     for b in 0..TIMERS / BATCH {
-        let at = start + Duration::from_millis(3_000 + (b as u64 * 10_000) / (TIMERS / BATCH) as u64);
+        let at =
+            start + Duration::from_millis(3_000 + (b as u64 * 10_000) / (TIMERS / BATCH) as u64);
         let batch: Vec<Message> = (0..BATCH)
             .map(|i| Message::new(TOPIC, format!("t-{}", b * BATCH + i)).deliver_at(at))
             .collect();
@@ -78,17 +82,24 @@ async fn kill_9_of_the_master_while_timers_fire_loses_duplicates_and_hurries_non
     producer.shutdown().await;
 
     // Kill the master once a tenth has fired; restart it as a follower.
-    wait_until(Duration::from_secs(60), "a tenth of the timers fired", || async {
-        delivered(&cluster, master).await >= (TIMERS / 10) as u64
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "a tenth of the timers fired",
+        || async { delivered(&cluster, master).await >= (TIMERS / 10) as u64 },
+    )
     .await
     .unwrap();
     cluster.node(master).kill9();
-    let new_master = cluster.await_master(bound, Some(master), None).await.unwrap();
+    let new_master = cluster
+        .await_master(bound, Some(master), None)
+        .await
+        .unwrap();
     cluster.node(master).restart().unwrap();
-    wait_until(Duration::from_secs(120), "every timer delivered", || async {
-        delivered(&cluster, new_master).await >= TIMERS as u64
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "every timer delivered",
+        || async { delivered(&cluster, new_master).await >= TIMERS as u64 },
+    )
     .await
     .unwrap();
     let all: Vec<u64> = cluster.peers.keys().copied().collect();
@@ -105,7 +116,10 @@ async fn kill_9_of_the_master_while_timers_fire_loses_duplicates_and_hurries_non
             let msgs = cluster.read_queue(id, TOPIC, q).await.unwrap();
             for m in &msgs {
                 *seen.entry(m.message_id.clone()).or_default() += 1;
-                let due_ms = due.get(&m.message_id).copied().expect("a message that was never sent");
+                let due_ms = due
+                    .get(&m.message_id)
+                    .copied()
+                    .expect("a message that was never sent");
                 assert!(
                     m.store_timestamp_ms >= due_ms,
                     "{} delivered {} ms early on replica {id}",
@@ -113,12 +127,19 @@ async fn kill_9_of_the_master_while_timers_fire_loses_duplicates_and_hurries_non
                     due_ms - m.store_timestamp_ms
                 );
             }
-            queues.push(msgs.iter().map(|m| m.message_id.clone()).collect::<Vec<_>>());
+            queues.push(
+                msgs.iter()
+                    .map(|m| m.message_id.clone())
+                    .collect::<Vec<_>>(),
+            );
         }
         let duplicated = seen.values().filter(|&&n| n > 1).count();
         let lost = due.keys().filter(|id| !seen.contains_key(*id)).count();
         assert_eq!((lost, duplicated), (0, 0), "replica {id}: lost, duplicated");
         per_replica.push(queues);
     }
-    assert!(per_replica.windows(2).all(|w| w[0] == w[1]), "replicas hold different queues");
+    assert!(
+        per_replica.windows(2).all(|w| w[0] == w[1]),
+        "replicas hold different queues"
+    );
 }

@@ -16,6 +16,25 @@ pub fn validate_group_name(name: &str) -> Result<(), ApiError> {
     check_name(name, "group", ErrorCode::InvalidArgument)
 }
 
+/// Prefix of a consumer group's retry topic.
+pub const RETRY_PREFIX: &str = "%RETRY%";
+/// Prefix of a consumer group's dead-letter topic.
+pub const DLQ_PREFIX: &str = "%DLQ%";
+
+/// The topic a group's failed messages wait on for their next attempt.
+pub fn retry_topic(group: &str) -> String {
+    format!("{RETRY_PREFIX}{group}")
+}
+
+/// The topic a group's messages go to once their retries are spent.
+pub fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_PREFIX}{group}")
+}
+
+pub fn is_retry_topic(topic: &str) -> bool {
+    topic.starts_with(RETRY_PREFIX)
+}
+
 fn check_name(name: &str, what: &str, code: ErrorCode) -> Result<(), ApiError> {
     if name.is_empty() {
         return Err(ApiError::new(code, format!("{what} name is empty")));

@@ -19,9 +19,21 @@ pub const REAL_QUEUE: &str = "__REAL_QUEUE";
 /// Fired and cancel records: commit-log offset of the scheduled record (decimal).
 pub const TIMER_OF: &str = "__TIMER_OF";
 
+/// Retry and dead-letter copies: the topic, queue and commit-log offset a message was first
+/// consumed from.
+pub const ORIGIN_TOPIC: &str = "__ORIGIN_TOPIC";
+pub const ORIGIN_QUEUE: &str = "__ORIGIN_QUEUE";
+/// Dead letters: the last failure (the handler's error, cut to 1 KiB).
+pub const FAILURE: &str = "__FAILURE";
+/// A redriven dead letter: the commit-log offset of the dead letter it came from.
+pub const REDRIVE_OF: &str = "__REDRIVE_OF";
+
 /// Topics producers cannot send to or create: the broker's own.
 pub fn is_internal_topic(topic: &str) -> bool {
-    topic.starts_with("%TIMER%") || topic.starts_with("%SYS%")
+    topic.starts_with("%TIMER%")
+        || topic.starts_with("%SYS%")
+        || topic.starts_with(crate::names::RETRY_PREFIX)
+        || topic.starts_with(crate::names::DLQ_PREFIX)
 }
 
 /// The value of a property in a record's property list.
@@ -30,4 +42,12 @@ pub fn get<'a>(props: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// The value of a property in a message's property map.
+pub fn get_map<'a>(
+    props: &'a std::collections::HashMap<String, String>,
+    name: &str,
+) -> Option<&'a str> {
+    props.get(name).map(String::as_str)
 }

@@ -6,6 +6,7 @@ mod consume;
 pub mod convert;
 mod produce;
 pub mod read_hint;
+mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ pub struct BrokerService {
     pub(crate) write: WritePath,
     /// Delayed messages: settings and the way to the master's timer task.
     pub(crate) timers: Arc<crate::messaging::timer::Timers>,
+    /// Consumer send-back, retry policies, dead letters.
+    pub(crate) retries: crate::messaging::retry::Retries,
     pub(crate) groups: Arc<ConsumerGroups>,
     pub(crate) identity: Identity,
     pub(crate) limits: ServiceLimits,
@@ -182,5 +185,24 @@ impl Broker for BrokerService {
         req: Request<CancelDelayedRequest>,
     ) -> Reply<CancelDelayedResponse> {
         reply(self.do_cancel_delayed(req.into_inner()).await)
+    }
+
+    async fn send_back(&self, req: Request<SendBackRequest>) -> Reply<SendBackResponse> {
+        reply(self.do_send_back(req.into_inner()).await)
+    }
+
+    async fn get_group_config(&self, req: Request<GetGroupConfigRequest>) -> Reply<GroupConfig> {
+        reply(self.do_get_group_config(req.into_inner()))
+    }
+
+    async fn update_group_config(
+        &self,
+        req: Request<UpdateGroupConfigRequest>,
+    ) -> Reply<GroupConfig> {
+        reply(self.do_update_group_config(req.into_inner()).await)
+    }
+
+    async fn redrive_dead_letters(&self, req: Request<RedriveRequest>) -> Reply<RedriveResponse> {
+        reply(self.do_redrive(req.into_inner()).await)
     }
 }

@@ -12,6 +12,7 @@
 //! A replica group applies ops from the Raft log (`replication/applier.rs`); a standalone
 //! broker applies them directly (`messaging::WritePath`). Both go through [`StateMachine::apply`].
 
+pub mod groups;
 pub mod offsets;
 pub mod topics;
 
@@ -33,7 +34,7 @@ pub use topics::TopicTable;
 pub const TREE: &str = "state";
 
 /// Every table of the registry, by key prefix. A dump carries each; a restore clears each.
-pub const TABLES: &[&str] = &[topics::TABLE, offsets::TABLE];
+pub const TABLES: &[&str] = &[topics::TABLE, offsets::TABLE, groups::TABLE];
 
 /// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).
 const APPLIED_KEY: &[u8] = b"sys/applied_index";
@@ -72,6 +73,12 @@ pub fn commit_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
 pub fn upsert_topic_op(cfg: TopicConfig) -> StateOp {
     StateOp {
         op: Some(Op::UpsertTopic(cfg)),
+    }
+}
+
+pub fn set_group_config_op(cfg: sluice_proto::v1::GroupConfig) -> StateOp {
+    StateOp {
+        op: Some(Op::SetGroupConfig(cfg)),
     }
 }
 
@@ -196,6 +203,9 @@ impl StateMachine {
                 Some(Op::DeleteTopic(name)) => {
                     topics::apply_delete(self.meta.as_ref(), &mut staged, name)?
                 }
+                Some(Op::SetGroupConfig(cfg)) => {
+                    groups::apply_set(self.meta.as_ref(), &mut staged, cfg)?
+                }
             };
             topics_changed |= r == Applied::Changed
                 && matches!(op.op, Some(Op::UpsertTopic(_) | Op::DeleteTopic(_)));
@@ -319,6 +329,11 @@ impl StateMachine {
                 },
             ],
         }
+    }
+
+    /// The retry policy of a consumer group.
+    pub fn retry_policy(&self, group: &str) -> Result<groups::RetryPolicy, MetaError> {
+        groups::policy(self.meta.as_ref(), group)
     }
 
     /// Blocks until every applied op is on disk.

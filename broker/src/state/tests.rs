@@ -46,6 +46,35 @@ fn commit(group: &str, topic: &str, queue_id: u32, offset: u64) -> StateOp {
     }
 }
 
+fn set_group_op(group: &str, max_retries: u32, backoff_ms: Vec<u64>) -> StateOp {
+    set_group_config_op(sluice_proto::v1::GroupConfig {
+        group: group.into(),
+        max_retries,
+        backoff_ms,
+    })
+}
+
+#[test]
+fn group_configs_are_a_table_with_defaults() {
+    let m = machine();
+    assert_eq!(m.retry_policy("g").unwrap(), groups::RetryPolicy::default());
+    m.apply(None, &[set_group_op("g", 3, vec![])], false)
+        .unwrap();
+    let p = m.retry_policy("g").unwrap();
+    assert_eq!(p.max_retries, 3);
+    assert_eq!(p.delay_ms(1), 10_000);
+    assert_eq!(p.delay_ms(16), 7_200_000);
+    assert_eq!(p.delay_ms(99), 7_200_000);
+    m.apply(None, &[set_group_op("g", 0, vec![5, 7])], false)
+        .unwrap();
+    let p = m.retry_policy("g").unwrap();
+    assert_eq!(
+        (p.max_retries, p.delay_ms(1), p.delay_ms(2), p.delay_ms(3)),
+        (0, 5, 7, 7)
+    );
+    assert_eq!(m.dump().unwrap().tables.len(), 3);
+}
+
 /// The tables of a dump, without the index (two machines at the same state may differ there).
 fn tables(d: &StateDump) -> Vec<StateTable> {
     d.tables.clone()
@@ -144,6 +173,16 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
             0u64..100
         )
             .prop_map(|(g, t, q, o)| commit(g, t, q, o)),
+        (
+            prop::sample::select(vec!["g1", "g2"]),
+            0u32..20,
+            prop::collection::vec(1u64..100_000, 0..4)
+        )
+            .prop_map(|(g, max_retries, backoff_ms)| set_group_op(
+                g,
+                max_retries,
+                backoff_ms
+            )),
     ]
 }
 

@@ -1,5 +1,6 @@
 //! Administration: topics, routes, cluster status, consumer lag and message lookups.
 
+mod dlq;
 mod query;
 mod status;
 
@@ -12,6 +13,7 @@ use serde::Serialize;
 use sluice_proto::v1::{BrokerInfo, CreateTopicRequest, Role, TopicConfig};
 use sluice_proto::{names, perm, ApiError, ErrorCode};
 
+pub use dlq::{DeadLetter, GroupPolicy, Redriven};
 pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
 
 use crate::client::ClientCore;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sluice_client::{Admin, BrokerStatusRow, LagRow, TopicCreated, TopicRouteInfo};
 
-use super::args::{ClusterCommand, GroupCommand, MessageCommand, TopicCommand};
+use super::args::{ClusterCommand, DlqCommand, GroupCommand, MessageCommand, TopicCommand};
 use super::output::{message_line, print_json, MessageView, Table};
 
 #[derive(Serialize)]
@@ -276,6 +276,35 @@ fn print_reads(rows: &[sluice_client::BrokerStatusRow]) -> anyhow::Result<()> {
 
 pub async fn group(admin: &Admin, cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
+        GroupCommand::Config {
+            group,
+            max_retries,
+            backoff,
+            out,
+        } => {
+            let policies = if max_retries.is_none() && backoff.is_none() {
+                admin.group_config(&group).await?
+            } else {
+                let backoff_ms = backoff.map(|b| b.iter().map(|d| d.as_millis() as u64).collect());
+                admin
+                    .update_group_config(&group, max_retries, backoff_ms)
+                    .await?
+            };
+            if out.json {
+                return print_json(&policies);
+            }
+            let mut t = Table::new(&["BROKER", "MAX_RETRIES", "BACKOFF"]);
+            for p in &policies {
+                let steps: Vec<String> = p.backoff_ms.iter().map(|ms| human_ms(*ms)).collect();
+                t.row(vec![
+                    p.broker_name.clone(),
+                    p.max_retries.to_string(),
+                    steps.join(" "),
+                ]);
+            }
+            t.print()?;
+            Ok(())
+        }
         GroupCommand::Lag { group, topic, out } => {
             let rows = admin.group_lag(&group, topic.as_deref()).await?;
             let doc = LagDoc {
@@ -287,6 +316,57 @@ pub async fn group(admin: &Admin, cmd: GroupCommand) -> anyhow::Result<()> {
                 return print_json(&doc);
             }
             lag_table(&doc).print()?;
+            Ok(())
+        }
+    }
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1_000 == 0 => format!("{}s", ms / 1_000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+pub async fn dlq(admin: &Admin, cmd: DlqCommand) -> anyhow::Result<()> {
+    match cmd {
+        DlqCommand::List { group, max, out } => {
+            let letters = admin.dead_letters(&group, max).await?;
+            if out.json {
+                return print_json(&letters);
+            }
+            let mut t = Table::new(&[
+                "ID", "TOPIC", "ATTEMPTS", "STORED", "REDRIVEN", "BROKER", "FAILURE",
+            ]);
+            for d in &letters {
+                t.row(vec![
+                    d.message_id.clone(),
+                    d.topic.clone(),
+                    d.attempts.to_string(),
+                    d.stored_at.clone(),
+                    if d.redriven { "yes" } else { "no" }.into(),
+                    d.broker_name.clone(),
+                    d.failure.escape_debug().to_string(),
+                ]);
+            }
+            t.print()?;
+            Ok(())
+        }
+        DlqCommand::Redrive {
+            group,
+            ids,
+            all,
+            out,
+        } => {
+            let r = admin.redrive(&group, &ids, all).await?;
+            if out.json {
+                return print_json(&r);
+            }
+            let total: u32 = r.iter().map(|b| b.redriven).sum();
+            let skipped: u32 = r.iter().map(|b| b.skipped).sum();
+            println!("redriven {total} dead letter(s) of {group}; {skipped} named id(s) not found");
             Ok(())
         }
     }

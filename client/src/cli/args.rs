@@ -52,6 +52,9 @@ pub enum Command {
     /// Look messages up.
     #[command(subcommand)]
     Message(MessageCommand),
+    /// A consumer group's dead letters: list them, send them back to their topics.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
     /// Measure throughput and latency: produce, consume, or both end to end.
     #[command(subcommand)]
     Bench(super::bench::args::BenchCommand),
@@ -171,7 +174,46 @@ pub struct ConsumeArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters of a group: id, original topic, attempts, last failure.
+    List {
+        #[arg(long)]
+        group: String,
+        /// Most dead letters to show.
+        #[arg(long, default_value_t = 1000)]
+        max: usize,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Send dead letters back to their original topic with a fresh retry budget.
+    Redrive {
+        #[arg(long)]
+        group: String,
+        /// A dead letter's message id (repeat for more).
+        #[arg(long = "id", required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter not redriven yet.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum GroupCommand {
+    /// Show or set a group's retry policy (max retries before the dead-letter queue, backoff).
+    Config {
+        group: String,
+        /// Attempts after the first before a message goes to the dead-letter queue (1-1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        max_retries: Option<u32>,
+        /// Delays before attempts 2, 3, ... (the last repeats), e.g. "10s 30s 1m 5m".
+        #[arg(long, value_parser = parse_backoff)]
+        backoff: Option<Vec<std::time::Duration>>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Per queue: broker max offset, committed offset and lag.
     Lag {
         group: String,
@@ -181,6 +223,18 @@ pub enum GroupCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+}
+
+fn parse_backoff(s: &str) -> Result<Vec<std::time::Duration>, String> {
+    let steps: Vec<_> = s
+        .split([' ', ','])
+        .filter(|p| !p.is_empty())
+        .map(parse_duration)
+        .collect::<Result<_, _>>()?;
+    if steps.is_empty() {
+        return Err("give at least one delay".into());
+    }
+    Ok(steps)
 }
 
 /// `1500ms`, `30s`, `30m`, `2h`, `7d`.

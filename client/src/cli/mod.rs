@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Topic(c) => admin_cmds::topic(&Admin::new(config)?, c).await?,
         Command::Cluster(c) => admin_cmds::cluster(&Admin::new(config)?, c).await?,
         Command::Group(c) => admin_cmds::group(&Admin::new(config)?, c).await?,
+        Command::Dlq(c) => admin_cmds::dlq(&Admin::new(config)?, c).await?,
         Command::Message(args::MessageCommand::Cancel { handle, out }) => {
             produce::cancel(config, &handle, out.json).await?
         }

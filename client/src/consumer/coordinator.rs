@@ -111,8 +111,13 @@ pub(crate) async fn start<W: QueueWorkers>(
     settings: GroupSettings,
     workers: W,
 ) -> Result<GroupHandle> {
-    // Fail early on a misspelt topic or unreachable nameservers.
-    for topic in &settings.topics {
+    // Fail early on a misspelt topic or unreachable nameservers (the group's retry topic
+    // exists only after its first send-back).
+    for topic in settings
+        .topics
+        .iter()
+        .filter(|t| !sluice_proto::names::is_retry_topic(t))
+    {
         core.routes.get(topic).await?;
     }
     let member = Arc::new(Member { core, settings });
@@ -204,7 +209,7 @@ impl<W: QueueWorkers> Coordinator<W> {
             let route = match member.core.routes.get(topic).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(topic, error = %e, "rebalance skipped: no route");
+                    super::member::no_route(topic, &e);
                     continue;
                 }
             };

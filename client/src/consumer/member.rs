@@ -70,7 +70,7 @@ impl Member {
         for topic in &self.settings.topics {
             match self.core.routes.get(topic).await {
                 Ok(route) => addrs.extend(route.masters().into_iter().map(|(_, a)| a)),
-                Err(e) => tracing::warn!(topic, error = %e, "no route for a subscribed topic"),
+                Err(e) => no_route(topic, &e),
             }
         }
         addrs
@@ -187,7 +187,14 @@ impl Member {
             Err(e) if e.code() == Some(ErrorCode::GroupNotFound) => {}
             Err(e) => return Err(e),
         }
-        let offset = match self.settings.start {
+        // Everything on a group's retry topic is the group's own unfinished work: start at its
+        // beginning whatever the group does for its topics.
+        let start = if sluice_proto::names::is_retry_topic(&mq.topic) {
+            StartPosition::Earliest
+        } else {
+            self.settings.start
+        };
+        let offset = match start {
             StartPosition::Earliest | StartPosition::Latest => {
                 let req = rpc::request(
                     GetQueueOffsetsRequest {
@@ -206,7 +213,7 @@ impl Member {
                             format!("broker {addr} does not report queue {mq}"),
                         ))
                     })?;
-                if self.settings.start == StartPosition::Earliest {
+                if start == StartPosition::Earliest {
                     q.min_offset
                 } else {
                     q.max_offset
@@ -318,5 +325,15 @@ impl Member {
                 tracing::warn!(broker = %addr, error = %e, "unregistering the consumer failed");
             }
         }
+    }
+}
+
+/// Logs a subscribed topic without a route. A group's retry topic has none until its first
+/// send-back: that is normal, not worth a warning.
+pub(crate) fn no_route(topic: &str, e: &crate::error::Error) {
+    if sluice_proto::names::is_retry_topic(topic) {
+        tracing::debug!(topic, error = %e, "no route for the group's retry topic yet");
+    } else {
+        tracing::warn!(topic, error = %e, "no route for a subscribed topic");
     }
 }

@@ -1,9 +1,12 @@
 //! Consumer groups: queues of the subscribed topics are split among the group's live members,
 //! each member pulls its queues and commits offsets only past messages it finished with.
 //!
-//! Delivery is at-least-once. A handler error re-delivers the message after a backoff, in this
-//! consumer, until it succeeds; moving failed messages to retry and dead-letter topics comes
-//! with a later issue.
+//! Delivery is at-least-once. A handler error sends the message back to its broker by
+//! reference: it returns on the group's retry topic `%RETRY%<group>` (which every member reads
+//! without being told) after the group's backoff, and goes to the dead-letter topic
+//! `%DLQ%<group>` once the group's retries are spent. Its offset counts as finished only once
+//! the broker acknowledged the send-back; if the broker cannot be reached the message is
+//! retried here after a local backoff instead.
 
 mod allocate;
 mod coordinator;
@@ -11,6 +14,7 @@ mod fetch;
 mod member;
 mod pull;
 mod push;
+mod sendback;
 mod tracker;
 
 use std::future::Future;
@@ -23,6 +27,7 @@ use sluice_proto::names;
 pub use allocate::allocate_averagely;
 pub use pull::PullConsumer;
 pub use push::PushConsumer;
+pub use sendback::{RetryLater, SendBackOutcome};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
@@ -191,6 +196,16 @@ impl ConsumerBuilder {
     /// Starts a pull consumer.
     pub async fn start_pull(self) -> Result<PullConsumer> {
         PullConsumer::start(self).await
+    }
+
+    /// The subscribed topics and the group's retry topic.
+    pub(crate) fn topics_with_retry(&self) -> Vec<String> {
+        let mut topics = self.topics.clone();
+        let retry = names::retry_topic(&self.group);
+        if !topics.contains(&retry) {
+            topics.push(retry);
+        }
+        topics
     }
 
     pub(crate) fn validate(&self) -> Result<()> {

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
 use super::fetch::{maybe, PullOutcome, QueueReader, ReaderCtx};
+use super::sendback::{send_back, SendBackOutcome};
 use super::tracker::OffsetTracker;
 use super::{new_client_id, ConsumerBuilder};
 use crate::client::ClientCore;
@@ -54,6 +55,9 @@ pub struct PullConsumer {
     acked: Vec<mpsc::UnboundedSender<Ack>>,
     auto_commit: bool,
     barrier_timeout: Duration,
+    /// For send-backs (`nack`).
+    core: Arc<ClientCore>,
+    group_name: String,
 }
 
 impl PullConsumer {
@@ -80,9 +84,11 @@ impl PullConsumer {
             max_unfinished: b.max_unfinished_per_queue,
         });
         let barrier_timeout = core.timeout();
+        let group_name = b.group.clone();
+        let send_core = core.clone();
         let settings = GroupSettings {
+            topics: b.topics_with_retry(),
             group: b.group,
-            topics: b.topics,
             client_id: client_id.clone(),
             start: b.start,
             heartbeat_interval: b.heartbeat_interval,
@@ -98,6 +104,8 @@ impl PullConsumer {
             current: None,
             unacked: Vec::new(),
             acked: Vec::new(),
+            core: send_core,
+            group_name,
             auto_commit: b.auto_commit,
             barrier_timeout,
         })
@@ -156,6 +164,27 @@ impl PullConsumer {
             self.current = Some(next);
         }
         Ok(out)
+    }
+
+    /// Sends a polled message back for another attempt after `delay` (the group's backoff when
+    /// `None`), or to the group's dead-letter topic once its retries are spent. Call it before
+    /// the message is committed (with auto-commit: before the next `poll`); if it fails, the
+    /// message is not sent back: call it again or leave the message uncommitted.
+    pub async fn nack(
+        &self,
+        message: &ReceivedMessage,
+        delay: Option<Duration>,
+        reason: &str,
+    ) -> Result<SendBackOutcome> {
+        send_back(
+            &self.core,
+            &self.group_name,
+            &message.broker_name,
+            &message.message,
+            delay,
+            reason,
+        )
+        .await
     }
 
     /// Marks every polled message finished and sends the offsets to the brokers.

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
 use super::fetch::{doubling, maybe, PullOutcome, QueueReader, ReaderCtx};
+use super::sendback::{send_back, RetryLater};
 use super::tracker::OffsetTracker;
 use super::{new_client_id, ConsumerBuilder, MessageHandler};
 use crate::client::ClientCore;
@@ -50,8 +51,8 @@ impl PushConsumer {
             max_unfinished: b.max_unfinished_per_queue,
         });
         let settings = GroupSettings {
+            topics: b.topics_with_retry(),
             group: b.group,
-            topics: b.topics,
             client_id: client_id.clone(),
             start: b.start,
             heartbeat_interval: b.heartbeat_interval,
@@ -202,15 +203,32 @@ fn spawn_handler(
             let result = AssertUnwindSafe(async move { handler.handle(delivered).await })
                 .catch_unwind()
                 .await;
-            let error = match result {
+            let (error, delay) = match result {
                 Ok(Ok(())) => {
                     drop(permit);
                     let _ = done.send(HandlerDone::Finished(offset));
                     return;
                 }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "handler panicked".to_string(),
+                Ok(Err(e)) => (
+                    e.to_string(),
+                    e.downcast_ref::<RetryLater>().map(|r| r.delay),
+                ),
+                Err(_) => ("handler panicked".to_string(), None),
             };
+            // Back to the broker by reference; the offset is finished once it has it.
+            let core = &shared.reader.core;
+            let group = &shared.reader.group;
+            match send_back(core, group, &mq.broker_name, &msg, delay, &error).await {
+                Ok(outcome) => {
+                    tracing::info!(queue = %mq, offset, %error, ?outcome, "handler failed; message sent back");
+                    drop(permit);
+                    let _ = done.send(HandlerDone::Finished(offset));
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %mq, offset, error = %e, "send-back failed; retrying here");
+                }
+            }
             attempt += 1;
             // Free the slot while waiting, so other messages keep flowing.
             drop(permit.take());
