@@ -281,7 +281,7 @@ mod tests {
             .unwrap();
         let create_late = state::upsert_topic_op(topic("late"));
         donor
-            .apply(Some(43), &[create_late.clone()], false)
+            .apply(Some(43), std::slice::from_ref(&create_late), false)
             .unwrap();
         donor
             .apply(Some(45), &[state::delete_topic_op("late")], false)

@@ -524,6 +524,27 @@ impl Broker for FakeBroker {
         }
     }
 
+    async fn send_back(&self, _req: Request<SendBackRequest>) -> Res<SendBackResponse> {
+        self.0.check_up()?;
+        // No retry topics here: consumers fall back to retrying locally.
+        Err(ApiError::new(ErrorCode::Internal, "the fake broker keeps no retry topics").into())
+    }
+
+    async fn get_group_config(&self, _req: Request<GetGroupConfigRequest>) -> Res<GroupConfig> {
+        Err(ApiError::new(ErrorCode::Internal, "not in the fake broker").into())
+    }
+
+    async fn update_group_config(
+        &self,
+        _req: Request<UpdateGroupConfigRequest>,
+    ) -> Res<GroupConfig> {
+        Err(ApiError::new(ErrorCode::Internal, "not in the fake broker").into())
+    }
+
+    async fn redrive_dead_letters(&self, _req: Request<RedriveRequest>) -> Res<RedriveResponse> {
+        Err(ApiError::new(ErrorCode::Internal, "not in the fake broker").into())
+    }
+
     async fn cancel_delayed(
         &self,
         _req: Request<CancelDelayedRequest>,

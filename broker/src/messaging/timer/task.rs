@@ -312,9 +312,8 @@ fn fired(r: StoredRecord) -> Option<(String, u32, AppendMessage)> {
         .into_iter()
         .filter(|(k, _)| k != REAL_TOPIC && k != REAL_QUEUE && k != TIMER_OF)
         .collect();
-    if props::get(&properties, DELIVER_AT).is_none() {
-        return None;
-    }
+    // A record without its due time is not one the broker scheduled.
+    props::get(&properties, DELIVER_AT)?;
     properties.push((TIMER_OF.into(), r.commit_log_offset.to_string()));
     Some((
         topic,

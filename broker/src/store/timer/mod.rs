@@ -98,7 +98,7 @@ impl Mem {
             self.samples.push_back(phy);
             return;
         }
-        if no % SAMPLE == 0 {
+        if no.is_multiple_of(SAMPLE) {
             let want = (no - self.samples_base) / SAMPLE;
             while (self.samples.len() as u64) <= want {
                 self.samples.push_back(phy);

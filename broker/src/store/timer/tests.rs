@@ -222,7 +222,7 @@ proptest! {
             prop_assert_eq!(ix.pending(), model.len() as u64);
             prop_assert_eq!(ix.floor().unwrap(), model.keys().next().copied().unwrap_or(u64::MAX));
             // Chains are walked between writes too (cached blocks must not go stale).
-            if phy % 3 == 0 {
+            if phy.is_multiple_of(3) {
                 ix.flush().unwrap();
             }
             let mut want: Vec<(i64, u64)> = model.iter().map(|(p, d)| (*d, *p)).collect();
