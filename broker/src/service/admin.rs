@@ -109,6 +109,12 @@ impl BrokerService {
             disk_usage_ratio: self.store.disk_usage_ratio(),
             flush_mode: self.limits.flush_mode.clone(),
             read_stats: Some(self.read_hints.stats()),
+            timers_pending: self.store.timers_pending(),
+            timer_floor: match self.store.timer_floor() {
+                u64::MAX => 0,
+                f => f,
+            },
+            rss_bytes: rss_bytes(),
             ..Default::default()
         };
         if let Some(group) = self.write.group() {
@@ -236,6 +242,19 @@ impl BrokerService {
             queue_id,
         })
     }
+}
+
+/// Resident set size of this process (Linux `/proc/self/statm`), 0 elsewhere.
+fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * rustix::param::page_size() as u64
 }
 
 fn in_range(ts: i64, req: &QueryMessagesRequest) -> bool {

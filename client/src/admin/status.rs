@@ -51,6 +51,10 @@ pub struct BrokerStatusRow {
     pub replicas: Vec<ReplicaProgressRow>,
     /// What the replica served to pulls (brokers that report it).
     pub reads: Option<ReadRow>,
+    /// Delayed messages waiting on the broker.
+    pub timers_pending: Option<u64>,
+    /// Resident memory of the broker process.
+    pub rss_bytes: Option<u64>,
     /// Why the broker could not be asked, when it could not.
     pub error: Option<String>,
 }
@@ -355,6 +359,8 @@ fn merge_status(row: &mut BrokerStatusRow, s: BrokerStatus) {
     row.data_port_connections = Some(s.data_port_connections);
     row.data_port_sends = Some(s.data_port_sends);
     row.data_port_moved = Some(s.data_port_moved);
+    row.timers_pending = Some(s.timers_pending);
+    row.rss_bytes = (s.rss_bytes > 0).then_some(s.rss_bytes);
     // The broker's own view is newer than its last registration.
     if s.role != Role::Unspecified as i32 {
         row.role = role_name(s.role).to_string();

@@ -55,6 +55,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             produce::cancel(config, &handle, out.json).await?
         }
         Command::Message(c) => admin_cmds::message(&Admin::new(config)?, c).await?,
+        Command::Bench(bench::args::BenchCommand::Timers(a)) => {
+            bench::timers::run(config, a).await?
+        }
         Command::Bench(c) => {
             let plan = bench::args::Plan::new(c).map_err(CliError::Usage)?;
             bench::bench(config, plan).await?

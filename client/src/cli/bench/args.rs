@@ -25,6 +25,9 @@ pub enum BenchCommand {
         #[arg(long, default_value = "earliest", value_parser = ["earliest", "latest"])]
         from: String,
     },
+    /// Delayed messages: produce throughput beside plain produce, lateness at a steady rate,
+    /// a burst due in one second, memory with many pending.
+    Timers(super::timers::TimersArgs),
     /// Produce and consume at once; latency from send to delivery.
     E2e {
         #[command(flatten)]
@@ -244,6 +247,9 @@ impl Plan {
     /// Checks the options; the error is a usage message.
     pub fn new(cmd: BenchCommand) -> Result<Plan, String> {
         let (workload, common, send, receive) = match cmd {
+            BenchCommand::Timers(_) => {
+                return Err("bench timers has a plan of its own (bench::timers::run)".into())
+            }
             BenchCommand::Produce { common, send } => (Workload::Produce, common, Some(send), None),
             BenchCommand::Consume {
                 common,

@@ -7,6 +7,7 @@ mod payload;
 mod produce;
 mod progress;
 mod stats;
+pub mod timers;
 mod workers;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
