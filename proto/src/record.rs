@@ -491,6 +491,8 @@ pub struct DispatchView<'a> {
     pub tag: &'a [u8],
     keys: &'a [u8],
     nkeys: u16,
+    props: &'a [u8],
+    nprops: u16,
 }
 
 /// [`parse`] for the dispatcher, which reads back records this process wrote (they passed a
@@ -506,10 +508,35 @@ pub fn parse_for_dispatch(raw: &[u8]) -> Result<DispatchView<'_>, &'static str> 
         tag: l.tag,
         keys: l.keys,
         nkeys: l.nkeys,
+        props: l.props,
+        nprops: l.nprops,
     })
 }
 
 impl<'a> DispatchView<'a> {
+    /// The raw value of property `name`, without allocating (the dispatcher reads the
+    /// broker's own properties of timer records this way).
+    pub fn property(&self, name: &str) -> Option<&'a [u8]> {
+        let mut c = Cursor {
+            b: self.props,
+            at: 0,
+        };
+        for _ in 0..self.nprops {
+            let k = c.bytes16().ok()?;
+            let n = c.u32().ok()? as usize;
+            let v = c.take(n).ok()?;
+            if k == name.as_bytes() {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// A property's value as a decimal number.
+    pub fn property_i64(&self, name: &str) -> Option<i64> {
+        std::str::from_utf8(self.property(name)?).ok()?.parse().ok()
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
         let mut c = Cursor {
             b: self.keys,

@@ -56,7 +56,13 @@ pub struct Dispatcher {
     stalled: bool,
     /// The timer index changed since the last publish (floor and counts to refresh).
     timers_changed: bool,
+    /// A timer due within `TIMER_HINT_MS` was scheduled since the last publish.
+    timers_due_soon: bool,
 }
+
+/// Scheduled timers due within this long wake the master's timer task at once (it looks a
+/// second ahead on its own).
+const TIMER_HINT_MS: i64 = 2_000;
 
 /// How the dispatcher thread ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +95,7 @@ impl Dispatcher {
             index: IndexWriter::default(),
             stalled: false,
             timers_changed: true,
+            timers_due_soon: true,
         }
     }
 
@@ -435,19 +442,9 @@ impl Dispatcher {
         phy: u64,
         sys: u32,
     ) -> io::Result<Option<String>> {
-        let rec = match record::parse(view.raw()) {
-            Ok(r) => r,
-            Err(why) => {
-                tracing::error!(offset = phy, why, "timer record unreadable; not indexed");
-                return Ok(None);
-            }
-        };
-        let props: Vec<(String, String)> = rec.properties().collect();
-        let number = |name: &str| props::get(&props, name).and_then(|v| v.parse::<i64>().ok());
-        self.timers_changed = true;
         let mut timers = self.shared.timers.lock();
         if sys & record::SYS_FLAG_SCHEDULED != 0 {
-            let Some(due) = number(props::DELIVER_AT) else {
+            let Some(due) = view.property_i64(props::DELIVER_AT) else {
                 tracing::error!(
                     offset = phy,
                     "scheduled record without a due time; not indexed"
@@ -455,9 +452,23 @@ impl Dispatcher {
                 return Ok(None);
             };
             timers.schedule(phy, due, view.total_size())?;
-            return Ok(props::get(&props, props::REAL_TOPIC).map(str::to_owned));
+            self.timers_changed = true;
+            // A wake-up hint for the master's timer task, not state: the clock is fine here.
+            self.timers_due_soon |= due <= super::now_ms() + TIMER_HINT_MS;
+            // Only keys are indexed under the real topic.
+            if view.keys().next().is_none() {
+                return Ok(None);
+            }
+            let real = view
+                .property(props::REAL_TOPIC)
+                .and_then(|t| std::str::from_utf8(t).ok())
+                .map(str::to_owned);
+            return Ok(real);
         }
-        let Some(of) = number(props::TIMER_OF).and_then(|v| u64::try_from(v).ok()) else {
+        let Some(of) = view
+            .property_i64(props::TIMER_OF)
+            .and_then(|v| u64::try_from(v).ok())
+        else {
             tracing::error!(offset = phy, "timer record without the timer it resolves");
             return Ok(None);
         };
@@ -466,6 +477,7 @@ impl Dispatcher {
         } else {
             TimerState::Cancelled
         };
+        self.timers_changed = true;
         if let Resolved::Before(was) = timers.resolve(of, phy, state)? {
             // The leader's timer task proposes one resolution per timer; a second one (or one
             // for a timer this replica does not hold) changes nothing.
@@ -509,7 +521,9 @@ impl Dispatcher {
             };
             self.shared.timer_floor.store(floor, Ordering::Release);
             self.shared.timer_pending.store(pending, Ordering::Release);
-            self.shared.timer_version.send_modify(|v| *v += 1);
+            if std::mem::take(&mut self.timers_due_soon) {
+                self.shared.timer_version.send_modify(|v| *v += 1);
+            }
         }
         self.shared.dispatched.send_if_modified(|d| {
             let changed = *d != self.pos;
@@ -621,6 +635,7 @@ impl Dispatcher {
         shared.index.truncate(0)?;
         shared.timers.lock().reset()?;
         self.timers_changed = true;
+        self.timers_due_soon = true;
         self.pos = start;
         self.index_floor = start;
         shared.dispatched.send_replace(start);
@@ -648,6 +663,7 @@ impl Dispatcher {
             self.shared.index.truncate(offset)?;
             self.shared.timers.lock().truncate(offset)?;
             self.timers_changed = true;
+            self.timers_due_soon = true;
             self.index_floor = self.index_floor.min(offset);
             self.pending.clear();
             self.pos = offset;

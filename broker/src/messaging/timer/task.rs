@@ -16,6 +16,7 @@ use sluice_proto::record::SYS_FLAG_TIMER_FIRED;
 use sluice_proto::v1::cancel_delayed_response::Outcome;
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::{cancel_record, CancelOutcome, CancelRequest};
 use crate::messaging::WritePath;
@@ -26,6 +27,9 @@ use crate::store::{AppendBatch, AppendMessage, MessageStore, StoreError, StoredR
 const LOOKAHEAD_MS: i64 = 1_000;
 /// Most timers fired in one round.
 const MAX_ROUND: usize = 8192;
+
+/// Scheduled records read for a round, each with its timer.
+type Read = Vec<(TimerEntry, Result<StoredRecord, StoreError>)>;
 
 fn now_ms() -> i64 {
     crate::service::convert::now_ms()
@@ -74,10 +78,26 @@ impl Task {
             }
             let due = self.take_due(now);
             if !due.is_empty() {
-                if let Err(e) = self.fire(due).await {
-                    tracing::warn!(error = %e, "delivering due timers failed; settling, then retrying");
-                    if self.recover(&mut stop).await {
-                        return;
+                let mut reading = Some(self.read(due));
+                while let Some(r) = reading.take() {
+                    let fired = match r.await {
+                        Ok(Ok(records)) => {
+                            let more = self.take_due(now_ms());
+                            if !more.is_empty() {
+                                reading = Some(self.read(more));
+                            }
+                            self.fire(records).await
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(e) => Err(ApiError::internal(format!("timer read failed: {e}"))),
+                    };
+                    if let Err(e) = fired {
+                        tracing::warn!(error = %e, "delivering due timers failed; settling, then retrying");
+                        // What was read ahead goes back with the rest: the index is read again.
+                        drop(reading.take());
+                        if self.recover(&mut stop).await {
+                            return;
+                        }
                     }
                 }
                 while let Ok(req) = inbox.try_recv() {
@@ -146,16 +166,32 @@ impl Task {
         Duration::from_millis(next_slot.min(next_due).clamp(1, 1_000) as u64)
     }
 
-    /// Writes each due timer into its real queue (one batch per queue, in firing order).
-    async fn fire(&mut self, due: Vec<TimerEntry>) -> Result<(), ApiError> {
+    /// Reads the scheduled records of `due` on two blocking threads (a burst of timers is
+    /// read while the previous round is written).
+    fn read(&self, mut due: Vec<TimerEntry>) -> JoinHandle<Result<Read, ApiError>> {
         let store = self.store.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            due.into_iter()
-                .map(|e| (e, store.read_at(e.sched_phy)))
-                .collect::<Vec<_>>()
+        tokio::spawn(async move {
+            let second = due.split_off(due.len() / 2);
+            let other = store.clone();
+            let read = |store: MessageStore, part: Vec<TimerEntry>| {
+                tokio::task::spawn_blocking(move || {
+                    part.into_iter()
+                        .map(|e| (e, store.read_at(e.sched_phy)))
+                        .collect::<Read>()
+                })
+            };
+            let (a, b) = tokio::join!(read(store, due), read(other, second));
+            let failed = |e: tokio::task::JoinError| {
+                ApiError::internal(format!("timer read task failed: {e}"))
+            };
+            let mut a = a.map_err(failed)?;
+            a.extend(b.map_err(failed)?);
+            Ok(a)
         })
-        .await
-        .map_err(|e| ApiError::internal(format!("timer read task failed: {e}")))?;
+    }
+
+    /// Writes each due timer into its real queue (one batch per queue, in firing order).
+    async fn fire(&mut self, records: Read) -> Result<(), ApiError> {
         let mut batches: Vec<AppendBatch> = Vec::new();
         let mut at: HashMap<(String, u32), usize> = HashMap::new();
         let mut broken = Vec::new();

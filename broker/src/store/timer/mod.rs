@@ -65,6 +65,8 @@ struct Mem {
     samples: VecDeque<u64>,
     samples_base: u64,
     last_phy: Option<u64>,
+    /// The floor as last computed; dropped when the timer it names is resolved.
+    floor: Option<u64>,
 }
 
 impl Mem {
@@ -154,6 +156,7 @@ impl TimerIndex {
         self.files.append(&e)?;
         if m.pending == 0 {
             m.first_pending = Some(no);
+            m.floor = Some(sched_phy);
         }
         m.visit(&e);
         Ok(())
@@ -176,6 +179,9 @@ impl TimerIndex {
         self.files.write(&e)?;
         self.files.resolved(e.no, by);
         let m = &mut self.mem;
+        if m.first_pending == Some(e.no) {
+            m.floor = None;
+        }
         m.pending = m.pending.saturating_sub(1);
         let slot = slot_of(e.due_ms);
         if let Some(s) = m.slots.get_mut(&slot) {
@@ -259,6 +265,9 @@ impl TimerIndex {
             self.mem.first_pending = Some(next);
             return Ok(u64::MAX);
         }
+        if let Some(f) = self.mem.floor {
+            return Ok(f);
+        }
         let mut from = self
             .mem
             .first_pending
@@ -269,6 +278,7 @@ impl TimerIndex {
             for e in self.files.read_range(from, upto)? {
                 if e.is_pending() {
                     self.mem.first_pending = Some(e.no);
+                    self.mem.floor = Some(e.sched_phy);
                     return Ok(e.sched_phy);
                 }
             }

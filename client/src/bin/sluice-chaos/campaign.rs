@@ -10,6 +10,7 @@ use sluice_client::{Admin, ClientConfig};
 use tokio::sync::watch;
 
 use crate::control::{Action, Control, NodeInfo};
+use crate::features;
 use crate::ledger::{self, Ledger, MsgId};
 use crate::load::{self, Load};
 use crate::probe::{self, Group, Replica};
@@ -72,6 +73,8 @@ pub struct Options {
     pub failover_timeout: Duration,
     pub heal_timeout: Duration,
     pub drain_timeout: Duration,
+    /// Shares of delayed and failing messages.
+    pub mix: features::Mix,
 }
 
 /// The groups to attack, from the control script's node list: brokers with a group and a
@@ -142,10 +145,22 @@ pub async fn run(opts: Options) -> Result<Report> {
     for g in &groups {
         probe::await_healthy(g, &nameservers, None, opts.heal_timeout).await?;
     }
-    Admin::new(config.clone())?
+    let admin = Admin::new(config.clone())?;
+    admin
         .create_topic(&topic, opts.queues, None)
         .await
         .with_context(|| format!("creating topic {topic}"))?;
+    if opts.mix.fail_share > 0.0 {
+        // A short backoff, so failing messages settle within the run.
+        admin
+            .update_group_config(
+                &consumer_group,
+                Some(opts.mix.max_retries),
+                Some(vec![1_000]),
+            )
+            .await
+            .context("setting the consumer group's retry policy")?;
+    }
     for g in &groups {
         probe::await_healthy(g, &nameservers, Some(&topic), opts.heal_timeout).await?;
     }
@@ -172,6 +187,8 @@ pub async fn run(opts: Options) -> Result<Report> {
         body_size: opts.body_size,
         groups: Arc::new(group_index),
         events: ledger.sender(),
+        mix: opts.mix,
+        features: features::start(),
     };
     let (stop_consumers, consumers_stop_rx) = watch::channel(false);
     let mut consumer_tasks = Vec::new();
@@ -238,6 +255,11 @@ pub async fn run(opts: Options) -> Result<Report> {
     if let Err(e) = run.drain().await {
         errors.push(format!("{e:#}"));
     }
+    if run.opts.mix.active() {
+        if let Err(e) = run.drain_features(&load).await {
+            errors.push(format!("{e:#}"));
+        }
+    }
     stop_consumers.send_replace(true);
     for t in consumer_tasks {
         let _ = t.await;
@@ -256,6 +278,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         .await
         .context("the ledger task is gone")?;
     let findings = verify::check(&record, &logs);
+    let feature_findings = match run.opts.mix.active() {
+        true => features::finish(&load.features)
+            .await
+            .map(|t| features::check(&t, run.opts.mix.max_retries)),
+        false => None,
+    };
     let mut report = Report {
         run_id,
         topic: run.topic.clone(),
@@ -275,6 +303,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         send_failures: record.counts.send_failures,
         consume_errors: record.consume_errors,
         findings,
+        features: feature_findings,
         replicas_consistent: mismatches.is_empty(),
         replica_mismatches: mismatches,
         failover: None,
@@ -463,6 +492,33 @@ impl Run {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every delayed message was delivered and every failing one settled (or
+    /// nothing moved for the drain timeout).
+    async fn drain_features(&self, load: &Load) -> Result<()> {
+        let mut last = None;
+        let mut since = Instant::now();
+        loop {
+            let Some(now) = features::pending(&load.features).await else {
+                bail!("the feature tracker is gone");
+            };
+            if now == (0, 0) {
+                return Ok(());
+            }
+            if last != Some(now) {
+                last = Some(now);
+                since = Instant::now();
+            } else if since.elapsed() > self.opts.drain_timeout.max(self.opts.mix.max_delay) {
+                bail!(
+                    "{} delayed messages undelivered and {} failing messages unsettled after {:?} without progress",
+                    now.0,
+                    now.1,
+                    self.opts.drain_timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

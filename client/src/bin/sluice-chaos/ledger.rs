@@ -24,8 +24,18 @@ impl fmt::Display for MsgId {
 
 impl MsgId {
     /// The body of this message: `RUN:PRODUCER:SEQ:` padded with dots to `size` bytes.
+    #[cfg(test)]
     pub fn body(&self, run: &str, size: usize) -> Vec<u8> {
         let mut b = format!("{run}:{}:{}:", self.producer, self.seq).into_bytes();
+        if b.len() < size {
+            b.resize(size, b'.');
+        }
+        b
+    }
+
+    /// [`MsgId::body`] with a tag after the sequence number (`RUN:PRODUCER:SEQ:TAG:`).
+    pub fn body_tagged(&self, run: &str, tag: &str, size: usize) -> Vec<u8> {
+        let mut b = format!("{run}:{}:{}:{tag}:", self.producer, self.seq).into_bytes();
         if b.len() < size {
             b.resize(size, b'.');
         }

@@ -10,6 +10,7 @@ use sluice_client::{ClientConfig, Message, Producer, PullConsumer, StartPosition
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::features::{FEvent, Kind, Mix};
 use crate::ledger::{Event, MsgId, Position};
 
 /// What every load task needs to know.
@@ -21,6 +22,9 @@ pub struct Load {
     /// Broker group name -> index used in positions.
     pub groups: Arc<HashMap<String, u16>>,
     pub events: mpsc::UnboundedSender<Event>,
+    /// Delayed and failing messages (none when the knobs are off).
+    pub mix: Mix,
+    pub features: mpsc::UnboundedSender<FEvent>,
 }
 
 impl Load {
@@ -44,7 +48,14 @@ pub fn spawn_producer(
                 producer: index,
                 seq,
             };
-            let message = Message::new(load.topic.to_string(), id.body(&load.run, load.body_size));
+            let (kind, delay) = load.mix.draw();
+            let mut message = Message::new(
+                load.topic.to_string(),
+                id.body_tagged(&load.run, &kind.tag(), load.body_size),
+            );
+            if kind == Kind::Delayed {
+                message = message.with_delay(delay);
+            }
             let started = Instant::now();
             let result = tokio::select! {
                 r = producer.send(message) => r,
@@ -52,8 +63,18 @@ pub fn spawn_producer(
                 _ = stop.changed() => break,
             };
             match result {
+                Ok(r) if kind == Kind::Delayed => {
+                    // Acknowledged on the timer queue: its position comes when it is due.
+                    let _ = load.features.send(FEvent::DelayedAcked {
+                        id,
+                        due_ms: r.deliver_at_ms.unwrap_or(0),
+                    });
+                }
                 Ok(r) => match load.group(&r.broker_name) {
                     Some(group) => {
+                        if let Kind::Failing(fails) = kind {
+                            let _ = load.features.send(FEvent::FailingAcked { id, fails });
+                        }
                         let _ = load.events.send(Event::Ack {
                             id,
                             at: Position {
@@ -136,6 +157,28 @@ pub fn spawn_consumer(
                     let _ = load.events.send(Event::Foreign);
                     continue;
                 };
+                let from_retry = m.topic() != &*load.topic;
+                match Kind::of(&load.run, m.body()) {
+                    Kind::Delayed if !from_retry => {
+                        let props = &m.message.properties;
+                        let num = |k: &str| props.get(k).and_then(|v| v.parse::<i64>().ok());
+                        let _ = load.features.send(FEvent::DelayedDelivered {
+                            id,
+                            store_ms: m.message.store_timestamp_ms,
+                            due_ms: num("__DELIVER_AT").unwrap_or(i64::MAX),
+                            timer_of: props.get("__TIMER_OF").cloned().unwrap_or_default(),
+                            at: (group, m.queue_id(), m.offset()),
+                        });
+                        continue;
+                    }
+                    Kind::Failing(fails) => {
+                        fail_or_finish(&load, &consumer, &m, id, fails).await;
+                        if from_retry {
+                            continue;
+                        }
+                    }
+                    _ => {}
+                }
                 let _ = load.events.send(Event::Delivery {
                     member,
                     id,
@@ -149,4 +192,53 @@ pub fn spawn_consumer(
         }
         consumer.shutdown().await;
     })
+}
+
+/// A failing message: sent back (nack) while its attempts are below its failure count, else
+/// finished. The nack is retried through a failover; it must succeed before the next poll
+/// (which acknowledges this one).
+async fn fail_or_finish(
+    load: &Load,
+    consumer: &PullConsumer,
+    m: &sluice_client::ReceivedMessage,
+    id: MsgId,
+    fails: u32,
+) {
+    let attempt = m.reconsume_times();
+    if attempt >= fails {
+        let _ = load.features.send(FEvent::Attempt {
+            id,
+            attempt,
+            succeeded: true,
+        });
+        return;
+    }
+    let _ = load.features.send(FEvent::Attempt {
+        id,
+        attempt,
+        succeeded: false,
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match consumer
+            .nack(m, None, &format!("chaos failure {attempt}"))
+            .await
+        {
+            Ok(sluice_client::SendBackOutcome::DeadLetter { attempts }) => {
+                let _ = load.features.send(FEvent::DeadLettered { id, attempts });
+                return;
+            }
+            Ok(_) => return,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "nack failed; retrying");
+                // Not a synchronisation: a failover takes about a second.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %id, "nack kept failing");
+                let _ = load.features.send(FEvent::NackFailed { id });
+                return;
+            }
+        }
+    }
 }

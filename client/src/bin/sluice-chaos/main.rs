@@ -13,6 +13,7 @@
 
 mod campaign;
 mod control;
+mod features;
 mod ledger;
 mod load;
 mod probe;
@@ -123,6 +124,17 @@ struct RunArgs {
     /// Longest the final drain may go without progress, in seconds.
     #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
+    /// Share of messages sent delayed (random due times up to --max-delay-secs).
+    #[arg(long, default_value_t = 0.0)]
+    delayed_share: f64,
+    /// Share of messages the consumer fails N times (N random in 1..=max-retries+2).
+    #[arg(long, default_value_t = 0.0)]
+    fail_share: f64,
+    #[arg(long, default_value_t = 60)]
+    max_delay_secs: u64,
+    /// The consumer group's retry budget for failing messages.
+    #[arg(long, default_value_t = 3)]
+    max_retries: u32,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -145,6 +157,18 @@ impl RunArgs {
         if self.queues == 0 || self.queues > 1024 {
             bail!("--queues must be within 1..=1024");
         }
+        let shares = self.delayed_share + self.fail_share;
+        if !(0.0..=1.0).contains(&self.delayed_share)
+            || !(0.0..=1.0).contains(&self.fail_share)
+            || shares > 1.0
+        {
+            bail!(
+                "--delayed-share and --fail-share are shares within 0..=1 that add up to at most 1"
+            );
+        }
+        if !(1..=100).contains(&self.max_retries) {
+            bail!("--max-retries must be within 1..=100");
+        }
         if self.send_timeout_ms == 0 {
             bail!("--send-timeout-ms must be > 0");
         }
@@ -166,6 +190,12 @@ impl RunArgs {
                 failover_timeout: secs(self.failover_timeout),
                 heal_timeout: secs(self.heal_timeout),
                 drain_timeout: secs(self.drain_timeout),
+                mix: features::Mix {
+                    delayed_share: self.delayed_share,
+                    fail_share: self.fail_share,
+                    max_delay: secs(self.max_delay_secs),
+                    max_retries: self.max_retries,
+                },
             },
             self.json,
             self.report,

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::features::FeatureFindings;
 use crate::verify::Findings;
 
 /// One fault and its undoing.
@@ -72,6 +73,8 @@ pub struct Report {
     pub consume_errors: u64,
     #[serde(flatten)]
     pub findings: Findings,
+    /// Delayed and failing messages (when the run sent any).
+    pub features: Option<FeatureFindings>,
     /// Every replica of every group holds the same queues (after catching up).
     pub replicas_consistent: bool,
     pub replica_mismatches: Vec<String>,
@@ -100,6 +103,7 @@ impl Report {
             .filter_map(|(k, v)| Stats::of(v).map(|s| (k, s)))
             .collect();
         self.ok = self.findings.violations() == 0
+            && self.features.as_ref().is_none_or(|f| f.violations() == 0)
             && self.replicas_consistent
             && self.errors.is_empty()
             && self.cycles.iter().all(|c| c.error.is_none())
@@ -201,6 +205,24 @@ impl Report {
                 let _ = writeln!(s, "  {x}");
             }
         }
+        if let Some(x) = &self.features {
+            let _ = writeln!(
+                s,
+                "delayed: acked {}  delivered {}  LOST {}  DUPLICATED {}  EARLY {}  (stored twice by a retried send: {})",
+                x.delayed_acked, x.delayed_delivered, x.delayed_lost, x.delayed_duplicated, x.delayed_early, x.delayed_send_retries
+            );
+            let _ = writeln!(
+                s,
+                "failing: acked {}  succeeded after their failures {}  dead-lettered {}  LOST {}  WRONG {}  nack failures {}",
+                x.failing_acked, x.failing_succeeded, x.failing_dead_lettered, x.failing_lost, x.failing_wrong, x.nack_failures
+            );
+            for (kind, samples) in &x.samples {
+                let _ = writeln!(s, "{kind}:");
+                for v in samples {
+                    let _ = writeln!(s, "  {v}");
+                }
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(s, "error: {e}");
         }
@@ -250,6 +272,7 @@ mod tests {
             send_failures: 0,
             consume_errors: 0,
             findings: Findings::default(),
+            features: None,
             replicas_consistent: true,
             replica_mismatches: Vec::new(),
             failover: None,

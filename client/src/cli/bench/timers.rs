@@ -26,6 +26,9 @@ pub struct TimersArgs {
     /// Messages in each produce phase (plain, then delayed); 0 skips both.
     #[arg(long, default_value_t = 200_000)]
     pub count: u64,
+    /// Produce rounds (each plain then delayed); the report gives the medians.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
     /// Batches in flight and messages per batch in the produce phases.
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
@@ -164,41 +167,57 @@ pub async fn run(config: ClientConfig, a: TimersArgs) -> anyhow::Result<()> {
     let topic = a.topic.clone();
 
     if a.count > 0 {
-        let plain = send_all(&p, a.count, a.batch, a.in_flight, |i| {
-            Message::new(topic.clone(), body(size, "plain", i)).with_tag("plain")
-        })
-        .await?;
-        // Due well after the phase, so firing does not compete with it; then wait for them.
-        let due = SystemTime::now() + Duration::from_secs(20);
-        let since = now_ms();
-        let delayed = send_all(&p, a.count, a.batch, a.in_flight, |i| {
-            Message::new(topic.clone(), body(size, "delayed", i))
-                .with_tag("delayed")
-                .deliver_at(due)
-        })
-        .await?;
-        let plain_rate = a.count as f64 / plain.as_secs_f64();
-        let delayed_rate = a.count as f64 / delayed.as_secs_f64();
-        r.plain_msgs_per_sec = Some(plain_rate.round());
-        r.delayed_msgs_per_sec = Some(delayed_rate.round());
-        r.delayed_ratio = Some((delayed_rate / plain_rate * 1000.0).round() / 1000.0);
-        if !a.json {
-            println!(
-                "produce: plain {plain_rate:.0} msgs/s, delayed {delayed_rate:.0} msgs/s ({:.1} %)",
-                100.0 * delayed_rate / plain_rate
+        // Alternating rounds, so both kinds see the same phases of the machine; medians.
+        let (mut plain_rates, mut delayed_rates) = (Vec::new(), Vec::new());
+        for round in 0..a.rounds.max(1) {
+            let plain = send_all(&p, a.count, a.batch, a.in_flight, |i| {
+                Message::new(topic.clone(), body(size, "plain", i)).with_tag("plain")
+            })
+            .await?;
+            // Due well after the round, so firing does not compete with it; then waited for.
+            let due = SystemTime::now() + Duration::from_secs(20);
+            let since = now_ms();
+            let delayed = send_all(&p, a.count, a.batch, a.in_flight, |i| {
+                Message::new(topic.clone(), body(size, "delayed", i))
+                    .with_tag("delayed")
+                    .deliver_at(due)
+            })
+            .await?;
+            let (pr, dr) = (
+                a.count as f64 / plain.as_secs_f64(),
+                a.count as f64 / delayed.as_secs_f64(),
             );
-            println!("waiting for the delayed phase's messages to be delivered ...");
+            if !a.json {
+                println!(
+                    "produce round {}: plain {pr:.0} msgs/s, delayed {dr:.0} msgs/s ({:.1} %); waiting for the delayed ones ...",
+                    round + 1,
+                    100.0 * dr / pr
+                );
+            }
+            plain_rates.push(pr);
+            delayed_rates.push(dr);
+            collect(
+                &config,
+                &a.topic,
+                "delayed",
+                since,
+                a.count,
+                Duration::from_secs(120),
+                |_| {},
+            )
+            .await?;
         }
-        collect(
-            &config,
-            &a.topic,
-            "delayed",
-            since,
-            a.count,
-            Duration::from_secs(120),
-            |_| {},
-        )
-        .await?;
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let (pr, dr) = (median(&mut plain_rates), median(&mut delayed_rates));
+        r.plain_msgs_per_sec = Some(pr.round());
+        r.delayed_msgs_per_sec = Some(dr.round());
+        r.delayed_ratio = Some((dr / pr * 1000.0).round() / 1000.0);
+        if !a.json {
+            println!("produce (median of {} rounds): plain {pr:.0} msgs/s, delayed {dr:.0} msgs/s ({:.1} %)", a.rounds.max(1), 100.0 * dr / pr);
+        }
     }
 
     if a.rate > 0 && a.seconds > 0.0 {
