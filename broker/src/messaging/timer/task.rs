@@ -28,6 +28,11 @@ const LOOKAHEAD_MS: i64 = 1_000;
 /// Most timers fired in one round.
 const MAX_ROUND: usize = 8192;
 
+/// Timers due this soon have their records read ahead (a burst due in one second is then
+/// mostly written, not read, when it is due), within `PREFETCH_BYTES` of records.
+const PREFETCH_MS: i64 = 1_000;
+const PREFETCH_BYTES: usize = 64 << 20;
+
 /// Scheduled records read for a round, each with its timer.
 type Read = Vec<(TimerEntry, Result<StoredRecord, StoreError>)>;
 
@@ -44,6 +49,10 @@ pub(super) struct Task {
     heads: HashMap<i64, u64>,
     /// End of the last record this run wrote: the index is read only once it is dispatched.
     written_end: u64,
+    /// Records of window timers read ahead, by offset, and their bytes.
+    ready: HashMap<u64, Result<StoredRecord, StoreError>>,
+    ready_bytes: usize,
+    prefetching: Option<JoinHandle<Result<Read, ApiError>>>,
 }
 
 impl Task {
@@ -54,6 +63,9 @@ impl Task {
             window: BTreeMap::new(),
             heads: HashMap::new(),
             written_end: 0,
+            ready: HashMap::new(),
+            ready_bytes: 0,
+            prefetching: None,
         }
     }
 
@@ -105,8 +117,24 @@ impl Task {
                 }
                 continue;
             }
+            self.prefetch(now);
             let wake = self.next_wake(now);
+            let prefetched = async {
+                match &mut self.prefetching {
+                    Some(h) => h.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                r = prefetched => {
+                    self.prefetching = None;
+                    if let Ok(Ok(records)) = r {
+                        for (e, rec) in records {
+                            self.ready_bytes += e.size as usize;
+                            self.ready.insert(e.sched_phy, rec);
+                        }
+                    }
+                }
                 _ = tokio::time::sleep(wake) => {}
                 r = version.changed() => if r.is_err() { return },
                 req = inbox.recv() => match req {
@@ -166,9 +194,57 @@ impl Task {
         Duration::from_millis(next_slot.min(next_due).clamp(1, 1_000) as u64)
     }
 
-    /// Reads the scheduled records of `due` on two blocking threads (a burst of timers is
-    /// read while the previous round is written).
-    fn read(&self, mut due: Vec<TimerEntry>) -> JoinHandle<Result<Read, ApiError>> {
+    /// Starts reading ahead the records of window timers due within `PREFETCH_MS`.
+    fn prefetch(&mut self, now: i64) {
+        if self.prefetching.is_some() {
+            return;
+        }
+        let soon = now.saturating_add(PREFETCH_MS);
+        let mut budget = PREFETCH_BYTES.saturating_sub(self.ready_bytes);
+        let mut want = Vec::new();
+        for (&(due, phy), e) in &self.window {
+            if due > soon || (e.size as usize) > budget || want.len() >= 65_536 {
+                break;
+            }
+            if !self.ready.contains_key(&phy) {
+                budget -= e.size as usize;
+                want.push(*e);
+            }
+        }
+        if !want.is_empty() {
+            self.prefetching = Some(self.read_records(want));
+        }
+    }
+
+    /// The records of `due`: those read ahead, and the rest read on two blocking threads (a
+    /// burst of timers is read while the previous round is written); in firing order.
+    fn read(&mut self, due: Vec<TimerEntry>) -> JoinHandle<Result<Read, ApiError>> {
+        let mut have = Read::new();
+        let mut need = Vec::new();
+        for e in due {
+            match self.ready.remove(&e.sched_phy) {
+                Some(r) => {
+                    self.ready_bytes = self.ready_bytes.saturating_sub(e.size as usize);
+                    have.push((e, r));
+                }
+                None => need.push(e),
+            }
+        }
+        if need.is_empty() {
+            return tokio::spawn(async move { Ok(have) });
+        }
+        let reading = self.read_records(need);
+        tokio::spawn(async move {
+            let read = reading
+                .await
+                .map_err(|e| ApiError::internal(format!("timer read task failed: {e}")))??;
+            have.extend(read);
+            have.sort_by_key(|(e, _)| (e.due_ms, e.sched_phy));
+            Ok(have)
+        })
+    }
+
+    fn read_records(&self, mut due: Vec<TimerEntry>) -> JoinHandle<Result<Read, ApiError>> {
         let store = self.store.clone();
         tokio::spawn(async move {
             let second = due.split_off(due.len() / 2);
@@ -273,6 +349,9 @@ impl Task {
         }
         self.window.clear();
         self.heads.clear();
+        self.ready.clear();
+        self.ready_bytes = 0;
+        self.prefetching = None;
         false
     }
 
@@ -331,6 +410,9 @@ impl Task {
             TimerState::Pending => {
                 self.append(cancel_record(&sched)).await?;
                 self.window.remove(&(entry.due_ms, entry.sched_phy));
+                if self.ready.remove(&entry.sched_phy).is_some() {
+                    self.ready_bytes = self.ready_bytes.saturating_sub(entry.size as usize);
+                }
                 self.caught_up().await?;
                 Ok(info(Outcome::Cancelled))
             }

@@ -310,7 +310,9 @@ impl Files {
                 .get(at..at + ENTRY_LEN)
                 .and_then(|c| TimerEntry::decode(no, c)));
         }
-        let start = no - no % BLOCK;
+        // Blocks are aligned within the entry's own file (files need not be a multiple of one).
+        let base = self.base(no);
+        let start = base + (no - base) / BLOCK * BLOCK;
         let at = ((no - start) as usize) * ENTRY_LEN;
         // A block read before later entries were written to it does not hold them yet.
         if self

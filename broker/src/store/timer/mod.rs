@@ -204,14 +204,20 @@ impl TimerIndex {
         let Some(i) = i.checked_sub(1) else {
             return Ok(None);
         };
-        let from = (m.samples_base + i as u64 * SAMPLE).max(self.files.first_no());
-        let upto = (m.samples_base + (i as u64 + 1) * SAMPLE).min(self.files.next_no());
-        for e in self.files.read_range(from, upto)? {
-            if e.sched_phy == sched_phy {
-                return Ok(Some(e));
-            }
-            if e.sched_phy > sched_phy {
-                break;
+        let mut lo = (m.samples_base + i as u64 * SAMPLE).max(self.files.first_no());
+        let mut hi = (m.samples_base + (i as u64 + 1) * SAMPLE).min(self.files.next_no());
+        // Binary search through the block cache: timers firing in a burst sit next to each
+        // other, so most lookups read no file at all.
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let Some(e) = self.files.read_cached(mid)? else {
+                tracing::error!(entry = mid, "unreadable timer entry");
+                return Ok(None);
+            };
+            match e.sched_phy.cmp(&sched_phy) {
+                std::cmp::Ordering::Equal => return Ok(Some(e)),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
             }
         }
         Ok(None)

@@ -69,6 +69,20 @@ fn schedules_chains_by_slot_and_resolves() {
 }
 
 #[test]
+fn lookups_and_chains_cross_files_smaller_than_a_cache_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ix, _) = open(dir.path(), 64, u64::MAX);
+    for i in 0..300u64 {
+        ix.schedule(10 + i, 5_000, 1).unwrap();
+    }
+    ix.flush().unwrap();
+    for i in 0..300u64 {
+        assert_eq!(ix.find(10 + i).unwrap().map(|e| e.no), Some(i));
+    }
+    assert_eq!(due(&mut ix, 5).len(), 300);
+}
+
+#[test]
 fn chains_see_entries_written_after_their_block_was_read() {
     let dir = tempfile::tempdir().unwrap();
     let (mut ix, _) = open(dir.path(), 4096, u64::MAX);
@@ -190,7 +204,7 @@ proptest! {
     /// The index agrees with a map of pending timers through any mix of schedules,
     /// resolutions, checkpoints and clean reopens.
     #[test]
-    fn matches_a_model(ops in prop::collection::vec(op(), 1..120)) {
+    fn matches_a_model(ops in prop::collection::vec(op(), 1..260)) {
         let dir = tempfile::tempdir().unwrap();
         let (mut ix, _) = open(dir.path(), 16, u64::MAX);
         let mut model: BTreeMap<u64, i64> = BTreeMap::new();
