@@ -169,7 +169,17 @@ pub async fn run(
     );
     let retries =
         crate::messaging::retry::Retries::new(store.clone(), write.clone(), timers.clone());
+    let producing = crate::messaging::produce::Producing::new(
+        write.clone(),
+        timers.clone(),
+        crate::messaging::produce::SendSettings {
+            auto_create_topics: config.auto_create_topics,
+            default_queues: config.default_queues,
+            broker_name: config.broker_name.clone(),
+        },
+    );
     let service = Arc::new(BrokerService {
+        producing,
         retries,
         timers,
         read_hints,

@@ -3,6 +3,7 @@
 //! messages or state goes through one [`WritePath`].
 
 pub mod leader;
+pub mod produce;
 pub mod retry;
 pub mod timer;
 mod write_path;

@@ -12,7 +12,7 @@ use super::convert::{now_ms, to_wire};
 use super::BrokerService;
 use crate::replication::{PeerState, ReplicaGroup, Role as RaftRole};
 use crate::state;
-use crate::state::topics::{self, require};
+use crate::state::topics::require;
 use crate::store::timer::TimerState;
 use crate::store::StoredRecord;
 
@@ -76,16 +76,7 @@ impl BrokerService {
 
     /// Creates or updates a topic (through the log on a replica group); true when it changed.
     pub(super) async fn upsert_topic(&self, cfg: TopicConfig) -> Result<bool, ApiError> {
-        self.write.require_writer()?;
-        topics::validate(&cfg)?;
-        if self.topics.get(&cfg.name).as_ref() == Some(&cfg) {
-            return Ok(false);
-        }
-        Ok(self
-            .write
-            .apply(state::upsert_topic_op(cfg), now_ms())
-            .await?
-            == state::Applied::Changed)
+        crate::messaging::produce::upsert_topic(&self.write, cfg, now_ms()).await
     }
 
     pub(crate) async fn status(&self) -> BrokerStatus {

@@ -51,6 +51,8 @@ pub struct BrokerService {
     pub(crate) write: WritePath,
     /// Delayed messages: settings and the way to the master's timer task.
     pub(crate) timers: Arc<crate::messaging::timer::Timers>,
+    /// Sends, immediate and delayed.
+    pub(crate) producing: crate::messaging::produce::Producing,
     /// Consumer send-back, retry policies, dead letters.
     pub(crate) retries: crate::messaging::retry::Retries,
     pub(crate) groups: Arc<ConsumerGroups>,

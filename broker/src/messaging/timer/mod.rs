@@ -75,30 +75,59 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl TimerSettings {
-    /// The due time a message asks for (`None`: not delayed), checked against the limit.
-    pub fn due_time(&self, m: &Message, now_ms: i64) -> Result<Option<i64>, ApiError> {
+/// When a message is to be delivered, as a sender asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delay {
+    #[default]
+    None,
+    /// This long after the broker stores it.
+    AfterMs(u64),
+    /// At this time (ms since the Unix epoch); in the past: at once.
+    AtMs(i64),
+    /// The broker's delay level n (1-based).
+    Level(u32),
+}
+
+impl Delay {
+    /// The delay of a `sluice.v1.Message` (at most one of its three fields may be set).
+    pub fn of_wire(m: &Message) -> Result<Delay, ApiError> {
         let set = [m.delay_ms != 0, m.deliver_at_ms != 0, m.delay_level != 0];
         if set.iter().filter(|s| **s).count() > 1 {
             return Err(ApiError::invalid(
                 "set at most one of delay_ms, deliver_at_ms and delay_level",
             ));
         }
-        let due = if m.delay_ms != 0 {
-            now_ms.saturating_add(i64::try_from(m.delay_ms).unwrap_or(i64::MAX))
+        Ok(if m.delay_ms != 0 {
+            Delay::AfterMs(m.delay_ms)
         } else if m.deliver_at_ms != 0 {
-            m.deliver_at_ms
+            Delay::AtMs(m.deliver_at_ms)
         } else if m.delay_level != 0 {
-            let level = m.delay_level as usize;
-            let Some(d) = level.checked_sub(1).and_then(|i| self.levels.get(i)) else {
-                return Err(ApiError::invalid(format!(
-                    "delay_level {level} does not exist: this broker has levels 1-{}",
-                    self.levels.len()
-                )));
-            };
-            now_ms.saturating_add(ms(*d))
+            Delay::Level(m.delay_level)
         } else {
-            return Ok(None);
+            Delay::None
+        })
+    }
+}
+
+impl TimerSettings {
+    /// The due time a delay asks for (`None`: not delayed), checked against the limit.
+    pub fn due_time(&self, delay: Delay, now_ms: i64) -> Result<Option<i64>, ApiError> {
+        let due = match delay {
+            Delay::None => return Ok(None),
+            Delay::AfterMs(d) => now_ms.saturating_add(i64::try_from(d).unwrap_or(i64::MAX)),
+            Delay::AtMs(at) => at,
+            Delay::Level(level) => {
+                let Some(d) = (level as usize)
+                    .checked_sub(1)
+                    .and_then(|i| self.levels.get(i))
+                else {
+                    return Err(ApiError::invalid(format!(
+                        "delay_level {level} does not exist: this broker has levels 1-{}",
+                        self.levels.len()
+                    )));
+                };
+                now_ms.saturating_add(ms(*d))
+            }
         };
         let limit = now_ms.saturating_add(ms(self.max_delay));
         if due > limit {

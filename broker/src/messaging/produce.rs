@@ -1,0 +1,202 @@
+//! Send, protocol-neutral: a batch of messages for one queue of a topic, immediate or delayed,
+//! validated, the topic auto-created when allowed, written through the write path. Wire APIs
+//! (`service/produce.rs` for `sluice.v1`, the data port) convert to and from these types.
+
+use std::sync::Arc;
+
+use sluice_proto::names::validate_topic_name;
+use sluice_proto::props;
+use sluice_proto::v1::TopicConfig;
+use sluice_proto::{perm, ApiError, ErrorCode};
+
+use super::timer::{self, Delay, Timers};
+use super::WritePath;
+use crate::state;
+use crate::state::topics;
+use crate::store::{AppendBatch, AppendMessage};
+
+/// Most messages accepted in one send.
+pub const MAX_BATCH: usize = 10_000;
+
+/// A message to send and when it is to be delivered.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub message: AppendMessage,
+    pub delay: Delay,
+}
+
+/// What the broker stored for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub message_id: String,
+    /// For a delayed message: its position on the `%TIMER%` queue.
+    pub queue_offset: u64,
+    pub commit_log_offset: u64,
+    /// A delayed message's cancel handle and due time.
+    pub delayed: Option<(String, i64)>,
+}
+
+/// Settings of the send path.
+#[derive(Debug, Clone)]
+pub struct SendSettings {
+    pub auto_create_topics: bool,
+    pub default_queues: u32,
+    pub broker_name: String,
+}
+
+pub struct Producing {
+    write: WritePath,
+    timers: Arc<Timers>,
+    settings: SendSettings,
+}
+
+/// Creates or updates a topic (through the log on a replica group); true when it changed.
+pub async fn upsert_topic(write: &WritePath, cfg: TopicConfig, now: i64) -> Result<bool, ApiError> {
+    write.require_writer()?;
+    topics::validate(&cfg)?;
+    if write.state().topics.get(&cfg.name).as_ref() == Some(&cfg) {
+        return Ok(false);
+    }
+    Ok(write.apply(state::upsert_topic_op(cfg), now).await? == state::Applied::Changed)
+}
+
+impl Producing {
+    pub fn new(write: WritePath, timers: Arc<Timers>, settings: SendSettings) -> Producing {
+        Producing {
+            write,
+            timers,
+            settings,
+        }
+    }
+
+    /// Stores `messages` in queue `queue_id` of `topic`, atomically: all are stored or none.
+    /// Either every message is delayed (each with its own due time) or none is.
+    pub async fn send(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        messages: Vec<Outgoing>,
+        now: i64,
+    ) -> Result<Vec<Receipt>, ApiError> {
+        validate_topic_name(topic)?;
+        if messages.is_empty() {
+            return Err(ApiError::invalid("a send needs at least one message"));
+        }
+        if messages.len() > MAX_BATCH {
+            return Err(ApiError::invalid(format!(
+                "a batch holds at most {MAX_BATCH} messages, got {}",
+                messages.len()
+            )));
+        }
+        if props::is_internal_topic(topic) {
+            return Err(ApiError::new(
+                ErrorCode::NoPermission,
+                format!("topic {topic} is the broker's own; producers cannot send to it"),
+            ));
+        }
+        let cfg = self.topic_for_send(topic, now).await?;
+        if cfg.perm & perm::WRITE == 0 {
+            return Err(ApiError::new(
+                ErrorCode::NoPermission,
+                format!("topic {topic} is not writable"),
+            ));
+        }
+        if queue_id >= cfg.write_queues {
+            return Err(ApiError::new(
+                ErrorCode::QueueNotFound,
+                format!(
+                    "queue {queue_id} does not exist: topic {topic} has {} write queues",
+                    cfg.write_queues
+                ),
+            ));
+        }
+        let mut plain = Vec::with_capacity(messages.len());
+        let mut delayed = Vec::new();
+        for o in messages {
+            match self.timers.settings.due_time(o.delay, now)? {
+                Some(due) => delayed.push((o.message, due)),
+                None => plain.push(o.message),
+            }
+        }
+        if !delayed.is_empty() {
+            if !plain.is_empty() {
+                return Err(ApiError::invalid(
+                    "a batch mixes delayed and immediate messages: send them in separate batches",
+                ));
+            }
+            return self.send_delayed(topic, queue_id, delayed, now).await;
+        }
+        let batch = AppendBatch {
+            topic: topic.to_string(),
+            queue_id,
+            messages: plain,
+        };
+        let (ids, entries) = self.write.append(batch, now).await?;
+        Ok(ids
+            .into_iter()
+            .zip(entries)
+            .map(|(message_id, a)| Receipt {
+                message_id,
+                queue_offset: a.queue_offset,
+                commit_log_offset: a.commit_log_offset,
+                delayed: None,
+            })
+            .collect())
+    }
+
+    /// Stores delayed messages as scheduled records; the master's timer task delivers them.
+    async fn send_delayed(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        messages: Vec<(AppendMessage, i64)>,
+        now: i64,
+    ) -> Result<Vec<Receipt>, ApiError> {
+        self.timers.check_room(messages.len())?;
+        let due: Vec<i64> = messages.iter().map(|(_, d)| *d).collect();
+        let batch = timer::scheduled_batch(topic, queue_id, messages);
+        let (ids, entries) = self.write.append(batch, now).await?;
+        let broker = &self.settings.broker_name;
+        Ok(ids
+            .into_iter()
+            .zip(entries)
+            .zip(due)
+            .map(|((message_id, a), due)| Receipt {
+                message_id,
+                queue_offset: a.queue_offset,
+                commit_log_offset: a.commit_log_offset,
+                delayed: Some((timer::handle(broker, a.commit_log_offset), due)),
+            })
+            .collect())
+    }
+
+    async fn topic_for_send(&self, name: &str, now: i64) -> Result<TopicConfig, ApiError> {
+        let topics = &self.write.state().topics;
+        if let Some(t) = topics.get(name) {
+            return Ok(t);
+        }
+        // Only the master creates topics (through the log); a slave sends the producer on.
+        self.write.require_writer()?;
+        if !self.settings.auto_create_topics {
+            return Err(ApiError::new(
+                ErrorCode::TopicNotFound,
+                format!("topic {name} does not exist and auto_create_topics is off"),
+            ));
+        }
+        let cfg = TopicConfig {
+            name: name.to_string(),
+            read_queues: self.settings.default_queues,
+            write_queues: self.settings.default_queues,
+            perm: perm::READ_WRITE,
+        };
+        if upsert_topic(&self.write, cfg.clone(), now).await? {
+            tracing::info!(
+                topic = name,
+                queues = cfg.write_queues,
+                "auto-created topic"
+            );
+        }
+        // Another send may have created it concurrently with other settings; use what is stored.
+        Ok(topics.get(name).unwrap_or(cfg))
+    }
+}
