@@ -282,3 +282,48 @@ fn bench_errors_are_clear() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn bench_timers_reports_delayed_produce_lateness_burst_and_memory() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let out = sluice(
+        &cluster,
+        &[
+            "bench",
+            "timers",
+            "--count",
+            "300",
+            "--rounds",
+            "1",
+            "--round-delay-secs",
+            "1",
+            "--rate",
+            "200",
+            "--seconds",
+            "1",
+            "--burst",
+            "300",
+            "--pending",
+            "100",
+            "--json",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r["plain_msgs_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["delayed_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["lateness"]["samples"], 200, "{r}");
+    assert!(r["lateness"]["p50"].as_u64().unwrap() >= 1, "{r}");
+    assert_eq!(r["burst_delivered"], 300, "{r}");
+    assert!(
+        r["burst_last_after_ms"].as_i64().unwrap() >= 0,
+        "never before the due second: {r}"
+    );
+    assert_eq!(r["pending"], 100, "{r}");
+    assert!(r["rss_after_bytes"].as_u64().unwrap() > 0, "{r}");
+}

@@ -26,6 +26,10 @@ pub struct TimersArgs {
     /// Messages in each produce phase (plain, then delayed); 0 skips both.
     #[arg(long, default_value_t = 200_000)]
     pub count: u64,
+    /// Delayed messages of a produce round are due this many seconds after the round starts
+    /// (late enough that firing does not compete with the round).
+    #[arg(long, default_value_t = 20)]
+    pub round_delay_secs: u64,
     /// Produce rounds (each plain then delayed); the report gives the medians.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
@@ -175,7 +179,7 @@ pub async fn run(config: ClientConfig, a: TimersArgs) -> anyhow::Result<()> {
             })
             .await?;
             // Due well after the round, so firing does not compete with it; then waited for.
-            let due = SystemTime::now() + Duration::from_secs(20);
+            let due = SystemTime::now() + Duration::from_secs(a.round_delay_secs);
             let since = now_ms();
             let delayed = send_all(&p, a.count, a.batch, a.in_flight, |i| {
                 Message::new(topic.clone(), body(size, "delayed", i))
