@@ -79,11 +79,11 @@ fn pending_of(c: &Cluster, id: u64) -> BTreeMap<u64, u64> {
             Some(Op::Schedule { timer, due }) if !done.contains(&timer) => {
                 pending.insert(timer, due);
             }
-            Some(Op::Fire { timer, .. } | Op::Cancel { timer, .. }) => {
-                // The first resolution decides; a later one would change nothing.
-                if pending.remove(&timer).is_some() {
-                    done.insert(timer);
-                }
+            // The first resolution decides; a later one would change nothing.
+            Some(Op::Fire { timer, .. } | Op::Cancel { timer, .. })
+                if pending.remove(&timer).is_some() =>
+            {
+                done.insert(timer);
             }
             _ => {}
         }
