@@ -8,6 +8,7 @@ pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }
 
+pub mod duration;
 mod error;
 pub mod frame;
 pub mod names;

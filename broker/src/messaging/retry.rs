@@ -260,25 +260,12 @@ impl Retries {
 }
 
 /// The message of a record, without the broker's routing properties (a new copy gets its own).
-fn copy(r: StoredRecord) -> AppendMessage {
-    let properties = r
-        .properties
+fn copy(mut r: StoredRecord) -> AppendMessage {
+    let properties = std::mem::take(&mut r.properties)
         .into_iter()
         .filter(|(k, _)| !k.starts_with(props::RESERVED_PREFIX))
         .collect();
-    AppendMessage {
-        message_id: r.message_id,
-        body: r.body,
-        tag: r.tag,
-        keys: r.keys,
-        properties,
-        flag: r.flag,
-        sys_flag: 0,
-        born_timestamp_ms: r.born_timestamp_ms,
-        born_host: r.born_host,
-        reconsume_times: r.reconsume_times,
-        prepared_transaction_offset: 0,
-    }
+    r.into_message(properties, 0)
 }
 
 /// Dead letters of a DLQ topic not redriven yet: those still the newest record of their id.

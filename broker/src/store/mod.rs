@@ -207,6 +207,26 @@ pub struct StoredRecord {
     pub prepared_transaction_offset: u64,
 }
 
+impl StoredRecord {
+    /// The message of this record, to write again (a delayed message delivered, a retry or a
+    /// dead letter), with the properties and sys flag the copy carries.
+    pub fn into_message(self, properties: Vec<(String, String)>, sys_flag: u32) -> AppendMessage {
+        AppendMessage {
+            message_id: self.message_id,
+            body: self.body,
+            tag: self.tag,
+            keys: self.keys,
+            properties,
+            flag: self.flag,
+            sys_flag,
+            born_timestamp_ms: self.born_timestamp_ms,
+            born_host: self.born_host,
+            reconsume_times: self.reconsume_times,
+            prepared_transaction_offset: 0,
+        }
+    }
+}
+
 /// The result of reading a queue: decoded records, or [`RawRecord`]s.
 #[derive(Debug, Clone)]
 pub struct QueueRead<R = StoredRecord> {

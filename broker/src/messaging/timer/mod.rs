@@ -52,23 +52,7 @@ pub fn parse_levels(s: &str) -> Result<Vec<Duration>, String> {
 
 /// `"30m"`, `"1500ms"`, `"2h"`, `"1d"`, `"45s"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m, h, d)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number and a unit"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1_000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        "d" => n.checked_mul(86_400_000),
-        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
-    };
-    ms.map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?} is too long"))
+    sluice_proto::duration::parse(s)
 }
 
 fn ms(d: Duration) -> i64 {

@@ -422,11 +422,10 @@ impl Task {
 
 /// The delivered form of a scheduled record: its real topic and queue, and the message with
 /// the timer's offset in place of the routing properties.
-fn fired(r: StoredRecord) -> Option<(String, u32, AppendMessage)> {
+fn fired(mut r: StoredRecord) -> Option<(String, u32, AppendMessage)> {
     let topic = props::get(&r.properties, REAL_TOPIC)?.to_string();
     let queue: u32 = props::get(&r.properties, REAL_QUEUE)?.parse().ok()?;
-    let mut properties: Vec<(String, String)> = r
-        .properties
+    let mut properties: Vec<(String, String)> = std::mem::take(&mut r.properties)
         .into_iter()
         .filter(|(k, _)| k != REAL_TOPIC && k != REAL_QUEUE && k != TIMER_OF)
         .collect();
@@ -436,19 +435,7 @@ fn fired(r: StoredRecord) -> Option<(String, u32, AppendMessage)> {
     Some((
         topic,
         queue,
-        AppendMessage {
-            message_id: r.message_id,
-            body: r.body,
-            tag: r.tag,
-            keys: r.keys,
-            properties,
-            flag: r.flag,
-            sys_flag: SYS_FLAG_TIMER_FIRED,
-            born_timestamp_ms: r.born_timestamp_ms,
-            born_host: r.born_host,
-            reconsume_times: r.reconsume_times,
-            prepared_transaction_offset: 0,
-        },
+        r.into_message(properties, SYS_FLAG_TIMER_FIRED),
     ))
 }
 
