@@ -12,13 +12,13 @@ use tokio::sync::{watch, Notify};
 
 use crate::config::BrokerConfig;
 use crate::groups::ConsumerGroups;
+use crate::messaging::read_hint::{ReadHintSettings, ReadHints};
 use crate::messaging::timer::Timers;
 use crate::messaging::WritePath;
 use crate::meta::{MetaStore, SledMeta};
 use crate::registration::Registrar;
 use crate::replication::{GroupSettings, ReplicaGroup, StoreBackend};
 use crate::service::convert::IdGenerator;
-use crate::service::read_hint::{ReadHintSettings, ReadHints};
 use crate::service::{BrokerService, Identity, ServiceLimits};
 use crate::state::StateMachine;
 use crate::store::MessageStore;
@@ -178,15 +178,26 @@ pub async fn run(
             broker_name: config.broker_name.clone(),
         },
     );
+    let consuming = crate::messaging::consume::Consuming::new(
+        store.clone(),
+        write.clone(),
+        read_hints,
+        config.replica_id,
+        stop_rx.clone(),
+    );
+    let querying = crate::messaging::query::Querying {
+        store: store.clone(),
+        broker_name: config.broker_name.clone(),
+    };
     let service = Arc::new(BrokerService {
+        querying,
+        consuming,
         producing,
         retries,
         timers,
-        read_hints,
         data_port: data_port_stats.clone(),
         store: store.clone(),
         topics: topics.clone(),
-        state: state.clone(),
         write,
         groups: Arc::new(ConsumerGroups::new(Duration::from_millis(
             config.consumer_expiry_ms,
@@ -200,7 +211,6 @@ pub async fn run(
             flush_mode: format!("{:?}", config.flush).to_lowercase(),
         },
         reregister: reregister.clone(),
-        shutdown: stop_rx.clone(),
         ids: IdGenerator::new(&address),
     });
     let (first_round_tx, first_round) = tokio::sync::oneshot::channel();

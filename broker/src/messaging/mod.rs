@@ -1,9 +1,18 @@
-//! The protocol-neutral messaging layer between the wire handlers (`service/`, the data port)
-//! and the store: operations take and return domain types and `ApiError`, and every write of
-//! messages or state goes through one [`WritePath`].
+//! The protocol-neutral messaging layer between the wire handlers (`service/` for gRPC,
+//! `data_port.rs`) and the store: operations take and return domain types and `ApiError`, and
+//! every write of messages or state goes through one [`WritePath`]. A second wire API (RocketMQ
+//! 5's `MessagingService`) converts to the same operations.
+//!
+//! `produce` (send, immediate or delayed), `consume` (pull with long polling and read hints,
+//! offsets, queue positions), `query` (lookups with timer state), `timer` (delayed messages and
+//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `leader`
+//! (leader-only tasks), `read_hint` (where a replica group's consumers pull next).
 
+pub mod consume;
 pub mod leader;
 pub mod produce;
+pub mod query;
+pub mod read_hint;
 pub mod retry;
 pub mod timer;
 mod write_path;

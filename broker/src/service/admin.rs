@@ -3,21 +3,16 @@
 use std::sync::atomic::Ordering;
 
 use sluice_proto::names::validate_topic_name;
-use sluice_proto::record::SYS_FLAGS_TIMER;
 use sluice_proto::v1 as proto;
 use sluice_proto::v1::*;
 use sluice_proto::{perm, props, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
+use crate::messaging::query::{Found, Lookup};
 use crate::replication::{PeerState, ReplicaGroup, Role as RaftRole};
 use crate::state;
-use crate::state::topics::require;
 use crate::store::timer::TimerState;
-use crate::store::StoredRecord;
-
-const DEFAULT_QUERY_MAX: usize = 64;
-const QUERY_MAX: usize = 1000;
 
 impl BrokerService {
     pub(super) async fn do_create_topic(
@@ -99,7 +94,7 @@ impl BrokerService {
             topic_count: self.topics.len() as u32,
             disk_usage_ratio: self.store.disk_usage_ratio(),
             flush_mode: self.limits.flush_mode.clone(),
-            read_stats: Some(self.read_hints.stats()),
+            read_stats: Some(self.consuming.read_hints().stats()),
             timers_pending: self.store.timers_pending(),
             timer_floor: match self.store.timer_floor() {
                 u64::MAX => 0,
@@ -118,121 +113,53 @@ impl BrokerService {
         &self,
         req: GetMessageRequest,
     ) -> Result<GetMessageResponse, ApiError> {
-        if req.message_id.is_empty() {
-            return Err(ApiError::invalid("message_id is required"));
-        }
-        match self.store.get_by_id(&req.message_id)? {
-            Some(r) => Ok(GetMessageResponse {
-                message: Some(self.with_timer(r)),
-            }),
-            None => Err(ApiError::new(
-                ErrorCode::MessageNotFound,
-                format!("no message with id {}", req.message_id),
-            )),
-        }
+        Ok(GetMessageResponse {
+            message: Some(with_timer(self.querying.by_id(&req.message_id)?)),
+        })
     }
 
     pub(super) fn do_query_messages(
         &self,
         req: QueryMessagesRequest,
     ) -> Result<QueryMessagesResponse, ApiError> {
-        require(&self.topics, &req.topic)?;
-        let max = match req.max_messages as usize {
-            0 => DEFAULT_QUERY_MAX,
-            n => n.min(QUERY_MAX),
-        };
         let has_range = req.begin_timestamp_ms != 0 || req.end_timestamp_ms != 0;
-        let records = if !req.key.is_empty() {
-            let mut r = self.store.find_by_key(
-                &req.topic,
-                &req.key,
-                if has_range { QUERY_MAX } else { max },
-            )?;
-            if has_range {
-                r.retain(|m| in_range(m.store_timestamp_ms, &req));
-                r.truncate(max);
-            }
-            r
-        } else if has_range {
-            if req.end_timestamp_ms != 0 && req.end_timestamp_ms < req.begin_timestamp_ms {
-                return Err(ApiError::invalid(
-                    "end_timestamp_ms is before begin_timestamp_ms",
-                ));
-            }
-            let end = if req.end_timestamp_ms == 0 {
-                i64::MAX
-            } else {
-                req.end_timestamp_ms
-            };
-            self.store
-                .find_by_time(&req.topic, req.begin_timestamp_ms, end, max)?
-        } else {
-            return Err(ApiError::invalid("give a key, a time range, or both"));
+        let lookup = Lookup {
+            topic: &req.topic,
+            key: (!req.key.is_empty()).then_some(req.key.as_str()),
+            range: has_range.then_some((
+                req.begin_timestamp_ms,
+                (req.end_timestamp_ms != 0).then_some(req.end_timestamp_ms),
+            )),
+            max: req.max_messages as usize,
         };
         Ok(QueryMessagesResponse {
-            messages: records.into_iter().map(|r| self.with_timer(r)).collect(),
+            messages: self
+                .querying
+                .find(&self.topics, &lookup)?
+                .into_iter()
+                .map(with_timer)
+                .collect(),
         })
     }
 }
 
-impl BrokerService {
-    /// The wire form of a record, with where it stands as a delayed message if it is one.
-    fn with_timer(&self, r: StoredRecord) -> StoredMessage {
-        let info = self.timer_info(&r);
-        let mut m = to_wire(r);
-        m.timer = info;
-        m
-    }
-
-    fn timer_info(&self, r: &StoredRecord) -> Option<TimerInfo> {
-        use sluice_proto::record::{SYS_FLAG_SCHEDULED, SYS_FLAG_TIMER_FIRED};
-        if r.sys_flag & SYS_FLAGS_TIMER == 0 {
-            return None;
-        }
-        let num = |name: &str| props::get(&r.properties, name).and_then(|v| v.parse::<i64>().ok());
-        let broker = &self.identity.broker_name;
-        let real_topic = props::get(&r.properties, props::REAL_TOPIC).unwrap_or_default();
-        let real_queue = num(props::REAL_QUEUE).unwrap_or_default() as u32;
-        let timer_of = num(props::TIMER_OF).unwrap_or_default() as u64;
-        let (state, handle, topic, queue_id) = if r.sys_flag & SYS_FLAG_SCHEDULED != 0 {
-            let state = match self.store.timer_entry(r.commit_log_offset) {
-                Ok(Some(e)) => match e.state {
-                    TimerState::Pending => proto::TimerState::Scheduled,
-                    TimerState::Fired => proto::TimerState::Delivered,
-                    TimerState::Cancelled => proto::TimerState::Cancelled,
-                },
-                // Resolved long ago (the index let go of it), or unreadable.
-                _ => proto::TimerState::Unspecified,
-            };
-            (
-                state,
-                r.commit_log_offset,
-                real_topic.to_string(),
-                real_queue,
-            )
-        } else if r.sys_flag & SYS_FLAG_TIMER_FIRED != 0 {
-            (
-                proto::TimerState::Delivered,
-                timer_of,
-                r.topic.clone(),
-                r.queue_id,
-            )
-        } else {
-            (
-                proto::TimerState::Cancelled,
-                timer_of,
-                real_topic.to_string(),
-                real_queue,
-            )
-        };
-        Some(TimerInfo {
-            state: state as i32,
-            deliver_at_ms: num(props::DELIVER_AT).unwrap_or_default(),
-            handle: crate::messaging::timer::handle(broker, handle),
-            topic,
-            queue_id,
-        })
-    }
+/// The wire form of a record found, with its timer.
+fn with_timer(f: Found) -> StoredMessage {
+    let timer = f.timer.map(|t| TimerInfo {
+        state: match t.state {
+            Some(TimerState::Pending) => proto::TimerState::Scheduled,
+            Some(TimerState::Fired) => proto::TimerState::Delivered,
+            Some(TimerState::Cancelled) => proto::TimerState::Cancelled,
+            None => proto::TimerState::Unspecified,
+        } as i32,
+        deliver_at_ms: t.deliver_at_ms,
+        handle: t.handle,
+        topic: t.topic,
+        queue_id: t.queue_id,
+    });
+    let mut m = to_wire(f.record);
+    m.timer = timer;
+    m
 }
 
 /// Resident set size of this process (Linux `/proc/self/statm`), 0 elsewhere.
@@ -246,10 +173,6 @@ fn rss_bytes() -> u64 {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     pages * rustix::param::page_size() as u64
-}
-
-fn in_range(ts: i64, req: &QueryMessagesRequest) -> bool {
-    ts >= req.begin_timestamp_ms && (req.end_timestamp_ms == 0 || ts <= req.end_timestamp_ms)
 }
 
 /// Fills the replication fields of a status from the replica.

@@ -5,7 +5,6 @@ mod admin;
 mod consume;
 pub mod convert;
 mod produce;
-pub mod read_hint;
 mod retry;
 
 use std::sync::Arc;
@@ -13,12 +12,12 @@ use std::time::Duration;
 
 use sluice_proto::v1::broker_server::Broker;
 use sluice_proto::v1::*;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
 use crate::groups::ConsumerGroups;
 use crate::messaging::WritePath;
-use crate::state::{OffsetTable, StateMachine, TopicTable};
+use crate::state::TopicTable;
 use crate::store::MessageStore;
 use convert::IdGenerator;
 
@@ -46,7 +45,6 @@ pub struct ServiceLimits {
 pub struct BrokerService {
     pub(crate) store: MessageStore,
     pub(crate) topics: Arc<TopicTable>,
-    pub(crate) state: Arc<StateMachine>,
     /// Where every write of messages and state goes (standalone or through the group's log).
     pub(crate) write: WritePath,
     /// Delayed messages: settings and the way to the master's timer task.
@@ -60,11 +58,11 @@ pub struct BrokerService {
     pub(crate) limits: ServiceLimits,
     /// Wakes the nameserver registration loop after a topic change.
     pub(crate) reregister: Arc<Notify>,
-    /// Becomes true when the broker shuts down, ending held pulls.
-    pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) ids: IdGenerator,
-    /// Where consumers should pull next (replica groups), and what this replica served.
-    pub(crate) read_hints: read_hint::ReadHints,
+    /// Message lookups.
+    pub(crate) querying: crate::messaging::query::Querying,
+    /// Pulls, offsets, queue positions (and the read hints of replica groups).
+    pub(crate) consuming: crate::messaging::consume::Consuming,
     /// Counters of the data port, shown in the status.
     pub(crate) data_port: Arc<crate::data_port::DataPortStats>,
 }
@@ -73,12 +71,6 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn reply<T>(r: Result<T, sluice_proto::ApiError>) -> Reply<T> {
     r.map(Response::new).map_err(Status::from)
-}
-
-impl BrokerService {
-    pub(crate) fn offsets(&self) -> &OffsetTable {
-        &self.state.offsets
-    }
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,264 @@
+//! Pull (long polling, read hints), committed offsets and queue positions, protocol-neutral:
+//! commands and results are domain types; `service/consume.rs` converts `sluice.v1`.
+
+use std::time::Duration;
+
+use sluice_proto::names::{validate_group_name, validate_topic_name};
+use sluice_proto::v1::TopicConfig;
+use sluice_proto::{perm, ApiError, ErrorCode};
+use tokio::sync::watch;
+
+use super::read_hint::{Hint, PullFacts, ReadHints};
+use super::WritePath;
+use crate::state::topics::require;
+use crate::state::{self, CommittedOffset};
+use crate::store::{LogPlaced, MessageStore, QueueRead, StoreError};
+
+/// A store read of one queue: topic, queue, offset, max messages, max bytes.
+pub type QueueReader<R> =
+    fn(&MessageStore, &str, u32, u64, usize, usize) -> Result<QueueRead<R>, StoreError>;
+
+pub const DEFAULT_MAX_MESSAGES: usize = 32;
+pub const MAX_MESSAGES: usize = 4096;
+pub const DEFAULT_MAX_BYTES: usize = 4 << 20;
+pub const MAX_BYTES: usize = 32 << 20;
+
+/// One pull.
+#[derive(Debug, Clone)]
+pub struct PullCommand {
+    /// The consumer group (empty: none, e.g. an admin read).
+    pub group: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub offset: u64,
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    /// How long to hold the pull when there is nothing to read.
+    pub wait: Duration,
+}
+
+/// What a pull read, and where the consumer should pull next (replica groups).
+pub struct Pulled<R> {
+    pub read: QueueRead<R>,
+    pub hint: Option<Hint>,
+}
+
+/// Positions of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePositions {
+    pub queue_id: u32,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    pub last_store_timestamp_ms: Option<i64>,
+}
+
+pub struct Consuming {
+    store: MessageStore,
+    write: WritePath,
+    read_hints: ReadHints,
+    replica_id: u64,
+    /// Becomes true when the broker shuts down, ending held pulls.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Consuming {
+    pub fn new(
+        store: MessageStore,
+        write: WritePath,
+        read_hints: ReadHints,
+        replica_id: u64,
+        shutdown: watch::Receiver<bool>,
+    ) -> Consuming {
+        Consuming {
+            store,
+            write,
+            read_hints,
+            replica_id,
+            shutdown,
+        }
+    }
+
+    pub fn read_hints(&self) -> &ReadHints {
+        &self.read_hints
+    }
+
+    fn topic(&self, name: &str) -> Result<TopicConfig, ApiError> {
+        require(&self.write.state().topics, name)
+    }
+
+    /// The topic exists, is readable and has the queue.
+    pub fn readable_queue(&self, topic: &str, queue_id: u32) -> Result<(), ApiError> {
+        let t = self.topic(topic)?;
+        if t.perm & perm::READ == 0 {
+            return Err(ApiError::new(
+                ErrorCode::NoPermission,
+                format!("topic {topic} is not readable"),
+            ));
+        }
+        if queue_id >= t.read_queues {
+            return Err(ApiError::new(
+                ErrorCode::QueueNotFound,
+                format!(
+                    "queue {queue_id} does not exist: topic {topic} has {} read queues",
+                    t.read_queues
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the queue with `read` until it has something, the hint sends the consumer
+    /// elsewhere, the wait passes or the broker stops.
+    pub async fn pull<R: LogPlaced>(
+        &self,
+        cmd: &PullCommand,
+        read: QueueReader<R>,
+    ) -> Result<Pulled<R>, ApiError> {
+        if !cmd.group.is_empty() {
+            validate_group_name(&cmd.group)?;
+        }
+        self.readable_queue(&cmd.topic, cmd.queue_id)?;
+        let until = tokio::time::Instant::now() + cmd.wait;
+        let mut dispatched = self.store.subscribe_dispatched();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Mark the current position seen before reading, so a dispatch that lands after the
+            // read still wakes us.
+            dispatched.borrow_and_update();
+            let (got, lacks_offset) = self.read_for_pull(cmd, read)?;
+            let hint = self.write.group().map(|group| {
+                self.read_hints.hint(
+                    group,
+                    &PullFacts {
+                        group: &cmd.group,
+                        topic: &cmd.topic,
+                        queue_id: cmd.queue_id,
+                        records: &got.records,
+                        log_end: self.store.confirmed_offset(),
+                        lacks_offset,
+                    },
+                )
+            });
+            // Sent elsewhere with nothing to read here: answer now, the other replica has it.
+            let redirected = hint.is_some_and(|h| h.redirects(self.replica_id));
+            let done = !got.records.is_empty()
+                || redirected
+                || tokio::time::Instant::now() >= until
+                || *shutdown.borrow();
+            if done {
+                self.read_hints.served(&got.records, hint, self.replica_id);
+                return Ok(Pulled { read: got, hint });
+            }
+            tokio::select! {
+                r = dispatched.changed() => if r.is_err() {
+                    return Err(ApiError::new(ErrorCode::Unavailable, "store is shutting down"));
+                },
+                _ = tokio::time::sleep_until(until) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Reads for a pull. A replica that is not the master and does not have the offset yet
+    /// (past its queue's end: it is behind the master) answers with nothing and `true`, so the
+    /// consumer goes back to the master instead of being told its offset is invalid: only the
+    /// master, which has every committed entry, may move a consumer's offset forward.
+    fn read_for_pull<R>(
+        &self,
+        cmd: &PullCommand,
+        read: QueueReader<R>,
+    ) -> Result<(QueueRead<R>, bool), ApiError> {
+        let got = read(
+            &self.store,
+            &cmd.topic,
+            cmd.queue_id,
+            cmd.offset,
+            cmd.max_messages,
+            cmd.max_bytes,
+        );
+        let not_master = self
+            .write
+            .group()
+            .is_some_and(|g| !g.master_state().is_master);
+        match got {
+            Ok(r) => Ok((r, false)),
+            Err(StoreError::OffsetOutOfRange { offset, min, max })
+                if not_master && offset > max =>
+            {
+                Ok((QueueRead::empty(offset, min, max), true))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Commits a group's offsets: durable (flushed standalone, in a quorum's log in a group)
+    /// and applied here when it returns.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        entries: &[CommittedOffset],
+        now: i64,
+    ) -> Result<(), ApiError> {
+        validate_group_name(group)?;
+        for e in entries {
+            validate_topic_name(&e.topic)?;
+        }
+        self.write
+            .apply(state::commit_offsets_op(group, entries), now)
+            .await?;
+        Ok(())
+    }
+
+    pub fn committed_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        queue_id: u32,
+    ) -> Result<Option<u64>, ApiError> {
+        validate_group_name(group)?;
+        validate_topic_name(topic)?;
+        Ok(self.write.state().offsets.get(group, topic, queue_id)?)
+    }
+
+    /// Every committed offset of a group, optionally of one topic.
+    pub fn group_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+    ) -> Result<Vec<CommittedOffset>, ApiError> {
+        validate_group_name(group)?;
+        if let Some(t) = topic {
+            validate_topic_name(t)?;
+        }
+        Ok(self.write.state().offsets.list(group, topic)?)
+    }
+
+    /// Positions of every queue of a topic.
+    pub fn queue_positions(&self, topic: &str) -> Result<Vec<QueuePositions>, ApiError> {
+        let t = self.topic(topic)?;
+        Ok((0..t.read_queues.max(t.write_queues))
+            .map(|q| {
+                let (min_offset, max_offset) = self.store.queue_offsets(&t.name, q);
+                QueuePositions {
+                    queue_id: q,
+                    min_offset,
+                    max_offset,
+                    last_store_timestamp_ms: self.store.last_store_timestamp(&t.name, q),
+                }
+            })
+            .collect())
+    }
+
+    /// The first offset of a queue stored at or after `timestamp_ms`.
+    pub fn offset_at(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64, ApiError> {
+        self.readable_queue(topic, queue_id)?;
+        Ok(self
+            .store
+            .offset_for_timestamp(topic, queue_id, timestamp_ms))
+    }
+}
