@@ -94,3 +94,16 @@ fn scheduled_batches_carry_the_route_and_due_time() {
     assert_eq!(props::get(p, "a"), Some("b"));
     assert_eq!(b.messages[0].sys_flag, SYS_FLAG_SCHEDULED);
 }
+
+proptest::proptest! {
+    /// Handles and durations come from clients and config files: any text gets an answer,
+    /// never a panic.
+    #[test]
+    fn any_text_is_a_handle_or_an_error(s in ".{0,64}", t in "[0-9a-z:/%-]{0,32}") {
+        let _ = parse_handle("broker-a", &s);
+        let _ = parse_handle("broker-a", &t);
+        let _ = parse_duration(&s);
+        let _ = parse_duration(&t);
+        let _ = parse_levels(&s);
+    }
+}

@@ -114,4 +114,14 @@ mod tests {
         assert_eq!(TimerEntry::decode(0, &[0u8; ENTRY_LEN]), None);
         assert_eq!(TimerEntry::decode(0, &b[..40]), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a damaged file holds, decoding answers (an entry only with a valid CRC).
+        #[test]
+        fn any_bytes_decode_or_are_refused(b in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
+            if let Some(e) = TimerEntry::decode(3, &b) {
+                proptest::prop_assert_eq!(&e.encode()[..], &b[..ENTRY_LEN]);
+            }
+        }
+    }
 }
