@@ -75,6 +75,16 @@ impl Error {
         }
     }
 
+    /// True when the broker group is changing masters or could not be reached: a call that
+    /// changes nothing twice (a cancel, a send-back) is worth repeating after a route refresh.
+    pub(crate) fn is_master_change(&self) -> bool {
+        match self {
+            Error::Api(e) => matches!(e.code, ErrorCode::NotMaster | ErrorCode::Unavailable),
+            Error::Transport { .. } | Error::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
     /// True when the error suggests the cached route is stale: the master moved, the broker is
     /// gone, or it no longer hosts the topic.
     pub fn is_routing(&self) -> bool {

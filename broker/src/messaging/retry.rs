@@ -89,7 +89,7 @@ impl Retries {
             write_queues: 1,
             perm: perm::READ_WRITE,
         };
-        self.write.apply(state::upsert_topic_op(cfg), now).await?;
+        super::produce::upsert_topic(&self.write, cfg, now).await?;
         Ok(())
     }
 

@@ -17,8 +17,7 @@ use super::index::{id_hash, key_hash, IndexWriter};
 use super::raftlog::QueueTable;
 use super::record::{self, DispatchView, Fixed as _, Probe};
 use super::shared::{DispatchMsg, Shared, Written};
-use super::timer::{Resolved, TimerState};
-use sluice_proto::props;
+use super::timer;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -56,13 +55,9 @@ pub struct Dispatcher {
     stalled: bool,
     /// The timer index changed since the last publish (floor and counts to refresh).
     timers_changed: bool,
-    /// A timer due within `TIMER_HINT_MS` was scheduled since the last publish.
+    /// A timer due within `timer::HINT_MS` was scheduled since the last publish.
     timers_due_soon: bool,
 }
-
-/// Scheduled timers due within this long wake the master's timer task at once (it looks a
-/// second ahead on its own).
-const TIMER_HINT_MS: i64 = 2_000;
 
 /// How the dispatcher thread ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -414,7 +409,15 @@ impl Dispatcher {
         // qoff < expected: already dispatched before a restart; nothing to add.
         let sys = view.sys_flag();
         let real_topic = if sys & record::SYS_FLAGS_TIMER != 0 {
-            self.dispatch_timer(view, phy, sys)?
+            self.timers_changed = true;
+            let hint = super::now_ms() + timer::HINT_MS;
+            let done = self
+                .shared
+                .timers
+                .lock()
+                .index_record(view, phy, sys, hint)?;
+            self.timers_due_soon |= done.due_soon;
+            done.real_topic
         } else {
             None
         };
@@ -432,64 +435,6 @@ impl Dispatcher {
             index.add(&mut self.index, key_hash(key_topic, k), phy)?;
         }
         Ok(())
-    }
-
-    /// A scheduled record enters the timer index; a fired or cancel record resolves its timer.
-    /// Returns a scheduled record's real topic.
-    fn dispatch_timer(
-        &mut self,
-        view: &DispatchView<'_>,
-        phy: u64,
-        sys: u32,
-    ) -> io::Result<Option<String>> {
-        let mut timers = self.shared.timers.lock();
-        if sys & record::SYS_FLAG_SCHEDULED != 0 {
-            let Some(due) = view.property_i64(props::DELIVER_AT) else {
-                tracing::error!(
-                    offset = phy,
-                    "scheduled record without a due time; not indexed"
-                );
-                return Ok(None);
-            };
-            timers.schedule(phy, due, view.total_size())?;
-            self.timers_changed = true;
-            // A wake-up hint for the master's timer task, not state: the clock is fine here.
-            self.timers_due_soon |= due <= super::now_ms() + TIMER_HINT_MS;
-            // Only keys are indexed under the real topic.
-            if view.keys().next().is_none() {
-                return Ok(None);
-            }
-            let real = view
-                .property(props::REAL_TOPIC)
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .map(str::to_owned);
-            return Ok(real);
-        }
-        let Some(of) = view
-            .property_i64(props::TIMER_OF)
-            .and_then(|v| u64::try_from(v).ok())
-        else {
-            tracing::error!(offset = phy, "timer record without the timer it resolves");
-            return Ok(None);
-        };
-        let state = if sys & record::SYS_FLAG_TIMER_FIRED != 0 {
-            TimerState::Fired
-        } else {
-            TimerState::Cancelled
-        };
-        self.timers_changed = true;
-        if let Resolved::Before(was) = timers.resolve(of, phy, state)? {
-            // The leader's timer task proposes one resolution per timer; a second one (or one
-            // for a timer this replica does not hold) changes nothing.
-            tracing::warn!(
-                timer = of,
-                by = phy,
-                ?was,
-                ?state,
-                "timer resolved before; ignored"
-            );
-        }
-        Ok(None)
     }
 
     /// Writes buffered entries and makes everything below `pos` visible.
@@ -514,11 +459,7 @@ impl Dispatcher {
             self.timers_changed = false;
             // The floor moves before the dispatched position does: retention never deletes
             // a record the position says is dispatched while its timer is not counted yet.
-            let (floor, pending) = {
-                let mut t = self.shared.timers.lock();
-                t.flush()?;
-                (t.floor()?, t.pending())
-            };
+            let (floor, pending) = self.shared.timers.lock().publish()?;
             self.shared.timer_floor.store(floor, Ordering::Release);
             self.shared.timer_pending.store(pending, Ordering::Release);
             if std::mem::take(&mut self.timers_due_soon) {

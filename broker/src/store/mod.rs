@@ -647,42 +647,6 @@ impl MessageStore {
         entry::message_results(&bytes)
     }
 
-    /// The timer index entry of the delayed message scheduled at `sched_phy`, if held.
-    pub fn timer_entry(&self, sched_phy: u64) -> Result<Option<timer::TimerEntry>, StoreError> {
-        Ok(self.shared().timers.lock().find(sched_phy)?)
-    }
-
-    /// Slots up to `slot` holding pending timers, with their chain heads.
-    pub fn timer_slots_upto(&self, slot: i64) -> Vec<(i64, u64)> {
-        self.shared().timers.lock().slots_upto(slot)
-    }
-
-    /// The earliest slot holding pending timers.
-    pub fn timer_first_slot(&self) -> Option<i64> {
-        self.shared().timers.lock().first_slot()
-    }
-
-    /// The pending timers of a slot's chain from `head` down to `stop` (see
-    /// [`timer::TimerIndex::chain`]). Blocking file reads.
-    pub fn timer_chain(&self, head: u64, stop: u64) -> Result<Vec<timer::TimerEntry>, StoreError> {
-        Ok(self.shared().timers.lock().chain(head, stop)?)
-    }
-
-    /// Delayed messages not delivered or cancelled yet.
-    pub fn timers_pending(&self) -> u64 {
-        self.shared().timer_pending.load(Ordering::Acquire)
-    }
-
-    /// Where retention stops for pending timers (`u64::MAX`: nowhere).
-    pub fn timer_floor(&self) -> u64 {
-        self.shared().timer_floor.load(Ordering::Acquire)
-    }
-
-    /// Changes whenever the dispatcher changed the timer index.
-    pub fn subscribe_timers(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared().timer_version.subscribe()
-    }
-
     /// End of what the writer wrote (page cache).
     pub fn write_position(&self) -> u64 {
         self.shared().write_pos.load(Ordering::Acquire)

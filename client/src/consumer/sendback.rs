@@ -35,14 +35,6 @@ pub enum SendBackOutcome {
     DeadLetter { attempts: u32 },
 }
 
-fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Api(a) => matches!(a.code, ErrorCode::NotMaster | ErrorCode::Unavailable),
-        Error::Transport { .. } | Error::Timeout { .. } => true,
-        _ => false,
-    }
-}
-
 /// Sends `msg` (delivered by broker group `broker_name`) back for `group`.
 pub(crate) async fn send_back(
     core: &ClientCore,
@@ -88,7 +80,7 @@ pub(crate) async fn send_back(
                     },
                 })
             }
-            Err(e) if attempt < 3 && retryable(&e) => {
+            Err(e) if attempt < 3 && e.is_master_change() => {
                 tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 core.routes.refresh(&msg.topic, route.generation).await?;
             }

@@ -80,20 +80,12 @@ impl Producer {
                         deliver_at_ms: r.deliver_at_ms,
                     });
                 }
-                Err(e) if attempt < 5 && retryable(&e) => {
+                Err(e) if attempt < 5 && e.is_master_change() => {
                     tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                     core.routes.refresh(topic, generation).await?;
                 }
                 Err(e) => return Err(e),
             }
         }
-    }
-}
-
-fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Api(a) => matches!(a.code, ErrorCode::NotMaster | ErrorCode::Unavailable),
-        Error::Transport { .. } | Error::Timeout { .. } => true,
-        _ => false,
     }
 }

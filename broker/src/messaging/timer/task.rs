@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::{cancel_record, CancelOutcome, CancelRequest};
 use crate::messaging::WritePath;
 use crate::store::timer::{slot_of, TimerEntry, TimerState, SLOT_MS};
-use crate::store::{AppendBatch, AppendMessage, MessageStore, StoreError, StoredRecord};
+use crate::store::{AppendBatch, AppendMessage, Appended, MessageStore, StoreError, StoredRecord};
 
 /// Slots are loaded this long before they start, so their first timers fire on time.
 const LOOKAHEAD_MS: i64 = 1_000;
@@ -304,12 +304,7 @@ impl Task {
         let now = now_ms();
         let results = join_all(batches.into_iter().map(|b| self.write.append(b, now))).await;
         for r in results {
-            let (_, appended) = r?;
-            if let Some(last) = appended.last() {
-                self.written_end = self
-                    .written_end
-                    .max(last.commit_log_offset + u64::from(last.size));
-            }
+            self.wrote(&r?.1);
         }
         for e in broken {
             // Resolve it so it does not hold retention back for ever.
@@ -322,12 +317,17 @@ impl Task {
 
     async fn append(&mut self, batch: AppendBatch) -> Result<(), ApiError> {
         let (_, appended) = self.write.append(batch, now_ms()).await?;
+        self.wrote(&appended);
+        Ok(())
+    }
+
+    /// Remembers where the records this run wrote end.
+    fn wrote(&mut self, appended: &[Appended]) {
         if let Some(last) = appended.last() {
             self.written_end = self
                 .written_end
                 .max(last.commit_log_offset + u64::from(last.size));
         }
-        Ok(())
     }
 
     /// After a failed write: wait until its outcome is in the index, then reload everything.

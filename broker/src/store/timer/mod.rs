@@ -17,6 +17,8 @@
 
 mod entry;
 mod file;
+mod reads;
+mod sink;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 
 pub use entry::{TimerEntry, TimerState, ENTRY_LEN};
 use file::Files;
+pub use sink::{Indexed, HINT_MS};
 
 /// Width of a slot.
 pub const SLOT_MS: i64 = 1000;

@@ -256,7 +256,8 @@ pub async fn run(opts: Options) -> Result<Report> {
         errors.push(format!("{e:#}"));
     }
     if run.opts.mix.active() {
-        if let Err(e) = run.drain_features(&load).await {
+        let patience = run.opts.drain_timeout.max(run.opts.mix.max_delay);
+        if let Err(e) = features::drain(&load.features, patience).await {
             errors.push(format!("{e:#}"));
         }
     }
@@ -492,33 +493,6 @@ impl Run {
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits until every delayed message was delivered and every failing one settled (or
-    /// nothing moved for the drain timeout).
-    async fn drain_features(&self, load: &Load) -> Result<()> {
-        let mut last = None;
-        let mut since = Instant::now();
-        loop {
-            let Some(now) = features::pending(&load.features).await else {
-                bail!("the feature tracker is gone");
-            };
-            if now == (0, 0) {
-                return Ok(());
-            }
-            if last != Some(now) {
-                last = Some(now);
-                since = Instant::now();
-            } else if since.elapsed() > self.opts.drain_timeout.max(self.opts.mix.max_delay) {
-                bail!(
-                    "{} delayed messages undelivered and {} failing messages unsettled after {:?} without progress",
-                    now.0,
-                    now.1,
-                    self.opts.drain_timeout
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -130,7 +130,8 @@ pub struct Tracker {
     delayed: HashMap<MsgId, i64>,
     /// id -> (timer, position) of every delivery.
     delayed_seen: HashMap<MsgId, HashSet<(String, At)>>,
-    early: Vec<String>,
+    early: u64,
+    early_samples: Vec<String>,
     failing: HashMap<MsgId, u32>,
     attempts: HashMap<MsgId, BTreeMap<u32, bool>>,
     dead: HashMap<MsgId, u32>,
@@ -150,11 +151,12 @@ impl Tracker {
                 timer_of,
                 at,
             } => {
-                if store_ms < due_ms && self.early.len() < 20 {
-                    self.early
-                        .push(format!("{id} stored {} ms before due", due_ms - store_ms));
-                } else if store_ms < due_ms {
-                    self.early.push(String::new());
+                if store_ms < due_ms {
+                    self.early += 1;
+                    if self.early_samples.len() < 20 {
+                        self.early_samples
+                            .push(format!("{id} stored {} ms before due", due_ms - store_ms));
+                    }
                 }
                 self.delayed_seen
                     .entry(id)
@@ -240,6 +242,33 @@ pub async fn finish(tx: &mpsc::UnboundedSender<FEvent>) -> Option<Tracker> {
     rx.await.ok()
 }
 
+/// Waits until every delayed message was delivered and every failing one settled, or nothing
+/// moved for `patience`.
+pub async fn drain(tx: &mpsc::UnboundedSender<FEvent>, patience: Duration) -> anyhow::Result<()> {
+    let mut last = None;
+    let mut since = std::time::Instant::now();
+    loop {
+        let Some(now) = pending(tx).await else {
+            anyhow::bail!("the feature tracker is gone");
+        };
+        if now == (0, 0) {
+            return Ok(());
+        }
+        if last != Some(now) {
+            last = Some(now);
+            since = std::time::Instant::now();
+        } else if since.elapsed() > patience {
+            anyhow::bail!(
+                "{} delayed messages undelivered and {} failing messages unsettled after {patience:?} without progress",
+                now.0,
+                now.1
+            );
+        }
+        // Polling the tracker: its counts are what is awaited.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct FeatureFindings {
     pub delayed_acked: u64,
@@ -285,12 +314,12 @@ impl FeatureFindings {
 pub fn check(t: &Tracker, max_retries: u32) -> FeatureFindings {
     let mut f = FeatureFindings {
         delayed_acked: t.delayed.len() as u64,
-        delayed_early: t.early.len() as u64,
+        delayed_early: t.early,
         failing_acked: t.failing.len() as u64,
         nack_failures: t.nack_failed.len() as u64,
         ..Default::default()
     };
-    for s in t.early.iter().filter(|s| !s.is_empty()) {
+    for s in &t.early_samples {
         f.sample("delayed_early", s.clone());
     }
     let mut ids: Vec<&MsgId> = t.delayed.keys().collect();
