@@ -233,6 +233,22 @@ impl ReplicaCluster {
         }
     }
 
+    /// Waits for a master, creates `topic` with `queues` queues on it and waits until the
+    /// nameserver routes the topic to a master; returns that master.
+    pub async fn create_topic_on_master(
+        &self,
+        topic: &str,
+        queues: u32,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let master = self.await_master(timeout, None, None).await?;
+        connect_broker(self.address(master))
+            .await?
+            .create_topic(crate::create_topic_request(topic, queues))
+            .await?;
+        self.await_master(timeout, None, Some(topic)).await
+    }
+
     /// The master replica id the nameserver routes `topic` to.
     pub async fn routed_master(&self, topic: &str) -> Result<Option<u64>> {
         let ch =

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use sluice_client::{ClientConfig, Message, Producer};
 use sluice_integration_tests::replica::{ReplicaCluster, ReplicaOptions};
-use sluice_integration_tests::{connect_broker, create_topic_request, wait_until};
+use sluice_integration_tests::{connect_broker, wait_until};
 use sluice_proto::v1::GetQueueOffsetsRequest;
 
 const TOPIC: &str = "timers";
@@ -35,15 +35,8 @@ async fn delivered(cluster: &ReplicaCluster, id: u64) -> u64 {
 async fn kill_9_of_the_master_while_timers_fire_loses_duplicates_and_hurries_none() {
     let mut cluster = ReplicaCluster::start(ReplicaOptions::default()).unwrap();
     let bound = Duration::from_secs(20);
-    let master = cluster.await_master(bound, None, None).await.unwrap();
-    connect_broker(cluster.address(master))
-        .await
-        .unwrap()
-        .create_topic(create_topic_request(TOPIC, QUEUES))
-        .await
-        .unwrap();
-    cluster
-        .await_master(bound, None, Some(TOPIC))
+    let master = cluster
+        .create_topic_on_master(TOPIC, QUEUES, bound)
         .await
         .unwrap();
     let config = ClientConfig::new([cluster.nameserver.addr.clone()])

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_client::{ClientConfig, Message, Producer, PullConsumer, SendReceipt, StartPosition};
 use sluice_integration_tests::replica::{ReplicaCluster, ReplicaOptions};
-use sluice_integration_tests::{connect_broker, create_topic_request, wait_until};
+use sluice_integration_tests::wait_until;
 use sluice_proto::v1::Role;
 use tokio::sync::{mpsc, watch};
 
@@ -96,18 +96,8 @@ struct Run {
 
 async fn start() -> Run {
     let cluster = ReplicaCluster::start(ReplicaOptions::default()).unwrap();
-    let master = cluster
-        .await_master(FAILOVER_BOUND, None, None)
-        .await
-        .unwrap();
-    connect_broker(cluster.address(master))
-        .await
-        .unwrap()
-        .create_topic(create_topic_request(TOPIC, QUEUES))
-        .await
-        .unwrap();
     cluster
-        .await_master(FAILOVER_BOUND, None, Some(TOPIC))
+        .create_topic_on_master(TOPIC, QUEUES, FAILOVER_BOUND)
         .await
         .unwrap();
     let config = ClientConfig::new([cluster.nameserver.addr.clone()])
