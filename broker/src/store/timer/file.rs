@@ -23,6 +23,24 @@ struct TFile {
     max_resolved: u64,
 }
 
+impl TFile {
+    /// Opens an existing file, or creates an empty one.
+    fn open(path: PathBuf, create: bool) -> io::Result<TFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(&path)?;
+        Ok(TFile {
+            file,
+            path,
+            pending: 0,
+            max_resolved: 0,
+        })
+    }
+}
+
 pub struct Files {
     dir: PathBuf,
     per_file: u64,
@@ -52,16 +70,7 @@ impl Files {
         fs::create_dir_all(&dir)?;
         let mut files = BTreeMap::new();
         for (base, path) in list_offset_files(&dir)? {
-            let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            files.insert(
-                base,
-                TFile {
-                    file,
-                    path,
-                    pending: 0,
-                    max_resolved: 0,
-                },
-            );
+            files.insert(base, TFile::open(path, false)?);
         }
         let next_no = files.keys().next().copied().unwrap_or(0);
         let mut f = Files {
@@ -213,22 +222,8 @@ impl Files {
     pub fn append(&mut self, e: &TimerEntry) -> io::Result<()> {
         let base = self.base(e.no);
         if !self.files.contains_key(&base) {
-            let path = self.dir.join(file_name(base));
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
-            self.files.insert(
-                base,
-                TFile {
-                    file,
-                    path,
-                    pending: 0,
-                    max_resolved: 0,
-                },
-            );
+            let file = TFile::open(self.dir.join(file_name(base)), true)?;
+            self.files.insert(base, file);
             self.created = true;
         }
         if let Some(f) = self.files.get_mut(&base) {
