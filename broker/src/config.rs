@@ -88,6 +88,9 @@ pub struct BrokerConfig {
     pub max_delay: String,
     /// Most delayed messages waiting at once; sends past it fail with LIMIT_EXCEEDED.
     pub max_pending_timers: u64,
+    /// An idempotent producer's id and sequences are forgotten after this long without a send
+    /// (7 days by default), units ms s m h d.
+    pub producer_expiry: String,
 }
 
 impl Default for BrokerConfig {
@@ -135,6 +138,7 @@ impl Default for BrokerConfig {
             delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),
             max_delay: "30d".into(),
             max_pending_timers: 100_000_000,
+            producer_expiry: "7d".into(),
         }
     }
 }
@@ -250,6 +254,16 @@ impl BrokerConfig {
             max_delay,
             max_pending: self.max_pending_timers,
         })
+    }
+
+    /// How long an idle idempotent producer is remembered, checked.
+    pub fn producer_expiry(&self) -> Result<std::time::Duration, ConfigError> {
+        let d = parse_duration(&self.producer_expiry)
+            .map_err(|e| ConfigError::Invalid(format!("producer_expiry: {e}")))?;
+        if d < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::Invalid("producer_expiry: at least 1s".into()));
+        }
+        Ok(d)
     }
 
     /// True when this broker is a member of a replica group.

@@ -40,6 +40,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Replica(#[from] crate::replication::GroupError),
+    #[error("{0}")]
+    Api(#[from] sluice_proto::ApiError),
 }
 
 /// HTTP/2 flow-control windows of every connection the broker accepts.
@@ -169,9 +171,37 @@ pub async fn run(
     );
     let retries =
         crate::messaging::retry::Retries::new(store.clone(), write.clone(), timers.clone());
+    let idempotence = crate::messaging::idempotence::Idempotence::new(
+        write.clone(),
+        store.clone(),
+        Duration::from_millis(config.sync_flush_timeout_ms.max(1_000)),
+    );
+    let expiry_task = crate::messaging::leader::spawn(
+        "producer-expiry",
+        match &replica {
+            Some(group) => group.subscribe_master(),
+            None => standalone_master.subscribe(),
+        },
+        stop_rx.clone(),
+        {
+            let idempotence = idempotence.clone();
+            let expiry = config.producer_expiry()?;
+            move |stop| idempotence.clone().run_expiry(expiry, stop)
+        },
+    );
+    if replica.is_none() {
+        let n = crate::messaging::idempotence::recover_standalone(&store, &state)?;
+        if n > 0 {
+            tracing::info!(
+                batches = n,
+                "recorded idempotent batches written before the restart"
+            );
+        }
+    }
     let producing = crate::messaging::produce::Producing::new(
         write.clone(),
         timers.clone(),
+        idempotence,
         crate::messaging::produce::SendSettings {
             auto_create_topics: config.auto_create_topics,
             default_queues: config.default_queues,
@@ -318,6 +348,12 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("the timer task did not stop in time");
+    }
+    if tokio::time::timeout(Duration::from_secs(5), expiry_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the producer expiry task did not stop in time");
     }
     drop(standalone_master);
     if let Some(group) = &replica {

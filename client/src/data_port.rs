@@ -341,6 +341,7 @@ mod tests {
             topic: topic.into(),
             queue_id: 0,
             messages: vec![],
+            ..Default::default()
         }
     }
 

@@ -81,7 +81,10 @@ async fn retryable_failure_retries_on_another_broker_with_the_same_id() {
     let b = start_broker("broker-b", &[&ns]).await;
     a.add_topic("t", 1);
     b.add_topic("t", 1);
-    let p = Producer::builder(config(&ns)).build().unwrap();
+    let p = Producer::builder(config(&ns))
+        .idempotence(false)
+        .build()
+        .unwrap();
     // Whichever broker gets the first attempt fails it with NOT_MASTER.
     a.fail_next_sends(vec![ApiError::not_master("").into()]);
     b.fail_next_sends(vec![ApiError::not_master("").into()]);
@@ -102,6 +105,78 @@ async fn retryable_failure_retries_on_another_broker_with_the_same_id() {
         "a retry keeps the id"
     );
     assert_eq!(a.message_count("t") + b.message_count("t"), 1);
+}
+
+#[tokio::test]
+async fn an_idempotent_retry_keeps_its_queue_and_sequence_and_moves_only_when_refused() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    let b = start_broker("broker-b", &[&ns]).await;
+    a.add_topic("t", 1);
+    b.add_topic("t", 1);
+    let p = Producer::builder(config(&ns)).retries(4).build().unwrap();
+    // An outcome the producer cannot know (a timeout, a master change): every retry goes to
+    // the same broker and queue with the same producer id, epoch and sequence.
+    let unknown = || -> Vec<tonic::Status> {
+        vec![
+            ApiError::new(ErrorCode::StoreTimeout, "slow").into(),
+            ApiError::not_master("").into(),
+        ]
+    };
+    a.fail_next_sends(unknown());
+    b.fail_next_sends(unknown());
+    let r = p.send(Message::new("t", "x")).await.unwrap();
+    let (home, other) = if r.broker_name == "broker-a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert_eq!(*home.send_sequences.lock().unwrap(), [(7, 0, 0); 3]);
+    assert!(other.send_attempts.lock().unwrap().is_empty());
+    // The next batch on that queue follows the first one.
+    let mut next = None;
+    let mut sent = 1;
+    for _ in 0..8 {
+        let r2 = p.send(Message::new("t", "y")).await.unwrap();
+        sent += 1;
+        if r2.broker_name == r.broker_name {
+            next = home.send_sequences.lock().unwrap().last().copied();
+            break;
+        }
+    }
+    assert_eq!(next, Some((7, 0, 1)));
+    // A sequence refused (a gap): the batch is numbered again at a new epoch, on its queue.
+    home.fail_next_sends(vec![
+        ApiError::new(ErrorCode::OutOfOrderSequence, "gap").into()
+    ]);
+    other.fail_next_sends(vec![
+        ApiError::new(ErrorCode::OutOfOrderSequence, "gap").into()
+    ]);
+    let r3 = p.send(Message::new("t", "z")).await.unwrap();
+    let seqs = if r3.broker_name == r.broker_name {
+        home
+    } else {
+        other
+    };
+    let last: Vec<_> = seqs
+        .send_sequences
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .take(2)
+        .copied()
+        .collect();
+    assert_eq!(last[0].1, last[1].1 + 1, "a new epoch: {last:?}");
+    assert_eq!(last[0].2, 0);
+    // Refused before anything was stored: the batch may go to the other broker.
+    let sent_before = a.send_attempts.lock().unwrap().len() + b.send_attempts.lock().unwrap().len();
+    a.fail_next_sends(vec![ApiError::new(ErrorCode::DiskFull, "full").into()]);
+    b.fail_next_sends(vec![ApiError::new(ErrorCode::DiskFull, "full").into()]);
+    p.send(Message::new("t", "w")).await.unwrap();
+    let attempts = a.send_attempts.lock().unwrap().len() + b.send_attempts.lock().unwrap().len();
+    assert!(attempts - sent_before >= 2);
+    assert_eq!(a.message_count("t") + b.message_count("t"), sent + 2);
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ async fn bad_inputs_get_clear_errors() {
             topic: "nope".into(),
             queue_id: 0,
             messages: vec![msg(b"x")],
+            ..Default::default()
         })
         .await,
     );
@@ -42,6 +43,7 @@ async fn bad_inputs_get_clear_errors() {
             topic: "orders".into(),
             queue_id: 0,
             messages: vec![msg(&vec![7u8; (4 << 20) + 1])],
+            ..Default::default()
         })
         .await,
     );
@@ -54,6 +56,7 @@ async fn bad_inputs_get_clear_errors() {
                 topic: bad.into(),
                 queue_id: 0,
                 messages: vec![msg(b"x")],
+                ..Default::default()
             })
             .await,
         );
@@ -68,6 +71,7 @@ async fn bad_inputs_get_clear_errors() {
             topic: "orders".into(),
             queue_id: 2,
             messages: vec![msg(b"x")],
+            ..Default::default()
         })
         .await,
     );
@@ -90,6 +94,7 @@ async fn bad_inputs_get_clear_errors() {
             topic: "orders".into(),
             queue_id: 0,
             messages: vec![],
+            ..Default::default()
         })
         .await,
     );
@@ -101,6 +106,7 @@ async fn bad_inputs_get_clear_errors() {
             topic: "orders".into(),
             queue_id: 1,
             messages: vec![msg(b"a"), msg(b"b"), msg(b"c")],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -221,6 +227,7 @@ async fn long_poll_returns_when_a_message_arrives_and_at_timeout() {
         topic: "lp".into(),
         queue_id: 0,
         messages: vec![msg(b"wake")],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -247,6 +254,7 @@ async fn auto_create_topics_creates_on_first_send_with_the_default_queue_count()
             topic: "born-on-send".into(),
             queue_id: 2,
             messages: vec![msg(b"first")],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -269,6 +277,7 @@ async fn auto_create_topics_creates_on_first_send_with_the_default_queue_count()
             topic: "born-on-send".into(),
             queue_id: 3,
             messages: vec![msg(b"x")],
+            ..Default::default()
         })
         .await,
     );
@@ -278,6 +287,7 @@ async fn auto_create_topics_creates_on_first_send_with_the_default_queue_count()
             topic: "bad name".into(),
             queue_id: 0,
             messages: vec![msg(b"x")],
+            ..Default::default()
         })
         .await,
     );

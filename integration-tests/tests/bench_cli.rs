@@ -327,3 +327,31 @@ fn bench_timers_reports_delayed_produce_lateness_burst_and_memory() {
     assert_eq!(r["pending"], 100, "{r}");
     assert!(r["rss_after_bytes"].as_u64().unwrap() > 0, "{r}");
 }
+
+#[test]
+fn bench_modes_reports_plain_and_idempotent_produce_side_by_side() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let out = sluice(
+        &cluster,
+        &[
+            "bench", "modes", "--count", "500", "--rounds", "2", "--json",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["rounds"], 2, "{r}");
+    for k in [
+        "plain_msgs_per_sec",
+        "idempotent_msgs_per_sec",
+        "idempotent_ratios",
+    ] {
+        let v = r[k].as_array().unwrap();
+        assert_eq!(v.len(), 2, "{r}");
+        assert!(v.iter().all(|x| x.as_f64().unwrap() > 0.0), "{r}");
+    }
+}

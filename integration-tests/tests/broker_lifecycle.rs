@@ -41,6 +41,7 @@ async fn acked_messages_and_offsets_survive_kill_9() {
                         keys: vec![format!("k{i}")],
                         ..Default::default()
                     }],
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -105,6 +106,7 @@ async fn acked_messages_and_offsets_survive_kill_9() {
                     body: b"after".to_vec().into(),
                     ..Default::default()
                 }],
+                ..Default::default()
             })
             .await
             .unwrap()

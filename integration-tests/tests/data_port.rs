@@ -89,6 +89,7 @@ fn send_request(topic: &str, queue_id: u32, body: &[u8]) -> SendRequest {
             body: body.to_vec().into(),
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 
@@ -278,6 +279,7 @@ fn batch_request(topic: &str, first: u32, n: u32) -> SendRequest {
                 }
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -59,6 +59,7 @@ async fn produce(cluster: &ReplicaCluster, master: u64, queue: u32, from: u64, n
             topic: TOPIC.into(),
             queue_id: queue,
             messages,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -23,6 +23,7 @@ fn one_message(body: &str) -> SendRequest {
             body: body.as_bytes().to_vec().into(),
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 

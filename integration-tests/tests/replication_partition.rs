@@ -29,6 +29,7 @@ async fn send_one(addr: &str, id: &str, queue_id: u32) -> Result<(u32, u64), Api
             body: id.as_bytes().to_vec().into(),
             ..Default::default()
         }],
+        ..Default::default()
     };
     match tokio::time::timeout(Duration::from_secs(2), c.send(req)).await {
         Ok(Ok(r)) => Ok((queue_id, r.into_inner().results[0].queue_offset)),

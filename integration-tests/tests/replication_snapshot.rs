@@ -24,6 +24,7 @@ fn batch(queue_id: u32, start: usize, n: usize) -> SendRequest {
                 ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -95,7 +95,10 @@ impl ApiError {
             | ErrorCode::NoRoute => Code::NotFound,
             ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
-            ErrorCode::NotMaster => Code::FailedPrecondition,
+            ErrorCode::NotMaster
+            | ErrorCode::OutOfOrderSequence
+            | ErrorCode::ProducerFenced
+            | ErrorCode::UnknownProducer => Code::FailedPrecondition,
             ErrorCode::DiskFull | ErrorCode::LimitExceeded => Code::ResourceExhausted,
             ErrorCode::StoreTimeout => Code::DeadlineExceeded,
             ErrorCode::NoPermission => Code::PermissionDenied,

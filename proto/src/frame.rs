@@ -272,6 +272,7 @@ mod tests {
             topic: "t".into(),
             queue_id: 3,
             messages: vec![],
+            ..Default::default()
         };
         let mut out = BytesMut::new();
         encode_request(Kind::Send, 42, &req, &mut out);

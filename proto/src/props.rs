@@ -28,6 +28,41 @@ pub const FAILURE: &str = "__FAILURE";
 /// A redriven dead letter: the commit-log offset of the dead letter it came from.
 pub const REDRIVE_OF: &str = "__REDRIVE_OF";
 
+/// First message of an idempotent batch: `producer_id/epoch/base_sequence/count`, which every
+/// replica reads back from the log into its producer table (see [`SequenceMark`]).
+pub const PRODUCER_SEQUENCE: &str = "__PSEQ";
+
+/// The sequence of an idempotent batch, as carried in [`PRODUCER_SEQUENCE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceMark {
+    pub producer_id: u64,
+    pub epoch: u32,
+    pub base_sequence: u64,
+    pub count: u32,
+}
+
+impl SequenceMark {
+    pub fn encode(&self) -> String {
+        format!(
+            "{}/{}/{}/{}",
+            self.producer_id, self.epoch, self.base_sequence, self.count
+        )
+    }
+
+    /// None unless `value` is exactly what [`Self::encode`] writes, with a nonzero id and count.
+    pub fn parse(value: &[u8]) -> Option<SequenceMark> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut parts = text.split('/');
+        let mark = SequenceMark {
+            producer_id: parts.next()?.parse().ok()?,
+            epoch: parts.next()?.parse().ok()?,
+            base_sequence: parts.next()?.parse().ok()?,
+            count: parts.next()?.parse().ok()?,
+        };
+        (parts.next().is_none() && mark.producer_id != 0 && mark.count != 0).then_some(mark)
+    }
+}
+
 /// Topics producers cannot send to or create: the broker's own.
 pub fn is_internal_topic(topic: &str) -> bool {
     topic.starts_with("%TIMER%")
@@ -50,4 +85,32 @@ pub fn get_map<'a>(
     name: &str,
 ) -> Option<&'a str> {
     props.get(name).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_marks_round_trip_and_refuse_anything_else() {
+        let m = SequenceMark {
+            producer_id: u64::MAX,
+            epoch: 3,
+            base_sequence: 1 << 40,
+            count: 7,
+        };
+        assert_eq!(SequenceMark::parse(m.encode().as_bytes()), Some(m));
+        for bad in [
+            "",
+            "1/2/3",
+            "1/2/3/4/5",
+            "0/1/2/3",
+            "1/2/3/0",
+            "a/1/2/3",
+            "1/-1/2/3",
+        ] {
+            assert_eq!(SequenceMark::parse(bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(SequenceMark::parse(b"\xff/1/2/3"), None);
+    }
 }

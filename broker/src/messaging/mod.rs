@@ -3,12 +3,13 @@
 //! every write of messages or state goes through one [`WritePath`]. A second wire API (RocketMQ
 //! 5's `MessagingService`) converts to the same operations.
 //!
-//! `produce` (send, immediate or delayed), `consume` (pull with long polling and read hints,
+//! `produce` (send, immediate or delayed), `idempotence` (producer ids and sequences), `consume` (pull with long polling and read hints,
 //! offsets, queue positions), `query` (lookups with timer state), `timer` (delayed messages and
 //! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `leader`
 //! (leader-only tasks), `read_hint` (where a replica group's consumers pull next).
 
 pub mod consume;
+pub mod idempotence;
 pub mod leader;
 pub mod produce;
 pub mod query;

@@ -9,6 +9,7 @@ use sluice_proto::props;
 use sluice_proto::v1::TopicConfig;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
+use super::idempotence::{Idempotence, Sequence};
 use super::timer::{self, Delay, Timers};
 use super::WritePath;
 use crate::state;
@@ -47,6 +48,7 @@ pub struct SendSettings {
 pub struct Producing {
     write: WritePath,
     timers: Arc<Timers>,
+    idempotence: Arc<Idempotence>,
     settings: SendSettings,
 }
 
@@ -61,21 +63,33 @@ pub async fn upsert_topic(write: &WritePath, cfg: TopicConfig, now: i64) -> Resu
 }
 
 impl Producing {
-    pub fn new(write: WritePath, timers: Arc<Timers>, settings: SendSettings) -> Producing {
+    pub fn new(
+        write: WritePath,
+        timers: Arc<Timers>,
+        idempotence: Arc<Idempotence>,
+        settings: SendSettings,
+    ) -> Producing {
         Producing {
             write,
             timers,
+            idempotence,
             settings,
         }
     }
 
+    pub fn idempotence(&self) -> &Arc<Idempotence> {
+        &self.idempotence
+    }
+
     /// Stores `messages` in queue `queue_id` of `topic`, atomically: all are stored or none.
-    /// Either every message is delayed (each with its own due time) or none is.
+    /// Either every message is delayed (each with its own due time) or none is. With `seq`
+    /// (an idempotent producer), a batch stored before is answered with its first receipts.
     pub async fn send(
         &self,
         topic: &str,
         queue_id: u32,
         messages: Vec<Outgoing>,
+        seq: Option<Sequence>,
         now: i64,
     ) -> Result<Vec<Receipt>, ApiError> {
         validate_topic_name(topic)?;
@@ -124,14 +138,14 @@ impl Producing {
                     "a batch mixes delayed and immediate messages: send them in separate batches",
                 ));
             }
-            return self.send_delayed(topic, queue_id, delayed, now).await;
+            return self.send_delayed(topic, queue_id, delayed, seq, now).await;
         }
         let batch = AppendBatch {
             topic: topic.to_string(),
             queue_id,
             messages: plain,
         };
-        let (ids, entries) = self.write.append(batch, now).await?;
+        let (ids, entries, _) = self.append(topic, queue_id, batch, seq, now).await?;
         Ok(ids
             .into_iter()
             .zip(entries)
@@ -150,12 +164,24 @@ impl Producing {
         topic: &str,
         queue_id: u32,
         messages: Vec<(AppendMessage, i64)>,
+        seq: Option<Sequence>,
         now: i64,
     ) -> Result<Vec<Receipt>, ApiError> {
         self.timers.check_room(messages.len())?;
-        let due: Vec<i64> = messages.iter().map(|(_, d)| *d).collect();
+        let mut due: Vec<i64> = messages.iter().map(|(_, d)| *d).collect();
         let batch = timer::scheduled_batch(topic, queue_id, messages);
-        let (ids, entries) = self.write.append(batch, now).await?;
+        let (ids, entries, duplicate) = self.append(topic, queue_id, batch, seq, now).await?;
+        if duplicate {
+            // The due times of the first attempt, not the ones this retry computed.
+            for (d, a) in due.iter_mut().zip(&entries) {
+                let stored = self.idempotence.store().read_at(a.commit_log_offset)?;
+                if let Some(at) =
+                    props::get(&stored.properties, props::DELIVER_AT).and_then(|v| v.parse().ok())
+                {
+                    *d = at;
+                }
+            }
+        }
         let broker = &self.settings.broker_name;
         Ok(ids
             .into_iter()
@@ -168,6 +194,36 @@ impl Producing {
                 delayed: Some((timer::handle(broker, a.commit_log_offset), due)),
             })
             .collect())
+    }
+
+    /// Appends through the write path, or under the producer's sequence; true when the batch
+    /// was stored before (its first positions are returned).
+    async fn append(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        batch: AppendBatch,
+        seq: Option<Sequence>,
+        now: i64,
+    ) -> Result<(Vec<String>, Vec<crate::store::Appended>, bool), ApiError> {
+        match seq {
+            None => {
+                let (ids, entries) = self.write.append(batch, now).await?;
+                Ok((ids, entries, false))
+            }
+            Some(seq) => {
+                let ids = batch
+                    .messages
+                    .iter()
+                    .map(|m| m.message_id.clone())
+                    .collect();
+                let stored = self
+                    .idempotence
+                    .append(seq, topic, queue_id, batch, now)
+                    .await?;
+                Ok((ids, stored.entries, stored.duplicate))
+            }
+        }
     }
 
     async fn topic_for_send(&self, name: &str, now: i64) -> Result<TopicConfig, ApiError> {

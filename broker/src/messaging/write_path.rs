@@ -61,10 +61,49 @@ impl WritePath {
                 Ok((ids, store.append_encoded(encoded).await?.entries))
             }
             WritePath::Replicated { group, .. } => {
-                let entries = group.propose_send(&batch, now_ms).await?;
+                let (_, entries) = group.propose_send(&batch, now_ms).await?;
                 Ok((take_ids(batch), entries))
             }
         }
+    }
+
+    /// [`Self::append`] that also says where the batch is: its entry index in a replica
+    /// group's log (0 standalone).
+    pub async fn append_indexed(
+        &self,
+        batch: &AppendBatch,
+        now_ms: i64,
+    ) -> Result<(Vec<Appended>, u64), ApiError> {
+        match self {
+            WritePath::Standalone { store, .. } => {
+                let encoded = store.encode(batch)?;
+                Ok((store.append_encoded(encoded).await?.entries, 0))
+            }
+            WritePath::Replicated { group, .. } => {
+                let (index, entries) = group.propose_send(batch, now_ms).await?;
+                Ok((entries, index))
+            }
+        }
+    }
+
+    /// The term of this broker's mastership (standalone: always 0).
+    pub fn term(&self) -> u64 {
+        match self {
+            WritePath::Standalone { .. } => 0,
+            WritePath::Replicated { group, .. } => group.master_state().term,
+        }
+    }
+
+    /// Waits until the state has applied entry `index` (standalone: nothing to wait for).
+    pub async fn applied(&self, index: u64) -> Result<(), ApiError> {
+        if let WritePath::Replicated { group, .. } = self {
+            let mut applied = group.subscribe_applied();
+            applied
+                .wait_for(|&a| a >= index)
+                .await
+                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the replica stopped"))?;
+        }
+        Ok(())
     }
 
     /// Waits until everything this broker has written or proposed so far is applied and

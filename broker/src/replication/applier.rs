@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::backend::LogBackend;
 use super::io::{Applier, ApplyError, CommittedEntry, EntryKind};
 use super::snapshot_log::decode_snapshot;
-use crate::state::StateMachine;
+use crate::state::{self, producers, StateMachine};
 
 pub struct BrokerApplier<B: LogBackend> {
     backend: B,
@@ -81,16 +81,31 @@ impl<B: LogBackend> Applier for BrokerApplier<B> {
             return Ok(());
         };
         if last.index > self.state_applied {
-            let mut bodies = Vec::new();
+            let mut ops = Vec::new();
             for e in entries {
                 if e.kind != EntryKind::Normal || e.index <= self.state_applied {
                     continue;
                 }
-                bodies.extend(self.backend.meta_bodies(&e.data).map_err(store_fault)?);
+                let bodies = self.backend.meta_bodies(&e.data).map_err(store_fault)?;
+                if bodies.is_empty() {
+                    // A send: an idempotent batch records its sequence, located by the entry.
+                    if let Some(b) = self.backend.sequenced(&e.data) {
+                        ops.push(producers::record_op(
+                            &b.mark,
+                            &b.topic,
+                            b.queue_id,
+                            &b.first_message_id,
+                            e.index,
+                            b.store_timestamp_ms,
+                            0,
+                        ));
+                    }
+                }
+                ops.extend(bodies.iter().filter_map(|b| state::decode_op(b)));
             }
             // Not flushed: the ops are in the log; a crash re-applies from the index kept.
             self.state
-                .apply_encoded(Some(last.index), &bodies, false)
+                .apply(Some(last.index), &ops, false)
                 .map_err(state_fault)?;
             self.state_applied = last.index;
         }

@@ -31,6 +31,11 @@ pub trait LogBackend: EntryCodec + Clone {
     /// The metadata operation bodies an entry carries (none for a send).
     fn meta_bodies(&self, data: &[u8]) -> Result<Vec<Bytes>, StoreError>;
 
+    /// The idempotent batch a send entry holds, if any (its sequence is state to apply).
+    fn sequenced(&self, _data: &[u8]) -> Option<crate::store::SequencedBatch> {
+        None
+    }
+
     /// At start: entries up to `applied` were committed and applied before the restart; make
     /// them visible again.
     fn resume(&self, applied: u64) -> Result<(), StoreError>;

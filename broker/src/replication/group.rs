@@ -194,16 +194,17 @@ impl ReplicaGroup {
         }
     }
 
-    /// Replicates a send; returns each message's offsets once acknowledged per the ack policy.
+    /// Replicates a send; returns its entry index and each message's offsets once
+    /// acknowledged per the ack policy.
     pub async fn propose_send(
         &self,
         batch: &AppendBatch,
         now_ms: i64,
-    ) -> Result<Vec<Appended>, ApiError> {
+    ) -> Result<(u64, Vec<Appended>), ApiError> {
         self.require_master()?;
         let data = self.codec.encode_send(batch, now_ms)?;
         let id = self.propose(data).await?;
-        Ok(self.codec.entry_results(id.index)?)
+        Ok((id.index, self.codec.entry_results(id.index)?))
     }
 
     /// Replicates a state operation; returns once it is applied on this replica.

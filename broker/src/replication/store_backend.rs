@@ -63,6 +63,10 @@ impl LogBackend for StoreBackend {
             .collect())
     }
 
+    fn sequenced(&self, data: &[u8]) -> Option<store::SequencedBatch> {
+        store::sequenced_entry(data)
+    }
+
     fn resume(&self, applied: u64) -> Result<(), StoreError> {
         if applied == 0 {
             return Ok(());

@@ -79,6 +79,13 @@ impl Broker for BrokerService {
         reply(self.do_send(req.into_inner()).await)
     }
 
+    async fn init_producer(
+        &self,
+        req: Request<InitProducerRequest>,
+    ) -> Reply<InitProducerResponse> {
+        reply(self.do_init_producer(req.into_inner()).await)
+    }
+
     async fn pull(&self, req: Request<PullRequest>) -> Reply<PullResponse> {
         let deadline = convert::grpc_timeout(req.metadata());
         reply(self.do_pull(req.into_inner(), deadline).await)

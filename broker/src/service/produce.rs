@@ -1,12 +1,14 @@
 //! Send and cancel over `sluice.v1`: wire <-> `messaging::produce` / `messaging::timer`.
 
 use sluice_proto::v1::{
-    CancelDelayedRequest, CancelDelayedResponse, SendRequest, SendResponse, SendResult,
+    CancelDelayedRequest, CancelDelayedResponse, InitProducerRequest, InitProducerResponse,
+    SendRequest, SendResponse, SendResult,
 };
 use sluice_proto::ApiError;
 
 use super::convert::{now_ms, to_append};
 use super::BrokerService;
+use crate::messaging::idempotence::Sequence;
 use crate::messaging::produce::Outgoing;
 use crate::messaging::timer::{self, Delay};
 
@@ -26,9 +28,14 @@ impl BrokerService {
                 delay,
             });
         }
+        let seq = (req.producer_id != 0).then_some(Sequence {
+            producer_id: req.producer_id,
+            epoch: req.producer_epoch,
+            base_sequence: req.base_sequence,
+        });
         let receipts = self
             .producing
-            .send(&req.topic, req.queue_id, messages, now_ms())
+            .send(&req.topic, req.queue_id, messages, seq, now_ms())
             .await?;
         Ok(SendResponse {
             broker_name: self.identity.broker_name.clone(),
@@ -46,6 +53,22 @@ impl BrokerService {
                     }
                 })
                 .collect(),
+        })
+    }
+
+    pub(crate) async fn do_init_producer(
+        &self,
+        req: InitProducerRequest,
+    ) -> Result<InitProducerResponse, ApiError> {
+        let producer_id = self
+            .producing
+            .idempotence()
+            .register(&req.producer_group, now_ms())
+            .await?;
+        Ok(InitProducerResponse {
+            producer_id,
+            producer_epoch: 0,
+            broker_name: self.identity.broker_name.clone(),
         })
     }
 

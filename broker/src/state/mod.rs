@@ -14,6 +14,7 @@
 
 pub mod groups;
 pub mod offsets;
+pub mod producers;
 pub mod topics;
 
 use std::collections::BTreeMap;
@@ -34,7 +35,13 @@ pub use topics::TopicTable;
 pub const TREE: &str = "state";
 
 /// Every table of the registry, by key prefix. A dump carries each; a restore clears each.
-pub const TABLES: &[&str] = &[topics::TABLE, offsets::TABLE, groups::TABLE];
+pub const TABLES: &[&str] = &[
+    topics::TABLE,
+    offsets::TABLE,
+    groups::TABLE,
+    producers::PRODUCERS,
+    producers::SEQUENCES,
+];
 
 /// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).
 const APPLIED_KEY: &[u8] = b"sys/applied_index";
@@ -85,6 +92,18 @@ pub fn set_group_config_op(cfg: sluice_proto::v1::GroupConfig) -> StateOp {
 pub fn delete_topic_op(name: &str) -> StateOp {
     StateOp {
         op: Some(Op::DeleteTopic(name.to_string())),
+    }
+}
+
+/// A META record's body as an op; an undecodable one is skipped with an error log, alike on
+/// every replica.
+pub fn decode_op(body: &[u8]) -> Option<StateOp> {
+    match StateOp::decode(body) {
+        Ok(op) => Some(op),
+        Err(e) => {
+            tracing::error!(len = body.len(), error = %e, "skipping an undecodable state operation");
+            None
+        }
     }
 }
 
@@ -206,6 +225,15 @@ impl StateMachine {
                 Some(Op::SetGroupConfig(cfg)) => {
                     groups::apply_set(self.meta.as_ref(), &mut staged, cfg)?
                 }
+                Some(Op::RegisterProducer(r)) => {
+                    producers::apply_register(self.meta.as_ref(), &mut staged, r)?
+                }
+                Some(Op::RecordSequence(r)) => {
+                    producers::apply_record(self.meta.as_ref(), &mut staged, r)?
+                }
+                Some(Op::ExpireProducers(e)) => {
+                    producers::apply_expire(self.meta.as_ref(), &mut staged, e)?
+                }
             };
             topics_changed |= r == Applied::Changed
                 && matches!(op.op, Some(Op::UpsertTopic(_) | Op::DeleteTopic(_)));
@@ -231,23 +259,14 @@ impl StateMachine {
         Ok(results)
     }
 
-    /// Decodes META record bodies and applies them (see [`Self::apply`]); an undecodable body
-    /// is skipped with an error log, alike on every replica.
+    /// Decodes META record bodies and applies them (see [`Self::apply`]).
     pub fn apply_encoded(
         &self,
         index: Option<u64>,
         bodies: &[bytes::Bytes],
         durable: bool,
     ) -> Result<(), MetaError> {
-        let mut ops = Vec::with_capacity(bodies.len());
-        for body in bodies {
-            match StateOp::decode(body.as_ref()) {
-                Ok(op) => ops.push(op),
-                Err(e) => {
-                    tracing::error!(len = body.len(), error = %e, "skipping an undecodable state operation")
-                }
-            }
-        }
+        let ops: Vec<StateOp> = bodies.iter().filter_map(|b| decode_op(b)).collect();
         self.apply(index, &ops, durable).map(|_| ())
     }
 

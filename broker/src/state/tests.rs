@@ -72,7 +72,7 @@ fn group_configs_are_a_table_with_defaults() {
         (p.max_retries, p.delay_ms(1), p.delay_ms(2), p.delay_ms(3)),
         (0, 5, 7, 7)
     );
-    assert_eq!(m.dump().unwrap().tables.len(), 3);
+    assert_eq!(m.dump().unwrap().tables.len(), TABLES.len());
 }
 
 /// The tables of a dump, without the index (two machines at the same state may differ there).
@@ -183,6 +183,24 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
                 max_retries,
                 backoff_ms
             )),
+        (1u64..4, 0i64..100).prop_map(|(pid, at)| producers::register_op(pid, "pg", at)),
+        (1u64..4, 0u32..2, 0u64..6, 1u32..3, 0u32..2, 0i64..100).prop_map(
+            |(pid, epoch, base, count, q, at)| producers::record_op(
+                &sluice_proto::props::SequenceMark {
+                    producer_id: pid,
+                    epoch,
+                    base_sequence: base,
+                    count,
+                },
+                "a",
+                q,
+                &format!("m{base}"),
+                base,
+                at,
+                0,
+            )
+        ),
+        (0i64..200).prop_map(producers::expire_op),
     ]
 }
 

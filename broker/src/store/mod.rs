@@ -38,6 +38,7 @@ mod reader;
 pub mod record;
 mod recovery;
 mod retention;
+mod sequenced;
 mod shared;
 pub mod timer;
 mod writer;
@@ -46,6 +47,7 @@ pub use entry::{decode_entry, encode_for_proposal, encode_meta_for_proposal, is_
 pub use error::StoreError;
 pub use raftlog::CommitLogRaft;
 pub use record::tag_hash;
+pub use sequenced::{sequenced_entry, SequencedBatch};
 
 use recovery::Started;
 use writer::{EncodedBatch, WriterCmd};

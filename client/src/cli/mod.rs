@@ -58,6 +58,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(bench::args::BenchCommand::Timers(a)) => {
             bench::timers::run(config, a).await?
         }
+        Command::Bench(bench::args::BenchCommand::Modes(a)) => bench::modes::run(config, a).await?,
         Command::Bench(c) => {
             let plan = bench::args::Plan::new(c).map_err(CliError::Usage)?;
             bench::bench(config, plan).await?

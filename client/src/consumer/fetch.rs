@@ -258,6 +258,11 @@ fn apply_outcome(
             let fresh: Vec<StoredMessage> = messages
                 .into_iter()
                 .filter(|m| m.queue_offset >= from)
+                .map(|mut m| {
+                    // The broker's bookkeeping of idempotent batches, not the sender's.
+                    m.properties.remove(sluice_proto::props::PRODUCER_SEQUENCE);
+                    m
+                })
                 .collect();
             tracker.pulled(fresh.iter().map(|m| m.queue_offset), next_offset);
             fresh

@@ -3,6 +3,7 @@
 
 mod accumulator;
 mod delayed;
+mod idempotence;
 mod select;
 mod sender;
 mod wire;
@@ -38,9 +39,26 @@ pub struct ProducerBuilder {
     max_in_flight: usize,
     batching: bool,
     limits: BatchLimits,
+    idempotence: bool,
+    producer_group: String,
 }
 
 impl ProducerBuilder {
+    /// Whether the broker stores each message once however often a send is retried (default
+    /// true): the producer numbers its batches per queue and the broker answers a batch it
+    /// holds already with its first receipts. Off, a retry after a timeout or a failover may
+    /// store a message twice.
+    pub fn idempotence(mut self, on: bool) -> Self {
+        self.idempotence = on;
+        self
+    }
+
+    /// The producer group this producer belongs to (shown with its producer ids).
+    pub fn producer_group(mut self, group: &str) -> Self {
+        self.producer_group = group.to_string();
+        self
+    }
+
     /// Retries after a failed attempt, for retryable errors only (default 2).
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
@@ -104,8 +122,12 @@ impl ProducerBuilder {
         if self.limits.max_bytes == 0 {
             return Err(Error::Config("batch_max_bytes must be above zero".into()));
         }
+        if !self.producer_group.is_empty() {
+            names::validate_group_name(&self.producer_group)?;
+        }
         let core = ClientCore::new(self.config)?;
-        let sender = Arc::new(Sender::new(core, self.retries, send_timeout));
+        let idempotence = self.idempotence.then_some(self.producer_group);
+        let sender = Arc::new(Sender::new(core, self.retries, send_timeout, idempotence));
         let accumulator = self
             .batching
             .then(|| AccumulatorHandle::start(sender.clone(), self.limits));
@@ -181,6 +203,8 @@ impl Producer {
                 max_bytes: 1 << 20,
                 linger: Duration::ZERO,
             },
+            idempotence: true,
+            producer_group: String::new(),
         }
     }
 

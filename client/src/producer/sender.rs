@@ -10,6 +10,7 @@ use sluice_proto::frame::Kind;
 use sluice_proto::v1::{self, SendResponse};
 use sluice_proto::{ApiError, ErrorCode};
 
+use super::idempotence::{self, Bound, Idempotence};
 use super::select::{pick, Routing};
 use super::wire::{SendCodec, SharedSendRequest};
 use crate::client::ClientCore;
@@ -26,6 +27,8 @@ pub(crate) struct Sender {
     rr: AtomicUsize,
     /// `born_host` of every message, computed once.
     host: String,
+    /// Producer ids and queue sequences; None when idempotence is off.
+    pub(crate) idempotence: Option<Idempotence>,
 }
 
 struct FailedAttempt {
@@ -63,8 +66,14 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Sender {
-    pub(crate) fn new(core: Arc<ClientCore>, retries: u32, send_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        core: Arc<ClientCore>,
+        retries: u32,
+        send_timeout: Duration,
+        idempotence: Option<String>,
+    ) -> Self {
         Sender {
+            idempotence: idempotence.map(|group| Idempotence::new(core.clone(), group)),
             core,
             retries,
             send_timeout,
@@ -96,7 +105,8 @@ impl Sender {
     }
 
     /// Sends `wire` (all to one queue, in one request) with retries of retryable errors.
-    /// `selector_input` feeds custom queue selectors.
+    /// `selector_input` feeds custom queue selectors. With idempotence on, the batch keeps
+    /// its queue and sequence while its outcome is unknown (see `idempotence.rs`).
     pub(crate) async fn send_with_retries(
         &self,
         topic: &str,
@@ -107,17 +117,41 @@ impl Sender {
         let rr_start = self.next_rr();
         let mut state = RetryState::default();
         let mut attempt: u32 = 0;
+        let mut bound: Option<Bound> = None;
         loop {
             state.rr = rr_start.wrapping_add(attempt as usize);
             let failed = match self
-                .attempt(topic, selector_input, wire, routing, &state)
+                .attempt(topic, selector_input, wire, routing, &state, &mut bound)
                 .await
             {
-                Ok(receipts) => return Ok(receipts),
+                Ok(receipts) => {
+                    if let Some(b) = bound.take() {
+                        b.stored();
+                    }
+                    return Ok(receipts);
+                }
                 Err(failed) => failed,
             };
             let err = failed.error;
+            if let (Some(idem), Some(b)) = (&self.idempotence, bound.as_mut()) {
+                if let Some(code) = idempotence::needs_renumbering(&err) {
+                    if attempt >= self.retries {
+                        return Err(err);
+                    }
+                    tracing::debug!(topic, error = %err, "batch refused for its sequence; renumbered");
+                    b.renumber(idem, code).await?;
+                    attempt += 1;
+                    continue;
+                }
+                if idempotence::certainly_not_stored(&err) {
+                    // Not stored: the sequence stays free and the batch may move.
+                    bound = None;
+                }
+            }
             if !err.is_retryable() || attempt >= self.retries {
+                if let Some(b) = bound.take() {
+                    b.abandoned();
+                }
                 return Err(err);
             }
             tracing::debug!(topic, attempt, error = %err, "send failed; retrying");
@@ -139,14 +173,16 @@ impl Sender {
                     .routes
                     .refresh(topic, failed.route_generation)
                     .await;
-                // With nowhere else to go (one broker group, in failover), pause a little so the
-                // retries span more than a few milliseconds; at most 200 ms, so a new master
-                // (registered the moment it is elected) is found soon after it takes over.
-                let elsewhere = refreshed.is_ok_and(|r| {
-                    r.writable_queues()
-                        .iter()
-                        .any(|q| Some(&q.broker_name) != failed.broker.as_ref())
-                });
+                // With nowhere else to go (one broker group in failover, or a batch held to
+                // its queue), pause a little so the retries span more than a few
+                // milliseconds; at most 200 ms, so a new master (registered the moment it is
+                // elected) is found soon after it takes over.
+                let elsewhere = bound.is_none()
+                    && refreshed.is_ok_and(|r| {
+                        r.writable_queues()
+                            .iter()
+                            .any(|q| Some(&q.broker_name) != failed.broker.as_ref())
+                    });
                 if !elsewhere && state.hint.is_none() {
                     tokio::time::sleep(Duration::from_millis(50 << attempt.min(2))).await;
                 }
@@ -158,7 +194,8 @@ impl Sender {
         }
     }
 
-    /// One try: look up the route, pick a queue, send.
+    /// One try: look up the route, pick a queue (the bound one, if any; binding a new batch
+    /// when idempotent), send.
     async fn attempt(
         &self,
         topic: &str,
@@ -166,6 +203,7 @@ impl Sender {
         wire: &Arc<Vec<v1::Message>>,
         routing: &Routing,
         state: &RetryState,
+        bound: &mut Option<Bound>,
     ) -> Result<Vec<SendReceipt>, FailedAttempt> {
         let route = self
             .core
@@ -185,20 +223,38 @@ impl Sender {
             route_generation: route.generation,
             addr,
         };
-        let Some(idx) = pick(
-            queues,
-            routing,
-            state.rr,
-            state.avoid.as_deref(),
-            selector_input,
-        ) else {
-            return Err(fail(
-                Error::no_route(topic, "no writable queue with a master"),
-                None,
-                None,
-            ));
+        let queue = match bound.as_ref() {
+            Some(b) => b.queue.clone(),
+            None => {
+                let Some(idx) = pick(
+                    queues,
+                    routing,
+                    state.rr,
+                    state.avoid.as_deref(),
+                    selector_input,
+                ) else {
+                    return Err(fail(
+                        Error::no_route(topic, "no writable queue with a master"),
+                        None,
+                        None,
+                    ));
+                };
+                queues[idx].clone()
+            }
         };
-        let queue = &queues[idx];
+        let seq = match (&self.idempotence, bound.as_ref()) {
+            (None, _) => None,
+            (Some(_), Some(b)) => Some(b.seq),
+            (Some(idem), None) => {
+                let b = idem
+                    .bind(&queue, wire.len())
+                    .await
+                    .map_err(|e| fail(e, Some(queue.broker_name.clone()), None))?;
+                let seq = b.seq;
+                *bound = Some(b);
+                Some(seq)
+            }
+        };
         let mut addr = route.master_address(&queue.broker_name).unwrap_or_default();
         let mut data_addr = route
             .master_data_address(&queue.broker_name)
@@ -210,9 +266,10 @@ impl Sender {
                 data_addr = None;
             }
         }
+        let request = SharedSendRequest::new(&queue, wire.clone(), seq);
         let sent = match data_addr {
-            Some(data) => self.send_data_port(data, queue, wire.clone()).await,
-            None => self.send_once(addr, queue, wire.clone()).await,
+            Some(data) => self.send_data_port(data, &queue, request).await,
+            None => self.send_once(addr, &queue, request).await,
         };
         sent.map_err(|e| fail(e, Some(queue.broker_name.clone()), Some(addr.to_string())))
     }
@@ -222,10 +279,9 @@ impl Sender {
         &self,
         addr: &str,
         queue: &MessageQueue,
-        messages: Arc<Vec<v1::Message>>,
+        request: SharedSendRequest,
     ) -> Result<Vec<SendReceipt>> {
-        let count = messages.len();
-        let request = SharedSendRequest::new(queue, messages);
+        let count = request.messages.len();
         let conn = self.core.data_ports.get(addr).await?;
         let body = conn.call(Kind::Send, request, self.send_timeout).await?;
         let resp = SendResponse::decode(body).map_err(|e| {
@@ -240,12 +296,11 @@ impl Sender {
         &self,
         addr: &str,
         queue: &MessageQueue,
-        messages: Arc<Vec<v1::Message>>,
+        request: SharedSendRequest,
     ) -> Result<Vec<SendReceipt>> {
-        let count = messages.len();
+        let count = request.messages.len();
         let timeout = self.send_timeout;
         let mut grpc = self.core.pool.grpc(addr)?;
-        let request = SharedSendRequest::new(queue, messages);
         let codec = SendCodec {
             encoded_len: request.encoded_len(),
         };

@@ -16,15 +16,40 @@ pub(crate) struct SharedSendRequest {
     pub(crate) topic: String,
     pub(crate) queue_id: u32,
     pub(crate) messages: Arc<Vec<v1::Message>>,
+    /// An idempotent batch's producer id, epoch and first sequence.
+    pub(crate) seq: Option<BatchSequence>,
+}
+
+/// The sequence fields of an idempotent send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchSequence {
+    pub(crate) producer_id: u64,
+    pub(crate) epoch: u32,
+    pub(crate) base: u64,
 }
 
 impl SharedSendRequest {
-    pub(crate) fn new(queue: &crate::route::MessageQueue, messages: Arc<Vec<v1::Message>>) -> Self {
+    pub(crate) fn new(
+        queue: &crate::route::MessageQueue,
+        messages: Arc<Vec<v1::Message>>,
+        seq: Option<BatchSequence>,
+    ) -> Self {
         SharedSendRequest {
             topic: queue.topic.clone(),
             queue_id: queue.queue_id,
             messages,
+            seq,
         }
+    }
+
+    /// The sequence fields with proto3's defaults left out, as (field, value) pairs.
+    fn seq_fields(&self) -> [(u32, u64); 3] {
+        let s = self.seq.unwrap_or(BatchSequence {
+            producer_id: 0,
+            epoch: 0,
+            base: 0,
+        });
+        [(4, s.producer_id), (5, u64::from(s.epoch)), (6, s.base)]
     }
 }
 
@@ -39,6 +64,12 @@ impl prost::Message for SharedSendRequest {
         }
         for m in self.messages.iter() {
             encoding::message::encode(3, m, buf);
+        }
+        // uint32 and uint64 share the varint encoding.
+        for (tag, v) in self.seq_fields() {
+            if v != 0 {
+                encoding::uint64::encode(tag, &v, buf);
+            }
         }
     }
 
@@ -64,7 +95,13 @@ impl prost::Message for SharedSendRequest {
         } else {
             encoding::uint32::encoded_len(2, &self.queue_id)
         };
-        topic + queue + encoding::message::encoded_len_repeated(3, &self.messages)
+        let seq: usize = self
+            .seq_fields()
+            .iter()
+            .filter(|(_, v)| *v != 0)
+            .map(|(tag, v)| encoding::uint64::encoded_len(*tag, v))
+            .sum();
+        topic + queue + encoding::message::encoded_len_repeated(3, &self.messages) + seq
     }
 
     fn clear(&mut self) {
@@ -121,16 +158,41 @@ mod tests {
                 ..Default::default()
             },
         ];
-        for (topic, queue_id) in [("orders", 3), ("", 0)] {
+        let seqs = [
+            None,
+            Some(BatchSequence {
+                producer_id: u64::MAX,
+                epoch: 7,
+                base: 1 << 33,
+            }),
+            Some(BatchSequence {
+                producer_id: 5,
+                epoch: 0,
+                base: 0,
+            }),
+        ];
+        for ((topic, queue_id), seq) in [("orders", 3), ("", 0)]
+            .into_iter()
+            .flat_map(|q| seqs.map(|s| (q, s)))
+        {
             let shared = SharedSendRequest {
                 topic: topic.into(),
                 queue_id,
                 messages: Arc::new(messages.clone()),
+                seq,
             };
+            let s = seq.unwrap_or(BatchSequence {
+                producer_id: 0,
+                epoch: 0,
+                base: 0,
+            });
             let plain = v1::SendRequest {
                 topic: topic.into(),
                 queue_id,
                 messages: messages.clone(),
+                producer_id: s.producer_id,
+                producer_epoch: s.epoch,
+                base_sequence: s.base,
             };
             assert_eq!(shared.encode_to_vec(), plain.encode_to_vec());
             assert_eq!(shared.encoded_len(), plain.encoded_len());

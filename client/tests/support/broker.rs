@@ -43,6 +43,8 @@ pub struct BrokerState {
     send_failures: Mutex<VecDeque<Status>>,
     /// Every send attempt: the message ids it carried.
     pub send_attempts: Mutex<Vec<Vec<String>>>,
+    /// Every send attempt's producer id, epoch and base sequence.
+    pub send_sequences: Mutex<Vec<(u64, u32, u64)>>,
     /// When true every call fails like an unreachable server.
     pub down: AtomicBool,
     /// How long after CreateTopic the nameservers see the topic.
@@ -219,6 +221,8 @@ impl Broker for FakeBroker {
             .lock()
             .unwrap()
             .push(req.messages.iter().map(|m| m.message_id.clone()).collect());
+        let seq = (req.producer_id, req.producer_epoch, req.base_sequence);
+        self.0.send_sequences.lock().unwrap().push(seq);
         if let Some(status) = self.0.send_failures.lock().unwrap().pop_front() {
             return Err(status);
         }
@@ -238,6 +242,15 @@ impl Broker for FakeBroker {
             broker_name: self.0.name.clone(),
             queue_id: req.queue_id,
             results,
+        }))
+    }
+
+    async fn init_producer(&self, _: Request<InitProducerRequest>) -> Res<InitProducerResponse> {
+        self.0.check_up()?;
+        Ok(Response::new(InitProducerResponse {
+            producer_id: 7,
+            producer_epoch: 0,
+            broker_name: self.0.name.clone(),
         }))
     }
 
@@ -620,6 +633,7 @@ pub async fn start_broker(name: &str, nameservers: &[&FakeNameServer]) -> FakeBr
         commit_log: AtomicU64::new(0),
         send_failures: Mutex::default(),
         send_attempts: Mutex::default(),
+        send_sequences: Mutex::default(),
         down: AtomicBool::new(false),
         register_delay: Mutex::new(Duration::from_millis(50)),
         pulls: AtomicU64::new(0),

@@ -68,6 +68,7 @@ pub struct Options {
     pub body_size: usize,
     pub topic: Option<String>,
     pub send_timeout: Duration,
+    pub idempotence: bool,
     pub warmup_acks: u64,
     pub hold_acks: u64,
     pub failover_timeout: Duration,
@@ -206,7 +207,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let (stop_producers, producers_stop_rx) = watch::channel(false);
     let mut producer_tasks = Vec::new();
     for p in 0..opts.producers {
-        let producer = load::producer(&config, opts.send_timeout)?;
+        let producer = load::producer(&config, opts.send_timeout, opts.idempotence)?;
         producer_tasks.push(load::spawn_producer(
             load.clone(),
             producer,
@@ -297,6 +298,7 @@ pub async fn run(opts: Options) -> Result<Report> {
             .map(|f| f.name().to_string())
             .collect(),
         producers: run.opts.producers,
+        idempotent: run.opts.idempotence,
         consumers: run.opts.consumers,
         cycles_requested: run.opts.cycles,
         cycles_completed: cycles.iter().filter(|c| c.error.is_none()).count() as u32,

@@ -277,8 +277,8 @@ pub struct FeatureFindings {
     pub delayed_lost: u64,
     /// One timer delivered at two positions.
     pub delayed_duplicated: u64,
-    /// Stored copies from a producer's retried send (two timers for one message: no
-    /// idempotent producer yet); not a violation.
+    /// Stored copies from a producer's retried send (two timers for one message): a
+    /// violation with idempotent producers.
     pub delayed_send_retries: u64,
     pub delayed_early: u64,
     pub failing_acked: u64,

@@ -102,10 +102,15 @@ pub fn spawn_producer(
     })
 }
 
-pub fn producer(config: &ClientConfig, send_timeout: Duration) -> sluice_client::Result<Producer> {
+pub fn producer(
+    config: &ClientConfig,
+    send_timeout: Duration,
+    idempotence: bool,
+) -> sluice_client::Result<Producer> {
     Producer::builder(config.clone())
         .retries(4)
         .send_timeout(send_timeout)
+        .idempotence(idempotence)
         .build()
 }
 

@@ -135,6 +135,10 @@ struct RunArgs {
     /// The consumer group's retry budget for failing messages.
     #[arg(long, default_value_t = 3)]
     max_retries: u32,
+    /// Producers without idempotence: a retried send may then store a message twice, which
+    /// is reported but not a violation (with idempotence, the default, it is one).
+    #[arg(long)]
+    no_idempotence: bool,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -185,6 +189,7 @@ impl RunArgs {
                 body_size: self.body_size,
                 topic: self.topic,
                 send_timeout: Duration::from_millis(self.send_timeout_ms),
+                idempotence: !self.no_idempotence,
                 warmup_acks: self.warmup_acks,
                 hold_acks: self.hold_acks,
                 failover_timeout: secs(self.failover_timeout),

@@ -71,6 +71,8 @@ pub struct Report {
     pub duration_s: f64,
     pub send_failures: u64,
     pub consume_errors: u64,
+    /// Producers were idempotent: a message stored twice is then a violation.
+    pub idempotent: bool,
     #[serde(flatten)]
     pub findings: Findings,
     /// Delayed and failing messages (when the run sent any).
@@ -102,8 +104,11 @@ impl Report {
             .into_iter()
             .filter_map(|(k, v)| Stats::of(v).map(|s| (k, s)))
             .collect();
+        let stored_twice =
+            self.findings.duplicated + self.features.as_ref().map_or(0, |f| f.delayed_send_retries);
         self.ok = self.findings.violations() == 0
             && self.features.as_ref().is_none_or(|f| f.violations() == 0)
+            && (!self.idempotent || stored_twice == 0)
             && self.replicas_consistent
             && self.errors.is_empty()
             && self.cycles.iter().all(|c| c.error.is_none())
@@ -174,8 +179,19 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "acked {}  consumed {}  LOST {}  duplicated {}  redelivered {}  OUT-OF-ORDER {}  REORDERED {}",
-            f.acked, f.consumed, f.lost, f.duplicated, f.redelivered, f.out_of_order, f.reordered
+            "acked {}  consumed {}  LOST {}  {} {}  redelivered {}  OUT-OF-ORDER {}  REORDERED {}",
+            f.acked,
+            f.consumed,
+            f.lost,
+            if self.idempotent {
+                "DUPLICATED (idempotent producers)"
+            } else {
+                "duplicated (producers not idempotent)"
+            },
+            f.duplicated,
+            f.redelivered,
+            f.out_of_order,
+            f.reordered
         );
         let _ = writeln!(
             s,
@@ -271,6 +287,7 @@ mod tests {
             duration_s: 1.0,
             send_failures: 0,
             consume_errors: 0,
+            idempotent: false,
             findings: Findings::default(),
             features: None,
             replicas_consistent: true,
@@ -289,6 +306,17 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["lost"], 0);
         assert_eq!(json["failover"]["median_ms"], 900);
+
+        // A message stored twice fails the run only when the producers were idempotent.
+        r.findings.duplicated = 2;
+        r.finalize();
+        assert!(r.ok);
+        r.idempotent = true;
+        r.finalize();
+        assert!(!r.ok);
+        r.findings.duplicated = 0;
+        r.finalize();
+        assert!(r.ok);
 
         r.findings.lost = 1;
         r.finalize();

@@ -28,6 +28,9 @@ pub enum BenchCommand {
     /// Delayed messages: produce throughput beside plain produce, lateness at a steady rate,
     /// a burst due in one second, memory with many pending.
     Timers(super::timers::TimersArgs),
+    /// Produce guarantees side by side in one run: plain and idempotent pipelined produce,
+    /// each round's ratio and their median.
+    Modes(super::modes::ModesArgs),
     /// Produce and consume at once; latency from send to delivery.
     E2e {
         #[command(flatten)]
@@ -93,6 +96,10 @@ pub struct SendOpts {
     /// Retries of a failed send (retryable errors only).
     #[arg(long, default_value_t = 2)]
     pub retries: u32,
+    /// Producers without idempotence (the client's default is on: the broker stores a
+    /// retried batch once).
+    #[arg(long)]
+    pub no_idempotence: bool,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +154,7 @@ pub struct SendPlan {
     pub linger: Duration,
     pub rate: Option<u64>,
     pub retries: u32,
+    pub idempotence: bool,
     /// Messages per explicit `send_batch` call, if the run sends explicit batches.
     pub send_batch: Option<usize>,
 }
@@ -220,6 +228,7 @@ fn send_plan(o: SendOpts) -> Result<SendPlan, String> {
         linger: Duration::from_secs_f64(o.linger_ms / 1000.0),
         rate: o.rate,
         retries: o.retries,
+        idempotence: !o.no_idempotence,
         send_batch: o.send_batch,
     })
 }
@@ -247,8 +256,8 @@ impl Plan {
     /// Checks the options; the error is a usage message.
     pub fn new(cmd: BenchCommand) -> Result<Plan, String> {
         let (workload, common, send, receive) = match cmd {
-            BenchCommand::Timers(_) => {
-                return Err("bench timers has a plan of its own (bench::timers::run)".into())
+            BenchCommand::Timers(_) | BenchCommand::Modes(_) => {
+                return Err("bench timers and modes have plans of their own".into())
             }
             BenchCommand::Produce { common, send } => (Workload::Produce, common, Some(send), None),
             BenchCommand::Consume {
@@ -366,6 +375,7 @@ mod tests {
             "--no-batching",
             "--retries",
             "7",
+            "--no-idempotence",
         ])
         .unwrap();
         assert_eq!(p.amount, Amount::Count(5));
@@ -382,7 +392,7 @@ mod tests {
             (4, 1, 64, 65536, 7)
         );
         assert_eq!(s.linger, Duration::from_micros(2500));
-        assert!(!s.batching);
+        assert!(!s.batching && !s.idempotence);
         let c = plan(&[
             "consume",
             "--consumers",

@@ -3,6 +3,7 @@
 pub mod args;
 mod consume;
 mod gaps;
+pub mod modes;
 mod payload;
 mod produce;
 mod progress;

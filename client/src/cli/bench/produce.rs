@@ -94,6 +94,7 @@ impl SendOutcome {
 pub fn producer(config: &ClientConfig, plan: &SendPlan) -> sluice_client::Result<Producer> {
     Producer::builder(config.clone())
         .retries(plan.retries)
+        .idempotence(plan.idempotence)
         .max_in_flight(plan.in_flight)
         .batching(plan.batching)
         .batch_max_messages(plan.batch_size)
