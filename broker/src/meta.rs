@@ -74,6 +74,16 @@ impl MetaStore for SledMeta {
     }
 
     fn write_batch(&self, tree: &str, ops: &[WriteOp]) -> Result<(), MetaError> {
+        // One key is atomic on its own; a sled batch seals the log buffer it lands in (a
+        // write and a sync of the file per batch), a single insert does not.
+        if let [op] = ops {
+            let t = self.tree(tree)?;
+            match op {
+                WriteOp::Put(k, v) => t.insert(k.as_slice(), v.as_slice())?,
+                WriteOp::Delete(k) => t.remove(k.as_slice())?,
+            };
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {

@@ -144,3 +144,41 @@ async fn a_restart_that_lost_recent_sequences_reads_them_back_from_the_log() {
     assert!(again.duplicate);
     assert_eq!(again.entries, stored.last().unwrap().2.entries);
 }
+
+/// The broker fails between the batch's write and recording its sequence (and so before the
+/// ack): the batch is in the log, a retry must not store it again, and a restart finds it.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_between_the_write_and_the_ack_never_stores_a_retry_twice() {
+    let scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path())).await.unwrap();
+    let state = state();
+    let idem = idempotence(&store, &state);
+    let pid = idem.register("pg", 1).await.unwrap();
+    fail::cfg("messaging::idempotence::before_record", "return").unwrap();
+    let first = idem
+        .append(seq(pid, 0), "t", 0, batch("t", 0, messages("a", 2)), 5)
+        .await;
+    assert_eq!(first.unwrap_err().code, ErrorCode::Unavailable);
+    fail::cfg("messaging::idempotence::before_record", "off").unwrap();
+    // Retries wait for a restart rather than store the batch again.
+    for _ in 0..3 {
+        let retry = idem
+            .append(seq(pid, 0), "t", 0, batch("t", 0, messages("a", 2)), 5)
+            .await;
+        assert_eq!(retry.unwrap_err().code, ErrorCode::Unavailable);
+    }
+    wait_visible(&store, "t", 0, 2).await;
+    assert_eq!(store.queue_offsets("t", 0), (0, 2));
+    // The restart reads the sequence back; the retry then gets the first positions.
+    let restarted = idempotence(&store, &state);
+    assert_eq!(recover_standalone(&store, &state).unwrap(), 1);
+    let again = restarted
+        .append(seq(pid, 0), "t", 0, batch("t", 0, messages("a", 2)), 5)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(store.queue_offsets("t", 0), (0, 2));
+    scenario.teardown();
+}

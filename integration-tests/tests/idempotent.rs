@@ -301,3 +301,42 @@ async fn the_rust_producer_stores_no_duplicates_while_the_master_is_killed() {
     let missing = acked.iter().filter(|id| !unique.contains(id)).count();
     assert_eq!(missing, 0, "acknowledged messages missing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_producers_expire_and_the_rust_producer_takes_a_new_id() {
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_broker_toml: "producer_expiry = \"2s\"\n".into(),
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let mut c = cluster.broker_client(0).await.unwrap();
+    c.create_topic(create_topic_request(TOPIC, 1))
+        .await
+        .unwrap();
+    let config = ClientConfig::new([cluster.nameserver.addr.clone()]);
+    let producer = Producer::builder(config).build().unwrap();
+    producer.send(Message::new(TOPIC, "before")).await.unwrap();
+    let pid = init(&mut c).await;
+    send(&mut c, batch("a", 1, pid, 0, 0)).await.unwrap();
+    // Idle past the expiry: the broker forgets the id (checked every quarter of it). The
+    // probe leaves a gap, so it is refused (and stores nothing) before the id expires too.
+    wait_until(Duration::from_secs(20), "the producer id expired", || {
+        let mut c = c.clone();
+        async move {
+            match send(&mut c, batch("b", 1, pid, 0, 5)).await {
+                Err(e) if e.code == ErrorCode::UnknownProducer => true,
+                Err(e) if e.code == ErrorCode::OutOfOrderSequence => false,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // The Rust producer's id expired too: it asks for a new one and sends once.
+    producer.send(Message::new(TOPIC, "after")).await.unwrap();
+    producer.shutdown().await;
+    await_max(&c, 3).await;
+}
