@@ -149,10 +149,7 @@ pub async fn run(
             group: group.clone(),
             state: state.clone(),
         },
-        None => WritePath::Standalone {
-            store: store.clone(),
-            state: state.clone(),
-        },
+        None => WritePath::standalone(store.clone(), state.clone()),
     };
     let timers = Timers::new(config.timer_settings()?, store.clone(), write.clone());
     // Standalone, this broker is always its own master; the sender lives as long as the task.
@@ -190,11 +187,11 @@ pub async fn run(
         },
     );
     if replica.is_none() {
-        let n = crate::messaging::idempotence::recover_standalone(&store, &state)?;
+        let n = crate::messaging::standalone::recover(&store, &state)?;
         if n > 0 {
             tracing::info!(
                 batches = n,
-                "recorded idempotent batches written before the restart"
+                "applied the state of writes made before the restart"
             );
         }
     }

@@ -8,7 +8,8 @@ mod util;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_broker::messaging::idempotence::{recover_standalone, Idempotence, Sequence};
+use sluice_broker::messaging::idempotence::{Idempotence, Sequence};
+use sluice_broker::messaging::standalone::recover as recover_standalone;
 use sluice_broker::messaging::WritePath;
 use sluice_broker::meta::{MemMeta, MetaStore};
 use sluice_broker::state::producers::{self, Verdict};
@@ -24,11 +25,14 @@ fn state() -> Arc<StateMachine> {
     Arc::new(StateMachine::open(meta, Arc::new(Notify::new())).unwrap())
 }
 
+/// What the broker does at start: reads the log written since the recorded point (and
+/// records the first point on a new store).
+fn started(store: &MessageStore, state: &Arc<StateMachine>) {
+    recover_standalone(store, state).unwrap();
+}
+
 fn idempotence(store: &MessageStore, state: &Arc<StateMachine>) -> Arc<Idempotence> {
-    let write = WritePath::Standalone {
-        store: store.clone(),
-        state: state.clone(),
-    };
+    let write = WritePath::standalone(store.clone(), state.clone());
     Idempotence::new(write, store.clone(), Duration::from_secs(5))
 }
 
@@ -49,6 +53,7 @@ async fn concurrent_retries_are_answered_with_the_first_positions_and_stored_onc
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).await.unwrap();
     let state = state();
+    started(&store, &state);
     let idem = idempotence(&store, &state);
     let pid = idem.register("pg", 1).await.unwrap();
     for round in 0..20u64 {
@@ -93,6 +98,7 @@ async fn a_restart_that_lost_recent_sequences_reads_them_back_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).await.unwrap();
     let first = state();
+    started(&store, &first);
     let idem = idempotence(&store, &first);
     let pid = idem.register("pg", 1).await.unwrap();
     let mut stored = Vec::new();
@@ -106,10 +112,18 @@ async fn a_restart_that_lost_recent_sequences_reads_them_back_from_the_log() {
             ));
         }
     }
-    // The lost state: only the registration survived (it is flushed when made).
+    // The lost state: only what was flushed survived (the point recorded at start and the
+    // registration).
     let second = state();
     second
-        .apply(None, &[producers::register_op(pid, "pg", 1)], true)
+        .apply(
+            None,
+            &[
+                producers::rescan_point_op(0),
+                producers::register_op(pid, "pg", 1),
+            ],
+            true,
+        )
         .unwrap();
     let found = recover_standalone(&store, &second).unwrap();
     assert_eq!(found, 20);
@@ -154,6 +168,7 @@ async fn a_failure_between_the_write_and_the_ack_never_stores_a_retry_twice() {
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).await.unwrap();
     let state = state();
+    started(&store, &state);
     let idem = idempotence(&store, &state);
     let pid = idem.register("pg", 1).await.unwrap();
     fail::cfg("messaging::idempotence::before_record", "return").unwrap();

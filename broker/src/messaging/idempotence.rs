@@ -11,7 +11,6 @@
 //! earlier term proposed is either in the state or gone.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,8 +53,6 @@ struct Slot {
     term: u64,
     mark: SequenceMark,
     first_id: String,
-    /// Standalone: the write position when the batch started (the restart rescan's bound).
-    started_at: u64,
     done: watch::Receiver<Option<Outcome>>,
 }
 
@@ -66,8 +63,6 @@ pub struct Idempotence {
     /// How long a send waits for its batch before answering STORE_TIMEOUT (a retry then finds
     /// the slot and waits again).
     wait: Duration,
-    /// Standalone: when the restart rescan point is next moved (ms since the epoch).
-    rescan_point_at: AtomicI64,
 }
 
 impl Idempotence {
@@ -77,7 +72,6 @@ impl Idempotence {
             store,
             slots: Mutex::new(HashMap::new()),
             wait,
-            rescan_point_at: AtomicI64::new(0),
         })
     }
 
@@ -202,7 +196,6 @@ impl Idempotence {
                         term,
                         mark,
                         first_id: first_id.clone(),
-                        started_at: self.store.write_position(),
                         done: rx.clone(),
                     },
                 );
@@ -270,14 +263,12 @@ impl Idempotence {
                 true,
             );
         };
+        let ticket = self.write.log_writes().map(|w| w.begin(&self.store));
         match self.write.append_indexed(&batch, now_ms).await {
             Ok((entries, index)) => {
-                let recorded = match &self.write {
-                    WritePath::Replicated { .. } => self.write.applied(index).await,
-                    WritePath::Standalone { .. } => {
-                        self.record_standalone(key, &mark, first_id, &entries, now_ms)
-                            .await
-                    }
+                let recorded = match ticket {
+                    None => self.write.applied(index).await,
+                    Some(t) => self.record_standalone(t, key, &mark, first_id, &entries, now_ms),
                 };
                 match recorded {
                     Ok(()) => (Ok(entries), true),
@@ -294,6 +285,9 @@ impl Idempotence {
                 }
             }
             Err(e) => {
+                if let (Some(w), Some(t)) = (self.write.log_writes(), ticket) {
+                    w.abandon(t);
+                }
                 // It may still be committed: hold the slot until the log has decided (or
                 // this mastership ended, after which the slot no longer counts).
                 if let WritePath::Replicated { group, .. } = &self.write {
@@ -309,16 +303,22 @@ impl Idempotence {
         }
     }
 
-    /// Standalone: records the sequence after the write, with the point below which every
-    /// idempotent batch is recorded (where a rescan after a crash starts).
-    async fn record_standalone(
+    /// Standalone: records the sequence after the write (with the restart rescan point now
+    /// and then, see `messaging::standalone`).
+    fn record_standalone(
         &self,
+        ticket: super::standalone::Ticket,
         key: &SlotKey,
         mark: &SequenceMark,
         first_id: &str,
         entries: &[Appended],
         now_ms: i64,
     ) -> Result<(), ApiError> {
+        // 0: the point stays (a real point of 0 is the default anyway).
+        let point = match self.write.log_writes() {
+            Some(w) => w.applying(ticket, &self.store, now_ms).unwrap_or(0),
+            None => 0,
+        };
         fail::fail_point!("messaging::idempotence::before_record", |_| Err(
             ApiError::internal("failpoint: before the sequence is recorded")
         ));
@@ -326,24 +326,6 @@ impl Idempotence {
             .first()
             .map(|a| a.commit_log_offset)
             .ok_or_else(|| ApiError::internal("a stored batch without messages"))?;
-        // Every batch that started at or after this point is not recorded yet, or is this one.
-        // Moved at most once a second: an older point is still true (a restart reads a little
-        // more), and writing it with every batch made each record a two-key write.
-        let due = self.rescan_point_at.load(Ordering::Relaxed) <= now_ms;
-        let applied_below = if due {
-            self.rescan_point_at
-                .store(now_ms + 1_000, Ordering::Relaxed);
-            let slots = self.slots.lock();
-            slots
-                .iter()
-                .filter(|(k, _)| *k != key)
-                .map(|(_, s)| s.started_at)
-                .min()
-                .unwrap_or(u64::MAX)
-                .min(self.store.write_position())
-        } else {
-            0
-        };
         let op = producers::record_op(
             mark,
             &key.topic,
@@ -351,7 +333,7 @@ impl Idempotence {
             first_id,
             locator,
             now_ms,
-            applied_below,
+            point,
         );
         // Not flushed (the batch is in the log; a restart reads it back), so no disk wait:
         // applied in place rather than on a blocking thread, which cost a third of a standalone
@@ -422,37 +404,4 @@ impl Idempotence {
             }
         }
     }
-}
-
-/// Standalone, at start: records the sequences of idempotent batches written after the last
-/// recorded point (a crash may have lost their records from the state, never from the log).
-pub fn recover_standalone(
-    store: &MessageStore,
-    state: &crate::state::StateMachine,
-) -> Result<usize, ApiError> {
-    let from = producers::standalone_applied_below(state.meta().as_ref())?;
-    let batches = store.sequenced_batches(from)?;
-    let end = store.write_position();
-    let n = batches.len();
-    let mut ops: Vec<_> = batches
-        .into_iter()
-        .map(|(b, offset)| {
-            producers::record_op(
-                &b.mark,
-                &b.topic,
-                b.queue_id,
-                &b.first_message_id,
-                offset,
-                b.store_timestamp_ms,
-                0,
-            )
-        })
-        .collect();
-    if let Some(sluice_proto::v1::meta_op::Op::RecordSequence(last)) =
-        ops.last_mut().and_then(|o| o.op.as_mut())
-    {
-        last.applied_below = end;
-    }
-    state.apply(None, &ops, true)?;
-    Ok(n)
 }

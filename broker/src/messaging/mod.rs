@@ -15,6 +15,7 @@ pub mod produce;
 pub mod query;
 pub mod read_hint;
 pub mod retry;
+pub mod standalone;
 pub mod timer;
 mod write_path;
 

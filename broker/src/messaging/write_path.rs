@@ -6,15 +6,18 @@ use std::sync::Arc;
 
 use sluice_proto::{ApiError, ErrorCode};
 
+use super::standalone::LogWrites;
 use crate::replication::ReplicaGroup;
 use crate::state::{Applied, StateMachine, StateOp};
-use crate::store::{AppendBatch, Appended, MessageStore};
+use crate::store::{AppendBatch, Appended, MessageStore, MixedBatch};
 
 #[derive(Clone)]
 pub enum WritePath {
     Standalone {
         store: MessageStore,
         state: Arc<StateMachine>,
+        /// State-carrying writes under way (the restart rescan point).
+        log: Arc<LogWrites>,
     },
     Replicated {
         group: Arc<ReplicaGroup>,
@@ -23,6 +26,59 @@ pub enum WritePath {
 }
 
 impl WritePath {
+    pub fn standalone(store: MessageStore, state: Arc<StateMachine>) -> WritePath {
+        WritePath::Standalone {
+            store,
+            state,
+            log: Arc::new(LogWrites::default()),
+        }
+    }
+
+    /// Standalone: the tracker of writes that carry state.
+    pub fn log_writes(&self) -> Option<&Arc<LogWrites>> {
+        match self {
+            WritePath::Standalone { log, .. } => Some(log),
+            WritePath::Replicated { .. } => None,
+        }
+    }
+
+    /// Writes state ops and messages of any queues as one unit (one Raft entry, or one
+    /// standalone write), and returns the messages' positions once the ops are applied here.
+    pub async fn append_mixed(
+        &self,
+        batch: &MixedBatch,
+        now_ms: i64,
+    ) -> Result<Vec<Appended>, ApiError> {
+        match self {
+            WritePath::Standalone { store, state, log } => {
+                let encoded = store.encode_mixed(batch)?;
+                let ticket = log.begin(store);
+                let written = match store.append_encoded(encoded).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        log.abandon(ticket);
+                        return Err(e.into());
+                    }
+                };
+                let mut ops: Vec<StateOp> = batch
+                    .state
+                    .iter()
+                    .filter_map(|b| crate::state::decode_op(b))
+                    .collect();
+                if let Some(point) = log.applying(ticket, store, now_ms) {
+                    ops.push(crate::state::producers::rescan_point_op(point));
+                }
+                state.apply(None, &ops, false)?;
+                Ok(written.entries)
+            }
+            WritePath::Replicated { group, .. } => {
+                let (index, entries) = group.propose_mixed(batch, now_ms).await?;
+                self.applied(index).await?;
+                Ok(entries)
+            }
+        }
+    }
+
     pub fn state(&self) -> &Arc<StateMachine> {
         match self {
             WritePath::Standalone { state, .. } | WritePath::Replicated { state, .. } => state,

@@ -16,6 +16,17 @@ pub trait EntryCodec: Send + Sync + 'static {
     /// Entry data for a metadata operation (`body` is an encoded `MetaOp`).
     fn encode_meta(&self, body: &[u8], now_ms: i64) -> Bytes;
 
+    /// Entry data for a mixed batch (state ops first, then messages of any queues).
+    fn encode_mixed(
+        &self,
+        _batch: &crate::store::MixedBatch,
+        _now_ms: i64,
+    ) -> Result<Bytes, StoreError> {
+        Err(StoreError::Invalid(
+            "mixed batches are not supported here".into(),
+        ))
+    }
+
     /// Queue and commit-log offsets of each message of the persisted entry `index` (a send).
     fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError>;
 }

@@ -207,6 +207,19 @@ impl ReplicaGroup {
         Ok((id.index, self.codec.entry_results(id.index)?))
     }
 
+    /// Replicates a mixed batch (state ops and messages of any queues) as one entry; returns
+    /// its entry index and the messages' offsets once acknowledged.
+    pub async fn propose_mixed(
+        &self,
+        batch: &crate::store::MixedBatch,
+        now_ms: i64,
+    ) -> Result<(u64, Vec<Appended>), ApiError> {
+        self.require_master()?;
+        let data = self.codec.encode_mixed(batch, now_ms)?;
+        let id = self.propose(data).await?;
+        Ok((id.index, self.codec.entry_results(id.index)?))
+    }
+
     /// Replicates a state operation; returns once it is applied on this replica.
     pub async fn propose_meta(&self, op: &MetaOp, now_ms: i64) -> Result<(), ApiError> {
         self.require_master()?;

@@ -40,6 +40,10 @@ impl EntryCodec for StoreBackend {
         store::encode_meta_for_proposal(body, &self.host, now_ms)
     }
 
+    fn encode_mixed(&self, batch: &store::MixedBatch, now_ms: i64) -> Result<Bytes, StoreError> {
+        store::encode_mixed_for_proposal(batch, &self.host, now_ms)
+    }
+
     fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError> {
         self.store.entry_results(index)
     }

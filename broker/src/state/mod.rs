@@ -234,6 +234,9 @@ impl StateMachine {
                 Some(Op::ExpireProducers(e)) => {
                     producers::apply_expire(self.meta.as_ref(), &mut staged, e)?
                 }
+                Some(Op::StandaloneRescanPoint(p)) => {
+                    producers::apply_rescan_point(&mut staged, *p)
+                }
             };
             topics_changed |= r == Applied::Changed
                 && matches!(op.op, Some(Op::UpsertTopic(_) | Op::DeleteTopic(_)));

@@ -27,8 +27,8 @@ pub const SEQUENCES: &str = "sequences";
 /// Batches remembered per producer and queue.
 pub const KEPT_BATCHES: usize = 5;
 
-/// Standalone brokers only: every idempotent batch below this commit-log offset has its
-/// sequence applied (outside the tables: a replica group's applied index plays this part).
+/// Standalone brokers only: every state-carrying write below this commit-log offset has its
+/// state applied (outside the tables: a replica group's applied index plays this part).
 pub(super) const STANDALONE_APPLIED_BELOW: &[u8] = b"sys/sequences_applied_below";
 
 /// The last-active time of a producer is rewritten at most this often.
@@ -192,10 +192,7 @@ pub(super) fn apply_record(
         return Ok(Applied::Unchanged);
     }
     if op.applied_below != 0 {
-        staged.put(
-            STANDALONE_APPLIED_BELOW.to_vec(),
-            op.applied_below.to_be_bytes().to_vec(),
-        );
+        apply_rescan_point(staged, op.applied_below);
     }
     let key = sequence_key(op.producer_id, &op.topic, op.queue_id);
     let batch = SequenceBatch {
@@ -288,17 +285,19 @@ pub fn any_idle(meta: &dyn MetaStore, cutoff_ms: i64) -> Result<bool, MetaError>
     Ok(false)
 }
 
-/// Standalone: where a rescan of the commit log starts after a restart.
-pub fn standalone_applied_below(meta: &dyn MetaStore) -> Result<u64, MetaError> {
-    Ok(match meta.get(TREE, STANDALONE_APPLIED_BELOW)? {
-        Some(v) => <[u8; 8]>::try_from(v.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| MetaError::Corrupt {
-                tree: TREE.into(),
-                reason: "sequence rescan point".into(),
-            })?,
-        None => 0,
-    })
+/// Standalone: where a rescan of the log starts after a restart (None: never recorded, so the
+/// store was never opened by a build that writes state into a standalone log).
+pub fn standalone_applied_below(meta: &dyn MetaStore) -> Result<Option<u64>, MetaError> {
+    meta.get(TREE, STANDALONE_APPLIED_BELOW)?
+        .map(|v| {
+            <[u8; 8]>::try_from(v.as_slice())
+                .map(u64::from_be_bytes)
+                .map_err(|_| MetaError::Corrupt {
+                    tree: TREE.into(),
+                    reason: "standalone rescan point".into(),
+                })
+        })
+        .transpose()
 }
 
 /// The op that records batch `mark`, stored at `locator`.
@@ -339,6 +338,21 @@ pub fn register_op(producer_id: u64, producer_group: &str, at_ms: i64) -> super:
             },
         )),
     }
+}
+
+/// Standalone: moves the restart rescan point (see `messaging::standalone`).
+pub fn rescan_point_op(point: u64) -> super::StateOp {
+    super::StateOp {
+        op: Some(sluice_proto::v1::meta_op::Op::StandaloneRescanPoint(point)),
+    }
+}
+
+pub(super) fn apply_rescan_point(staged: &mut Staged, point: u64) -> Applied {
+    staged.put(
+        STANDALONE_APPLIED_BELOW.to_vec(),
+        point.to_be_bytes().to_vec(),
+    );
+    Applied::Changed
 }
 
 pub fn expire_op(idle_before_ms: i64) -> super::StateOp {
@@ -490,17 +504,23 @@ mod tests {
     #[test]
     fn the_standalone_rescan_point_is_kept() {
         let m = machine();
-        assert_eq!(standalone_applied_below(m.meta().as_ref()).unwrap(), 0);
+        assert_eq!(standalone_applied_below(m.meta().as_ref()).unwrap(), None);
         let op = record_op(&mark(0, 0, 1), "t", 0, "a", 0, 1, 4096);
         m.apply(None, std::slice::from_ref(&op), false).unwrap();
-        assert_eq!(standalone_applied_below(m.meta().as_ref()).unwrap(), 4096);
+        assert_eq!(
+            standalone_applied_below(m.meta().as_ref()).unwrap(),
+            Some(4096)
+        );
         // Also when the batch was recorded already.
         let mut again = op;
         if let Some(sluice_proto::v1::meta_op::Op::RecordSequence(r)) = again.op.as_mut() {
             r.applied_below = 8192;
         }
         m.apply(None, &[again], false).unwrap();
-        assert_eq!(standalone_applied_below(m.meta().as_ref()).unwrap(), 8192);
+        assert_eq!(
+            standalone_applied_below(m.meta().as_ref()).unwrap(),
+            Some(8192)
+        );
         // Not part of the replicated tables.
         assert!(m
             .dump()

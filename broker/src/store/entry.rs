@@ -80,7 +80,7 @@ pub fn encode_for_proposal(
 
 /// A record of the store's own (META, NOOP, RAW): no topic host or id beyond what is given,
 /// so every replica encodes it to the same bytes.
-fn system_record(
+pub(crate) fn system_record(
     topic: &str,
     sys_flag: u32,
     flag: u32,

@@ -33,6 +33,7 @@ mod entry;
 pub mod error;
 mod flusher;
 mod index;
+mod mixed;
 mod raftlog;
 mod reader;
 pub mod record;
@@ -45,12 +46,14 @@ mod writer;
 
 pub use entry::{decode_entry, encode_for_proposal, encode_meta_for_proposal, is_meta_entry};
 pub use error::StoreError;
+pub use mixed::{encode_mixed_for_proposal, MixedBatch};
 pub use raftlog::CommitLogRaft;
 pub use record::tag_hash;
-pub use sequenced::{sequenced_entry, SequencedBatch};
+pub use sequenced::{sequenced_entry, LogState, SequencedBatch};
 
 use recovery::Started;
-use writer::{EncodedBatch, WriterCmd};
+pub use writer::EncodedBatch;
+use writer::WriterCmd;
 
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -388,6 +391,7 @@ impl MessageStore {
             queue_id: batch.queue_id,
             buf,
             records,
+            queues: Vec::new(),
         })
     }
 

@@ -53,6 +53,15 @@ pub fn sequenced_entry(data: &[u8]) -> Option<SequencedBatch> {
     sequenced(&view)
 }
 
+/// State found in a standalone broker's log.
+#[derive(Debug, Clone)]
+pub enum LogState {
+    /// An idempotent batch and the commit-log offset of its first record.
+    Sequenced(SequencedBatch, u64),
+    /// A state record's body (an encoded `MetaOp`).
+    Meta(bytes::Bytes),
+}
+
 /// [`sequenced`] for a record read back from the commit log.
 fn sequenced_record(r: &StoredRecord) -> Option<SequencedBatch> {
     if r.sys_flag & record::SYS_FLAGS_SYSTEM != 0 {
@@ -78,17 +87,19 @@ fn sequenced_record(r: &StoredRecord) -> Option<SequencedBatch> {
 }
 
 impl MessageStore {
-    /// The idempotent batches whose first record lies in `[from, write position)`, with that
-    /// record's commit-log offset (a standalone broker's rescan after a restart). `from` below
-    /// the log's start reads from the start.
-    pub fn sequenced_batches(&self, from: u64) -> Result<Vec<(SequencedBatch, u64)>, StoreError> {
+    /// The state a standalone broker's log carries from `from` (below the log's start: from
+    /// its start) to the write position, in log order: idempotent batches with their first
+    /// record's offset, and state records.
+    pub fn log_state(&self, from: u64) -> Result<Vec<LogState>, StoreError> {
         let s = self.shared();
         let start = from.max(s.log.min_offset().unwrap_or(0));
         let end = s.write_pos.load(Ordering::Acquire);
         let mut out = Vec::new();
         s.log.for_each_record(start, end, |r| {
-            if let Some(b) = sequenced_record(r) {
-                out.push((b, r.commit_log_offset));
+            if r.sys_flag & record::SYS_FLAG_META != 0 {
+                out.push(LogState::Meta(r.body.clone()));
+            } else if let Some(b) = sequenced_record(r) {
+                out.push(LogState::Sequenced(b, r.commit_log_offset));
             }
         })?;
         Ok(out)

@@ -49,6 +49,9 @@ pub struct EncodedBatch {
     pub buf: Vec<u8>,
     /// `(start, len)` of each record in `buf`.
     pub records: Vec<(usize, usize)>,
+    /// A mixed batch (state records and messages of several queues): each record's queue,
+    /// `None` for a state record (no queue offset). Empty: every record is `topic`/`queue_id`.
+    pub queues: Vec<Option<(String, u32)>>,
 }
 
 pub enum WriterCmd {
@@ -303,28 +306,32 @@ impl Writer {
                 }
             }
             let base = self.pos + self.group_len();
-            let next = self
-                .next
-                .entry(batch.topic.clone())
-                .or_default()
-                .entry(batch.queue_id)
-                .or_insert(0);
-            let first = *next;
             let mut entries = Vec::with_capacity(batch.records.len());
-            for (i, &(start, len)) in batch.records.iter().enumerate() {
-                let qoff = first + i as u64;
-                let phy = base + start as u64;
-                record::seal(&mut batch.buf[start..start + len], qoff, phy, ts);
-                entries.push(Appended {
-                    queue_offset: qoff,
-                    commit_log_offset: phy,
-                    size: len as u32,
-                });
+            if batch.queues.is_empty() {
+                let next = self
+                    .next
+                    .entry(batch.topic.clone())
+                    .or_default()
+                    .entry(batch.queue_id)
+                    .or_insert(0);
+                let first = *next;
+                for (i, &(start, len)) in batch.records.iter().enumerate() {
+                    let qoff = first + i as u64;
+                    let phy = base + start as u64;
+                    record::seal(&mut batch.buf[start..start + len], qoff, phy, ts);
+                    entries.push(Appended {
+                        queue_offset: qoff,
+                        commit_log_offset: phy,
+                        size: len as u32,
+                    });
+                }
+                *next = first + batch.records.len() as u64;
+                chunk.undo.push((batch.topic, batch.queue_id, first));
+            } else {
+                self.seal_mixed(&mut batch, base, ts, &mut entries, &mut chunk.undo);
             }
-            *next = first + batch.records.len() as u64;
             self.batches_len += batch.buf.len();
             self.batches.push(batch.buf);
-            chunk.undo.push((batch.topic, batch.queue_id, first));
             chunk.acks.push((
                 reply,
                 AppendResult {
@@ -334,6 +341,46 @@ impl Writer {
             ));
         }
         self.write_chunk(&mut chunk, ts)
+    }
+
+    /// Seals the records of a mixed batch: each message takes the next offset of its own queue
+    /// (undo remembers each queue's first), a state record none; only messages are answered.
+    fn seal_mixed(
+        &mut self,
+        batch: &mut EncodedBatch,
+        base: u64,
+        ts: i64,
+        entries: &mut Vec<Appended>,
+        undo: &mut Vec<(String, u32, u64)>,
+    ) {
+        for (&(start, len), queue) in batch.records.iter().zip(&batch.queues) {
+            let phy = base + start as u64;
+            let qoff = match queue {
+                None => 0,
+                Some((topic, qid)) => {
+                    let next = self
+                        .next
+                        .entry(topic.clone())
+                        .or_default()
+                        .entry(*qid)
+                        .or_insert(0);
+                    let q = *next;
+                    *next += 1;
+                    if !undo.iter().any(|(t, id, _)| id == qid && t == topic) {
+                        undo.push((topic.clone(), *qid, q));
+                    }
+                    q
+                }
+            };
+            record::seal(&mut batch.buf[start..start + len], qoff, phy, ts);
+            if queue.is_some() {
+                entries.push(Appended {
+                    queue_offset: qoff,
+                    commit_log_offset: phy,
+                    size: len as u32,
+                });
+            }
+        }
     }
 
     /// Writes the group at the write position and hands the acks on.

@@ -1,0 +1,91 @@
+//! What a standalone broker needs to rebuild log-carried state after a crash. A replica group
+//! applies state from its log with the applied index written in the same batch; a standalone
+//! broker writes messages first and applies their state right after, into a metadata store
+//! that keeps its latest writes in memory for up to half a second. So it records, now and then
+//! and in the same metadata write as some state, a commit-log point below which every write
+//! that carries state (idempotent batches, mixed batches) has its state applied; at start it
+//! reads the log from that point and applies what it finds again (every such op is
+//! idempotent).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use sluice_proto::ApiError;
+
+use crate::state::{producers, StateMachine};
+use crate::store::{LogState, MessageStore};
+
+/// Writes that carry state, from their start until their state is applied.
+#[derive(Default)]
+pub struct LogWrites {
+    /// Ticket -> the write position when the write started.
+    inflight: Mutex<BTreeMap<u64, u64>>,
+    next_ticket: AtomicU64,
+    /// When the recorded point may move next (ms since the epoch).
+    point_due: AtomicI64,
+}
+
+/// A write under way; hand it back with [`LogWrites::applied`].
+pub struct Ticket(u64);
+
+impl LogWrites {
+    /// Called before the write is handed to the store.
+    pub fn begin(&self, store: &MessageStore) -> Ticket {
+        let t = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        self.inflight.lock().insert(t, store.write_position());
+        Ticket(t)
+    }
+
+    /// The write's state is about to be applied (in the metadata write that may carry the
+    /// returned point): the point below which every such write is applied, at most once a
+    /// second (None: not this time; an older point stays true, the rescan only reads more).
+    pub fn applying(&self, ticket: Ticket, store: &MessageStore, now_ms: i64) -> Option<u64> {
+        let mut inflight = self.inflight.lock();
+        inflight.remove(&ticket.0);
+        if self.point_due.load(Ordering::Relaxed) > now_ms {
+            return None;
+        }
+        self.point_due.store(now_ms + 1_000, Ordering::Relaxed);
+        // Anything that starts later starts at or after the current write position.
+        let oldest = inflight.values().min().copied().unwrap_or(u64::MAX);
+        Some(oldest.min(store.write_position()))
+    }
+
+    /// The write failed before its state: nothing to apply.
+    pub fn abandon(&self, ticket: Ticket) {
+        self.inflight.lock().remove(&ticket.0);
+    }
+}
+
+/// At start: applies the state carried by the log written after the recorded point. Returns
+/// how many writes it found.
+pub fn recover(store: &MessageStore, state: &StateMachine) -> Result<usize, ApiError> {
+    let end = store.write_position();
+    // Never recorded: no build that writes state into the log opened this store, so there is
+    // nothing to read (and the point is recorded, durably, before the first such write).
+    let Some(from) = producers::standalone_applied_below(state.meta().as_ref())? else {
+        state.apply(None, &[producers::rescan_point_op(end)], true)?;
+        return Ok(0);
+    };
+    let found = store.log_state(from)?;
+    let n = found.len();
+    let mut ops = Vec::with_capacity(n + 1);
+    for f in found {
+        match f {
+            LogState::Sequenced(b, offset) => ops.push(producers::record_op(
+                &b.mark,
+                &b.topic,
+                b.queue_id,
+                &b.first_message_id,
+                offset,
+                b.store_timestamp_ms,
+                0,
+            )),
+            LogState::Meta(body) => ops.extend(crate::state::decode_op(&body)),
+        }
+    }
+    ops.push(producers::rescan_point_op(end));
+    state.apply(None, &ops, true)?;
+    Ok(n)
+}
