@@ -91,6 +91,19 @@ pub struct BrokerConfig {
     /// An idempotent producer's id and sequences are forgotten after this long without a send
     /// (7 days by default), units ms s m h d.
     pub producer_expiry: String,
+    /// Transactions: first check-back of one left open this long; checks then back off
+    /// (doubling) up to the max interval; after max checks it is parked.
+    pub transaction_check_after: String,
+    pub transaction_check_max_interval: String,
+    pub transaction_max_checks: u32,
+    /// Limits of one transaction, and of open transactions per producer group.
+    pub max_transaction_messages: u64,
+    pub max_transaction_bytes: u64,
+    pub max_open_transactions: u64,
+    /// Sends to a transaction older than this are refused (LIMIT_EXCEEDED).
+    pub transaction_timeout: String,
+    /// Resolved transactions are remembered this long (a retried commit gets its answer).
+    pub transaction_keep_resolved: String,
 }
 
 impl Default for BrokerConfig {
@@ -139,6 +152,14 @@ impl Default for BrokerConfig {
             max_delay: "30d".into(),
             max_pending_timers: 100_000_000,
             producer_expiry: "7d".into(),
+            transaction_check_after: "6s".into(),
+            transaction_check_max_interval: "60s".into(),
+            transaction_max_checks: 15,
+            max_transaction_messages: 10_000,
+            max_transaction_bytes: 4 << 20,
+            max_open_transactions: 1_000_000,
+            transaction_timeout: "1h".into(),
+            transaction_keep_resolved: "1h".into(),
         }
     }
 }
@@ -264,6 +285,32 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid("producer_expiry: at least 1s".into()));
         }
         Ok(d)
+    }
+
+    /// Transaction settings, checked.
+    pub fn transaction_settings(&self) -> Result<crate::messaging::txn::TxSettings, ConfigError> {
+        let d = |what: &str, v: &str| {
+            parse_duration(v).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+        };
+        let s = crate::messaging::txn::TxSettings {
+            check_after: d("transaction_check_after", &self.transaction_check_after)?,
+            max_check_interval: d(
+                "transaction_check_max_interval",
+                &self.transaction_check_max_interval,
+            )?,
+            max_checks: self.transaction_max_checks,
+            max_messages: self.max_transaction_messages,
+            max_bytes: self.max_transaction_bytes,
+            max_open: self.max_open_transactions,
+            timeout: d("transaction_timeout", &self.transaction_timeout)?,
+            keep_resolved: d("transaction_keep_resolved", &self.transaction_keep_resolved)?,
+        };
+        if s.check_after.is_zero() || s.max_checks == 0 || s.max_messages == 0 || s.max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "transaction_check_after, transaction_max_checks, max_transaction_messages and max_transaction_bytes must be above zero".into(),
+            ));
+        }
+        Ok(s)
     }
 
     /// True when this broker is a member of a replica group.

@@ -195,10 +195,29 @@ pub async fn run(
             );
         }
     }
+    let transactions = crate::messaging::txn::Transactions::new(
+        write.clone(),
+        store.clone(),
+        config.transaction_settings()?,
+    );
+    let check_task = crate::messaging::leader::spawn(
+        "transaction-checks",
+        match &replica {
+            Some(group) => group.subscribe_master(),
+            None => standalone_master.subscribe(),
+        },
+        stop_rx.clone(),
+        {
+            let transactions = transactions.clone();
+            move |stop| transactions.clone().run_checks(stop)
+        },
+    );
+    let floor_task = tokio::spawn(transactions.clone().run_floor(stop_rx.clone()));
     let producing = crate::messaging::produce::Producing::new(
         write.clone(),
         timers.clone(),
         idempotence,
+        transactions,
         crate::messaging::produce::SendSettings {
             auto_create_topics: config.auto_create_topics,
             default_queues: config.default_queues,
@@ -346,11 +365,17 @@ pub async fn run(
     {
         tracing::warn!("the timer task did not stop in time");
     }
-    if tokio::time::timeout(Duration::from_secs(5), expiry_task)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the producer expiry task did not stop in time");
+    for (name, task) in [
+        ("producer expiry", expiry_task),
+        ("transaction check", check_task),
+        ("transaction floor", floor_task),
+    ] {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(task = name, "a task did not stop in time");
+        }
     }
     drop(standalone_master);
     if let Some(group) = &replica {

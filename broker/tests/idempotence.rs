@@ -171,12 +171,12 @@ async fn a_failure_between_the_write_and_the_ack_never_stores_a_retry_twice() {
     started(&store, &state);
     let idem = idempotence(&store, &state);
     let pid = idem.register("pg", 1).await.unwrap();
-    fail::cfg("messaging::idempotence::before_record", "return").unwrap();
+    fail::cfg("messaging::write_path::before_announced_state", "return").unwrap();
     let first = idem
         .append(seq(pid, 0), "t", 0, batch("t", 0, messages("a", 2)), 5)
         .await;
     assert_eq!(first.unwrap_err().code, ErrorCode::Unavailable);
-    fail::cfg("messaging::idempotence::before_record", "off").unwrap();
+    fail::cfg("messaging::write_path::before_announced_state", "off").unwrap();
     // Retries wait for a restart rather than store the batch again.
     for _ in 0..3 {
         let retry = idem

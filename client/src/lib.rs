@@ -58,7 +58,7 @@ pub mod time;
 
 pub use admin::{
     Admin, BrokerStatusRow, DeadLetter, GroupPolicy, LagRow, ReadRow, Redriven, ReplicaProgressRow,
-    TopicCreated,
+    TopicCreated, TransactionRow,
 };
 pub use config::ClientConfig;
 pub use consumer::{
@@ -67,6 +67,9 @@ pub use consumer::{
 };
 pub use error::{Error, Result};
 pub use message::{Delay, Message, ReceivedMessage, SendReceipt};
-pub use producer::{CancelOutcome, Producer, ProducerBuilder, QueueSelector, SendHandle};
+pub use producer::{
+    CancelOutcome, CheckedTransaction, Producer, ProducerBuilder, QueueSelector, Resolution,
+    SendHandle, Transaction, TransactionChecker,
+};
 pub use route::{BrokerRouteInfo, MessageQueue, ReplicaInfo, TopicRouteInfo};
 pub use sluice_proto::{ApiError, ErrorCode};

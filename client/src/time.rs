@@ -145,6 +145,14 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 in UTC with milliseconds.
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);

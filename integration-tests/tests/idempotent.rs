@@ -34,6 +34,7 @@ fn batch(tag: &str, n: usize, pid: u64, epoch: u32, base: u64) -> SendRequest {
         producer_id: pid,
         producer_epoch: epoch,
         base_sequence: base,
+        ..Default::default()
     }
 }
 

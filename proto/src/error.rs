@@ -90,10 +90,11 @@ impl ApiError {
             | ErrorCode::MessageTooLarge
             | ErrorCode::QueueNotFound => Code::InvalidArgument,
             ErrorCode::TopicNotFound
+            | ErrorCode::TransactionNotFound
             | ErrorCode::MessageNotFound
             | ErrorCode::GroupNotFound
             | ErrorCode::NoRoute => Code::NotFound,
-            ErrorCode::TopicAlreadyExists => Code::AlreadyExists,
+            ErrorCode::TopicAlreadyExists | ErrorCode::TransactionResolved => Code::AlreadyExists,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::NotMaster
             | ErrorCode::OutOfOrderSequence

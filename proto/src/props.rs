@@ -63,10 +63,43 @@ impl SequenceMark {
     }
 }
 
+/// Topic of transactions' half messages (never delivered).
+pub const TX_HALF_TOPIC: &str = "%TX_HALF%";
+/// Every half message (and a committed copy): its transaction's id.
+pub const TX_ID: &str = "__TX_ID";
+/// First half message of a send: `count/bytes/producer_group` (see [`HalfMark`]).
+pub const TX_HALF: &str = "__TXH";
+
+/// A send's half messages, as their first record announces them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HalfMark {
+    pub count: u32,
+    pub bytes: u64,
+    pub producer_group: String,
+}
+
+impl HalfMark {
+    pub fn encode(&self) -> String {
+        format!("{}/{}/{}", self.count, self.bytes, self.producer_group)
+    }
+
+    pub fn parse(value: &[u8]) -> Option<HalfMark> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut parts = text.splitn(3, '/');
+        let mark = HalfMark {
+            count: parts.next()?.parse().ok()?,
+            bytes: parts.next()?.parse().ok()?,
+            producer_group: parts.next()?.to_string(),
+        };
+        (mark.count != 0).then_some(mark)
+    }
+}
+
 /// Topics producers cannot send to or create: the broker's own.
 pub fn is_internal_topic(topic: &str) -> bool {
     topic.starts_with("%TIMER%")
         || topic.starts_with("%SYS%")
+        || topic.starts_with("%TX_")
         || topic.starts_with(crate::names::RETRY_PREFIX)
         || topic.starts_with(crate::names::DLQ_PREFIX)
 }
@@ -112,5 +145,18 @@ mod tests {
             assert_eq!(SequenceMark::parse(bad.as_bytes()), None, "{bad}");
         }
         assert_eq!(SequenceMark::parse(b"\xff/1/2/3"), None);
+    }
+
+    #[test]
+    fn half_marks_round_trip_and_refuse_anything_else() {
+        let m = HalfMark {
+            count: 3,
+            bytes: 4096,
+            producer_group: "orders-service".into(),
+        };
+        assert_eq!(HalfMark::parse(m.encode().as_bytes()), Some(m));
+        for bad in ["", "0/1/g", "1/x/g", "1/2", "-1/2/g"] {
+            assert_eq!(HalfMark::parse(bad.as_bytes()), None, "{bad}");
+        }
     }
 }

@@ -19,7 +19,7 @@ use sluice_proto::props::{self, SequenceMark};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::watch;
 
-use super::WritePath;
+use super::{Announced, WritePath};
 use crate::state::producers::{self, Verdict};
 use crate::store::{AppendBatch, Appended, MessageStore};
 
@@ -202,7 +202,7 @@ impl Idempotence {
                 // The write runs on its own, so a caller that gives up does not end it.
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let (outcome, settled) = this.write_batch(&key, &first_id, batch, now_ms).await;
+                    let (outcome, settled) = this.write_batch(batch, now_ms).await;
                     if settled {
                         this.release(&key, term, &mark);
                     }
@@ -243,51 +243,22 @@ impl Idempotence {
     /// Writes the batch and returns once its sequence is in the state (or, when the outcome
     /// is unknown, once the log has settled it: the state then tells a retry what happened),
     /// and whether the slot may go: not while the log holds the batch and the state does not
-    /// (a standalone broker that failed to record it keeps the slot until a restart reads the
+    /// (a standalone broker that failed to apply it keeps the slot until a restart reads the
     /// sequence back from the log).
-    async fn write_batch(
-        &self,
-        key: &SlotKey,
-        first_id: &str,
-        batch: AppendBatch,
-        now_ms: i64,
-    ) -> (Outcome, bool) {
-        let Some(mark) = batch
-            .messages
-            .first()
-            .and_then(|m| props::get(&m.properties, props::PRODUCER_SEQUENCE))
-            .and_then(|v| SequenceMark::parse(v.as_bytes()))
-        else {
-            return (
-                Err(ApiError::internal("idempotent batch without its sequence")),
-                true,
-            );
-        };
-        let ticket = self.write.log_writes().map(|w| w.begin(&self.store));
-        match self.write.append_indexed(&batch, now_ms).await {
-            Ok((entries, index)) => {
-                let recorded = match ticket {
-                    None => self.write.applied(index).await,
-                    Some(t) => self.record_standalone(t, key, &mark, first_id, &entries, now_ms),
-                };
-                match recorded {
-                    Ok(()) => (Ok(entries), true),
-                    Err(e) => {
-                        tracing::error!(error = %e, "an idempotent batch is stored but its sequence is not recorded; its queue waits for a restart");
-                        (
-                            Err(ApiError::new(
-                                ErrorCode::Unavailable,
-                                format!("stored, but its sequence is not recorded: {e}"),
-                            )),
-                            false,
-                        )
-                    }
-                }
+    async fn write_batch(&self, batch: AppendBatch, now_ms: i64) -> (Outcome, bool) {
+        match self.write.append_announced(&batch, now_ms).await {
+            Ok(entries) => (Ok(entries), true),
+            Err(Announced::StoredUnapplied(e)) => {
+                tracing::error!(error = %e, "an idempotent batch is stored but its sequence is not recorded; its queue waits for a restart");
+                (
+                    Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("stored, but its sequence is not recorded: {e}"),
+                    )),
+                    false,
+                )
             }
-            Err(e) => {
-                if let (Some(w), Some(t)) = (self.write.log_writes(), ticket) {
-                    w.abandon(t);
-                }
+            Err(Announced::NotStored(e)) => {
                 // It may still be committed: hold the slot until the log has decided (or
                 // this mastership ended, after which the slot no longer counts).
                 if let WritePath::Replicated { group, .. } = &self.write {
@@ -301,45 +272,6 @@ impl Idempotence {
                 (Err(e), true)
             }
         }
-    }
-
-    /// Standalone: records the sequence after the write (with the restart rescan point now
-    /// and then, see `messaging::standalone`).
-    fn record_standalone(
-        &self,
-        ticket: super::standalone::Ticket,
-        key: &SlotKey,
-        mark: &SequenceMark,
-        first_id: &str,
-        entries: &[Appended],
-        now_ms: i64,
-    ) -> Result<(), ApiError> {
-        // 0: the point stays (a real point of 0 is the default anyway).
-        let point = match self.write.log_writes() {
-            Some(w) => w.applying(ticket, &self.store, now_ms).unwrap_or(0),
-            None => 0,
-        };
-        fail::fail_point!("messaging::idempotence::before_record", |_| Err(
-            ApiError::internal("failpoint: before the sequence is recorded")
-        ));
-        let locator = entries
-            .first()
-            .map(|a| a.commit_log_offset)
-            .ok_or_else(|| ApiError::internal("a stored batch without messages"))?;
-        let op = producers::record_op(
-            mark,
-            &key.topic,
-            key.queue_id,
-            first_id,
-            locator,
-            now_ms,
-            point,
-        );
-        // Not flushed (the batch is in the log; a restart reads it back), so no disk wait:
-        // applied in place rather than on a blocking thread, which cost a third of a standalone
-        // broker's idempotent throughput.
-        self.write.state().apply(None, &[op], false)?;
-        Ok(())
     }
 
     fn release(&self, key: &SlotKey, term: u64, mark: &SequenceMark) {

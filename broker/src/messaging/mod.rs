@@ -5,7 +5,7 @@
 //!
 //! `produce` (send, immediate or delayed), `idempotence` (producer ids and sequences), `consume` (pull with long polling and read hints,
 //! offsets, queue positions), `query` (lookups with timer state), `timer` (delayed messages and
-//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `leader`
+//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `txn` (transactions and their checks), `leader`
 //! (leader-only tasks), `read_hint` (where a replica group's consumers pull next).
 
 pub mod consume;
@@ -17,6 +17,7 @@ pub mod read_hint;
 pub mod retry;
 pub mod standalone;
 pub mod timer;
+pub mod txn;
 mod write_path;
 
-pub use write_path::WritePath;
+pub use write_path::{Announced, WritePath};

@@ -11,6 +11,7 @@ use sluice_proto::{perm, ApiError, ErrorCode};
 
 use super::idempotence::{Idempotence, Sequence};
 use super::timer::{self, Delay, Timers};
+use super::txn::{Transactions, TxSend};
 use super::WritePath;
 use crate::state;
 use crate::state::topics;
@@ -49,6 +50,7 @@ pub struct Producing {
     write: WritePath,
     timers: Arc<Timers>,
     idempotence: Arc<Idempotence>,
+    transactions: Arc<Transactions>,
     settings: SendSettings,
 }
 
@@ -67,14 +69,20 @@ impl Producing {
         write: WritePath,
         timers: Arc<Timers>,
         idempotence: Arc<Idempotence>,
+        transactions: Arc<Transactions>,
         settings: SendSettings,
     ) -> Producing {
         Producing {
             write,
             timers,
             idempotence,
+            transactions,
             settings,
         }
+    }
+
+    pub fn transactions(&self) -> &Arc<Transactions> {
+        &self.transactions
     }
 
     pub fn idempotence(&self) -> &Arc<Idempotence> {
@@ -84,12 +92,14 @@ impl Producing {
     /// Stores `messages` in queue `queue_id` of `topic`, atomically: all are stored or none.
     /// Either every message is delayed (each with its own due time) or none is. With `seq`
     /// (an idempotent producer), a batch stored before is answered with its first receipts.
+    /// With `tx`, the messages are a transaction's half messages, visible once it commits.
     pub async fn send(
         &self,
         topic: &str,
         queue_id: u32,
         messages: Vec<Outgoing>,
         seq: Option<Sequence>,
+        tx: Option<TxSend>,
         now: i64,
     ) -> Result<Vec<Receipt>, ApiError> {
         validate_topic_name(topic)?;
@@ -132,6 +142,14 @@ impl Producing {
                 None => plain.push(o.message),
             }
         }
+        if let Some(tx) = tx {
+            if !delayed.is_empty() {
+                return Err(ApiError::invalid(
+                    "a transaction's messages cannot be delayed",
+                ));
+            }
+            return self.send_half(topic, queue_id, &tx, plain, seq, now).await;
+        }
         if !delayed.is_empty() {
             if !plain.is_empty() {
                 return Err(ApiError::invalid(
@@ -146,6 +164,56 @@ impl Producing {
             messages: plain,
         };
         let (ids, entries, _) = self.append(topic, queue_id, batch, seq, now).await?;
+        Ok(ids
+            .into_iter()
+            .zip(entries)
+            .map(|(message_id, a)| Receipt {
+                message_id,
+                queue_offset: a.queue_offset,
+                commit_log_offset: a.commit_log_offset,
+                delayed: None,
+            })
+            .collect())
+    }
+
+    /// Stores a transaction's half messages (invisible until it commits).
+    async fn send_half(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        tx: &TxSend,
+        messages: Vec<AppendMessage>,
+        seq: Option<Sequence>,
+        now: i64,
+    ) -> Result<Vec<Receipt>, ApiError> {
+        let bytes: u64 = messages
+            .iter()
+            .map(|m| crate::store::record::payload_size(m) as u64)
+            .sum();
+        self.transactions
+            .check_send(tx, messages.len(), bytes, now)?;
+        let batch = Transactions::half_batch(topic, queue_id, tx, messages);
+        let (ids, entries) = match seq {
+            Some(_) => {
+                let (ids, entries, _) = self.append(topic, queue_id, batch, seq, now).await?;
+                (ids, entries)
+            }
+            None => {
+                let entries =
+                    self.write
+                        .append_announced(&batch, now)
+                        .await
+                        .map_err(|e| match e {
+                            super::Announced::NotStored(e) => e,
+                            super::Announced::StoredUnapplied(e) => ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!("stored, but not added to its transaction: {e}"),
+                            ),
+                        })?;
+                let ids = batch.messages.into_iter().map(|m| m.message_id).collect();
+                (ids, entries)
+            }
+        };
         Ok(ids
             .into_iter()
             .zip(entries)

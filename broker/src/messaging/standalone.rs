@@ -73,15 +73,7 @@ pub fn recover(store: &MessageStore, state: &StateMachine) -> Result<usize, ApiE
     let mut ops = Vec::with_capacity(n + 1);
     for f in found {
         match f {
-            LogState::Sequenced(b, offset) => ops.push(producers::record_op(
-                &b.mark,
-                &b.topic,
-                b.queue_id,
-                &b.first_message_id,
-                offset,
-                b.store_timestamp_ms,
-                0,
-            )),
+            LogState::Batch(marks, offset) => ops.extend(crate::state::batch_ops(&marks, offset)),
             LogState::Meta(body) => ops.extend(crate::state::decode_op(&body)),
         }
     }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::backend::LogBackend;
 use super::io::{Applier, ApplyError, CommittedEntry, EntryKind};
 use super::snapshot_log::decode_snapshot;
-use crate::state::{self, producers, StateMachine};
+use crate::state::{self, StateMachine};
 
 pub struct BrokerApplier<B: LogBackend> {
     backend: B,
@@ -88,18 +88,8 @@ impl<B: LogBackend> Applier for BrokerApplier<B> {
                 }
                 let bodies = self.backend.meta_bodies(&e.data).map_err(store_fault)?;
                 if bodies.is_empty() {
-                    // A send: an idempotent batch records its sequence, located by the entry.
-                    if let Some(b) = self.backend.sequenced(&e.data) {
-                        ops.push(producers::record_op(
-                            &b.mark,
-                            &b.topic,
-                            b.queue_id,
-                            &b.first_message_id,
-                            e.index,
-                            b.store_timestamp_ms,
-                            0,
-                        ));
-                    }
+                    // A send: what its first record announces, located by the entry.
+                    ops.extend(state::batch_ops(&self.backend.marks(&e.data), e.index));
                 }
                 ops.extend(bodies.iter().filter_map(|b| state::decode_op(b)));
             }

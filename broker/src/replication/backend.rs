@@ -42,9 +42,10 @@ pub trait LogBackend: EntryCodec + Clone {
     /// The metadata operation bodies an entry carries (none for a send).
     fn meta_bodies(&self, data: &[u8]) -> Result<Vec<Bytes>, StoreError>;
 
-    /// The idempotent batch a send entry holds, if any (its sequence is state to apply).
-    fn sequenced(&self, _data: &[u8]) -> Option<crate::store::SequencedBatch> {
-        None
+    /// What a send entry's first record announces (an idempotent batch's sequence, a
+    /// transaction's half messages): state to apply.
+    fn marks(&self, _data: &[u8]) -> crate::store::BatchMarks {
+        crate::store::BatchMarks::default()
     }
 
     /// At start: entries up to `applied` were committed and applied before the restart; make

@@ -67,8 +67,8 @@ impl LogBackend for StoreBackend {
             .collect())
     }
 
-    fn sequenced(&self, data: &[u8]) -> Option<store::SequencedBatch> {
-        store::sequenced_entry(data)
+    fn marks(&self, data: &[u8]) -> store::BatchMarks {
+        store::entry_marks(data)
     }
 
     fn resume(&self, applied: u64) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@ mod consume;
 pub mod convert;
 mod produce;
 mod retry;
+mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +78,39 @@ fn reply<T>(r: Result<T, sluice_proto::ApiError>) -> Reply<T> {
 impl Broker for BrokerService {
     async fn send(&self, req: Request<SendRequest>) -> Reply<SendResponse> {
         reply(self.do_send(req.into_inner()).await)
+    }
+
+    async fn end_transaction(
+        &self,
+        req: Request<EndTransactionRequest>,
+    ) -> Reply<EndTransactionResponse> {
+        reply(self.do_end_transaction(req.into_inner()).await)
+    }
+
+    type WatchTransactionChecksStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<TransactionCheck, Status>> + Send + 'static>,
+    >;
+
+    async fn watch_transaction_checks(
+        &self,
+        req: Request<WatchTransactionChecksRequest>,
+    ) -> Reply<Self::WatchTransactionChecksStream> {
+        let req = req.into_inner();
+        let rx = self
+            .producing
+            .transactions()
+            .watch(&req.producer_group, &req.client_id)
+            .map_err(Status::from)?;
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_transactions(
+        &self,
+        _req: Request<ListTransactionsRequest>,
+    ) -> Reply<ListTransactionsResponse> {
+        reply(self.do_list_transactions())
     }
 
     async fn init_producer(

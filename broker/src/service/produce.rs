@@ -11,6 +11,7 @@ use super::BrokerService;
 use crate::messaging::idempotence::Sequence;
 use crate::messaging::produce::Outgoing;
 use crate::messaging::timer::{self, Delay};
+use crate::messaging::txn::TxSend;
 
 impl BrokerService {
     pub(crate) async fn do_send(&self, req: SendRequest) -> Result<SendResponse, ApiError> {
@@ -28,6 +29,10 @@ impl BrokerService {
                 delay,
             });
         }
+        let tx = (!req.transaction_id.is_empty()).then(|| TxSend {
+            id: req.transaction_id.clone(),
+            group: req.producer_group.clone(),
+        });
         let seq = (req.producer_id != 0).then_some(Sequence {
             producer_id: req.producer_id,
             epoch: req.producer_epoch,
@@ -35,7 +40,7 @@ impl BrokerService {
         });
         let receipts = self
             .producing
-            .send(&req.topic, req.queue_id, messages, seq, now_ms())
+            .send(&req.topic, req.queue_id, messages, seq, tx, now_ms())
             .await?;
         Ok(SendResponse {
             broker_name: self.identity.broker_name.clone(),

@@ -16,6 +16,7 @@ pub mod groups;
 pub mod offsets;
 pub mod producers;
 pub mod topics;
+pub mod transactions;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub const TABLES: &[&str] = &[
     groups::TABLE,
     producers::PRODUCERS,
     producers::SEQUENCES,
+    transactions::TABLE,
 ];
 
 /// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).
@@ -107,6 +109,36 @@ pub fn decode_op(body: &[u8]) -> Option<StateOp> {
     }
 }
 
+/// The ops a batch's first record announces (its sequence, its half messages); `locator`
+/// finds the batch again (a replica group's entry index, a standalone commit-log offset).
+pub fn batch_ops(m: &crate::store::BatchMarks, locator: u64) -> Vec<StateOp> {
+    let mut ops = Vec::new();
+    if let Some(b) = &m.sequence {
+        ops.push(producers::record_op(
+            &b.mark,
+            &b.topic,
+            b.queue_id,
+            &b.first_message_id,
+            locator,
+            b.store_timestamp_ms,
+            0,
+        ));
+    }
+    if let Some(h) = &m.half {
+        ops.push(transactions::half_op(sluice_proto::v1::TxHalfOp {
+            transaction_id: h.transaction_id.clone(),
+            producer_group: h.mark.producer_group.clone(),
+            topic: h.topic.clone(),
+            queue_id: h.queue_id,
+            locator,
+            count: h.mark.count,
+            bytes: h.mark.bytes,
+            at_ms: h.store_timestamp_ms,
+        }));
+    }
+    ops
+}
+
 /// What applying one op changed, for the caller's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -157,6 +189,8 @@ pub struct StateMachine {
     meta: Arc<dyn MetaStore>,
     pub topics: Arc<TopicTable>,
     pub offsets: OffsetTable,
+    /// Open transactions per producer group.
+    pub tx_open: transactions::OpenCounts,
     /// Wakes nameserver registration after a topic change.
     reregister: Arc<Notify>,
     /// One apply at a time (the replica thread, or a standalone broker's handlers).
@@ -170,6 +204,7 @@ impl StateMachine {
         let topics = Arc::new(TopicTable::load(meta.as_ref())?);
         Ok(StateMachine {
             offsets: OffsetTable::new(meta.clone()),
+            tx_open: transactions::OpenCounts::load(meta.as_ref())?,
             meta,
             topics,
             reregister,
@@ -209,6 +244,7 @@ impl StateMachine {
         let mut staged = Staged::default();
         let mut results = Vec::with_capacity(ops.len());
         let mut topics_changed = false;
+        let mut tx_deltas = transactions::Deltas::new();
         for op in ops {
             let r = match &op.op {
                 None => {
@@ -237,6 +273,18 @@ impl StateMachine {
                 Some(Op::StandaloneRescanPoint(p)) => {
                     producers::apply_rescan_point(&mut staged, *p)
                 }
+                Some(Op::TxHalf(h)) => {
+                    transactions::apply_half(self.meta.as_ref(), &mut staged, h, &mut tx_deltas)?
+                }
+                Some(Op::TxResolve(r)) => {
+                    transactions::apply_resolve(self.meta.as_ref(), &mut staged, r, &mut tx_deltas)?
+                }
+                Some(Op::TxChecked(c)) => {
+                    transactions::apply_checked(self.meta.as_ref(), &mut staged, c)?
+                }
+                Some(Op::TxForget(f)) => {
+                    transactions::apply_forget(self.meta.as_ref(), &mut staged, f)?
+                }
             };
             topics_changed |= r == Applied::Changed
                 && matches!(op.op, Some(Op::UpsertTopic(_) | Op::DeleteTopic(_)));
@@ -255,6 +303,7 @@ impl StateMachine {
         if durable {
             self.meta.flush()?;
         }
+        self.tx_open.add(&tx_deltas);
         if topics_changed {
             self.topics.reload(self.meta.as_ref())?;
             self.reregister.notify_one();
@@ -326,6 +375,7 @@ impl StateMachine {
         self.meta.write_batch(TREE, &writes)?;
         self.meta.flush()?;
         self.topics.reload(self.meta.as_ref())?;
+        self.tx_open.reload(self.meta.as_ref())?;
         self.reregister.notify_one();
         Ok(())
     }

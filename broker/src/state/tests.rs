@@ -201,6 +201,22 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
             )
         ),
         (0i64..200).prop_map(producers::expire_op),
+        (prop::sample::select(vec!["x", "y"]), 0u64..4, 0i64..100).prop_map(|(t, l, at)| {
+            transactions::half_op(sluice_proto::v1::TxHalfOp {
+                transaction_id: t.into(),
+                producer_group: "pg".into(),
+                topic: "a".into(),
+                queue_id: 0,
+                locator: l,
+                count: 1,
+                bytes: 10,
+                at_ms: at,
+            })
+        }),
+        (prop::sample::select(vec!["x", "y"]), 1i32..3, 0i64..100)
+            .prop_map(|(t, r, at)| transactions::resolve_op(t, r, at)),
+        (0i64..100).prop_map(|at| transactions::checked_op(vec!["x".into()], at, 2)),
+        (0i64..100).prop_map(transactions::forget_op),
     ]
 }
 

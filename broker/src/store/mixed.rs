@@ -67,6 +67,20 @@ pub fn encode_mixed_for_proposal(b: &MixedBatch, host: &str, ts: i64) -> Result<
 }
 
 impl MessageStore {
+    /// Where retention and Raft compaction stop for unresolved transactions (`u64::MAX`:
+    /// nowhere); the transactions' housekeeping sets it.
+    pub fn set_transaction_floor(&self, offset: u64) {
+        self.shared()
+            .tx_floor
+            .store(offset, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn transaction_floor(&self) -> u64 {
+        self.shared()
+            .tx_floor
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Validates and encodes a mixed batch for [`MessageStore::append_encoded`].
     pub fn encode_mixed(&self, b: &MixedBatch) -> Result<EncodedBatch, StoreError> {
         let cfg = &self.shared().config;

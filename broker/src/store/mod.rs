@@ -49,7 +49,7 @@ pub use error::StoreError;
 pub use mixed::{encode_mixed_for_proposal, MixedBatch};
 pub use raftlog::CommitLogRaft;
 pub use record::tag_hash;
-pub use sequenced::{sequenced_entry, LogState, SequencedBatch};
+pub use sequenced::{batch_marks, entry_marks, BatchMarks, HalfBatch, LogState, SequencedBatch};
 
 use recovery::Started;
 pub use writer::EncodedBatch;

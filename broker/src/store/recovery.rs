@@ -430,6 +430,7 @@ pub fn open_blocking(
         written_tx,
         timers: parking_lot::Mutex::new(timers),
         timer_floor: AtomicU64::new(u64::MAX),
+        tx_floor: AtomicU64::new(u64::MAX),
         timer_pending: AtomicU64::new(0),
         timer_version: watch::channel(0).0,
         raft: raft_control.clone().zip(raft_entries).map(|(c, entries)| {

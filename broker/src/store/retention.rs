@@ -49,13 +49,15 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<RetentionMsg>, writer: mpsc::Sender
         match rx.blocking_recv() {
             Ok(Ok(deleted)) => {
                 let floor = shared.timer_floor.load(Ordering::Acquire);
-                if deleted.segments.len() < count && floor != u64::MAX {
+                let tx_floor = shared.tx_floor.load(Ordering::Acquire);
+                if deleted.segments.len() < count && floor.min(tx_floor) != u64::MAX {
                     tracing::warn!(
                         wanted = count,
                         deleted = deleted.segments.len(),
                         floor,
+                        tx_floor,
                         pending = shared.timer_pending.load(Ordering::Acquire),
-                        "retention held back: segments hold delayed messages not delivered yet"
+                        "retention held back: segments hold delayed messages not delivered yet or unresolved transactions"
                     );
                 }
                 tracing::debug!(

@@ -51,6 +51,8 @@ pub struct Shared {
     /// Lowest offset of a pending timer's scheduled record (`u64::MAX`: none): retention and
     /// Raft compaction keep the log from there on.
     pub timer_floor: AtomicU64,
+    /// Where retention stops for unresolved transactions' half messages (`u64::MAX`: nowhere).
+    pub tx_floor: AtomicU64,
     pub timer_pending: AtomicU64,
     /// Bumped whenever the dispatcher changed the timer index (the timer task waits on it).
     pub timer_version: watch::Sender<u64>,

@@ -679,6 +679,7 @@ impl Writer {
         dispatched
             .min(self.shared.confirmed.load(Ordering::Acquire))
             .min(self.shared.timer_floor.load(Ordering::Acquire))
+            .min(self.shared.tx_floor.load(Ordering::Acquire))
     }
 
     /// Deletes up to `count` of the oldest segments that end at or below `limit` (never the

@@ -3,6 +3,7 @@
 mod dlq;
 mod query;
 mod status;
+mod txn;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use sluice_proto::{names, perm, ApiError, ErrorCode};
 
 pub use dlq::{DeadLetter, GroupPolicy, Redriven};
 pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
+pub use txn::TransactionRow;
 
 use crate::client::ClientCore;
 use crate::config::ClientConfig;
@@ -34,7 +36,9 @@ pub struct TopicCreated {
     pub created: bool,
 }
 
-/// Admin operations against a cluster, through its nameservers.
+/// Admin operations against a cluster, through its nameservers. Cheap to clone (clones share
+/// connections).
+#[derive(Clone)]
 pub struct Admin {
     core: Arc<ClientCore>,
     route_wait: Duration,

@@ -55,6 +55,9 @@ pub enum Command {
     /// A consumer group's dead letters: list them, send them back to their topics.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Transactions: list open and parked ones, commit or roll one back by hand.
+    #[command(subcommand)]
+    Tx(super::tx::TxCommand),
     /// Measure throughput and latency: produce, consume, or both end to end.
     #[command(subcommand)]
     Bench(super::bench::args::BenchCommand),

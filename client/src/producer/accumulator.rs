@@ -426,7 +426,7 @@ async fn send_batch(
     };
     let wire = Arc::new(wire);
     match sender
-        .send_with_retries(&queue.topic, None, &wire, &routing)
+        .send_with_retries(&queue.topic, None, &wire, &routing, None)
         .await
     {
         Ok(receipts) => {
@@ -440,7 +440,13 @@ async fn send_batch(
             tracing::debug!(queue = %queue, error = %e, "batch refused; sending its messages one by one");
             for (m, w) in wire.iter().zip(waiters) {
                 let one = sender
-                    .send_with_retries(&queue.topic, None, &Arc::new(vec![m.clone()]), &routing)
+                    .send_with_retries(
+                        &queue.topic,
+                        None,
+                        &Arc::new(vec![m.clone()]),
+                        &routing,
+                        None,
+                    )
                     .await
                     .and_then(|mut r| {
                         r.pop().ok_or_else(|| {

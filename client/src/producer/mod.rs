@@ -6,6 +6,7 @@ mod delayed;
 mod idempotence;
 mod select;
 mod sender;
+mod transaction;
 mod wire;
 
 use std::future::Future;
@@ -30,6 +31,7 @@ use accumulator::{AccumulatorHandle, BatchLimits, Queued, Waiter};
 use sender::{now_ms, Sender};
 
 pub use delayed::CancelOutcome;
+pub use transaction::{CheckedTransaction, Resolution, Transaction, TransactionChecker};
 
 /// Builder for a [`Producer`].
 pub struct ProducerBuilder {
@@ -41,9 +43,18 @@ pub struct ProducerBuilder {
     limits: BatchLimits,
     idempotence: bool,
     producer_group: String,
+    checker: Option<Arc<dyn TransactionChecker>>,
 }
 
 impl ProducerBuilder {
+    /// Answers the broker's checks of this producer group's transactions left open (a
+    /// producer that died between its local commit and the transaction's). Needs a
+    /// [`producer_group`](Self::producer_group).
+    pub fn transaction_checker(mut self, checker: Arc<dyn TransactionChecker>) -> Self {
+        self.checker = Some(checker);
+        self
+    }
+
     /// Whether the broker stores each message once however often a send is retried (default
     /// true): the producer numbers its batches per queue and the broker answers a batch it
     /// holds already with its first receipts. Off, a retry after a timeout or a failover may
@@ -126,8 +137,20 @@ impl ProducerBuilder {
             names::validate_group_name(&self.producer_group)?;
         }
         let core = ClientCore::new(self.config)?;
-        let idempotence = self.idempotence.then_some(self.producer_group);
+        let idempotence = self.idempotence.then(|| self.producer_group.clone());
         let sender = Arc::new(Sender::new(core, self.retries, send_timeout, idempotence));
+        if let Some(checker) = self.checker {
+            if self.producer_group.is_empty() {
+                return Err(Error::Config(
+                    "a transaction checker needs a producer group".into(),
+                ));
+            }
+            tokio::spawn(transaction::watch_checks(
+                Arc::downgrade(&sender),
+                self.producer_group.clone(),
+                checker,
+            ));
+        }
         let accumulator = self
             .batching
             .then(|| AccumulatorHandle::start(sender.clone(), self.limits));
@@ -137,6 +160,7 @@ impl ProducerBuilder {
                 accumulator,
                 in_flight: Arc::new(Semaphore::new(self.max_in_flight)),
                 max_in_flight: self.max_in_flight,
+                producer_group: self.producer_group,
                 closed: AtomicBool::new(false),
             }),
         })
@@ -159,6 +183,7 @@ struct Inner {
     accumulator: Option<AccumulatorHandle>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    producer_group: String,
     closed: AtomicBool,
 }
 
@@ -205,7 +230,21 @@ impl Producer {
             },
             idempotence: true,
             producer_group: String::new(),
+            checker: None,
         }
+    }
+
+    /// Opens a transaction: its sends stay invisible until [`Transaction::commit`]. Needs a
+    /// producer group (whose producers answer its checks).
+    pub fn begin_transaction(&self) -> Result<Transaction> {
+        self.check_open()?;
+        let group = &self.inner.producer_group;
+        if group.is_empty() {
+            return Err(Error::Config(
+                "transactions need a producer group (ProducerBuilder::producer_group)".into(),
+            ));
+        }
+        Ok(Transaction::new(self.inner.sender.clone(), group))
     }
 
     /// Sends one message to a queue chosen round-robin and waits for the broker's ack.
@@ -417,7 +456,13 @@ impl Producer {
         }
         wire.extend(messages.into_iter().map(|m| sender.to_wire(m, born)));
         sender
-            .send_with_retries(&topic, selector_input.as_ref(), &Arc::new(wire), &routing)
+            .send_with_retries(
+                &topic,
+                selector_input.as_ref(),
+                &Arc::new(wire),
+                &routing,
+                None,
+            )
             .await
     }
 }

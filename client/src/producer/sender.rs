@@ -12,7 +12,7 @@ use sluice_proto::{ApiError, ErrorCode};
 
 use super::idempotence::{self, Bound, Idempotence};
 use super::select::{pick, Routing};
-use super::wire::{SendCodec, SharedSendRequest};
+use super::wire::{SendCodec, SharedSendRequest, TxFields};
 use crate::client::ClientCore;
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
@@ -49,6 +49,8 @@ struct RetryState {
     /// The broker that failed last, avoided when another one has queues.
     avoid: Option<String>,
     hint: Option<MasterHint>,
+    /// The transaction the send belongs to.
+    tx: Option<Arc<TxFields>>,
 }
 
 /// Where NOT_MASTER said the master is, used until the route catches up.
@@ -113,9 +115,13 @@ impl Sender {
         selector_input: Option<&Message>,
         wire: &Arc<Vec<v1::Message>>,
         routing: &Routing,
+        tx: Option<&Arc<TxFields>>,
     ) -> Result<Vec<SendReceipt>> {
         let rr_start = self.next_rr();
-        let mut state = RetryState::default();
+        let mut state = RetryState {
+            tx: tx.cloned(),
+            ..RetryState::default()
+        };
         let mut attempt: u32 = 0;
         let mut bound: Option<Bound> = None;
         loop {
@@ -266,7 +272,7 @@ impl Sender {
                 data_addr = None;
             }
         }
-        let request = SharedSendRequest::new(&queue, wire.clone(), seq);
+        let request = SharedSendRequest::new(&queue, wire.clone(), seq, state.tx.clone());
         let sent = match data_addr {
             Some(data) => self.send_data_port(data, &queue, request).await,
             None => self.send_once(addr, &queue, request).await,

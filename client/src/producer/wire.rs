@@ -18,6 +18,15 @@ pub(crate) struct SharedSendRequest {
     pub(crate) messages: Arc<Vec<v1::Message>>,
     /// An idempotent batch's producer id, epoch and first sequence.
     pub(crate) seq: Option<BatchSequence>,
+    /// A transaction's send: its id and producer group.
+    pub(crate) tx: Option<Arc<TxFields>>,
+}
+
+/// The transaction a send belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TxFields {
+    pub(crate) id: String,
+    pub(crate) group: String,
 }
 
 /// The sequence fields of an idempotent send.
@@ -33,12 +42,14 @@ impl SharedSendRequest {
         queue: &crate::route::MessageQueue,
         messages: Arc<Vec<v1::Message>>,
         seq: Option<BatchSequence>,
+        tx: Option<Arc<TxFields>>,
     ) -> Self {
         SharedSendRequest {
             topic: queue.topic.clone(),
             queue_id: queue.queue_id,
             messages,
             seq,
+            tx,
         }
     }
 
@@ -71,6 +82,13 @@ impl prost::Message for SharedSendRequest {
                 encoding::uint64::encode(tag, &v, buf);
             }
         }
+        if let Some(tx) = &self.tx {
+            for (tag, v) in [(7, &tx.id), (8, &tx.group)] {
+                if !v.is_empty() {
+                    encoding::string::encode(tag, v, buf);
+                }
+            }
+        }
     }
 
     /// Only ever encoded; reading one back skips every field.
@@ -101,7 +119,14 @@ impl prost::Message for SharedSendRequest {
             .filter(|(_, v)| *v != 0)
             .map(|(tag, v)| encoding::uint64::encoded_len(*tag, v))
             .sum();
-        topic + queue + encoding::message::encoded_len_repeated(3, &self.messages) + seq
+        let tx: usize = self.tx.as_ref().map_or(0, |tx| {
+            [(7, &tx.id), (8, &tx.group)]
+                .iter()
+                .filter(|(_, v)| !v.is_empty())
+                .map(|(tag, v)| encoding::string::encoded_len(*tag, v))
+                .sum()
+        });
+        topic + queue + encoding::message::encoded_len_repeated(3, &self.messages) + seq + tx
     }
 
     fn clear(&mut self) {
@@ -175,11 +200,18 @@ mod tests {
             .into_iter()
             .flat_map(|q| seqs.map(|s| (q, s)))
         {
+            let tx = seq.map(|s| {
+                Arc::new(TxFields {
+                    id: format!("tx-{}", s.base),
+                    group: "pg".into(),
+                })
+            });
             let shared = SharedSendRequest {
                 topic: topic.into(),
                 queue_id,
                 messages: Arc::new(messages.clone()),
                 seq,
+                tx: tx.clone(),
             };
             let s = seq.unwrap_or(BatchSequence {
                 producer_id: 0,
@@ -193,6 +225,8 @@ mod tests {
                 producer_id: s.producer_id,
                 producer_epoch: s.epoch,
                 base_sequence: s.base,
+                transaction_id: tx.as_ref().map(|t| t.id.clone()).unwrap_or_default(),
+                producer_group: tx.as_ref().map(|t| t.group.clone()).unwrap_or_default(),
             };
             assert_eq!(shared.encode_to_vec(), plain.encode_to_vec());
             assert_eq!(shared.encoded_len(), plain.encoded_len());

@@ -245,6 +245,31 @@ impl Broker for FakeBroker {
         }))
     }
 
+    // Transactions are tested against real brokers (integration-tests/tests/transactions.rs).
+    async fn end_transaction(
+        &self,
+        _: Request<EndTransactionRequest>,
+    ) -> Res<EndTransactionResponse> {
+        Err(Status::unimplemented("the fake broker has no transactions"))
+    }
+
+    type WatchTransactionChecksStream =
+        tokio_stream::wrappers::ReceiverStream<Result<TransactionCheck, Status>>;
+
+    async fn watch_transaction_checks(
+        &self,
+        _: Request<WatchTransactionChecksRequest>,
+    ) -> Res<Self::WatchTransactionChecksStream> {
+        Err(Status::unimplemented("the fake broker has no transactions"))
+    }
+
+    async fn list_transactions(
+        &self,
+        _: Request<ListTransactionsRequest>,
+    ) -> Res<ListTransactionsResponse> {
+        Ok(Response::new(ListTransactionsResponse::default()))
+    }
+
     async fn init_producer(&self, _: Request<InitProducerRequest>) -> Res<InitProducerResponse> {
         self.0.check_up()?;
         Ok(Response::new(InitProducerResponse {

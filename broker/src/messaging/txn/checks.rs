@@ -1,0 +1,157 @@
+//! Check-back, the master's leader-only task: a transaction left open past `check_after` is
+//! sent to a live producer of its group (one watcher, round robin), then again on a doubling
+//! backoff up to `max_check_interval`; each round's checks are one state entry, so a new
+//! master resumes from the checks the log records, never from memory. After `max_checks` a
+//! transaction is parked (kept, listed, resolved by an operator). The task also forgets
+//! transactions resolved longer ago than `keep_resolved`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::v1::{StoredMessage, TransactionCheck, TxRecord};
+use sluice_proto::ApiError;
+use tokio::sync::watch;
+
+use super::Transactions;
+use crate::state::transactions::{self as table, OPEN};
+use crate::store::StoredRecord;
+
+/// Most transactions checked in one round (one state entry).
+const MAX_PER_ROUND: usize = 2_000;
+/// How often the task looks for due checks.
+const ROUND: Duration = Duration::from_millis(500);
+
+fn wire(r: StoredRecord) -> StoredMessage {
+    StoredMessage {
+        topic: r.topic,
+        queue_id: r.queue_id,
+        queue_offset: r.queue_offset,
+        commit_log_offset: r.commit_log_offset,
+        message_id: r.message_id,
+        body: r.body,
+        tag: r.tag,
+        keys: r.keys,
+        properties: r.properties.into_iter().collect(),
+        flag: r.flag,
+        born_timestamp_ms: r.born_timestamp_ms,
+        born_host: r.born_host,
+        store_timestamp_ms: r.store_timestamp_ms,
+        store_host: r.store_host,
+        ..Default::default()
+    }
+}
+
+impl Transactions {
+    /// When `r` is next due for a check (ms since the epoch).
+    pub(crate) fn due_at(&self, r: &TxRecord) -> i64 {
+        let s = &self.settings;
+        let after = s.check_after.as_millis() as i64;
+        if r.checks == 0 {
+            return r.created_ms.saturating_add(after);
+        }
+        let backoff = after
+            .saturating_mul(1i64 << r.checks.min(20))
+            .min(s.max_check_interval.as_millis() as i64);
+        r.last_check_ms.saturating_add(backoff)
+    }
+
+    /// The master's check-back loop, until `stop`.
+    pub async fn run_checks(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut forget_due = 0i64;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ROUND) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let now = crate::store::now_ms();
+            if let Err(e) = self.check_round(now).await {
+                tracing::warn!(error = %e, "transaction check round failed; retried");
+            }
+            if now >= forget_due {
+                forget_due = now + 60_000;
+                let keep = self.settings.keep_resolved.as_millis() as i64;
+                if let Err(e) = self.forget(now.saturating_sub(keep), now).await {
+                    tracing::warn!(error = %e, "forgetting resolved transactions failed");
+                }
+            }
+        }
+    }
+
+    async fn forget(&self, before: i64, now: i64) -> Result<(), ApiError> {
+        let meta = self.write.state().meta().clone();
+        let any = table::list(meta.as_ref())?
+            .iter()
+            .any(|(_, r)| r.resolution != OPEN && r.resolved_ms < before);
+        if any {
+            self.write.apply(table::forget_op(before), now).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_round(&self, now: i64) -> Result<(), ApiError> {
+        let meta = self.write.state().meta().clone();
+        let mut due: Vec<(i64, String, TxRecord)> = table::list(meta.as_ref())?
+            .into_iter()
+            .filter(|(_, r)| r.resolution == OPEN && !r.parked)
+            .map(|(id, r)| (self.due_at(&r), id, r))
+            .filter(|(at, _, _)| *at <= now)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        due.sort_by_key(|(at, _, _)| *at);
+        due.truncate(MAX_PER_ROUND);
+        let mut checked = Vec::with_capacity(due.len());
+        for (_, id, r) in due {
+            let messages = match self.halves(&r) {
+                Ok(h) => h.into_iter().map(wire).collect(),
+                Err(e) => {
+                    tracing::warn!(tx = %id, error = %e, "cannot read a transaction's half messages for its check");
+                    Vec::new()
+                }
+            };
+            let check = TransactionCheck {
+                transaction_id: id.clone(),
+                producer_group: r.producer_group.clone(),
+                check: r.checks + 1,
+                created_ms: r.created_ms,
+                messages,
+            };
+            if !self.send_check(check) {
+                tracing::debug!(tx = %id, group = %r.producer_group, "no producer of the group is watching; counted as a check");
+            }
+            checked.push(id);
+        }
+        let n = checked.len();
+        self.write
+            .apply(
+                table::checked_op(checked, now, self.settings.max_checks),
+                now,
+            )
+            .await?;
+        tracing::debug!(checked = n, "transaction check round");
+        Ok(())
+    }
+
+    /// Hands a check to one live watcher of its group (round robin); false when none.
+    fn send_check(&self, check: TransactionCheck) -> bool {
+        let mut watchers = self.watchers.lock();
+        let Some(list) = watchers.get_mut(&check.producer_group) else {
+            return false;
+        };
+        list.retain(|w| !w.tx.is_closed());
+        let n = list.len();
+        for i in 0..n {
+            let k = self.rr.fetch_add(1, Ordering::Relaxed).wrapping_add(i) % n;
+            let Some(w) = list.get(k) else { continue };
+            match w.tx.try_send(check.clone()) {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::debug!(client = %w.client_id, error = %e, "a watcher cannot take a check");
+                }
+            }
+        }
+        false
+    }
+}

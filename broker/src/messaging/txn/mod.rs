@@ -1,0 +1,495 @@
+//! Transactional messages, protocol-neutral.
+//!
+//! - A send with a transaction id stores *half messages* in `%TX_HALF%` (never delivered),
+//!   each carrying its real topic and queue; the first record of the send announces the
+//!   transaction (`__TXH`), so every replica adds the send to the transaction's record in the
+//!   state (`state::transactions`) from the send's own entry.
+//! - `end` commits or rolls back. A commit writes one mixed batch: the resolution (a state
+//!   record) and a copy of every half message in its real queue; one entry decides, so the
+//!   messages become visible together or not at all, and a failover cannot split them from
+//!   "committed". A rollback is a state entry.
+//! - The master checks transactions left open (`checks.rs`) with live producers of their group,
+//!   recording each round in the log; after the last check a transaction is parked for an
+//!   operator (`sluice tx commit|rollback`).
+//! - Every replica keeps retention and Raft compaction off the oldest unresolved half message.
+
+mod checks;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prost::Message as _;
+use sluice_proto::props::{self, HalfMark};
+use sluice_proto::v1::{TransactionCheck, TransactionInfo, TxRecord};
+use sluice_proto::{ApiError, ErrorCode};
+use tokio::sync::{mpsc, watch};
+
+use super::WritePath;
+use crate::state::transactions::{self as table, COMMITTED, OPEN, ROLLED_BACK};
+use crate::store::{AppendBatch, AppendMessage, Appended, MessageStore, MixedBatch, StoredRecord};
+
+/// Limits and timing of transactions.
+#[derive(Debug, Clone)]
+pub struct TxSettings {
+    /// First check of a transaction left open this long.
+    pub check_after: Duration,
+    /// Checks back off (doubling from `check_after`) up to this interval.
+    pub max_check_interval: Duration,
+    /// Checks before a transaction is parked.
+    pub max_checks: u32,
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    /// Open transactions per producer group.
+    pub max_open: u64,
+    /// Sends to a transaction older than this are refused.
+    pub timeout: Duration,
+    /// Resolved transactions are remembered this long (a retried end gets its answer).
+    pub keep_resolved: Duration,
+}
+
+impl Default for TxSettings {
+    fn default() -> Self {
+        TxSettings {
+            check_after: Duration::from_secs(6),
+            max_check_interval: Duration::from_secs(60),
+            max_checks: 15,
+            max_messages: 10_000,
+            max_bytes: 4 << 20,
+            max_open: 1_000_000,
+            timeout: Duration::from_secs(3600),
+            keep_resolved: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The transaction a send belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxSend {
+    pub id: String,
+    pub group: String,
+}
+
+/// How a transaction ended, and for a commit made now the copies' positions (with ids).
+#[derive(Debug, Clone)]
+pub struct Ended {
+    pub resolution: i32,
+    pub committed: Vec<(String, Appended)>,
+}
+
+type EndOutcome = Result<Ended, ApiError>;
+
+/// An end in flight on this master.
+struct EndSlot {
+    term: u64,
+    done: watch::Receiver<Option<EndOutcome>>,
+}
+
+/// A producer watching for checks.
+struct Watcher {
+    client_id: String,
+    tx: mpsc::Sender<TransactionCheck>,
+}
+
+pub struct Transactions {
+    write: WritePath,
+    store: MessageStore,
+    pub settings: TxSettings,
+    ends: Mutex<HashMap<String, EndSlot>>,
+    watchers: Mutex<HashMap<String, Vec<Watcher>>>,
+    rr: AtomicUsize,
+}
+
+/// 1-128 of `[A-Za-z0-9_.:-]`.
+pub fn validate_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "transaction id {id:?}: 1-128 of [A-Za-z0-9_.:-]"
+        )))
+    }
+}
+
+fn limit(what: &str, detail: String) -> ApiError {
+    ApiError::new(ErrorCode::LimitExceeded, format!("{what}: {detail}"))
+}
+
+fn resolution_name(r: i32) -> &'static str {
+    match r {
+        COMMITTED => "committed",
+        ROLLED_BACK => "rolled back",
+        _ => "open",
+    }
+}
+
+impl Transactions {
+    pub fn new(write: WritePath, store: MessageStore, settings: TxSettings) -> Arc<Self> {
+        Arc::new(Transactions {
+            write,
+            store,
+            settings,
+            ends: Mutex::new(HashMap::new()),
+            watchers: Mutex::new(HashMap::new()),
+            rr: AtomicUsize::new(0),
+        })
+    }
+
+    fn record(&self, id: &str) -> Result<Option<TxRecord>, ApiError> {
+        Ok(table::get(self.write.state().meta().as_ref(), id)?)
+    }
+
+    /// Checks a send of `count` messages (`bytes` of payload) to `tx` against its state and
+    /// the limits.
+    pub fn check_send(
+        &self,
+        tx: &TxSend,
+        count: usize,
+        bytes: u64,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        validate_id(&tx.id)?;
+        sluice_proto::names::validate_group_name(&tx.group)?;
+        let s = &self.settings;
+        match self.record(&tx.id)? {
+            Some(r) if r.resolution != OPEN => Err(ApiError::new(
+                ErrorCode::TransactionResolved,
+                format!(
+                    "transaction {} was {}; a new send needs a new transaction",
+                    tx.id,
+                    resolution_name(r.resolution)
+                ),
+            )),
+            Some(r) => {
+                let age = u64::try_from(now_ms.saturating_sub(r.created_ms)).unwrap_or(0);
+                if r.parked || age > s.timeout.as_millis() as u64 {
+                    return Err(limit(
+                        "transaction_timeout",
+                        format!("transaction {} is {} ms old", tx.id, age),
+                    ));
+                }
+                let msgs: u64 = r.halves.iter().map(|h| u64::from(h.count)).sum();
+                let held: u64 = r.halves.iter().map(|h| h.bytes).sum();
+                if msgs + count as u64 > s.max_messages {
+                    return Err(limit(
+                        "max_transaction_messages",
+                        format!("{} per transaction", s.max_messages),
+                    ));
+                }
+                if held + bytes > s.max_bytes {
+                    return Err(limit(
+                        "max_transaction_bytes",
+                        format!("{} per transaction", s.max_bytes),
+                    ));
+                }
+                if r.halves.len() >= table::MAX_HALVES {
+                    return Err(limit(
+                        "sends per transaction",
+                        format!("{}", table::MAX_HALVES),
+                    ));
+                }
+                Ok(())
+            }
+            None => {
+                if count as u64 > s.max_messages || bytes > s.max_bytes {
+                    return Err(limit(
+                        "max_transaction_messages / max_transaction_bytes",
+                        format!(
+                            "{} messages, {} bytes per transaction",
+                            s.max_messages, s.max_bytes
+                        ),
+                    ));
+                }
+                let open = self.write.state().tx_open.get(&tx.group);
+                if open >= s.max_open {
+                    return Err(limit(
+                        "max_open_transactions",
+                        format!("{open} open in producer group {}", tx.group),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The half batch of a send: the messages for `%TX_HALF%`, each with its real queue and
+    /// transaction, the first announcing the send.
+    pub fn half_batch(
+        topic: &str,
+        queue_id: u32,
+        tx: &TxSend,
+        mut messages: Vec<AppendMessage>,
+    ) -> AppendBatch {
+        let bytes: u64 = messages
+            .iter()
+            .map(|m| crate::store::record::payload_size(m) as u64)
+            .sum();
+        let mark = HalfMark {
+            count: messages.len() as u32,
+            bytes,
+            producer_group: tx.group.clone(),
+        };
+        for (i, m) in messages.iter_mut().enumerate() {
+            m.properties
+                .push((props::REAL_TOPIC.into(), topic.to_string()));
+            m.properties
+                .push((props::REAL_QUEUE.into(), queue_id.to_string()));
+            m.properties.push((props::TX_ID.into(), tx.id.clone()));
+            if i == 0 {
+                m.properties.push((props::TX_HALF.into(), mark.encode()));
+            }
+        }
+        AppendBatch {
+            topic: props::TX_HALF_TOPIC.to_string(),
+            queue_id: 0,
+            messages,
+        }
+    }
+
+    /// The half records of a transaction, in send order.
+    fn halves(&self, r: &TxRecord) -> Result<Vec<StoredRecord>, ApiError> {
+        let mut out = Vec::new();
+        for h in &r.halves {
+            let located = match &self.write {
+                WritePath::Replicated { .. } => self.store.entry_results(h.locator)?,
+                WritePath::Standalone { .. } => self.store.batch_at(h.locator, h.count)?,
+            };
+            for a in located {
+                out.push(self.store.read_at(a.commit_log_offset)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A half record as the message the producer sent: real topic and queue, without the
+    /// broker's bookkeeping (the transaction id stays).
+    fn as_sent(r: StoredRecord) -> Option<(String, u32, AppendMessage)> {
+        let topic = props::get(&r.properties, props::REAL_TOPIC)?.to_string();
+        let queue = props::get(&r.properties, props::REAL_QUEUE)?.parse().ok()?;
+        let keep: Vec<(String, String)> = r
+            .properties
+            .iter()
+            .filter(|(k, _)| {
+                ![
+                    props::REAL_TOPIC,
+                    props::REAL_QUEUE,
+                    props::TX_HALF,
+                    props::PRODUCER_SEQUENCE,
+                ]
+                .contains(&k.as_str())
+            })
+            .cloned()
+            .collect();
+        Some((topic, queue, r.into_message(keep, 0)))
+    }
+
+    /// Commits or rolls back `id` (`COMMITTED` / `ROLLED_BACK`). Ending a transaction the same
+    /// way again answers as the first time (without positions); the other way is refused.
+    pub async fn end(self: &Arc<Self>, id: &str, resolution: i32, now_ms: i64) -> EndOutcome {
+        self.write.require_writer()?;
+        validate_id(id)?;
+        if resolution != COMMITTED && resolution != ROLLED_BACK {
+            return Err(ApiError::invalid(
+                "a transaction ends in COMMIT or ROLLBACK",
+            ));
+        }
+        let term = self.write.term();
+        let mut done = {
+            let mut ends = self.ends.lock();
+            match ends.get(id).filter(|s| s.term == term) {
+                Some(slot) => slot.done.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    ends.insert(
+                        id.to_string(),
+                        EndSlot {
+                            term,
+                            done: rx.clone(),
+                        },
+                    );
+                    let this = self.clone();
+                    let id = id.to_string();
+                    tokio::spawn(async move {
+                        let outcome = this.end_once(&id, resolution, now_ms).await;
+                        {
+                            let mut ends = this.ends.lock();
+                            if ends.get(&id).is_some_and(|s| s.term == term) {
+                                ends.remove(&id);
+                            }
+                        }
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let outcome = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the end stopped; retry"))?
+            .clone();
+        match outcome {
+            Some(Ok(e)) if e.resolution != resolution => Err(ApiError::new(
+                ErrorCode::TransactionResolved,
+                format!(
+                    "transaction {id} was {} already",
+                    resolution_name(e.resolution)
+                ),
+            )),
+            Some(o) => o,
+            None => Err(ApiError::internal("an end without an outcome")),
+        }
+    }
+
+    async fn end_once(&self, id: &str, resolution: i32, now_ms: i64) -> EndOutcome {
+        let Some(r) = self.record(id)? else {
+            if resolution == ROLLED_BACK {
+                // Nothing was stored (every send failed): remember the rollback, so a late
+                // half message of it is ignored.
+                self.write
+                    .apply(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
+                    .await?;
+                return Ok(Ended {
+                    resolution,
+                    committed: Vec::new(),
+                });
+            }
+            return Err(ApiError::new(
+                ErrorCode::TransactionNotFound,
+                format!(
+                    "no transaction {id} on this broker group (never sent, or resolved long ago)"
+                ),
+            ));
+        };
+        if r.resolution != OPEN {
+            return Ok(Ended {
+                resolution: r.resolution,
+                committed: Vec::new(),
+            });
+        }
+        let op = table::resolve_op(id, resolution, now_ms);
+        if resolution == ROLLED_BACK {
+            self.write.apply(op, now_ms).await?;
+            return Ok(Ended {
+                resolution,
+                committed: Vec::new(),
+            });
+        }
+        let mut ids = Vec::new();
+        let mut parts: Vec<AppendBatch> = Vec::new();
+        for rec in self.halves(&r)? {
+            let Some((topic, queue_id, m)) = Self::as_sent(rec) else {
+                return Err(ApiError::internal(format!(
+                    "a half message of {id} lost its queue"
+                )));
+            };
+            ids.push(m.message_id.clone());
+            match parts.last_mut() {
+                Some(p) if p.topic == topic && p.queue_id == queue_id => p.messages.push(m),
+                _ => parts.push(AppendBatch {
+                    topic,
+                    queue_id,
+                    messages: vec![m],
+                }),
+            }
+        }
+        let batch = MixedBatch {
+            state: vec![Bytes::from(op.encode_to_vec())],
+            parts,
+        };
+        let entries = self.write.append_mixed(&batch, now_ms).await?;
+        Ok(Ended {
+            resolution,
+            committed: ids.into_iter().zip(entries).collect(),
+        })
+    }
+
+    /// Every transaction the state holds.
+    pub fn list(&self) -> Result<Vec<TransactionInfo>, ApiError> {
+        Ok(table::list(self.write.state().meta().as_ref())?
+            .into_iter()
+            .map(|(id, r)| {
+                let mut topics: Vec<String> = r.halves.iter().map(|h| h.topic.clone()).collect();
+                topics.sort();
+                topics.dedup();
+                TransactionInfo {
+                    transaction_id: id,
+                    producer_group: r.producer_group,
+                    topics,
+                    messages: r.halves.iter().map(|h| h.count).sum(),
+                    bytes: r.halves.iter().map(|h| h.bytes).sum(),
+                    created_ms: r.created_ms,
+                    checks: r.checks,
+                    last_check_ms: r.last_check_ms,
+                    parked: r.parked,
+                    resolution: r.resolution,
+                    resolved_ms: r.resolved_ms,
+                }
+            })
+            .collect())
+    }
+
+    /// A producer of `group` watching for checks; the stream ends when the receiver is gone.
+    pub fn watch(
+        &self,
+        group: &str,
+        client_id: &str,
+    ) -> Result<mpsc::Receiver<TransactionCheck>, ApiError> {
+        sluice_proto::names::validate_group_name(group)?;
+        let (tx, rx) = mpsc::channel(1024);
+        self.watchers
+            .lock()
+            .entry(group.to_string())
+            .or_default()
+            .push(Watcher {
+                client_id: client_id.to_string(),
+                tx,
+            });
+        tracing::debug!(group, client_id, "producer watching for transaction checks");
+        Ok(rx)
+    }
+
+    /// Every replica: keeps retention and compaction off the oldest unresolved half message.
+    pub async fn run_floor(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let floor = self.floor().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot compute the transactions' retention floor");
+                self.store.transaction_floor()
+            });
+            self.store.set_transaction_floor(floor);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn floor(&self) -> Result<u64, ApiError> {
+        let mut floor = u64::MAX;
+        for (_, r) in table::list(self.write.state().meta().as_ref())? {
+            if r.resolution != OPEN {
+                continue;
+            }
+            for h in &r.halves {
+                let at = match &self.write {
+                    WritePath::Replicated { .. } => match self.store.entry_results(h.locator) {
+                        Ok(a) => a.first().map_or(u64::MAX, |a| a.commit_log_offset),
+                        // Not in this replica's log (before its snapshot): nothing to keep.
+                        Err(_) => u64::MAX,
+                    },
+                    WritePath::Standalone { .. } => h.locator,
+                };
+                floor = floor.min(at);
+            }
+        }
+        Ok(floor)
+    }
+}

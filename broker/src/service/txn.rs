@@ -1,0 +1,60 @@
+//! Transactions over `sluice.v1`: wire <-> `messaging::txn`.
+
+use sluice_proto::v1::{
+    EndTransactionRequest, EndTransactionResponse, ListTransactionsResponse, SendResult,
+    TransactionResolution,
+};
+use sluice_proto::ApiError;
+
+use super::convert::now_ms;
+use super::BrokerService;
+use crate::state::transactions::{COMMITTED, ROLLED_BACK};
+
+impl BrokerService {
+    pub(crate) async fn do_end_transaction(
+        &self,
+        req: EndTransactionRequest,
+    ) -> Result<EndTransactionResponse, ApiError> {
+        let resolution = match TransactionResolution::try_from(req.resolution) {
+            Ok(TransactionResolution::Commit) => COMMITTED,
+            Ok(TransactionResolution::Rollback) => ROLLED_BACK,
+            // A checker that cannot tell yet: the next check asks again.
+            Ok(TransactionResolution::Unknown) => {
+                return Ok(EndTransactionResponse {
+                    resolution: TransactionResolution::Unknown as i32,
+                    results: Vec::new(),
+                })
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "resolution must be COMMIT, ROLLBACK or UNKNOWN",
+                ))
+            }
+        };
+        let ended = self
+            .producing
+            .transactions()
+            .end(&req.transaction_id, resolution, now_ms())
+            .await?;
+        tracing::debug!(tx = %req.transaction_id, resolution, source = req.source, "transaction ended");
+        Ok(EndTransactionResponse {
+            resolution: ended.resolution,
+            results: ended
+                .committed
+                .into_iter()
+                .map(|(message_id, a)| SendResult {
+                    message_id,
+                    queue_offset: a.queue_offset,
+                    commit_log_offset: a.commit_log_offset,
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    }
+
+    pub(crate) fn do_list_transactions(&self) -> Result<ListTransactionsResponse, ApiError> {
+        Ok(ListTransactionsResponse {
+            transactions: self.producing.transactions().list()?,
+        })
+    }
+}

@@ -1,0 +1,377 @@
+//! Transactions: a table of the replicated state. Key: the transaction id; value: `TxRecord`
+//! (producer group, creation time, where its half messages are, checks so far, parked,
+//! resolution). A record is created by its first half-message entry, resolved by the entry
+//! that makes its messages visible (commit) or by a state entry (rollback), checked by the
+//! master's check-back entries, and forgotten a while after it was resolved (so a retried
+//! `EndTransaction` still gets its answer).
+//!
+//! The count of open transactions per producer group is kept in memory (rebuilt from the
+//! table at open and after a snapshot), for the `max_open_transactions` limit.
+
+use std::collections::HashMap;
+
+use parking_lot::Mutex;
+use prost::Message as _;
+use sluice_proto::v1::{TxCheckedOp, TxForgetOp, TxHalfOp, TxRecord, TxResolveOp};
+
+use super::{table_key, Applied, Staged, TREE};
+use crate::meta::{MetaError, MetaStore};
+
+pub const TABLE: &str = "transactions";
+
+/// `TxRecord.resolution` values (`TransactionResolution`).
+pub const OPEN: i32 = 0;
+pub const COMMITTED: i32 = 1;
+pub const ROLLED_BACK: i32 = 2;
+
+/// Most half-message sends one transaction keeps (a record holds one entry per send).
+pub const MAX_HALVES: usize = 1_000;
+
+fn key(tx_id: &str) -> Vec<u8> {
+    table_key(TABLE, tx_id.as_bytes())
+}
+
+fn decode(v: &[u8]) -> Result<TxRecord, MetaError> {
+    TxRecord::decode(v).map_err(|e| MetaError::Corrupt {
+        tree: TREE.into(),
+        reason: format!("transaction: {e}"),
+    })
+}
+
+fn get_staged(
+    meta: &dyn MetaStore,
+    staged: &Staged,
+    tx_id: &str,
+) -> Result<Option<TxRecord>, MetaError> {
+    staged
+        .get(meta, &key(tx_id))?
+        .map(|v| decode(&v))
+        .transpose()
+}
+
+/// A transaction as the state holds it.
+pub fn get(meta: &dyn MetaStore, tx_id: &str) -> Result<Option<TxRecord>, MetaError> {
+    meta.get(TREE, &key(tx_id))?.map(|v| decode(&v)).transpose()
+}
+
+/// Every transaction, by id.
+pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    let prefix = table_key(TABLE, b"");
+    meta.scan_prefix(TREE, &prefix)?
+        .into_iter()
+        .map(|(k, v)| {
+            let id =
+                String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default()).into_owned();
+            Ok((id, decode(&v)?))
+        })
+        .collect()
+}
+
+/// Open transactions per producer group, in memory.
+#[derive(Default)]
+pub struct OpenCounts(Mutex<HashMap<String, u64>>);
+
+impl OpenCounts {
+    pub fn load(meta: &dyn MetaStore) -> Result<OpenCounts, MetaError> {
+        let c = OpenCounts::default();
+        c.reload(meta)?;
+        Ok(c)
+    }
+
+    pub fn reload(&self, meta: &dyn MetaStore) -> Result<(), MetaError> {
+        let mut counts = HashMap::new();
+        for (_, r) in list(meta)? {
+            if r.resolution == OPEN {
+                *counts.entry(r.producer_group).or_insert(0u64) += 1;
+            }
+        }
+        *self.0.lock() = counts;
+        Ok(())
+    }
+
+    pub fn get(&self, group: &str) -> u64 {
+        self.0.lock().get(group).copied().unwrap_or(0)
+    }
+
+    pub(super) fn add(&self, deltas: &[(String, i64)]) {
+        let mut counts = self.0.lock();
+        for (g, d) in deltas {
+            let c = counts.entry(g.clone()).or_insert(0);
+            *c = c.saturating_add_signed(*d);
+            if *c == 0 {
+                counts.remove(g);
+            }
+        }
+    }
+}
+
+/// Open-count changes of one apply call.
+pub(super) type Deltas = Vec<(String, i64)>;
+
+pub(super) fn apply_half(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    op: &TxHalfOp,
+    deltas: &mut Deltas,
+) -> Result<Applied, MetaError> {
+    if op.transaction_id.is_empty() || op.count == 0 {
+        tracing::error!("skipping an invalid half-message record");
+        return Ok(Applied::Unchanged);
+    }
+    let mut r = match get_staged(meta, staged, &op.transaction_id)? {
+        // A late send to a resolved transaction (the proposer refuses them; the log decides).
+        Some(r) if r.resolution != OPEN => return Ok(Applied::Unchanged),
+        Some(r) => r,
+        None => {
+            deltas.push((op.producer_group.clone(), 1));
+            TxRecord {
+                producer_group: op.producer_group.clone(),
+                created_ms: op.at_ms,
+                ..TxRecord::default()
+            }
+        }
+    };
+    if r.halves.iter().any(|h| h.locator == op.locator) || r.halves.len() >= MAX_HALVES {
+        return Ok(Applied::Unchanged);
+    }
+    r.halves.push(op.clone());
+    staged.put(key(&op.transaction_id), r.encode_to_vec());
+    Ok(Applied::Changed)
+}
+
+pub(super) fn apply_resolve(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    op: &TxResolveOp,
+    deltas: &mut Deltas,
+) -> Result<Applied, MetaError> {
+    if op.resolution != COMMITTED && op.resolution != ROLLED_BACK {
+        tracing::error!(tx = %op.transaction_id, "skipping a resolution that is neither commit nor rollback");
+        return Ok(Applied::Unchanged);
+    }
+    let mut r = match get_staged(meta, staged, &op.transaction_id)? {
+        Some(r) if r.resolution == OPEN => r,
+        // Resolved already (the first resolution in the log decides), or never opened (a
+        // rollback of a transaction whose sends all failed): remembered as resolved.
+        Some(_) => return Ok(Applied::Unchanged),
+        None => TxRecord {
+            created_ms: op.at_ms,
+            ..TxRecord::default()
+        },
+    };
+    if r.resolution == OPEN && !r.producer_group.is_empty() {
+        deltas.push((r.producer_group.clone(), -1));
+    }
+    r.resolution = op.resolution;
+    r.resolved_ms = op.at_ms;
+    staged.put(key(&op.transaction_id), r.encode_to_vec());
+    Ok(Applied::Changed)
+}
+
+pub(super) fn apply_checked(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    op: &TxCheckedOp,
+) -> Result<Applied, MetaError> {
+    let mut changed = Applied::Unchanged;
+    for id in &op.transaction_ids {
+        let Some(mut r) = get_staged(meta, staged, id)? else {
+            continue;
+        };
+        if r.resolution != OPEN || r.parked {
+            continue;
+        }
+        r.checks = r.checks.saturating_add(1);
+        r.last_check_ms = op.at_ms;
+        r.parked = r.checks >= op.max_checks.max(1);
+        staged.put(key(id), r.encode_to_vec());
+        changed = Applied::Changed;
+    }
+    Ok(changed)
+}
+
+pub(super) fn apply_forget(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    op: &TxForgetOp,
+) -> Result<Applied, MetaError> {
+    let mut changed = Applied::Unchanged;
+    for (id, r) in list(meta)? {
+        if r.resolution != OPEN && r.resolved_ms < op.resolved_before_ms {
+            staged.delete(key(&id));
+            changed = Applied::Changed;
+        }
+    }
+    Ok(changed)
+}
+
+fn op(o: sluice_proto::v1::meta_op::Op) -> super::StateOp {
+    super::StateOp { op: Some(o) }
+}
+
+pub fn half_op(h: TxHalfOp) -> super::StateOp {
+    op(sluice_proto::v1::meta_op::Op::TxHalf(h))
+}
+
+pub fn resolve_op(tx_id: &str, resolution: i32, at_ms: i64) -> super::StateOp {
+    op(sluice_proto::v1::meta_op::Op::TxResolve(TxResolveOp {
+        transaction_id: tx_id.to_string(),
+        resolution,
+        at_ms,
+    }))
+}
+
+pub fn checked_op(ids: Vec<String>, at_ms: i64, max_checks: u32) -> super::StateOp {
+    op(sluice_proto::v1::meta_op::Op::TxChecked(TxCheckedOp {
+        transaction_ids: ids,
+        at_ms,
+        max_checks,
+    }))
+}
+
+pub fn forget_op(resolved_before_ms: i64) -> super::StateOp {
+    op(sluice_proto::v1::meta_op::Op::TxForget(TxForgetOp {
+        resolved_before_ms,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::meta::MemMeta;
+    use crate::state::StateMachine;
+
+    fn machine() -> StateMachine {
+        StateMachine::open(Arc::new(MemMeta::default()), Arc::new(Notify::new())).unwrap()
+    }
+
+    fn half(tx: &str, group: &str, locator: u64, at: i64) -> crate::state::StateOp {
+        half_op(TxHalfOp {
+            transaction_id: tx.into(),
+            producer_group: group.into(),
+            topic: "t".into(),
+            queue_id: 0,
+            locator,
+            count: 2,
+            bytes: 100,
+            at_ms: at,
+        })
+    }
+
+    fn rec(m: &StateMachine, tx: &str) -> TxRecord {
+        get(m.meta().as_ref(), tx).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_transaction_opens_with_its_first_half_and_is_decided_once() {
+        let m = machine();
+        m.apply(
+            Some(1),
+            &[half("a", "g", 10, 5), half("a", "g", 11, 6)],
+            false,
+        )
+        .unwrap();
+        // The same entry applied again (a replay) adds nothing.
+        m.apply(Some(2), &[half("a", "g", 11, 7)], false).unwrap();
+        let r = rec(&m, "a");
+        assert_eq!((r.halves.len(), r.created_ms, r.resolution), (2, 5, OPEN));
+        assert_eq!(m.tx_open.get("g"), 1);
+        m.apply(Some(3), &[resolve_op("a", COMMITTED, 9)], false)
+            .unwrap();
+        assert_eq!(m.tx_open.get("g"), 0);
+        // The first resolution decides; a late half of it is ignored.
+        m.apply(
+            Some(4),
+            &[resolve_op("a", ROLLED_BACK, 10), half("a", "g", 12, 11)],
+            false,
+        )
+        .unwrap();
+        let r = rec(&m, "a");
+        assert_eq!(
+            (r.resolution, r.resolved_ms, r.halves.len()),
+            (COMMITTED, 9, 2)
+        );
+        // A rollback of a transaction never opened is remembered.
+        m.apply(
+            Some(5),
+            &[resolve_op("b", ROLLED_BACK, 12), half("b", "g", 20, 13)],
+            false,
+        )
+        .unwrap();
+        assert_eq!(rec(&m, "b").resolution, ROLLED_BACK);
+        assert!(rec(&m, "b").halves.is_empty());
+        assert_eq!(m.tx_open.get("g"), 0);
+        // Forgotten once resolved long enough.
+        m.apply(Some(6), &[forget_op(10)], false).unwrap();
+        assert!(get(m.meta().as_ref(), "a").unwrap().is_none());
+        assert!(get(m.meta().as_ref(), "b").unwrap().is_some());
+    }
+
+    #[test]
+    fn checks_count_up_to_parking_and_skip_resolved_ones() {
+        let m = machine();
+        m.apply(
+            Some(1),
+            &[half("a", "g", 1, 0), half("b", "g", 2, 0)],
+            false,
+        )
+        .unwrap();
+        m.apply(Some(2), &[resolve_op("b", ROLLED_BACK, 1)], false)
+            .unwrap();
+        for i in 0..5 {
+            let ids = vec!["a".to_string(), "b".to_string(), "none".to_string()];
+            m.apply(Some(3 + i), &[checked_op(ids, 100 + i as i64, 3)], false)
+                .unwrap();
+        }
+        let a = rec(&m, "a");
+        assert_eq!((a.checks, a.last_check_ms, a.parked), (3, 102, true));
+        assert_eq!(rec(&m, "b").checks, 0);
+        // Parked transactions stay open (an operator resolves them).
+        assert_eq!(m.tx_open.get("g"), 1);
+    }
+
+    fn op_strategy() -> impl Strategy<Value = crate::state::StateOp> {
+        let tx = prop::sample::select(vec!["a", "b", "c", "d"]);
+        let group = prop::sample::select(vec!["g1", "g2"]);
+        prop_oneof![
+            (tx.clone(), group, 0u64..6, 0i64..50).prop_map(|(t, g, l, at)| half(t, g, l, at)),
+            (tx.clone(), prop::bool::ANY, 0i64..50).prop_map(|(t, c, at)| resolve_op(
+                t,
+                if c { COMMITTED } else { ROLLED_BACK },
+                at
+            )),
+            (prop::collection::vec(tx, 0..3), 0i64..50).prop_map(|(ids, at)| checked_op(
+                ids.into_iter().map(String::from).collect(),
+                at,
+                2
+            )),
+            (0i64..50).prop_map(forget_op),
+        ]
+    }
+
+    proptest! {
+        /// The open counts kept while applying are the counts of the table, and a snapshot's
+        /// restore gives the same counts.
+        #[test]
+        fn open_counts_follow_the_table(ops in prop::collection::vec(op_strategy(), 0..40)) {
+            let m = machine();
+            for (i, op) in ops.iter().enumerate() {
+                m.apply(Some(i as u64 + 1), std::slice::from_ref(op), false).unwrap();
+            }
+            let fresh = OpenCounts::load(m.meta().as_ref()).unwrap();
+            for g in ["g1", "g2"] {
+                prop_assert_eq!(m.tx_open.get(g), fresh.get(g));
+            }
+            let twin = machine();
+            twin.restore(&m.dump().unwrap()).unwrap();
+            for g in ["g1", "g2"] {
+                prop_assert_eq!(twin.tx_open.get(g), m.tx_open.get(g));
+            }
+        }
+    }
+}
