@@ -58,16 +58,18 @@ impl WritePath {
         &self,
         batch: &MixedBatch,
         now_ms: i64,
-    ) -> Result<Vec<Appended>, ApiError> {
+    ) -> Result<Vec<Appended>, Announced> {
         match self {
             WritePath::Standalone { store, state, log } => {
-                let encoded = store.encode_mixed(batch)?;
+                let encoded = store
+                    .encode_mixed(batch)
+                    .map_err(|e| Announced::NotStored(e.into()))?;
                 let ticket = log.begin(store);
                 let written = match store.append_encoded(encoded).await {
                     Ok(w) => w,
                     Err(e) => {
                         log.abandon(ticket);
-                        return Err(e.into());
+                        return Err(Announced::NotStored(e.into()));
                     }
                 };
                 let mut ops: Vec<StateOp> = batch
@@ -78,12 +80,17 @@ impl WritePath {
                 if let Some(point) = log.applying(ticket, store, now_ms) {
                     ops.push(crate::state::producers::rescan_point_op(point));
                 }
-                state.apply(None, &ops, false)?;
+                state
+                    .apply(None, &ops, false)
+                    .map_err(|e| Announced::StoredUnapplied(e.into()))?;
                 Ok(written.entries)
             }
             WritePath::Replicated { group, .. } => {
-                let (index, entries) = group.propose_mixed(batch, now_ms).await?;
-                self.applied(index).await?;
+                let (index, entries) = group
+                    .propose_mixed(batch, now_ms)
+                    .await
+                    .map_err(Announced::NotStored)?;
+                self.applied(index).await.map_err(Announced::NotStored)?;
                 Ok(entries)
             }
         }

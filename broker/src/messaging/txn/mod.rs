@@ -28,7 +28,7 @@ use sluice_proto::v1::{TransactionCheck, TransactionInfo, TxRecord};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::{mpsc, watch};
 
-use super::WritePath;
+use super::{Announced, WritePath};
 use crate::state::transactions::{self as table, COMMITTED, OPEN, ROLLED_BACK};
 use crate::store::{AppendBatch, AppendMessage, Appended, MessageStore, MixedBatch, StoredRecord};
 
@@ -318,8 +318,27 @@ impl Transactions {
                     let this = self.clone();
                     let id = id.to_string();
                     tokio::spawn(async move {
-                        let outcome = this.end_once(&id, resolution, now_ms).await;
-                        {
+                        let (outcome, keep) = match this.end_once(&id, resolution, now_ms).await {
+                            Ok(e) => (Ok(e), false),
+                            Err(Announced::NotStored(e)) => {
+                                // A commit may still be decided by the log: hold the slot until
+                                // the log has settled (or this mastership ended), so a retry
+                                // reads the outcome from the state instead of committing again.
+                                this.settle(term).await;
+                                (Err(e), false)
+                            }
+                            Err(Announced::StoredUnapplied(e)) => {
+                                tracing::error!(tx = %id, error = %e, "a transaction's end is stored but not applied; it waits for a restart");
+                                (
+                                    Err(ApiError::new(
+                                        ErrorCode::Unavailable,
+                                        format!("stored, but not applied: {e}"),
+                                    )),
+                                    true,
+                                )
+                            }
+                        };
+                        if !keep {
                             let mut ends = this.ends.lock();
                             if ends.get(&id).is_some_and(|s| s.term == term) {
                                 ends.remove(&id);
@@ -349,25 +368,50 @@ impl Transactions {
         }
     }
 
-    async fn end_once(&self, id: &str, resolution: i32, now_ms: i64) -> EndOutcome {
-        let Some(r) = self.record(id)? else {
+    /// Waits until everything this master proposed is applied, or its mastership `term` ended.
+    async fn settle(&self, term: u64) {
+        if let WritePath::Replicated { group, .. } = &self.write {
+            let mut master = group.subscribe_master();
+            tokio::select! {
+                _ = self.write.settle(&self.store) => {}
+                _ = master.wait_for(|m| !m.is_master || m.term != term) => {}
+            }
+        }
+    }
+
+    /// A resolution without messages, in the log (a standalone broker's too: a restart that
+    /// lost the metadata store's latest writes reads it back).
+    async fn write_resolution(
+        &self,
+        op: crate::state::StateOp,
+        now_ms: i64,
+    ) -> Result<(), Announced> {
+        let batch = MixedBatch {
+            state: vec![Bytes::from(op.encode_to_vec())],
+            parts: Vec::new(),
+        };
+        self.write.append_mixed(&batch, now_ms).await.map(|_| ())
+    }
+
+    async fn end_once(&self, id: &str, resolution: i32, now_ms: i64) -> Result<Ended, Announced> {
+        let refused = Announced::NotStored;
+        let Some(r) = self.record(id).map_err(refused)? else {
             if resolution == ROLLED_BACK {
                 // Nothing was stored (every send failed): remember the rollback, so a late
                 // half message of it is ignored.
-                self.write
-                    .apply(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
+                self.write_resolution(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
                     .await?;
                 return Ok(Ended {
                     resolution,
                     committed: Vec::new(),
                 });
             }
-            return Err(ApiError::new(
+            return Err(refused(ApiError::new(
                 ErrorCode::TransactionNotFound,
                 format!(
                     "no transaction {id} on this broker group (never sent, or resolved long ago)"
                 ),
-            ));
+            )));
         };
         if r.resolution != OPEN {
             return Ok(Ended {
@@ -377,7 +421,7 @@ impl Transactions {
         }
         let op = table::resolve_op(id, resolution, now_ms);
         if resolution == ROLLED_BACK {
-            self.write.apply(op, now_ms).await?;
+            self.write_resolution(op, now_ms).await?;
             return Ok(Ended {
                 resolution,
                 committed: Vec::new(),
@@ -385,11 +429,11 @@ impl Transactions {
         }
         let mut ids = Vec::new();
         let mut parts: Vec<AppendBatch> = Vec::new();
-        for rec in self.halves(&r)? {
+        for rec in self.halves(&r).map_err(refused)? {
             let Some((topic, queue_id, m)) = Self::as_sent(rec) else {
-                return Err(ApiError::internal(format!(
+                return Err(refused(ApiError::internal(format!(
                     "a half message of {id} lost its queue"
-                )));
+                ))));
             };
             ids.push(m.message_id.clone());
             match parts.last_mut() {
