@@ -329,7 +329,7 @@ fn bench_timers_reports_delayed_produce_lateness_burst_and_memory() {
 }
 
 #[test]
-fn bench_modes_reports_plain_and_idempotent_produce_side_by_side() {
+fn bench_modes_reports_plain_idempotent_and_transactional_produce_side_by_side() {
     let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
     let out = sluice(
         &cluster,

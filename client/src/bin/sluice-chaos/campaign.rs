@@ -207,7 +207,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     let (stop_producers, producers_stop_rx) = watch::channel(false);
     let mut producer_tasks = Vec::new();
     for p in 0..opts.producers {
-        let producer = load::producer(&config, opts.send_timeout, opts.idempotence)?;
+        let producer = load::producer(&config, opts.send_timeout, opts.idempotence, &run_id)?;
         producer_tasks.push(load::spawn_producer(
             load.clone(),
             producer,

@@ -21,6 +21,8 @@ pub enum Kind {
     Delayed,
     /// The consumer fails it this many times.
     Failing(u32),
+    /// Sent in a transaction with this fate.
+    Tx(crate::txmix::Fate),
 }
 
 impl Kind {
@@ -29,6 +31,7 @@ impl Kind {
             Kind::Plain => "p".into(),
             Kind::Delayed => "d".into(),
             Kind::Failing(n) => format!("f{n}"),
+            Kind::Tx(f) => f.tag().into(),
         }
     }
 
@@ -43,6 +46,9 @@ impl Kind {
         }
         match parts.nth(2) {
             Some("d") => Kind::Delayed,
+            Some(t) if t.starts_with('t') => {
+                crate::txmix::Fate::of_tag(t).map_or(Kind::Plain, Kind::Tx)
+            }
             Some(f) if f.starts_with('f') => f[1..].parse().map_or(Kind::Plain, Kind::Failing),
             _ => Kind::Plain,
         }
@@ -54,6 +60,8 @@ impl Kind {
 pub struct Mix {
     pub delayed_share: f64,
     pub fail_share: f64,
+    /// Share of messages sent in transactions.
+    pub tx_share: f64,
     pub max_delay: Duration,
     /// The consumer group's retry budget (set at the start of the run).
     pub max_retries: u32,
@@ -61,7 +69,7 @@ pub struct Mix {
 
 impl Mix {
     pub fn active(&self) -> bool {
-        self.delayed_share > 0.0 || self.fail_share > 0.0
+        self.delayed_share > 0.0 || self.fail_share > 0.0 || self.tx_share > 0.0
     }
 
     /// The kind of the next message, and its delay when delayed.
@@ -77,6 +85,9 @@ impl Mix {
                 Kind::Failing(rng.gen_range(1..=self.max_retries + 2)),
                 Duration::ZERO,
             );
+        }
+        if x < self.delayed_share + self.fail_share + self.tx_share {
+            return (Kind::Tx(crate::txmix::Fate::draw()), Duration::ZERO);
         }
         (Kind::Plain, Duration::ZERO)
     }
@@ -118,6 +129,17 @@ pub enum FEvent {
     NackFailed {
         id: MsgId,
     },
+    /// A transaction's message: its half was acknowledged (and its fate is not a commit by
+    /// the producer), or its commit was (`committed`), or the commit failed.
+    TxSent {
+        id: MsgId,
+        fate: crate::txmix::Fate,
+        committed: Option<bool>,
+    },
+    /// A consumer received a rolled-back or abandoned transaction's message.
+    TxDelivered {
+        id: MsgId,
+    },
     Pending(oneshot::Sender<(u64, u64)>),
     Finish(oneshot::Sender<Tracker>),
 }
@@ -136,6 +158,7 @@ pub struct Tracker {
     attempts: HashMap<MsgId, BTreeMap<u32, bool>>,
     dead: HashMap<MsgId, u32>,
     nack_failed: HashSet<MsgId>,
+    tx: crate::txmix::TxTracker,
 }
 
 impl Tracker {
@@ -185,6 +208,20 @@ impl Tracker {
             FEvent::NackFailed { id } => {
                 self.nack_failed.insert(id);
             }
+            FEvent::TxSent {
+                id,
+                fate,
+                committed,
+            } => match committed {
+                Some(true) => self.tx.committed += 1,
+                Some(false) => self.tx.commit_failed += 1,
+                None => {
+                    self.tx.expected.insert(id, fate);
+                }
+            },
+            FEvent::TxDelivered { id } => {
+                *self.tx.delivered.entry(id).or_insert(0) += 1;
+            }
             FEvent::Pending(_) | FEvent::Finish(_) => {}
         }
     }
@@ -197,7 +234,8 @@ impl Tracker {
             .filter(|id| !self.delayed_seen.contains_key(id))
             .count() as u64;
         let failing = self.failing.keys().filter(|id| !self.settled(id)).count() as u64;
-        (delayed, failing)
+        // Abandoned transactions the checker is to commit count with the delayed ones.
+        (delayed + self.tx.pending(), failing)
     }
 
     fn settled(&self, id: &MsgId) -> bool {
@@ -289,6 +327,8 @@ pub struct FeatureFindings {
     /// Dead-lettered within the budget, succeeded past it, or a wrong attempt count.
     pub failing_wrong: u64,
     pub nack_failures: u64,
+    #[serde(flatten)]
+    pub tx: crate::txmix::TxFindings,
     pub samples: BTreeMap<String, Vec<String>>,
 }
 
@@ -300,6 +340,7 @@ impl FeatureFindings {
             + self.failing_lost
             + self.failing_wrong
             + self.nack_failures
+            + self.tx.violations()
     }
 
     fn sample(&mut self, kind: &str, text: String) {
@@ -387,6 +428,13 @@ pub fn check(t: &Tracker, max_retries: u32) -> FeatureFindings {
                 );
             }
         }
+    }
+    let mut samples = Vec::new();
+    f.tx = crate::txmix::check(&t.tx, &mut |k: &str, v: String| {
+        samples.push((k.to_string(), v))
+    });
+    for (k, v) in samples {
+        f.sample(&k, v);
     }
     f
 }

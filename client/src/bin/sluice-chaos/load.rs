@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::features::{FEvent, Kind, Mix};
 use crate::ledger::{Event, MsgId, Position};
+use crate::txmix::Fate;
 
 /// What every load task needs to know.
 #[derive(Clone)]
@@ -57,6 +58,38 @@ pub fn spawn_producer(
                 message = message.with_delay(delay);
             }
             let started = Instant::now();
+            if let Kind::Tx(fate) = kind {
+                let sent = tokio::select! {
+                    r = send_in_transaction(&load, &producer, id, fate, message) => r,
+                    _ = stop.changed() => break,
+                };
+                match sent {
+                    Ok(Some(r)) => match load.group(&r.broker_name) {
+                        Some(group) => {
+                            let _ = load.events.send(Event::Ack {
+                                id,
+                                at: Position {
+                                    group,
+                                    queue: r.queue_id,
+                                    offset: r.queue_offset,
+                                },
+                                started,
+                                acked: Instant::now(),
+                            });
+                        }
+                        None => {
+                            tracing::warn!(broker = %r.broker_name, "ack from an unknown group")
+                        }
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(producer = index, error = %e, "transactional send failed");
+                        let _ = load.events.send(Event::SendFailed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                continue;
+            }
             let result = tokio::select! {
                 r = producer.send(message) => r,
                 // A send cut short here may still be stored: it counts as unacknowledged.
@@ -106,12 +139,68 @@ pub fn producer(
     config: &ClientConfig,
     send_timeout: Duration,
     idempotence: bool,
+    run: &str,
 ) -> sluice_client::Result<Producer> {
     Producer::builder(config.clone())
         .retries(4)
         .send_timeout(send_timeout)
         .idempotence(idempotence)
+        .producer_group(&format!("chaos-{run}"))
+        .transaction_checker(Arc::new(crate::txmix::checker(run.to_string())))
         .build()
+}
+
+/// One message in a transaction with its fate; the commit's receipt when the producer
+/// committed it (an ordinary acknowledged message from then on).
+async fn send_in_transaction(
+    load: &Load,
+    producer: &Producer,
+    id: MsgId,
+    fate: Fate,
+    message: Message,
+) -> sluice_client::Result<Option<sluice_client::SendReceipt>> {
+    let mut tx = producer.begin_transaction()?;
+    tx.send(message).await?;
+    match fate {
+        Fate::Commit => match tx.commit().await {
+            Ok(mut r) => {
+                let _ = load.features.send(FEvent::TxSent {
+                    id,
+                    fate,
+                    committed: Some(true),
+                });
+                Ok(r.pop())
+            }
+            Err(e) => {
+                // Maybe committed after all (or by the checker): not acknowledged.
+                let _ = load.features.send(FEvent::TxSent {
+                    id,
+                    fate,
+                    committed: Some(false),
+                });
+                Err(e)
+            }
+        },
+        Fate::Rollback => {
+            // Recorded before the rollback: it must never be delivered, whatever the
+            // rollback's own outcome (the checker rolls it back otherwise).
+            let _ = load.features.send(FEvent::TxSent {
+                id,
+                fate,
+                committed: None,
+            });
+            tx.rollback().await.map(|()| None)
+        }
+        Fate::AbandonCommit | Fate::AbandonRollback => {
+            let _ = load.features.send(FEvent::TxSent {
+                id,
+                fate,
+                committed: None,
+            });
+            drop(tx);
+            Ok(None)
+        }
+    }
 }
 
 /// Starts one member of `group` reading the topic from the earliest message.
@@ -164,6 +253,10 @@ pub fn spawn_consumer(
                 };
                 let from_retry = m.topic() != &*load.topic;
                 match Kind::of(&load.run, m.body()) {
+                    Kind::Tx(fate) if fate != Fate::Commit => {
+                        let _ = load.features.send(FEvent::TxDelivered { id });
+                        continue;
+                    }
                     Kind::Delayed if !from_retry => {
                         let props = &m.message.properties;
                         let num = |k: &str| props.get(k).and_then(|v| v.parse::<i64>().ok());

@@ -18,6 +18,7 @@ mod ledger;
 mod load;
 mod probe;
 mod report;
+mod txmix;
 mod verify;
 
 use std::net::TcpListener;
@@ -135,6 +136,10 @@ struct RunArgs {
     /// The consumer group's retry budget for failing messages.
     #[arg(long, default_value_t = 3)]
     max_retries: u32,
+    /// Share of messages sent in transactions: half committed by the producer, a fifth rolled
+    /// back, the rest abandoned for the checker (which commits or rolls back by the message).
+    #[arg(long, default_value_t = 0.0)]
+    tx_share: f64,
     /// Producers without idempotence: a retried send may then store a message twice, which
     /// is reported but not a violation (with idempotence, the default, it is one).
     #[arg(long)]
@@ -161,13 +166,14 @@ impl RunArgs {
         if self.queues == 0 || self.queues > 1024 {
             bail!("--queues must be within 1..=1024");
         }
-        let shares = self.delayed_share + self.fail_share;
+        let shares = self.delayed_share + self.fail_share + self.tx_share;
         if !(0.0..=1.0).contains(&self.delayed_share)
             || !(0.0..=1.0).contains(&self.fail_share)
+            || !(0.0..=1.0).contains(&self.tx_share)
             || shares > 1.0
         {
             bail!(
-                "--delayed-share and --fail-share are shares within 0..=1 that add up to at most 1"
+                "--delayed-share, --fail-share and --tx-share are shares within 0..=1 that add up to at most 1"
             );
         }
         if !(1..=100).contains(&self.max_retries) {
@@ -198,6 +204,7 @@ impl RunArgs {
                 mix: features::Mix {
                     delayed_share: self.delayed_share,
                     fail_share: self.fail_share,
+                    tx_share: self.tx_share,
                     max_delay: secs(self.max_delay_secs),
                     max_retries: self.max_retries,
                 },

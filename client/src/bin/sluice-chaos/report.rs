@@ -232,6 +232,12 @@ impl Report {
                 "failing: acked {}  succeeded after their failures {}  dead-lettered {}  LOST {}  WRONG {}  nack failures {}",
                 x.failing_acked, x.failing_succeeded, x.failing_dead_lettered, x.failing_lost, x.failing_wrong, x.nack_failures
             );
+            let t = &x.tx;
+            let _ = writeln!(
+                s,
+                "transactions: committed {}  commit failed {}  rolled back {}  abandoned {}  ROLLED-BACK DELIVERED {}  ABANDONED LOST {}",
+                t.tx_committed, t.tx_commit_failed, t.tx_rolled_back, t.tx_abandoned, t.tx_rolled_back_delivered, t.tx_abandoned_lost
+            );
             for (kind, samples) in &x.samples {
                 let _ = writeln!(s, "{kind}:");
                 for v in samples {

@@ -1,7 +1,10 @@
-//! `sluice bench modes`: produce guarantees measured side by side in one run: pipelined
-//! produce without idempotence (plain) and with it (the client's default), in alternating
-//! rounds so both see the same phases of the machine; the report gives each round's ratio and
-//! their median.
+//! `sluice bench modes`: produce guarantees measured side by side in one run, in alternating
+//! rounds so all see the same phases of the machine; the report gives each round's ratios and
+//! their medians:
+//! - pipelined produce without idempotence (plain) and with it (the client's default);
+//! - with `--transactions`: one message per transaction and ten per transaction, against plain
+//!   sends of one message per request with the same number of senders (a transaction is a
+//!   send per message and a commit, each acknowledged before the next).
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,13 @@ pub struct ModesArgs {
     /// Sends in flight (pipelined through the producer's batching).
     #[arg(long, default_value_t = 1024)]
     pub in_flight: usize,
+    /// Also transactional produce (1 and 10 messages per transaction) beside plain sends of
+    /// one message per request.
+    #[arg(long)]
+    pub transactions: bool,
+    /// Senders at once for the transactional rounds and their plain baseline.
+    #[arg(long, default_value_t = 64)]
+    pub senders: usize,
     /// Print one JSON report instead of text.
     #[arg(long)]
     pub json: bool,
@@ -45,6 +55,14 @@ struct Report {
     /// Idempotent over plain throughput, per round.
     idempotent_ratios: Vec<f64>,
     idempotent_ratio_median: f64,
+    /// One message per request, `senders` at once (the transactions' baseline).
+    plain_sync_msgs_per_sec: Vec<f64>,
+    tx1_msgs_per_sec: Vec<f64>,
+    tx10_msgs_per_sec: Vec<f64>,
+    tx1_ratios: Vec<f64>,
+    tx10_ratios: Vec<f64>,
+    tx1_ratio_median: Option<f64>,
+    tx10_ratio_median: Option<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -78,6 +96,44 @@ async fn pipelined(
     Ok(started.elapsed())
 }
 
+/// `senders` tasks each sending `per_tx` messages per transaction (0: plain sends, one per
+/// request) until `count` messages are sent; the elapsed time.
+async fn transactional(
+    p: &Producer,
+    topic: &str,
+    size: usize,
+    count: u64,
+    senders: usize,
+    per_tx: u64,
+) -> anyhow::Result<Duration> {
+    let body = vec![b'x'; size.max(STAMPED_MIN)];
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..senders.max(1) {
+        let (p, next, body, topic) = (p.clone(), next.clone(), body.clone(), topic.to_string());
+        tasks.push(tokio::spawn(async move {
+            let step = per_tx.max(1);
+            while next.fetch_add(step, std::sync::atomic::Ordering::Relaxed) < count {
+                if per_tx == 0 {
+                    p.send(Message::new(topic.clone(), body.clone())).await?;
+                    continue;
+                }
+                let mut tx = p.begin_transaction()?;
+                for _ in 0..per_tx {
+                    tx.send(Message::new(topic.clone(), body.clone())).await?;
+                }
+                tx.commit().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(started.elapsed())
+}
+
 pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     let admin = Admin::new(config.clone())?;
     if admin.topic_route(&a.topic).await.is_err() {
@@ -86,6 +142,7 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     let build = |idempotence: bool| {
         Producer::builder(config.clone())
             .idempotence(idempotence)
+            .producer_group("bench-modes")
             .max_in_flight(a.in_flight.max(1))
             .build()
     };
@@ -110,8 +167,32 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         r.plain_msgs_per_sec.push(p.round());
         r.idempotent_msgs_per_sec.push(i.round());
         r.idempotent_ratios.push((i / p * 1000.0).round() / 1000.0);
+        if a.transactions {
+            let t =
+                |per_tx| transactional(&idempotent, &a.topic, a.size, a.count, a.senders, per_tx);
+            let sync = rate(t(0).await?);
+            let tx1 = rate(t(1).await?);
+            let tx10 = rate(t(10).await?);
+            if !a.json {
+                println!(
+                    "round {}: one per request {sync:.0} msgs/s, 1 per transaction {tx1:.0} msgs/s ({:.1} %), 10 per transaction {tx10:.0} msgs/s ({:.1} %)",
+                    round + 1,
+                    100.0 * tx1 / sync,
+                    100.0 * tx10 / sync
+                );
+            }
+            r.plain_sync_msgs_per_sec.push(sync.round());
+            r.tx1_msgs_per_sec.push(tx1.round());
+            r.tx10_msgs_per_sec.push(tx10.round());
+            r.tx1_ratios.push((tx1 / sync * 1000.0).round() / 1000.0);
+            r.tx10_ratios.push((tx10 / sync * 1000.0).round() / 1000.0);
+        }
     }
     r.idempotent_ratio_median = median(&r.idempotent_ratios);
+    if a.transactions {
+        r.tx1_ratio_median = Some(median(&r.tx1_ratios));
+        r.tx10_ratio_median = Some(median(&r.tx10_ratios));
+    }
     plain.shutdown().await;
     idempotent.shutdown().await;
     if a.json {
@@ -122,5 +203,12 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         a.rounds,
         100.0 * r.idempotent_ratio_median
     );
+    if let (Some(t1), Some(t10)) = (r.tx1_ratio_median, r.tx10_ratio_median) {
+        println!(
+            "transactions / one per request, medians: 1 per transaction {:.1} %, 10 per transaction {:.1} %",
+            100.0 * t1,
+            100.0 * t10
+        );
+    }
     Ok(())
 }
