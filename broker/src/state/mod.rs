@@ -43,6 +43,7 @@ pub const TABLES: &[&str] = &[
     producers::PRODUCERS,
     producers::SEQUENCES,
     transactions::TABLE,
+    transactions::RESOLVED,
 ];
 
 /// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).

@@ -1,9 +1,10 @@
-//! Transactions: a table of the replicated state. Key: the transaction id; value: `TxRecord`
-//! (producer group, creation time, where its half messages are, checks so far, parked,
-//! resolution). A record is created by its first half-message entry, resolved by the entry
-//! that makes its messages visible (commit) or by a state entry (rollback), checked by the
-//! master's check-back entries, and forgotten a while after it was resolved (so a retried
-//! `EndTransaction` still gets its answer).
+//! Transactions: two tables of the replicated state, both keyed by transaction id with a
+//! `TxRecord` (producer group, creation time, where its half messages are, checks so far,
+//! parked, resolution). `transactions` holds the open ones: created by the first half-message
+//! entry, checked by the master's check-back entries. Resolving one (the entry that makes its
+//! messages visible, or a rollback entry) moves it to `tx_resolved`, where it stays a while (so
+//! a retried `EndTransaction` still gets its answer) without weighing on the scans of open
+//! ones.
 //!
 //! The count of open transactions per producer group is kept in memory (rebuilt from the
 //! table at open and after a snapshot), for the `max_open_transactions` limit.
@@ -18,6 +19,7 @@ use super::{table_key, Applied, Staged, TREE};
 use crate::meta::{MetaError, MetaStore};
 
 pub const TABLE: &str = "transactions";
+pub const RESOLVED: &str = "tx_resolved";
 
 /// `TxRecord.resolution` values (`TransactionResolution`).
 pub const OPEN: i32 = 0;
@@ -31,6 +33,10 @@ fn key(tx_id: &str) -> Vec<u8> {
     table_key(TABLE, tx_id.as_bytes())
 }
 
+fn resolved_key(tx_id: &str) -> Vec<u8> {
+    table_key(RESOLVED, tx_id.as_bytes())
+}
+
 fn decode(v: &[u8]) -> Result<TxRecord, MetaError> {
     TxRecord::decode(v).map_err(|e| MetaError::Corrupt {
         tree: TREE.into(),
@@ -41,22 +47,24 @@ fn decode(v: &[u8]) -> Result<TxRecord, MetaError> {
 fn get_staged(
     meta: &dyn MetaStore,
     staged: &Staged,
-    tx_id: &str,
+    key: &[u8],
 ) -> Result<Option<TxRecord>, MetaError> {
-    staged
-        .get(meta, &key(tx_id))?
-        .map(|v| decode(&v))
-        .transpose()
+    staged.get(meta, key)?.map(|v| decode(&v)).transpose()
 }
 
-/// A transaction as the state holds it.
+/// A transaction as the state holds it (open or resolved).
 pub fn get(meta: &dyn MetaStore, tx_id: &str) -> Result<Option<TxRecord>, MetaError> {
-    meta.get(TREE, &key(tx_id))?.map(|v| decode(&v)).transpose()
+    match meta.get(TREE, &key(tx_id))? {
+        Some(v) => Ok(Some(decode(&v)?)),
+        None => meta
+            .get(TREE, &resolved_key(tx_id))?
+            .map(|v| decode(&v))
+            .transpose(),
+    }
 }
 
-/// Every transaction, by id.
-pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
-    let prefix = table_key(TABLE, b"");
+fn scan(meta: &dyn MetaStore, table: &str) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    let prefix = table_key(table, b"");
     meta.scan_prefix(TREE, &prefix)?
         .into_iter()
         .map(|(k, v)| {
@@ -65,6 +73,18 @@ pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> 
             Ok((id, decode(&v)?))
         })
         .collect()
+}
+
+/// The open transactions, by id.
+pub fn list_open(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    scan(meta, TABLE)
+}
+
+/// Every transaction, open and resolved, by id.
+pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    let mut all = scan(meta, TABLE)?;
+    all.extend(scan(meta, RESOLVED)?);
+    Ok(all)
 }
 
 /// Open transactions per producer group, in memory.
@@ -80,10 +100,8 @@ impl OpenCounts {
 
     pub fn reload(&self, meta: &dyn MetaStore) -> Result<(), MetaError> {
         let mut counts = HashMap::new();
-        for (_, r) in list(meta)? {
-            if r.resolution == OPEN {
-                *counts.entry(r.producer_group).or_insert(0u64) += 1;
-            }
+        for (_, r) in list_open(meta)? {
+            *counts.entry(r.producer_group).or_insert(0u64) += 1;
         }
         *self.0.lock() = counts;
         Ok(())
@@ -118,9 +136,15 @@ pub(super) fn apply_half(
         tracing::error!("skipping an invalid half-message record");
         return Ok(Applied::Unchanged);
     }
-    let mut r = match get_staged(meta, staged, &op.transaction_id)? {
-        // A late send to a resolved transaction (the proposer refuses them; the log decides).
-        Some(r) if r.resolution != OPEN => return Ok(Applied::Unchanged),
+    // A late send to a resolved transaction (the proposer refuses them; the log decides).
+    if staged
+        .get(meta, &resolved_key(&op.transaction_id))?
+        .is_some()
+    {
+        return Ok(Applied::Unchanged);
+    }
+    let k = key(&op.transaction_id);
+    let mut r = match get_staged(meta, staged, &k)? {
         Some(r) => r,
         None => {
             deltas.push((op.producer_group.clone(), 1));
@@ -135,7 +159,7 @@ pub(super) fn apply_half(
         return Ok(Applied::Unchanged);
     }
     r.halves.push(op.clone());
-    staged.put(key(&op.transaction_id), r.encode_to_vec());
+    staged.put(k, r.encode_to_vec());
     Ok(Applied::Changed)
 }
 
@@ -149,22 +173,30 @@ pub(super) fn apply_resolve(
         tracing::error!(tx = %op.transaction_id, "skipping a resolution that is neither commit nor rollback");
         return Ok(Applied::Unchanged);
     }
-    let mut r = match get_staged(meta, staged, &op.transaction_id)? {
-        Some(r) if r.resolution == OPEN => r,
-        // Resolved already (the first resolution in the log decides), or never opened (a
-        // rollback of a transaction whose sends all failed): remembered as resolved.
-        Some(_) => return Ok(Applied::Unchanged),
+    // The first resolution in the log decides.
+    if staged
+        .get(meta, &resolved_key(&op.transaction_id))?
+        .is_some()
+    {
+        return Ok(Applied::Unchanged);
+    }
+    let k = key(&op.transaction_id);
+    let mut r = match get_staged(meta, staged, &k)? {
+        Some(r) => {
+            deltas.push((r.producer_group.clone(), -1));
+            staged.delete(k);
+            r
+        }
+        // Never opened (a rollback of a transaction whose sends all failed): remembered as
+        // resolved.
         None => TxRecord {
             created_ms: op.at_ms,
             ..TxRecord::default()
         },
     };
-    if r.resolution == OPEN && !r.producer_group.is_empty() {
-        deltas.push((r.producer_group.clone(), -1));
-    }
     r.resolution = op.resolution;
     r.resolved_ms = op.at_ms;
-    staged.put(key(&op.transaction_id), r.encode_to_vec());
+    staged.put(resolved_key(&op.transaction_id), r.encode_to_vec());
     Ok(Applied::Changed)
 }
 
@@ -175,10 +207,10 @@ pub(super) fn apply_checked(
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
     for id in &op.transaction_ids {
-        let Some(mut r) = get_staged(meta, staged, id)? else {
+        let Some(mut r) = get_staged(meta, staged, &key(id))? else {
             continue;
         };
-        if r.resolution != OPEN || r.parked {
+        if r.parked {
             continue;
         }
         r.checks = r.checks.saturating_add(1);
@@ -196,9 +228,9 @@ pub(super) fn apply_forget(
     op: &TxForgetOp,
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
-    for (id, r) in list(meta)? {
-        if r.resolution != OPEN && r.resolved_ms < op.resolved_before_ms {
-            staged.delete(key(&id));
+    for (id, r) in scan(meta, RESOLVED)? {
+        if r.resolved_ms < op.resolved_before_ms {
+            staged.delete(resolved_key(&id));
             changed = Applied::Changed;
         }
     }

@@ -261,7 +261,15 @@ impl Sender {
                 Some(seq)
             }
         };
-        let mut addr = route.master_address(&queue.broker_name).unwrap_or_default();
+        let Some(mut addr) = route.master_address(&queue.broker_name) else {
+            // A batch held to its queue while its group has no master in the route (an
+            // election under way): retried once the route names one.
+            return Err(fail(
+                Error::no_route(topic, "no master for the queue's broker group"),
+                Some(queue.broker_name.clone()),
+                None,
+            ));
+        };
         let mut data_addr = route
             .master_data_address(&queue.broker_name)
             .filter(|_| self.core.config.use_data_port);

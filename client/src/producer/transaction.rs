@@ -361,24 +361,42 @@ async fn answer(
         }
     };
     let t = core.timeout();
-    let r = async {
-        let mut client = core.broker(&addr)?;
-        rpc::call(
-            &addr,
-            t,
-            client.end_transaction(rpc::request(
-                EndTransactionRequest {
-                    transaction_id: id.clone(),
-                    resolution: resolution as i32,
-                    source: TransactionEndSource::Check as i32,
-                },
+    // The broker that asked may have lost its mastership meanwhile: follow its hint.
+    let mut addr = addr;
+    for attempt in 0..5u32 {
+        let r = async {
+            let mut client = core.broker(&addr)?;
+            rpc::call(
+                &addr,
                 t,
-            )),
-        )
-        .await
-    };
-    if let Err(e) = r.await {
-        // The next check asks again.
-        tracing::debug!(tx = %id, error = %e, "answering a transaction check failed");
+                client.end_transaction(rpc::request(
+                    EndTransactionRequest {
+                        transaction_id: id.clone(),
+                        resolution: resolution as i32,
+                        source: TransactionEndSource::Check as i32,
+                    },
+                    t,
+                )),
+            )
+            .await
+        };
+        match r.await {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() => {
+                if let Some(hint) = e
+                    .api()
+                    .filter(|a| a.code == ErrorCode::NotMaster && !a.master_address.is_empty())
+                {
+                    addr = hint.master_address.clone();
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200 << attempt.min(3))).await;
+                }
+            }
+            Err(e) => {
+                // The next check asks again.
+                tracing::debug!(tx = %id, error = %e, "answering a transaction check failed");
+                return;
+            }
+        }
     }
 }

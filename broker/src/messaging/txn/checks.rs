@@ -1,10 +1,13 @@
 //! Check-back, the master's leader-only task: a transaction left open past `check_after` is
 //! sent to a live producer of its group (one watcher, round robin), then again on a doubling
 //! backoff up to `max_check_interval`; each round's checks are one state entry, so a new
-//! master resumes from the checks the log records, never from memory. After `max_checks` a
-//! transaction is parked (kept, listed, resolved by an operator). The task also forgets
-//! transactions resolved longer ago than `keep_resolved`.
+//! master resumes from the checks the log records, never from memory. A check no producer of
+//! the group could take (none watching this broker, say just after a failover) is not counted:
+//! it is tried again a second later. After `max_checks` a transaction is parked (kept, listed,
+//! resolved by an operator). The task also forgets transactions resolved longer ago than
+//! `keep_resolved`.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +24,8 @@ use crate::store::StoredRecord;
 const MAX_PER_ROUND: usize = 2_000;
 /// How often the task looks for due checks.
 const ROUND: Duration = Duration::from_millis(500);
+/// A check no producer could take is tried again after this long.
+const UNDELIVERED_RETRY_MS: i64 = 1_000;
 
 fn wire(r: StoredRecord) -> StoredMessage {
     StoredMessage {
@@ -59,13 +64,15 @@ impl Transactions {
     /// The master's check-back loop, until `stop`.
     pub async fn run_checks(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut forget_due = 0i64;
+        // Checks no producer could take, by transaction: when to try again (this run only).
+        let mut undelivered: HashMap<String, i64> = HashMap::new();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(ROUND) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let now = crate::store::now_ms();
-            if let Err(e) = self.check_round(now).await {
+            if let Err(e) = self.check_round(now, &mut undelivered).await {
                 tracing::warn!(error = %e, "transaction check round failed; retried");
             }
             if now >= forget_due {
@@ -89,14 +96,19 @@ impl Transactions {
         Ok(())
     }
 
-    async fn check_round(&self, now: i64) -> Result<(), ApiError> {
+    async fn check_round(
+        &self,
+        now: i64,
+        undelivered: &mut HashMap<String, i64>,
+    ) -> Result<(), ApiError> {
         let meta = self.write.state().meta().clone();
-        let mut due: Vec<(i64, String, TxRecord)> = table::list(meta.as_ref())?
+        let mut due: Vec<(i64, String, TxRecord)> = table::list_open(meta.as_ref())?
             .into_iter()
-            .filter(|(_, r)| r.resolution == OPEN && !r.parked)
+            .filter(|(_, r)| !r.parked)
             .map(|(id, r)| (self.due_at(&r), id, r))
-            .filter(|(at, _, _)| *at <= now)
+            .filter(|(at, id, _)| *at <= now && undelivered.get(id).is_none_or(|t| *t <= now))
             .collect();
+        undelivered.retain(|_, t| *t > now);
         if due.is_empty() {
             return Ok(());
         }
@@ -118,10 +130,15 @@ impl Transactions {
                 created_ms: r.created_ms,
                 messages,
             };
-            if !self.send_check(check) {
-                tracing::debug!(tx = %id, group = %r.producer_group, "no producer of the group is watching; counted as a check");
+            if self.send_check(check) {
+                checked.push(id);
+            } else {
+                tracing::debug!(tx = %id, group = %r.producer_group, "no producer of the group is watching; tried again shortly");
+                undelivered.insert(id, now + UNDELIVERED_RETRY_MS);
             }
-            checked.push(id);
+        }
+        if checked.is_empty() {
+            return Ok(());
         }
         let n = checked.len();
         self.write

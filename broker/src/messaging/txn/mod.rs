@@ -518,10 +518,7 @@ impl Transactions {
 
     fn floor(&self) -> Result<u64, ApiError> {
         let mut floor = u64::MAX;
-        for (_, r) in table::list(self.write.state().meta().as_ref())? {
-            if r.resolution != OPEN {
-                continue;
-            }
+        for (_, r) in table::list_open(self.write.state().meta().as_ref())? {
             for h in &r.halves {
                 let at = match &self.write {
                     WritePath::Replicated { .. } => match self.store.entry_results(h.locator) {

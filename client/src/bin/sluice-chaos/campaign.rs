@@ -205,6 +205,16 @@ pub async fn run(opts: Options) -> Result<Report> {
         ));
     }
     let (stop_producers, producers_stop_rx) = watch::channel(false);
+    // Answers transaction checks until the end, also after the sending producers stopped.
+    let checker = match opts.mix.tx_share > 0.0 {
+        true => Some(load::producer(
+            &config,
+            opts.send_timeout,
+            opts.idempotence,
+            &run_id,
+        )?),
+        false => None,
+    };
     let mut producer_tasks = Vec::new();
     for p in 0..opts.producers {
         let producer = load::producer(&config, opts.send_timeout, opts.idempotence, &run_id)?;
@@ -257,7 +267,11 @@ pub async fn run(opts: Options) -> Result<Report> {
         errors.push(format!("{e:#}"));
     }
     if run.opts.mix.active() {
-        let patience = run.opts.drain_timeout.max(run.opts.mix.max_delay);
+        let mut patience = run.opts.drain_timeout.max(run.opts.mix.max_delay);
+        if run.opts.mix.tx_share > 0.0 {
+            // Abandoned transactions wait for their checks, which back off up to a minute.
+            patience = patience.max(Duration::from_secs(130));
+        }
         if let Err(e) = features::drain(&load.features, patience).await {
             errors.push(format!("{e:#}"));
         }
@@ -265,6 +279,9 @@ pub async fn run(opts: Options) -> Result<Report> {
     stop_consumers.send_replace(true);
     for t in consumer_tasks {
         let _ = t.await;
+    }
+    if let Some(c) = checker {
+        c.shutdown().await;
     }
 
     let (logs, mismatches) = match run.final_logs(&load.run).await {

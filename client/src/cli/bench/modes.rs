@@ -42,6 +42,11 @@ pub struct ModesArgs {
     /// Senders at once for the transactional rounds and their plain baseline.
     #[arg(long, default_value_t = 64)]
     pub senders: usize,
+    /// Check-back storm: leave this many transactions open, then measure pipelined produce
+    /// while the broker checks them (with a producer that rolls each back), beside produce
+    /// measured just before (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub storm: u64,
     /// Print one JSON report instead of text.
     #[arg(long)]
     pub json: bool,
@@ -63,6 +68,13 @@ struct Report {
     tx10_ratios: Vec<f64>,
     tx1_ratio_median: Option<f64>,
     tx10_ratio_median: Option<f64>,
+    storm_transactions: Option<u64>,
+    storm_before_msgs_per_sec: Option<f64>,
+    storm_during_msgs_per_sec: Option<f64>,
+    /// During over before.
+    storm_ratio: Option<f64>,
+    /// Checks answered while produce was measured, per second.
+    storm_checks_per_sec: Option<f64>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -134,6 +146,78 @@ async fn transactional(
     Ok(started.elapsed())
 }
 
+/// The check-back storm (see [`ModesArgs::storm`]).
+async fn storm(
+    config: &ClientConfig,
+    a: &ModesArgs,
+    producer: &Producer,
+    r: &mut Report,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let rate = |d: Duration| a.count as f64 / d.as_secs_f64().max(1e-9);
+    let group = format!("bench-storm-{:08x}", rand::random::<u32>());
+    let before = rate(pipelined(producer, &a.topic, a.size, a.count, a.in_flight).await?);
+    // Open transactions nobody ends: one message each.
+    let abandoner = Producer::builder(config.clone())
+        .producer_group(&group)
+        .build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..a.senders.max(1) {
+        let (p, next, topic, n) = (abandoner.clone(), next.clone(), a.topic.clone(), a.storm);
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let mut tx = p.begin_transaction()?;
+                tx.send(Message::new(topic.clone(), "abandoned")).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    abandoner.shutdown().await;
+    // A producer of the group rolls each back when asked; measure once the checks run.
+    let checks = Arc::new(AtomicU64::new(0));
+    let counted = checks.clone();
+    let checker = Producer::builder(config.clone())
+        .producer_group(&group)
+        .transaction_checker(Arc::new(move |_: &sluice_client::CheckedTransaction| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            sluice_client::Resolution::Rollback
+        }))
+        .build()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while checks.load(Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no transaction check within 120 s"
+        );
+        // Polling a counter the checker moves.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c0 = checks.load(Ordering::Relaxed);
+    let took = pipelined(producer, &a.topic, a.size, a.count, a.in_flight).await?;
+    let answered = checks.load(Ordering::Relaxed) - c0;
+    let during = rate(took);
+    checker.shutdown().await;
+    r.storm_transactions = Some(a.storm);
+    r.storm_before_msgs_per_sec = Some(before.round());
+    r.storm_during_msgs_per_sec = Some(during.round());
+    r.storm_ratio = Some((during / before * 1000.0).round() / 1000.0);
+    r.storm_checks_per_sec = Some((answered as f64 / took.as_secs_f64().max(1e-9)).round());
+    if !a.json {
+        println!(
+            "check-back storm of {}: produce {before:.0} msgs/s before, {during:.0} msgs/s during ({:.1} %), {} checks answered meanwhile",
+            a.storm,
+            100.0 * during / before,
+            answered
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     let admin = Admin::new(config.clone())?;
     if admin.topic_route(&a.topic).await.is_err() {
@@ -192,6 +276,9 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     if a.transactions {
         r.tx1_ratio_median = Some(median(&r.tx1_ratios));
         r.tx10_ratio_median = Some(median(&r.tx10_ratios));
+    }
+    if a.storm > 0 {
+        storm(&config, &a, &idempotent, &mut r).await?;
     }
     plain.shutdown().await;
     idempotent.shutdown().await;
