@@ -16,7 +16,6 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use raft_sim::{Cluster, SimOptions};
-use rand::seq::SliceRandom;
 use rand::Rng;
 use sluice_broker::replication::Role;
 
@@ -342,26 +341,8 @@ fn one_run(seed: u64) -> Result<(usize, usize, usize), String> {
         }
     };
     for _ in 0..400 {
-        match c.rng.gen_range(0..100) {
-            0..=3 => {
-                let up = c.up_ids();
-                if let Some(&id) = up.choose(&mut c.rng) {
-                    c.crash(id);
-                }
-            }
-            4..=11 => {
-                let down: Vec<u64> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
-                if let Some(&id) = down.choose(&mut c.rng) {
-                    c.restart(id);
-                }
-            }
-            12..=15 => {
-                let id = ids[c.rng.gen_range(0..ids.len())];
-                c.isolate(id);
-            }
-            16..=25 => c.heal(),
-            _ => {}
-        }
+        let roll = c.rng.gen_range(0..100);
+        c.random_fault(roll);
         step(&mut c, &mut master, &mut producers, true);
         let pause = c.rng.gen_range(1..60);
         c.run_for(pause);

@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use bytes::Bytes;
 use raft_sim::{Cluster, SimOptions};
-use rand::seq::SliceRandom;
 use rand::Rng;
 
 /// An entry of the protocol, as its data.
@@ -236,23 +235,7 @@ fn one_run(seed: u64) -> Result<(usize, usize, usize), String> {
                 let timer = c.rng.gen_range(1..=next_timer);
                 cancels.push(timer);
             }
-            45..=48 => {
-                let up = c.up_ids();
-                if let Some(&id) = up.choose(&mut c.rng) {
-                    c.crash(id);
-                }
-            }
-            49..=56 => {
-                let down: Vec<u64> = ids.iter().copied().filter(|&id| !c.is_up(id)).collect();
-                if let Some(&id) = down.choose(&mut c.rng) {
-                    c.restart(id);
-                }
-            }
-            57..=60 => {
-                let id = ids[c.rng.gen_range(0..ids.len())];
-                c.isolate(id);
-            }
-            61..=70 => c.heal(),
+            roll @ 45..=70 => c.random_fault(roll - 45),
             _ => {}
         }
         step_task(&mut c, &mut task, &mut cancels, &mut nonce);

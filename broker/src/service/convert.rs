@@ -109,28 +109,7 @@ pub fn to_append(
 }
 
 pub fn to_wire(r: StoredRecord) -> StoredMessage {
-    StoredMessage {
-        topic: r.topic,
-        queue_id: r.queue_id,
-        queue_offset: r.queue_offset,
-        commit_log_offset: r.commit_log_offset,
-        message_id: r.message_id,
-        body: r.body,
-        tag: r.tag,
-        keys: r.keys,
-        properties: r.properties.into_iter().collect(),
-        flag: r.flag,
-        born_timestamp_ms: r.born_timestamp_ms,
-        born_host: r.born_host,
-        store_timestamp_ms: r.store_timestamp_ms,
-        store_host: r.store_host,
-        reconsume_times: r.reconsume_times,
-        sys_flag: r.sys_flag,
-        prepared_transaction_offset: r.prepared_transaction_offset,
-        body_crc: r.body_crc,
-        store_size: r.store_size,
-        timer: None,
-    }
+    r.into_wire()
 }
 
 /// The call's deadline from the `grpc-timeout` header ("<digits><unit>", unit one of H M S m u n).

@@ -274,3 +274,31 @@ pub fn find_by_time(
     recs.sort_by_key(|r| (r.store_timestamp_ms, r.commit_log_offset));
     Ok(recs)
 }
+
+impl StoredRecord {
+    /// The record as `sluice.v1` carries it (no timer state).
+    pub fn into_wire(self) -> sluice_proto::v1::StoredMessage {
+        sluice_proto::v1::StoredMessage {
+            topic: self.topic,
+            queue_id: self.queue_id,
+            queue_offset: self.queue_offset,
+            commit_log_offset: self.commit_log_offset,
+            message_id: self.message_id,
+            body: self.body,
+            tag: self.tag,
+            keys: self.keys,
+            properties: self.properties.into_iter().collect(),
+            flag: self.flag,
+            born_timestamp_ms: self.born_timestamp_ms,
+            born_host: self.born_host,
+            store_timestamp_ms: self.store_timestamp_ms,
+            store_host: self.store_host,
+            reconsume_times: self.reconsume_times,
+            sys_flag: self.sys_flag,
+            prepared_transaction_offset: self.prepared_transaction_offset,
+            body_crc: self.body_crc,
+            store_size: self.store_size,
+            timer: None,
+        }
+    }
+}

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+mod faults;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt::Write as _;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proto::v1::{StoredMessage, TransactionCheck, TxRecord};
+use sluice_proto::v1::{TransactionCheck, TxRecord};
 use sluice_proto::ApiError;
 use tokio::sync::watch;
 
@@ -26,26 +26,6 @@ const MAX_PER_ROUND: usize = 2_000;
 const ROUND: Duration = Duration::from_millis(500);
 /// A check no producer could take is tried again after this long.
 const UNDELIVERED_RETRY_MS: i64 = 1_000;
-
-fn wire(r: StoredRecord) -> StoredMessage {
-    StoredMessage {
-        topic: r.topic,
-        queue_id: r.queue_id,
-        queue_offset: r.queue_offset,
-        commit_log_offset: r.commit_log_offset,
-        message_id: r.message_id,
-        body: r.body,
-        tag: r.tag,
-        keys: r.keys,
-        properties: r.properties.into_iter().collect(),
-        flag: r.flag,
-        born_timestamp_ms: r.born_timestamp_ms,
-        born_host: r.born_host,
-        store_timestamp_ms: r.store_timestamp_ms,
-        store_host: r.store_host,
-        ..Default::default()
-    }
-}
 
 impl Transactions {
     /// When `r` is next due for a check (ms since the epoch).
@@ -117,7 +97,7 @@ impl Transactions {
         let mut checked = Vec::with_capacity(due.len());
         for (_, id, r) in due {
             let messages = match self.halves(&r) {
-                Ok(h) => h.into_iter().map(wire).collect(),
+                Ok(h) => h.into_iter().map(StoredRecord::into_wire).collect(),
                 Err(e) => {
                     tracing::warn!(tx = %id, error = %e, "cannot read a transaction's half messages for its check");
                     Vec::new()
