@@ -202,7 +202,7 @@ impl Idempotence {
                 // The write runs on its own, so a caller that gives up does not end it.
                 let this = self.clone();
                 tokio::spawn(async move {
-                    let (outcome, settled) = this.write_batch(batch, now_ms).await;
+                    let (outcome, settled) = this.write_batch(batch, term, now_ms).await;
                     if settled {
                         this.release(&key, term, &mark);
                     }
@@ -245,7 +245,7 @@ impl Idempotence {
     /// and whether the slot may go: not while the log holds the batch and the state does not
     /// (a standalone broker that failed to apply it keeps the slot until a restart reads the
     /// sequence back from the log).
-    async fn write_batch(&self, batch: AppendBatch, now_ms: i64) -> (Outcome, bool) {
+    async fn write_batch(&self, batch: AppendBatch, term: u64, now_ms: i64) -> (Outcome, bool) {
         match self.write.append_announced(&batch, now_ms).await {
             Ok(entries) => (Ok(entries), true),
             Err(Announced::StoredUnapplied(e)) => {
@@ -261,14 +261,7 @@ impl Idempotence {
             Err(Announced::NotStored(e)) => {
                 // It may still be committed: hold the slot until the log has decided (or
                 // this mastership ended, after which the slot no longer counts).
-                if let WritePath::Replicated { group, .. } = &self.write {
-                    let mut master = group.subscribe_master();
-                    let term = group.master_state().term;
-                    tokio::select! {
-                        _ = self.write.settle(&self.store) => {}
-                        _ = master.wait_for(|m| !m.is_master || m.term != term) => {}
-                    }
-                }
+                self.write.settle_in_term(&self.store, term).await;
                 (Err(e), true)
             }
         }

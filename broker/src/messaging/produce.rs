@@ -190,6 +190,7 @@ impl Producing {
             .iter()
             .map(|m| crate::store::record::payload_size(m) as u64)
             .sum();
+        let _sending = self.transactions.begin_send(tx)?;
         self.transactions
             .check_send(tx, messages.len(), bytes, now)?;
         let batch = Transactions::half_batch(topic, queue_id, tx, messages);

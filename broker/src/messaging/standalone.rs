@@ -38,24 +38,44 @@ impl LogWrites {
     }
 
     /// The write's state is about to be applied (in the metadata write that may carry the
-    /// returned point): the point below which every such write is applied, at most once a
-    /// second (None: not this time; an older point stays true, the rescan only reads more).
-    pub fn applying(&self, ticket: Ticket, store: &MessageStore, now_ms: i64) -> Option<u64> {
-        let mut inflight = self.inflight.lock();
-        inflight.remove(&ticket.0);
+    /// returned point): the point below which every other such write is applied, at most
+    /// once a second (None: not this time; an older point stays true, the rescan only reads
+    /// more). Hand the ticket back with [`Self::applied`] once the state is applied; a ticket
+    /// never handed back keeps the point below its write until a restart reads it again.
+    pub fn point(&self, ticket: &Ticket, store: &MessageStore, now_ms: i64) -> Option<u64> {
+        let inflight = self.inflight.lock();
         if self.point_due.load(Ordering::Relaxed) > now_ms {
             return None;
         }
         self.point_due.store(now_ms + 1_000, Ordering::Relaxed);
         // Anything that starts later starts at or after the current write position.
-        let oldest = inflight.values().min().copied().unwrap_or(u64::MAX);
+        let oldest = inflight
+            .iter()
+            .filter(|(t, _)| **t != ticket.0)
+            .map(|(_, at)| *at)
+            .min()
+            .unwrap_or(u64::MAX);
         Some(oldest.min(store.write_position()))
     }
 
-    /// The write failed before its state: nothing to apply.
+    /// The write's state is applied.
+    pub fn applied(&self, ticket: Ticket) {
+        self.inflight.lock().remove(&ticket.0);
+    }
+
+    /// The write certainly did not happen: nothing to apply.
     pub fn abandon(&self, ticket: Ticket) {
         self.inflight.lock().remove(&ticket.0);
     }
+}
+
+/// Whether a failed standalone write may still be in the log (a sync flush that timed out,
+/// an I/O error mid-write): its state then waits for a restart's rescan.
+pub fn may_be_written(e: &crate::store::StoreError) -> bool {
+    matches!(
+        e,
+        crate::store::StoreError::Timeout(_) | crate::store::StoreError::Io(_)
+    )
 }
 
 /// At start: applies the state carried by the log written after the recorded point. Returns

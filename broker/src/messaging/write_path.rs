@@ -21,6 +21,21 @@ pub enum Announced {
     StoredUnapplied(ApiError),
 }
 
+/// A standalone write that failed: certainly not written (its ticket goes), or maybe written
+/// (its ticket stays, so the rescan point stays below it until a restart reads it).
+fn unwritten(
+    log: &LogWrites,
+    ticket: super::standalone::Ticket,
+    e: crate::store::StoreError,
+) -> Announced {
+    if super::standalone::may_be_written(&e) {
+        Announced::StoredUnapplied(e.into())
+    } else {
+        log.abandon(ticket);
+        Announced::NotStored(e.into())
+    }
+}
+
 #[derive(Clone)]
 pub enum WritePath {
     Standalone {
@@ -67,22 +82,20 @@ impl WritePath {
                 let ticket = log.begin(store);
                 let written = match store.append_encoded(encoded).await {
                     Ok(w) => w,
-                    Err(e) => {
-                        log.abandon(ticket);
-                        return Err(Announced::NotStored(e.into()));
-                    }
+                    Err(e) => return Err(unwritten(log, ticket, e)),
                 };
                 let mut ops: Vec<StateOp> = batch
                     .state
                     .iter()
                     .filter_map(|b| crate::state::decode_op(b))
                     .collect();
-                if let Some(point) = log.applying(ticket, store, now_ms) {
+                if let Some(point) = log.point(&ticket, store, now_ms) {
                     ops.push(crate::state::producers::rescan_point_op(point));
                 }
                 state
                     .apply(None, &ops, false)
                     .map_err(|e| Announced::StoredUnapplied(e.into()))?;
+                log.applied(ticket);
                 Ok(written.entries)
             }
             WritePath::Replicated { group, .. } => {
@@ -157,12 +170,9 @@ impl WritePath {
                 let ticket = log.begin(store);
                 let entries = match store.append_encoded(encoded).await {
                     Ok(w) => w.entries,
-                    Err(e) => {
-                        log.abandon(ticket);
-                        return Err(Announced::NotStored(e.into()));
-                    }
+                    Err(e) => return Err(unwritten(log, ticket, e)),
                 };
-                let point = log.applying(ticket, store, now_ms);
+                let point = log.point(&ticket, store, now_ms);
                 let applied = (|| -> Result<(), ApiError> {
                     fail::fail_point!("messaging::write_path::before_announced_state", |_| Err(
                         ApiError::internal("failpoint: before the announced state is applied")
@@ -182,6 +192,7 @@ impl WritePath {
                     Ok(())
                 })();
                 applied.map_err(Announced::StoredUnapplied)?;
+                log.applied(ticket);
                 Ok(entries)
             }
             WritePath::Replicated { group, .. } => {
@@ -237,6 +248,25 @@ impl WritePath {
             .await
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the store stopped"))?;
         Ok(())
+    }
+
+    /// [`Self::settle`], retried until it succeeds or mastership `term` ends (then what that
+    /// term proposed is in the state of the next master, or gone): what a write whose outcome
+    /// is unknown waits for before it lets a retry look at the state. Standalone: nothing to
+    /// wait for.
+    pub async fn settle_in_term(&self, store: &MessageStore, term: u64) {
+        let WritePath::Replicated { group, .. } = self else {
+            return;
+        };
+        let mut master = group.subscribe_master();
+        loop {
+            tokio::select! {
+                r = self.settle(store) => if r.is_ok() { return },
+                _ = master.wait_for(|m| !m.is_master || m.term != term) => return,
+            }
+            // The replica's mailbox was full, say: ask again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Applies a state operation; durable (in the metadata store, or in a quorum's log) and

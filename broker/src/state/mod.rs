@@ -166,6 +166,32 @@ impl Staged {
         }
     }
 
+    /// Entries under `prefix` as this apply call sees them: the store's, with this call's
+    /// earlier writes laid over (so the result does not depend on how the log's entries were
+    /// grouped into apply calls).
+    pub(crate) fn scan_prefix(
+        &self,
+        meta: &dyn MetaStore,
+        prefix: &[u8],
+    ) -> Result<crate::meta::Entries, MetaError> {
+        let mut all: BTreeMap<Vec<u8>, Vec<u8>> =
+            meta.scan_prefix(TREE, prefix)?.into_iter().collect();
+        for (k, v) in self.writes.range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match v {
+                Some(v) => {
+                    all.insert(k.clone(), v.clone());
+                }
+                None => {
+                    all.remove(k);
+                }
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
+
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
     }

@@ -247,7 +247,7 @@ pub(super) fn apply_expire(
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
     let prefix = table_key(PRODUCERS, b"");
-    for (k, v) in meta.scan_prefix(TREE, &prefix)? {
+    for (k, v) in staged.scan_prefix(meta, &prefix)? {
         let info = ProducerInfo::decode(v.as_slice()).map_err(|e| corrupt("producer", e))?;
         if info.last_active_ms >= op.idle_before_ms {
             continue;
@@ -256,7 +256,7 @@ pub(super) fn apply_expire(
             continue;
         };
         // A sequence may be more recent than the coarse activity time of its producer.
-        let seqs = meta.scan_prefix(TREE, &table_key(SEQUENCES, pid))?;
+        let seqs = staged.scan_prefix(meta, &table_key(SEQUENCES, pid))?;
         let mut active = false;
         for (_, v) in &seqs {
             let s = ProducerSequences::decode(v.as_slice()).map_err(|e| corrupt("sequences", e))?;
@@ -499,6 +499,26 @@ mod tests {
             }
         );
         assert!(!any_idle(meta.as_ref(), i64::MAX).unwrap());
+    }
+
+    #[test]
+    fn expiry_sees_the_writes_of_its_own_apply_call() {
+        let (together, apart) = (machine(), machine());
+        for m in [&together, &apart] {
+            m.apply(Some(1), &[register_op(9, "pg", 0)], false).unwrap();
+        }
+        let rec = record_op(&mark(0, 0, 1), "t", 1, "id0", 100, 500_000, 0);
+        let exp = expire_op(400_000);
+        together
+            .apply(Some(2), &[rec.clone(), exp.clone()], false)
+            .unwrap();
+        apart.apply(Some(2), &[rec], false).unwrap();
+        apart.apply(Some(3), &[exp], false).unwrap();
+        assert_eq!(
+            together.dump().unwrap().tables,
+            apart.dump().unwrap().tables
+        );
+        assert!(is_registered(together.meta().as_ref(), 9).unwrap());
     }
 
     #[test]

@@ -228,9 +228,10 @@ pub(super) fn apply_forget(
     op: &TxForgetOp,
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
-    for (id, r) in scan(meta, RESOLVED)? {
-        if r.resolved_ms < op.resolved_before_ms {
-            staged.delete(resolved_key(&id));
+    let prefix = table_key(RESOLVED, b"");
+    for (k, v) in staged.scan_prefix(meta, &prefix)? {
+        if decode(&v)?.resolved_ms < op.resolved_before_ms {
+            staged.delete(k);
             changed = Applied::Changed;
         }
     }

@@ -124,6 +124,9 @@ impl Sender {
         };
         let mut attempt: u32 = 0;
         let mut bound: Option<Bound> = None;
+        // Some attempt's outcome was unknown: the batch may be stored, so it keeps its queue
+        // and sequence whatever a later attempt says.
+        let mut maybe_stored = false;
         loop {
             state.rr = rr_start.wrapping_add(attempt as usize);
             let failed = match self
@@ -149,8 +152,10 @@ impl Sender {
                     attempt += 1;
                     continue;
                 }
-                if idempotence::certainly_not_stored(&err) {
-                    // Not stored: the sequence stays free and the batch may move.
+                if !idempotence::certainly_not_stored(&err) {
+                    maybe_stored = true;
+                } else if !maybe_stored {
+                    // Never stored: the sequence stays free and the batch may move.
                     bound = None;
                 }
             }

@@ -137,13 +137,15 @@ impl Transaction {
             queue: queue.clone(),
             reroutable: false,
         };
+        // Bound before the first attempt: a send that failed may be stored all the same, and
+        // the commit or rollback must reach it.
+        if self.bound.is_none() {
+            self.bound = Some((queue.broker_name.clone(), topic.clone()));
+        }
         let mut r = self
             .sender
             .send_with_retries(&topic, None, &wire, &routing, Some(&self.fields))
             .await?;
-        if self.bound.is_none() {
-            self.bound = Some((queue.broker_name.clone(), topic.clone()));
-        }
         self.sent.push((topic, queue.queue_id));
         r.pop()
             .ok_or_else(|| Error::Api(ApiError::internal("the broker acknowledged no message")))

@@ -106,7 +106,7 @@ impl Transactions {
             let check = TransactionCheck {
                 transaction_id: id.clone(),
                 producer_group: r.producer_group.clone(),
-                check: r.checks + 1,
+                check: r.checks.saturating_add(1),
                 created_ms: r.created_ms,
                 messages,
             };

@@ -99,8 +99,32 @@ pub struct Transactions {
     store: MessageStore,
     pub settings: TxSettings,
     ends: Mutex<HashMap<String, EndSlot>>,
+    /// Half sends under way on this master, per transaction: an end waits for them (so it
+    /// copies every half message acknowledged), and a send is refused while an end runs.
+    sending: Mutex<HashMap<String, u32>>,
+    send_done: tokio::sync::Notify,
     watchers: Mutex<HashMap<String, Vec<Watcher>>>,
     rr: AtomicUsize,
+}
+
+/// A half send under way (see [`Transactions::begin_send`]).
+pub struct SendGuard<'a> {
+    txs: &'a Transactions,
+    id: String,
+}
+
+impl Drop for SendGuard<'_> {
+    fn drop(&mut self) {
+        let mut sending = self.txs.sending.lock();
+        if let Some(n) = sending.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                sending.remove(&self.id);
+            }
+        }
+        drop(sending);
+        self.txs.send_done.notify_waiters();
+    }
 }
 
 /// 1-128 of `[A-Za-z0-9_.:-]`.
@@ -138,6 +162,8 @@ impl Transactions {
             store,
             settings,
             ends: Mutex::new(HashMap::new()),
+            sending: Mutex::new(HashMap::new()),
+            send_done: tokio::sync::Notify::new(),
             watchers: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
         })
@@ -145,6 +171,43 @@ impl Transactions {
 
     fn record(&self, id: &str) -> Result<Option<TxRecord>, ApiError> {
         Ok(table::get(self.write.state().meta().as_ref(), id)?)
+    }
+
+    /// Starts a half send to `tx` (refused while the transaction is ending); the guard ends it.
+    pub fn begin_send(&self, tx: &TxSend) -> Result<SendGuard<'_>, ApiError> {
+        validate_id(&tx.id)?;
+        let ends = self.ends.lock();
+        if ends.contains_key(&tx.id) {
+            return Err(ApiError::new(
+                ErrorCode::TransactionResolved,
+                format!(
+                    "transaction {} is ending; a new send needs a new transaction",
+                    tx.id
+                ),
+            ));
+        }
+        *self.sending.lock().entry(tx.id.clone()).or_insert(0) += 1;
+        Ok(SendGuard {
+            txs: self,
+            id: tx.id.clone(),
+        })
+    }
+
+    fn sends_in_flight(&self, id: &str) -> u32 {
+        self.sending.lock().get(id).copied().unwrap_or(0)
+    }
+
+    /// Waits until no half send of `id` is under way.
+    async fn sends_done(&self, id: &str) {
+        loop {
+            let done = self.send_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if self.sends_in_flight(id) == 0 {
+                return;
+            }
+            done.await;
+        }
     }
 
     /// Checks a send of `count` messages (`bytes` of payload) to `tx` against its state and
@@ -190,7 +253,9 @@ impl Transactions {
                         format!("{} per transaction", s.max_bytes),
                     ));
                 }
-                if r.halves.len() >= table::MAX_HALVES {
+                // Sends under way count: a half past the limit would be dropped on apply.
+                let others = self.sends_in_flight(&tx.id).saturating_sub(1) as usize;
+                if r.halves.len() + others >= table::MAX_HALVES {
                     return Err(limit(
                         "sends per transaction",
                         format!("{}", table::MAX_HALVES),
@@ -324,7 +389,7 @@ impl Transactions {
                                 // A commit may still be decided by the log: hold the slot until
                                 // the log has settled (or this mastership ended), so a retry
                                 // reads the outcome from the state instead of committing again.
-                                this.settle(term).await;
+                                this.write.settle_in_term(&this.store, term).await;
                                 (Err(e), false)
                             }
                             Err(Announced::StoredUnapplied(e)) => {
@@ -368,17 +433,6 @@ impl Transactions {
         }
     }
 
-    /// Waits until everything this master proposed is applied, or its mastership `term` ended.
-    async fn settle(&self, term: u64) {
-        if let WritePath::Replicated { group, .. } = &self.write {
-            let mut master = group.subscribe_master();
-            tokio::select! {
-                _ = self.write.settle(&self.store) => {}
-                _ = master.wait_for(|m| !m.is_master || m.term != term) => {}
-            }
-        }
-    }
-
     /// A resolution without messages, in the log (a standalone broker's too: a restart that
     /// lost the metadata store's latest writes reads it back).
     async fn write_resolution(
@@ -395,6 +449,8 @@ impl Transactions {
 
     async fn end_once(&self, id: &str, resolution: i32, now_ms: i64) -> Result<Ended, Announced> {
         let refused = Announced::NotStored;
+        // New sends are refused from now on; those under way finish first.
+        self.sends_done(id).await;
         let Some(r) = self.record(id).map_err(refused)? else {
             if resolution == ROLLED_BACK {
                 // Nothing was stored (every send failed): remember the rollback, so a late
@@ -489,14 +545,14 @@ impl Transactions {
     ) -> Result<mpsc::Receiver<TransactionCheck>, ApiError> {
         sluice_proto::names::validate_group_name(group)?;
         let (tx, rx) = mpsc::channel(1024);
-        self.watchers
-            .lock()
-            .entry(group.to_string())
-            .or_default()
-            .push(Watcher {
-                client_id: client_id.to_string(),
-                tx,
-            });
+        let mut watchers = self.watchers.lock();
+        let list = watchers.entry(group.to_string()).or_default();
+        // Watchers whose stream ended go here too, not only when their group is checked.
+        list.retain(|w| !w.tx.is_closed());
+        list.push(Watcher {
+            client_id: client_id.to_string(),
+            tx,
+        });
         tracing::debug!(group, client_id, "producer watching for transaction checks");
         Ok(rx)
     }
