@@ -7,7 +7,7 @@
 //! resolved by an operator). The task also forgets transactions resolved longer ago than
 //! `keep_resolved`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,20 @@ const MAX_PER_ROUND: usize = 2_000;
 const ROUND: Duration = Duration::from_millis(500);
 /// A check no producer could take is tried again after this long.
 const UNDELIVERED_RETRY_MS: i64 = 1_000;
+/// The open transactions are read whole at most this often (a new one is first due
+/// `check_after` after it opened, so seeing it a little late delays no check much); between
+/// reads, the rounds work through the due list of the last read, re-reading each transaction.
+const RESCAN_MS: i64 = 3_000;
+
+/// The check task's view between full reads (this run only; the log has the checks).
+#[derive(Default)]
+struct Due {
+    /// (due time, id), earliest first, as of the last full read.
+    list: VecDeque<(i64, String)>,
+    read_at: Option<i64>,
+    /// Checks no producer could take: when to try again.
+    undelivered: HashMap<String, i64>,
+}
 
 impl Transactions {
     /// When `r` is next due for a check (ms since the epoch).
@@ -44,15 +58,14 @@ impl Transactions {
     /// The master's check-back loop, until `stop`.
     pub async fn run_checks(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut forget_due = 0i64;
-        // Checks no producer could take, by transaction: when to try again (this run only).
-        let mut undelivered: HashMap<String, i64> = HashMap::new();
+        let mut due = Due::default();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(ROUND) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
             let now = crate::store::now_ms();
-            if let Err(e) = self.check_round(now, &mut undelivered).await {
+            if let Err(e) = self.check_round(now, &mut due).await {
                 tracing::warn!(error = %e, "transaction check round failed; retried");
             }
             if now >= forget_due {
@@ -76,26 +89,51 @@ impl Transactions {
         Ok(())
     }
 
-    async fn check_round(
-        &self,
-        now: i64,
-        undelivered: &mut HashMap<String, i64>,
-    ) -> Result<(), ApiError> {
+    async fn check_round(&self, now: i64, view: &mut Due) -> Result<(), ApiError> {
         let meta = self.write.state().meta().clone();
-        let mut due: Vec<(i64, String, TxRecord)> = table::list_open(meta.as_ref())?
-            .into_iter()
-            .filter(|(_, r)| !r.parked)
-            .map(|(id, r)| (self.due_at(&r), id, r))
-            .filter(|(at, id, _)| *at <= now && undelivered.get(id).is_none_or(|t| *t <= now))
-            .collect();
-        undelivered.retain(|_, t| *t > now);
+        let rescan = (self.settings.check_after.as_millis() as i64).clamp(100, RESCAN_MS);
+        if view.list.is_empty() || view.read_at.is_none_or(|t| now - t >= rescan) {
+            let mut all: Vec<(i64, String)> = table::list_open(meta.as_ref())?
+                .into_iter()
+                .filter(|(_, r)| !r.parked)
+                .map(|(id, r)| (self.due_at(&r), id))
+                .collect();
+            all.sort();
+            view.list = all.into();
+            view.read_at = Some(now);
+        }
+        view.undelivered.retain(|_, t| *t > now);
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        while due.len() < MAX_PER_ROUND {
+            match view.list.front() {
+                Some((at, _)) if *at <= now => {}
+                _ => break,
+            }
+            let Some((_, id)) = view.list.pop_front() else {
+                break;
+            };
+            if view.undelivered.contains_key(&id) {
+                later.push(id);
+                continue;
+            }
+            // Read again: it may have been resolved, checked or parked since the list was made.
+            match table::get(meta.as_ref(), &id)? {
+                Some(r) if r.resolution == OPEN && !r.parked && self.due_at(&r) <= now => {
+                    due.push((id, r))
+                }
+                _ => {}
+            }
+        }
+        // Waiting for a producer to watch: kept for a later round.
+        for id in later {
+            view.list.push_back((now, id));
+        }
         if due.is_empty() {
             return Ok(());
         }
-        due.sort_by_key(|(at, _, _)| *at);
-        due.truncate(MAX_PER_ROUND);
         let mut checked = Vec::with_capacity(due.len());
-        for (_, id, r) in due {
+        for (id, r) in due {
             let messages = match self.halves(&r) {
                 Ok(h) => h.into_iter().map(StoredRecord::into_wire).collect(),
                 Err(e) => {
@@ -114,7 +152,9 @@ impl Transactions {
                 checked.push(id);
             } else {
                 tracing::debug!(tx = %id, group = %r.producer_group, "no producer of the group is watching; tried again shortly");
-                undelivered.insert(id, now + UNDELIVERED_RETRY_MS);
+                view.undelivered
+                    .insert(id.clone(), now + UNDELIVERED_RETRY_MS);
+                view.list.push_back((now + UNDELIVERED_RETRY_MS, id));
             }
         }
         if checked.is_empty() {
