@@ -383,24 +383,8 @@ fn one_run(seed: u64) -> Result<(usize, usize, usize), String> {
 
 #[test]
 fn no_batch_is_committed_twice_and_every_acknowledged_one_is_committed() {
-    let runs: u64 = std::env::var("RAFT_IDEMPOTENCE_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
-    let (mut acked, mut committed, mut abandoned) = (0, 0, 0);
-    for seed in 0..runs {
-        match one_run(seed) {
-            Ok((a, c, x)) => {
-                acked += a;
-                committed += c;
-                abandoned += x;
-            }
-            Err(e) => panic!(
-                "seed {seed}: {e} (replay: RAFT_IDEMPOTENCE_RUNS={} and this seed)",
-                seed + 1
-            ),
-        }
-    }
+    let (runs, [acked, committed, abandoned]) =
+        raft_sim::seeded_runs("RAFT_IDEMPOTENCE_RUNS", 100, one_run);
     eprintln!(
         "{runs} runs: {acked} batches acknowledged, {committed} committed, {abandoned} given up"
     );

@@ -305,24 +305,7 @@ fn one_run(seed: u64) -> Result<(usize, usize, usize), String> {
 
 #[test]
 fn every_timer_is_fired_or_cancelled_once_across_failovers() {
-    let runs: u64 = std::env::var("RAFT_TIMER_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
-    let (mut timers, mut fired, mut cancelled) = (0, 0, 0);
-    for seed in 0..runs {
-        match one_run(seed) {
-            Ok((t, f, c)) => {
-                timers += t;
-                fired += f;
-                cancelled += c;
-            }
-            Err(e) => panic!(
-                "seed {seed}: {e} (replay: RAFT_TIMER_RUNS={} and this seed)",
-                seed + 1
-            ),
-        }
-    }
+    let (runs, [timers, fired, cancelled]) = raft_sim::seeded_runs("RAFT_TIMER_RUNS", 200, one_run);
     eprintln!("{runs} runs: {timers} timers, {fired} fired, {cancelled} cancelled");
     assert!(
         fired > 0 && cancelled > 0,

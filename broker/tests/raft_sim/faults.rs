@@ -32,3 +32,32 @@ impl Cluster {
         }
     }
 }
+
+/// Runs `one_run` for seeds `0..n` (`n` from the environment variable `var`, else `default`)
+/// and sums the three counts each run returns; the first failing seed panics with how to
+/// replay it.
+pub fn seeded_runs(
+    var: &str,
+    default: u64,
+    mut one_run: impl FnMut(u64) -> Result<(usize, usize, usize), String>,
+) -> (u64, [usize; 3]) {
+    let runs: u64 = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    let mut sums = [0usize; 3];
+    for seed in 0..runs {
+        match one_run(seed) {
+            Ok((a, b, c)) => {
+                sums[0] += a;
+                sums[1] += b;
+                sums[2] += c;
+            }
+            Err(e) => panic!(
+                "seed {seed}: {e} (replay: {var}={} and this seed)",
+                seed + 1
+            ),
+        }
+    }
+    (runs, sums)
+}

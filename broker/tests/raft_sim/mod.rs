@@ -6,6 +6,10 @@
 
 mod faults;
 
+// Each test binary includes this module and uses a part of it.
+#[allow(unused_imports)]
+pub use faults::seeded_runs;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::fmt::Write as _;
