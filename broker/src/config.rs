@@ -96,6 +96,9 @@ pub struct BrokerConfig {
     pub transaction_check_after: String,
     pub transaction_check_max_interval: String,
     pub transaction_max_checks: u32,
+    /// Most check-backs a master sends a second: a storm of abandoned transactions (each
+    /// answer is an end in the log) must not crowd out produce.
+    pub transaction_check_rate: u32,
     /// Limits of one transaction, and of open transactions per producer group.
     pub max_transaction_messages: u64,
     pub max_transaction_bytes: u64,
@@ -155,6 +158,7 @@ impl Default for BrokerConfig {
             transaction_check_after: "6s".into(),
             transaction_check_max_interval: "60s".into(),
             transaction_max_checks: 15,
+            transaction_check_rate: 500,
             max_transaction_messages: 10_000,
             max_transaction_bytes: 4 << 20,
             max_open_transactions: 1_000_000,
@@ -299,15 +303,21 @@ impl BrokerConfig {
                 &self.transaction_check_max_interval,
             )?,
             max_checks: self.transaction_max_checks,
+            check_rate: self.transaction_check_rate,
             max_messages: self.max_transaction_messages,
             max_bytes: self.max_transaction_bytes,
             max_open: self.max_open_transactions,
             timeout: d("transaction_timeout", &self.transaction_timeout)?,
             keep_resolved: d("transaction_keep_resolved", &self.transaction_keep_resolved)?,
         };
-        if s.check_after.is_zero() || s.max_checks == 0 || s.max_messages == 0 || s.max_bytes == 0 {
+        if s.check_after.is_zero()
+            || s.max_checks == 0
+            || s.check_rate == 0
+            || s.max_messages == 0
+            || s.max_bytes == 0
+        {
             return Err(ConfigError::Invalid(
-                "transaction_check_after, transaction_max_checks, max_transaction_messages and max_transaction_bytes must be above zero".into(),
+                "transaction_check_after, transaction_max_checks, transaction_check_rate, max_transaction_messages and max_transaction_bytes must be above zero".into(),
             ));
         }
         Ok(s)

@@ -355,3 +355,60 @@ fn bench_modes_reports_plain_idempotent_and_transactional_produce_side_by_side()
         assert!(v.iter().all(|x| x.as_f64().unwrap() > 0.0), "{r}");
     }
 }
+
+#[test]
+fn bench_modes_measures_transactions_and_a_check_back_storm() {
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_broker_toml: "transaction_check_after = \"1s\"\n".into(),
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let out = sluice(
+        &cluster,
+        &[
+            "bench",
+            "modes",
+            "--count",
+            "200",
+            "--tx-count",
+            "40",
+            "--rounds",
+            "1",
+            "--transactions",
+            "--senders",
+            "4",
+            "--storm",
+            "50",
+            "--storm-secs",
+            "1",
+            "--json",
+        ],
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in ["plain_sync_msgs_per_sec", "tx1_ratios", "tx10_ratios"] {
+        let v = r[k].as_array().unwrap();
+        assert_eq!(v.len(), 1, "{r}");
+        assert!(v[0].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(r["storm_transactions"], 50, "{r}");
+    assert!(r["storm_ratio"].as_f64().unwrap() > 0.0, "{r}");
+    // The storm's checks are answered: the abandoned transactions end rolled back.
+    let rows = cluster.cli(&["tx", "list", "--all", "--json"]).unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&rows).unwrap();
+    let rolled_back = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] == "rolled back")
+        .count();
+    assert!(rolled_back > 0, "{rows}");
+}

@@ -1,7 +1,9 @@
 //! Transactional messages with real brokers: a commit makes every message of a transaction
 //! visible together (any topics and queues of one broker group), a rollback none; a
 //! transaction its producer abandoned is resolved by another producer's checker; one whose
-//! checker never answers is parked, listed and resolved by hand; a transaction survives a
+//! checker never answers is parked, listed and resolved by hand; a producer process killed
+//! (kill -9) between its half messages and the commit has its transactions resolved by the
+//! checks with another producer of its group; a transaction survives a
 //! kill -9 of its group's master (the commit retried on the new master lands once, and checks
 //! resume there).
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 use sluice_client::{
     Admin, CheckedTransaction, ClientConfig, Message, Producer, Resolution, TransactionChecker,
 };
+use sluice_integration_tests::cli_child::CliChild;
 use sluice_integration_tests::replica::{read_all, ReplicaCluster, ReplicaOptions};
 use sluice_integration_tests::{create_topic_request, wait_until, Cluster, ClusterOptions};
 use sluice_proto::ErrorCode;
@@ -52,6 +55,21 @@ async fn visible(addr: &str, topic: &str, queues: u32) -> Vec<String> {
     ids
 }
 
+/// Waits until the nameserver routes every one of `topics` (a new topic reaches it with the
+/// broker's next registration).
+async fn routed(ns: &str, topics: &[&str]) {
+    let admin = Admin::new(config(ns)).unwrap();
+    for t in topics {
+        let (admin, t) = (admin.clone(), t.to_string());
+        wait_until(Duration::from_secs(20), "the topic's route", || {
+            let (admin, t) = (admin.clone(), t.clone());
+            async move { admin.topic_route(&t).await.is_ok() }
+        })
+        .await
+        .unwrap();
+    }
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -69,6 +87,7 @@ async fn a_commit_shows_every_message_together_and_a_rollback_none() {
         .unwrap();
     let broker = cluster.brokers[0].addr.clone();
     let ns = cluster.nameservers();
+    routed(&ns, &["orders", "audit"]).await;
     let p = producer(&ns, None);
 
     let mut tx = p.begin_transaction().unwrap();
@@ -172,6 +191,7 @@ async fn abandoned_transactions_are_resolved_by_the_checker_or_parked() {
         .unwrap();
     let broker = cluster.brokers[0].addr.clone();
     let ns = cluster.nameservers();
+    routed(&ns, &["orders"]).await;
 
     // A producer sends three transactions' half messages and dies without ending them.
     let dying = producer(&ns, None);
@@ -312,4 +332,94 @@ async fn a_transaction_survives_a_kill_9_of_the_master() {
     );
     live.shutdown().await;
     p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_process_killed_before_its_commit_is_resolved_by_the_checks() {
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_broker_toml: FAST_CHECKS.into(),
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let mut c = cluster.broker_client(0).await.unwrap();
+    c.create_topic(create_topic_request("orders", 2))
+        .await
+        .unwrap();
+    let broker = cluster.brokers[0].addr.clone();
+    let ns = cluster.nameservers();
+    routed(&ns, &["orders"]).await;
+    let admin = Admin::new(config(&ns)).unwrap();
+
+    // Two producer processes send half messages and hold their transactions open (between
+    // the half messages and the commit, where an order service writes its database row).
+    let mut children = Vec::new();
+    let mut txs = Vec::new();
+    let mut halves = Vec::new();
+    for bodies in [["commit-1", "commit-2"], ["rollback-1", "rollback-2"]] {
+        let mut args = vec!["tx", "send", "orders"];
+        args.extend(bodies);
+        args.extend(["--group", "orders-service", "--then", "hold"]);
+        let mut child = CliChild::spawn(&ns, &args).unwrap();
+        let line = child
+            .read_until("transaction ", Duration::from_secs(30))
+            .unwrap();
+        txs.push(line.trim_start_matches("transaction ").trim().to_string());
+        child
+            .read_until("holding", Duration::from_secs(30))
+            .unwrap();
+        let ids: Vec<String> = child
+            .seen
+            .iter()
+            .filter(|l| l.ends_with("(half)"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        assert_eq!(ids.len(), 2, "{:?}", child.seen);
+        halves.push(ids);
+        children.push(child);
+    }
+    let rows = admin.transactions().await.unwrap();
+    for tx in &txs {
+        let row = rows.iter().find(|r| &r.transaction_id == tx).unwrap();
+        assert_eq!((row.state.as_str(), row.messages), ("open", 2), "{row:?}");
+    }
+    assert!(visible(&broker, "orders", 2).await.is_empty());
+
+    // kill -9: no rollback, no goodbye.
+    for child in &mut children {
+        child.kill9();
+    }
+    // Another instance of the service answers the checks from its own records.
+    let live = producer(&ns, Some(Arc::new(ByBody)));
+    wait_until(
+        Duration::from_secs(30),
+        "both transactions resolved by the checks",
+        || {
+            let (admin, txs) = (admin.clone(), txs.clone());
+            async move {
+                let rows = admin.transactions().await.unwrap_or_default();
+                txs.iter().all(|tx| {
+                    rows.iter()
+                        .any(|r| &r.transaction_id == tx && r.state != "open")
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let rows = admin.transactions().await.unwrap();
+    let state = |tx: &String| {
+        rows.iter()
+            .find(|r| &r.transaction_id == tx)
+            .map(|r| r.state.clone())
+    };
+    assert_eq!(state(&txs[0]).as_deref(), Some("committed"));
+    assert_eq!(state(&txs[1]).as_deref(), Some("rolled back"));
+    assert_eq!(
+        visible(&broker, "orders", 2).await,
+        sorted(halves[0].clone())
+    );
+    live.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! The data port's framing: `sluice.v1` messages over plain TCP, for the calls where gRPC's
-//! per-call cost (HTTP/2 headers, a stream per call, tower layers) dominates: Send, and the
-//! Raft traffic between replicas.
+//! per-call cost (HTTP/2 headers, a stream per call, tower layers) dominates: Send,
+//! EndTransaction, and the Raft traffic between replicas.
 //!
 //! A connection starts with the client's 4-byte [`PREFACE`]. Then both sides exchange frames;
 //! all integers are big-endian:
@@ -36,6 +36,8 @@ pub enum Kind {
     Send = 1,
     /// `RaftBatch` -> `RaftAck`: Raft traffic between the replicas of a group.
     Raft = 2,
+    /// `EndTransactionRequest` -> `EndTransactionResponse`: a producer's commit or rollback.
+    EndTransaction = 3,
 }
 
 impl Kind {
@@ -43,6 +45,7 @@ impl Kind {
         match v {
             1 => Some(Kind::Send),
             2 => Some(Kind::Raft),
+            3 => Some(Kind::EndTransaction),
             _ => None,
         }
     }

@@ -92,9 +92,14 @@ impl WritePath {
                 if let Some(point) = log.point(&ticket, store, now_ms) {
                     ops.push(crate::state::producers::rescan_point_op(point));
                 }
-                state
-                    .apply(None, &ops, false)
-                    .map_err(|e| Announced::StoredUnapplied(e.into()))?;
+                let applied = (|| -> Result<(), ApiError> {
+                    fail::fail_point!("messaging::write_path::before_mixed_state", |_| Err(
+                        ApiError::internal("failpoint: before the mixed batch's state is applied")
+                    ));
+                    state.apply(None, &ops, false)?;
+                    Ok(())
+                })();
+                applied.map_err(Announced::StoredUnapplied)?;
                 log.applied(ticket);
                 Ok(written.entries)
             }

@@ -101,8 +101,14 @@ impl Broker for BrokerService {
             .transactions()
             .watch(&req.producer_group, &req.client_id)
             .map_err(Status::from)?;
-        let stream =
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+        let data_address = self.identity.data_address.clone();
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            move |mut check| {
+                check.data_address.clone_from(&data_address);
+                Ok(check)
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 

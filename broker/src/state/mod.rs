@@ -17,6 +17,7 @@ pub mod offsets;
 pub mod producers;
 pub mod topics;
 pub mod transactions;
+pub mod tx_index;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -217,7 +218,7 @@ pub struct StateMachine {
     pub topics: Arc<TopicTable>,
     pub offsets: OffsetTable,
     /// Open transactions per producer group.
-    pub tx_open: transactions::OpenCounts,
+    pub tx_open: tx_index::OpenIndex,
     /// Wakes nameserver registration after a topic change.
     reregister: Arc<Notify>,
     /// One apply at a time (the replica thread, or a standalone broker's handlers).
@@ -231,7 +232,7 @@ impl StateMachine {
         let topics = Arc::new(TopicTable::load(meta.as_ref())?);
         Ok(StateMachine {
             offsets: OffsetTable::new(meta.clone()),
-            tx_open: transactions::OpenCounts::load(meta.as_ref())?,
+            tx_open: tx_index::OpenIndex::load(meta.as_ref())?,
             meta,
             topics,
             reregister,
@@ -271,7 +272,7 @@ impl StateMachine {
         let mut staged = Staged::default();
         let mut results = Vec::with_capacity(ops.len());
         let mut topics_changed = false;
-        let mut tx_deltas = transactions::Deltas::new();
+        let mut tx_changes = tx_index::Changes::new();
         for op in ops {
             let r = match &op.op {
                 None => {
@@ -301,14 +302,20 @@ impl StateMachine {
                     producers::apply_rescan_point(&mut staged, *p)
                 }
                 Some(Op::TxHalf(h)) => {
-                    transactions::apply_half(self.meta.as_ref(), &mut staged, h, &mut tx_deltas)?
+                    transactions::apply_half(self.meta.as_ref(), &mut staged, h, &mut tx_changes)?
                 }
-                Some(Op::TxResolve(r)) => {
-                    transactions::apply_resolve(self.meta.as_ref(), &mut staged, r, &mut tx_deltas)?
-                }
-                Some(Op::TxChecked(c)) => {
-                    transactions::apply_checked(self.meta.as_ref(), &mut staged, c)?
-                }
+                Some(Op::TxResolve(r)) => transactions::apply_resolve(
+                    self.meta.as_ref(),
+                    &mut staged,
+                    r,
+                    &mut tx_changes,
+                )?,
+                Some(Op::TxChecked(c)) => transactions::apply_checked(
+                    self.meta.as_ref(),
+                    &mut staged,
+                    c,
+                    &mut tx_changes,
+                )?,
                 Some(Op::TxForget(f)) => {
                     transactions::apply_forget(self.meta.as_ref(), &mut staged, f)?
                 }
@@ -330,7 +337,7 @@ impl StateMachine {
         if durable {
             self.meta.flush()?;
         }
-        self.tx_open.add(&tx_deltas);
+        self.tx_open.apply(tx_changes);
         if topics_changed {
             self.topics.reload(self.meta.as_ref())?;
             self.reregister.notify_one();

@@ -6,15 +6,13 @@
 //! a retried `EndTransaction` still gets its answer) without weighing on the scans of open
 //! ones.
 //!
-//! The count of open transactions per producer group is kept in memory (rebuilt from the
-//! table at open and after a snapshot), for the `max_open_transactions` limit.
+//! The open transactions are also kept in memory ([`super::tx_index`]), changed by the same
+//! apply calls.
 
-use std::collections::HashMap;
-
-use parking_lot::Mutex;
 use prost::Message as _;
 use sluice_proto::v1::{TxCheckedOp, TxForgetOp, TxHalfOp, TxRecord, TxResolveOp};
 
+use super::tx_index::{Changes, OpenTx};
 use super::{table_key, Applied, Staged, TREE};
 use crate::meta::{MetaError, MetaStore};
 
@@ -80,6 +78,11 @@ pub fn list_open(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaEr
     scan(meta, TABLE)
 }
 
+/// The resolved transactions still remembered, by id.
+pub fn list_resolved(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    scan(meta, RESOLVED)
+}
+
 /// Every transaction, open and resolved, by id.
 pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
     let mut all = scan(meta, TABLE)?;
@@ -87,50 +90,11 @@ pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> 
     Ok(all)
 }
 
-/// Open transactions per producer group, in memory.
-#[derive(Default)]
-pub struct OpenCounts(Mutex<HashMap<String, u64>>);
-
-impl OpenCounts {
-    pub fn load(meta: &dyn MetaStore) -> Result<OpenCounts, MetaError> {
-        let c = OpenCounts::default();
-        c.reload(meta)?;
-        Ok(c)
-    }
-
-    pub fn reload(&self, meta: &dyn MetaStore) -> Result<(), MetaError> {
-        let mut counts = HashMap::new();
-        for (_, r) in list_open(meta)? {
-            *counts.entry(r.producer_group).or_insert(0u64) += 1;
-        }
-        *self.0.lock() = counts;
-        Ok(())
-    }
-
-    pub fn get(&self, group: &str) -> u64 {
-        self.0.lock().get(group).copied().unwrap_or(0)
-    }
-
-    pub(super) fn add(&self, deltas: &[(String, i64)]) {
-        let mut counts = self.0.lock();
-        for (g, d) in deltas {
-            let c = counts.entry(g.clone()).or_insert(0);
-            *c = c.saturating_add_signed(*d);
-            if *c == 0 {
-                counts.remove(g);
-            }
-        }
-    }
-}
-
-/// Open-count changes of one apply call.
-pub(super) type Deltas = Vec<(String, i64)>;
-
 pub(super) fn apply_half(
     meta: &dyn MetaStore,
     staged: &mut Staged,
     op: &TxHalfOp,
-    deltas: &mut Deltas,
+    changes: &mut Changes,
 ) -> Result<Applied, MetaError> {
     if op.transaction_id.is_empty() || op.count == 0 {
         tracing::error!("skipping an invalid half-message record");
@@ -146,19 +110,17 @@ pub(super) fn apply_half(
     let k = key(&op.transaction_id);
     let mut r = match get_staged(meta, staged, &k)? {
         Some(r) => r,
-        None => {
-            deltas.push((op.producer_group.clone(), 1));
-            TxRecord {
-                producer_group: op.producer_group.clone(),
-                created_ms: op.at_ms,
-                ..TxRecord::default()
-            }
-        }
+        None => TxRecord {
+            producer_group: op.producer_group.clone(),
+            created_ms: op.at_ms,
+            ..TxRecord::default()
+        },
     };
     if r.halves.iter().any(|h| h.locator == op.locator) || r.halves.len() >= MAX_HALVES {
         return Ok(Applied::Unchanged);
     }
     r.halves.push(op.clone());
+    changes.push((op.transaction_id.clone(), Some(OpenTx::of(&r))));
     staged.put(k, r.encode_to_vec());
     Ok(Applied::Changed)
 }
@@ -167,7 +129,7 @@ pub(super) fn apply_resolve(
     meta: &dyn MetaStore,
     staged: &mut Staged,
     op: &TxResolveOp,
-    deltas: &mut Deltas,
+    changes: &mut Changes,
 ) -> Result<Applied, MetaError> {
     if op.resolution != COMMITTED && op.resolution != ROLLED_BACK {
         tracing::error!(tx = %op.transaction_id, "skipping a resolution that is neither commit nor rollback");
@@ -183,7 +145,7 @@ pub(super) fn apply_resolve(
     let k = key(&op.transaction_id);
     let mut r = match get_staged(meta, staged, &k)? {
         Some(r) => {
-            deltas.push((r.producer_group.clone(), -1));
+            changes.push((op.transaction_id.clone(), None));
             staged.delete(k);
             r
         }
@@ -204,6 +166,7 @@ pub(super) fn apply_checked(
     meta: &dyn MetaStore,
     staged: &mut Staged,
     op: &TxCheckedOp,
+    changes: &mut Changes,
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
     for id in &op.transaction_ids {
@@ -216,6 +179,7 @@ pub(super) fn apply_checked(
         r.checks = r.checks.saturating_add(1);
         r.last_check_ms = op.at_ms;
         r.parked = r.checks >= op.max_checks.max(1);
+        changes.push((id.clone(), Some(OpenTx::of(&r))));
         staged.put(key(id), r.encode_to_vec());
         changed = Applied::Changed;
     }
@@ -277,6 +241,7 @@ mod tests {
 
     use super::*;
     use crate::meta::MemMeta;
+    use crate::state::tx_index::OpenIndex;
     use crate::state::StateMachine;
 
     fn machine() -> StateMachine {
@@ -388,23 +353,35 @@ mod tests {
     }
 
     proptest! {
-        /// The open counts kept while applying are the counts of the table, and a snapshot's
-        /// restore gives the same counts.
+        /// The open index kept while applying (one op per call, or all in one call) is the
+        /// index of the table, and a snapshot's restore gives the same index.
         #[test]
-        fn open_counts_follow_the_table(ops in prop::collection::vec(op_strategy(), 0..40)) {
+        fn the_open_index_follows_the_table(
+            ops in prop::collection::vec(op_strategy(), 0..40),
+            one_call in prop::bool::ANY,
+        ) {
             let m = machine();
-            for (i, op) in ops.iter().enumerate() {
-                m.apply(Some(i as u64 + 1), std::slice::from_ref(op), false).unwrap();
+            if one_call {
+                m.apply(Some(1), &ops, false).unwrap();
+            } else {
+                for (i, op) in ops.iter().enumerate() {
+                    m.apply(Some(i as u64 + 1), std::slice::from_ref(op), false).unwrap();
+                }
             }
-            let fresh = OpenCounts::load(m.meta().as_ref()).unwrap();
+            let fresh = OpenIndex::load(m.meta().as_ref()).unwrap();
+            let sorted = |i: &OpenIndex| {
+                let mut v = i.all();
+                v.sort_by(|a, b| a.0.cmp(&b.0));
+                v
+            };
+            prop_assert_eq!(sorted(&m.tx_open), sorted(&fresh));
+            prop_assert_eq!(m.tx_open.first_locators(0, 100), fresh.first_locators(0, 100));
             for g in ["g1", "g2"] {
                 prop_assert_eq!(m.tx_open.get(g), fresh.get(g));
             }
             let twin = machine();
             twin.restore(&m.dump().unwrap()).unwrap();
-            for g in ["g1", "g2"] {
-                prop_assert_eq!(twin.tx_open.get(g), m.tx_open.get(g));
-            }
+            prop_assert_eq!(sorted(&twin.tx_open), sorted(&m.tx_open));
         }
     }
 }

@@ -52,7 +52,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Cluster(c) => admin_cmds::cluster(&Admin::new(config)?, c).await?,
         Command::Group(c) => admin_cmds::group(&Admin::new(config)?, c).await?,
         Command::Dlq(c) => admin_cmds::dlq(&Admin::new(config)?, c).await?,
-        Command::Tx(c) => tx::run(&Admin::new(config)?, c).await?,
+        Command::Tx(c) => tx::run(config, c).await?,
         Command::Message(args::MessageCommand::Cancel { handle, out }) => {
             produce::cancel(config, &handle, out.json).await?
         }

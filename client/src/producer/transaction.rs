@@ -12,9 +12,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use prost::Message as _;
+use sluice_proto::frame::Kind;
 use sluice_proto::v1::{
-    EndTransactionRequest, StoredMessage, TransactionCheck, TransactionEndSource,
-    TransactionResolution, WatchTransactionChecksRequest,
+    EndTransactionRequest, EndTransactionResponse, StoredMessage, TransactionCheck,
+    TransactionEndSource, TransactionResolution, WatchTransactionChecksRequest,
 };
 use sluice_proto::{names, ApiError, ErrorCode};
 
@@ -211,7 +213,7 @@ async fn end(
     id: &str,
     resolution: TransactionResolution,
     source: TransactionEndSource,
-) -> Result<sluice_proto::v1::EndTransactionResponse> {
+) -> Result<EndTransactionResponse> {
     let core = &sender.core;
     let mut last = None;
     for attempt in 0..=sender.retries.max(4) * 4 {
@@ -226,21 +228,32 @@ async fn end(
             continue;
         };
         let t = sender.send_timeout;
+        let data = route
+            .master_data_address(broker)
+            .filter(|_| core.config.use_data_port)
+            .map(str::to_string);
+        let req = EndTransactionRequest {
+            transaction_id: id.to_string(),
+            resolution: resolution as i32,
+            source: source as i32,
+        };
         let call = async {
-            let mut client = core.broker(&addr)?;
-            rpc::call(
-                &addr,
-                t,
-                client.end_transaction(rpc::request(
-                    EndTransactionRequest {
-                        transaction_id: id.to_string(),
-                        resolution: resolution as i32,
-                        source: source as i32,
-                    },
-                    t,
-                )),
-            )
-            .await
+            match data {
+                // Where the producer's sends went: cheaper than a gRPC call.
+                Some(data) => {
+                    let conn = core.data_ports.get(&data).await?;
+                    let body = conn.call(Kind::EndTransaction, req, t).await?;
+                    EndTransactionResponse::decode(body).map_err(|e| {
+                        Error::Api(ApiError::internal(format!(
+                            "undecodable EndTransactionResponse from {data}: {e}"
+                        )))
+                    })
+                }
+                None => {
+                    let mut client = core.broker(&addr)?;
+                    rpc::call(&addr, t, client.end_transaction(rpc::request(req, t))).await
+                }
+            }
         };
         match call.await {
             Ok(r) => return Ok(r),
@@ -363,34 +376,42 @@ async fn answer(
         }
     };
     let t = core.timeout();
-    // The broker that asked may have lost its mastership meanwhile: follow its hint.
+    // The broker that asked may have lost its mastership meanwhile: follow its hint (a gRPC
+    // address; its data port is not known).
     let mut addr = addr;
+    let mut data = Some(check.data_address).filter(|d| !d.is_empty() && core.config.use_data_port);
     for attempt in 0..5u32 {
+        let req = EndTransactionRequest {
+            transaction_id: id.clone(),
+            resolution: resolution as i32,
+            source: TransactionEndSource::Check as i32,
+        };
         let r = async {
-            let mut client = core.broker(&addr)?;
-            rpc::call(
-                &addr,
-                t,
-                client.end_transaction(rpc::request(
-                    EndTransactionRequest {
-                        transaction_id: id.clone(),
-                        resolution: resolution as i32,
-                        source: TransactionEndSource::Check as i32,
-                    },
-                    t,
-                )),
-            )
-            .await
+            match &data {
+                Some(data) => {
+                    let conn = core.data_ports.get(data).await?;
+                    conn.call(Kind::EndTransaction, req, t).await.map(|_| ())
+                }
+                None => {
+                    let mut client = core.broker(&addr)?;
+                    rpc::call(&addr, t, client.end_transaction(rpc::request(req, t)))
+                        .await
+                        .map(|_| ())
+                }
+            }
         };
         match r.await {
-            Ok(_) => return,
+            Ok(()) => return,
             Err(e) if e.is_retryable() => {
                 if let Some(hint) = e
                     .api()
                     .filter(|a| a.code == ErrorCode::NotMaster && !a.master_address.is_empty())
                 {
                     addr = hint.master_address.clone();
+                    data = None;
                 } else {
+                    // Retried over gRPC, which reaches the broker whatever its data port does.
+                    data = None;
                     tokio::time::sleep(Duration::from_millis(200 << attempt.min(3))).await;
                 }
             }

@@ -4,7 +4,8 @@
 //! master resumes from the checks the log records, never from memory. A check no producer of
 //! the group could take (none watching this broker, say just after a failover) is not counted:
 //! it is tried again a second later. After `max_checks` a transaction is parked (kept, listed,
-//! resolved by an operator). The task also forgets transactions resolved longer ago than
+//! resolved by an operator). At most `check_rate` checks go out a second: every answer is an
+//! end in the log, and a storm of abandoned transactions must leave room for produce. The task also forgets transactions resolved longer ago than
 //! `keep_resolved`.
 
 use std::collections::{HashMap, VecDeque};
@@ -39,20 +40,44 @@ struct Due {
     read_at: Option<i64>,
     /// Checks no producer could take: when to try again.
     undelivered: HashMap<String, i64>,
+    /// Checks that may go out now (refilled at `check_rate` a second, up to one second's).
+    budget: f64,
+    refilled_at: Option<i64>,
+}
+
+impl Due {
+    /// Adds what `rate` a second earned since the last round; the checks this round may send.
+    fn refill(&mut self, now: i64, rate: u32) -> usize {
+        let rate = f64::from(rate.max(1));
+        let elapsed = self
+            .refilled_at
+            .map_or(1.0, |t| (now - t).max(0) as f64 / 1000.0);
+        self.refilled_at = Some(now);
+        self.budget = (self.budget + rate * elapsed).min(rate);
+        (self.budget as usize).min(MAX_PER_ROUND)
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.budget = (self.budget - n as f64).max(0.0);
+    }
 }
 
 impl Transactions {
     /// When `r` is next due for a check (ms since the epoch).
     pub(crate) fn due_at(&self, r: &TxRecord) -> i64 {
+        self.due(r.created_ms, r.checks, r.last_check_ms)
+    }
+
+    fn due(&self, created_ms: i64, checks: u32, last_check_ms: i64) -> i64 {
         let s = &self.settings;
         let after = s.check_after.as_millis() as i64;
-        if r.checks == 0 {
-            return r.created_ms.saturating_add(after);
+        if checks == 0 {
+            return created_ms.saturating_add(after);
         }
         let backoff = after
-            .saturating_mul(1i64 << r.checks.min(20))
+            .saturating_mul(1i64 << checks.min(20))
             .min(s.max_check_interval.as_millis() as i64);
-        r.last_check_ms.saturating_add(backoff)
+        last_check_ms.saturating_add(backoff)
     }
 
     /// The master's check-back loop, until `stop`.
@@ -80,9 +105,9 @@ impl Transactions {
 
     async fn forget(&self, before: i64, now: i64) -> Result<(), ApiError> {
         let meta = self.write.state().meta().clone();
-        let any = table::list(meta.as_ref())?
+        let any = table::list_resolved(meta.as_ref())?
             .iter()
-            .any(|(_, r)| r.resolution != OPEN && r.resolved_ms < before);
+            .any(|(_, r)| r.resolved_ms < before);
         if any {
             self.write.apply(table::forget_op(before), now).await?;
         }
@@ -93,19 +118,24 @@ impl Transactions {
         let meta = self.write.state().meta().clone();
         let rescan = (self.settings.check_after.as_millis() as i64).clamp(100, RESCAN_MS);
         if view.list.is_empty() || view.read_at.is_none_or(|t| now - t >= rescan) {
-            let mut all: Vec<(i64, String)> = table::list_open(meta.as_ref())?
+            let mut all: Vec<(i64, String)> = self
+                .write
+                .state()
+                .tx_open
+                .all()
                 .into_iter()
-                .filter(|(_, r)| !r.parked)
-                .map(|(id, r)| (self.due_at(&r), id))
+                .filter(|(_, t)| !t.parked)
+                .map(|(id, t)| (self.due(t.created_ms, t.checks, t.last_check_ms), id))
                 .collect();
             all.sort();
             view.list = all.into();
             view.read_at = Some(now);
         }
         view.undelivered.retain(|_, t| *t > now);
+        let allowed = view.refill(now, self.settings.check_rate);
         let mut due = Vec::new();
         let mut later = Vec::new();
-        while due.len() < MAX_PER_ROUND {
+        while due.len() < allowed {
             match view.list.front() {
                 Some((at, _)) if *at <= now => {}
                 _ => break,
@@ -147,6 +177,8 @@ impl Transactions {
                 check: r.checks.saturating_add(1),
                 created_ms: r.created_ms,
                 messages,
+                // Filled in by the stream that carries it.
+                data_address: String::new(),
             };
             if self.send_check(check) {
                 checked.push(id);
@@ -157,6 +189,7 @@ impl Transactions {
                 view.list.push_back((now + UNDELIVERED_RETRY_MS, id));
             }
         }
+        view.spend(checked.len());
         if checked.is_empty() {
             return Ok(());
         }
@@ -190,5 +223,29 @@ impl Transactions {
             }
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_check_budget_refills_at_the_rate_and_holds_at_most_a_second() {
+        let mut d = Due::default();
+        // First round: one second's worth.
+        assert_eq!(d.refill(10_000, 100), 100);
+        d.spend(100);
+        // Half a second later: fifty more.
+        assert_eq!(d.refill(10_500, 100), 50);
+        d.spend(20);
+        // Unspent checks carry over, but never past one second's.
+        assert_eq!(d.refill(10_600, 100), 40);
+        assert_eq!(d.refill(20_000, 100), 100);
+        // A clock going back earns nothing.
+        d.spend(100);
+        assert_eq!(d.refill(15_000, 100), 0);
+        // High rates stay bounded by one round's entry.
+        assert_eq!(d.refill(99_000, 1_000_000), MAX_PER_ROUND);
     }
 }

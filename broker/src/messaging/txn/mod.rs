@@ -41,6 +41,8 @@ pub struct TxSettings {
     pub max_check_interval: Duration,
     /// Checks before a transaction is parked.
     pub max_checks: u32,
+    /// Most checks sent a second.
+    pub check_rate: u32,
     pub max_messages: u64,
     pub max_bytes: u64,
     /// Open transactions per producer group.
@@ -57,6 +59,7 @@ impl Default for TxSettings {
             check_after: Duration::from_secs(6),
             max_check_interval: Duration::from_secs(60),
             max_checks: 15,
+            check_rate: 500,
             max_messages: 10_000,
             max_bytes: 4 << 20,
             max_open: 1_000_000,
@@ -572,21 +575,36 @@ impl Transactions {
         }
     }
 
+    /// The commit-log offset of the earliest unresolved half message (`u64::MAX`: none).
     fn floor(&self) -> Result<u64, ApiError> {
-        let mut floor = u64::MAX;
-        for (_, r) in table::list_open(self.write.state().meta().as_ref())? {
-            for h in &r.halves {
-                let at = match &self.write {
-                    WritePath::Replicated { .. } => match self.store.entry_results(h.locator) {
-                        Ok(a) => a.first().map_or(u64::MAX, |a| a.commit_log_offset),
-                        // Not in this replica's log (before its snapshot): nothing to keep.
-                        Err(_) => u64::MAX,
-                    },
-                    WritePath::Standalone { .. } => h.locator,
-                };
-                floor = floor.min(at);
+        let open = &self.write.state().tx_open;
+        match &self.write {
+            WritePath::Standalone { .. } => Ok(open
+                .first_locators(0, 1)
+                .first()
+                .copied()
+                .unwrap_or(u64::MAX)),
+            // Locators are entry indexes: the first one in this replica's log (those before
+            // its snapshot are not here, and have nothing to keep).
+            WritePath::Replicated { .. } => {
+                let mut from = 0;
+                loop {
+                    let chunk = open.first_locators(from, 256);
+                    let Some(&last) = chunk.last() else {
+                        return Ok(u64::MAX);
+                    };
+                    if let Some(a) = chunk
+                        .into_iter()
+                        .find_map(|l| self.store.entry_results(l).ok())
+                    {
+                        return Ok(a.first().map_or(u64::MAX, |a| a.commit_log_offset));
+                    }
+                    match last.checked_add(1) {
+                        Some(next) => from = next,
+                        None => return Ok(u64::MAX),
+                    }
+                }
             }
         }
-        Ok(floor)
     }
 }

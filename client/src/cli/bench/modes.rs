@@ -26,9 +26,12 @@ pub struct ModesArgs {
     /// Body size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
-    /// Messages per mode and round.
+    /// Messages per pipelined mode and round.
     #[arg(long, default_value_t = 200_000)]
     pub count: u64,
+    /// Messages per transactional mode (and its baseline) and round.
+    #[arg(long, default_value_t = 20_000)]
+    pub tx_count: u64,
     /// Rounds (each runs every mode once); the report gives medians.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub rounds: u32,
@@ -43,10 +46,12 @@ pub struct ModesArgs {
     #[arg(long, default_value_t = 64)]
     pub senders: usize,
     /// Check-back storm: leave this many transactions open, then measure pipelined produce
-    /// while the broker checks them (with a producer that rolls each back), beside produce
-    /// measured just before (0 skips it).
+    /// for --storm-secs while the broker checks them (with a producer that rolls each back),
+    /// beside produce measured as long just before (0 skips it).
     #[arg(long, default_value_t = 0)]
     pub storm: u64,
+    #[arg(long, default_value_t = 10)]
+    pub storm_secs: u64,
     /// Print one JSON report instead of text.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +113,24 @@ async fn pipelined(
     Ok(started.elapsed())
 }
 
+/// Pipelined produce in rounds of `--count / 10` messages until `window` has passed: the rate
+/// and the time taken.
+async fn pipelined_for(
+    p: &Producer,
+    a: &ModesArgs,
+    window: Duration,
+) -> anyhow::Result<(f64, Duration)> {
+    let chunk = (a.count / 10).max(1);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < window {
+        pipelined(p, &a.topic, a.size, chunk, a.in_flight).await?;
+        sent += chunk;
+    }
+    let took = started.elapsed();
+    Ok((sent as f64 / took.as_secs_f64().max(1e-9), took))
+}
+
 /// `senders` tasks each sending `per_tx` messages per transaction (0: plain sends, one per
 /// request) until `count` messages are sent; the elapsed time.
 async fn transactional(
@@ -155,9 +178,9 @@ async fn storm(
 ) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
-    let rate = |d: Duration| a.count as f64 / d.as_secs_f64().max(1e-9);
+    let window = Duration::from_secs(a.storm_secs.max(1));
     let group = format!("bench-storm-{:08x}", rand::random::<u32>());
-    let before = rate(pipelined(producer, &a.topic, a.size, a.count, a.in_flight).await?);
+    let (before, _) = pipelined_for(producer, a, window).await?;
     // Open transactions nobody ends: one message each.
     let abandoner = Producer::builder(config.clone())
         .producer_group(&group)
@@ -198,9 +221,8 @@ async fn storm(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c0 = checks.load(Ordering::Relaxed);
-    let took = pipelined(producer, &a.topic, a.size, a.count, a.in_flight).await?;
+    let (during, took) = pipelined_for(producer, a, window).await?;
     let answered = checks.load(Ordering::Relaxed) - c0;
-    let during = rate(took);
     checker.shutdown().await;
     r.storm_transactions = Some(a.storm);
     r.storm_before_msgs_per_sec = Some(before.round());
@@ -239,8 +261,15 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     };
     for round in 0..a.rounds {
         let rate = |d: Duration| a.count as f64 / d.as_secs_f64().max(1e-9);
-        let p = rate(pipelined(&plain, &a.topic, a.size, a.count, a.in_flight).await?);
-        let i = rate(pipelined(&idempotent, &a.topic, a.size, a.count, a.in_flight).await?);
+        // Alternating which goes first, so neither gains from the other's warm-up.
+        let run = |p| pipelined(p, &a.topic, a.size, a.count, a.in_flight);
+        let (p, i) = if round % 2 == 0 {
+            let p = rate(run(&plain).await?);
+            (p, rate(run(&idempotent).await?))
+        } else {
+            let i = rate(run(&idempotent).await?);
+            (rate(run(&plain).await?), i)
+        };
         if !a.json {
             println!(
                 "round {}: plain {p:.0} msgs/s, idempotent {i:.0} msgs/s ({:.1} %)",
@@ -252,11 +281,13 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         r.idempotent_msgs_per_sec.push(i.round());
         r.idempotent_ratios.push((i / p * 1000.0).round() / 1000.0);
         if a.transactions {
-            let t =
-                |per_tx| transactional(&idempotent, &a.topic, a.size, a.count, a.senders, per_tx);
-            let sync = rate(t(0).await?);
-            let tx1 = rate(t(1).await?);
-            let tx10 = rate(t(10).await?);
+            let t = |per_tx| {
+                transactional(&idempotent, &a.topic, a.size, a.tx_count, a.senders, per_tx)
+            };
+            let tx_rate = |d: Duration| a.tx_count as f64 / d.as_secs_f64().max(1e-9);
+            let sync = tx_rate(t(0).await?);
+            let tx1 = tx_rate(t(1).await?);
+            let tx10 = tx_rate(t(10).await?);
             if !a.json {
                 println!(
                     "round {}: one per request {sync:.0} msgs/s, 1 per transaction {tx1:.0} msgs/s ({:.1} %), 10 per transaction {tx10:.0} msgs/s ({:.1} %)",

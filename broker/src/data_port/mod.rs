@@ -1,4 +1,4 @@
-//! The data port: Send, and Raft traffic between replicas, over framed TCP
+//! The data port: Send, EndTransaction, and Raft traffic between replicas, over framed TCP
 //! (`sluice_proto::frame`, docs/protocol.md).
 //!
 //! Same handler as the gRPC Send, minus HTTP/2: on this 2-core machine a gRPC unary round trip
@@ -19,7 +19,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use prost::Message as _;
 use sluice_proto::frame::{self, Kind, RequestHeader, PREFACE, REQUEST_HEADER_LEN};
-use sluice_proto::v1::{RaftBatch, SendRequest, SendResponse};
+use sluice_proto::v1::{
+    EndTransactionRequest, EndTransactionResponse, RaftBatch, SendRequest, SendResponse,
+};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -70,8 +72,13 @@ impl InFlight {
     }
 }
 
-type Pending =
-    Pin<Box<dyn Future<Output = (RequestHeader, Result<SendResponse, ApiError>)> + Send>>;
+/// A call's answer, encoded once it is ready.
+enum Reply {
+    Send(SendResponse),
+    End(EndTransactionResponse),
+}
+
+type Pending = Pin<Box<dyn Future<Output = (RequestHeader, Result<Reply, ApiError>)> + Send>>;
 
 /// Accepts data-port connections until `stop` turns true. With `local` (a standalone broker:
 /// the store writer's runtime), connections start on the writer's thread: a send then reaches
@@ -415,7 +422,7 @@ impl Connection {
                 *skip = h.body_len;
                 continue;
             }
-            if h.kind == Kind::Send as u8 && !pending.has_room(h.body_len) {
+            if h.kind != Kind::Raft as u8 && !pending.has_room(h.body_len) {
                 taken.full = true;
                 return taken;
             }
@@ -432,6 +439,10 @@ impl Connection {
                     let (send, busy) = self.start_send(h, body);
                     pending.sends.push(send);
                     taken.move_to_workers |= busy && h.body_len > INLINE_SEND_BYTES;
+                }
+                Some(Kind::EndTransaction) => {
+                    pending.bytes += h.body_len;
+                    pending.sends.push(self.start_end(h, body));
                 }
                 Some(Kind::Raft) => {
                     // Handed to the Raft thread's mailbox without waiting: answer at once.
@@ -451,7 +462,8 @@ impl Connection {
                 }
                 None => {
                     let err = ApiError::invalid(format!(
-                        "unknown data-port call kind {} (this broker serves Send = 1, Raft = 2)",
+                        "unknown data-port call kind {} (this broker serves Send = 1, Raft = 2, \
+                         EndTransaction = 3)",
                         h.kind
                     ));
                     frame::encode_error(h.kind, h.request_id, &err, output);
@@ -469,7 +481,7 @@ impl Connection {
             match SendRequest::decode(body) {
                 Ok(req) => {
                     stats.sends.fetch_add(1, Ordering::Relaxed);
-                    service.do_send(req).await
+                    service.do_send(req).await.map(Reply::Send)
                 }
                 Err(e) => Err(ApiError::invalid(format!("undecodable SendRequest: {e}"))),
             }
@@ -486,6 +498,21 @@ impl Connection {
         };
         (send.boxed(), busy)
     }
+
+    /// Starts one commit or rollback: the same handler as the gRPC call.
+    fn start_end(&self, h: RequestHeader, body: Bytes) -> Pending {
+        let service = self.service.clone();
+        async move {
+            let r = match EndTransactionRequest::decode(body) {
+                Ok(req) => service.do_end_transaction(req).await.map(Reply::End),
+                Err(e) => Err(ApiError::invalid(format!(
+                    "undecodable EndTransactionRequest: {e}"
+                ))),
+            };
+            (h, r)
+        }
+        .boxed()
+    }
 }
 
 /// What [`Connection::take_frames`] saw.
@@ -498,9 +525,10 @@ struct Taken {
     move_to_workers: bool,
 }
 
-fn answer(h: RequestHeader, r: Result<SendResponse, ApiError>, output: &mut BytesMut) {
+fn answer(h: RequestHeader, r: Result<Reply, ApiError>, output: &mut BytesMut) {
     match r {
-        Ok(resp) => frame::encode_ok(h.kind, h.request_id, &resp, output),
+        Ok(Reply::Send(resp)) => frame::encode_ok(h.kind, h.request_id, &resp, output),
+        Ok(Reply::End(resp)) => frame::encode_ok(h.kind, h.request_id, &resp, output),
         Err(e) => frame::encode_error(h.kind, h.request_id, &e, output),
     }
 }
@@ -518,111 +546,4 @@ pub fn advertised(grpc_address: &str, bound: SocketAddr) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn in_flight_room_is_bounded_by_count_and_bytes() {
-        let mut f = InFlight::default();
-        // Nothing pending: any single send is taken, however large.
-        assert!(f.has_room(MAX_PENDING_BYTES * 2));
-        let h = RequestHeader {
-            body_len: MAX_PENDING_BYTES - 10,
-            kind: Kind::Send as u8,
-            request_id: 1,
-        };
-        f.bytes += h.body_len;
-        f.sends.push(std::future::pending().boxed());
-        assert!(f.has_room(10));
-        assert!(!f.has_room(11));
-        f.finished(&h);
-        assert!(f.has_room(MAX_PENDING_BYTES));
-        for _ in 1..MAX_IN_FLIGHT {
-            f.sends.push(std::future::pending().boxed());
-        }
-        assert!(!f.has_room(0), "count limit");
-    }
-
-    #[test]
-    fn advertised_keeps_the_host_and_takes_the_port() {
-        let bound: SocketAddr = "0.0.0.0:4000".parse().unwrap();
-        assert_eq!(advertised("10.1.2.3:10911", bound), "10.1.2.3:4000");
-        assert_eq!(advertised("[::1]:10911", bound), "[::1]:4000");
-        assert_eq!(advertised("broker-a:10911", bound), "broker-a:4000");
-    }
-
-    #[test]
-    fn only_a_client_that_sends_one_at_a_time_is_busy_polled() {
-        let mut st = Served {
-            input: BytesMut::new(),
-            output: BytesMut::new(),
-            pending: InFlight::default(),
-            skip: 0,
-            reading: true,
-            peak: 0,
-            solo: false,
-        };
-        st.note_idle();
-        assert!(!st.solo, "a new connection has not shown how it sends");
-        st.peak = 1;
-        st.note_idle();
-        assert!(st.solo && st.peak == 0);
-        st.note_idle();
-        assert!(st.solo, "an idle stretch changes nothing");
-        st.peak = 3;
-        st.note_idle();
-        assert!(!st.solo, "three in flight at once");
-        st.peak = 1;
-        st.note_idle();
-        assert!(st.solo);
-    }
-
-    #[tokio::test]
-    async fn busy_polling_reads_what_arrives_and_gives_up_after_its_limit() {
-        use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (rd, _wr) = server.into_split();
-        let mut input = BytesMut::new();
-
-        // Off: returns at once without reading.
-        client.write_all(b"abc").await.unwrap();
-        let r = busy_poll_read(&rd, &mut input, Duration::ZERO)
-            .await
-            .unwrap();
-        assert!(matches!(r, Polled::Nothing) && input.is_empty());
-        // What is there (or arrives) is read.
-        let r = busy_poll_read(&rd, &mut input, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(matches!(r, Polled::Read));
-        assert_eq!(&input[..], b"abc");
-        // Nothing arrives: gives up after the limit.
-        let started = std::time::Instant::now();
-        let r = busy_poll_read(&rd, &mut input, Duration::from_millis(20))
-            .await
-            .unwrap();
-        assert!(matches!(r, Polled::Nothing));
-        assert!(started.elapsed() >= Duration::from_millis(20));
-        // Bytes written while it polls, from another task, end the poll.
-        let writer = tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            client.write_all(b"de").await.unwrap();
-            client
-        });
-        let r = busy_poll_read(&rd, &mut input, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(matches!(r, Polled::Read));
-        assert_eq!(&input[..], b"abcde");
-        // The peer closing is seen too.
-        drop(writer.await.unwrap());
-        let r = busy_poll_read(&rd, &mut input, Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert!(matches!(r, Polled::Closed));
-    }
-}
+mod tests;
