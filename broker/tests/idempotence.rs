@@ -36,6 +36,16 @@ fn idempotence(store: &MessageStore, state: &Arc<StateMachine>) -> Arc<Idempoten
     Idempotence::new(write, store.clone(), Duration::from_secs(5))
 }
 
+/// Every test of this binary holds the failpoint lock: one of them turns a failpoint on, which
+/// would fail the others' writes.
+#[cfg(feature = "failpoints")]
+fn serial() -> fail::FailScenario<'static> {
+    fail::FailScenario::setup()
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn serial() {}
+
 fn seq(pid: u64, base: u64) -> Sequence {
     Sequence {
         producer_id: pid,
@@ -50,6 +60,7 @@ fn messages(tag: &str, n: usize) -> Vec<sluice_broker::store::AppendMessage> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_retries_are_answered_with_the_first_positions_and_stored_once() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).await.unwrap();
     let state = state();
@@ -95,6 +106,7 @@ async fn concurrent_retries_are_answered_with_the_first_positions_and_stored_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_that_lost_recent_sequences_reads_them_back_from_the_log() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).await.unwrap();
     let first = state();
@@ -164,7 +176,7 @@ async fn a_restart_that_lost_recent_sequences_reads_them_back_from_the_log() {
 #[cfg(feature = "failpoints")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_between_the_write_and_the_ack_never_stores_a_retry_twice() {
-    let scenario = fail::FailScenario::setup();
+    let scenario = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = MessageStore::open(config(dir.path())).await.unwrap();
     let state = state();

@@ -4,7 +4,9 @@
 //! epoch). The master follows the rules of `broker/src/messaging/idempotence.rs`: a batch is
 //! judged against the sequences of the applied log; a batch it proposed stays in a slot of its
 //! mastership until its entry is applied, or, when the outcome is unknown, until the master has
-//! applied all it held; a new mastership starts with no slots. Under message loss, partitions,
+//! applied all it held; a new mastership starts with no slots. A batch is acknowledged once
+//! committed (its slot holds until applied), and the producer's next batch, arriving while
+//! the slot holds, is proposed when it follows the slot's batch (same epoch, next sequence). Under message loss, partitions,
 //! crashes and restarts, no batch may be committed twice and every acknowledged batch must be
 //! committed.
 //!
@@ -142,6 +144,8 @@ struct Slot {
     batch: Batch,
     ticket: usize,
     proposed_at: u64,
+    /// Committed and acknowledged; held until applied.
+    acked: bool,
     /// The outcome is unknown: the slot stays until the master applied this far.
     settle_to: Option<u64>,
 }
@@ -200,11 +204,11 @@ fn step_master(c: &mut Cluster, master: &mut Option<Master>) -> Vec<u64> {
     m.slots.retain(|_, s| {
         match c.outcome(s.ticket) {
             Some(Ok(e)) if s.settle_to.is_none() => {
-                if applied_to >= e.index {
+                if !s.acked {
+                    s.acked = true;
                     acked.push(s.batch.id);
-                    return false;
                 }
-                return true;
+                return applied_to < e.index;
             }
             Some(Err(_)) => {
                 s.settle_to.get_or_insert(last);
@@ -223,12 +227,24 @@ fn handle(c: &mut Cluster, master: &mut Option<Master>, b: Batch) -> Answer {
     let Some(m) = master.as_mut() else {
         return Answer::Wait;
     };
-    if m.slots.contains_key(&b.pid) {
-        // The same batch waits for its first attempt's outcome (another one would be told
-        // to retry: a producer has one batch out).
-        return Answer::Wait;
-    }
-    match judge(&applied(c, m.id), &b) {
+    let follows = match m.slots.get(&b.pid) {
+        Some(s) => {
+            let next =
+                s.acked && b.epoch == s.batch.epoch && b.base == s.batch.base + s.batch.count;
+            if !next {
+                // The same batch waits for its first attempt's outcome (another one is told
+                // to retry).
+                return Answer::Wait;
+            }
+            true
+        }
+        None => false,
+    };
+    let verdict = match follows {
+        true => Verdict::Next,
+        false => judge(&applied(c, m.id), &b),
+    };
+    match verdict {
         Verdict::Next => {
             let ticket = c.propose(m.id, b.encode());
             m.slots.insert(
@@ -237,6 +253,7 @@ fn handle(c: &mut Cluster, master: &mut Option<Master>, b: Batch) -> Answer {
                     batch: b,
                     ticket,
                     proposed_at: c.now,
+                    acked: false,
                     settle_to: None,
                 },
             );

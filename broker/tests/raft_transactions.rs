@@ -7,7 +7,8 @@
 //! transaction's end began, and an end waits for the sends under way; an end holds a slot of
 //! its mastership (a second end of the same transaction waits for it) until its entry is
 //! applied or, when the outcome is unknown, until the master applied all it held; both are
-//! judged against the applied state. Under loss, partitions, crashes and restarts:
+//! judged against the applied state. A half send is answered once applied, an end once
+//! committed. Under loss, partitions, crashes and restarts:
 //! - a transaction has at most one commit entry in the log and none after its rollback (the
 //!   copies would be visible twice, or after a rollback);
 //! - every answer a producer or checker got matches what the log decided;
@@ -181,6 +182,8 @@ struct Slot {
     ticket: usize,
     proposed_at: u64,
     settle_to: Option<u64>,
+    /// An end answered once committed (its slot holds until applied).
+    answered: bool,
 }
 
 struct Master {
@@ -230,8 +233,15 @@ fn step_master(c: &mut Cluster, master: &mut Option<Master>) -> HashSet<Key> {
     m.slots.retain(|key, (_, s)| {
         match c.outcome(s.ticket) {
             Some(Ok(e)) if s.settle_to.is_none() => {
-                if applied_to >= e.index {
+                // An end is answered once committed, a half send once applied.
+                if matches!(key, Key::End(_)) && !s.answered {
+                    s.answered = true;
                     done.insert(*key);
+                }
+                if applied_to >= e.index {
+                    if !s.answered {
+                        done.insert(*key);
+                    }
                     return false;
                 }
                 return true;
@@ -309,6 +319,7 @@ fn handle(
                 ticket,
                 proposed_at: c.now,
                 settle_to: None,
+                answered: false,
             },
         ),
     );

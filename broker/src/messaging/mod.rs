@@ -20,4 +20,4 @@ pub mod timer;
 pub mod txn;
 mod write_path;
 
-pub use write_path::{Announced, WritePath};
+pub use write_path::{Acked, Announced, WritePath};

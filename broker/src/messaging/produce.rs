@@ -9,7 +9,7 @@ use sluice_proto::props;
 use sluice_proto::v1::TopicConfig;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
-use super::idempotence::{Idempotence, Sequence};
+use super::idempotence::{AckAt, Idempotence, Sequence};
 use super::timer::{self, Delay, Timers};
 use super::txn::{Transactions, TxSend};
 use super::WritePath;
@@ -163,7 +163,9 @@ impl Producing {
             queue_id,
             messages: plain,
         };
-        let (ids, entries, _) = self.append(topic, queue_id, batch, seq, now).await?;
+        let (ids, entries, _) = self
+            .append(topic, queue_id, batch, seq, now, AckAt::Committed)
+            .await?;
         Ok(ids
             .into_iter()
             .zip(entries)
@@ -196,7 +198,10 @@ impl Producing {
         let batch = Transactions::half_batch(topic, queue_id, tx, messages);
         let (ids, entries) = match seq {
             Some(_) => {
-                let (ids, entries, _) = self.append(topic, queue_id, batch, seq, now).await?;
+                // The end reads the transaction's state: answered once it is applied.
+                let (ids, entries, _) = self
+                    .append(topic, queue_id, batch, seq, now, AckAt::Applied)
+                    .await?;
                 (ids, entries)
             }
             None => {
@@ -239,7 +244,10 @@ impl Producing {
         self.timers.check_room(messages.len())?;
         let mut due: Vec<i64> = messages.iter().map(|(_, d)| *d).collect();
         let batch = timer::scheduled_batch(topic, queue_id, messages);
-        let (ids, entries, duplicate) = self.append(topic, queue_id, batch, seq, now).await?;
+        // A cancel may follow at once and reads the timer's state: answered once applied.
+        let (ids, entries, duplicate) = self
+            .append(topic, queue_id, batch, seq, now, AckAt::Applied)
+            .await?;
         if duplicate {
             // The due times of the first attempt, not the ones this retry computed.
             for (d, a) in due.iter_mut().zip(&entries) {
@@ -274,6 +282,7 @@ impl Producing {
         batch: AppendBatch,
         seq: Option<Sequence>,
         now: i64,
+        ack: AckAt,
     ) -> Result<(Vec<String>, Vec<crate::store::Appended>, bool), ApiError> {
         match seq {
             None => {
@@ -288,7 +297,7 @@ impl Producing {
                     .collect();
                 let stored = self
                     .idempotence
-                    .append(seq, topic, queue_id, batch, now)
+                    .append_with(seq, topic, queue_id, batch, now, ack)
                     .await?;
                 Ok((ids, stored.entries, stored.duplicate))
             }

@@ -36,6 +36,17 @@ fn unwritten(
     }
 }
 
+/// A write acknowledged by the log: its positions, and, in a replica group, the entry whose
+/// application makes its state readable here (standalone writes return with it applied). The
+/// entry is committed, so it is applied on every replica and before any new master takes
+/// writes: a caller may answer its client at once, as long as whatever must see the state
+/// (a retry's judge, an end's record) waits for it.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub entries: Vec<Appended>,
+    pub apply_at: Option<u64>,
+}
+
 #[derive(Clone)]
 pub enum WritePath {
     Standalone {
@@ -74,6 +85,17 @@ impl WritePath {
         batch: &MixedBatch,
         now_ms: i64,
     ) -> Result<Vec<Appended>, Announced> {
+        let acked = self.append_mixed_acked(batch, now_ms).await?;
+        self.then_applied(acked).await
+    }
+
+    /// [`Self::append_mixed`], returning as soon as a replica group committed the entry: the
+    /// caller waits for [`Acked::apply_at`] before anything reads the state it changes.
+    pub async fn append_mixed_acked(
+        &self,
+        batch: &MixedBatch,
+        now_ms: i64,
+    ) -> Result<Acked, Announced> {
         match self {
             WritePath::Standalone { store, state, log } => {
                 let encoded = store
@@ -101,17 +123,30 @@ impl WritePath {
                 })();
                 applied.map_err(Announced::StoredUnapplied)?;
                 log.applied(ticket);
-                Ok(written.entries)
+                Ok(Acked {
+                    entries: written.entries,
+                    apply_at: None,
+                })
             }
             WritePath::Replicated { group, .. } => {
                 let (index, entries) = group
                     .propose_mixed(batch, now_ms)
                     .await
                     .map_err(Announced::NotStored)?;
-                self.applied(index).await.map_err(Announced::NotStored)?;
-                Ok(entries)
+                Ok(Acked {
+                    entries,
+                    apply_at: Some(index),
+                })
             }
         }
+    }
+
+    /// Waits until an acknowledged write's state is applied here.
+    pub async fn then_applied(&self, acked: Acked) -> Result<Vec<Appended>, Announced> {
+        if let Some(index) = acked.apply_at {
+            self.applied(index).await.map_err(Announced::NotStored)?;
+        }
+        Ok(acked.entries)
     }
 
     pub fn state(&self) -> &Arc<StateMachine> {
@@ -167,6 +202,17 @@ impl WritePath {
         batch: &AppendBatch,
         now_ms: i64,
     ) -> Result<Vec<Appended>, Announced> {
+        let acked = self.append_announced_acked(batch, now_ms).await?;
+        self.then_applied(acked).await
+    }
+
+    /// [`Self::append_announced`], returning as soon as a replica group committed the entry
+    /// (see [`Acked`]).
+    pub async fn append_announced_acked(
+        &self,
+        batch: &AppendBatch,
+        now_ms: i64,
+    ) -> Result<Acked, Announced> {
         match self {
             WritePath::Standalone { store, state, log } => {
                 let encoded = store
@@ -198,15 +244,20 @@ impl WritePath {
                 })();
                 applied.map_err(Announced::StoredUnapplied)?;
                 log.applied(ticket);
-                Ok(entries)
+                Ok(Acked {
+                    entries,
+                    apply_at: None,
+                })
             }
             WritePath::Replicated { group, .. } => {
                 let (index, entries) = group
                     .propose_send(batch, now_ms)
                     .await
                     .map_err(Announced::NotStored)?;
-                self.applied(index).await.map_err(Announced::NotStored)?;
-                Ok(entries)
+                Ok(Acked {
+                    entries,
+                    apply_at: Some(index),
+                })
             }
         }
     }
@@ -216,6 +267,14 @@ impl WritePath {
         match self {
             WritePath::Standalone { .. } => 0,
             WritePath::Replicated { group, .. } => group.master_state().term,
+        }
+    }
+
+    /// The entry index the state has applied (standalone: every write is applied at once).
+    pub fn applied_index(&self) -> u64 {
+        match self {
+            WritePath::Standalone { .. } => u64::MAX,
+            WritePath::Replicated { group, .. } => *group.subscribe_applied().borrow(),
         }
     }
 

@@ -14,6 +14,7 @@
 //! - Every replica keeps retention and Raft compaction off the oldest unresolved half message.
 
 mod checks;
+mod floor;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -387,7 +388,19 @@ impl Transactions {
                     let id = id.to_string();
                     tokio::spawn(async move {
                         let (outcome, keep) = match this.end_once(&id, resolution, now_ms).await {
-                            Ok(e) => (Ok(e), false),
+                            Ok((e, apply_at)) => {
+                                // Answered once committed; the slot holds (later ends wait
+                                // on it, sends stay refused) until the state has the end.
+                                let _ = tx.send(Some(Ok(e)));
+                                if let Some(index) = apply_at {
+                                    let _ = this.write.applied(index).await;
+                                }
+                                let mut ends = this.ends.lock();
+                                if ends.get(&id).is_some_and(|s| s.term == term) {
+                                    ends.remove(&id);
+                                }
+                                return;
+                            }
                             Err(Announced::NotStored(e)) => {
                                 // A commit may still be decided by the log: hold the slot until
                                 // the log has settled (or this mastership ended), so a retry
@@ -442,15 +455,26 @@ impl Transactions {
         &self,
         op: crate::state::StateOp,
         now_ms: i64,
-    ) -> Result<(), Announced> {
+    ) -> Result<Option<u64>, Announced> {
         let batch = MixedBatch {
             state: vec![Bytes::from(op.encode_to_vec())],
             parts: Vec::new(),
         };
-        self.write.append_mixed(&batch, now_ms).await.map(|_| ())
+        Ok(self
+            .write
+            .append_mixed_acked(&batch, now_ms)
+            .await?
+            .apply_at)
     }
 
-    async fn end_once(&self, id: &str, resolution: i32, now_ms: i64) -> Result<Ended, Announced> {
+    /// Writes the end; returns once the log has it, with the entry whose application makes
+    /// it readable here (see [`crate::messaging::Acked`]).
+    async fn end_once(
+        &self,
+        id: &str,
+        resolution: i32,
+        now_ms: i64,
+    ) -> Result<(Ended, Option<u64>), Announced> {
         let refused = Announced::NotStored;
         // New sends are refused from now on; those under way finish first.
         self.sends_done(id).await;
@@ -458,12 +482,14 @@ impl Transactions {
             if resolution == ROLLED_BACK {
                 // Nothing was stored (every send failed): remember the rollback, so a late
                 // half message of it is ignored.
-                self.write_resolution(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
+                let apply_at = self
+                    .write_resolution(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
                     .await?;
-                return Ok(Ended {
+                let ended = Ended {
                     resolution,
                     committed: Vec::new(),
-                });
+                };
+                return Ok((ended, apply_at));
             }
             return Err(refused(ApiError::new(
                 ErrorCode::TransactionNotFound,
@@ -473,18 +499,20 @@ impl Transactions {
             )));
         };
         if r.resolution != OPEN {
-            return Ok(Ended {
+            let ended = Ended {
                 resolution: r.resolution,
                 committed: Vec::new(),
-            });
+            };
+            return Ok((ended, None));
         }
         let op = table::resolve_op(id, resolution, now_ms);
         if resolution == ROLLED_BACK {
-            self.write_resolution(op, now_ms).await?;
-            return Ok(Ended {
+            let apply_at = self.write_resolution(op, now_ms).await?;
+            let ended = Ended {
                 resolution,
                 committed: Vec::new(),
-            });
+            };
+            return Ok((ended, apply_at));
         }
         let mut ids = Vec::new();
         let mut parts: Vec<AppendBatch> = Vec::new();
@@ -508,11 +536,12 @@ impl Transactions {
             state: vec![Bytes::from(op.encode_to_vec())],
             parts,
         };
-        let entries = self.write.append_mixed(&batch, now_ms).await?;
-        Ok(Ended {
+        let acked = self.write.append_mixed_acked(&batch, now_ms).await?;
+        let ended = Ended {
             resolution,
-            committed: ids.into_iter().zip(entries).collect(),
-        })
+            committed: ids.into_iter().zip(acked.entries).collect(),
+        };
+        Ok((ended, acked.apply_at))
     }
 
     /// Every transaction the state holds.
@@ -558,53 +587,5 @@ impl Transactions {
         });
         tracing::debug!(group, client_id, "producer watching for transaction checks");
         Ok(rx)
-    }
-
-    /// Every replica: keeps retention and compaction off the oldest unresolved half message.
-    pub async fn run_floor(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        loop {
-            let floor = self.floor().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot compute the transactions' retention floor");
-                self.store.transaction_floor()
-            });
-            self.store.set_transaction_floor(floor);
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-        }
-    }
-
-    /// The commit-log offset of the earliest unresolved half message (`u64::MAX`: none).
-    fn floor(&self) -> Result<u64, ApiError> {
-        let open = &self.write.state().tx_open;
-        match &self.write {
-            WritePath::Standalone { .. } => Ok(open
-                .first_locators(0, 1)
-                .first()
-                .copied()
-                .unwrap_or(u64::MAX)),
-            // Locators are entry indexes: the first one in this replica's log (those before
-            // its snapshot are not here, and have nothing to keep).
-            WritePath::Replicated { .. } => {
-                let mut from = 0;
-                loop {
-                    let chunk = open.first_locators(from, 256);
-                    let Some(&last) = chunk.last() else {
-                        return Ok(u64::MAX);
-                    };
-                    if let Some(a) = chunk
-                        .into_iter()
-                        .find_map(|l| self.store.entry_results(l).ok())
-                    {
-                        return Ok(a.first().map_or(u64::MAX, |a| a.commit_log_offset));
-                    }
-                    match last.checked_add(1) {
-                        Some(next) => from = next,
-                        None => return Ok(u64::MAX),
-                    }
-                }
-            }
-        }
     }
 }
