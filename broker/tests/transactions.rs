@@ -166,3 +166,59 @@ async fn limits_refuse_a_send_with_limit_exceeded() {
         ErrorCode::InvalidArgument
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_open_past_its_timeout_is_rolled_back_and_never_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path())).await.unwrap();
+    let st = state();
+    let write = WritePath::standalone(store.clone(), st.clone());
+    let settings = TxSettings {
+        timeout: std::time::Duration::from_millis(1_000),
+        ..TxSettings::default()
+    };
+    let txs = Transactions::new(write.clone(), store.clone(), settings);
+    // Its producer commits too late: refused, and the transaction is rolled back.
+    half(&write, &tx("late"), "orders", 0, &["l1"]).await;
+    let e = txs.end("late", COMMITTED, 5 + 1_001).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::TransactionResolved);
+    assert!(e.message.contains("expired"), "{e}");
+    let r = table::get(st.meta().as_ref(), "late").unwrap().unwrap();
+    assert_eq!((r.resolution, r.expired), (ROLLED_BACK, true));
+    // A rollback of an expired one is answered as asked; within the timeout a commit works.
+    half(&write, &tx("in-time"), "orders", 0, &["i1"]).await;
+    txs.end("in-time", COMMITTED, 5 + 1_000).await.unwrap();
+    // Nobody ends this one: the master's task rolls it back (its clock is far past the
+    // transaction's creation time, 5 ms after the epoch).
+    half(&write, &tx("forgotten"), "orders", 0, &["f1"]).await;
+    let (stop_tx, stop) = watch::channel(false);
+    let task = tokio::spawn(txs.clone().run_checks(stop));
+    wait_for("the forgotten transaction expired", || {
+        table::get(st.meta().as_ref(), "forgotten")
+            .unwrap()
+            .is_some_and(|r| r.resolution == ROLLED_BACK && r.expired)
+    })
+    .await;
+    let e = txs
+        .end("forgotten", COMMITTED, crate_now())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::TransactionResolved);
+    assert_eq!(st.tx_open.get("orders-service"), 0);
+    let _ = stop_tx.send(true);
+    task.await.unwrap();
+    // Only the one committed in time is visible.
+    wait_visible(&store, "orders", 0, 1).await;
+    let ids: Vec<String> = read_all(&store, "orders", 0)
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(ids, ["i1"]);
+}
+
+fn crate_now() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_millis() as i64
+}

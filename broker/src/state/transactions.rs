@@ -158,6 +158,7 @@ pub(super) fn apply_resolve(
     };
     r.resolution = op.resolution;
     r.resolved_ms = op.at_ms;
+    r.expired = op.expired && op.resolution == ROLLED_BACK;
     staged.put(resolved_key(&op.transaction_id), r.encode_to_vec());
     Ok(Applied::Changed)
 }
@@ -215,6 +216,17 @@ pub fn resolve_op(tx_id: &str, resolution: i32, at_ms: i64) -> super::StateOp {
         transaction_id: tx_id.to_string(),
         resolution,
         at_ms,
+        expired: false,
+    }))
+}
+
+/// The master rolls back a transaction open longer than `transaction_timeout`.
+pub fn expire_op(tx_id: &str, at_ms: i64) -> super::StateOp {
+    op(sluice_proto::v1::meta_op::Op::TxResolve(TxResolveOp {
+        transaction_id: tx_id.to_string(),
+        resolution: ROLLED_BACK,
+        at_ms,
+        expired: true,
     }))
 }
 

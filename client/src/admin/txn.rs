@@ -21,7 +21,7 @@ pub struct TransactionRow {
     pub topics: Vec<String>,
     pub messages: u32,
     pub bytes: u64,
-    /// open, parked, committed or rolled back.
+    /// open, parked, committed, rolled back or expired (rolled back by the broker).
     pub state: String,
     pub created_at: String,
     pub created_ms: i64,
@@ -31,9 +31,10 @@ pub struct TransactionRow {
     pub resolved_ms: i64,
 }
 
-fn state_name(resolution: i32, parked: bool) -> &'static str {
+fn state_name(resolution: i32, parked: bool, expired: bool) -> &'static str {
     match TransactionResolution::try_from(resolution) {
         Ok(TransactionResolution::Commit) => "committed",
+        Ok(TransactionResolution::Rollback) if expired => "expired",
         Ok(TransactionResolution::Rollback) => "rolled back",
         _ if parked => "parked",
         _ => "open",
@@ -56,7 +57,7 @@ impl Admin {
             .await?;
             rows.extend(list.transactions.into_iter().map(|x| TransactionRow {
                 broker_name: b.broker_name.clone(),
-                state: state_name(x.resolution, x.parked).to_string(),
+                state: state_name(x.resolution, x.parked, x.expired).to_string(),
                 created_at: format_time(x.created_ms),
                 age_ms: now.saturating_sub(x.created_ms),
                 transaction_id: x.transaction_id,

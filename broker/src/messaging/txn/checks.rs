@@ -18,7 +18,7 @@ use sluice_proto::ApiError;
 use tokio::sync::watch;
 
 use super::Transactions;
-use crate::state::transactions::{self as table, OPEN};
+use crate::state::transactions::{self as table, OPEN, ROLLED_BACK};
 use crate::store::StoredRecord;
 
 /// Most transactions checked in one round (one state entry).
@@ -114,22 +114,28 @@ impl Transactions {
         Ok(())
     }
 
-    async fn check_round(&self, now: i64, view: &mut Due) -> Result<(), ApiError> {
+    async fn check_round(self: &Arc<Self>, now: i64, view: &mut Due) -> Result<(), ApiError> {
         let meta = self.write.state().meta().clone();
         let rescan = (self.settings.check_after.as_millis() as i64).clamp(100, RESCAN_MS);
         if view.list.is_empty() || view.read_at.is_none_or(|t| now - t >= rescan) {
-            let mut all: Vec<(i64, String)> = self
+            let timeout = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
+            let (expired, open): (Vec<_>, Vec<_>) = self
                 .write
                 .state()
                 .tx_open
                 .all()
                 .into_iter()
                 .filter(|(_, t)| !t.parked)
+                .partition(|(_, t)| now.saturating_sub(t.created_ms) > timeout);
+            let mut all: Vec<(i64, String)> = open
+                .into_iter()
                 .map(|(id, t)| (self.due(t.created_ms, t.checks, t.last_check_ms), id))
                 .collect();
             all.sort();
             view.list = all.into();
             view.read_at = Some(now);
+            self.expire(expired.into_iter().map(|(id, _)| id), now)
+                .await;
         }
         view.undelivered.retain(|_, t| *t > now);
         let allowed = view.refill(now, self.settings.check_rate);
@@ -202,6 +208,20 @@ impl Transactions {
             .await?;
         tracing::debug!(checked = n, "transaction check round");
         Ok(())
+    }
+
+    /// Rolls back transactions open longer than `transaction_timeout` (not parked ones: those
+    /// wait for an operator), at most a round's worth at a time, through the same ends as a
+    /// producer's (a commit racing one is decided by the log).
+    async fn expire(self: &Arc<Self>, ids: impl Iterator<Item = String>, now: i64) {
+        let ends = ids.take(MAX_PER_ROUND).map(|id| async move {
+            match self.end(&id, ROLLED_BACK, now).await {
+                Ok(_) => tracing::info!(tx = %id, "transaction expired: rolled back"),
+                // Committed meanwhile, or the mastership moved: the next rescan looks again.
+                Err(e) => tracing::debug!(tx = %id, error = %e, "expiring a transaction failed"),
+            }
+        });
+        futures::future::join_all(ends).await;
     }
 
     /// Hands a check to one live watcher of its group (round robin); false when none.

@@ -82,6 +82,8 @@ pub struct TxSend {
 pub struct Ended {
     pub resolution: i32,
     pub committed: Vec<(String, Appended)>,
+    /// Rolled back for being open longer than `transaction_timeout`.
+    pub expired: bool,
 }
 
 type EndOutcome = Result<Ended, ApiError>;
@@ -437,6 +439,14 @@ impl Transactions {
             .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the end stopped; retry"))?
             .clone();
         match outcome {
+            Some(Ok(e)) if e.resolution != resolution && e.expired => Err(ApiError::new(
+                ErrorCode::TransactionResolved,
+                format!(
+                    "transaction {id} expired (open longer than transaction_timeout, {:?}) and \
+                     was rolled back",
+                    self.settings.timeout
+                ),
+            )),
             Some(Ok(e)) if e.resolution != resolution => Err(ApiError::new(
                 ErrorCode::TransactionResolved,
                 format!(
@@ -488,6 +498,7 @@ impl Transactions {
                 let ended = Ended {
                     resolution,
                     committed: Vec::new(),
+                    expired: false,
                 };
                 return Ok((ended, apply_at));
             }
@@ -502,18 +513,27 @@ impl Transactions {
             let ended = Ended {
                 resolution: r.resolution,
                 committed: Vec::new(),
+                expired: r.expired,
             };
             return Ok((ended, None));
         }
-        let op = table::resolve_op(id, resolution, now_ms);
-        if resolution == ROLLED_BACK {
+        // Open past the timeout (and not parked for an operator): it never becomes visible.
+        let timeout = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
+        let expired = !r.parked && now_ms.saturating_sub(r.created_ms) > timeout;
+        if resolution == ROLLED_BACK || expired {
+            let op = match expired {
+                true => table::expire_op(id, now_ms),
+                false => table::resolve_op(id, ROLLED_BACK, now_ms),
+            };
             let apply_at = self.write_resolution(op, now_ms).await?;
             let ended = Ended {
-                resolution,
+                resolution: ROLLED_BACK,
                 committed: Vec::new(),
+                expired,
             };
             return Ok((ended, apply_at));
         }
+        let op = table::resolve_op(id, resolution, now_ms);
         let mut ids = Vec::new();
         let mut parts: Vec<AppendBatch> = Vec::new();
         for rec in self.halves(&r).map_err(refused)? {
@@ -540,6 +560,7 @@ impl Transactions {
         let ended = Ended {
             resolution,
             committed: ids.into_iter().zip(acked.entries).collect(),
+            expired: false,
         };
         Ok((ended, acked.apply_at))
     }
@@ -564,6 +585,7 @@ impl Transactions {
                     parked: r.parked,
                     resolution: r.resolution,
                     resolved_ms: r.resolved_ms,
+                    expired: r.expired,
                 }
             })
             .collect())
