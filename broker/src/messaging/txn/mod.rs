@@ -14,6 +14,7 @@
 //! - Every replica keeps retention and Raft compaction off the oldest unresolved half message.
 
 mod checks;
+mod end;
 mod floor;
 
 use std::collections::HashMap;
@@ -21,17 +22,15 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use prost::Message as _;
 use sluice_proto::props::{self, HalfMark};
 use sluice_proto::v1::{TransactionCheck, TransactionInfo, TxRecord};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::{mpsc, watch};
 
-use super::{Announced, WritePath};
+use super::WritePath;
 use crate::state::transactions::{self as table, COMMITTED, OPEN, ROLLED_BACK};
-use crate::store::{AppendBatch, AppendMessage, Appended, MessageStore, MixedBatch, StoredRecord};
+use crate::store::{AppendBatch, AppendMessage, Appended, MessageStore, StoredRecord};
 
 /// Limits and timing of transactions.
 #[derive(Debug, Clone)]
@@ -360,209 +359,6 @@ impl Transactions {
             .cloned()
             .collect();
         Some((topic, queue, r.into_message(keep, 0)))
-    }
-
-    /// Commits or rolls back `id` (`COMMITTED` / `ROLLED_BACK`). Ending a transaction the same
-    /// way again answers as the first time (without positions); the other way is refused.
-    pub async fn end(self: &Arc<Self>, id: &str, resolution: i32, now_ms: i64) -> EndOutcome {
-        self.write.require_writer()?;
-        validate_id(id)?;
-        if resolution != COMMITTED && resolution != ROLLED_BACK {
-            return Err(ApiError::invalid(
-                "a transaction ends in COMMIT or ROLLBACK",
-            ));
-        }
-        let term = self.write.term();
-        let mut done = {
-            let mut ends = self.ends.lock();
-            match ends.get(id).filter(|s| s.term == term) {
-                Some(slot) => slot.done.clone(),
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    ends.insert(
-                        id.to_string(),
-                        EndSlot {
-                            term,
-                            done: rx.clone(),
-                        },
-                    );
-                    let this = self.clone();
-                    let id = id.to_string();
-                    tokio::spawn(async move {
-                        let (outcome, keep) = match this.end_once(&id, resolution, now_ms).await {
-                            Ok((e, apply_at)) => {
-                                // Answered once committed; the slot holds (later ends wait
-                                // on it, sends stay refused) until the state has the end.
-                                let _ = tx.send(Some(Ok(e)));
-                                if let Some(index) = apply_at {
-                                    let _ = this.write.applied(index).await;
-                                }
-                                let mut ends = this.ends.lock();
-                                if ends.get(&id).is_some_and(|s| s.term == term) {
-                                    ends.remove(&id);
-                                }
-                                return;
-                            }
-                            Err(Announced::NotStored(e)) => {
-                                // A commit may still be decided by the log: hold the slot until
-                                // the log has settled (or this mastership ended), so a retry
-                                // reads the outcome from the state instead of committing again.
-                                this.write.settle_in_term(&this.store, term).await;
-                                (Err(e), false)
-                            }
-                            Err(Announced::StoredUnapplied(e)) => {
-                                tracing::error!(tx = %id, error = %e, "a transaction's end is stored but not applied; it waits for a restart");
-                                (
-                                    Err(ApiError::new(
-                                        ErrorCode::Unavailable,
-                                        format!("stored, but not applied: {e}"),
-                                    )),
-                                    true,
-                                )
-                            }
-                        };
-                        if !keep {
-                            let mut ends = this.ends.lock();
-                            if ends.get(&id).is_some_and(|s| s.term == term) {
-                                ends.remove(&id);
-                            }
-                        }
-                        let _ = tx.send(Some(outcome));
-                    });
-                    rx
-                }
-            }
-        };
-        let outcome = done
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the end stopped; retry"))?
-            .clone();
-        match outcome {
-            Some(Ok(e)) if e.resolution != resolution && e.expired => Err(ApiError::new(
-                ErrorCode::TransactionResolved,
-                format!(
-                    "transaction {id} expired (open longer than transaction_timeout, {:?}) and \
-                     was rolled back",
-                    self.settings.timeout
-                ),
-            )),
-            Some(Ok(e)) if e.resolution != resolution => Err(ApiError::new(
-                ErrorCode::TransactionResolved,
-                format!(
-                    "transaction {id} was {} already",
-                    resolution_name(e.resolution)
-                ),
-            )),
-            Some(o) => o,
-            None => Err(ApiError::internal("an end without an outcome")),
-        }
-    }
-
-    /// A resolution without messages, in the log (a standalone broker's too: a restart that
-    /// lost the metadata store's latest writes reads it back).
-    async fn write_resolution(
-        &self,
-        op: crate::state::StateOp,
-        now_ms: i64,
-    ) -> Result<Option<u64>, Announced> {
-        let batch = MixedBatch {
-            state: vec![Bytes::from(op.encode_to_vec())],
-            parts: Vec::new(),
-        };
-        Ok(self
-            .write
-            .append_mixed_acked(&batch, now_ms)
-            .await?
-            .apply_at)
-    }
-
-    /// Writes the end; returns once the log has it, with the entry whose application makes
-    /// it readable here (see [`crate::messaging::Acked`]).
-    async fn end_once(
-        &self,
-        id: &str,
-        resolution: i32,
-        now_ms: i64,
-    ) -> Result<(Ended, Option<u64>), Announced> {
-        let refused = Announced::NotStored;
-        // New sends are refused from now on; those under way finish first.
-        self.sends_done(id).await;
-        let Some(r) = self.record(id).map_err(refused)? else {
-            if resolution == ROLLED_BACK {
-                // Nothing was stored (every send failed): remember the rollback, so a late
-                // half message of it is ignored.
-                let apply_at = self
-                    .write_resolution(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
-                    .await?;
-                let ended = Ended {
-                    resolution,
-                    committed: Vec::new(),
-                    expired: false,
-                };
-                return Ok((ended, apply_at));
-            }
-            return Err(refused(ApiError::new(
-                ErrorCode::TransactionNotFound,
-                format!(
-                    "no transaction {id} on this broker group (never sent, or resolved long ago)"
-                ),
-            )));
-        };
-        if r.resolution != OPEN {
-            let ended = Ended {
-                resolution: r.resolution,
-                committed: Vec::new(),
-                expired: r.expired,
-            };
-            return Ok((ended, None));
-        }
-        // Open past the timeout (and not parked for an operator): it never becomes visible.
-        let timeout = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
-        let expired = !r.parked && now_ms.saturating_sub(r.created_ms) > timeout;
-        if resolution == ROLLED_BACK || expired {
-            let op = match expired {
-                true => table::expire_op(id, now_ms),
-                false => table::resolve_op(id, ROLLED_BACK, now_ms),
-            };
-            let apply_at = self.write_resolution(op, now_ms).await?;
-            let ended = Ended {
-                resolution: ROLLED_BACK,
-                committed: Vec::new(),
-                expired,
-            };
-            return Ok((ended, apply_at));
-        }
-        let op = table::resolve_op(id, resolution, now_ms);
-        let mut ids = Vec::new();
-        let mut parts: Vec<AppendBatch> = Vec::new();
-        for rec in self.halves(&r).map_err(refused)? {
-            let Some((topic, queue_id, m)) = Self::as_sent(rec) else {
-                return Err(refused(ApiError::internal(format!(
-                    "a half message of {id} lost its queue"
-                ))));
-            };
-            ids.push(m.message_id.clone());
-            match parts.last_mut() {
-                Some(p) if p.topic == topic && p.queue_id == queue_id => p.messages.push(m),
-                _ => parts.push(AppendBatch {
-                    topic,
-                    queue_id,
-                    messages: vec![m],
-                }),
-            }
-        }
-        let batch = MixedBatch {
-            state: vec![Bytes::from(op.encode_to_vec())],
-            parts,
-        };
-        let acked = self.write.append_mixed_acked(&batch, now_ms).await?;
-        let ended = Ended {
-            resolution,
-            committed: ids.into_iter().zip(acked.entries).collect(),
-            expired: false,
-        };
-        Ok((ended, acked.apply_at))
     }
 
     /// Every transaction the state holds.
