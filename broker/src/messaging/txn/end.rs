@@ -14,6 +14,44 @@ use crate::messaging::Announced;
 use crate::state::transactions::{self as table, COMMITTED, OPEN, ROLLED_BACK};
 use crate::store::{AppendBatch, MixedBatch};
 
+/// An end under way whose waiters have no outcome yet. Dropped unsettled (the call was
+/// cancelled), it settles on its own: waits until the log has decided (or the mastership
+/// ended), frees the slot and tells the waiters to retry, which then reads the state.
+struct EndGuard {
+    this: Arc<Transactions>,
+    id: String,
+    term: u64,
+    tx: Option<watch::Sender<Option<EndOutcome>>>,
+}
+
+impl EndGuard {
+    fn settled(&mut self, outcome: EndOutcome) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Some(outcome));
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (this, id, term) = (self.this.clone(), self.id.clone(), self.term);
+        rt.spawn(async move {
+            this.write.settle_in_term(&this.store, term).await;
+            this.free_slot(&id, term);
+            let _ = tx.send(Some(Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "the end's first attempt was cancelled; retry",
+            ))));
+        });
+    }
+}
+
 impl Transactions {
     /// Commits or rolls back `id` (`COMMITTED` / `ROLLED_BACK`). Ending a transaction the same
     /// way again answers as the first time (without positions); the other way is refused.
@@ -26,71 +64,37 @@ impl Transactions {
             ));
         }
         let term = self.write.term();
-        let mut done = {
+        let step = {
             let mut ends = self.ends.lock();
             match ends.get(id).filter(|s| s.term == term) {
-                Some(slot) => slot.done.clone(),
+                Some(slot) => Err(slot.done.clone()),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    ends.insert(
-                        id.to_string(),
-                        EndSlot {
-                            term,
-                            done: rx.clone(),
-                        },
-                    );
-                    let this = self.clone();
-                    let id = id.to_string();
-                    tokio::spawn(async move {
-                        let (outcome, keep) = match this.end_once(&id, resolution, now_ms).await {
-                            Ok((e, apply_at)) => {
-                                // Answered once committed; the slot holds (later ends wait
-                                // on it, sends stay refused) until the state has the end.
-                                let _ = tx.send(Some(Ok(e)));
-                                if let Some(index) = apply_at {
-                                    let _ = this.write.applied(index).await;
-                                }
-                                let mut ends = this.ends.lock();
-                                if ends.get(&id).is_some_and(|s| s.term == term) {
-                                    ends.remove(&id);
-                                }
-                                return;
-                            }
-                            Err(Announced::NotStored(e)) => {
-                                // A commit may still be decided by the log: hold the slot until
-                                // the log has settled (or this mastership ended), so a retry
-                                // reads the outcome from the state instead of committing again.
-                                this.write.settle_in_term(&this.store, term).await;
-                                (Err(e), false)
-                            }
-                            Err(Announced::StoredUnapplied(e)) => {
-                                tracing::error!(tx = %id, error = %e, "a transaction's end is stored but not applied; it waits for a restart");
-                                (
-                                    Err(ApiError::new(
-                                        ErrorCode::Unavailable,
-                                        format!("stored, but not applied: {e}"),
-                                    )),
-                                    true,
-                                )
-                            }
-                        };
-                        if !keep {
-                            let mut ends = this.ends.lock();
-                            if ends.get(&id).is_some_and(|s| s.term == term) {
-                                ends.remove(&id);
-                            }
-                        }
-                        let _ = tx.send(Some(outcome));
-                    });
-                    rx
+                    ends.insert(id.to_string(), EndSlot { term, done: rx });
+                    Ok(tx)
                 }
             }
         };
-        let outcome = done
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the end stopped; retry"))?
-            .clone();
+        let outcome = match step {
+            Err(mut done) => done
+                .wait_for(Option::is_some)
+                .await
+                .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the end stopped; retry"))?
+                .clone(),
+            // Ended by this call (no task hand-off on the answer's path); if the call is
+            // dropped, the guard settles the end and frees the slot on its own.
+            Ok(tx) => {
+                let mut guard = EndGuard {
+                    this: self.clone(),
+                    id: id.to_string(),
+                    term,
+                    tx: Some(tx),
+                };
+                let outcome = self.end_now(id, resolution, now_ms, term).await;
+                guard.settled(outcome.clone());
+                Some(outcome)
+            }
+        };
         match outcome {
             Some(Ok(e)) if e.resolution != resolution && e.expired => Err(ApiError::new(
                 ErrorCode::TransactionResolved,
@@ -109,6 +113,53 @@ impl Transactions {
             )),
             Some(o) => o,
             None => Err(ApiError::internal("an end without an outcome")),
+        }
+    }
+
+    /// Runs an end this call holds the slot of; frees the slot once the state has the end
+    /// (or the log settled a failed one), except after a write whose state failed to apply.
+    async fn end_now(
+        self: &Arc<Self>,
+        id: &str,
+        resolution: i32,
+        now_ms: i64,
+        term: u64,
+    ) -> EndOutcome {
+        match self.end_once(id, resolution, now_ms).await {
+            Ok((e, apply_at)) => {
+                // Answered once committed; the slot holds (later ends wait on it, sends stay
+                // refused) until the state has the end, off the answer's path.
+                let (this, id) = (self.clone(), id.to_string());
+                tokio::spawn(async move {
+                    if let Some(index) = apply_at {
+                        let _ = this.write.applied(index).await;
+                    }
+                    this.free_slot(&id, term);
+                });
+                Ok(e)
+            }
+            Err(Announced::NotStored(e)) => {
+                // A commit may still be decided by the log: hold the slot until the log has
+                // settled (or this mastership ended), so a retry reads the outcome from the
+                // state instead of committing again.
+                self.write.settle_in_term(&self.store, term).await;
+                self.free_slot(id, term);
+                Err(e)
+            }
+            Err(Announced::StoredUnapplied(e)) => {
+                tracing::error!(tx = %id, error = %e, "a transaction's end is stored but not applied; it waits for a restart");
+                Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("stored, but not applied: {e}"),
+                ))
+            }
+        }
+    }
+
+    fn free_slot(&self, id: &str, term: u64) {
+        let mut ends = self.ends.lock();
+        if ends.get(id).is_some_and(|s| s.term == term) {
+            ends.remove(id);
         }
     }
 
