@@ -29,6 +29,7 @@ mod checkpoint;
 mod commitlog;
 mod cq;
 mod dispatcher;
+mod entries;
 mod entry;
 pub mod error;
 mod flusher;
@@ -36,6 +37,7 @@ mod index;
 mod mixed;
 mod raftlog;
 mod reader;
+mod reads;
 pub mod record;
 mod recovery;
 mod retention;
@@ -434,128 +436,6 @@ impl MessageStore {
         }
     }
 
-    /// Reads up to `max_messages` / `max_bytes` (at least one record if any is available)
-    /// from a queue starting at `offset`. Only dispatched (confirmed) entries are visible.
-    /// `offset` outside `[min, max]` gives `StoreError::OffsetOutOfRange`.
-    pub fn read_queue(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-        max_messages: usize,
-        max_bytes: usize,
-    ) -> Result<QueueRead, StoreError> {
-        reader::read_queue_with(
-            self.shared(),
-            topic,
-            queue_id,
-            offset,
-            max_messages,
-            max_bytes,
-            commitlog::decoded_at,
-        )
-    }
-
-    /// [`Self::read_queue`] handing out the records' bytes as stored (for pulls that asked for
-    /// raw records: nothing decoded, nothing re-encoded).
-    pub fn read_queue_raw(
-        &self,
-        topic: &str,
-        queue_id: u32,
-        offset: u64,
-        max_messages: usize,
-        max_bytes: usize,
-    ) -> Result<QueueRead<RawRecord>, StoreError> {
-        reader::read_queue_with(
-            self.shared(),
-            topic,
-            queue_id,
-            offset,
-            max_messages,
-            max_bytes,
-            commitlog::raw_at,
-        )
-    }
-
-    /// `(min, max)` visible queue offsets; `(0, 0)` for a queue never written.
-    pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
-        self.shared()
-            .queue(topic, queue_id)
-            .map_or((0, 0), |q| (q.min(), q.max()))
-    }
-
-    /// Store time of the last visible message of a queue, if any.
-    pub fn last_store_timestamp(&self, topic: &str, queue_id: u32) -> Option<i64> {
-        self.shared()
-            .queue(topic, queue_id)
-            .and_then(|q| q.last_store_ts())
-    }
-
-    /// The first queue offset whose message was stored at or after `timestamp_ms`
-    /// (the max offset when none is).
-    pub fn offset_for_timestamp(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> u64 {
-        let Some(q) = self.shared().queue(topic, queue_id) else {
-            return 0;
-        };
-        q.offset_for_timestamp(timestamp_ms).unwrap_or_else(|e| {
-            tracing::error!(error = %e, topic, queue_id, "consume queue read failed");
-            q.max()
-        })
-    }
-
-    /// The commit-log position up to which consume queues and the index are built: readers see
-    /// the messages below it.
-    pub fn dispatched_offset(&self) -> u64 {
-        *self.shared().dispatched.borrow()
-    }
-
-    /// A watch on the dispatched commit-log position; it changes whenever new entries become
-    /// visible to readers. Long-polling pulls wait on it.
-    pub fn subscribe_dispatched(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.shared().dispatched.subscribe()
-    }
-
-    /// Reads the record at a commit-log offset (must be a record boundary below the confirmed offset).
-    pub fn read_at(&self, commit_log_offset: u64) -> Result<StoredRecord, StoreError> {
-        let s = self.shared();
-        let confirmed = s.confirmed.load(Ordering::Acquire);
-        let min = s.log.min_offset().unwrap_or(0);
-        if commit_log_offset >= confirmed || commit_log_offset < min {
-            return Err(StoreError::OffsetOutOfRange {
-                offset: commit_log_offset,
-                min,
-                max: confirmed,
-            });
-        }
-        s.log.read_record(commit_log_offset)
-    }
-
-    /// Looks a message up by its unique id.
-    pub fn get_by_id(&self, message_id: &str) -> Result<Option<StoredRecord>, StoreError> {
-        reader::get_by_id(self.shared(), message_id)
-    }
-
-    /// Messages of `topic` carrying `key`, newest first, at most `max`.
-    pub fn find_by_key(
-        &self,
-        topic: &str,
-        key: &str,
-        max: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        reader::find_by_key(self.shared(), topic, key, max)
-    }
-
-    /// Messages of `topic` stored within `[from_ms, to_ms]`, oldest first, at most `max`.
-    pub fn find_by_time(
-        &self,
-        topic: &str,
-        from_ms: i64,
-        to_ms: i64,
-        max: usize,
-    ) -> Result<Vec<StoredRecord>, StoreError> {
-        reader::find_by_time(self.shared(), topic, from_ms, to_ms, max)
-    }
-
     /// Commit-log byte range held: `(min, max)`; max is the write position.
     pub fn commit_log_range(&self) -> (u64, u64) {
         let s = self.shared();
@@ -592,65 +472,6 @@ impl MessageStore {
             );
         }
         s.confirm(offset.min(write));
-    }
-
-    /// Drops every record from `offset` (a record boundary) on, with their consume-queue and
-    /// index entries, and resets the next queue offsets. Goes through the writer.
-    pub async fn truncate_to(&self, offset: u64) -> Result<(), StoreError> {
-        self.refuse_in_raft_mode("truncate_to")?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.to_writer(WriterCmd::Truncate { offset, reply: tx })
-            .await?;
-        rx.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// The Raft view of this commit log (raft mode only; `Invalid` otherwise). Handles are
-    /// cheap; all writes go through the store's single writer.
-    pub fn raft_log(&self) -> Result<CommitLogRaft, StoreError> {
-        let raft = self.raft_shared()?.clone();
-        Ok(CommitLogRaft::new(self.clone(), raft))
-    }
-
-    fn raft_shared(&self) -> Result<&Arc<raftlog::RaftShared>, StoreError> {
-        self.shared().raft.as_ref().ok_or_else(|| {
-            StoreError::Invalid("the store is not in raft mode (StoreConfig::raft)".into())
-        })
-    }
-
-    fn locate_entry(&self, index: u64) -> Result<raftlog::EntryLoc, StoreError> {
-        let r = self.raft_shared()?;
-        r.locate(index).map_err(|e| match e {
-            raftlog::LocErr::Corrupt(reason) => StoreError::Corrupt { offset: 0, reason },
-            raftlog::LocErr::Compacted | raftlog::LocErr::Unavailable => {
-                StoreError::OffsetOutOfRange {
-                    offset: index,
-                    min: r.first_index(),
-                    max: r.last_index(),
-                }
-            }
-        })
-    }
-
-    /// One past the last byte of raft entry `index` in the commit log (for the compaction
-    /// point itself, where the log restarts). `OffsetOutOfRange` (in raft indexes) when the
-    /// entry is compacted or not in the log.
-    pub fn entry_end_offset(&self, index: u64) -> Result<u64, StoreError> {
-        let r = self.raft_shared()?;
-        {
-            let v = r.view.read();
-            if index == v.cp.index {
-                return Ok(v.cp.phy);
-            }
-        }
-        Ok(self.locate_entry(index)?.end())
-    }
-
-    /// Queue offset, commit-log offset and size of each message of the persisted raft entry
-    /// `index` (none for a no-op or metadata entry): what a producer is told.
-    pub fn entry_results(&self, index: u64) -> Result<Vec<Appended>, StoreError> {
-        let loc = self.locate_entry(index)?;
-        let bytes = self.shared().log.read_exact(loc.offset, loc.len as usize)?;
-        entry::message_results(&bytes)
     }
 
     /// End of what the writer wrote (page cache).
