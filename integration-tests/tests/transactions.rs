@@ -70,6 +70,27 @@ async fn routed(ns: &str, topics: &[&str]) {
     }
 }
 
+/// One broker with fast checks and a routed topic `orders` of 2 queues: the cluster, the
+/// broker's address and the nameservers.
+async fn checked_broker() -> (Cluster, String, String) {
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_broker_toml: FAST_CHECKS.into(),
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let mut c = cluster.broker_client(0).await.unwrap();
+    c.create_topic(create_topic_request("orders", 2))
+        .await
+        .unwrap();
+    let broker = cluster.brokers[0].addr.clone();
+    let ns = cluster.nameservers();
+    routed(&ns, &["orders"]).await;
+    (cluster, broker, ns)
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -177,21 +198,7 @@ impl TransactionChecker for ByBody {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_transactions_are_resolved_by_the_checker_or_parked() {
-    let cluster = Cluster::start(
-        1,
-        ClusterOptions {
-            extra_broker_toml: FAST_CHECKS.into(),
-            ..ClusterOptions::default()
-        },
-    )
-    .unwrap();
-    let mut c = cluster.broker_client(0).await.unwrap();
-    c.create_topic(create_topic_request("orders", 2))
-        .await
-        .unwrap();
-    let broker = cluster.brokers[0].addr.clone();
-    let ns = cluster.nameservers();
-    routed(&ns, &["orders"]).await;
+    let (cluster, broker, ns) = checked_broker().await;
 
     // A producer sends three transactions' half messages and dies without ending them.
     let dying = producer(&ns, None);
@@ -336,21 +343,8 @@ async fn a_transaction_survives_a_kill_9_of_the_master() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_process_killed_before_its_commit_is_resolved_by_the_checks() {
-    let cluster = Cluster::start(
-        1,
-        ClusterOptions {
-            extra_broker_toml: FAST_CHECKS.into(),
-            ..ClusterOptions::default()
-        },
-    )
-    .unwrap();
-    let mut c = cluster.broker_client(0).await.unwrap();
-    c.create_topic(create_topic_request("orders", 2))
-        .await
-        .unwrap();
-    let broker = cluster.brokers[0].addr.clone();
-    let ns = cluster.nameservers();
-    routed(&ns, &["orders"]).await;
+    // The cluster lives until the test ends (dropping it kills its processes).
+    let (_cluster, broker, ns) = checked_broker().await;
     let admin = Admin::new(config(&ns)).unwrap();
 
     // Two producer processes send half messages and hold their transactions open (between

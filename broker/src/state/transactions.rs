@@ -90,6 +90,10 @@ pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> 
     Ok(all)
 }
 
+fn is_resolved(meta: &dyn MetaStore, staged: &Staged, tx_id: &str) -> Result<bool, MetaError> {
+    Ok(staged.get(meta, &resolved_key(tx_id))?.is_some())
+}
+
 pub(super) fn apply_half(
     meta: &dyn MetaStore,
     staged: &mut Staged,
@@ -101,10 +105,7 @@ pub(super) fn apply_half(
         return Ok(Applied::Unchanged);
     }
     // A late send to a resolved transaction (the proposer refuses them; the log decides).
-    if staged
-        .get(meta, &resolved_key(&op.transaction_id))?
-        .is_some()
-    {
+    if is_resolved(meta, staged, &op.transaction_id)? {
         return Ok(Applied::Unchanged);
     }
     let k = key(&op.transaction_id);
@@ -136,10 +137,7 @@ pub(super) fn apply_resolve(
         return Ok(Applied::Unchanged);
     }
     // The first resolution in the log decides.
-    if staged
-        .get(meta, &resolved_key(&op.transaction_id))?
-        .is_some()
-    {
+    if is_resolved(meta, staged, &op.transaction_id)? {
         return Ok(Applied::Unchanged);
     }
     let k = key(&op.transaction_id);
