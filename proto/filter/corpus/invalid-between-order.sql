@@ -1,0 +1,1 @@
+a BETWEEN 10 AND 1

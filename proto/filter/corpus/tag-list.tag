@@ -1,0 +1,1 @@
+TagA || TagB ||TagC

@@ -1,0 +1,1 @@
+flag OR NOT other

@@ -1,0 +1,2 @@
+/* block */ a = 1 -- line
+AND b = 2 /* tail */

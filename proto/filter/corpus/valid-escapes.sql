@@ -1,0 +1,1 @@
+q = 'it''s' AND r = '''' AND s = ''

@@ -1,0 +1,1 @@
+region IN ('eu', 'us', 'ap') OR region NOT IN ('cn')

@@ -1,0 +1,1 @@
+a IS NULL OR b IS NOT NULL

@@ -1,0 +1,1 @@
+a = TrUe aNd b between 1 AnD 2 Or NoT c Is NuLl

@@ -1,0 +1,1 @@
+a > -5 AND b < - -3 AND c = -1.5 AND d = +7

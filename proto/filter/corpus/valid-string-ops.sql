@@ -1,0 +1,1 @@
+name CONTAINS 'x' AND name NOT STARTSWITH 'y' AND name ENDSWITH 'z'

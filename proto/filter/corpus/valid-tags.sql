@@ -1,0 +1,1 @@
+TAGS = 'TagA' OR TAGS IN ('TagB', 'TagC')

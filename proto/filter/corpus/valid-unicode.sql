@@ -1,0 +1,1 @@
+city = '東京' AND note CONTAINS 'é'
