@@ -15,13 +15,18 @@ use crate::groups::ConsumerGroups;
 use crate::messaging::read_hint::{ReadHintSettings, ReadHints};
 use crate::messaging::timer::Timers;
 use crate::messaging::WritePath;
-use crate::meta::{MetaStore, SledMeta};
+use crate::meta::{MetaStore, SledMeta, WriteBehind};
 use crate::registration::Registrar;
 use crate::replication::{GroupSettings, ReplicaGroup, StoreBackend};
 use crate::service::convert::IdGenerator;
 use crate::service::{BrokerService, Identity, ServiceLimits};
 use crate::state::StateMachine;
 use crate::store::MessageStore;
+
+/// How long state writes may stay in memory before they go to sled as one batch, and how many
+/// keys they may reach meanwhile (see `meta::WriteBehind`).
+const META_WRITE_BEHIND: Duration = Duration::from_millis(100);
+const META_WRITE_BEHIND_KEYS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -105,7 +110,9 @@ pub async fn run(
     };
     std::fs::create_dir_all(&config.data_dir).map_err(crate::store::StoreError::Io)?;
     let store = MessageStore::open(config.store_config(&address)).await?;
-    let meta: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&config.data_dir.join("meta"))?);
+    let sled: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&config.data_dir.join("meta"))?);
+    let meta: Arc<dyn MetaStore> =
+        WriteBehind::new(sled, META_WRITE_BEHIND, META_WRITE_BEHIND_KEYS);
     let reregister = Arc::new(Notify::new());
     let state = Arc::new(StateMachine::open(meta.clone(), reregister.clone())?);
     let topics = state.topics.clone();

@@ -7,12 +7,14 @@
 //! transaction's end began, and an end waits for the sends under way; an end holds a slot of
 //! its mastership (a second end of the same transaction waits for it) until its entry is
 //! applied or, when the outcome is unknown, until the master applied all it held; both are
-//! judged against the applied state. A half send is answered once applied, an end once
-//! committed. Under loss, partitions, crashes and restarts:
+//! judged against the applied state. A half send carries no producer sequence: a retry after an
+//! attempt failed or timed out proposes it again at once, so a send may be in the log twice
+//! (the apply counts it once). A half send is answered once applied, an end once committed.
+//! Under loss, partitions, crashes and restarts:
 //! - a transaction has at most one commit entry in the log and none after its rollback (the
 //!   copies would be visible twice, or after a rollback);
 //! - every answer a producer or checker got matches what the log decided;
-//! - a commit's copies include every half send acknowledged before it;
+//! - a commit's copies include every half send acknowledged before it, each once;
 //! - every replica ends with the same transaction tables.
 //!
 //! `RAFT_TRANSACTIONS_RUNS` sets the number of seeded runs (default 60).
@@ -43,6 +45,8 @@ struct Slot {
     settle_to: Option<u64>,
     /// An end answered once committed (its slot holds until applied).
     answered: bool,
+    /// Proposals of the same half send before this one.
+    attempt: u64,
 }
 
 struct Master {
@@ -128,8 +132,24 @@ fn handle(
     resolution: i32,
 ) -> Result<Answer, String> {
     // Takes writes once it applied an entry of its own term (everything before is applied).
-    if c.recorder(m.id).applied_term != m.term || m.slots.contains_key(&key) {
+    if c.recorder(m.id).applied_term != m.term {
         return Ok(Answer::Wait);
+    }
+    if let Key::Half(h) = key {
+        if r.halves.get(tx).is_some_and(|v| v.contains(&h)) {
+            return Ok(Answer::Ack);
+        }
+    }
+    let mut attempt = 0;
+    if let Some((_, s)) = m.slots.get(&key) {
+        // A half send carries no producer sequence: once its attempt failed or timed out, the
+        // producer's retry proposes it again at once (the first copy may still commit; the
+        // apply counts the send once). An end waits for the log to settle its attempt.
+        let retry = matches!(key, Key::Half(_)) && s.settle_to.is_some();
+        if !retry {
+            return Ok(Answer::Wait);
+        }
+        attempt = s.attempt + 1;
     }
     let rec = r.record(tx);
     let resolved = rec.as_ref().map(|x| x.resolution).filter(|x| *x != OPEN);
@@ -139,13 +159,10 @@ fn handle(
         .any(|(k, (t, _))| t == tx && matches!(k, Key::End(_)));
     let entry = match key {
         Key::Half(h) => {
-            if r.halves.get(tx).is_some_and(|v| v.contains(&h)) {
-                return Ok(Answer::Ack);
-            }
             if resolved.is_some() || ending {
                 return Ok(Answer::Refused);
             }
-            half_entry(h, tx)
+            half_entry(h, tx, attempt)
         }
         Key::End(_) => {
             if let Some(x) = resolved {
@@ -179,6 +196,7 @@ fn handle(
                 proposed_at: c.now,
                 settle_to: None,
                 answered: false,
+                attempt,
             },
         ),
     );

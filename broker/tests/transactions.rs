@@ -120,6 +120,44 @@ async fn a_commit_writes_every_half_message_to_its_queue_in_one_write() {
     floor_task.await.unwrap();
 }
 
+/// A transaction's sends carry no producer sequence: a retry after an unknown outcome may store
+/// the send a second time, and the commit copies it once (the first copy), also after a
+/// restart rebuilt the state from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_stored_twice_by_a_retry_is_committed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MessageStore::open(config(dir.path())).await.unwrap();
+    let st = state();
+    let write = WritePath::standalone(store.clone(), st.clone());
+    let txs = Transactions::new(write.clone(), store.clone(), TxSettings::default());
+
+    let d = tx("tx-d");
+    let first = half(&write, &d, "orders", 0, &["d1", "d2"]).await;
+    let again = half(&write, &d, "orders", 0, &["d1", "d2"]).await;
+    half(&write, &d, "orders", 0, &["d3"]).await;
+    assert_ne!(first, again, "the retry is a second copy in the log");
+    let r = table::get(st.meta().as_ref(), "tx-d").unwrap().unwrap();
+    let locators: Vec<u64> = r.halves.iter().map(|h| h.locator).collect();
+    assert_eq!(locators.len(), 2, "the copy does not join: {locators:?}");
+    assert_eq!(locators[0], first);
+
+    let ended = txs.end("tx-d", COMMITTED, 6).await.unwrap();
+    let ids: Vec<&str> = ended.committed.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["d1", "d2", "d3"]);
+    wait_visible(&store, "orders", 0, 3).await;
+    let visible: Vec<String> = read_all(&store, "orders", 0)
+        .into_iter()
+        .map(|r| r.message_id)
+        .collect();
+    assert_eq!(visible, ["d1", "d2", "d3"]);
+
+    let fresh = state();
+    standalone::recover(&store, &fresh).unwrap();
+    let rd = table::get(fresh.meta().as_ref(), "tx-d").unwrap().unwrap();
+    let rebuilt: Vec<u64> = rd.halves.iter().map(|h| h.locator).collect();
+    assert_eq!((rd.resolution, rebuilt), (COMMITTED, locators));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_refuse_a_send_with_limit_exceeded() {
     let dir = tempfile::tempdir().unwrap();

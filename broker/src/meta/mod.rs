@@ -6,6 +6,10 @@ use std::path::Path;
 
 use parking_lot::RwLock;
 
+mod write_behind;
+
+pub use write_behind::WriteBehind;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
     #[error("metadata store error: {0}")]

@@ -136,6 +136,7 @@ pub fn batch_ops(m: &crate::store::BatchMarks, locator: u64) -> Vec<StateOp> {
             count: h.mark.count,
             bytes: h.mark.bytes,
             at_ms: h.store_timestamp_ms,
+            first_message_id: h.first_message_id.clone(),
         }));
     }
     ops

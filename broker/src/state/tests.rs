@@ -211,6 +211,7 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
                 count: 1,
                 bytes: 10,
                 at_ms: at,
+                first_message_id: format!("m{}", l % 3),
             })
         }),
         (prop::sample::select(vec!["x", "y"]), 1i32..3, 0i64..100)

@@ -117,7 +117,13 @@ pub(super) fn apply_half(
             ..TxRecord::default()
         },
     };
-    if r.halves.iter().any(|h| h.locator == op.locator) || r.halves.len() >= MAX_HALVES {
+    // A send retried without a producer sequence may be stored twice: the first copy counts,
+    // the other stays a half message no commit copies.
+    let again = |h: &TxHalfOp| {
+        h.locator == op.locator
+            || (!op.first_message_id.is_empty() && h.first_message_id == op.first_message_id)
+    };
+    if r.halves.iter().any(again) || r.halves.len() >= MAX_HALVES {
         return Ok(Applied::Unchanged);
     }
     r.halves.push(op.clone());
@@ -268,11 +274,36 @@ mod tests {
             count: 2,
             bytes: 100,
             at_ms: at,
+            first_message_id: format!("m{locator}"),
         })
     }
 
     fn rec(m: &StateMachine, tx: &str) -> TxRecord {
         get(m.meta().as_ref(), tx).unwrap().unwrap()
+    }
+
+    #[test]
+    fn a_send_stored_twice_counts_once() {
+        let m = machine();
+        let mut again = half("a", "g", 12, 7);
+        if let Some(sluice_proto::v1::meta_op::Op::TxHalf(h)) = again.op.as_mut() {
+            h.first_message_id = "m10".into();
+        }
+        m.apply(
+            Some(1),
+            &[half("a", "g", 10, 5), half("a", "g", 11, 6)],
+            false,
+        )
+        .unwrap();
+        m.apply(Some(2), std::slice::from_ref(&again), false)
+            .unwrap();
+        let r = rec(&m, "a");
+        let locators: Vec<u64> = r.halves.iter().map(|h| h.locator).collect();
+        assert_eq!(
+            locators,
+            vec![10, 11],
+            "the retry's copy is not part of the transaction"
+        );
     }
 
     #[test]

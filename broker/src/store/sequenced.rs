@@ -29,6 +29,8 @@ pub struct HalfBatch {
     /// The queue the messages are for.
     pub topic: String,
     pub queue_id: u32,
+    /// A retry of the send, stored again, carries the same id.
+    pub first_message_id: String,
     pub store_timestamp_ms: i64,
 }
 
@@ -164,6 +166,7 @@ fn marks_of(r: &impl Announces) -> BatchMarks {
             mark,
             topic,
             queue_id,
+            first_message_id: r.id().unwrap_or_default().to_string(),
             store_timestamp_ms: r.ts(),
         })
     })();

@@ -17,8 +17,9 @@ use super::raft_sim::Cluster;
 
 pub const GROUP: &str = "orders-service";
 
-/// A half send: its id and transaction, then the op. An end: the copies' half ids, then the op.
-pub fn half_entry(half: u64, tx: &str) -> Bytes {
+/// A half send: its id and transaction, then the op (`attempt` tells a retry's copy apart, as
+/// its store time does in the broker). An end: the copies' half ids, then the op.
+pub fn half_entry(half: u64, tx: &str, attempt: u64) -> Bytes {
     let op = half_op(TxHalfOp {
         transaction_id: tx.into(),
         producer_group: GROUP.into(),
@@ -27,7 +28,8 @@ pub fn half_entry(half: u64, tx: &str) -> Bytes {
         locator: 0,
         count: 1,
         bytes: 10,
-        at_ms: 1,
+        at_ms: 1 + attempt as i64,
+        first_message_id: format!("h{half}"),
     });
     let mut b = BytesMut::new();
     b.put_u8(b'H');

@@ -253,7 +253,11 @@ impl Sender {
                 queues[idx].clone()
             }
         };
-        let seq = match (&self.idempotence, bound.as_ref()) {
+        // A transaction's sends carry no sequence: the broker counts a send stored twice
+        // once in its transaction (by its first message id), so they need not wait for their
+        // queue's earlier batches.
+        let sequenced = self.idempotence.as_ref().filter(|_| state.tx.is_none());
+        let seq = match (sequenced, bound.as_ref()) {
             (None, _) => None,
             (Some(_), Some(b)) => Some(b.seq),
             (Some(idem), None) => {
