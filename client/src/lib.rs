@@ -63,7 +63,7 @@ pub use admin::{
 pub use config::ClientConfig;
 pub use consumer::{
     allocate_averagely, ConsumerBuilder, HandlerError, MessageHandler, PullConsumer, PushConsumer,
-    RetryLater, SendBackOutcome, StartPosition,
+    RetryLater, Selector, SendBackOutcome, StartPosition,
 };
 pub use error::{Error, Result};
 pub use message::{Delay, Message, ReceivedMessage, SendReceipt};

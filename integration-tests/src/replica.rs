@@ -352,6 +352,7 @@ pub async fn read_all(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<Stor
             poll_timeout_ms: 0,
             raw_records: false,
             record_format: 0,
+            filters: Vec::new(),
         };
         let r = match c.pull(req.clone()).await {
             Ok(r) => r.into_inner(),

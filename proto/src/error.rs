@@ -88,6 +88,7 @@ impl ApiError {
             ErrorCode::InvalidArgument
             | ErrorCode::InvalidTopicName
             | ErrorCode::MessageTooLarge
+            | ErrorCode::InvalidFilter
             | ErrorCode::QueueNotFound => Code::InvalidArgument,
             ErrorCode::TopicNotFound
             | ErrorCode::TransactionNotFound

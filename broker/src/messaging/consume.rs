@@ -1,22 +1,71 @@
 //! Pull (long polling, read hints), committed offsets and queue positions, protocol-neutral:
 //! commands and results are domain types; `service/consume.rs` converts `sluice.v1`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::names::{validate_group_name, validate_topic_name};
+use sluice_proto::record::DispatchView;
 use sluice_proto::v1::TopicConfig;
 use sluice_proto::{perm, ApiError, ErrorCode};
 use tokio::sync::watch;
 
+use super::filter::{Filters, PullFilter};
 use super::read_hint::{Hint, PullFacts, ReadHints};
 use super::WritePath;
 use crate::state::topics::require;
 use crate::state::{self, CommittedOffset};
-use crate::store::{LogPlaced, MessageStore, QueueRead, StoreError};
+use crate::store::{LogPlaced, MessageStore, QueueFilter, QueueRead, RawRecord, StoreError};
 
-/// A store read of one queue: topic, queue, offset, max messages, max bytes.
-pub type QueueReader<R> =
-    fn(&MessageStore, &str, u32, u64, usize, usize) -> Result<QueueRead<R>, StoreError>;
+/// A store read of one queue: topic, queue, offset, max messages, max bytes, filter.
+pub type QueueReader<R> = fn(
+    &MessageStore,
+    &str,
+    u32,
+    u64,
+    usize,
+    usize,
+    Option<&QueueFilter<'_>>,
+) -> Result<QueueRead<R>, StoreError>;
+
+/// [`QueueReader`] of decoded records.
+pub fn read_decoded(
+    store: &MessageStore,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    max_messages: usize,
+    max_bytes: usize,
+    filter: Option<&QueueFilter<'_>>,
+) -> Result<QueueRead, StoreError> {
+    match filter {
+        None => store.read_queue(topic, queue_id, offset, max_messages, max_bytes),
+        Some(f) => store.read_queue_filtered(topic, queue_id, offset, max_messages, max_bytes, f),
+    }
+}
+
+/// [`QueueReader`] of records as stored.
+pub fn read_raw(
+    store: &MessageStore,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+    max_messages: usize,
+    max_bytes: usize,
+    filter: Option<&QueueFilter<'_>>,
+) -> Result<QueueRead<RawRecord>, StoreError> {
+    match filter {
+        None => store.read_queue_raw(topic, queue_id, offset, max_messages, max_bytes),
+        Some(f) => {
+            store.read_queue_raw_filtered(topic, queue_id, offset, max_messages, max_bytes, f)
+        }
+    }
+}
+
+/// Consume-queue entries one filtered read looks at, and one pull in all before it answers
+/// with the offset it reached (so a queue of messages nobody takes never holds a consumer).
+pub const SCAN_PER_READ: usize = 4096;
+pub const SCAN_PER_PULL: u64 = 64 * 1024;
 
 pub const DEFAULT_MAX_MESSAGES: usize = 32;
 pub const MAX_MESSAGES: usize = 4096;
@@ -35,6 +84,8 @@ pub struct PullCommand {
     pub max_bytes: usize,
     /// How long to hold the pull when there is nothing to read.
     pub wait: Duration,
+    /// What the subscription takes (None: everything).
+    pub filter: Option<Arc<PullFilter>>,
 }
 
 /// What a pull read, and where the consumer should pull next (replica groups).
@@ -59,6 +110,7 @@ pub struct Consuming {
     replica_id: u64,
     /// Becomes true when the broker shuts down, ending held pulls.
     shutdown: watch::Receiver<bool>,
+    filters: Filters,
 }
 
 impl Consuming {
@@ -75,7 +127,13 @@ impl Consuming {
             read_hints,
             replica_id,
             shutdown,
+            filters: Filters::default(),
         }
+    }
+
+    /// The compiled filters of subscriptions.
+    pub fn filters(&self) -> &Filters {
+        &self.filters
     }
 
     pub fn read_hints(&self) -> &ReadHints {
@@ -121,11 +179,15 @@ impl Consuming {
         let until = tokio::time::Instant::now() + cmd.wait;
         let mut dispatched = self.store.subscribe_dispatched();
         let mut shutdown = self.shutdown.clone();
+        // A filtered read that took nothing still moves on: the pull goes on from there.
+        let mut offset = cmd.offset;
         loop {
             // Mark the current position seen before reading, so a dispatch that lands after the
             // read still wakes us.
             dispatched.borrow_and_update();
-            let (got, lacks_offset) = self.read_for_pull(cmd, read)?;
+            let (got, lacks_offset) = self.read_for_pull(cmd, offset, read)?;
+            let skipped = got.records.is_empty() && got.next_offset > offset;
+            offset = got.next_offset;
             let hint = self.write.group().map(|group| {
                 self.read_hints.hint(
                     group,
@@ -141,13 +203,24 @@ impl Consuming {
             });
             // Sent elsewhere with nothing to read here: answer now, the other replica has it.
             let redirected = hint.is_some_and(|h| h.redirects(self.replica_id));
+            // Skipped messages are answered at once when the scan reaches the end (or its
+            // budget), not held for the poll: the consumer commits past them, so its lag
+            // stays true.
+            let moved = offset > cmd.offset;
+            let scanned_enough = offset.saturating_sub(cmd.offset) >= SCAN_PER_PULL;
             let done = !got.records.is_empty()
                 || redirected
+                || scanned_enough
+                || (moved && !skipped)
                 || tokio::time::Instant::now() >= until
                 || *shutdown.borrow();
             if done {
                 self.read_hints.served(&got.records, hint, self.replica_id);
                 return Ok(Pulled { read: got, hint });
+            }
+            if skipped {
+                // More may be there already: look before waiting.
+                continue;
             }
             tokio::select! {
                 r = dispatched.changed() => if r.is_err() {
@@ -166,15 +239,23 @@ impl Consuming {
     fn read_for_pull<R>(
         &self,
         cmd: &PullCommand,
+        offset: u64,
         read: QueueReader<R>,
     ) -> Result<(QueueRead<R>, bool), ApiError> {
+        let keep = |v: &DispatchView<'_>| cmd.filter.as_ref().is_none_or(|f| f.keep(v));
+        let filter = cmd.filter.as_ref().map(|f| QueueFilter {
+            tag_hashes: f.tag_hashes(),
+            keep: &keep,
+            scan_limit: SCAN_PER_READ,
+        });
         let got = read(
             &self.store,
             &cmd.topic,
             cmd.queue_id,
-            cmd.offset,
+            offset,
             cmd.max_messages,
             cmd.max_bytes,
+            filter.as_ref(),
         );
         let not_master = self
             .write

@@ -9,6 +9,7 @@
 //! (leader-only tasks), `read_hint` (where a replica group's consumers pull next).
 
 pub mod consume;
+pub mod filter;
 pub mod idempotence;
 pub mod leader;
 pub mod produce;

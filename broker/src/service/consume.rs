@@ -10,10 +10,11 @@ use sluice_proto::{record, ApiError};
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
 use crate::messaging::consume::{
-    PullCommand, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_BYTES, MAX_MESSAGES,
+    self, PullCommand, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_BYTES, MAX_MESSAGES,
 };
+use crate::messaging::filter::FilterSpec;
 use crate::state::CommittedOffset;
-use crate::store::MessageStore;
+use sluice_filter::Kind;
 
 /// Answer this much before the caller's deadline so the reply is not lost to the timeout.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
@@ -28,7 +29,21 @@ impl BrokerService {
         if let Some(d) = deadline {
             wait = wait.min(d.saturating_sub(DEADLINE_MARGIN));
         }
+        let specs: Vec<FilterSpec> = req
+            .filters
+            .iter()
+            .map(|f| FilterSpec {
+                topic: f.topic.clone(),
+                kind: match f.kind() {
+                    FilterKind::Tag => Kind::Tag,
+                    FilterKind::Sql => Kind::Sql,
+                },
+                expression: f.expression.clone(),
+            })
+            .collect();
+        let filter = self.consuming.filters().for_pull(&req.topic, &specs)?;
         let cmd = PullCommand {
+            filter,
             group: req.group,
             topic: req.topic,
             queue_id: req.queue_id,
@@ -46,10 +61,7 @@ impl BrokerService {
         // Raw records only for a client that parses the format the log is written in; others
         // (built before the format changed) get decoded messages.
         if req.raw_records && req.record_format >= record::RECORD_FORMAT {
-            let p = self
-                .consuming
-                .pull(&cmd, MessageStore::read_queue_raw)
-                .await?;
+            let p = self.consuming.pull(&cmd, consume::read_raw).await?;
             return Ok(PullResponse {
                 messages: Vec::new(),
                 records: p.read.records.into_iter().map(|r| r.bytes).collect(),
@@ -59,7 +71,7 @@ impl BrokerService {
                 hint: p.hint.map(Into::into),
             });
         }
-        let p = self.consuming.pull(&cmd, MessageStore::read_queue).await?;
+        let p = self.consuming.pull(&cmd, consume::read_decoded).await?;
         Ok(PullResponse {
             messages: p.read.records.into_iter().map(to_wire).collect(),
             records: Vec::new(),

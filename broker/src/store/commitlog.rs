@@ -407,6 +407,26 @@ pub fn decode_at(buf: &Bytes, at: usize, offset: u64) -> Result<StoredRecord, St
     Ok(record::to_stored(&view, buf, at))
 }
 
+/// The record at `at` as the dispatcher sees it, for a filter to look at before the record
+/// is read out ([`decoded_at`] / [`raw_at`] then check it whole, CRC included).
+pub fn view_at(
+    buf: &Bytes,
+    at: usize,
+    offset: u64,
+) -> Result<sluice_proto::record::DispatchView<'_>, StoreError> {
+    let rest = buf
+        .get(at..)
+        .ok_or_else(|| corrupt_at(offset, "record outside the buffer"))?;
+    let total = match record::probe_written(rest) {
+        Probe::Record(t) => t as usize,
+        _ => return Err(corrupt_at(offset, "not a whole record")),
+    };
+    let rec = rest
+        .get(..total)
+        .ok_or_else(|| corrupt_at(offset, "record outside the buffer"))?;
+    record::parse_for_dispatch(rec).map_err(|why| corrupt_at(offset, why))
+}
+
 /// [`decode_at`] for a raw read: the record's bytes, CRC and structure checked and matched
 /// against `want`, without decoding its text (the reader of raw records checks that).
 pub fn raw_at(

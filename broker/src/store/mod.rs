@@ -32,6 +32,7 @@ mod dispatcher;
 mod entries;
 mod entry;
 pub mod error;
+mod filtered;
 mod flusher;
 mod index;
 mod mixed;
@@ -48,6 +49,7 @@ mod writer;
 
 pub use entry::{decode_entry, encode_for_proposal, encode_meta_for_proposal, is_meta_entry};
 pub use error::StoreError;
+pub use filtered::QueueFilter;
 pub use mixed::{encode_mixed_for_proposal, MixedBatch};
 pub use raftlog::CommitLogRaft;
 pub use record::tag_hash;

@@ -3,10 +3,11 @@
 //! before handing it out.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::cq::CqEntry;
+use super::cq::{ConsumeQueue, CqEntry};
 use super::index::{id_hash, key_hash};
 use super::shared::Shared;
 use super::{commitlog, QueueRead, Seen, StoreError, StoredRecord};
@@ -51,20 +52,9 @@ pub fn read_queue_with<R>(
     max_bytes: usize,
     decode: impl Fn(&Bytes, usize, u64, &Expected<'_>) -> Result<R, StoreError>,
 ) -> Result<QueueRead<R>, StoreError> {
-    let Some(q) = s.queue(topic, queue_id) else {
-        if offset == 0 {
-            return Ok(QueueRead::empty(0, 0, 0));
-        }
-        return Err(StoreError::OffsetOutOfRange {
-            offset,
-            min: 0,
-            max: 0,
-        });
+    let Some((q, min, max)) = queue_at(s, topic, queue_id, offset)? else {
+        return Ok(QueueRead::empty(0, 0, 0));
     };
-    let (min, max) = (q.min(), q.max());
-    if offset < min || offset > max {
-        return Err(StoreError::OffsetOutOfRange { offset, min, max });
-    }
     let entries = q.entries(offset, max_messages.max(1))?;
     if entries.is_empty() && offset < max && q.min() > offset {
         // Retention trimmed the queue's head between the bounds check and the read: the
@@ -101,6 +91,31 @@ pub fn read_queue_with<R>(
     })
 }
 
+/// The queue a read at `offset` starts in, with its bounds (`None`: a queue never written,
+/// read from 0), or OFFSET_OUT_OF_RANGE.
+pub(super) fn queue_at(
+    s: &Shared,
+    topic: &str,
+    queue_id: u32,
+    offset: u64,
+) -> Result<Option<(Arc<ConsumeQueue>, u64, u64)>, StoreError> {
+    let Some(q) = s.queue(topic, queue_id) else {
+        if offset == 0 {
+            return Ok(None);
+        }
+        return Err(StoreError::OffsetOutOfRange {
+            offset,
+            min: 0,
+            max: 0,
+        });
+    };
+    let (min, max) = (q.min(), q.max());
+    if offset < min || offset > max {
+        return Err(StoreError::OffsetOutOfRange { offset, min, max });
+    }
+    Ok(Some((q, min, max)))
+}
+
 fn mismatch(offset: u64) -> StoreError {
     StoreError::Corrupt {
         offset,
@@ -111,7 +126,7 @@ fn mismatch(offset: u64) -> StoreError {
 /// Reads the records of `entries` (in log order), fetching neighbours with one read each;
 /// `decode` gets each record's index in `entries`, the buffer, its position there and its log
 /// offset.
-fn read_entries<R>(
+pub(super) fn read_entries<R>(
     s: &Shared,
     entries: &[CqEntry],
     decode: impl Fn(usize, &Bytes, usize, u64) -> Result<R, StoreError>,

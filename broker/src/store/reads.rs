@@ -47,6 +47,52 @@ impl MessageStore {
         )
     }
 
+    /// [`Self::read_queue`] keeping only what `filter` takes, looking at no more than its
+    /// `scan_limit` entries; `next_offset` moves past what it skipped.
+    pub fn read_queue_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        filter: &QueueFilter<'_>,
+    ) -> Result<QueueRead, StoreError> {
+        filtered::read_queue_filtered_with(
+            self.shared(),
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+            filter,
+            commitlog::decoded_at,
+        )
+    }
+
+    /// [`Self::read_queue_raw`] keeping only what `filter` takes (see
+    /// [`Self::read_queue_filtered`]).
+    pub fn read_queue_raw_filtered(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        filter: &QueueFilter<'_>,
+    ) -> Result<QueueRead<RawRecord>, StoreError> {
+        filtered::read_queue_filtered_with(
+            self.shared(),
+            topic,
+            queue_id,
+            offset,
+            max_messages,
+            max_bytes,
+            filter,
+            commitlog::raw_at,
+        )
+    }
+
     /// `(min, max)` visible queue offsets; `(0, 0)` for a queue never written.
     pub fn queue_offsets(&self, topic: &str, queue_id: u32) -> (u64, u64) {
         self.shared()

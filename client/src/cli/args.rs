@@ -121,6 +121,9 @@ pub struct ProduceArgs {
     /// Tag of every message.
     #[arg(long)]
     pub tag: Option<String>,
+    /// A property of every message (repeatable): what SQL92 subscriptions select on.
+    #[arg(long = "property", value_parser = parse_property, value_name = "NAME=VALUE")]
+    pub properties: Vec<(String, String)>,
     /// Sends in flight at once.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub in_flight: u32,
@@ -138,6 +141,13 @@ pub struct ProduceArgs {
     pub file: Option<PathBuf>,
     #[command(flatten)]
     pub out: JsonFlag,
+}
+
+fn parse_property(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    }
 }
 
 /// Where a group with no committed offset starts.
@@ -172,6 +182,13 @@ pub struct ConsumeArgs {
     /// Exit when nothing arrived for this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub idle_timeout: Option<f64>,
+    /// Only messages with one of these tags (filtered on the broker): `a || b`.
+    #[arg(long, value_name = "TAGS", conflicts_with = "sql")]
+    pub tag: Option<String>,
+    /// Only messages whose properties satisfy this SQL92 condition (filtered on the broker;
+    /// the tag is the property TAGS): "region = 'eu' AND amount > 100".
+    #[arg(long, value_name = "CONDITION")]
+    pub sql: Option<String>,
     #[command(flatten)]
     pub out: JsonFlag,
 }

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_client::{ClientConfig, ConsumerBuilder, StartPosition};
+use sluice_client::{ClientConfig, ConsumerBuilder, Selector, StartPosition};
 use tokio::time::Instant;
 
 use super::args::{ConsumeArgs, From};
@@ -30,8 +30,13 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
         Some(s) => anyhow::bail!("--idle-timeout must be a positive number of seconds, not {s}"),
         None => None,
     };
-    let mut consumer = ConsumerBuilder::new(config, args.group.clone())
-        .subscribe(args.topic.clone())
+    let builder = ConsumerBuilder::new(config, args.group.clone());
+    let builder = match (&args.tag, &args.sql) {
+        (Some(t), _) => builder.subscribe_with(args.topic.clone(), Selector::tag(t)),
+        (None, Some(q)) => builder.subscribe_with(args.topic.clone(), Selector::sql(q)),
+        (None, None) => builder.subscribe(args.topic.clone()),
+    };
+    let mut consumer = builder
         .start_position(start)
         .auto_commit(false)
         .poll_timeout(Duration::from_secs(5))

@@ -80,6 +80,9 @@ pub async fn produce(config: ClientConfig, args: ProduceArgs) -> anyhow::Result<
         if let Some(t) = &args.tag {
             m = m.with_tag(t.clone());
         }
+        for (k, v) in &args.properties {
+            m = m.with_property(k.clone(), v.clone());
+        }
         if let Some(d) = args.delay {
             m = m.with_delay(d);
         }

@@ -4,7 +4,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proto::v1::{PullRequest, PullResponse, ReadHintReason, StoredMessage};
+use sluice_proto::v1::{
+    PullRequest, PullResponse, ReadHintReason, StoredMessage, SubscriptionFilter,
+};
 use sluice_proto::{record, ErrorCode};
 
 use super::tracker::OffsetTracker;
@@ -18,6 +20,9 @@ pub(crate) struct ReaderCtx {
     pub(crate) group: String,
     pub(crate) poll_timeout: Duration,
     pub(crate) batch: u32,
+    /// Every subscribed topic's selector, sent with each pull (a retry topic's messages are
+    /// judged by their original topic's).
+    pub(crate) filters: Vec<SubscriptionFilter>,
 }
 
 pub(crate) enum PullOutcome {
@@ -177,6 +182,7 @@ async fn pull_from(
             poll_timeout_ms: u32::try_from(ctx.poll_timeout.as_millis()).unwrap_or(u32::MAX),
             raw_records: true,
             record_format: record::RECORD_FORMAT,
+            filters: ctx.filters.clone(),
         },
         timeout,
     );

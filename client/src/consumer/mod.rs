@@ -82,6 +82,62 @@ pub struct ConsumerBuilder {
     pub(crate) retry_backoff: (Duration, Duration),
     pub(crate) auto_commit: bool,
     pub(crate) buffer: usize,
+    /// Each topic's selector (topics without one take every message).
+    pub(crate) selectors: Vec<(String, Selector)>,
+}
+
+/// Which messages of a topic a subscription takes, judged on the broker: RocketMQ's tag
+/// expressions and SQL92 selectors (see the `sluice-filter` crate for the grammar).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// `*`, `a`, `a || b || c`: messages with one of these tags.
+    Tag(String),
+    /// A condition on message properties, the tag being the property `TAGS`:
+    /// `region = 'eu' AND amount > 100`.
+    Sql(String),
+}
+
+impl Selector {
+    pub fn tag(expression: impl Into<String>) -> Self {
+        Selector::Tag(expression.into())
+    }
+
+    pub fn sql(expression: impl Into<String>) -> Self {
+        Selector::Sql(expression.into())
+    }
+
+    fn parts(&self) -> (sluice_filter::Kind, &str) {
+        match self {
+            Selector::Tag(e) => (sluice_filter::Kind::Tag, e),
+            Selector::Sql(e) => (sluice_filter::Kind::Sql, e),
+        }
+    }
+
+    /// Compiles the expression as the broker will, so a bad one is refused at subscribe time.
+    fn check(&self, topic: &str) -> Result<()> {
+        let (kind, e) = self.parts();
+        sluice_filter::Filter::compile(kind, e, &sluice_filter::Limits::default())
+            .map(|_| ())
+            .map_err(|err| {
+                Error::InvalidArgument(format!(
+                    "the {kind:?} selector of topic {topic} ({e:?}) {err}"
+                ))
+            })
+    }
+
+    /// The wire form for `topic`.
+    pub(crate) fn to_wire(&self, topic: &str) -> sluice_proto::v1::SubscriptionFilter {
+        let (kind, e) = self.parts();
+        let kind = match kind {
+            sluice_filter::Kind::Tag => sluice_proto::v1::FilterKind::Tag,
+            sluice_filter::Kind::Sql => sluice_proto::v1::FilterKind::Sql,
+        };
+        sluice_proto::v1::SubscriptionFilter {
+            topic: topic.to_string(),
+            kind: kind as i32,
+            expression: e.to_string(),
+        }
+    }
 }
 
 impl ConsumerBuilder {
@@ -102,6 +158,7 @@ impl ConsumerBuilder {
             retry_backoff: (Duration::from_secs(1), Duration::from_secs(30)),
             auto_commit: true,
             buffer: 1024,
+            selectors: Vec::new(),
         }
     }
 
@@ -112,6 +169,16 @@ impl ConsumerBuilder {
             self.topics.push(topic);
         }
         self
+    }
+
+    /// Adds a topic to consume, taking only the messages `selector` takes (filtered on the
+    /// broker; the group's retry topic is filtered the same way). Subscribing again replaces
+    /// the topic's selector.
+    pub fn subscribe_with(mut self, topic: impl Into<String>, selector: Selector) -> Self {
+        let topic = topic.into();
+        self.selectors.retain(|(t, _)| *t != topic);
+        self.selectors.push((topic.clone(), selector));
+        self.subscribe(topic)
     }
 
     /// Where to start on queues without a committed offset (default: latest).
@@ -216,6 +283,9 @@ impl ConsumerBuilder {
         for t in &self.topics {
             names::validate_topic_name(t)?;
         }
+        for (t, sel) in &self.selectors {
+            sel.check(t)?;
+        }
         let durations = [
             ("heartbeat interval", self.heartbeat_interval),
             ("rebalance interval", self.rebalance_interval),
@@ -258,4 +328,26 @@ pub(crate) fn new_client_id() -> String {
         std::process::id(),
         rand::random::<u32>()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_selector_is_refused_at_subscribe_time_with_its_position() {
+        let config = ClientConfig::new(["127.0.0.1:1"]);
+        let ok = ConsumerBuilder::new(config.clone(), "g")
+            .subscribe_with("orders", Selector::tag("paid || shipped"))
+            .subscribe_with("audit", Selector::sql("amount > 100"));
+        assert!(ok.validate().is_ok());
+        let wire: Vec<_> = ok.selectors.iter().map(|(t, s)| s.to_wire(t)).collect();
+        assert_eq!(wire.len(), 2);
+        assert_eq!(wire[1].kind, sluice_proto::v1::FilterKind::Sql as i32);
+
+        let bad = ConsumerBuilder::new(config, "g")
+            .subscribe_with("orders", Selector::sql("amount > 100 AND"));
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("orders") && e.contains("column 17"), "{e}");
+    }
 }

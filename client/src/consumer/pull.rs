@@ -77,6 +77,7 @@ impl PullConsumer {
                 group: b.group.clone(),
                 poll_timeout: b.poll_timeout,
                 batch: b.pull_batch,
+                filters: b.selectors.iter().map(|(t, s)| s.to_wire(t)).collect(),
             }),
             deliveries: tx,
             slots: Arc::new(Semaphore::new(b.buffer)),

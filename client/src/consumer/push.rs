@@ -43,6 +43,7 @@ impl PushConsumer {
                 group: b.group.clone(),
                 poll_timeout: b.poll_timeout,
                 batch: b.pull_batch,
+                filters: b.selectors.iter().map(|(t, s)| s.to_wire(t)).collect(),
             }),
             handler: Arc::new(handler),
             permits: Arc::new(Semaphore::new(b.concurrency)),

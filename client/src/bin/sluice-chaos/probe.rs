@@ -245,6 +245,7 @@ pub async fn read_queue(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<St
             poll_timeout_ms: 0,
             raw_records: false,
             record_format: 0,
+            filters: Vec::new(),
         };
         let r = match tokio::time::timeout(Duration::from_secs(10), c.pull(req)).await {
             Err(_) => bail!("pull of {topic}/{queue_id} at {offset} from {addr} timed out"),
