@@ -189,6 +189,13 @@ pub struct ConsumeArgs {
     /// the tag is the property TAGS): "region = 'eu' AND amount > 100".
     #[arg(long, value_name = "CONDITION")]
     pub sql: Option<String>,
+    /// Broadcast: this instance gets every message of the group's topics, with offsets of its
+    /// own on the broker (under GROUP|INSTANCE).
+    #[arg(long)]
+    pub broadcast: bool,
+    /// The broadcast instance's id, the same across restarts (default: the host name).
+    #[arg(long, requires = "broadcast", value_name = "ID")]
+    pub instance: Option<String>,
     #[command(flatten)]
     pub out: JsonFlag,
 }

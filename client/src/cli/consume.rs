@@ -36,6 +36,11 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
         (None, Some(q)) => builder.subscribe_with(args.topic.clone(), Selector::sql(q)),
         (None, None) => builder.subscribe(args.topic.clone()),
     };
+    let builder = match (args.broadcast, &args.instance) {
+        (false, _) => builder,
+        (true, Some(id)) => builder.broadcast(id.clone()),
+        (true, None) => builder.broadcast(host_instance()),
+    };
     let mut consumer = builder
         .start_position(start)
         .auto_commit(false)
@@ -98,6 +103,17 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
     }
     eprintln!("consumed {received} message(s)");
     Ok(())
+}
+
+/// The host name as an instance id: characters a group name cannot hold become `-`.
+fn host_instance() -> String {
+    sluice_client::message_id::hostname()
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '_' | '-' => c,
+            _ => '-',
+        })
+        .collect()
 }
 
 fn print_batch(batch: &[sluice_client::ReceivedMessage]) -> std::io::Result<()> {

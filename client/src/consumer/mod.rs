@@ -84,6 +84,8 @@ pub struct ConsumerBuilder {
     pub(crate) buffer: usize,
     /// Each topic's selector (topics without one take every message).
     pub(crate) selectors: Vec<(String, Selector)>,
+    /// Broadcast consumption: this instance's id.
+    pub(crate) broadcast: Option<String>,
 }
 
 /// Which messages of a topic a subscription takes, judged on the broker: RocketMQ's tag
@@ -159,6 +161,7 @@ impl ConsumerBuilder {
             auto_commit: true,
             buffer: 1024,
             selectors: Vec::new(),
+            broadcast: None,
         }
     }
 
@@ -179,6 +182,27 @@ impl ConsumerBuilder {
         self.selectors.retain(|(t, _)| *t != topic);
         self.selectors.push((topic.clone(), selector));
         self.subscribe(topic)
+    }
+
+    /// Broadcast consumption: every instance of the group gets every message (clustering, the
+    /// default, splits the queues among the instances). Each instance keeps its own offsets on
+    /// the broker, under the group `GROUP|INSTANCE`, with its own retry and dead-letter topics,
+    /// so a restarted instance with the same id resumes where it stopped and a new one starts
+    /// at the start position (latest by default). `instance` must stay the same across restarts
+    /// and differ between the group's instances (a host or pod name): two instances with one id
+    /// would split the messages between them.
+    pub fn broadcast(mut self, instance: impl Into<String>) -> Self {
+        self.broadcast = Some(instance.into());
+        self
+    }
+
+    /// The group this consumer commits offsets and retries under: the group, or in broadcast
+    /// mode the instance's own.
+    pub(crate) fn offsets_group(&self) -> String {
+        match &self.broadcast {
+            Some(instance) => format!("{}|{instance}", self.group),
+            None => self.group.clone(),
+        }
     }
 
     /// Where to start on queues without a committed offset (default: latest).
@@ -257,12 +281,20 @@ impl ConsumerBuilder {
 
     /// Starts a push consumer calling `handler` for every message.
     pub async fn start_push<H: MessageHandler>(self, handler: H) -> Result<PushConsumer> {
-        PushConsumer::start(self, handler).await
+        PushConsumer::start(self.resolved()?, handler).await
     }
 
     /// Starts a pull consumer.
     pub async fn start_pull(self) -> Result<PullConsumer> {
-        PullConsumer::start(self).await
+        PullConsumer::start(self.resolved()?).await
+    }
+
+    /// Checked, with a broadcast instance's own group in place of the group.
+    fn resolved(mut self) -> Result<Self> {
+        self.validate()?;
+        self.group = self.offsets_group();
+        self.broadcast = None;
+        Ok(self)
     }
 
     /// The subscribed topics and the group's retry topic.
@@ -277,6 +309,10 @@ impl ConsumerBuilder {
 
     pub(crate) fn validate(&self) -> Result<()> {
         names::validate_group_name(&self.group)?;
+        if self.broadcast.is_some() {
+            names::validate_group_name(&self.offsets_group())
+                .map_err(|e| Error::Config(format!("broadcast instance id: {}", e.message)))?;
+        }
         if self.topics.is_empty() {
             return Err(Error::Config("subscribe to at least one topic".into()));
         }
@@ -349,5 +385,22 @@ mod tests {
             .subscribe_with("orders", Selector::sql("amount > 100 AND"));
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("orders") && e.contains("column 17"), "{e}");
+    }
+
+    #[test]
+    fn a_broadcast_instance_commits_under_a_group_of_its_own() {
+        let config = ClientConfig::new(["127.0.0.1:1"]);
+        let b = ConsumerBuilder::new(config.clone(), "caches")
+            .subscribe("news")
+            .broadcast("host-a");
+        assert_eq!(b.offsets_group(), "caches|host-a");
+        let r = b.resolved().unwrap();
+        assert_eq!(r.group, "caches|host-a");
+        assert_eq!(r.topics_with_retry()[1], "%RETRY%caches|host-a");
+        let bad = ConsumerBuilder::new(config, "caches")
+            .subscribe("news")
+            .broadcast("host.example.com");
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("broadcast instance id"), "{e}");
     }
 }
