@@ -58,7 +58,7 @@ pub mod time;
 
 pub use admin::{
     Admin, BrokerStatusRow, DeadLetter, GroupPolicy, LagRow, ReadRow, Redriven, ReplicaProgressRow,
-    TopicCreated, TransactionRow,
+    TopicCreated, TopicUpdate, TopicUpdated, TransactionRow,
 };
 pub use config::ClientConfig;
 pub use consumer::{

@@ -3,6 +3,7 @@
 mod dlq;
 mod query;
 mod status;
+mod topics;
 mod txn;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use sluice_proto::{names, perm, ApiError, ErrorCode};
 
 pub use dlq::{DeadLetter, GroupPolicy, Redriven};
 pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
+pub use topics::{TopicUpdate, TopicUpdated};
 pub use txn::TransactionRow;
 
 use crate::client::ClientCore;

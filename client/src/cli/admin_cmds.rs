@@ -1,7 +1,7 @@
 //! topic, cluster, group and message commands.
 
 use serde::Serialize;
-use sluice_client::{Admin, BrokerStatusRow, LagRow, TopicCreated, TopicRouteInfo};
+use sluice_client::{Admin, BrokerStatusRow, LagRow, TopicCreated, TopicRouteInfo, TopicUpdate};
 
 use super::args::{ClusterCommand, DlqCommand, GroupCommand, MessageCommand, TopicCommand};
 use super::output::{message_line, print_json, MessageView, Table};
@@ -88,6 +88,47 @@ pub async fn topic(admin: &Admin, cmd: TopicCommand) -> anyhow::Result<()> {
                 return print_json(&route);
             }
             route_table(&route).print()?;
+            Ok(())
+        }
+        TopicCommand::Update {
+            name,
+            queues,
+            read_queues,
+            perm,
+            out,
+        } => {
+            let update = TopicUpdate {
+                write_queues: queues,
+                read_queues,
+                perm,
+            };
+            if update == TopicUpdate::default() {
+                anyhow::bail!("nothing to change: give --queues, --read-queues or --perm");
+            }
+            let updated = admin.update_topic(&name, update).await?;
+            if out.json {
+                return print_json(&updated);
+            }
+            let mut t = Table::new(&["BROKER", "READ_QUEUES", "WRITE_QUEUES", "PERM", "RESULT"]);
+            for u in &updated {
+                let result = if u.changed { "updated" } else { "unchanged" };
+                t.row(vec![
+                    u.broker_name.clone(),
+                    u.read_queues.to_string(),
+                    u.write_queues.to_string(),
+                    perm_text(u.perm),
+                    result.into(),
+                ]);
+            }
+            t.print()?;
+            Ok(())
+        }
+        TopicCommand::Delete { name, out } => {
+            let deleted = admin.delete_topic(&name).await?;
+            if out.json {
+                return print_json(&serde_json::json!({ "topic": name, "deleted_on": deleted }));
+            }
+            println!("topic {name} deleted on {}", deleted.join(", "));
             Ok(())
         }
     }

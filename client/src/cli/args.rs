@@ -95,6 +95,39 @@ pub enum TopicCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Change a topic's queues or permission on every broker group that serves it (through
+    /// each group's log, so every replica has it).
+    Update {
+        name: String,
+        /// Write queues per broker group; read queues follow when they grow and stay when they
+        /// shrink (the queues taken out of writing are read until drained).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        queues: Option<u32>,
+        /// Read queues per broker group (lower them once the removed write queues are drained).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+        read_queues: Option<u32>,
+        /// r (read only), w (write only) or rw.
+        #[arg(long, value_parser = parse_perm, value_name = "r|w|rw")]
+        perm: Option<u32>,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Delete a topic from every broker group that serves it (its messages are left to
+    /// retention).
+    Delete {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+fn parse_perm(s: &str) -> Result<u32, String> {
+    match s {
+        "r" => Ok(sluice_proto::perm::READ),
+        "w" => Ok(sluice_proto::perm::WRITE),
+        "rw" | "wr" => Ok(sluice_proto::perm::READ_WRITE),
+        other => Err(format!("expected r, w or rw, got {other:?}")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
