@@ -155,6 +155,7 @@ async fn bad_inputs_get_clear_errors() {
         b.commit_offsets(CommitOffsetsRequest {
             group: "bad group".into(),
             offsets: vec![],
+            reset_epoch: None,
         })
         .await,
     );

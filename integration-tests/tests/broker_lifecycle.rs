@@ -55,6 +55,7 @@ async fn acked_messages_and_offsets_survive_kill_9() {
                 queue_id: 2,
                 offset: 37,
             }],
+            reset_epoch: None,
         })
         .await
         .unwrap();

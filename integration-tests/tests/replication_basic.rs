@@ -179,6 +179,7 @@ async fn three_replicas_elect_a_master_and_replicate_messages_and_metadata() {
             queue_id: 2,
             offset: 17,
         }],
+        reset_epoch: None,
     };
     let err = ApiError::from_status(&slave.commit_offsets(commit.clone()).await.unwrap_err());
     assert_eq!(err.code, ErrorCode::NotMaster);

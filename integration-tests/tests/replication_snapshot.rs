@@ -70,6 +70,7 @@ async fn a_replica_down_past_retention_catches_up_from_a_snapshot() {
             queue_id: 1,
             offset: 42,
         }],
+        reset_epoch: None,
     })
     .await
     .unwrap();

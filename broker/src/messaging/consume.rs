@@ -94,6 +94,27 @@ pub struct Pulled<R> {
     pub hint: Option<Hint>,
 }
 
+/// Where a reset moves a group's offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTarget {
+    Earliest,
+    Latest,
+    /// The first message stored at or after this time (ms since the epoch).
+    Time(i64),
+    /// This offset, clamped to each queue's range.
+    Offset(u64),
+}
+
+/// One queue of a reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueReset {
+    pub topic: String,
+    pub queue_id: u32,
+    /// The committed offset before (None: none).
+    pub from: Option<u64>,
+    pub to: u64,
+}
+
 /// Positions of one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuePositions {
@@ -274,10 +295,13 @@ impl Consuming {
 
     /// Commits a group's offsets: durable (flushed standalone, in a quorum's log in a group)
     /// and applied here when it returns.
+    /// `reset_epoch`: the group's reset epoch the committer knows; a commit from before a
+    /// reset is ignored (None: no check).
     pub async fn commit_offsets(
         &self,
         group: &str,
         entries: &[CommittedOffset],
+        reset_epoch: Option<u64>,
         now: i64,
     ) -> Result<(), ApiError> {
         validate_group_name(group)?;
@@ -285,9 +309,84 @@ impl Consuming {
             validate_topic_name(&e.topic)?;
         }
         self.write
-            .apply(state::commit_offsets_op(group, entries), now)
+            .apply(state::commit_offsets_at(group, entries, reset_epoch), now)
             .await?;
         Ok(())
+    }
+
+    /// The group's reset epoch here (0: never reset).
+    pub fn reset_epoch(&self, group: &str) -> Result<u64, ApiError> {
+        Ok(self.write.state().offsets.reset_epoch(group)?)
+    }
+
+    /// Moves `group`'s offsets on `topic` (None: every topic it has offsets for here, but
+    /// its retry topic) to `to`, through the log (one entry, which also raises the group's
+    /// reset epoch so live consumers reload and their older commits are ignored). With
+    /// `dry_run`, only says what would change. The master decides.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: Option<&str>,
+        to: ResetTarget,
+        dry_run: bool,
+        now: i64,
+    ) -> Result<(Vec<QueueReset>, u64), ApiError> {
+        validate_group_name(group)?;
+        self.write.require_writer()?;
+        let offsets = &self.write.state().offsets;
+        let topics: Vec<String> = match topic {
+            Some(t) => vec![t.to_string()],
+            None => {
+                let mut ts: Vec<String> = offsets
+                    .list(group, None)?
+                    .into_iter()
+                    .map(|o| o.topic)
+                    .filter(|t| !sluice_proto::names::is_retry_topic(t))
+                    .collect();
+                ts.dedup();
+                ts
+            }
+        };
+        if topics.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::GroupNotFound,
+                format!("group {group} has no committed offsets here; name the topic to reset"),
+            ));
+        }
+        let mut plan = Vec::new();
+        for t in &topics {
+            validate_topic_name(t)?;
+            let cfg = self.topic(t)?;
+            for q in 0..cfg.read_queues {
+                let (min, max) = self.store.queue_offsets(t, q);
+                let to = match to {
+                    ResetTarget::Earliest => min,
+                    ResetTarget::Latest => max,
+                    ResetTarget::Time(ms) => self.store.offset_for_timestamp(t, q, ms),
+                    ResetTarget::Offset(o) => o.clamp(min, max),
+                };
+                plan.push(QueueReset {
+                    topic: t.clone(),
+                    queue_id: q,
+                    from: offsets.get(group, t, q)?,
+                    to,
+                });
+            }
+        }
+        if !dry_run {
+            let entries: Vec<CommittedOffset> = plan
+                .iter()
+                .map(|p| CommittedOffset {
+                    topic: p.topic.clone(),
+                    queue_id: p.queue_id,
+                    offset: p.to,
+                })
+                .collect();
+            self.write
+                .apply(state::reset_offsets_op(group, &entries), now)
+                .await?;
+        }
+        Ok((plan, offsets.reset_epoch(group)?))
     }
 
     pub fn committed_offset(

@@ -10,7 +10,8 @@ use sluice_proto::{record, ApiError};
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
 use crate::messaging::consume::{
-    self, PullCommand, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_BYTES, MAX_MESSAGES,
+    self, PullCommand, ResetTarget, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_BYTES,
+    MAX_MESSAGES,
 };
 use crate::messaging::filter::FilterSpec;
 use crate::state::CommittedOffset;
@@ -96,9 +97,41 @@ impl BrokerService {
             })
             .collect();
         self.consuming
-            .commit_offsets(&req.group, &entries, now_ms())
+            .commit_offsets(&req.group, &entries, req.reset_epoch, now_ms())
             .await?;
         Ok(CommitOffsetsResponse {})
+    }
+
+    pub(super) async fn do_reset_offsets(
+        &self,
+        req: ResetOffsetsRequest,
+    ) -> Result<ResetOffsetsResponse, ApiError> {
+        let to = match req.to() {
+            ResetTo::Earliest => ResetTarget::Earliest,
+            ResetTo::Latest => ResetTarget::Latest,
+            ResetTo::Time => ResetTarget::Time(req.value),
+            ResetTo::Offset => ResetTarget::Offset(
+                u64::try_from(req.value)
+                    .map_err(|_| ApiError::invalid(format!("offset {} is negative", req.value)))?,
+            ),
+        };
+        let topic = (!req.topic.is_empty()).then_some(req.topic.as_str());
+        let (plan, reset_epoch) = self
+            .consuming
+            .reset_offsets(&req.group, topic, to, req.dry_run, now_ms())
+            .await?;
+        Ok(ResetOffsetsResponse {
+            queues: plan
+                .into_iter()
+                .map(|p| QueueReset {
+                    topic: p.topic,
+                    queue_id: p.queue_id,
+                    from_offset: p.from,
+                    to_offset: p.to,
+                })
+                .collect(),
+            reset_epoch,
+        })
     }
 
     pub(super) fn do_query_offset(
@@ -154,16 +187,19 @@ impl BrokerService {
             return Err(ApiError::invalid("client_id must be 1..=256 bytes"));
         }
         let now = Instant::now();
+        let mut reset_epochs = std::collections::HashMap::new();
         for s in req.subscriptions {
             validate_group_name(&s.group)?;
             for t in &s.topics {
                 validate_topic_name(t)?;
             }
+            reset_epochs.insert(s.group.clone(), self.consuming.reset_epoch(&s.group)?);
             self.groups
                 .heartbeat(&s.group, &req.client_id, s.topics, now);
         }
         Ok(ConsumerHeartbeatResponse {
             expiry_ms: self.groups.expiry().as_millis() as u64,
+            reset_epochs,
         })
     }
 

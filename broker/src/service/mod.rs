@@ -186,6 +186,13 @@ impl Broker for BrokerService {
         reply(self.do_get_group_offsets(req.into_inner()))
     }
 
+    async fn reset_offsets(
+        &self,
+        req: Request<ResetOffsetsRequest>,
+    ) -> Reply<ResetOffsetsResponse> {
+        reply(self.do_reset_offsets(req.into_inner()).await)
+    }
+
     async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Reply<CreateTopicResponse> {
         reply(self.do_create_topic(req.into_inner()).await)
     }

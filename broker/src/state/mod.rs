@@ -40,6 +40,7 @@ pub const TREE: &str = "state";
 pub const TABLES: &[&str] = &[
     topics::TABLE,
     offsets::TABLE,
+    offsets::RESETS,
     groups::TABLE,
     producers::PRODUCERS,
     producers::SEQUENCES,
@@ -65,18 +66,48 @@ pub fn table_key(table: &str, key: &[u8]) -> Vec<u8> {
 }
 
 /// The op that commits `offsets` for `group`.
+fn offset_entries(offsets: &[CommittedOffset]) -> Vec<sluice_proto::v1::OffsetEntry> {
+    offsets
+        .iter()
+        .map(|o| sluice_proto::v1::OffsetEntry {
+            topic: o.topic.clone(),
+            queue_id: o.queue_id,
+            offset: o.offset,
+        })
+        .collect()
+}
+
+/// An operator's reset of `group`'s offsets (the group's reset epoch goes up by one).
+pub fn reset_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
+    StateOp {
+        op: Some(Op::ResetOffsets(sluice_proto::v1::ResetOffsetsOp {
+            group: group.to_string(),
+            offsets: offset_entries(offsets),
+        })),
+    }
+}
+
+/// A consumer's commit; `reset_epoch` is the group's epoch it knows (None: no check).
+pub fn commit_offsets_at(
+    group: &str,
+    offsets: &[CommittedOffset],
+    reset_epoch: Option<u64>,
+) -> StateOp {
+    StateOp {
+        op: Some(Op::CommitOffsets(sluice_proto::v1::CommitOffsetsOp {
+            group: group.to_string(),
+            offsets: offset_entries(offsets),
+            reset_epoch,
+        })),
+    }
+}
+
 pub fn commit_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
     StateOp {
         op: Some(Op::CommitOffsets(sluice_proto::v1::CommitOffsetsOp {
             group: group.to_string(),
-            offsets: offsets
-                .iter()
-                .map(|o| sluice_proto::v1::OffsetEntry {
-                    topic: o.topic.clone(),
-                    queue_id: o.queue_id,
-                    offset: o.offset,
-                })
-                .collect(),
+            offsets: offset_entries(offsets),
+            reset_epoch: None,
         })),
     }
 }
@@ -280,7 +311,12 @@ impl StateMachine {
                     tracing::error!("skipping an empty state operation");
                     Applied::Unchanged
                 }
-                Some(Op::CommitOffsets(c)) => offsets::apply_commit(&mut staged, c),
+                Some(Op::CommitOffsets(c)) => {
+                    offsets::apply_commit(self.meta.as_ref(), &mut staged, c)?
+                }
+                Some(Op::ResetOffsets(r)) => {
+                    offsets::apply_reset(self.meta.as_ref(), &mut staged, r)?
+                }
                 Some(Op::UpsertTopic(cfg)) => {
                     topics::apply_upsert(self.meta.as_ref(), &mut staged, cfg)?
                 }

@@ -2,12 +2,25 @@
 
 use std::sync::Arc;
 
-use sluice_proto::v1::CommitOffsetsOp;
+use sluice_proto::v1::{CommitOffsetsOp, ResetOffsetsOp};
 
 use super::{table_key, Applied, Staged, TREE};
 use crate::meta::{MetaError, MetaStore};
 
 pub const TABLE: &str = "offsets";
+/// Each group's reset epoch (key: the group; value: u64, big endian): how many times an
+/// operator reset its offsets. Absent: 0.
+pub const RESETS: &str = "offset_resets";
+
+fn reset_key(group: &str) -> Vec<u8> {
+    table_key(RESETS, group.as_bytes())
+}
+
+fn epoch_in(meta: &dyn MetaStore, staged: &Staged, group: &str) -> Result<u64, MetaError> {
+    staged
+        .get(meta, &reset_key(group))?
+        .map_or(Ok(0), |v| decode_u64(&v))
+}
 
 /// Reads of the table (writes are [`super::StateMachine::apply`]'s).
 pub struct OffsetTable {
@@ -40,19 +53,50 @@ pub struct CommittedOffset {
     pub offset: u64,
 }
 
-pub(super) fn apply_commit(staged: &mut Staged, c: &CommitOffsetsOp) -> Applied {
+pub(super) fn apply_commit(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    c: &CommitOffsetsOp,
+) -> Result<Applied, MetaError> {
+    // A commit made before a reset (by a consumer that had not heard of it) would undo it.
+    if let Some(known) = c.reset_epoch {
+        if epoch_in(meta, staged, &c.group)? > known {
+            return Ok(Applied::Unchanged);
+        }
+    }
     for o in &c.offsets {
         staged.put(
             key(&c.group, &o.topic, o.queue_id),
             o.offset.to_be_bytes().to_vec(),
         );
     }
-    Applied::Changed
+    Ok(Applied::Changed)
+}
+
+pub(super) fn apply_reset(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    r: &ResetOffsetsOp,
+) -> Result<Applied, MetaError> {
+    let epoch = epoch_in(meta, staged, &r.group)?.saturating_add(1);
+    staged.put(reset_key(&r.group), epoch.to_be_bytes().to_vec());
+    for o in &r.offsets {
+        staged.put(
+            key(&r.group, &o.topic, o.queue_id),
+            o.offset.to_be_bytes().to_vec(),
+        );
+    }
+    Ok(Applied::Changed)
 }
 
 impl OffsetTable {
     pub(crate) fn new(meta: Arc<dyn MetaStore>) -> Self {
         OffsetTable { meta }
+    }
+
+    /// The group's reset epoch (0: never reset).
+    pub fn reset_epoch(&self, group: &str) -> Result<u64, MetaError> {
+        epoch_in(self.meta.as_ref(), &Staged::default(), group)
     }
 
     pub fn get(&self, group: &str, topic: &str, queue_id: u32) -> Result<Option<u64>, MetaError> {

@@ -42,6 +42,7 @@ fn commit(group: &str, topic: &str, queue_id: u32, offset: u64) -> StateOp {
                 queue_id,
                 offset,
             }],
+            reset_epoch: None,
         })),
     }
 }
@@ -161,6 +162,52 @@ fn earlier_trees_are_moved_into_the_state_tree() {
     assert_eq!(tables(&again.dump().unwrap()), tables(&m.dump().unwrap()));
 }
 
+#[test]
+fn a_commit_from_before_a_reset_is_ignored() {
+    let m = StateMachine::open(Arc::new(MemMeta::default()), Arc::new(Notify::new())).unwrap();
+    let at = |o| {
+        [CommittedOffset {
+            topic: "t".into(),
+            queue_id: 0,
+            offset: o,
+        }]
+    };
+    m.apply(
+        Some(1),
+        &[crate::state::commit_offsets_at("g", &at(50), Some(0))],
+        false,
+    )
+    .unwrap();
+    assert_eq!(m.offsets.reset_epoch("g").unwrap(), 0);
+    m.apply(
+        Some(2),
+        &[crate::state::reset_offsets_op("g", &at(0))],
+        false,
+    )
+    .unwrap();
+    assert_eq!(m.offsets.reset_epoch("g").unwrap(), 1);
+    // A consumer that had not heard of the reset commits its old position: ignored.
+    m.apply(
+        Some(3),
+        &[crate::state::commit_offsets_at("g", &at(60), Some(0))],
+        false,
+    )
+    .unwrap();
+    assert_eq!(m.offsets.get("g", "t", 0).unwrap(), Some(0));
+    // One that knows the new epoch, or that does not follow resets, commits.
+    m.apply(
+        Some(4),
+        &[crate::state::commit_offsets_at("g", &at(5), Some(1))],
+        false,
+    )
+    .unwrap();
+    assert_eq!(m.offsets.get("g", "t", 0).unwrap(), Some(5));
+    m.apply(Some(5), &[commit("g", "t", 0, 7)], false).unwrap();
+    assert_eq!(m.offsets.get("g", "t", 0).unwrap(), Some(7));
+    // Another group's epoch is its own.
+    assert_eq!(m.offsets.reset_epoch("h").unwrap(), 0);
+}
+
 fn op_strategy() -> impl Strategy<Value = StateOp> {
     let name = prop::sample::select(vec!["a", "b", "c", "%RETRY%g"]);
     prop_oneof![
@@ -173,6 +220,32 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
             0u64..100
         )
             .prop_map(|(g, t, q, o)| commit(g, t, q, o)),
+        // Commits that carry a reset epoch, and resets.
+        (
+            prop::sample::select(vec!["g1", "g2"]),
+            0u32..3,
+            0u64..100,
+            0u64..3
+        )
+            .prop_map(|(g, q, o, e)| crate::state::commit_offsets_at(
+                g,
+                &[CommittedOffset {
+                    topic: "a".into(),
+                    queue_id: q,
+                    offset: o,
+                }],
+                Some(e)
+            )),
+        (prop::sample::select(vec!["g1", "g2"]), 0u32..3, 0u64..100).prop_map(|(g, q, o)| {
+            crate::state::reset_offsets_op(
+                g,
+                &[CommittedOffset {
+                    topic: "a".into(),
+                    queue_id: q,
+                    offset: o,
+                }],
+            )
+        }),
         (
             prop::sample::select(vec!["g1", "g2"]),
             0u32..20,

@@ -2,6 +2,7 @@
 
 mod dlq;
 mod query;
+mod reset;
 mod status;
 mod topics;
 mod txn;
@@ -16,6 +17,7 @@ use sluice_proto::v1::{BrokerInfo, CreateTopicRequest, Role, TopicConfig};
 use sluice_proto::{names, perm, ApiError, ErrorCode};
 
 pub use dlq::{DeadLetter, GroupPolicy, Redriven};
+pub use reset::{QueueResetRow, ResetPosition};
 pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
 pub use topics::{TopicUpdate, TopicUpdated};
 pub use txn::TransactionRow;

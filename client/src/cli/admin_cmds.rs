@@ -359,6 +359,39 @@ pub async fn group(admin: &Admin, cmd: GroupCommand) -> anyhow::Result<()> {
             lag_table(&doc).print()?;
             Ok(())
         }
+        GroupCommand::Reset {
+            group,
+            to,
+            topic,
+            dry_run,
+            out,
+        } => {
+            let rows = admin
+                .reset_offsets(&group, topic.as_deref(), to, dry_run)
+                .await?;
+            if out.json {
+                return print_json(&serde_json::json!({
+                    "group": group,
+                    "dry_run": dry_run,
+                    "queues": rows,
+                }));
+            }
+            let mut t = Table::new(&["BROKER", "TOPIC", "QUEUE", "FROM", "TO"]);
+            for r in &rows {
+                t.row(vec![
+                    r.broker_name.clone(),
+                    r.topic.clone(),
+                    r.queue_id.to_string(),
+                    r.from.map_or_else(|| "-".into(), |f| f.to_string()),
+                    r.to.to_string(),
+                ]);
+            }
+            t.print()?;
+            if dry_run {
+                println!("dry run: nothing changed");
+            }
+            Ok(())
+        }
     }
 }
 

@@ -283,6 +283,36 @@ pub enum GroupCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Move a group's offsets; live consumers resume from them within a heartbeat.
+    Reset {
+        group: String,
+        /// earliest, latest, a time (RFC 3339, e.g. 2026-12-06T10:00:00Z) or an offset (a
+        /// number, clamped to each queue's range).
+        #[arg(long, value_parser = parse_reset, value_name = "earliest|latest|TIME|OFFSET")]
+        to: sluice_client::ResetPosition,
+        /// Only this topic (default: every topic the group has offsets for, but its retry
+        /// topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// Print what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+}
+
+fn parse_reset(s: &str) -> Result<sluice_client::ResetPosition, String> {
+    use sluice_client::ResetPosition;
+    match s {
+        "earliest" => Ok(ResetPosition::Earliest),
+        "latest" => Ok(ResetPosition::Latest),
+        n if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => n
+            .parse()
+            .map(ResetPosition::Offset)
+            .map_err(|e| format!("offset {n}: {e}")),
+        t => parse_time(t).map(ResetPosition::Time),
+    }
 }
 
 fn parse_backoff(s: &str) -> Result<Vec<std::time::Duration>, String> {

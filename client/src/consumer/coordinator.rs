@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::allocate::allocate_averagely;
-use super::member::{heartbeat_loop, Member};
+use super::member::{heartbeat_loop, Epochs, Member};
 use super::StartPosition;
 use crate::client::{AbortOnDrop, ClientCore};
 use crate::error::{Error, Result};
@@ -103,6 +103,10 @@ struct Coordinator<W> {
     last_members: HashMap<String, Vec<String>>,
     /// Queues won in a membership change, and when they may be taken.
     deferred: BTreeMap<MessageQueue, Instant>,
+    /// The group's reset epoch on each broker group, as the heartbeats report it.
+    epochs: watch::Receiver<Epochs>,
+    /// The epochs this member's queues were started under (commits carry them).
+    known_epochs: Epochs,
 }
 
 /// Joins the group and starts heartbeats and the coordinator.
@@ -122,10 +126,16 @@ pub(crate) async fn start<W: QueueWorkers>(
     }
     let member = Arc::new(Member { core, settings });
     // Brokers must know us before we compute our share, or the split would leave us out.
-    let first = member.heartbeat_all().await;
+    let (first, first_epochs) = member.heartbeat_all().await;
     let (members_tx, members_rx) = watch::channel(first);
+    let (epochs_tx, epochs_rx) = watch::channel(first_epochs.clone());
     let (heartbeat_stop, stop_rx) = watch::channel(false);
-    let heartbeat = tokio::spawn(heartbeat_loop(member.clone(), members_tx, stop_rx));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        member.clone(),
+        members_tx,
+        epochs_tx,
+        stop_rx,
+    ));
     let (assignment_tx, assignment_rx) = watch::channel(Vec::new());
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let coordinator = Coordinator {
@@ -138,6 +148,8 @@ pub(crate) async fn start<W: QueueWorkers>(
         heartbeat: Some(AbortOnDrop(heartbeat)),
         last_members: HashMap::new(),
         deferred: BTreeMap::new(),
+        epochs: epochs_rx,
+        known_epochs: first_epochs,
     };
     let task = tokio::spawn(coordinator.run(commands_rx));
     Ok(GroupHandle {
@@ -173,6 +185,11 @@ impl<W: QueueWorkers> Coordinator<W> {
                     match changed {
                         Ok(()) => self.rebalance().await,
                         Err(_) => members_alive = false,
+                    }
+                }
+                changed = self.epochs.changed(), if members_alive => {
+                    if changed.is_ok() {
+                        self.follow_resets().await;
                     }
                 }
                 _ = commit_tick.tick() => {
@@ -303,6 +320,32 @@ impl<W: QueueWorkers> Coordinator<W> {
         });
     }
 
+    /// An operator reset the group's offsets on some broker group: its queues drop their
+    /// positions (uncommitted: a commit from before the reset would be ignored anyway) and
+    /// start again from the committed offsets.
+    async fn follow_resets(&mut self) {
+        let epochs = self.epochs.borrow_and_update().clone();
+        let reset: BTreeSet<String> = epochs
+            .iter()
+            .filter(|(b, e)| self.known_epochs.get(*b).is_some_and(|k| *e > k))
+            .map(|(b, _)| b.clone())
+            .collect();
+        self.known_epochs.extend(epochs);
+        if reset.is_empty() {
+            return;
+        }
+        let queues: Vec<MessageQueue> = self
+            .assigned
+            .keys()
+            .filter(|q| reset.contains(&q.broker_name))
+            .cloned()
+            .collect();
+        tracing::info!(group = self.member.group(), brokers = ?reset, queues = queues.len(),
+            "offsets were reset; reloading them");
+        self.stop_queues(queues).await;
+        self.rebalance().await;
+    }
+
     /// Long enough for the other members to see the change at their next heartbeat and give
     /// the queue up.
     fn handover_delay(&self) -> Duration {
@@ -332,6 +375,20 @@ impl<W: QueueWorkers> Coordinator<W> {
     /// Stops the queues' workers, waits (bounded) for them to drain, commits their final
     /// offsets, and forgets them.
     async fn release(&mut self, queues: Vec<MessageQueue>) {
+        let leaving = self.stop_queues(queues).await;
+        let entries: Vec<(MessageQueue, u64)> = leaving
+            .iter()
+            .filter(|(_, a)| Some(*a.progress.borrow()) != a.committed)
+            .map(|(q, a)| (q.clone(), *a.progress.borrow()))
+            .collect();
+        let (_, error) = self.member.send_commits(entries, &self.known_epochs).await;
+        if let Some(e) = error {
+            tracing::warn!(error = %e, "final commit of released queues failed; their last messages will be delivered again");
+        }
+    }
+
+    /// Stops the queues' workers and waits (bounded) for them to drain; returns them.
+    async fn stop_queues(&mut self, queues: Vec<MessageQueue>) -> Vec<(MessageQueue, Assigned)> {
         let mut leaving: Vec<(MessageQueue, Assigned)> = queues
             .into_iter()
             .filter_map(|q| self.assigned.remove(&q).map(|a| (q, a)))
@@ -348,15 +405,7 @@ impl<W: QueueWorkers> Coordinator<W> {
             }
         }))
         .await;
-        let entries: Vec<(MessageQueue, u64)> = leaving
-            .iter()
-            .filter(|(_, a)| Some(*a.progress.borrow()) != a.committed)
-            .map(|(q, a)| (q.clone(), *a.progress.borrow()))
-            .collect();
-        let (_, error) = self.member.send_commits(entries).await;
-        if let Some(e) = error {
-            tracing::warn!(error = %e, "final commit of released queues failed; their last messages will be delivered again");
-        }
+        leaving
     }
 
     async fn commit(&mut self) -> Result<()> {
@@ -369,7 +418,7 @@ impl<W: QueueWorkers> Coordinator<W> {
         if entries.is_empty() {
             return Ok(());
         }
-        let (done, error) = self.member.send_commits(entries).await;
+        let (done, error) = self.member.send_commits(entries, &self.known_epochs).await;
         for (q, offset) in done {
             if let Some(a) = self.assigned.get_mut(&q) {
                 a.committed = Some(offset);

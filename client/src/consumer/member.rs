@@ -26,9 +26,13 @@ pub(crate) struct Member {
     pub(crate) settings: GroupSettings,
 }
 
+/// Each broker group's reset epoch of the group, by broker name.
+pub(crate) type Epochs = BTreeMap<String, u64>;
+
 pub(crate) async fn heartbeat_loop(
     member: Arc<Member>,
     members_tx: watch::Sender<BTreeMap<String, Vec<String>>>,
+    epochs_tx: watch::Sender<Epochs>,
     mut stop: watch::Receiver<bool>,
 ) {
     let period = member.settings.heartbeat_interval;
@@ -39,7 +43,14 @@ pub(crate) async fn heartbeat_loop(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let lists = member.heartbeat_all().await;
+        let (lists, epochs) = member.heartbeat_all().await;
+        epochs_tx.send_if_modified(|current| {
+            let mut merged = current.clone();
+            merged.extend(epochs);
+            let changed = merged != *current;
+            *current = merged;
+            changed
+        });
         // Only a change wakes the coordinator; topics whose list could not be read keep the
         // previous one rather than looking like a membership change.
         members_tx.send_if_modified(|current| {
@@ -64,20 +75,22 @@ impl Member {
         self.core.timeout()
     }
 
-    /// Master addresses of every broker group hosting a subscribed topic.
-    pub(crate) async fn broker_addresses(&self) -> BTreeSet<String> {
-        let mut addrs = BTreeSet::new();
+    /// Master addresses of every broker group hosting a subscribed topic, with the group's
+    /// broker name.
+    pub(crate) async fn broker_addresses(&self) -> BTreeMap<String, String> {
+        let mut addrs = BTreeMap::new();
         for topic in &self.settings.topics {
             match self.core.routes.get(topic).await {
-                Ok(route) => addrs.extend(route.masters().into_iter().map(|(_, a)| a)),
+                Ok(route) => addrs.extend(route.masters().into_iter().map(|(b, a)| (a, b))),
                 Err(e) => no_route(topic, &e),
             }
         }
         addrs
     }
 
-    /// Heartbeats every broker, then reads each topic's member list.
-    pub(crate) async fn heartbeat_all(&self) -> BTreeMap<String, Vec<String>> {
+    /// Heartbeats every broker, then reads each topic's member list; also returns the group's
+    /// reset epoch on each broker group that answered.
+    pub(crate) async fn heartbeat_all(&self) -> (BTreeMap<String, Vec<String>>, Epochs) {
         let req = ConsumerHeartbeatRequest {
             client_id: self.settings.client_id.clone(),
             subscriptions: vec![Subscription {
@@ -86,7 +99,8 @@ impl Member {
             }],
         };
         let addrs = self.broker_addresses().await;
-        let calls = addrs.iter().map(|addr| {
+        let mut epochs = Epochs::new();
+        let calls = addrs.keys().map(|addr| {
             let req = req.clone();
             async move {
                 let mut client = self.core.broker(addr)?;
@@ -95,9 +109,12 @@ impl Member {
             }
         });
         let mut stale_route = false;
-        for (addr, result) in addrs.iter().zip(join_all(calls).await) {
+        for ((addr, broker), result) in addrs.iter().zip(join_all(calls).await) {
             match result {
                 Ok(resp) => {
+                    if let Some(e) = resp.reset_epochs.get(self.group()) {
+                        epochs.insert(broker.clone(), *e);
+                    }
                     let expiry = Duration::from_millis(resp.expiry_ms);
                     if resp.expiry_ms > 0 && expiry <= self.settings.heartbeat_interval {
                         tracing::warn!(broker = %addr, ?expiry, interval = ?self.settings.heartbeat_interval,
@@ -127,7 +144,7 @@ impl Member {
                 Err(e) => tracing::warn!(topic, error = %e, "cannot read the group's members"),
             }
         }
-        lists
+        (lists, epochs)
     }
 
     /// The group's live members as seen by the first master of the sorted route, falling back
@@ -236,9 +253,12 @@ impl Member {
 
     /// Sends offsets to the master of each queue's broker group. Returns what was accepted and
     /// the last error.
+    /// `epochs`: the group's reset epoch on each broker group, sent with its commits so a
+    /// commit from before a reset is ignored.
     pub(crate) async fn send_commits(
         &self,
         entries: Vec<(MessageQueue, u64)>,
+        epochs: &Epochs,
     ) -> (Vec<(MessageQueue, u64)>, Option<Error>) {
         let mut by_addr: HashMap<String, Vec<(MessageQueue, u64)>> = HashMap::new();
         let mut error = None;
@@ -259,7 +279,12 @@ impl Member {
             }
         }
         let calls = by_addr.into_iter().map(|(addr, entries)| async move {
+            let reset_epoch = entries
+                .first()
+                .and_then(|(mq, _)| epochs.get(&mq.broker_name))
+                .copied();
             let req = CommitOffsetsRequest {
+                reset_epoch,
                 group: self.group().to_string(),
                 offsets: entries
                     .iter()
@@ -309,7 +334,7 @@ impl Member {
     /// Tells every broker we are gone, so the others take our queues at once.
     pub(crate) async fn unregister(&self) {
         let addrs = self.broker_addresses().await;
-        let calls = addrs.iter().map(|addr| async move {
+        let calls = addrs.keys().map(|addr| async move {
             let mut client = self.core.broker(addr)?;
             let req = rpc::request(
                 UnregisterConsumerRequest {
@@ -320,7 +345,7 @@ impl Member {
             );
             rpc::call(addr, self.timeout(), client.unregister_consumer(req)).await
         });
-        for (addr, r) in addrs.iter().zip(join_all(calls).await) {
+        for (addr, r) in addrs.keys().zip(join_all(calls).await) {
             if let Err(e) = r {
                 tracing::warn!(broker = %addr, error = %e, "unregistering the consumer failed");
             }

@@ -278,6 +278,7 @@ impl Broker for FakeBroker {
         }
         Ok(Response::new(ConsumerHeartbeatResponse {
             expiry_ms: self.0.member_expiry.as_millis() as u64,
+            reset_epochs: Default::default(),
         }))
     }
 
@@ -301,6 +302,13 @@ impl Broker for FakeBroker {
         Ok(Response::new(GetConsumerListResponse {
             client_ids: self.0.members(&req.into_inner().group),
         }))
+    }
+
+    async fn reset_offsets(&self, _req: Request<ResetOffsetsRequest>) -> Res<ResetOffsetsResponse> {
+        // Resets are tested against real brokers (integration-tests/tests/group_reset.rs).
+        Err(Status::unimplemented(
+            "the fake broker does not reset offsets",
+        ))
     }
 
     async fn get_group_offsets(
