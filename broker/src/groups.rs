@@ -63,6 +63,22 @@ impl ConsumerGroups {
         g.keys().cloned().collect()
     }
 
+    /// Every group with a live member, with its sorted member ids and topics.
+    pub fn live(&self, now: Instant) -> Vec<(String, Vec<String>, Vec<String>)> {
+        let names: Vec<String> = self.groups.lock().keys().cloned().collect();
+        let mut out: Vec<_> = names
+            .into_iter()
+            .map(|g| {
+                let members = self.members(&g, now);
+                let topics = self.topics(&g, now);
+                (g, members, topics)
+            })
+            .filter(|(_, m, _)| !m.is_empty())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Topics the live members of a group subscribe to.
     pub fn topics(&self, group: &str, now: Instant) -> Vec<String> {
         let groups = self.groups.lock();

@@ -57,8 +57,9 @@ mod rpc;
 pub mod time;
 
 pub use admin::{
-    Admin, BrokerStatusRow, DeadLetter, GroupPolicy, LagRow, QueueResetRow, ReadRow, Redriven,
-    ReplicaProgressRow, ResetPosition, TopicCreated, TopicUpdate, TopicUpdated, TransactionRow,
+    Admin, BrokerStatusRow, DeadLetter, GroupDescription, GroupPolicy, GroupRow, HeldQueue, LagRow,
+    QueueResetRow, ReadRow, Redriven, ReplicaProgressRow, ResetPosition, TopicCreated, TopicUpdate,
+    TopicUpdated, TransactionRow,
 };
 pub use config::ClientConfig;
 pub use consumer::{

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sluice_proto::names::{validate_group_name, validate_topic_name};
 use sluice_proto::v1::*;
-use sluice_proto::{record, ApiError};
+use sluice_proto::{record, ApiError, ErrorCode};
 
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
@@ -201,6 +201,67 @@ impl BrokerService {
             expiry_ms: self.groups.expiry().as_millis() as u64,
             reset_epochs,
         })
+    }
+
+    pub(super) fn do_list_groups(&self) -> Result<ListGroupsResponse, ApiError> {
+        let mut by_name: std::collections::BTreeMap<String, GroupSummary> = Default::default();
+        for (name, members, topics) in self.groups.live(Instant::now()) {
+            by_name.insert(
+                name.clone(),
+                GroupSummary {
+                    name,
+                    members,
+                    topics,
+                },
+            );
+        }
+        let offsets = &self.write.state().offsets;
+        for name in offsets.groups()? {
+            let mut topics: Vec<String> = offsets
+                .list(&name, None)?
+                .into_iter()
+                .map(|o| o.topic)
+                .collect();
+            let g = by_name.entry(name.clone()).or_insert_with(|| GroupSummary {
+                name,
+                ..GroupSummary::default()
+            });
+            topics.append(&mut g.topics);
+            topics.sort();
+            topics.dedup();
+            g.topics = topics;
+        }
+        Ok(ListGroupsResponse {
+            groups: by_name.into_values().collect(),
+        })
+    }
+
+    pub(super) async fn do_delete_group(
+        &self,
+        req: DeleteGroupRequest,
+    ) -> Result<DeleteGroupResponse, ApiError> {
+        validate_group_name(&req.group)?;
+        self.write.require_writer()?;
+        let members = self.groups.members(&req.group, Instant::now());
+        if !members.is_empty() && !req.force {
+            return Err(ApiError::invalid(format!(
+                "group {} has {} live member(s) ({}); stop them first, or force",
+                req.group,
+                members.len(),
+                members.join(", ")
+            )));
+        }
+        let applied = self
+            .write
+            .apply(crate::state::delete_group_op(&req.group), now_ms())
+            .await?;
+        if applied == crate::state::Applied::Unchanged && members.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::GroupNotFound,
+                format!("group {} has no offsets or settings here", req.group),
+            ));
+        }
+        Ok(DeleteGroupResponse {})
     }
 
     pub(super) fn do_get_consumer_list(

@@ -186,6 +186,14 @@ impl Broker for BrokerService {
         reply(self.do_get_group_offsets(req.into_inner()))
     }
 
+    async fn list_groups(&self, _req: Request<ListGroupsRequest>) -> Reply<ListGroupsResponse> {
+        reply(self.do_list_groups())
+    }
+
+    async fn delete_group(&self, req: Request<DeleteGroupRequest>) -> Reply<DeleteGroupResponse> {
+        reply(self.do_delete_group(req.into_inner()).await)
+    }
+
     async fn reset_offsets(
         &self,
         req: Request<ResetOffsetsRequest>,

@@ -101,6 +101,19 @@ pub fn policy(meta: &dyn MetaStore, group: &str) -> Result<RetryPolicy, MetaErro
 }
 
 /// Stores a whole config (the proposer merged the update into the current one).
+pub(super) fn apply_delete(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    group: &str,
+) -> Result<Applied, MetaError> {
+    let key = table_key(TABLE, group.as_bytes());
+    if staged.get(meta, &key)?.is_none() {
+        return Ok(Applied::Unchanged);
+    }
+    staged.delete(key);
+    Ok(Applied::Changed)
+}
+
 pub(super) fn apply_set(
     meta: &dyn MetaStore,
     staged: &mut Staged,

@@ -77,6 +77,13 @@ fn offset_entries(offsets: &[CommittedOffset]) -> Vec<sluice_proto::v1::OffsetEn
         .collect()
 }
 
+/// Forgets a consumer group (offsets, reset epoch, retry policy).
+pub fn delete_group_op(group: &str) -> StateOp {
+    StateOp {
+        op: Some(Op::DeleteGroup(group.to_string())),
+    }
+}
+
 /// An operator's reset of `group`'s offsets (the group's reset epoch goes up by one).
 pub fn reset_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
     StateOp {
@@ -316,6 +323,15 @@ impl StateMachine {
                 }
                 Some(Op::ResetOffsets(r)) => {
                     offsets::apply_reset(self.meta.as_ref(), &mut staged, r)?
+                }
+                Some(Op::DeleteGroup(g)) => {
+                    let a = offsets::apply_delete_group(self.meta.as_ref(), &mut staged, g)?;
+                    let b = groups::apply_delete(self.meta.as_ref(), &mut staged, g)?;
+                    if a == Applied::Changed || b == Applied::Changed {
+                        Applied::Changed
+                    } else {
+                        Applied::Unchanged
+                    }
                 }
                 Some(Op::UpsertTopic(cfg)) => {
                     topics::apply_upsert(self.meta.as_ref(), &mut staged, cfg)?

@@ -73,6 +73,28 @@ pub(super) fn apply_commit(
     Ok(Applied::Changed)
 }
 
+/// Forgets a group: its offsets and reset epoch (its retry policy is `groups`').
+pub(super) fn apply_delete_group(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    group: &str,
+) -> Result<Applied, MetaError> {
+    let keys: Vec<Vec<u8>> = staged
+        .scan_prefix(meta, &prefix(group, None))?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let had_epoch = staged.get(meta, &reset_key(group))?.is_some();
+    if keys.is_empty() && !had_epoch {
+        return Ok(Applied::Unchanged);
+    }
+    for k in keys {
+        staged.delete(k);
+    }
+    staged.delete(reset_key(group));
+    Ok(Applied::Changed)
+}
+
 pub(super) fn apply_reset(
     meta: &dyn MetaStore,
     staged: &mut Staged,
@@ -104,6 +126,21 @@ impl OffsetTable {
             None => Ok(None),
             Some(v) => decode_u64(&v).map(Some),
         }
+    }
+
+    /// Every group with committed offsets, sorted.
+    pub fn groups(&self) -> Result<Vec<String>, MetaError> {
+        let table = table_key(TABLE, b"");
+        let mut out: Vec<String> = Vec::new();
+        for (k, _) in self.meta.scan_prefix(TREE, &table)? {
+            let rest = k.get(table.len()..).unwrap_or_default();
+            let end = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            let g = String::from_utf8_lossy(rest.get(..end).unwrap_or_default()).into_owned();
+            if out.last() != Some(&g) {
+                out.push(g);
+            }
+        }
+        Ok(out)
     }
 
     /// Every committed offset of a group, optionally of one topic.

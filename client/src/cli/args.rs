@@ -283,6 +283,24 @@ pub enum GroupCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// Every group the brokers know: mode, live members, topics.
+    List {
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// A group's members, which queue each holds, committed offsets and lag.
+    Describe {
+        group: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// Forget a group's offsets and retry policy on every broker group.
+    Delete {
+        group: String,
+        /// Also while it has live members (they start again from their start position).
+        #[arg(long)]
+        force: bool,
+    },
     /// Move a group's offsets; live consumers resume from them within a heartbeat.
     Reset {
         group: String,

@@ -4,6 +4,7 @@ mod admin_cmds;
 pub mod args;
 mod bench;
 mod consume;
+mod group_cmds;
 mod output;
 mod produce;
 mod tx;
@@ -50,7 +51,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Consume(a) => consume::consume(config, a).await?,
         Command::Topic(c) => admin_cmds::topic(&Admin::new(config)?, c).await?,
         Command::Cluster(c) => admin_cmds::cluster(&Admin::new(config)?, c).await?,
-        Command::Group(c) => admin_cmds::group(&Admin::new(config)?, c).await?,
+        Command::Group(c) => group_cmds::group(&Admin::new(config)?, c).await?,
         Command::Dlq(c) => admin_cmds::dlq(&Admin::new(config)?, c).await?,
         Command::Tx(c) => tx::run(config, c).await?,
         Command::Message(args::MessageCommand::Cancel { handle, out }) => {

@@ -305,9 +305,21 @@ impl Broker for FakeBroker {
     }
 
     async fn reset_offsets(&self, _req: Request<ResetOffsetsRequest>) -> Res<ResetOffsetsResponse> {
-        // Resets are tested against real brokers (integration-tests/tests/group_reset.rs).
+        // Resets are tested against real brokers (integration-tests/tests/group_admin.rs).
         Err(Status::unimplemented(
             "the fake broker does not reset offsets",
+        ))
+    }
+
+    async fn list_groups(&self, _req: Request<ListGroupsRequest>) -> Res<ListGroupsResponse> {
+        Err(Status::unimplemented(
+            "the fake broker does not list groups",
+        ))
+    }
+
+    async fn delete_group(&self, _req: Request<DeleteGroupRequest>) -> Res<DeleteGroupResponse> {
+        Err(Status::unimplemented(
+            "the fake broker does not delete groups",
         ))
     }
 

@@ -1,6 +1,7 @@
-//! Resetting a group's offsets under a live consumer: a dry run changes nothing; a reset to
-//! earliest has the running consumer (no restart) deliver everything again within a few
-//! heartbeats, and its commits from before the reset do not undo it; the CLI shows the plan.
+//! Group administration on real brokers. Resetting offsets under a live consumer: a dry run
+//! changes nothing; a reset to earliest has the running consumer (no restart) deliver
+//! everything again within a few heartbeats, and its commits from before the reset do not undo
+//! it; the CLI shows the plan. Listing, describing (who holds which queue) and deleting a group.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -114,4 +115,79 @@ async fn a_live_consumer_follows_a_reset_without_a_restart() {
         .unwrap();
     assert!(out.contains("dry run") && out.contains(TOPIC), "{out}");
     assert_eq!(lag(&admin).await, 0, "a dry run changes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_are_listed_described_and_deleted() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let config = client_config(&cluster);
+    let admin = Admin::new(config.clone()).unwrap();
+    admin.create_topic("jobs", 4, None).await.unwrap();
+    let producer = Producer::builder(config.clone()).build().unwrap();
+    for i in 0..20 {
+        producer
+            .send(Message::new("jobs", format!("job-{i}")))
+            .await
+            .unwrap();
+    }
+    producer.shutdown().await;
+    let start = || async {
+        PushConsumer::builder(config.clone(), "workers")
+            .subscribe("jobs")
+            .start_position(StartPosition::Earliest)
+            .heartbeat_interval(Duration::from_millis(200))
+            .rebalance_interval(Duration::from_millis(300))
+            .commit_interval(Duration::from_millis(200))
+            .start_push(|_m: ReceivedMessage| async { Ok::<(), std::io::Error>(()) })
+            .await
+            .unwrap()
+    };
+    let (a, b) = (start().await, start().await);
+    let lag_of = |admin: &Admin| {
+        let admin = admin.clone();
+        async move {
+            admin
+                .group_lag("workers", Some("jobs"))
+                .await
+                .map_or(u64::MAX, |rows| rows.iter().map(|r| r.lag).sum())
+        }
+    };
+    wait_until(Duration::from_secs(20), "consumed and split", || async {
+        let both = admin.describe_group("workers").await.is_ok_and(|d| {
+            d.group.members.len() == 2 && d.queues.iter().all(|q| q.member.is_some())
+        });
+        both && lag_of(&admin).await == 0
+    })
+    .await
+    .unwrap();
+
+    let listed = admin.list_groups().await.unwrap();
+    let g = listed.iter().find(|g| g.group == "workers").unwrap();
+    assert_eq!((g.mode, g.members.len()), ("clustering", 2));
+    assert!(g.topics.contains(&"jobs".to_string()), "{g:?}");
+    let d = admin.describe_group("workers").await.unwrap();
+    assert_eq!(d.queues.len(), 4);
+    for m in &d.group.members {
+        let held = d
+            .queues
+            .iter()
+            .filter(|q| q.member.as_ref() == Some(m))
+            .count();
+        assert_eq!(held, 2, "each member holds half: {d:?}");
+    }
+    assert_eq!(d.total_lag, 0);
+
+    let refused = admin.delete_group("workers", false).await.unwrap_err();
+    assert!(refused.to_string().contains("live member"), "{refused}");
+    a.shutdown().await;
+    b.shutdown().await;
+    admin.delete_group("workers", false).await.unwrap();
+    let gone = admin.describe_group("workers").await.unwrap_err();
+    assert_eq!(
+        gone.code(),
+        Some(sluice_client::ErrorCode::GroupNotFound),
+        "{gone}"
+    );
+    let out = cluster.cli(&["group", "list"]).unwrap();
+    assert!(!out.contains("workers"), "{out}");
 }

@@ -1,0 +1,182 @@
+//! Consumer groups for operators: list, describe (members, who holds which queue, lag) and
+//! delete, over every master broker.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use futures::future::join_all;
+use serde::Serialize;
+use sluice_proto::v1::{DeleteGroupRequest, ListGroupsRequest};
+use sluice_proto::{names, ErrorCode};
+
+use super::Admin;
+use crate::consumer::allocate_averagely;
+use crate::error::{Error, Result};
+use crate::rpc;
+
+/// A group as the brokers know it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GroupRow {
+    pub group: String,
+    /// clustering, or broadcast (an instance's own group, `GROUP|INSTANCE`).
+    pub mode: &'static str,
+    pub members: Vec<String>,
+    pub topics: Vec<String>,
+}
+
+/// One queue of a described group.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeldQueue {
+    pub topic: String,
+    pub broker_name: String,
+    pub queue_id: u32,
+    /// The member that holds it (the group's rebalancing rule over its live members).
+    pub member: Option<String>,
+    pub committed_offset: Option<u64>,
+    pub max_offset: u64,
+    pub lag: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupDescription {
+    #[serde(flatten)]
+    pub group: GroupRow,
+    pub total_lag: u64,
+    pub queues: Vec<HeldQueue>,
+}
+
+fn mode(group: &str) -> &'static str {
+    if group.contains('|') {
+        "broadcast"
+    } else {
+        "clustering"
+    }
+}
+
+impl Admin {
+    /// Every group any master knows (live members or committed offsets), merged, sorted.
+    pub async fn list_groups(&self) -> Result<Vec<GroupRow>> {
+        let masters = self.masters(None).await?;
+        let t = self.core.timeout();
+        let calls = masters.iter().map(|b| async move {
+            let mut client = self.core.broker(&b.address)?;
+            let req = rpc::request(ListGroupsRequest {}, t);
+            rpc::call(&b.address, t, client.list_groups(req)).await
+        });
+        let mut merged: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+        let mut last_error = None;
+        let mut answered = 0;
+        for r in join_all(calls).await {
+            match r {
+                Ok(resp) => {
+                    answered += 1;
+                    for g in resp.groups {
+                        let e = merged.entry(g.name).or_default();
+                        e.0.extend(g.members);
+                        e.1.extend(g.topics);
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if answered == 0 {
+            if let Some(e) = last_error {
+                return Err(e);
+            }
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(group, (members, topics))| GroupRow {
+                mode: mode(&group),
+                group,
+                members: members.into_iter().collect(),
+                topics: topics.into_iter().collect(),
+            })
+            .collect())
+    }
+
+    /// Members, the queue each holds, committed offsets and lag of `group`.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        names::validate_group_name(group)?;
+        let row = self
+            .list_groups()
+            .await?
+            .into_iter()
+            .find(|g| g.group == group)
+            .ok_or_else(|| {
+                Error::Api(sluice_proto::ApiError::new(
+                    ErrorCode::GroupNotFound,
+                    format!("no broker knows group {group}"),
+                ))
+            })?;
+        let mut holder = BTreeMap::new();
+        for topic in &row.topics {
+            let Ok(route) = self.topic_route(topic).await else {
+                continue;
+            };
+            let queues = route.readable_queues();
+            for m in &row.members {
+                for q in allocate_averagely(&queues, &row.members, m) {
+                    holder.insert((q.broker_name, q.topic, q.queue_id), m.clone());
+                }
+            }
+        }
+        let lag = match self.group_lag(group, None).await {
+            Ok(rows) => rows,
+            Err(Error::Api(e)) if e.code == ErrorCode::GroupNotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let queues: Vec<HeldQueue> = lag
+            .into_iter()
+            .map(|r| HeldQueue {
+                member: holder
+                    .get(&(r.broker_name.clone(), r.topic.clone(), r.queue_id))
+                    .cloned(),
+                topic: r.topic,
+                broker_name: r.broker_name,
+                queue_id: r.queue_id,
+                committed_offset: r.committed_offset,
+                max_offset: r.max_offset,
+                lag: r.lag,
+            })
+            .collect();
+        Ok(GroupDescription {
+            total_lag: queues.iter().map(|q| q.lag).sum(),
+            group: row,
+            queues,
+        })
+    }
+
+    /// Forgets `group` on every master: committed offsets, reset epoch, retry policy. Refused
+    /// while it has live members, unless `force`.
+    pub async fn delete_group(&self, group: &str, force: bool) -> Result<Vec<String>> {
+        names::validate_group_name(group)?;
+        let masters = self.masters(None).await?;
+        let t = self.core.timeout();
+        let calls = masters.iter().map(|b| async move {
+            let mut client = self.core.broker(&b.address)?;
+            let req = rpc::request(
+                DeleteGroupRequest {
+                    group: group.to_string(),
+                    force,
+                },
+                t,
+            );
+            rpc::call(&b.address, t, client.delete_group(req)).await
+        });
+        let mut deleted = Vec::new();
+        for (b, r) in masters.iter().zip(join_all(calls).await) {
+            match r {
+                Ok(_) => deleted.push(b.broker_name.clone()),
+                Err(Error::Api(e)) if e.code == ErrorCode::GroupNotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if deleted.is_empty() {
+            return Err(Error::Api(sluice_proto::ApiError::new(
+                ErrorCode::GroupNotFound,
+                format!("no broker knows group {group}"),
+            )));
+        }
+        Ok(deleted)
+    }
+}
