@@ -240,7 +240,9 @@ impl Consuming {
                 return Ok(Pulled { read: got, hint });
             }
             if skipped {
-                // More may be there already: look before waiting.
+                // More may be there already: look before waiting (after letting other tasks
+                // run: each read is a synchronous scan of up to SCAN_PER_READ entries).
+                tokio::task::yield_now().await;
                 continue;
             }
             tokio::select! {
@@ -356,7 +358,12 @@ impl Consuming {
         let mut plan = Vec::new();
         for t in &topics {
             validate_topic_name(t)?;
-            let cfg = self.topic(t)?;
+            let cfg = match self.topic(t) {
+                Ok(cfg) => cfg,
+                // Offsets left by a deleted topic: nothing to move there.
+                Err(e) if topic.is_none() && e.code == ErrorCode::TopicNotFound => continue,
+                Err(e) => return Err(e),
+            };
             for q in 0..cfg.read_queues {
                 let (min, max) = self.store.queue_offsets(t, q);
                 let to = match to {

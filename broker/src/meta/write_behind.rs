@@ -179,7 +179,11 @@ impl MetaStore for WriteBehind {
         let keys = buf.active.len();
         drop(buf);
         if keys >= self.max_keys.saturating_mul(HARD_LIMIT_FACTOR) {
-            self.flush_buffer()?;
+            // The writes are buffered (visible, and retried at the next hand-down): a failure
+            // to hand them down now is not this write's.
+            if let Err(e) = self.flush_buffer() {
+                tracing::error!(error = %e, "the metadata write-behind buffer could not be written; retried");
+            }
         } else if keys >= self.max_keys {
             self.wake.notify_one();
         }

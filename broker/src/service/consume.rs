@@ -33,15 +33,24 @@ impl BrokerService {
         let specs: Vec<FilterSpec> = req
             .filters
             .iter()
-            .map(|f| FilterSpec {
-                topic: f.topic.clone(),
-                kind: match f.kind() {
-                    FilterKind::Tag => Kind::Tag,
-                    FilterKind::Sql => Kind::Sql,
-                },
-                expression: f.expression.clone(),
+            .map(|f| {
+                let kind = match FilterKind::try_from(f.kind) {
+                    Ok(FilterKind::Tag) => Kind::Tag,
+                    Ok(FilterKind::Sql) => Kind::Sql,
+                    Err(_) => {
+                        return Err(ApiError::new(
+                            ErrorCode::InvalidFilter,
+                            format!("filter kind {} of topic {} is unknown", f.kind, f.topic),
+                        ))
+                    }
+                };
+                Ok(FilterSpec {
+                    topic: f.topic.clone(),
+                    kind,
+                    expression: f.expression.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<_, ApiError>>()?;
         let filter = self.consuming.filters().for_pull(&req.topic, &specs)?;
         let cmd = PullCommand {
             filter,
@@ -106,7 +115,13 @@ impl BrokerService {
         &self,
         req: ResetOffsetsRequest,
     ) -> Result<ResetOffsetsResponse, ApiError> {
-        let to = match req.to() {
+        let to = match ResetTo::try_from(req.to).unwrap_or(ResetTo::Unspecified) {
+            ResetTo::Unspecified => {
+                return Err(ApiError::invalid(format!(
+                    "reset target {} is not one of earliest, latest, time, offset",
+                    req.to
+                )))
+            }
             ResetTo::Earliest => ResetTarget::Earliest,
             ResetTo::Latest => ResetTarget::Latest,
             ResetTo::Time => ResetTarget::Time(req.value),

@@ -73,7 +73,9 @@ pub(super) fn apply_commit(
     Ok(Applied::Changed)
 }
 
-/// Forgets a group: its offsets and reset epoch (its retry policy is `groups`').
+/// Forgets a group's offsets (its retry policy is `groups`'). The reset epoch goes up instead
+/// of away, so a live member's later commits (made before it heard) are ignored and it starts
+/// again from its start position.
 pub(super) fn apply_delete_group(
     meta: &dyn MetaStore,
     staged: &mut Staged,
@@ -84,14 +86,15 @@ pub(super) fn apply_delete_group(
         .into_iter()
         .map(|(k, _)| k)
         .collect();
-    let had_epoch = staged.get(meta, &reset_key(group))?.is_some();
-    if keys.is_empty() && !had_epoch {
+    let epoch = staged.get(meta, &reset_key(group))?;
+    if keys.is_empty() && epoch.is_none() {
         return Ok(Applied::Unchanged);
     }
     for k in keys {
         staged.delete(k);
     }
-    staged.delete(reset_key(group));
+    let next = epoch.map_or(Ok(0), |v| decode_u64(&v))?.saturating_add(1);
+    staged.put(reset_key(group), next.to_be_bytes().to_vec());
     Ok(Applied::Changed)
 }
 

@@ -206,6 +206,25 @@ fn a_commit_from_before_a_reset_is_ignored() {
     assert_eq!(m.offsets.get("g", "t", 0).unwrap(), Some(7));
     // Another group's epoch is its own.
     assert_eq!(m.offsets.reset_epoch("h").unwrap(), 0);
+    // Deleting the group forgets its offsets and raises the epoch: a live member's commit
+    // made before it heard does not bring them back.
+    m.apply(Some(6), &[crate::state::delete_group_op("g")], false)
+        .unwrap();
+    assert_eq!(m.offsets.get("g", "t", 0).unwrap(), None);
+    assert_eq!(m.offsets.reset_epoch("g").unwrap(), 2);
+    m.apply(
+        Some(7),
+        &[crate::state::commit_offsets_at("g", &at(9), Some(1))],
+        false,
+    )
+    .unwrap();
+    assert_eq!(m.offsets.get("g", "t", 0).unwrap(), None);
+    // A group nobody knows: nothing to delete, no epoch created.
+    let r = m
+        .apply(Some(8), &[crate::state::delete_group_op("nobody")], false)
+        .unwrap();
+    assert_eq!(r, vec![Applied::Unchanged]);
+    assert_eq!(m.offsets.reset_epoch("nobody").unwrap(), 0);
 }
 
 fn op_strategy() -> impl Strategy<Value = StateOp> {
@@ -236,6 +255,7 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
                 }],
                 Some(e)
             )),
+        prop::sample::select(vec!["g1", "g2"]).prop_map(crate::state::delete_group_op),
         (prop::sample::select(vec!["g1", "g2"]), 0u32..3, 0u64..100).prop_map(|(g, q, o)| {
             crate::state::reset_offsets_op(
                 g,

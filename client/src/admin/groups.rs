@@ -150,6 +150,20 @@ impl Admin {
     /// while it has live members, unless `force`.
     pub async fn delete_group(&self, group: &str, force: bool) -> Result<Vec<String>> {
         names::validate_group_name(group)?;
+        if !force {
+            // Every broker group first, so a refusal leaves the group whole everywhere.
+            let live = self.list_groups().await?;
+            if let Some(g) = live
+                .iter()
+                .find(|g| g.group == group && !g.members.is_empty())
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "group {group} has {} live member(s) ({}); stop them first, or force",
+                    g.members.len(),
+                    g.members.join(", ")
+                )));
+            }
+        }
         let masters = self.masters(None).await?;
         let t = self.core.timeout();
         let calls = masters.iter().map(|b| async move {

@@ -327,10 +327,13 @@ impl<W: QueueWorkers> Coordinator<W> {
         let epochs = self.epochs.borrow_and_update().clone();
         let reset: BTreeSet<String> = epochs
             .iter()
-            .filter(|(b, e)| self.known_epochs.get(*b).is_some_and(|k| *e > k))
+            .filter(|(b, e)| **e > self.known_epochs.get(*b).copied().unwrap_or(0))
             .map(|(b, _)| b.clone())
             .collect();
-        self.known_epochs.extend(epochs);
+        for (b, e) in epochs {
+            let known = self.known_epochs.entry(b).or_insert(0);
+            *known = (*known).max(e);
+        }
         if reset.is_empty() {
             return;
         }

@@ -44,11 +44,16 @@ pub(crate) async fn heartbeat_loop(
             _ = stop.changed() => return,
         }
         let (lists, epochs) = member.heartbeat_all().await;
+        // Epochs only go up: a lagging replica's older answer must not lower one.
         epochs_tx.send_if_modified(|current| {
-            let mut merged = current.clone();
-            merged.extend(epochs);
-            let changed = merged != *current;
-            *current = merged;
+            let mut changed = false;
+            for (broker, e) in epochs {
+                let known = current.entry(broker).or_insert(0);
+                if e > *known {
+                    *known = e;
+                    changed = true;
+                }
+            }
             changed
         });
         // Only a change wakes the coordinator; topics whose list could not be read keep the
@@ -279,10 +284,12 @@ impl Member {
             }
         }
         let calls = by_addr.into_iter().map(|(addr, entries)| async move {
+            // A broker group whose epoch this member has not heard counts as never reset: a
+            // commit from before a reset there is ignored too, and the next heartbeat's
+            // epoch (above 0) reloads the queues.
             let reset_epoch = entries
                 .first()
-                .and_then(|(mq, _)| epochs.get(&mq.broker_name))
-                .copied();
+                .map(|(mq, _)| epochs.get(&mq.broker_name).copied().unwrap_or(0));
             let req = CommitOffsetsRequest {
                 reset_epoch,
                 group: self.group().to_string(),

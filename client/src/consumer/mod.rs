@@ -310,7 +310,9 @@ impl ConsumerBuilder {
     pub(crate) fn validate(&self) -> Result<()> {
         names::validate_group_name(&self.group)?;
         if self.broadcast.is_some() {
-            names::validate_group_name(&self.offsets_group())
+            let own = self.offsets_group();
+            names::validate_group_name(&own)
+                .and_then(|_| names::validate_topic_name(&names::retry_topic(&own)))
                 .map_err(|e| Error::Config(format!("broadcast instance id: {}", e.message)))?;
         }
         if self.topics.is_empty() {
