@@ -100,6 +100,13 @@ pub struct SendOpts {
     /// retried batch once).
     #[arg(long)]
     pub no_idempotence: bool,
+    /// Tag messages with this tag (all of them, or one in --tag-one-in), e.g. to measure a
+    /// consumer's filter; the others carry no tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// With --tag: only every Nth message carries it (10: a tenth).
+    #[arg(long, default_value_t = 1, requires = "tag", value_parser = clap::value_parser!(u64).range(1..))]
+    pub tag_one_in: u64,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +123,16 @@ pub struct ReceiveOpts {
     /// Stop after this many seconds without a message (once sending is over, for e2e).
     #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
     pub idle_timeout: f64,
+    /// Subscribe with this tag expression (filtered on the broker): `a || b`.
+    #[arg(
+        long = "filter-tag",
+        value_name = "TAGS",
+        conflicts_with = "filter_sql"
+    )]
+    pub filter_tag: Option<String>,
+    /// Subscribe with this SQL92 condition (filtered on the broker).
+    #[arg(long = "filter-sql", value_name = "CONDITION")]
+    pub filter_sql: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +174,8 @@ pub struct SendPlan {
     pub idempotence: bool,
     /// Messages per explicit `send_batch` call, if the run sends explicit batches.
     pub send_batch: Option<usize>,
+    /// A tag, on one message in N.
+    pub tag: Option<(String, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +185,7 @@ pub struct ReceivePlan {
     pub pull_batch: u32,
     pub idle_timeout: Duration,
     pub from_earliest: bool,
+    pub selector: Option<sluice_client::Selector>,
 }
 
 /// A checked benchmark run.
@@ -230,6 +250,7 @@ fn send_plan(o: SendOpts) -> Result<SendPlan, String> {
         retries: o.retries,
         idempotence: !o.no_idempotence,
         send_batch: o.send_batch,
+        tag: o.tag.map(|t| (t, o.tag_one_in)),
     })
 }
 
@@ -249,6 +270,11 @@ fn receive_plan(o: ReceiveOpts, from_earliest: bool) -> Result<ReceivePlan, Stri
         pull_batch: o.pull_batch,
         idle_timeout: seconds("--idle-timeout", o.idle_timeout)?,
         from_earliest,
+        selector: match (o.filter_tag, o.filter_sql) {
+            (Some(t), _) => Some(sluice_client::Selector::tag(t)),
+            (None, Some(q)) => Some(sluice_client::Selector::sql(q)),
+            (None, None) => None,
+        },
     })
 }
 

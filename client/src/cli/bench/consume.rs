@@ -56,8 +56,12 @@ pub async fn consumer(
     plan: &ReceivePlan,
 ) -> sluice_client::Result<PullConsumer> {
     let batch = plan.pull_batch;
-    ConsumerBuilder::new(config.clone(), group)
-        .subscribe(topic)
+    let builder = ConsumerBuilder::new(config.clone(), group);
+    let builder = match &plan.selector {
+        Some(sel) => builder.subscribe_with(topic, sel.clone()),
+        None => builder.subscribe(topic),
+    };
+    builder
         .start_position(if plan.from_earliest {
             StartPosition::Earliest
         } else {

@@ -113,6 +113,7 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
             tickets: AtomicU64::new(0),
             counters: counters.clone(),
             gaps: GapClock::new(setup_started),
+            built: AtomicU64::new(0),
         })
     });
     let mut producers: Vec<Worker<SendOutcome>> = Vec::new();

@@ -26,6 +26,26 @@ pub struct SendShared {
     pub tickets: AtomicU64,
     pub counters: Arc<Counters>,
     pub gaps: GapClock,
+    /// Messages built so far (for --tag-one-in).
+    pub built: AtomicU64,
+}
+
+impl SendShared {
+    /// The next message, tagged as the plan says.
+    fn message(&self, body: bytes::Bytes) -> Message {
+        let m = Message::new(self.topic.clone(), body);
+        match &self.plan.tag {
+            Some((tag, one_in))
+                if self
+                    .built
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(*one_in) =>
+            {
+                m.with_tag(tag.clone())
+            }
+            _ => m,
+        }
+    }
 }
 
 /// One worker's results.
@@ -157,9 +177,7 @@ async fn run_batches(
             // (NATS's bench reuses one payload too): building 128 identical bodies per batch
             // took CPU from the broker on a small machine.
             let body = payload::body(shared.size, payload::now_us());
-            let batch: Vec<Message> = (0..n)
-                .map(|_| Message::new(shared.topic.clone(), body.clone()))
-                .collect();
+            let batch: Vec<Message> = (0..n).map(|_| shared.message(body.clone())).collect();
             window.push(
                 producer
                     .send_batch(batch)
@@ -212,9 +230,7 @@ pub async fn run(
         while may_send(&shared, deadline) {
             let started = wait_turn(&mut pacer).await;
             let body = payload::body(shared.size, payload::now_us());
-            let result = producer
-                .send(Message::new(shared.topic.clone(), body))
-                .await;
+            let result = producer.send(shared.message(body)).await;
             let failed = result.is_err();
             out.settle(&shared, started, result);
             if failed {
@@ -252,10 +268,7 @@ pub async fn run(
             }
             let started = pacer.as_mut().map_or_else(Instant::now, Pacer::take);
             let body = payload::body(shared.size, payload::now_us());
-            match producer
-                .send_async(Message::new(shared.topic.clone(), body))
-                .await
-            {
+            match producer.send_async(shared.message(body)).await {
                 Ok(handle) => window.push(handle.map(move |r| (started, r))),
                 Err(e) => out.settle(&shared, started, Err(e)),
             }
