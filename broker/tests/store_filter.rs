@@ -239,3 +239,33 @@ async fn a_retry_topic_is_filtered_by_each_message_s_original_topic() {
     assert_eq!(ids, ["a1", "b2", "c1"]);
     assert_eq!(r.next_offset, 5);
 }
+
+/// A tag hash is not the tag: entries whose hash passes (as a colliding tag's would) are still
+/// judged on their record's exact tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_that_passes_is_not_a_match_without_the_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let msgs = vec![
+        tagged("x1", "paid", "eu", 1),
+        tagged("x2", "collides", "eu", 1),
+        tagged("x3", "paid", "eu", 1),
+    ];
+    let store = store_with(dir.path(), "orders", msgs).await;
+    let f = Filter::compile(Kind::Tag, "paid", &Limits::default()).unwrap();
+    // As if "collides" hashed like "paid": both hashes pass the consume-queue check.
+    let hashes = [tag_hash(b"paid"), tag_hash(b"collides")];
+    let keep = |v: &sluice_proto::record::DispatchView<'_>| {
+        f.matches_tag(std::str::from_utf8(v.tag).ok().filter(|t| !t.is_empty()))
+    };
+    let qf = QueueFilter {
+        tag_hashes: Some(&hashes),
+        keep: &keep,
+        scan_limit: 100,
+    };
+    let r = store
+        .read_queue_filtered("orders", 0, 0, 32, 1 << 20, &qf)
+        .unwrap();
+    let ids: Vec<String> = r.records.into_iter().map(|r| r.message_id).collect();
+    assert_eq!(ids, ["x1", "x3"]);
+    assert_eq!(r.next_offset, 3);
+}
