@@ -352,6 +352,23 @@ impl Cluster {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+
+    /// A group's total lag as `sluice group lag GROUP --json` reports it.
+    pub fn group_lag_total(&self, group: &str) -> Result<u64> {
+        let doc: serde_json::Value =
+            serde_json::from_str(&self.cli(&["group", "lag", group, "--json"])?)?;
+        let rows = doc
+            .as_array()
+            .or_else(|| doc.get("queues").and_then(|q| q.as_array()))
+            .ok_or_else(|| anyhow::anyhow!("no lag rows in {doc}"))?;
+        rows.iter()
+            .map(|r| {
+                r["lag"]
+                    .as_u64()
+                    .ok_or_else(|| anyhow::anyhow!("a lag row without lag: {r}"))
+            })
+            .sum()
+    }
 }
 
 pub async fn connect_broker(addr: &str) -> Result<BrokerClient<Channel>> {

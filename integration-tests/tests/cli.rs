@@ -89,15 +89,7 @@ fn cli_round_trip() {
             "line {i} missing from {consumed}"
         );
     }
-    let lag = json(&cluster.cli(&["group", "lag", "cli-g", "--json"]).unwrap());
-    let total: u64 = lag
-        .as_array()
-        .or_else(|| lag.get("queues").and_then(|q| q.as_array()))
-        .unwrap_or_else(|| panic!("lag rows in {lag}"))
-        .iter()
-        .map(|r| r["lag"].as_u64().unwrap())
-        .sum();
-    assert_eq!(total, 0, "{lag}");
+    assert_eq!(cluster.group_lag_total("cli-g").unwrap(), 0);
 
     let status = json(&cluster.cli(&["cluster", "status", "--json"]).unwrap());
     let s = status.to_string();

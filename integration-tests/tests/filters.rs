@@ -42,16 +42,6 @@ fn consume(cluster: &Cluster, group: &str, filter: &[&str]) -> HashMap<(String, 
     seen
 }
 
-fn lag(cluster: &Cluster, group: &str) -> u64 {
-    let lag = json(&cluster.cli(&["group", "lag", group, "--json"]).unwrap());
-    lag.as_array()
-        .or_else(|| lag.get("queues").and_then(|q| q.as_array()))
-        .unwrap_or_else(|| panic!("lag rows in {lag}"))
-        .iter()
-        .map(|r| r["lag"].as_u64().unwrap())
-        .sum()
-}
-
 #[test]
 fn tag_and_sql_subscriptions_get_what_they_select_and_leave_no_lag() {
     let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
@@ -92,7 +82,11 @@ fn tag_and_sql_subscriptions_get_what_they_select_and_leave_no_lag() {
             (key("cancelled", "eu"), 10)
         ])
     );
-    assert_eq!(lag(&cluster, "by-tag"), 0, "offsets moved past the skipped");
+    assert_eq!(
+        cluster.group_lag_total("by-tag").unwrap(),
+        0,
+        "offsets moved past the skipped"
+    );
 
     let eu = consume(
         &cluster,
@@ -106,11 +100,11 @@ fn tag_and_sql_subscriptions_get_what_they_select_and_leave_no_lag() {
         eu,
         HashMap::from([(key("paid", "eu"), 30), (key("shipped", "us"), 40)])
     );
-    assert_eq!(lag(&cluster, "by-sql"), 0);
+    assert_eq!(cluster.group_lag_total("by-sql").unwrap(), 0);
 
     let none = consume(&cluster, "by-nothing", &["--tag", "refunded"]);
     assert!(none.is_empty(), "{none:?}");
-    assert_eq!(lag(&cluster, "by-nothing"), 0);
+    assert_eq!(cluster.group_lag_total("by-nothing").unwrap(), 0);
 
     let bad = cluster
         .cli(&[
