@@ -174,6 +174,16 @@ async fn other_tags_are_skipped_on_their_entry_and_a_read_stops_at_its_scan_limi
         r.next_offset, 300,
         "stopped at the scan limit, past what it skipped"
     );
+    // Where in the log the scan got to (read hints judge a consumer's lag by it): past the
+    // 300th record, short of the 301st.
+    let at = r.scanned_to.expect("a filtered read says where it got to");
+    let two = store.read_queue("orders", 0, 299, 2, 1 << 20).unwrap();
+    let (r299, r300) = (&two.records[0], &two.records[1]);
+    assert!(
+        at > r299.commit_log_offset && at <= r300.commit_log_offset,
+        "{at}"
+    );
+    assert_eq!(two.scanned_to, None);
     let mut offset = r.next_offset;
     let mut found = Vec::new();
     while offset < 1001 {

@@ -219,6 +219,7 @@ impl Consuming {
                         records: &got.records,
                         log_end: self.store.confirmed_offset(),
                         lacks_offset,
+                        scanned_to: got.scanned_to.filter(|_| got.records.is_empty()),
                     },
                 )
             });

@@ -49,6 +49,7 @@ pub fn read_queue_filtered_with<R>(
     let mut records = Vec::new();
     let mut bytes = 0usize;
     let mut next = offset;
+    let mut log_pos = None;
     'scan: while next < max && next - offset < (scan_limit as u64) {
         let want = SCAN_CHUNK.min(scan_limit - (next - offset) as usize);
         let entries = q.entries(next, want)?;
@@ -64,6 +65,9 @@ pub fn read_queue_filtered_with<R>(
             break;
         }
         let scanned_to = next + entries.len() as u64;
+        if let Some(last) = entries.last() {
+            log_pos = Some(last.phy + u64::from(last.size));
+        }
         let candidates: Vec<(u64, CqEntry)> = entries
             .iter()
             .enumerate()
@@ -121,5 +125,6 @@ pub fn read_queue_filtered_with<R>(
         next_offset: next,
         min_offset: min,
         max_offset: max,
+        scanned_to: log_pos,
     })
 }

@@ -245,6 +245,9 @@ pub struct QueueRead<R = StoredRecord> {
     pub min_offset: u64,
     /// One past the last dispatched (visible) entry.
     pub max_offset: u64,
+    /// A filtered read: the commit-log position just past the last entry it looked at (where
+    /// the reader is in the log even when nothing was kept).
+    pub scanned_to: Option<u64>,
 }
 
 impl<R> QueueRead<R> {
@@ -255,6 +258,7 @@ impl<R> QueueRead<R> {
             next_offset: offset,
             min_offset: min,
             max_offset: max,
+            scanned_to: None,
         }
     }
 }

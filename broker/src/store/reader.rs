@@ -88,6 +88,7 @@ pub fn read_queue_with<R>(
         records,
         min_offset: min,
         max_offset: max,
+        scanned_to: None,
     })
 }
 

@@ -86,6 +86,9 @@ pub struct PullFacts<'a, R> {
     /// The readable end of this replica's commit log.
     pub log_end: u64,
     pub lacks_offset: bool,
+    /// A filtered read that kept nothing: where in the log it got to (the reader is that far
+    /// behind, not caught up).
+    pub scanned_to: Option<u64>,
 }
 
 impl ReadHints {
@@ -141,14 +144,15 @@ impl ReadHints {
             }
         };
         let view = self.view.borrow();
-        let behind = f
-            .records
-            .first()
-            .map_or(0, |r| f.log_end.saturating_sub(r.commit_log_offset()));
+        let behind = f.records.first().map_or_else(
+            || f.scanned_to.map_or(0, |at| f.log_end.saturating_sub(at)),
+            |r| f.log_end.saturating_sub(r.commit_log_offset()),
+        );
         let needed = f
             .records
             .last()
-            .map(|r| r.commit_log_offset() + u64::from(r.store_size()));
+            .map(|r| r.commit_log_offset() + u64::from(r.store_size()))
+            .or(f.scanned_to);
         decide(&HintInput {
             me,
             position,
