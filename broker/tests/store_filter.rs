@@ -71,7 +71,7 @@ fn read_filtered(
     let mut ids = Vec::new();
     while offset < max {
         let r = store
-            .read_queue_filtered(topic, 0, offset, per_pull, 1 << 20, &qf)
+            .read_queue_where(topic, 0, offset, per_pull, 1 << 20, Some(&qf))
             .unwrap();
         assert!(r.next_offset > offset, "a read moves on: {offset}");
         assert!(
@@ -167,7 +167,7 @@ async fn other_tags_are_skipped_on_their_entry_and_a_read_stops_at_its_scan_limi
         scan_limit: 300,
     };
     let r = store
-        .read_queue_filtered("orders", 0, 0, 32, 1 << 20, &qf)
+        .read_queue_where("orders", 0, 0, 32, 1 << 20, Some(&qf))
         .unwrap();
     assert!(r.records.is_empty());
     assert_eq!(
@@ -188,7 +188,7 @@ async fn other_tags_are_skipped_on_their_entry_and_a_read_stops_at_its_scan_limi
     let mut found = Vec::new();
     while offset < 1001 {
         let r = store
-            .read_queue_filtered("orders", 0, offset, 32, 1 << 20, &qf)
+            .read_queue_where("orders", 0, offset, 32, 1 << 20, Some(&qf))
             .unwrap();
         found.extend(
             r.records
@@ -243,7 +243,7 @@ async fn a_retry_topic_is_filtered_by_each_message_s_original_topic() {
         scan_limit: 100,
     };
     let r = store
-        .read_queue_filtered(retry, 0, 0, 32, 1 << 20, &qf)
+        .read_queue_where(retry, 0, 0, 32, 1 << 20, Some(&qf))
         .unwrap();
     let ids: Vec<String> = r.records.into_iter().map(|r| r.message_id).collect();
     assert_eq!(ids, ["a1", "b2", "c1"]);
@@ -273,7 +273,7 @@ async fn a_hash_that_passes_is_not_a_match_without_the_tag() {
         scan_limit: 100,
     };
     let r = store
-        .read_queue_filtered("orders", 0, 0, 32, 1 << 20, &qf)
+        .read_queue_where("orders", 0, 0, 32, 1 << 20, Some(&qf))
         .unwrap();
     let ids: Vec<String> = r.records.into_iter().map(|r| r.message_id).collect();
     assert_eq!(ids, ["x1", "x3"]);

@@ -15,7 +15,7 @@ use super::read_hint::{Hint, PullFacts, ReadHints};
 use super::WritePath;
 use crate::state::topics::require;
 use crate::state::{self, CommittedOffset};
-use crate::store::{LogPlaced, MessageStore, QueueFilter, QueueRead, RawRecord, StoreError};
+use crate::store::{LogPlaced, MessageStore, QueueFilter, QueueRead, StoreError};
 
 /// A store read of one queue: topic, queue, offset, max messages, max bytes, filter.
 pub type QueueReader<R> = fn(
@@ -27,40 +27,6 @@ pub type QueueReader<R> = fn(
     usize,
     Option<&QueueFilter<'_>>,
 ) -> Result<QueueRead<R>, StoreError>;
-
-/// [`QueueReader`] of decoded records.
-pub fn read_decoded(
-    store: &MessageStore,
-    topic: &str,
-    queue_id: u32,
-    offset: u64,
-    max_messages: usize,
-    max_bytes: usize,
-    filter: Option<&QueueFilter<'_>>,
-) -> Result<QueueRead, StoreError> {
-    match filter {
-        None => store.read_queue(topic, queue_id, offset, max_messages, max_bytes),
-        Some(f) => store.read_queue_filtered(topic, queue_id, offset, max_messages, max_bytes, f),
-    }
-}
-
-/// [`QueueReader`] of records as stored.
-pub fn read_raw(
-    store: &MessageStore,
-    topic: &str,
-    queue_id: u32,
-    offset: u64,
-    max_messages: usize,
-    max_bytes: usize,
-    filter: Option<&QueueFilter<'_>>,
-) -> Result<QueueRead<RawRecord>, StoreError> {
-    match filter {
-        None => store.read_queue_raw(topic, queue_id, offset, max_messages, max_bytes),
-        Some(f) => {
-            store.read_queue_raw_filtered(topic, queue_id, offset, max_messages, max_bytes, f)
-        }
-    }
-}
 
 /// Consume-queue entries one filtered read looks at, and one pull in all before it answers
 /// with the offset it reached (so a queue of messages nobody takes never holds a consumer).

@@ -10,11 +10,11 @@ use sluice_proto::{record, ApiError, ErrorCode};
 use super::convert::{now_ms, to_wire};
 use super::BrokerService;
 use crate::messaging::consume::{
-    self, PullCommand, ResetTarget, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_BYTES,
-    MAX_MESSAGES,
+    PullCommand, ResetTarget, DEFAULT_MAX_BYTES, DEFAULT_MAX_MESSAGES, MAX_BYTES, MAX_MESSAGES,
 };
 use crate::messaging::filter::FilterSpec;
 use crate::state::CommittedOffset;
+use crate::store::MessageStore;
 use sluice_filter::Kind;
 
 /// Answer this much before the caller's deadline so the reply is not lost to the timeout.
@@ -71,7 +71,10 @@ impl BrokerService {
         // Raw records only for a client that parses the format the log is written in; others
         // (built before the format changed) get decoded messages.
         if req.raw_records && req.record_format >= record::RECORD_FORMAT {
-            let p = self.consuming.pull(&cmd, consume::read_raw).await?;
+            let p = self
+                .consuming
+                .pull(&cmd, MessageStore::read_queue_raw_where)
+                .await?;
             return Ok(PullResponse {
                 messages: Vec::new(),
                 records: p.read.records.into_iter().map(|r| r.bytes).collect(),
@@ -81,7 +84,10 @@ impl BrokerService {
                 hint: p.hint.map(Into::into),
             });
         }
-        let p = self.consuming.pull(&cmd, consume::read_decoded).await?;
+        let p = self
+            .consuming
+            .pull(&cmd, MessageStore::read_queue_where)
+            .await?;
         Ok(PullResponse {
             messages: p.read.records.into_iter().map(to_wire).collect(),
             records: Vec::new(),

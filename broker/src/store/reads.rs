@@ -47,48 +47,55 @@ impl MessageStore {
         )
     }
 
-    /// [`Self::read_queue`] keeping only what `filter` takes, looking at no more than its
-    /// `scan_limit` entries; `next_offset` moves past what it skipped.
-    pub fn read_queue_filtered(
+    /// [`Self::read_queue`], keeping only what `filter` takes when there is one (looking at no
+    /// more than its `scan_limit` entries; `next_offset` moves past what it skipped).
+    pub fn read_queue_where(
         &self,
         topic: &str,
         queue_id: u32,
         offset: u64,
         max_messages: usize,
         max_bytes: usize,
-        filter: &QueueFilter<'_>,
+        filter: Option<&QueueFilter<'_>>,
     ) -> Result<QueueRead, StoreError> {
+        let Some(f) = filter else {
+            return self.read_queue(topic, queue_id, offset, max_messages, max_bytes);
+        };
+        let s = self.shared();
         filtered::read_queue_filtered_with(
-            self.shared(),
+            s,
             topic,
             queue_id,
             offset,
             max_messages,
             max_bytes,
-            filter,
+            f,
             commitlog::decoded_at,
         )
     }
 
-    /// [`Self::read_queue_raw`] keeping only what `filter` takes (see
-    /// [`Self::read_queue_filtered`]).
-    pub fn read_queue_raw_filtered(
+    /// [`Self::read_queue_raw`], filtered like [`Self::read_queue_where`].
+    pub fn read_queue_raw_where(
         &self,
         topic: &str,
         queue_id: u32,
         offset: u64,
         max_messages: usize,
         max_bytes: usize,
-        filter: &QueueFilter<'_>,
+        filter: Option<&QueueFilter<'_>>,
     ) -> Result<QueueRead<RawRecord>, StoreError> {
+        let Some(f) = filter else {
+            return self.read_queue_raw(topic, queue_id, offset, max_messages, max_bytes);
+        };
+        let s = self.shared();
         filtered::read_queue_filtered_with(
-            self.shared(),
+            s,
             topic,
             queue_id,
             offset,
             max_messages,
             max_bytes,
-            filter,
+            f,
             commitlog::raw_at,
         )
     }
