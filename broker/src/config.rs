@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     pub max_poll_ms: u64,
     /// A consumer silent for this long leaves its group.
     pub consumer_expiry_ms: u64,
+    /// Ordered consumption: how long a queue lock lasts without a renewal (a consumer that
+    /// dies holds its queues this long).
+    pub orderly_lock_lease_ms: u64,
     pub max_message_size: usize,
     /// Largest Send request accepted (all messages of a batch), in bytes.
     pub max_request_size: usize,
@@ -125,6 +128,7 @@ impl Default for BrokerConfig {
             heartbeat_interval_ms: 30_000,
             max_poll_ms: 15_000,
             consumer_expiry_ms: 30_000,
+            orderly_lock_lease_ms: 30_000,
             max_message_size: 4 << 20,
             max_request_size: 32 << 20,
             segment_size: 1 << 30,
@@ -248,6 +252,9 @@ impl BrokerConfig {
         }
         if !(0.0..=1.0).contains(&self.read_hint_behind_memory_ratio) {
             return bad("read_hint_behind_memory_ratio must be within 0..=1");
+        }
+        if !(300..=crate::state::locks::MAX_LEASE_MS).contains(&self.orderly_lock_lease_ms) {
+            return bad("orderly_lock_lease_ms must be 300..=3600000");
         }
         if self.heartbeat_interval_ms == 0 || self.consumer_expiry_ms == 0 {
             return bad("heartbeat_interval_ms and consumer_expiry_ms must be > 0");

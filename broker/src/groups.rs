@@ -15,6 +15,19 @@ pub struct ConsumerGroups {
 struct Member {
     last_seen: Instant,
     topics: Vec<String>,
+    orderly: bool,
+}
+
+/// A group with live members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveGroup {
+    pub name: String,
+    /// Sorted client ids.
+    pub members: Vec<String>,
+    /// Sorted topics they subscribe to.
+    pub topics: Vec<String>,
+    /// Some member consumes orderly.
+    pub orderly: bool,
 }
 
 impl ConsumerGroups {
@@ -29,7 +42,14 @@ impl ConsumerGroups {
         self.expiry
     }
 
-    pub fn heartbeat(&self, group: &str, client_id: &str, topics: Vec<String>, now: Instant) {
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        client_id: &str,
+        topics: Vec<String>,
+        orderly: bool,
+        now: Instant,
+    ) {
         self.groups
             .lock()
             .entry(group.to_string())
@@ -39,6 +59,7 @@ impl ConsumerGroups {
                 Member {
                     last_seen: now,
                     topics,
+                    orderly,
                 },
             );
     }
@@ -63,19 +84,29 @@ impl ConsumerGroups {
         g.keys().cloned().collect()
     }
 
-    /// Every group with a live member, with its sorted member ids and topics.
-    pub fn live(&self, now: Instant) -> Vec<(String, Vec<String>, Vec<String>)> {
+    /// Every group with a live member, sorted by name.
+    pub fn live(&self, now: Instant) -> Vec<LiveGroup> {
         let names: Vec<String> = self.groups.lock().keys().cloned().collect();
-        let mut out: Vec<_> = names
+        let mut out: Vec<LiveGroup> = names
             .into_iter()
             .map(|g| {
                 let members = self.members(&g, now);
                 let topics = self.topics(&g, now);
-                (g, members, topics)
+                let orderly = self.groups.lock().get(&g).is_some_and(|ms| {
+                    ms.values().any(|m| {
+                        m.orderly && now.saturating_duration_since(m.last_seen) < self.expiry
+                    })
+                });
+                LiveGroup {
+                    name: g,
+                    members,
+                    topics,
+                    orderly,
+                }
             })
-            .filter(|(_, m, _)| !m.is_empty())
+            .filter(|g| !g.members.is_empty())
             .collect();
-        out.sort();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
@@ -105,8 +136,15 @@ mod tests {
     fn members_expire_and_unregister() {
         let g = ConsumerGroups::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        g.heartbeat("g", "b", vec!["t".into()], t0);
-        g.heartbeat("g", "a", vec!["t".into()], t0 + Duration::from_secs(5));
+        g.heartbeat("g", "b", vec!["t".into()], false, t0);
+        g.heartbeat(
+            "g",
+            "a",
+            vec!["t".into()],
+            true,
+            t0 + Duration::from_secs(5),
+        );
+        assert!(g.live(t0 + Duration::from_secs(6))[0].orderly);
         assert_eq!(g.members("g", t0 + Duration::from_secs(6)), vec!["a", "b"]);
         assert_eq!(g.members("g", t0 + Duration::from_secs(11)), vec!["a"]);
         g.unregister("g", "a");

@@ -238,6 +238,10 @@ pub async fn run(
         config.replica_id,
         stop_rx.clone(),
     );
+    let locks = crate::messaging::locks::QueueLocks::new(
+        write.clone(),
+        Duration::from_millis(config.orderly_lock_lease_ms),
+    );
     let querying = crate::messaging::query::Querying {
         store: store.clone(),
         broker_name: config.broker_name.clone(),
@@ -245,6 +249,7 @@ pub async fn run(
     let service = Arc::new(BrokerService {
         querying,
         consuming,
+        locks,
         producing,
         retries,
         timers,

@@ -58,13 +58,13 @@ pub mod time;
 
 pub use admin::{
     Admin, BrokerStatusRow, DeadLetter, GroupDescription, GroupPolicy, GroupRow, HeldQueue, LagRow,
-    QueueResetRow, ReadRow, Redriven, ReplicaProgressRow, ResetPosition, TopicCreated, TopicUpdate,
-    TopicUpdated, TransactionRow,
+    QueueLockRow, QueueResetRow, ReadRow, Redriven, ReplicaProgressRow, ResetPosition,
+    TopicCreated, TopicUpdate, TopicUpdated, TransactionRow,
 };
 pub use config::ClientConfig;
 pub use consumer::{
-    allocate_averagely, ConsumerBuilder, HandlerError, MessageHandler, PullConsumer, PushConsumer,
-    RetryLater, Selector, SendBackOutcome, StartPosition,
+    allocate_averagely, ConsumerBuilder, HandlerError, MessageHandler, OrderlyFailure,
+    PullConsumer, PushConsumer, RetryLater, Selector, SendBackOutcome, StartPosition,
 };
 pub use error::{Error, Result};
 pub use message::{Delay, Message, ReceivedMessage, SendReceipt};

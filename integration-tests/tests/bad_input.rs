@@ -156,6 +156,7 @@ async fn bad_inputs_get_clear_errors() {
             group: "bad group".into(),
             offsets: vec![],
             reset_epoch: None,
+            lock_owner: String::new(),
         })
         .await,
     );

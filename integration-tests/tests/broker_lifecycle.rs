@@ -56,6 +56,7 @@ async fn acked_messages_and_offsets_survive_kill_9() {
                 offset: 37,
             }],
             reset_epoch: None,
+            lock_owner: String::new(),
         })
         .await
         .unwrap();

@@ -180,6 +180,7 @@ async fn three_replicas_elect_a_master_and_replicate_messages_and_metadata() {
             offset: 17,
         }],
         reset_epoch: None,
+        lock_owner: String::new(),
     };
     let err = ApiError::from_status(&slave.commit_offsets(commit.clone()).await.unwrap_err());
     assert_eq!(err.code, ErrorCode::NotMaster);

@@ -71,6 +71,7 @@ async fn a_replica_down_past_retention_catches_up_from_a_snapshot() {
             offset: 42,
         }],
         reset_epoch: None,
+        lock_owner: String::new(),
     })
     .await
     .unwrap();

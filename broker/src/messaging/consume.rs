@@ -265,20 +265,28 @@ impl Consuming {
     /// Commits a group's offsets: durable (flushed standalone, in a quorum's log in a group)
     /// and applied here when it returns.
     /// `reset_epoch`: the group's reset epoch the committer knows; a commit from before a
-    /// reset is ignored (None: no check).
+    /// reset is ignored (None: no check). `lock_owner`: an ordered consumer; only queues whose
+    /// lock it holds move ("": no check).
     pub async fn commit_offsets(
         &self,
         group: &str,
         entries: &[CommittedOffset],
         reset_epoch: Option<u64>,
+        lock_owner: &str,
         now: i64,
     ) -> Result<(), ApiError> {
         validate_group_name(group)?;
+        if lock_owner.len() > state::locks::MAX_CLIENT_ID {
+            return Err(ApiError::invalid("lock_owner is longer than a client id"));
+        }
         for e in entries {
             validate_topic_name(&e.topic)?;
         }
         self.write
-            .apply(state::commit_offsets_at(group, entries, reset_epoch), now)
+            .apply(
+                state::commit_offsets_at(group, entries, reset_epoch, lock_owner),
+                now,
+            )
             .await?;
         Ok(())
     }

@@ -5,13 +5,14 @@
 //!
 //! `produce` (send, immediate or delayed), `idempotence` (producer ids and sequences), `consume` (pull with long polling and read hints,
 //! offsets, queue positions), `query` (lookups with timer state), `timer` (delayed messages and
-//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `txn` (transactions and their checks), `leader`
+//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `txn` (transactions and their checks), `locks` (queue locks of ordered consumption), `leader`
 //! (leader-only tasks), `read_hint` (where a replica group's consumers pull next).
 
 pub mod consume;
 pub mod filter;
 pub mod idempotence;
 pub mod leader;
+pub mod locks;
 pub mod produce;
 pub mod query;
 pub mod read_hint;

@@ -53,6 +53,20 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// A message a consumer failed to process, sent back.
+#[derive(Debug, Clone, Copy)]
+pub struct SendBack<'a> {
+    pub group: &'a str,
+    /// Where the message is in the commit log.
+    pub phy: u64,
+    pub message_id: &'a str,
+    /// 0: the group's backoff.
+    pub delay_ms: u64,
+    pub reason: &'a str,
+    /// An ordered consumer retried it in place this many times: to the dead-letter topic now.
+    pub dead_letter_after: Option<u32>,
+}
+
 impl Retries {
     pub fn new(store: MessageStore, write: WritePath, timers: Arc<Timers>) -> Retries {
         Retries {
@@ -94,15 +108,15 @@ impl Retries {
     }
 
     /// Sends the message at `phy` (id `message_id`) back for `group`.
-    pub async fn send_back(
-        &self,
-        group: &str,
-        phy: u64,
-        message_id: &str,
-        delay_ms: u64,
-        reason: &str,
-        now: i64,
-    ) -> Result<SentBack, ApiError> {
+    pub async fn send_back(&self, cmd: SendBack<'_>, now: i64) -> Result<SentBack, ApiError> {
+        let SendBack {
+            group,
+            phy,
+            message_id,
+            delay_ms,
+            reason,
+            dead_letter_after,
+        } = cmd;
         validate_group_name(group)?;
         self.write.require_writer()?;
         let r = self.read(phy).await?;
@@ -118,7 +132,10 @@ impl Retries {
             )));
         }
         let policy = self.write.state().retry_policy(group)?;
-        let attempts = r.reconsume_times.saturating_add(1);
+        let attempts = match dead_letter_after {
+            Some(n) => n.max(r.reconsume_times.saturating_add(1)),
+            None => r.reconsume_times.saturating_add(1),
+        };
         let origin_topic = props::get(&r.properties, ORIGIN_TOPIC)
             .unwrap_or(&r.topic)
             .to_string();
@@ -129,7 +146,7 @@ impl Retries {
         m.reconsume_times = attempts;
         m.properties.push((ORIGIN_TOPIC.into(), origin_topic));
         m.properties.push((ORIGIN_QUEUE.into(), origin_queue));
-        if attempts > policy.max_retries {
+        if dead_letter_after.is_some() || attempts > policy.max_retries {
             let dlq = dlq_topic(group);
             self.ensure_topic(&dlq, now).await?;
             m.properties

@@ -112,7 +112,13 @@ impl BrokerService {
             })
             .collect();
         self.consuming
-            .commit_offsets(&req.group, &entries, req.reset_epoch, now_ms())
+            .commit_offsets(
+                &req.group,
+                &entries,
+                req.reset_epoch,
+                &req.lock_owner,
+                now_ms(),
+            )
             .await?;
         Ok(CommitOffsetsResponse {})
     }
@@ -216,7 +222,7 @@ impl BrokerService {
             }
             reset_epochs.insert(s.group.clone(), self.consuming.reset_epoch(&s.group)?);
             self.groups
-                .heartbeat(&s.group, &req.client_id, s.topics, now);
+                .heartbeat(&s.group, &req.client_id, s.topics, s.orderly, now);
         }
         Ok(ConsumerHeartbeatResponse {
             expiry_ms: self.groups.expiry().as_millis() as u64,
@@ -226,13 +232,15 @@ impl BrokerService {
 
     pub(super) fn do_list_groups(&self) -> Result<ListGroupsResponse, ApiError> {
         let mut by_name: std::collections::BTreeMap<String, GroupSummary> = Default::default();
-        for (name, members, topics) in self.groups.live(Instant::now()) {
+        for g in self.groups.live(Instant::now()) {
             by_name.insert(
-                name.clone(),
+                g.name.clone(),
                 GroupSummary {
-                    name,
-                    members,
-                    topics,
+                    name: g.name,
+                    members: g.members,
+                    topics: g.topics,
+                    orderly: g.orderly,
+                    locks: Vec::new(),
                 },
             );
         }
@@ -251,6 +259,20 @@ impl BrokerService {
             topics.sort();
             topics.dedup();
             g.topics = topics;
+        }
+        let now = now_ms();
+        for g in by_name.values_mut() {
+            g.locks = self
+                .locks
+                .list(&g.name, now)?
+                .into_iter()
+                .map(|(l, remaining_ms)| QueueLockInfo {
+                    topic: l.topic,
+                    queue_id: l.queue_id,
+                    holder: l.holder,
+                    remaining_ms,
+                })
+                .collect();
         }
         Ok(ListGroupsResponse {
             groups: by_name.into_values().collect(),

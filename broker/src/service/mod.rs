@@ -64,6 +64,8 @@ pub struct BrokerService {
     pub(crate) querying: crate::messaging::query::Querying,
     /// Pulls, offsets, queue positions (and the read hints of replica groups).
     pub(crate) consuming: crate::messaging::consume::Consuming,
+    /// Queue locks of ordered consumption.
+    pub(crate) locks: crate::messaging::locks::QueueLocks,
     /// Counters of the data port, shown in the status.
     pub(crate) data_port: Arc<crate::data_port::DataPortStats>,
 }
@@ -192,6 +194,30 @@ impl Broker for BrokerService {
 
     async fn delete_group(&self, req: Request<DeleteGroupRequest>) -> Reply<DeleteGroupResponse> {
         reply(self.do_delete_group(req.into_inner()).await)
+    }
+
+    async fn lock_queues(&self, req: Request<LockQueuesRequest>) -> Reply<LockQueuesResponse> {
+        let req = req.into_inner();
+        let r = self
+            .locks
+            .lock(&req.group, &req.client_id, req.queues, convert::now_ms())
+            .await;
+        reply(r.map(|l| LockQueuesResponse {
+            locked: l.queues,
+            lease_ms: u64::try_from(l.lease.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    async fn unlock_queues(
+        &self,
+        req: Request<UnlockQueuesRequest>,
+    ) -> Reply<UnlockQueuesResponse> {
+        let req = req.into_inner();
+        let r = self
+            .locks
+            .unlock(&req.group, &req.client_id, req.queues, convert::now_ms())
+            .await;
+        reply(r.map(|()| UnlockQueuesResponse {}))
     }
 
     async fn reset_offsets(

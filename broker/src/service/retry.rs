@@ -17,11 +17,14 @@ impl BrokerService {
         let r = self
             .retries
             .send_back(
-                &req.group,
-                req.commit_log_offset,
-                &req.message_id,
-                req.delay_ms,
-                &req.reason,
+                crate::messaging::retry::SendBack {
+                    group: &req.group,
+                    phy: req.commit_log_offset,
+                    message_id: &req.message_id,
+                    delay_ms: req.delay_ms,
+                    reason: &req.reason,
+                    dead_letter_after: req.dead_letter.then_some(req.attempts),
+                },
                 now_ms(),
             )
             .await?;

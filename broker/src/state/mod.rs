@@ -13,6 +13,7 @@
 //! broker applies them directly (`messaging::WritePath`). Both go through [`StateMachine::apply`].
 
 pub mod groups;
+pub mod locks;
 pub mod offsets;
 pub mod producers;
 pub mod topics;
@@ -46,6 +47,8 @@ pub const TABLES: &[&str] = &[
     producers::SEQUENCES,
     transactions::TABLE,
     transactions::RESOLVED,
+    locks::TABLE,
+    locks::CLOCK,
 ];
 
 /// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).
@@ -94,17 +97,20 @@ pub fn reset_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
     }
 }
 
-/// A consumer's commit; `reset_epoch` is the group's epoch it knows (None: no check).
+/// A consumer's commit; `reset_epoch` is the group's epoch it knows (None: no check);
+/// `lock_owner` the ordered consumer committing (only its locked queues count; "": no check).
 pub fn commit_offsets_at(
     group: &str,
     offsets: &[CommittedOffset],
     reset_epoch: Option<u64>,
+    lock_owner: &str,
 ) -> StateOp {
     StateOp {
         op: Some(Op::CommitOffsets(sluice_proto::v1::CommitOffsetsOp {
             group: group.to_string(),
             offsets: offset_entries(offsets),
             reset_epoch,
+            lock_owner: lock_owner.to_string(),
         })),
     }
 }
@@ -115,6 +121,7 @@ pub fn commit_offsets_op(group: &str, offsets: &[CommittedOffset]) -> StateOp {
             group: group.to_string(),
             offsets: offset_entries(offsets),
             reset_epoch: None,
+            lock_owner: String::new(),
         })),
     }
 }
@@ -327,7 +334,8 @@ impl StateMachine {
                 Some(Op::DeleteGroup(g)) => {
                     let a = offsets::apply_delete_group(self.meta.as_ref(), &mut staged, g)?;
                     let b = groups::apply_delete(self.meta.as_ref(), &mut staged, g)?;
-                    if a == Applied::Changed || b == Applied::Changed {
+                    let c = locks::apply_delete_group(self.meta.as_ref(), &mut staged, g)?;
+                    if a == Applied::Changed || b == Applied::Changed || c {
                         Applied::Changed
                     } else {
                         Applied::Unchanged
@@ -369,6 +377,7 @@ impl StateMachine {
                     c,
                     &mut tx_changes,
                 )?,
+                Some(Op::QueueLock(l)) => locks::apply_lock(self.meta.as_ref(), &mut staged, l)?,
                 Some(Op::TxForget(f)) => {
                     transactions::apply_forget(self.meta.as_ref(), &mut staged, f)?
                 }

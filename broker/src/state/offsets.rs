@@ -65,6 +65,13 @@ pub(super) fn apply_commit(
         }
     }
     for o in &c.offsets {
+        if !c.lock_owner.is_empty()
+            && super::locks::holder(meta, staged, &c.group, &o.topic, o.queue_id)?.as_deref()
+                != Some(c.lock_owner.as_str())
+        {
+            // An ordered consumer that lost the queue: the new holder's position stands.
+            continue;
+        }
         staged.put(
             key(&c.group, &o.topic, o.queue_id),
             o.offset.to_be_bytes().to_vec(),

@@ -43,6 +43,7 @@ fn commit(group: &str, topic: &str, queue_id: u32, offset: u64) -> StateOp {
                 offset,
             }],
             reset_epoch: None,
+            lock_owner: String::new(),
         })),
     }
 }
@@ -174,7 +175,7 @@ fn a_commit_from_before_a_reset_is_ignored() {
     };
     m.apply(
         Some(1),
-        &[crate::state::commit_offsets_at("g", &at(50), Some(0))],
+        &[crate::state::commit_offsets_at("g", &at(50), Some(0), "")],
         false,
     )
     .unwrap();
@@ -189,7 +190,7 @@ fn a_commit_from_before_a_reset_is_ignored() {
     // A consumer that had not heard of the reset commits its old position: ignored.
     m.apply(
         Some(3),
-        &[crate::state::commit_offsets_at("g", &at(60), Some(0))],
+        &[crate::state::commit_offsets_at("g", &at(60), Some(0), "")],
         false,
     )
     .unwrap();
@@ -197,7 +198,7 @@ fn a_commit_from_before_a_reset_is_ignored() {
     // One that knows the new epoch, or that does not follow resets, commits.
     m.apply(
         Some(4),
-        &[crate::state::commit_offsets_at("g", &at(5), Some(1))],
+        &[crate::state::commit_offsets_at("g", &at(5), Some(1), "")],
         false,
     )
     .unwrap();
@@ -214,7 +215,7 @@ fn a_commit_from_before_a_reset_is_ignored() {
     assert_eq!(m.offsets.reset_epoch("g").unwrap(), 2);
     m.apply(
         Some(7),
-        &[crate::state::commit_offsets_at("g", &at(9), Some(1))],
+        &[crate::state::commit_offsets_at("g", &at(9), Some(1), "")],
         false,
     )
     .unwrap();
@@ -225,6 +226,13 @@ fn a_commit_from_before_a_reset_is_ignored() {
         .unwrap();
     assert_eq!(r, vec![Applied::Unchanged]);
     assert_eq!(m.offsets.reset_epoch("nobody").unwrap(), 0);
+}
+
+fn qref(topic: &str, queue_id: u32) -> sluice_proto::v1::QueueRef {
+    sluice_proto::v1::QueueRef {
+        topic: topic.into(),
+        queue_id,
+    }
 }
 
 fn op_strategy() -> impl Strategy<Value = StateOp> {
@@ -253,8 +261,29 @@ fn op_strategy() -> impl Strategy<Value = StateOp> {
                     queue_id: q,
                     offset: o,
                 }],
-                Some(e)
+                Some(e),
+                ["", "c1", "c2"][(o % 3) as usize],
             )),
+        // Ordered consumers taking, renewing and giving up queue locks, across terms.
+        (
+            prop::sample::select(vec!["g1", "g2"]),
+            prop::sample::select(vec!["c1", "c2"]),
+            prop::collection::vec(0u32..3, 0..3),
+            any::<bool>(),
+            0i64..100,
+            0u64..3
+        )
+            .prop_map(|(g, c, qs, release, now, term)| {
+                crate::state::locks::lock_op(
+                    g,
+                    c,
+                    &qs.iter().map(|q| qref("a", *q)).collect::<Vec<_>>(),
+                    release,
+                    now,
+                    30,
+                    term,
+                )
+            }),
         prop::sample::select(vec!["g1", "g2"]).prop_map(crate::state::delete_group_op),
         (prop::sample::select(vec!["g1", "g2"]), 0u32..3, 0u64..100).prop_map(|(g, q, o)| {
             crate::state::reset_offsets_op(

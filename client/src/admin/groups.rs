@@ -17,10 +17,25 @@ use crate::rpc;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GroupRow {
     pub group: String,
-    /// clustering, or broadcast (an instance's own group, `GROUP|INSTANCE`).
+    /// clustering, orderly (a live member consumes orderly), or broadcast (an instance's
+    /// own group, `GROUP|INSTANCE`).
     pub mode: &'static str,
     pub members: Vec<String>,
     pub topics: Vec<String>,
+    /// Ordered consumption: the queue locks held, by broker group.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<QueueLockRow>,
+}
+
+/// A queue lock of ordered consumption.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueLockRow {
+    pub broker_name: String,
+    pub topic: String,
+    pub queue_id: u32,
+    pub holder: String,
+    /// Left of the lease (0: lapsed).
+    pub remaining_ms: u64,
 }
 
 /// One queue of a described group.
@@ -44,12 +59,22 @@ pub struct GroupDescription {
     pub queues: Vec<HeldQueue>,
 }
 
-fn mode(group: &str) -> &'static str {
+fn mode(group: &str, orderly: bool) -> &'static str {
     if group.contains('|') {
         "broadcast"
+    } else if orderly {
+        "orderly"
     } else {
         "clustering"
     }
+}
+
+#[derive(Default)]
+struct Merged {
+    members: BTreeSet<String>,
+    topics: BTreeSet<String>,
+    orderly: bool,
+    locks: Vec<QueueLockRow>,
 }
 
 impl Admin {
@@ -62,17 +87,25 @@ impl Admin {
             let req = rpc::request(ListGroupsRequest {}, t);
             rpc::call(&b.address, t, client.list_groups(req)).await
         });
-        let mut merged: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+        let mut merged: BTreeMap<String, Merged> = BTreeMap::new();
         let mut last_error = None;
         let mut answered = 0;
-        for r in join_all(calls).await {
+        for (b, r) in masters.iter().zip(join_all(calls).await) {
             match r {
                 Ok(resp) => {
                     answered += 1;
                     for g in resp.groups {
                         let e = merged.entry(g.name).or_default();
-                        e.0.extend(g.members);
-                        e.1.extend(g.topics);
+                        e.members.extend(g.members);
+                        e.topics.extend(g.topics);
+                        e.orderly |= g.orderly;
+                        e.locks.extend(g.locks.into_iter().map(|l| QueueLockRow {
+                            broker_name: b.broker_name.clone(),
+                            topic: l.topic,
+                            queue_id: l.queue_id,
+                            holder: l.holder,
+                            remaining_ms: l.remaining_ms,
+                        }));
                     }
                 }
                 Err(e) => last_error = Some(e),
@@ -85,11 +118,12 @@ impl Admin {
         }
         Ok(merged
             .into_iter()
-            .map(|(group, (members, topics))| GroupRow {
-                mode: mode(&group),
+            .map(|(group, m)| GroupRow {
+                mode: mode(&group, m.orderly),
                 group,
-                members: members.into_iter().collect(),
-                topics: topics.into_iter().collect(),
+                members: m.members.into_iter().collect(),
+                topics: m.topics.into_iter().collect(),
+                locks: m.locks,
             })
             .collect())
     }
@@ -109,7 +143,17 @@ impl Admin {
                 ))
             })?;
         let mut holder = BTreeMap::new();
-        for topic in &row.topics {
+        // Ordered: the broker's locks say who holds a queue; the split is only the plan.
+        let locked: BTreeMap<(String, String, u32), String> = row
+            .locks
+            .iter()
+            .filter(|l| l.remaining_ms > 0)
+            .map(|l| {
+                let q = (l.broker_name.clone(), l.topic.clone(), l.queue_id);
+                (q, l.holder.clone())
+            })
+            .collect();
+        for topic in row.topics.iter().filter(|_| locked.is_empty()) {
             let Ok(route) = self.topic_route(topic).await else {
                 continue;
             };
@@ -125,6 +169,7 @@ impl Admin {
             Err(Error::Api(e)) if e.code == ErrorCode::GroupNotFound => Vec::new(),
             Err(e) => return Err(e),
         };
+        holder.extend(locked);
         let queues: Vec<HeldQueue> = lag
             .into_iter()
             .map(|r| HeldQueue {

@@ -18,7 +18,7 @@ use sluice_proto::v1::{BrokerInfo, CreateTopicRequest, Role, TopicConfig};
 use sluice_proto::{names, perm, ApiError, ErrorCode};
 
 pub use dlq::{DeadLetter, GroupPolicy, Redriven};
-pub use groups::{GroupDescription, GroupRow, HeldQueue};
+pub use groups::{GroupDescription, GroupRow, HeldQueue, QueueLockRow};
 pub use reset::{QueueResetRow, ResetPosition};
 pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
 pub use topics::{TopicUpdate, TopicUpdated};

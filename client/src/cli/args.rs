@@ -229,6 +229,10 @@ pub struct ConsumeArgs {
     /// The broadcast instance's id, the same across restarts (default: the host name).
     #[arg(long, requires = "broadcast", value_name = "ID")]
     pub instance: Option<String>,
+    /// Ordered consumption: each queue's messages in queue order, one at a time, while this
+    /// consumer holds the queue's lock on the broker.
+    #[arg(long)]
+    pub orderly: bool,
     #[command(flatten)]
     pub out: JsonFlag,
 }

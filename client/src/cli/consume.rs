@@ -4,7 +4,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde::Serialize;
-use sluice_client::{ClientConfig, ConsumerBuilder, Selector, StartPosition};
+use sluice_client::{
+    ClientConfig, ConsumerBuilder, OrderlyFailure, ReceivedMessage, Selector, StartPosition,
+};
 use tokio::time::Instant;
 
 use super::args::{ConsumeArgs, From};
@@ -41,8 +43,11 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
         (true, Some(id)) => builder.broadcast(id.clone()),
         (true, None) => builder.broadcast(host_instance()),
     };
+    let builder = builder.start_position(start);
+    if args.orderly {
+        return consume_orderly(builder, &args, idle).await;
+    }
     let mut consumer = builder
-        .start_position(start)
         .auto_commit(false)
         .poll_timeout(Duration::from_secs(5))
         .start_pull()
@@ -122,4 +127,66 @@ fn print_batch(batch: &[sluice_client::ReceivedMessage]) -> std::io::Result<()> 
         writeln!(out, "{}", message_line(m))?;
     }
     out.flush()
+}
+
+/// `--orderly`: a push consumer whose handler hands each message here and waits until it is
+/// printed, so the queue's next one starts only then. Past `--max`, handlers are left waiting:
+/// their messages are not committed and go to the group's next consumer.
+async fn consume_orderly(
+    builder: ConsumerBuilder,
+    args: &ConsumeArgs,
+    idle: Option<Duration>,
+) -> anyhow::Result<()> {
+    type Printed = tokio::sync::oneshot::Sender<()>;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ReceivedMessage, Printed)>(1);
+    let consumer = builder
+        .orderly(OrderlyFailure::Block)
+        .drain_timeout(Duration::from_secs(1))
+        .start_push(move |m: ReceivedMessage| {
+            let tx = tx.clone();
+            async move {
+                let (done, printed) = tokio::sync::oneshot::channel();
+                if tx.send((m, done)).await.is_ok() && printed.await.is_ok() {
+                    return Ok::<(), std::convert::Infallible>(());
+                }
+                // Not printed: never finished here.
+                std::future::pending().await
+            }
+        })
+        .await?;
+    let mut received: u64 = 0;
+    let mut views = Vec::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let outcome: anyhow::Result<()> = loop {
+        if args.max.is_some_and(|max| received >= max) {
+            break Ok(());
+        }
+        let next = tokio::select! {
+            m = rx.recv() => m,
+            _ = &mut ctrl_c => break Ok(()),
+            _ = tokio::time::sleep(idle.unwrap_or(Duration::MAX)), if idle.is_some() => break Ok(()),
+        };
+        let Some((m, printed)) = next else {
+            break Ok(());
+        };
+        received += 1;
+        if args.out.json {
+            views.push(MessageView::from(&m));
+        } else if let Err(e) = print_batch(std::slice::from_ref(&m)) {
+            break Err(anyhow::Error::new(e).context("cannot write to stdout"));
+        }
+        let _ = printed.send(());
+    };
+    drop(rx);
+    consumer.shutdown().await;
+    outcome?;
+    if args.out.json {
+        print_json(&ConsumedDoc {
+            count: views.len(),
+            messages: views,
+        })?;
+    }
+    eprintln!("consumed {received} message(s)");
+    Ok(())
 }

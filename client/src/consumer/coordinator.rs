@@ -27,6 +27,8 @@ pub(crate) struct GroupSettings {
     pub(crate) rebalance_interval: Duration,
     pub(crate) commit_interval: Duration,
     pub(crate) drain_timeout: Duration,
+    /// Ordered consumption: queues are locked on their brokers before they are consumed.
+    pub(crate) orderly: bool,
 }
 
 /// What a queue worker gets when its queue is assigned.
@@ -37,6 +39,9 @@ pub(crate) struct Lease {
     pub(crate) stop: watch::Receiver<bool>,
     /// The worker publishes its committable offset here.
     pub(crate) progress: watch::Sender<u64>,
+    /// Ordered consumption: until when this consumer surely holds the queue's lock (the
+    /// worker starts no message after it; renewals move it on).
+    pub(crate) held_until: Option<watch::Receiver<Instant>>,
 }
 
 /// Starts the consumption of one queue (push or pull style).
@@ -89,7 +94,14 @@ struct Assigned {
     /// Last offset the broker accepted for this queue.
     committed: Option<u64>,
     task: JoinHandle<()>,
+    /// Ordered consumption: where renewals of the queue's lock reach the worker.
+    held: Option<watch::Sender<Instant>>,
 }
+
+/// How soon a queue whose lock another consumer holds is asked for again.
+const LOCK_RETRY: Duration = Duration::from_millis(500);
+/// Renewal period before the broker's lease is known.
+const FIRST_RENEWAL: Duration = Duration::from_secs(2);
 
 struct Coordinator<W> {
     member: Arc<Member>,
@@ -107,6 +119,10 @@ struct Coordinator<W> {
     epochs: watch::Receiver<Epochs>,
     /// The epochs this member's queues were started under (commits carry them).
     known_epochs: Epochs,
+    /// Ordered consumption: the brokers' lock lease (once an answer said), and when the
+    /// held locks are renewed next.
+    lock_lease: Option<Duration>,
+    next_renewal: Instant,
 }
 
 /// Joins the group and starts heartbeats and the coordinator.
@@ -150,6 +166,8 @@ pub(crate) async fn start<W: QueueWorkers>(
         deferred: BTreeMap::new(),
         epochs: epochs_rx,
         known_epochs: first_epochs,
+        lock_lease: None,
+        next_renewal: Instant::now() + FIRST_RENEWAL,
     };
     let task = tokio::spawn(coordinator.run(commands_rx));
     Ok(GroupHandle {
@@ -174,10 +192,14 @@ impl<W: QueueWorkers> Coordinator<W> {
         let mut commit_tick = interval_at(Instant::now() + ci, ci);
         commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut members_alive = true;
+        let orderly = s.orderly;
         self.rebalance().await;
         loop {
             tokio::select! {
                 _ = rebalance_tick.tick() => self.rebalance().await,
+                _ = tokio::time::sleep_until(self.next_renewal), if orderly => {
+                    self.renew_locks().await
+                }
                 _ = sleep_until_first(&self.deferred), if !self.deferred.is_empty() => {
                     self.rebalance().await
                 }
@@ -276,7 +298,8 @@ impl<W: QueueWorkers> Coordinator<W> {
                     gained.push(q);
                 }
                 Some(_) => {}
-                None if handover.contains(q.topic.as_str()) => {
+                // Ordered queues wait for the old owner's unlock instead.
+                None if handover.contains(q.topic.as_str()) && !member.settings.orderly => {
                     self.deferred.insert(q, now + self.handover_delay());
                 }
                 None => gained.push(q),
@@ -285,6 +308,17 @@ impl<W: QueueWorkers> Coordinator<W> {
         if !lost.is_empty() {
             tracing::info!(group = member.group(), queues = ?lost, "giving up queues");
             self.release(lost).await;
+        }
+        let mut held_until: HashMap<MessageQueue, Instant> = HashMap::new();
+        if member.settings.orderly && !gained.is_empty() {
+            let round = member.lock_queues(gained).await;
+            self.learn_lease(round.lease);
+            // Held by another member (still finishing) or unanswered: asked again shortly.
+            for q in round.refused.into_iter().chain(round.unknown) {
+                self.deferred.insert(q, now + LOCK_RETRY);
+            }
+            gained = round.held.iter().map(|(q, _)| q.clone()).collect();
+            held_until.extend(round.held);
         }
         if !gained.is_empty() {
             tracing::info!(group = member.group(), queues = ?gained, "taking queues");
@@ -301,7 +335,10 @@ impl<W: QueueWorkers> Coordinator<W> {
             let offsets = join_all(lookups).await;
             for (mq, result) in gained.into_iter().zip(offsets) {
                 match result {
-                    Ok((offset, committed)) => self.take(mq, offset, committed),
+                    Ok((offset, committed)) => {
+                        let held = held_until.get(&mq).copied();
+                        self.take(mq, offset, committed, held)
+                    }
                     // Retried at the next rebalance.
                     Err(e) => {
                         tracing::warn!(queue = %mq, error = %e, "cannot read the start offset")
@@ -355,14 +392,22 @@ impl<W: QueueWorkers> Coordinator<W> {
         self.member.settings.heartbeat_interval + Duration::from_millis(500)
     }
 
-    fn take(&mut self, mq: MessageQueue, offset: u64, committed: bool) {
+    fn take(&mut self, mq: MessageQueue, offset: u64, committed: bool, held: Option<Instant>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (progress_tx, progress_rx) = watch::channel(offset);
+        let (held_tx, held_rx) = match held {
+            Some(until) => {
+                let (tx, rx) = watch::channel(until);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let task = self.workers.spawn(Lease {
             mq: mq.clone(),
             start_offset: offset,
             stop: stop_rx,
             progress: progress_tx,
+            held_until: held_rx,
         });
         self.assigned.insert(
             mq,
@@ -371,6 +416,7 @@ impl<W: QueueWorkers> Coordinator<W> {
                 progress: progress_rx,
                 committed: committed.then_some(offset),
                 task,
+                held: held_tx,
             },
         );
     }
@@ -387,6 +433,49 @@ impl<W: QueueWorkers> Coordinator<W> {
         let (_, error) = self.member.send_commits(entries, &self.known_epochs).await;
         if let Some(e) = error {
             tracing::warn!(error = %e, "final commit of released queues failed; their last messages will be delivered again");
+        }
+        if self.member.settings.orderly {
+            // After the commit: the next owner starts where this one stopped.
+            let queues = leaving.into_iter().map(|(q, _)| q).collect();
+            self.member.unlock_queues(queues).await;
+        }
+    }
+
+    fn learn_lease(&mut self, lease: Option<Duration>) {
+        if let Some(l) = lease.filter(|l| !l.is_zero()) {
+            if self.lock_lease.is_none() {
+                self.next_renewal = Instant::now() + l / 6;
+            }
+            self.lock_lease = Some(l);
+        }
+    }
+
+    /// Renews the locks of every owned queue, at a sixth of the lease (a holder trusts a lock
+    /// for half of it, so two renewals may fail in a row). A queue the broker now says another
+    /// member holds stops at once; one without an answer keeps going until its lock lapses
+    /// here, and its worker waits from then on.
+    async fn renew_locks(&mut self) {
+        let period = self.lock_lease.map_or(FIRST_RENEWAL, |l| l / 6);
+        self.next_renewal = Instant::now() + period;
+        let queues: Vec<MessageQueue> = self.assigned.keys().cloned().collect();
+        if queues.is_empty() {
+            return;
+        }
+        let round = self.member.lock_queues(queues).await;
+        self.learn_lease(round.lease);
+        for (q, until) in &round.held {
+            if let Some(tx) = self.assigned.get(q).and_then(|a| a.held.as_ref()) {
+                tx.send_replace(*until);
+            }
+        }
+        if !round.unknown.is_empty() {
+            // Try again soon rather than a whole period later.
+            self.next_renewal = self.next_renewal.min(Instant::now() + LOCK_RETRY * 2);
+        }
+        if !round.refused.is_empty() {
+            tracing::warn!(group = self.member.group(), queues = ?round.refused,
+                "lost the locks of queues (lease ran out); stopping them");
+            self.stop_queues(round.refused).await;
         }
     }
 

@@ -101,6 +101,7 @@ impl Member {
             subscriptions: vec![Subscription {
                 group: self.settings.group.clone(),
                 topics: self.settings.topics.clone(),
+                orderly: self.settings.orderly,
             }],
         };
         let addrs = self.broker_addresses().await;
@@ -292,6 +293,12 @@ impl Member {
                 .map(|(mq, _)| epochs.get(&mq.broker_name).copied().unwrap_or(0));
             let req = CommitOffsetsRequest {
                 reset_epoch,
+                // Ordered: a queue this member lost keeps its new owner's position.
+                lock_owner: if self.settings.orderly {
+                    self.settings.client_id.clone()
+                } else {
+                    String::new()
+                },
                 group: self.group().to_string(),
                 offsets: entries
                     .iter()

@@ -11,7 +11,9 @@
 mod allocate;
 mod coordinator;
 mod fetch;
+mod locks;
 mod member;
+mod orderly;
 mod pull;
 mod push;
 mod sendback;
@@ -86,6 +88,20 @@ pub struct ConsumerBuilder {
     pub(crate) selectors: Vec<(String, Selector)>,
     /// Broadcast consumption: this instance's id.
     pub(crate) broadcast: Option<String>,
+    /// Ordered consumption, and what to do with a message whose retries are spent.
+    pub(crate) orderly: Option<OrderlyFailure>,
+}
+
+/// Ordered consumption: what happens to a message that still fails after the group's retries
+/// (its `max_retries`, retried in place while the queue waits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderlyFailure {
+    /// To the group's dead-letter topic, so one poison message does not block its queue for
+    /// ever (the default).
+    DeadLetter,
+    /// Keep retrying (backoff capped at the retry backoff's max): nothing after it in its queue
+    /// is processed until it succeeds.
+    Block,
 }
 
 /// Which messages of a topic a subscription takes, judged on the broker: RocketMQ's tag
@@ -162,6 +178,7 @@ impl ConsumerBuilder {
             buffer: 1024,
             selectors: Vec::new(),
             broadcast: None,
+            orderly: None,
         }
     }
 
@@ -193,6 +210,18 @@ impl ConsumerBuilder {
     /// would split the messages between them.
     pub fn broadcast(mut self, instance: impl Into<String>) -> Self {
         self.broadcast = Some(instance.into());
+        self
+    }
+
+    /// Ordered consumption (push consumers): each queue is processed by one consumer of the
+    /// group at a time, one message after another, in queue order. The consumer holds a lock
+    /// per queue on its broker (leased, renewed, replicated across failover); on a rebalance
+    /// the old owner finishes its message, commits and unlocks before the new owner starts.
+    /// A failing message is retried in place with the retry backoff while its queue waits, up
+    /// to the group's `max_retries`, then handled by `on_failure`. Messages with one key (say
+    /// an order id) sent with the producer's key-based queue choice form one ordered stream.
+    pub fn orderly(mut self, on_failure: OrderlyFailure) -> Self {
+        self.orderly = Some(on_failure);
         self
     }
 
@@ -286,6 +315,11 @@ impl ConsumerBuilder {
 
     /// Starts a pull consumer.
     pub async fn start_pull(self) -> Result<PullConsumer> {
+        if self.orderly.is_some() {
+            return Err(Error::Config(
+                "ordered consumption needs a push consumer (start_push)".into(),
+            ));
+        }
         PullConsumer::start(self.resolved()?).await
     }
 
@@ -297,9 +331,13 @@ impl ConsumerBuilder {
         Ok(self)
     }
 
-    /// The subscribed topics and the group's retry topic.
+    /// The subscribed topics and the group's retry topic (ordered consumers retry in place
+    /// and have none).
     pub(crate) fn topics_with_retry(&self) -> Vec<String> {
         let mut topics = self.topics.clone();
+        if self.orderly.is_some() {
+            return topics;
+        }
         let retry = names::retry_topic(&self.group);
         if !topics.contains(&retry) {
             topics.push(retry);

@@ -96,6 +96,7 @@ impl PullConsumer {
             rebalance_interval: b.rebalance_interval,
             commit_interval: b.commit_interval,
             drain_timeout: b.drain_timeout,
+            orderly: false,
         };
         let group = coordinator::start(core, settings, Workers(shared)).await?;
         Ok(PullConsumer {
@@ -268,6 +269,7 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
         start_offset,
         mut stop,
         progress,
+        held_until: _,
     } = lease;
     let mut tracker = OffsetTracker::new(start_offset);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Ack>();

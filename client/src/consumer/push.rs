@@ -15,7 +15,7 @@ use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
 use super::fetch::{doubling, maybe, PullOutcome, QueueReader, ReaderCtx};
 use super::sendback::{send_back, RetryLater};
 use super::tracker::OffsetTracker;
-use super::{new_client_id, ConsumerBuilder, MessageHandler};
+use super::{new_client_id, orderly, ConsumerBuilder, MessageHandler, OrderlyFailure};
 use crate::client::ClientCore;
 use crate::error::Result;
 use crate::message::ReceivedMessage;
@@ -50,6 +50,7 @@ impl PushConsumer {
             backoff: b.retry_backoff,
             drain_timeout: b.drain_timeout,
             max_unfinished: b.max_unfinished_per_queue,
+            orderly: b.orderly,
         });
         let settings = GroupSettings {
             topics: b.topics_with_retry(),
@@ -60,6 +61,7 @@ impl PushConsumer {
             rebalance_interval: b.rebalance_interval,
             commit_interval: b.commit_interval,
             drain_timeout: b.drain_timeout,
+            orderly: b.orderly.is_some(),
         };
         let group = coordinator::start(core, settings, Workers(shared)).await?;
         Ok(PushConsumer { group, client_id })
@@ -86,20 +88,24 @@ impl PushConsumer {
     }
 }
 
-struct Shared {
-    reader: Arc<ReaderCtx>,
-    handler: Arc<dyn MessageHandler>,
-    permits: Arc<Semaphore>,
-    backoff: (Duration, Duration),
-    drain_timeout: Duration,
+pub(super) struct Shared {
+    pub(super) reader: Arc<ReaderCtx>,
+    pub(super) handler: Arc<dyn MessageHandler>,
+    pub(super) permits: Arc<Semaphore>,
+    pub(super) backoff: (Duration, Duration),
+    pub(super) drain_timeout: Duration,
     max_unfinished: usize,
+    orderly: Option<OrderlyFailure>,
 }
 
 struct Workers(Arc<Shared>);
 
 impl QueueWorkers for Workers {
     fn spawn(&self, lease: Lease) -> JoinHandle<()> {
-        tokio::spawn(run_queue(self.0.clone(), lease))
+        match self.0.orderly {
+            Some(on_failure) => tokio::spawn(orderly::run_queue(self.0.clone(), lease, on_failure)),
+            None => tokio::spawn(run_queue(self.0.clone(), lease)),
+        }
     }
 }
 
@@ -115,6 +121,7 @@ async fn run_queue(shared: Arc<Shared>, lease: Lease) {
         start_offset,
         mut stop,
         progress,
+        held_until: _,
     } = lease;
     let mut tracker = OffsetTracker::new(start_offset);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<HandlerDone>();

@@ -44,7 +44,6 @@ pub(crate) async fn send_back(
     delay: Option<Duration>,
     reason: &str,
 ) -> Result<SendBackOutcome> {
-    let t = core.timeout();
     let req = SendBackRequest {
         group: group.to_string(),
         commit_log_offset: msg.commit_log_offset,
@@ -53,7 +52,41 @@ pub(crate) async fn send_back(
             u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
         }),
         reason: reason.to_string(),
+        dead_letter: false,
+        attempts: 0,
     };
+    call(core, broker_name, msg, req).await
+}
+
+/// Sends `msg` to `group`'s dead-letter topic now: an ordered consumer retried it in place
+/// `attempts` times.
+pub(crate) async fn dead_letter(
+    core: &ClientCore,
+    group: &str,
+    broker_name: &str,
+    msg: &StoredMessage,
+    attempts: u32,
+    reason: &str,
+) -> Result<SendBackOutcome> {
+    let req = SendBackRequest {
+        group: group.to_string(),
+        commit_log_offset: msg.commit_log_offset,
+        message_id: msg.message_id.clone(),
+        delay_ms: 0,
+        reason: reason.to_string(),
+        dead_letter: true,
+        attempts,
+    };
+    call(core, broker_name, msg, req).await
+}
+
+async fn call(
+    core: &ClientCore,
+    broker_name: &str,
+    msg: &StoredMessage,
+    req: SendBackRequest,
+) -> Result<SendBackOutcome> {
+    let t = core.timeout();
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -323,6 +323,14 @@ impl Broker for FakeBroker {
         ))
     }
 
+    async fn lock_queues(&self, _req: Request<LockQueuesRequest>) -> Res<LockQueuesResponse> {
+        Err(Status::unimplemented("the fake broker has no queue locks"))
+    }
+
+    async fn unlock_queues(&self, _req: Request<UnlockQueuesRequest>) -> Res<UnlockQueuesResponse> {
+        Err(Status::unimplemented("the fake broker has no queue locks"))
+    }
+
     async fn get_group_offsets(
         &self,
         req: Request<GetGroupOffsetsRequest>,
