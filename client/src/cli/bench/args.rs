@@ -133,6 +133,30 @@ pub struct ReceiveOpts {
     /// Subscribe with this SQL92 condition (filtered on the broker).
     #[arg(long = "filter-sql", value_name = "CONDITION")]
     pub filter_sql: Option<String>,
+    /// pull (a pull consumer polling), push (a push consumer's concurrent handlers) or orderly
+    /// (a push consumer's ordered consumption: one message at a time per queue, queues locked).
+    #[arg(long, value_enum, default_value = "pull")]
+    pub mode: ConsumeMode,
+    /// push / orderly: each handler call takes this long (simulated work), in microseconds.
+    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
+    pub handler_us: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsumeMode {
+    Pull,
+    Push,
+    Orderly,
+}
+
+impl ConsumeMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConsumeMode::Pull => "pull",
+            ConsumeMode::Push => "push",
+            ConsumeMode::Orderly => "orderly",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +210,8 @@ pub struct ReceivePlan {
     pub idle_timeout: Duration,
     pub from_earliest: bool,
     pub selector: Option<sluice_client::Selector>,
+    pub mode: ConsumeMode,
+    pub handler_work: Duration,
 }
 
 /// A checked benchmark run.
@@ -274,6 +300,15 @@ fn receive_plan(o: ReceiveOpts, from_earliest: bool) -> Result<ReceivePlan, Stri
             (Some(t), _) => Some(sluice_client::Selector::tag(t)),
             (None, Some(q)) => Some(sluice_client::Selector::sql(q)),
             (None, None) => None,
+        },
+        mode: o.mode,
+        handler_work: match (o.mode, o.handler_us) {
+            (_, 0) => Duration::ZERO,
+            (ConsumeMode::Pull, _) => {
+                return Err("--handler-us needs --mode push or orderly".into())
+            }
+            (_, us) if us > 10_000_000 => return Err("--handler-us is at most 10 s".into()),
+            (_, us) => Duration::from_micros(us),
         },
     })
 }

@@ -74,14 +74,13 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
             consumers.push(workers::spawn(
                 format!("bench-consumer-{i}"),
                 move || async move {
-                    let consumer =
-                        match consume::consumer(&config, &topic, &group, &shared.plan).await {
-                            Ok(c) => c,
-                            Err(e) => {
-                                let _ = ready.send(Err(format!("starting a consumer: {e}")));
-                                anyhow::bail!("starting a consumer: {e}");
-                            }
-                        };
+                    let consumer = match consume::consumer(&config, &topic, &group, &shared).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("starting a consumer: {e}")));
+                            anyhow::bail!("starting a consumer: {e}");
+                        }
+                    };
                     let _ = ready.send(Ok(()));
                     // Tell the main task which queues this consumer owns until the run starts.
                     let opened = loop {
@@ -220,6 +219,7 @@ pub async fn bench(config: ClientConfig, plan: Plan) -> anyhow::Result<()> {
                 .as_ref()
                 .map_or(0.0, |s| s.linger.as_secs_f64() * 1000.0),
             pull_batch: plan.receive.as_ref().map_or(0, |r| r.pull_batch),
+            consume_mode: plan.receive.as_ref().map_or("pull", |r| r.mode.name()),
             rate: send_plan.as_ref().and_then(|s| s.rate),
         },
         broker,

@@ -130,6 +130,8 @@ pub struct RunSettings {
     pub batch_max_bytes: usize,
     pub linger_ms: f64,
     pub pull_batch: u32,
+    /// pull, push or orderly.
+    pub consume_mode: &'static str,
     /// Target send rate over all producers, if throttled.
     pub rate: Option<u64>,
 }
@@ -238,8 +240,8 @@ impl Report {
         if c.consumers > 0 {
             let _ = write!(
                 out,
-                ", {} consumer(s), pulls of {}",
-                c.consumers, c.pull_batch
+                ", {} {} consumer(s), pulls of {}",
+                c.consumers, c.consume_mode, c.pull_batch
             );
         }
         let _ = writeln!(
@@ -341,6 +343,7 @@ mod tests {
                 batch_max_bytes: 1 << 20,
                 linger_ms: 0.0,
                 pull_batch: 0,
+                consume_mode: "pull",
                 rate: None,
             },
             broker: BrokerSettings {
