@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sluice_client::{Admin, ClientConfig};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::control::{Action, Control, NodeInfo};
 use crate::features;
 use crate::ledger::{self, Ledger, MsgId};
 use crate::load::{self, Load};
+use crate::orderly;
 use crate::probe::{self, Group, Replica};
 use crate::report::{CycleReport, Report};
 use crate::verify::{self, QueueLog};
@@ -76,6 +77,8 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Shares of delayed and failing messages.
     pub mix: features::Mix,
+    /// Keyed producers and orderly consumers, checked for order and one owner per queue.
+    pub orderly: bool,
 }
 
 /// The groups to attack, from the control script's node list: brokers with a group and a
@@ -190,19 +193,23 @@ pub async fn run(opts: Options) -> Result<Report> {
         events: ledger.sender(),
         mix: opts.mix,
         features: features::start(),
+        orderly: opts.orderly,
     };
     let (stop_consumers, consumers_stop_rx) = watch::channel(false);
     let mut consumer_tasks = Vec::new();
+    let (processed_tx, mut processed_rx) = mpsc::unbounded_channel();
     for m in 0..opts.consumers {
-        let c = load::consumer(&config, &consumer_group, &topic)
-            .await
-            .context("starting a consumer")?;
-        consumer_tasks.push(load::spawn_consumer(
-            load.clone(),
-            c,
-            m,
-            consumers_stop_rx.clone(),
-        ));
+        let stop = consumers_stop_rx.clone();
+        let task = match opts.orderly {
+            true => {
+                let log = processed_tx.clone();
+                orderly::spawn_consumer(&config, &consumer_group, load.clone(), m, log, stop).await
+            }
+            false => load::consumer(&config, &consumer_group, &topic)
+                .await
+                .map(|c| load::spawn_consumer(load.clone(), c, m, stop)),
+        };
+        consumer_tasks.push(task.context("starting a consumer")?);
     }
     let (stop_producers, producers_stop_rx) = watch::channel(false);
     // Answers transaction checks until the end, also after the sending producers stopped.
@@ -280,6 +287,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     for t in consumer_tasks {
         let _ = t.await;
     }
+    let processed = orderly::collect(&mut processed_rx);
     if let Some(c) = checker {
         c.shutdown().await;
     }
@@ -297,6 +305,10 @@ pub async fn run(opts: Options) -> Result<Report> {
         .await
         .context("the ledger task is gone")?;
     let findings = verify::check(&record, &logs);
+    let orderly = run
+        .opts
+        .orderly
+        .then(|| orderly::check(&processed, &record.acks));
     let feature_findings = match run.opts.mix.active() {
         true => features::finish(&load.features)
             .await
@@ -324,6 +336,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         consume_errors: record.consume_errors,
         findings,
         features: feature_findings,
+        orderly,
         replicas_consistent: mismatches.is_empty(),
         replica_mismatches: mismatches,
         failover: None,

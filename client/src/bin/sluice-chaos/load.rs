@@ -1,6 +1,6 @@
 //! The load under attack: producers sending unique messages one at a time (each waits for its
-//! ack, so a producer's acks are ordered) and the members of one consumer group, all reporting
-//! to the ledger.
+//! ack, so a producer's acks are ordered; with `--orderly` each under its own key) and the
+//! members of one consumer group, all reporting to the ledger.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct Load {
     /// Delayed and failing messages (none when the knobs are off).
     pub mix: Mix,
     pub features: mpsc::UnboundedSender<FEvent>,
+    /// `--orderly`: each producer sends with its own key, so its messages share one queue.
+    pub orderly: bool,
 }
 
 impl Load {
@@ -42,6 +44,7 @@ pub fn spawn_producer(
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<u64> {
     tokio::spawn(async move {
+        let key = load.orderly.then(|| crate::orderly::key(index));
         let mut seq = 0u64;
         while !*stop.borrow() {
             seq += 1;
@@ -90,8 +93,14 @@ pub fn spawn_producer(
                 }
                 continue;
             }
+            let send = async {
+                match &key {
+                    Some(k) => producer.send_with_key(message, k).await,
+                    None => producer.send(message).await,
+                }
+            };
             let result = tokio::select! {
-                r = producer.send(message) => r,
+                r = send => r,
                 // A send cut short here may still be stored: it counts as unacknowledged.
                 _ = stop.changed() => break,
             };

@@ -8,6 +8,11 @@
 //! drains the consumers and reports acked, consumed, lost, duplicated and out-of-order
 //! messages; it exits with 1 when anything acknowledged was lost, moved or reordered.
 //!
+//! With `--orderly` each producer sends under its own key and the group's members are orderly
+//! push consumers; the run then also fails when a message was processed before an older
+//! acknowledged message of its key (in its queue), or when two consumers processed one queue
+//! at the same time.
+//!
 //! Helpers for the scripts: `sluice-chaos fault --addr A isolate 2 3` / `heal` (the
 //! `InjectFault` RPC) and `sluice-chaos free-ports N`.
 
@@ -16,6 +21,7 @@ mod control;
 mod features;
 mod ledger;
 mod load;
+mod orderly;
 mod probe;
 mod report;
 mod txmix;
@@ -140,6 +146,12 @@ struct RunArgs {
     /// back, the rest abandoned for the checker (which commits or rolls back by the message).
     #[arg(long, default_value_t = 0.0)]
     tx_share: f64,
+    /// Ordered consumption: producer i sends with the key `k{i}`, the consumers are orderly
+    /// push consumers (one queue, one consumer at a time, in queue order), and the report
+    /// checks per-key order and that no two consumers processed a queue at once. Not with
+    /// --delayed-share, --fail-share or --tx-share (their messages are ordered differently).
+    #[arg(long)]
+    orderly: bool,
     /// Producers without idempotence: a retried send may then store a message twice, which
     /// is reported but not a violation (with idempotence, the default, it is one).
     #[arg(long)]
@@ -176,6 +188,12 @@ impl RunArgs {
                 "--delayed-share, --fail-share and --tx-share are shares within 0..=1 that add up to at most 1"
             );
         }
+        if self.orderly && shares > 0.0 {
+            bail!(
+                "--orderly cannot be combined with --delayed-share, --fail-share or --tx-share: \
+                 delayed, failing and transactional messages are not delivered in send order"
+            );
+        }
         if !(1..=100).contains(&self.max_retries) {
             bail!("--max-retries must be within 1..=100");
         }
@@ -208,6 +226,7 @@ impl RunArgs {
                     max_delay: secs(self.max_delay_secs),
                     max_retries: self.max_retries,
                 },
+                orderly: self.orderly,
             },
             self.json,
             self.report,
@@ -340,5 +359,23 @@ mod tests {
             Cli::try_parse_from(["sluice-chaos", "run", "--faults", "boom", "--", "x"]).is_err()
         );
         assert!(Cli::try_parse_from(["sluice-chaos", "run"]).is_err());
+    }
+
+    #[test]
+    fn orderly_refuses_the_feature_mixes() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["sluice-chaos", "run", "--orderly"];
+            argv.extend_from_slice(extra);
+            argv.extend(["--", "x"]);
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not run")
+            };
+            args.options()
+        };
+        assert!(parse(&[]).unwrap().0.orderly);
+        for share in ["--delayed-share", "--fail-share", "--tx-share"] {
+            let e = parse(&[share, "0.1"]).unwrap_err().to_string();
+            assert!(e.contains("--orderly cannot be combined"), "{e}");
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::features::FeatureFindings;
+use crate::orderly::OrderlyFindings;
 use crate::verify::Findings;
 
 /// One fault and its undoing.
@@ -77,6 +78,8 @@ pub struct Report {
     pub findings: Findings,
     /// Delayed and failing messages (when the run sent any).
     pub features: Option<FeatureFindings>,
+    /// Per-key order and one owner per queue (with `--orderly`).
+    pub orderly: Option<OrderlyFindings>,
     /// Every replica of every group holds the same queues (after catching up).
     pub replicas_consistent: bool,
     pub replica_mismatches: Vec<String>,
@@ -108,6 +111,7 @@ impl Report {
             self.findings.duplicated + self.features.as_ref().map_or(0, |f| f.delayed_send_retries);
         self.ok = self.findings.violations() == 0
             && self.features.as_ref().is_none_or(|f| f.violations() == 0)
+            && self.orderly.as_ref().is_none_or(|o| o.violations() == 0)
             && (!self.idempotent || stored_twice == 0)
             && self.replicas_consistent
             && self.errors.is_empty()
@@ -245,6 +249,29 @@ impl Report {
                 }
             }
         }
+        if let Some(o) = &self.orderly {
+            let _ = writeln!(
+                s,
+                "orderly: keys {}  deliveries checked {}  ORDER VIOLATIONS {}  OVERLAPS {}  (key moves {}, cross-queue reorders {})",
+                o.keys, o.deliveries, o.order_violations, o.overlap_violations, o.key_moves, o.cross_queue_reorders
+            );
+            let _ = writeln!(
+                s,
+                "  per consumer: {}  queue hand-overs {}",
+                o.by_consumer
+                    .iter()
+                    .map(|(m, n)| format!("{m}: {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                o.handovers
+            );
+            for (kind, samples) in &o.samples {
+                let _ = writeln!(s, "{kind}:");
+                for v in samples {
+                    let _ = writeln!(s, "  {v}");
+                }
+            }
+        }
         for e in &self.errors {
             let _ = writeln!(s, "error: {e}");
         }
@@ -296,6 +323,7 @@ mod tests {
             idempotent: false,
             findings: Findings::default(),
             features: None,
+            orderly: None,
             replicas_consistent: true,
             replica_mismatches: Vec::new(),
             failover: None,
@@ -321,6 +349,27 @@ mod tests {
         r.finalize();
         assert!(!r.ok);
         r.findings.duplicated = 0;
+        r.finalize();
+        assert!(r.ok);
+
+        // An orderly run fails on an order or overlap violation.
+        r.orderly = Some(OrderlyFindings {
+            keys: 1,
+            deliveries: 10,
+            ..OrderlyFindings::default()
+        });
+        r.finalize();
+        assert!(r.ok);
+        assert!(r.text().contains("orderly: keys 1  deliveries checked 10"));
+        r.orderly = Some(OrderlyFindings {
+            overlap_violations: 1,
+            ..OrderlyFindings::default()
+        });
+        r.finalize();
+        assert!(!r.ok);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["orderly"]["overlap_violations"], 1);
+        r.orderly = None;
         r.finalize();
         assert!(r.ok);
 
