@@ -264,6 +264,14 @@ async fn rebalances_under_load_keep_each_keys_order_and_one_owner_per_queue() {
     }
     let recs = log.snapshot();
     check(&recs, &acked);
+    // Hand-overs without faults: the leaving owner commits before it unlocks and the next one
+    // starts from that commit (the lock's answer carries it), so nothing is processed twice.
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&Rec> = recs
+        .iter()
+        .filter(|r| !seen.insert((r.key.clone(), r.seq)))
+        .collect();
+    assert!(twice.is_empty(), "processed again after a hand-over: {twice:?}");
     let moved = (0..QUEUES)
         .filter(|q| {
             let mut owners: Vec<usize> = recs

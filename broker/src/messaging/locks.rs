@@ -20,6 +20,8 @@ pub struct QueueLocks {
 pub struct Locked {
     pub queues: Vec<QueueRef>,
     pub lease: Duration,
+    /// The committed offsets of the locked queues that have one, read after the lock.
+    pub committed: Vec<(QueueRef, u64)>,
 }
 
 impl QueueLocks {
@@ -70,9 +72,17 @@ impl QueueLocks {
             &queues,
             now_ms,
         )?;
+        let state = self.write.state();
+        let mut committed = Vec::new();
+        for q in &held {
+            if let Some(o) = state.offsets.get(group, &q.topic, q.queue_id)? {
+                committed.push((q.clone(), o));
+            }
+        }
         Ok(Locked {
             queues: held,
             lease: self.lease,
+            committed,
         })
     }
 

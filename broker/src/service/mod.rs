@@ -202,9 +202,20 @@ impl Broker for BrokerService {
             .locks
             .lock(&req.group, &req.client_id, req.queues, convert::now_ms())
             .await;
-        reply(r.map(|l| LockQueuesResponse {
-            locked: l.queues,
-            lease_ms: u64::try_from(l.lease.as_millis()).unwrap_or(u64::MAX),
+        reply(r.map(|l| {
+            LockQueuesResponse {
+                locked: l.queues,
+                lease_ms: u64::try_from(l.lease.as_millis()).unwrap_or(u64::MAX),
+                committed: l
+                    .committed
+                    .into_iter()
+                    .map(|(q, offset)| OffsetEntry {
+                        topic: q.topic,
+                        queue_id: q.queue_id,
+                        offset,
+                    })
+                    .collect(),
+            }
         }))
     }
 

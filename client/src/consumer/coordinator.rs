@@ -100,6 +100,8 @@ struct Assigned {
 
 /// How soon a queue whose lock another consumer holds is asked for again.
 const LOCK_RETRY: Duration = Duration::from_millis(500);
+/// Attempts at the final commit and unlock of an ordered queue given up during a failover.
+const RELEASE_TRIES: u32 = 4;
 /// Renewal period before the broker's lease is known.
 const FIRST_RENEWAL: Duration = Duration::from_secs(2);
 
@@ -317,8 +319,18 @@ impl<W: QueueWorkers> Coordinator<W> {
             for q in round.refused.into_iter().chain(round.unknown) {
                 self.deferred.insert(q, now + LOCK_RETRY);
             }
-            gained = round.held.iter().map(|(q, _)| q.clone()).collect();
-            held_until.extend(round.held);
+            gained = Vec::new();
+            for (q, until) in round.held {
+                // The lock's answer has the previous owner's last commit: start there (an
+                // offset query could reach a replica that has not applied it yet).
+                match round.committed.get(&q) {
+                    Some(&offset) => self.take(q, offset, true, Some(until)),
+                    None => {
+                        held_until.insert(q.clone(), until);
+                        gained.push(q);
+                    }
+                }
+            }
         }
         if !gained.is_empty() {
             tracing::info!(group = member.group(), queues = ?gained, "taking queues");
@@ -430,14 +442,35 @@ impl<W: QueueWorkers> Coordinator<W> {
             .filter(|(_, a)| Some(*a.progress.borrow()) != a.committed)
             .map(|(q, a)| (q.clone(), *a.progress.borrow()))
             .collect();
-        let (_, error) = self.member.send_commits(entries, &self.known_epochs).await;
-        if let Some(e) = error {
+        let orderly = self.member.settings.orderly;
+        let mut entries = entries;
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let sent = entries.clone();
+            let (done, error) = self.member.send_commits(sent, &self.known_epochs).await;
+            entries.retain(|e| !done.contains(e));
+            let Some(e) = error else { break };
+            // Ordered: the next owner starts from this commit, so ride out a failover for a
+            // moment rather than leave it a stretch to process again.
+            let failover = e.is_master_change() || e.is_routing();
+            if orderly && tries < RELEASE_TRIES && failover && !entries.is_empty() {
+                tokio::time::sleep(LOCK_RETRY * tries).await;
+                continue;
+            }
             tracing::warn!(error = %e, "final commit of released queues failed; their last messages will be delivered again");
+            break;
         }
-        if self.member.settings.orderly {
+        if orderly {
             // After the commit: the next owner starts where this one stopped.
-            let queues = leaving.into_iter().map(|(q, _)| q).collect();
-            self.member.unlock_queues(queues).await;
+            let mut queues: Vec<MessageQueue> = leaving.into_iter().map(|(q, _)| q).collect();
+            for t in 1..=RELEASE_TRIES {
+                queues = self.member.unlock_queues(queues).await;
+                if queues.is_empty() || t == RELEASE_TRIES {
+                    break;
+                }
+                tokio::time::sleep(LOCK_RETRY * t).await;
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 //! half its lease after the request was *sent*, so it stops before the broker could hand the
 //! queue to anyone else, whatever the delays on the way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -26,6 +26,8 @@ pub(crate) struct LockRound {
     pub(crate) unknown: Vec<MessageQueue>,
     /// The broker's lease, from any answer.
     pub(crate) lease: Option<Duration>,
+    /// Committed offsets of held queues, as the broker read them after deciding the lock.
+    pub(crate) committed: HashMap<MessageQueue, u64>,
 }
 
 fn wire(q: &MessageQueue) -> QueueRef {
@@ -87,6 +89,13 @@ impl Member {
                     round.lease = Some(lease);
                     let until = sent + lease / 2;
                     for q in qs {
+                        let at = resp
+                            .committed
+                            .iter()
+                            .find(|o| o.topic == q.topic && o.queue_id == q.queue_id);
+                        if let Some(o) = at {
+                            round.committed.insert(q.clone(), o.offset);
+                        }
                         if resp.locked.contains(&wire(&q)) {
                             round.held.push((q, until));
                         } else {
@@ -107,9 +116,12 @@ impl Member {
     }
 
     /// Gives up the locks of `queues` (after their final commit), so the next owner starts
-    /// at once instead of after the lease.
-    pub(crate) async fn unlock_queues(&self, queues: Vec<MessageQueue>) {
-        let (by_addr, _) = self.by_master(queues);
+    /// at once instead of after the lease. Returns those whose broker could not be told because
+    /// it is changing masters (worth another try).
+    pub(crate) async fn unlock_queues(&self, queues: Vec<MessageQueue>) -> Vec<MessageQueue> {
+        let (by_addr, mut retry) = self.by_master(queues);
+        // No master known: ask the nameserver again before the next try.
+        self.refresh_routes_of(&retry).await;
         let t = self.timeout();
         let calls = by_addr.into_iter().map(|(addr, qs)| async move {
             let req = UnlockQueuesRequest {
@@ -122,13 +134,21 @@ impl Member {
                 rpc::call(&addr, t, client.unlock_queues(rpc::request(req, t))).await
             }
             .await;
-            (addr, result)
+            (addr, qs, result)
         });
-        for (addr, result) in join_all(calls).await {
-            if let Err(e) = result {
-                tracing::warn!(broker = %addr, error = %e, "unlocking queues failed; they free up when the lease runs out");
+        for (addr, qs, result) in join_all(calls).await {
+            match result {
+                Ok(_) => {}
+                Err(e) if e.is_master_change() || e.is_routing() => {
+                    self.refresh_routes_of(&qs).await;
+                    retry.extend(qs);
+                }
+                Err(e) => {
+                    tracing::warn!(broker = %addr, error = %e, "unlocking queues failed; they free up when the lease runs out");
+                }
             }
         }
+        retry
     }
 
     async fn refresh_routes_of(&self, queues: &[MessageQueue]) {

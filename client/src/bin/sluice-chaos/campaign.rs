@@ -13,10 +13,10 @@ use crate::control::{Action, Control, NodeInfo};
 use crate::features;
 use crate::ledger::{self, Ledger, MsgId};
 use crate::load::{self, Load};
-use crate::orderly;
 use crate::probe::{self, Group, Replica};
 use crate::report::{CycleReport, Report};
 use crate::verify::{self, QueueLog};
+use crate::{churn, orderly};
 
 /// How often the final check re-reads a follower that is behind the master.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
@@ -198,19 +198,26 @@ pub async fn run(opts: Options) -> Result<Report> {
     let (stop_consumers, consumers_stop_rx) = watch::channel(false);
     let mut consumer_tasks = Vec::new();
     let (processed_tx, mut processed_rx) = mpsc::unbounded_channel();
-    for m in 0..opts.consumers {
-        let stop = consumers_stop_rx.clone();
-        let task = match opts.orderly {
-            true => {
-                let log = processed_tx.clone();
-                orderly::spawn_consumer(&config, &consumer_group, load.clone(), m, log, stop).await
-            }
-            false => load::consumer(&config, &consumer_group, &topic)
+    let mut members = None;
+    if opts.orderly {
+        let m = churn::Members::start(
+            &config,
+            &consumer_group,
+            load.clone(),
+            processed_tx.clone(),
+            opts.consumers,
+        );
+        members = Some(m.await?);
+    } else {
+        for m in 0..opts.consumers {
+            let stop = consumers_stop_rx.clone();
+            let task = load::consumer(&config, &consumer_group, &topic)
                 .await
-                .map(|c| load::spawn_consumer(load.clone(), c, m, stop)),
-        };
-        consumer_tasks.push(task.context("starting a consumer")?);
+                .map(|c| load::spawn_consumer(load.clone(), c, m, stop));
+            consumer_tasks.push(task.context("starting a consumer")?);
+        }
     }
+    drop(processed_tx);
     let (stop_producers, producers_stop_rx) = watch::channel(false);
     // Answers transaction checks until the end, also after the sending producers stopped.
     let checker = match opts.mix.tx_share > 0.0 {
@@ -247,6 +254,12 @@ pub async fn run(opts: Options) -> Result<Report> {
         Err(e) => errors.push(format!("{e:#}")),
         Ok(()) => {
             for i in 0..run.opts.cycles {
+                // Orderly: queue locks change hands while the fault happens.
+                if let Some(m) = members.as_mut() {
+                    if let Err(e) = m.replace_oldest().await {
+                        errors.push(format!("{e:#}"));
+                    }
+                }
                 let c = run.cycle(i).await;
                 eprintln!("{}", cycle_line(&c));
                 // A group that did not heal makes further cycles meaningless.
@@ -287,6 +300,10 @@ pub async fn run(opts: Options) -> Result<Report> {
     for t in consumer_tasks {
         let _ = t.await;
     }
+    let replaced = members.as_ref().map_or(0, |m| m.replaced);
+    if let Some(m) = members {
+        m.stop().await;
+    }
     let processed = orderly::collect(&mut processed_rx);
     if let Some(c) = checker {
         c.shutdown().await;
@@ -305,10 +322,10 @@ pub async fn run(opts: Options) -> Result<Report> {
         .await
         .context("the ledger task is gone")?;
     let findings = verify::check(&record, &logs);
-    let orderly = run
-        .opts
-        .orderly
-        .then(|| orderly::check(&processed, &record.acks));
+    let orderly = run.opts.orderly.then(|| orderly::OrderlyFindings {
+        members_replaced: replaced,
+        ..orderly::check(&processed, &record.acks)
+    });
     let feature_findings = match run.opts.mix.active() {
         true => features::finish(&load.features)
             .await

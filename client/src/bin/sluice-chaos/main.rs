@@ -17,6 +17,7 @@
 //! `InjectFault` RPC) and `sluice-chaos free-ports N`.
 
 mod campaign;
+mod churn;
 mod control;
 mod features;
 mod ledger;

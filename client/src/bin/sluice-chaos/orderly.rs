@@ -126,6 +126,8 @@ pub struct OrderlyFindings {
     pub deliveries: u64,
     /// Processings per consumer.
     pub by_consumer: BTreeMap<u32, u64>,
+    /// Members replaced by new ones (one before every fault cycle).
+    pub members_replaced: u64,
     /// Times a queue's next processing was by another consumer than its last (the hand-overs
     /// the overlap check judged).
     pub handovers: u64,

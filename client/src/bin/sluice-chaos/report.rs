@@ -257,13 +257,14 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "  per consumer: {}  queue hand-overs {}",
+                "  per consumer: {}  queue hand-overs {}  members replaced {}",
                 o.by_consumer
                     .iter()
                     .map(|(m, n)| format!("{m}: {n}"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                o.handovers
+                o.handovers,
+                o.members_replaced
             );
             for (kind, samples) in &o.samples {
                 let _ = writeln!(s, "{kind}:");
