@@ -271,7 +271,10 @@ async fn rebalances_under_load_keep_each_keys_order_and_one_owner_per_queue() {
         .iter()
         .filter(|r| !seen.insert((r.key.clone(), r.seq)))
         .collect();
-    assert!(twice.is_empty(), "processed again after a hand-over: {twice:?}");
+    assert!(
+        twice.is_empty(),
+        "processed again after a hand-over: {twice:?}"
+    );
     let moved = (0..QUEUES)
         .filter(|q| {
             let mut owners: Vec<usize> = recs

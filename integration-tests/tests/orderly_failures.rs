@@ -167,3 +167,93 @@ async fn the_cli_consumes_orderly_and_the_group_shows_it() {
     let lag = tokio::task::block_in_place(|| cluster.group_lag_total("cli-orderly")).unwrap();
     assert_eq!(lag, 0);
 }
+
+/// A `sluice consume --orderly` process; killed if the test fails before it is.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A consumer killed with SIGKILL keeps its queues until the lease runs out: no one else
+/// processes them sooner, and then another member takes them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_consumer_holds_its_queues_until_the_lease_runs_out() {
+    const LEASE_MS: u64 = 6_000;
+    let cluster = Cluster::start(
+        1,
+        ClusterOptions {
+            extra_broker_toml: format!("orderly_lock_lease_ms = {LEASE_MS}\n"),
+            ..ClusterOptions::default()
+        },
+    )
+    .unwrap();
+    let admin = Admin::new(client_config(&cluster)).unwrap();
+    admin.create_topic("steps", 2, None).await.unwrap();
+    let mut child = Child(
+        std::process::Command::new(sluice_integration_tests::bin("sluice"))
+            .arg("--nameservers")
+            .arg(cluster.nameservers())
+            .args([
+                "consume",
+                "steps",
+                "--group",
+                "killed",
+                "--orderly",
+                "--from",
+                "earliest",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let held = || async {
+        let groups = admin.list_groups().await.unwrap_or_default();
+        groups
+            .into_iter()
+            .find(|g| g.group == "killed")
+            .map(|g| g.locks)
+            .unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the process holding both queues",
+        || async { held().await.iter().filter(|l| l.remaining_ms > 0).count() == 2 },
+    )
+    .await
+    .unwrap();
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    let left = held()
+        .await
+        .iter()
+        .map(|l| l.remaining_ms)
+        .min()
+        .unwrap_or(0);
+    let killed_at = std::time::Instant::now();
+    assert!(left > 1_000, "{left} ms left of the lease");
+
+    let producer = Producer::builder(client_config(&cluster)).build().unwrap();
+    for b in ["one", "two", "three", "four"] {
+        producer.send(Message::new("steps", b)).await.unwrap();
+    }
+    let seen: Seen = Arc::default();
+    let c = start(&cluster, "killed", OrderlyFailure::Block, seen.clone()).await;
+    wait_until(Duration::from_secs(30), "the queues taken over", || async {
+        bodies(&seen).len() >= 4
+    })
+    .await
+    .unwrap();
+    let waited = killed_at.elapsed();
+    // The member list forgets the dead process after 3 s; the locks hold the queues longer.
+    assert!(
+        waited >= Duration::from_millis(left.saturating_sub(300)),
+        "taken over after {waited:?}, with {left} ms of the lease left at the kill"
+    );
+    c.shutdown().await;
+}
