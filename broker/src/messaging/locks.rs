@@ -1,7 +1,7 @@
 //! Queue locks of ordered consumption, protocol-neutral: take, renew and give up, decided in
 //! the replicated state (`state/locks.rs`, where the rules on time are).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_proto::names::{validate_group_name, validate_topic_name};
 use sluice_proto::v1::QueueRef;
@@ -13,6 +13,9 @@ use crate::state::locks::{self, QueueLock, MAX_CLIENT_ID, MAX_QUEUES_PER_OP};
 pub struct QueueLocks {
     write: WritePath,
     lease: Duration,
+    /// The wall clock once, and the monotonic clock since: lock ops are stamped from these, so
+    /// a step of the system clock cannot end leases early.
+    epoch: (i64, Instant),
 }
 
 /// What a lock request got.
@@ -26,7 +29,44 @@ pub struct Locked {
 
 impl QueueLocks {
     pub fn new(write: WritePath, lease: Duration) -> Self {
-        QueueLocks { write, lease }
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        QueueLocks {
+            write,
+            lease,
+            epoch: (wall, Instant::now()),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, moving with the monotonic clock.
+    pub fn clock_ms(&self) -> i64 {
+        let since = i64::try_from(self.epoch.1.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.epoch.0.saturating_add(since)
+    }
+
+    /// The queues that exist here and that no other client holds now: what is worth a log
+    /// entry (the apply decides again).
+    fn worth_asking(
+        &self,
+        group: &str,
+        client_id: &str,
+        queues: Vec<QueueRef>,
+        now_ms: i64,
+    ) -> Result<Vec<QueueRef>, ApiError> {
+        let state = self.write.state();
+        let mut out = Vec::with_capacity(queues.len());
+        for q in queues {
+            let exists = state
+                .topics
+                .get(&q.topic)
+                .is_some_and(|t| q.queue_id < t.read_queues.max(t.write_queues));
+            if exists && !locks::held_by_other(state.meta().as_ref(), group, client_id, &q, now_ms)?
+            {
+                out.push(q);
+            }
+        }
+        Ok(out)
     }
 
     fn check(group: &str, client_id: &str, queues: &[QueueRef]) -> Result<(), ApiError> {
@@ -48,8 +88,10 @@ impl QueueLocks {
         Ok(())
     }
 
-    /// Takes or renews `queues` for `client_id`; answers with those it holds now. The master
-    /// decides (through the log in a replica group).
+    /// Takes or renews `queues` for `client_id`; answers with those this request got (a whole
+    /// lease from `now_ms`, a [`Self::clock_ms`] reading). The master decides (through the log
+    /// in a replica group); queues that do not exist here, or that another client holds, are
+    /// refused without a log entry.
     pub async fn lock(
         &self,
         group: &str,
@@ -61,16 +103,18 @@ impl QueueLocks {
         self.write.require_writer()?;
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(locks::MAX_LEASE_MS);
         let term = self.write.term();
+        let queues = self.worth_asking(group, client_id, queues, now_ms)?;
         if !queues.is_empty() {
             let op = locks::lock_op(group, client_id, &queues, false, now_ms, lease_ms, term);
             self.write.apply(op, now_ms).await?;
         }
-        let held = locks::held_by(
+        let held = locks::granted(
             self.write.state().meta().as_ref(),
             group,
             client_id,
             &queues,
             now_ms,
+            lease_ms,
         )?;
         let state = self.write.state();
         let mut committed = Vec::new();

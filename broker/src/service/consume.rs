@@ -260,7 +260,7 @@ impl BrokerService {
             topics.dedup();
             g.topics = topics;
         }
-        let now = now_ms();
+        let now = self.locks.clock_ms();
         for g in by_name.values_mut() {
             g.locks = self
                 .locks

@@ -200,7 +200,12 @@ impl Broker for BrokerService {
         let req = req.into_inner();
         let r = self
             .locks
-            .lock(&req.group, &req.client_id, req.queues, convert::now_ms())
+            .lock(
+                &req.group,
+                &req.client_id,
+                req.queues,
+                self.locks.clock_ms(),
+            )
             .await;
         reply(r.map(|l| {
             LockQueuesResponse {
@@ -226,7 +231,12 @@ impl Broker for BrokerService {
         let req = req.into_inner();
         let r = self
             .locks
-            .unlock(&req.group, &req.client_id, req.queues, convert::now_ms())
+            .unlock(
+                &req.group,
+                &req.client_id,
+                req.queues,
+                self.locks.clock_ms(),
+            )
             .await;
         reply(r.map(|()| UnlockQueuesResponse {}))
     }

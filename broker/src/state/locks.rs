@@ -10,7 +10,7 @@
 //! alone (deterministic on every replica). Expiry times are judged by one master's clock at a
 //! time: when the term changes, every lock still live by the old master's clock gets a whole
 //! lease from the new master's, so a new master whose clock runs ahead cannot free a lock its
-//! holder still believes it has. A holder stops processing at two thirds of the lease counted
+//! holder still believes it has. A holder stops processing at half the lease counted
 //! from when it *sent* the request that granted or renewed it (before the broker's clock
 //! started counting), so the broker frees a queue only after its holder has stopped.
 
@@ -200,6 +200,29 @@ fn rebase(
     Ok(())
 }
 
+/// Forgets the locks of a deleted topic, in every group.
+pub(super) fn apply_delete_topic(
+    meta: &dyn MetaStore,
+    staged: &mut Staged,
+    topic: &str,
+) -> Result<(), MetaError> {
+    for (k, _) in staged.scan_prefix(meta, &table_key(TABLE, b""))? {
+        if key_topic(&k) == Some(topic.as_bytes()) {
+            staged.delete(k);
+        }
+    }
+    Ok(())
+}
+
+/// The topic part of a lock key (group \0 topic \0 queue id).
+fn key_topic(k: &[u8]) -> Option<&[u8]> {
+    let rest = k.get(TABLE.len() + 1..)?;
+    let g = rest.iter().position(|b| *b == 0)?;
+    let rest = rest.get(g + 1..)?;
+    let t = rest.iter().position(|b| *b == 0)?;
+    rest.get(..t)
+}
+
 /// Forgets a group's locks (the group is deleted).
 pub(super) fn apply_delete_group(
     meta: &dyn MetaStore,
@@ -251,24 +274,51 @@ pub fn list(meta: &dyn MetaStore, group: &str) -> Result<Vec<QueueLock>, MetaErr
     Ok(out)
 }
 
-/// The queues of `queues` that `client_id` holds at `now_ms` (by the current master's clock).
-pub fn held_by(
+/// The queues of `queues` that a lock op of `client_id` stamped `now_ms` with `lease_ms` granted
+/// or renewed: held by it for a whole lease from `now_ms` at least. (An older grant that has
+/// not run out yet does not count: the op may have been skipped, by a term change say, and
+/// the holder would trust the answer for longer than the broker keeps the lock.)
+pub fn granted(
     meta: &dyn MetaStore,
     group: &str,
     client_id: &str,
     queues: &[QueueRef],
     now_ms: i64,
+    lease_ms: u64,
 ) -> Result<Vec<QueueRef>, MetaError> {
+    let until = now_ms.saturating_add(i64::try_from(lease_ms).unwrap_or(i64::MAX));
+    let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for q in queues {
+        if !seen.insert((q.topic.as_str(), q.queue_id)) {
+            continue;
+        }
         if let Some(v) = meta.get(TREE, &key(group, &q.topic, q.queue_id))? {
             let v = decode_value(&v)?;
-            if v.holder == client_id && v.expires_ms > now_ms && !out.contains(q) {
+            if v.holder == client_id && v.expires_ms >= until {
                 out.push(q.clone());
             }
         }
     }
     Ok(out)
+}
+
+/// True when another client holds `q`'s lock past `now_ms` (the master's quick refusal before
+/// it proposes anything).
+pub fn held_by_other(
+    meta: &dyn MetaStore,
+    group: &str,
+    client_id: &str,
+    q: &QueueRef,
+    now_ms: i64,
+) -> Result<bool, MetaError> {
+    Ok(match meta.get(TREE, &key(group, &q.topic, q.queue_id))? {
+        None => false,
+        Some(v) => {
+            let v = decode_value(&v)?;
+            v.holder != client_id && v.expires_ms > now_ms
+        }
+    })
 }
 
 #[cfg(test)]

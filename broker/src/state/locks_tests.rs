@@ -31,7 +31,7 @@ fn take(m: &StateMachine, c: &str, qs: &[u32], now: i64, term: u64) -> Vec<u32> 
         false,
     )
     .unwrap();
-    held_by(m.meta().as_ref(), "g", c, &queues, now)
+    granted(m.meta().as_ref(), "g", c, &queues, now, LEASE)
         .unwrap()
         .into_iter()
         .map(|r| r.queue_id)
@@ -116,6 +116,9 @@ fn a_deposed_masters_late_op_grants_nothing_but_may_release() {
     // Proposed in term 1, applied after term 2's first op.
     assert_eq!(take(&m, "b", &[1], 500, 1), vec![]);
     assert_eq!(holders(&m), vec![(0, "a".into(), 130)]);
+    // The holder's own renewal from that master is skipped too, and its answer says so (the
+    // lock it still has ends sooner than a renewal's would).
+    assert_eq!(take(&m, "a", &[0], 110, 1), vec![]);
     give_up(&m, "a", &[0], 90, 1);
     assert!(holders(&m).is_empty());
 }
@@ -165,4 +168,44 @@ fn deleting_a_group_drops_its_locks_and_bad_ops_change_nothing() {
     m.apply(None, &[crate::state::delete_group_op("g")], false)
         .unwrap();
     assert!(holders(&m).is_empty());
+}
+
+#[test]
+fn deleting_a_topic_drops_its_locks_in_every_group() {
+    let m = machine();
+    take(&m, "a", &[0, 1], 100, 1);
+    let other = QueueRef {
+        topic: "u".into(),
+        queue_id: 0,
+    };
+    m.apply(
+        None,
+        &[lock_op("g", "a", &[other], false, 100, LEASE, 1)],
+        false,
+    )
+    .unwrap();
+    m.apply(
+        None,
+        &[lock_op("h", "b", &[q(0)], false, 100, LEASE, 1)],
+        false,
+    )
+    .unwrap();
+    let upsert = |name: &str| {
+        crate::state::upsert_topic_op(sluice_proto::v1::TopicConfig {
+            name: name.into(),
+            read_queues: 2,
+            write_queues: 2,
+            perm: sluice_proto::perm::READ_WRITE,
+        })
+    };
+    m.apply(None, &[upsert("t"), upsert("u")], false).unwrap();
+    m.apply(None, &[crate::state::delete_topic_op("t")], false)
+        .unwrap();
+    let left: Vec<String> = list(m.meta().as_ref(), "g")
+        .unwrap()
+        .into_iter()
+        .chain(list(m.meta().as_ref(), "h").unwrap())
+        .map(|l| l.topic)
+        .collect();
+    assert_eq!(left, vec!["u".to_string()]);
 }

@@ -345,7 +345,9 @@ impl StateMachine {
                     topics::apply_upsert(self.meta.as_ref(), &mut staged, cfg)?
                 }
                 Some(Op::DeleteTopic(name)) => {
-                    topics::apply_delete(self.meta.as_ref(), &mut staged, name)?
+                    let r = topics::apply_delete(self.meta.as_ref(), &mut staged, name)?;
+                    locks::apply_delete_topic(self.meta.as_ref(), &mut staged, name)?;
+                    r
                 }
                 Some(Op::SetGroupConfig(cfg)) => {
                     groups::apply_set(self.meta.as_ref(), &mut staged, cfg)?

@@ -316,11 +316,12 @@ impl<W: QueueWorkers> Coordinator<W> {
             let round = member.lock_queues(gained).await;
             self.learn_lease(round.lease);
             // Held by another member (still finishing) or unanswered: asked again shortly.
+            let at = Instant::now() + LOCK_RETRY;
             for q in round.refused.into_iter().chain(round.unknown) {
-                self.deferred.insert(q, now + LOCK_RETRY);
+                self.deferred.insert(q, at);
             }
             gained = Vec::new();
-            for (q, until) in round.held {
+            for (q, _, until) in round.held {
                 // The lock's answer has the previous owner's last commit: start there (an
                 // offset query could reach a replica that has not applied it yet).
                 match round.committed.get(&q) {
@@ -351,22 +352,15 @@ impl<W: QueueWorkers> Coordinator<W> {
                         let held = held_until.get(&mq).copied();
                         self.take(mq, offset, committed, held)
                     }
-                    // Retried at the next rebalance.
+                    // Retried shortly (an ordered queue's lock is held meanwhile).
                     Err(e) => {
-                        tracing::warn!(queue = %mq, error = %e, "cannot read the start offset")
+                        tracing::warn!(queue = %mq, error = %e, "cannot read the start offset");
+                        self.deferred.insert(mq, Instant::now() + LOCK_RETRY);
                     }
                 }
             }
         }
-        let owned: Vec<MessageQueue> = self.assigned.keys().cloned().collect();
-        self.assignment.send_if_modified(|a| {
-            if *a != owned {
-                *a = owned;
-                true
-            } else {
-                false
-            }
-        });
+        self.publish_assignment();
     }
 
     /// An operator reset the group's offsets on some broker group: its queues drop their
@@ -456,6 +450,7 @@ impl<W: QueueWorkers> Coordinator<W> {
             let failover = e.is_master_change() || e.is_routing();
             if orderly && tries < RELEASE_TRIES && failover && !entries.is_empty() {
                 tokio::time::sleep(LOCK_RETRY * tries).await;
+                self.renew_if_due().await;
                 continue;
             }
             tracing::warn!(error = %e, "final commit of released queues failed; their last messages will be delivered again");
@@ -470,6 +465,7 @@ impl<W: QueueWorkers> Coordinator<W> {
                     break;
                 }
                 tokio::time::sleep(LOCK_RETRY * t).await;
+                self.renew_if_due().await;
             }
         }
     }
@@ -496,20 +492,53 @@ impl<W: QueueWorkers> Coordinator<W> {
         }
         let round = self.member.lock_queues(queues).await;
         self.learn_lease(round.lease);
-        for (q, until) in &round.held {
-            if let Some(tx) = self.assigned.get(q).and_then(|a| a.held.as_ref()) {
-                tx.send_replace(*until);
+        let mut restart = round.refused;
+        for (q, sent, until) in round.held {
+            let Some(tx) = self.assigned.get(&q).and_then(|a| a.held.as_ref()) else {
+                continue;
+            };
+            if *tx.borrow() <= sent {
+                // This member stopped trusting the lock before it asked again: another may
+                // have held the queue in between and moved it on. Start it over from the
+                // committed offset rather than from this member's own position.
+                restart.push(q);
+            } else {
+                tx.send_replace(until);
             }
         }
         if !round.unknown.is_empty() {
             // Try again soon rather than a whole period later.
             self.next_renewal = self.next_renewal.min(Instant::now() + LOCK_RETRY * 2);
         }
-        if !round.refused.is_empty() {
-            tracing::warn!(group = self.member.group(), queues = ?round.refused,
-                "lost the locks of queues (lease ran out); stopping them");
-            self.stop_queues(round.refused).await;
+        if !restart.is_empty() {
+            tracing::warn!(group = self.member.group(), queues = ?restart,
+                "lock of queues lapsed (renewals failed for too long); starting them over");
+            self.stop_queues(restart.clone()).await;
+            let at = Instant::now() + LOCK_RETRY;
+            for q in restart {
+                self.deferred.insert(q, at);
+            }
+            self.publish_assignment();
         }
+    }
+
+    /// Renews the locks now if they are due (long releases call this between their tries).
+    async fn renew_if_due(&mut self) {
+        if self.member.settings.orderly && Instant::now() >= self.next_renewal {
+            self.renew_locks().await;
+        }
+    }
+
+    fn publish_assignment(&self) {
+        let owned: Vec<MessageQueue> = self.assigned.keys().cloned().collect();
+        self.assignment.send_if_modified(|a| {
+            if *a != owned {
+                *a = owned;
+                true
+            } else {
+                false
+            }
+        });
     }
 
     /// Stops the queues' workers and waits (bounded) for them to drain; returns them.

@@ -18,8 +18,8 @@ use crate::rpc;
 /// What one round of lock requests got.
 #[derive(Debug, Default)]
 pub(crate) struct LockRound {
-    /// Held, and until when this side may trust it.
-    pub(crate) held: Vec<(MessageQueue, Instant)>,
+    /// Held: when the request was sent, and until when this side may trust the lock.
+    pub(crate) held: Vec<(MessageQueue, Instant, Instant)>,
     /// Another consumer holds them.
     pub(crate) refused: Vec<MessageQueue>,
     /// No answer (no master, a network error): neither won nor lost.
@@ -97,7 +97,7 @@ impl Member {
                             round.committed.insert(q.clone(), o.offset);
                         }
                         if resp.locked.contains(&wire(&q)) {
-                            round.held.push((q, until));
+                            round.held.push((q, sent, until));
                         } else {
                             round.refused.push(q);
                         }

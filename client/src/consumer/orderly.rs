@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::coordinator::Lease;
 use super::fetch::{doubling, maybe, PullOutcome, QueueReader};
 use super::push::Shared;
-use super::sendback::dead_letter;
+use super::sendback::{dead_letter, SendBackOutcome};
 use super::tracker::OffsetTracker;
 use super::OrderlyFailure;
 use crate::message::ReceivedMessage;
@@ -87,15 +87,24 @@ pub(super) async fn run_queue(shared: Arc<Shared>, lease: Lease, on_failure: Ord
             }
             outcome = maybe(&mut pull) => {
                 pull = None;
-                pending.extend(reader.apply(&mut tracker, outcome));
+                let before = tracker.next();
+                let fresh = reader.apply(&mut tracker, outcome);
+                if tracker.next() < before {
+                    // Moved back (the queue was truncated): what was fetched beyond is pulled
+                    // again, in order.
+                    let next = tracker.next();
+                    pending.retain(|m| m.queue_offset < next);
+                }
+                pending.extend(fresh);
             }
         }
         let commit = tracker.commit_offset();
         progress.send_if_modified(|p| std::mem::replace(p, commit) != commit);
     }
     drop(pull);
-    // The message being processed finishes (a running handler is never cut off); one waiting
-    // for its lock, a permit or a retry stops at once, unfinished.
+    // The message being processed may finish within the drain timeout (a handler still running
+    // then is dropped, its message unfinished); one waiting for its lock, a permit or a retry
+    // stops at once, unfinished.
     if let Some(w) = work {
         if let Ok(Handled::Done(offset)) = tokio::time::timeout(ctx.shared_drain(), w).await {
             tracker.complete(offset);
@@ -235,6 +244,17 @@ async fn to_dead_letters(
     let mut tries = 0u32;
     loop {
         match dead_letter(core, group, &ctx.mq.broker_name, msg, attempts, error).await {
+            // A broker that does not know the flag would schedule a retry on the group's retry
+            // topic, which ordered consumers do not read: not done.
+            Ok(outcome @ SendBackOutcome::Retry { .. }) => {
+                tries += 1;
+                tracing::error!(queue = %ctx.mq, offset = msg.queue_offset, ?outcome,
+                    "the broker did not dead-letter the message (too old a version?); the queue waits");
+                let (min, max) = ctx.shared.backoff;
+                if !pause(doubling(tries, min, max), stop).await {
+                    return Handled::Stopped;
+                }
+            }
             Ok(outcome) => {
                 tracing::warn!(queue = %ctx.mq, offset = msg.queue_offset, attempts, %error, ?outcome,
                     "retries spent; message dead-lettered and the queue moves on");
