@@ -188,6 +188,18 @@ fn bench_produce_consume_e2e_report_what_they_measured() {
     assert!(c["produce"].is_null());
     assert_eq!(c["settings"]["consumers"], 2);
 
+    // The same backlog read by push consumers, concurrent and orderly (a new group each).
+    for mode in ["push", "orderly"] {
+        let c = report(
+            &cluster,
+            &[
+                "bench", "consume", "--topic", "bt", "--count", "600", "--mode", mode, "--json",
+            ],
+        );
+        assert!(u(&c["consume"]["messages"]) >= 600, "{mode}: {c}");
+        assert_eq!(c["settings"]["consume_mode"], mode);
+    }
+
     // Explicit batches: 250 messages in batches of 32 (the last one short), one sample each.
     let b = report(
         &cluster,

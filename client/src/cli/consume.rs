@@ -100,6 +100,11 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
     consumer.shutdown().await;
     outcome?;
     committed.map_err(|e| anyhow::anyhow!("final offset commit failed: {e}"))?;
+    report(&args, views, received)
+}
+
+/// The JSON document (with --json) and the count on stderr.
+fn report(args: &ConsumeArgs, views: Vec<MessageView>, received: u64) -> anyhow::Result<()> {
     if args.out.json {
         print_json(&ConsumedDoc {
             count: views.len(),
@@ -181,12 +186,5 @@ async fn consume_orderly(
     drop(rx);
     consumer.shutdown().await;
     outcome?;
-    if args.out.json {
-        print_json(&ConsumedDoc {
-            count: views.len(),
-            messages: views,
-        })?;
-    }
-    eprintln!("consumed {received} message(s)");
-    Ok(())
+    report(args, views, received)
 }

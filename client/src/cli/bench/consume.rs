@@ -144,6 +144,14 @@ pub async fn consumer(
     Ok(BenchConsumer::Push(consumer, tally))
 }
 
+/// e2e: producers are still at work (the idle clock does not run yet).
+fn still_sending(shared: &ReceiveShared) -> bool {
+    shared
+        .sending_over
+        .as_ref()
+        .is_some_and(|o| !o.load(Ordering::Acquire))
+}
+
 fn enough(shared: &ReceiveShared, deadline: Option<Instant>) -> bool {
     let received = shared.counters.received.load(Ordering::Relaxed);
     if let Amount::Count(n) = shared.amount {
@@ -177,10 +185,7 @@ pub async fn run(
                 if enough(&shared, deadline) {
                     break;
                 }
-                let sending = shared
-                    .sending_over
-                    .as_ref()
-                    .is_some_and(|o| !o.load(Ordering::Acquire));
+                let sending = still_sending(&shared);
                 let received = shared.counters.received.load(Ordering::Relaxed);
                 if received != last.0 || sending {
                     last = (received, Instant::now());
@@ -212,10 +217,7 @@ async fn run_pull(
             break;
         }
         // The idle clock runs only once nothing more is being sent.
-        let sending = shared
-            .sending_over
-            .as_ref()
-            .is_some_and(|o| !o.load(Ordering::Acquire));
+        let sending = still_sending(&shared);
         if !sending && last_activity.elapsed() >= idle {
             break;
         }
