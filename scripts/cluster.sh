@@ -39,6 +39,8 @@
 #   SLUICE_ACK             ack policy of replica groups, quorum|leader (default quorum)
 #   SLUICE_DISK_BUDGET_BYTES  brokers count disk use against this budget instead of the file
 #                          system (their disk_high/hard ratios apply to it)
+#   SLUICE_METRICS         0: brokers serve no Prometheus metrics (default: each on a free port,
+#                          printed at start and kept in the node directory's `metrics` file)
 #   SLUICE_BROKER_CONFIG   extra TOML lines appended to every broker's config (e.g.
 #                          "slave_read_enable = false")
 set -euo pipefail
@@ -233,6 +235,16 @@ broker_command() {
     if [[ -n ${SLUICE_DISK_BUDGET_BYTES:-} ]]; then
       echo "disk_budget_bytes = $SLUICE_DISK_BUDGET_BYTES"
     fi
+    # Prometheus metrics on a port of the node's own, kept across restarts (SLUICE_METRICS=0:
+    # off).
+    if [[ ${SLUICE_METRICS:-1} == 0 ]]; then
+      rm -f "$d/metrics"
+    elif [[ ! -s $d/metrics && -x $BIN_DIR/sluice-chaos ]]; then
+      echo "127.0.0.1:$("$BIN_DIR/sluice-chaos" free-ports 1)" >"$d/metrics"
+    fi
+    if [[ -s $d/metrics ]]; then
+      echo "metrics_listen = $(toml_str "$(<"$d/metrics")")"
+    fi
     if [[ -n ${SLUICE_BROKER_CONFIG:-} ]]; then
       printf '%s\n' "$SLUICE_BROKER_CONFIG"
     fi
@@ -302,7 +314,11 @@ start_node() {
   pid=$(node_pid "$name")
   # Keep the port: brokers and clients know nameservers by address.
   echo "$addr" >"$d/listen"
-  echo "$name ($kind) pid $pid listening on $addr"
+  if [[ -s $d/metrics ]]; then
+    echo "$name ($kind) pid $pid listening on $addr, metrics at http://$(<"$d/metrics")/metrics"
+  else
+    echo "$name ($kind) pid $pid listening on $addr"
+  fi
 }
 
 # SIGTERM, wait (bounded), then SIGKILL. Only touches the process recorded for this node.

@@ -85,6 +85,9 @@ pub struct BrokerConfig {
     /// at a time reads its socket without sleeping for this long, in microseconds, before it
     /// waits (docs/protocol.md, "Where connections run"). 0 turns it off.
     pub data_port_busy_poll_us: u64,
+    /// Prometheus metrics over HTTP (`GET /metrics`) on this address, e.g. "127.0.0.1:9090";
+    /// off when absent.
+    pub metrics_listen: Option<String>,
     /// Delay levels for `delay_level` 1..=n (RocketMQ's 18 by default), units ms s m h d.
     pub delay_levels: String,
     /// Latest due time a delayed message may ask for, from now (30 days by default).
@@ -155,6 +158,7 @@ impl Default for BrokerConfig {
             data_port_enable: true,
             data_port: 0,
             data_port_busy_poll_us: 100,
+            metrics_listen: None,
             delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),
             max_delay: "30d".into(),
             max_pending_timers: 100_000_000,

@@ -6,6 +6,7 @@ pub mod data_port;
 pub mod groups;
 pub mod messaging;
 pub mod meta;
+pub mod metrics;
 pub mod registration;
 pub mod replication;
 pub mod server;

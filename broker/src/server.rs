@@ -238,6 +238,14 @@ pub async fn run(
         config.replica_id,
         stop_rx.clone(),
     );
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let (producing, consuming) = match config.metrics_listen {
+        Some(_) => (
+            producing.with_metrics(metrics.clone()),
+            consuming.with_metrics(metrics.clone()),
+        ),
+        None => (producing, consuming),
+    };
     let locks = crate::messaging::locks::QueueLocks::new(
         write.clone(),
         Duration::from_millis(config.orderly_lock_lease_ms),
@@ -254,6 +262,7 @@ pub async fn run(
         retries,
         timers,
         data_port: data_port_stats.clone(),
+        metrics,
         store: store.clone(),
         topics: topics.clone(),
         write,
@@ -271,6 +280,28 @@ pub async fn run(
         reregister: reregister.clone(),
         ids: IdGenerator::new(&address),
     });
+    let metrics_task = match &config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            tracing::info!(addr = %listener.local_addr().map_or_else(|_| addr.clone(), |a| a.to_string()), "metrics at /metrics");
+            let svc = service.clone();
+            let render: crate::metrics::http::Render = Arc::new(move || {
+                let svc = svc.clone();
+                Box::pin(async move { svc.render_metrics().await })
+            });
+            Some(tokio::spawn(crate::metrics::http::serve(
+                listener,
+                render,
+                stop_rx.clone(),
+            )))
+        }
+    };
     let (first_round_tx, first_round) = tokio::sync::oneshot::channel();
     let registrar = Registrar {
         identity,
@@ -376,6 +407,14 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("the timer task did not stop in time");
+    }
+    if let Some(m) = metrics_task {
+        if tokio::time::timeout(Duration::from_secs(5), m)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the metrics listener did not stop in time");
+        }
     }
     for (name, task) in [
         ("producer expiry", expiry_task),

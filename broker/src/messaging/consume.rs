@@ -98,6 +98,8 @@ pub struct Consuming {
     /// Becomes true when the broker shuts down, ending held pulls.
     shutdown: watch::Receiver<bool>,
     filters: Filters,
+    /// Counted only when the broker serves metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Consuming {
@@ -115,7 +117,14 @@ impl Consuming {
             replica_id,
             shutdown,
             filters: Filters::default(),
+            metrics: None,
         }
+    }
+
+    /// Counts into `metrics` (the broker's).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The compiled filters of subscriptions.
@@ -155,6 +164,31 @@ impl Consuming {
     /// Reads the queue with `read` until it has something, the hint sends the consumer
     /// elsewhere, the wait passes or the broker stops.
     pub async fn pull<R: LogPlaced>(
+        &self,
+        cmd: &PullCommand,
+        read: QueueReader<R>,
+    ) -> Result<Pulled<R>, ApiError> {
+        let Some(metrics) = &self.metrics else {
+            return self.pull_unmetered(cmd, read).await;
+        };
+        let started = std::time::Instant::now();
+        let r = {
+            // Counted down however the pull ends (a client that goes away drops it).
+            let _held = crate::metrics::Held::new(&metrics.long_polls_held);
+            self.pull_unmetered(cmd, read).await
+        };
+        if let Ok(p) = &r {
+            let records = &p.read.records;
+            let bytes = records.iter().map(|r| u64::from(r.store_size())).sum();
+            metrics.served(&cmd.group, &cmd.topic, records.len() as u64, bytes);
+        }
+        metrics
+            .pull_seconds
+            .observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn pull_unmetered<R: LogPlaced>(
         &self,
         cmd: &PullCommand,
         read: QueueReader<R>,

@@ -52,6 +52,8 @@ pub struct Producing {
     idempotence: Arc<Idempotence>,
     transactions: Arc<Transactions>,
     settings: SendSettings,
+    /// Counted only when the broker serves metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Creates or updates a topic (through the log on a replica group); true when it changed.
@@ -78,7 +80,14 @@ impl Producing {
             idempotence,
             transactions,
             settings,
+            metrics: None,
         }
+    }
+
+    /// Counts into `metrics` (the broker's).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn transactions(&self) -> &Arc<Transactions> {
@@ -94,6 +103,41 @@ impl Producing {
     /// (an idempotent producer), a batch stored before is answered with its first receipts.
     /// With `tx`, the messages are a transaction's half messages, visible once it commits.
     pub async fn send(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        messages: Vec<Outgoing>,
+        seq: Option<Sequence>,
+        tx: Option<TxSend>,
+        now: i64,
+    ) -> Result<Vec<Receipt>, ApiError> {
+        let Some(metrics) = &self.metrics else {
+            return self
+                .send_unmetered(topic, queue_id, messages, seq, tx, now)
+                .await;
+        };
+        let started = std::time::Instant::now();
+        let count = messages.len() as u64;
+        let bytes: u64 = messages.iter().map(|o| o.message.body.len() as u64).sum();
+        let r = self
+            .send_unmetered(topic, queue_id, messages, seq, tx, now)
+            .await;
+        match &r {
+            Ok(_) => metrics.sent(topic, count, bytes),
+            Err(e) => {
+                let code = crate::metrics::CodeLabels {
+                    code: e.code.as_str_name().to_string(),
+                };
+                metrics.send_errors.get_or_create(&code).inc();
+            }
+        }
+        metrics
+            .send_seconds
+            .observe(started.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn send_unmetered(
         &self,
         topic: &str,
         queue_id: u32,

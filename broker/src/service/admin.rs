@@ -227,3 +227,46 @@ async fn replica_status(group: &ReplicaGroup, s: &mut BrokerStatus) {
         })
         .collect();
 }
+
+impl BrokerService {
+    /// The metrics exposition: the counters as they stand, the gauges read now.
+    pub async fn render_metrics(&self) -> String {
+        let status = self.status().await;
+        let lag = self.consumer_lag().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "consumer lag left out of the metrics");
+            Vec::new()
+        });
+        self.metrics.observe(&status, &lag);
+        self.metrics.render()
+    }
+
+    /// (group, topic, queue, messages behind) for every committed offset held here.
+    fn consumer_lag(&self) -> Result<Vec<(String, String, u32, u64)>, sluice_proto::ApiError> {
+        let offsets = &self.write.state().offsets;
+        let mut ends: std::collections::HashMap<String, Vec<(u32, u64)>> = Default::default();
+        let mut out = Vec::new();
+        for group in offsets.groups()? {
+            for o in offsets.list(&group, None)? {
+                if !ends.contains_key(&o.topic) {
+                    let positions = self
+                        .consuming
+                        .queue_positions(&o.topic)
+                        .map(|qs| qs.iter().map(|q| (q.queue_id, q.max_offset)).collect())
+                        .unwrap_or_default();
+                    ends.insert(o.topic.clone(), positions);
+                }
+                let end = ends
+                    .get(&o.topic)
+                    .and_then(|qs| qs.iter().find(|(q, _)| *q == o.queue_id))
+                    .map_or(o.offset, |(_, max)| *max);
+                out.push((
+                    group.clone(),
+                    o.topic,
+                    o.queue_id,
+                    end.saturating_sub(o.offset),
+                ));
+            }
+        }
+        Ok(out)
+    }
+}

@@ -66,6 +66,8 @@ pub struct BrokerService {
     pub(crate) consuming: crate::messaging::consume::Consuming,
     /// Queue locks of ordered consumption.
     pub(crate) locks: crate::messaging::locks::QueueLocks,
+    /// Prometheus metrics (rendered by `metrics_listen`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Counters of the data port, shown in the status.
     pub(crate) data_port: Arc<crate::data_port::DataPortStats>,
 }

@@ -1,0 +1,98 @@
+use sluice_proto::v1::{BrokerStatus, ReplicaProgress, Role};
+
+use super::*;
+
+/// The value of the sample `name{labels}` in `text` (labels as rendered, "" for none).
+fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(key.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn names_follow_the_conventions_and_counters_only_go_up() {
+    let m = Metrics::new();
+    m.sent("orders", 3, 300);
+    m.sent("orders", 2, 200);
+    m.served("billing", "orders", 4, 400);
+    m.served("billing", "orders", 0, 0);
+    m.send_seconds.observe(0.002);
+    let text = m.render();
+    assert_eq!(
+        sample(&text, "sluice_stored_messages_total", r#"topic="orders""#),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_stored_bytes_total", r#"topic="orders""#),
+        Some(500.0)
+    );
+    let billing = r#"group="billing",topic="orders""#;
+    assert_eq!(
+        sample(&text, "sluice_delivered_messages_total", billing),
+        Some(4.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_delivered_bytes_total", billing),
+        Some(400.0)
+    );
+    assert_eq!(sample(&text, "sluice_send_seconds_count", ""), Some(1.0));
+    assert!(
+        text.contains("# TYPE sluice_send_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"));
+    // Every metric is ours and every counter says so in its name.
+    for l in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let parts: Vec<&str> = l.split_whitespace().collect();
+        assert!(parts[2].starts_with("sluice_"), "{l}");
+    }
+    m.sent("orders", 1, 10);
+    let again = m.render();
+    assert_eq!(
+        sample(&again, "sluice_stored_messages_total", r#"topic="orders""#),
+        Some(6.0)
+    );
+}
+
+#[test]
+fn status_gauges_follow_each_scrape_and_forget_what_is_gone() {
+    let m = Metrics::new();
+    let status = BrokerStatus {
+        role: Role::Master as i32,
+        max_offset: 4096,
+        confirmed_offset: 4000,
+        dispatched_offset: 3000,
+        disk_usage_ratio: 0.25,
+        term: 7,
+        commit_index: 90,
+        applied_index: 88,
+        replicas: vec![ReplicaProgress {
+            replica_id: 2,
+            lag: 5,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    m.observe(&status, &[("g".into(), "t".into(), 1, 42)]);
+    let text = m.render();
+    assert_eq!(sample(&text, "sluice_master", ""), Some(1.0));
+    assert_eq!(sample(&text, "sluice_dispatch_lag_bytes", ""), Some(1000.0));
+    assert_eq!(sample(&text, "sluice_disk_used_ratio", ""), Some(0.25));
+    assert_eq!(sample(&text, "sluice_raft_term", ""), Some(7.0));
+    assert_eq!(
+        sample(&text, "sluice_raft_replica_lag_entries", r#"replica="2""#),
+        Some(5.0)
+    );
+    let q = r#"group="g",topic="t",queue="1""#;
+    assert_eq!(sample(&text, "sluice_consumer_lag_messages", q), Some(42.0));
+    // The group went away: its lag is no longer reported.
+    m.observe(&BrokerStatus::default(), &[]);
+    let text = m.render();
+    assert_eq!(sample(&text, "sluice_consumer_lag_messages", q), None);
+    assert_eq!(sample(&text, "sluice_master", ""), Some(0.0));
+}
