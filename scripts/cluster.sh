@@ -208,8 +208,23 @@ nameserver_command() {
     if [[ -n ${SLUICE_BROKER_EXPIRY_MS:-} ]]; then
       echo "broker_expiry_ms = $SLUICE_BROKER_EXPIRY_MS"
     fi
+    metrics_line "$d"
   } >"$d/config.toml"
   CMD=("$BIN_DIR/sluice-nameserver" --config "$d/config.toml" --ready-file "$d/ready")
+}
+
+# Prometheus metrics on a port of the node's own, kept across restarts in $1/metrics
+# (SLUICE_METRICS=0: off). Prints the config line, if any.
+metrics_line() {
+  local d=$1
+  if [[ ${SLUICE_METRICS:-1} == 0 ]]; then
+    rm -f "$d/metrics"
+  elif [[ ! -s $d/metrics && -x $BIN_DIR/sluice-chaos ]]; then
+    echo "127.0.0.1:$("$BIN_DIR/sluice-chaos" free-ports 1)" >"$d/metrics"
+  fi
+  if [[ -s $d/metrics ]]; then
+    echo "metrics_listen = $(toml_str "$(<"$d/metrics")")"
+  fi
 }
 
 broker_command() {
@@ -235,16 +250,7 @@ broker_command() {
     if [[ -n ${SLUICE_DISK_BUDGET_BYTES:-} ]]; then
       echo "disk_budget_bytes = $SLUICE_DISK_BUDGET_BYTES"
     fi
-    # Prometheus metrics on a port of the node's own, kept across restarts (SLUICE_METRICS=0:
-    # off).
-    if [[ ${SLUICE_METRICS:-1} == 0 ]]; then
-      rm -f "$d/metrics"
-    elif [[ ! -s $d/metrics && -x $BIN_DIR/sluice-chaos ]]; then
-      echo "127.0.0.1:$("$BIN_DIR/sluice-chaos" free-ports 1)" >"$d/metrics"
-    fi
-    if [[ -s $d/metrics ]]; then
-      echo "metrics_listen = $(toml_str "$(<"$d/metrics")")"
-    fi
+    metrics_line "$d"
     if [[ -n ${SLUICE_BROKER_CONFIG:-} ]]; then
       printf '%s\n' "$SLUICE_BROKER_CONFIG"
     fi

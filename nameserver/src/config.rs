@@ -65,6 +65,8 @@ pub struct Config {
     pub timing: Timing,
     /// Receives the bound `ip:port` once serving (written atomically).
     pub ready_file: Option<PathBuf>,
+    /// Prometheus metrics at `/metrics` on this `HOST:PORT`; off when absent.
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -74,6 +76,7 @@ impl Config {
             data_dir: data_dir.into(),
             timing: Timing::default(),
             ready_file: None,
+            metrics_listen: None,
         }
     }
 }
@@ -100,6 +103,9 @@ pub struct Cli {
     /// Write the bound ip:port to this file once serving.
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics on this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -110,6 +116,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub broker_expiry_ms: Option<u64>,
     pub scan_interval_ms: Option<u64>,
+    pub metrics_listen: Option<String>,
 }
 
 impl FileConfig {
@@ -167,6 +174,7 @@ impl Cli {
                 scan_ms.map(Duration::from_millis),
             ),
             ready_file: self.ready_file,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
         })
     }
 }

@@ -8,6 +8,7 @@
 //! (config store under the data dir, stdout line, ready file) with [`run`].
 
 pub mod config;
+pub mod metrics;
 pub mod registry;
 pub mod server;
 pub mod service;

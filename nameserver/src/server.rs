@@ -55,6 +55,7 @@ pub struct Nameserver {
     registry: SharedRegistry,
     store: Arc<dyn ConfigStore>,
     timing: Timing,
+    metrics: Arc<crate::metrics::NsMetrics>,
 }
 
 impl Nameserver {
@@ -76,7 +77,13 @@ impl Nameserver {
             registry: Arc::new(RwLock::new(Registry::new(timing.broker_expiry))),
             store,
             timing,
+            metrics: Arc::default(),
         })
+    }
+
+    /// The metrics and the registry their gauges read (for a metrics listener).
+    pub fn metrics(&self) -> (Arc<crate::metrics::NsMetrics>, SharedRegistry) {
+        (Arc::clone(&self.metrics), Arc::clone(&self.registry))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -85,7 +92,8 @@ impl Nameserver {
 
     /// Starts serving and sweeping on the current runtime.
     pub fn start(self) -> RunningNameserver {
-        let service = NameServerService::new(Arc::clone(&self.registry), Arc::clone(&self.store));
+        let service = NameServerService::new(Arc::clone(&self.registry), Arc::clone(&self.store))
+            .with_metrics(Arc::clone(&self.metrics));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Small RPCs: answer without Nagle delay.
         let incoming = TcpListenerStream::new(self.listener).map(|conn| {
@@ -104,6 +112,7 @@ impl Nameserver {
         let scanner = tokio::spawn(scan_loop(
             Arc::clone(&self.registry),
             self.timing.scan_interval,
+            Arc::clone(&self.metrics),
         ));
         tracing::info!(
             addr = %self.local_addr,
@@ -192,12 +201,17 @@ impl Drop for RunningNameserver {
     }
 }
 
-async fn scan_loop(registry: SharedRegistry, interval: Duration) {
+async fn scan_loop(
+    registry: SharedRegistry,
+    interval: Duration,
+    metrics: Arc<crate::metrics::NsMetrics>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let expired = registry.write().expire(Instant::now());
+        metrics.expiries.inc_by(expired.len() as u64);
         for e in expired {
             tracing::warn!(
                 cluster = e.cluster_name,
@@ -261,6 +275,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| Error::Task(format!("config store open task failed: {e}")))??;
     let nameserver = Nameserver::bind(&config.listen, config.timing, Arc::new(store)).await?;
+    let metrics_task = match &config.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let (metrics, registry) = nameserver.metrics();
+            tracing::info!(addr, "metrics at /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener, metrics, registry,
+            )))
+        }
+    };
     let mut running = nameserver.start();
     let addr = running.local_addr();
 
@@ -283,6 +313,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         r = running.server_exited() => r,
     };
     let stopped = running.stop().await;
+    if let Some(m) = metrics_task {
+        m.abort();
+    }
     tracing::info!("nameserver stopped");
     result.and(stopped)
 }

@@ -26,11 +26,22 @@ pub type SharedRegistry = Arc<RwLock<Registry>>;
 pub struct NameServerService {
     registry: SharedRegistry,
     store: Arc<dyn ConfigStore>,
+    metrics: Arc<crate::metrics::NsMetrics>,
 }
 
 impl NameServerService {
     pub fn new(registry: SharedRegistry, store: Arc<dyn ConfigStore>) -> Self {
-        NameServerService { registry, store }
+        NameServerService {
+            registry,
+            store,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// Counts into `metrics` (the nameserver's).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::NsMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs a blocking store call off the async workers.
@@ -96,6 +107,7 @@ impl NameServer for NameServerService {
         let outcome = outcome.inspect_err(|e| {
             tracing::warn!(error = %e, "rejected broker registration");
         })?;
+        self.metrics.registrations.inc();
         if outcome.new_replica {
             tracing::info!(broker, replica_id, address, "broker registered");
         }
@@ -132,7 +144,12 @@ impl NameServer for NameServerService {
         request: Request<GetTopicRouteRequest>,
     ) -> Result<Response<TopicRoute>, Status> {
         let topic = request.into_inner().topic;
-        let route = self.registry.read().topic_route(&topic)?;
+        let route = self.registry.read().topic_route(&topic);
+        match &route {
+            Ok(_) => self.metrics.routes_served.inc(),
+            Err(_) => self.metrics.routes_refused.inc(),
+        };
+        let route = route?;
         Ok(Response::new(route))
     }
 

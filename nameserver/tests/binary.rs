@@ -193,3 +193,98 @@ fn bad_command_lines_fail_with_a_message() {
         "{stderr}"
     );
 }
+
+/// GET /metrics from `addr`: the body.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_registrations_routes_and_expiries() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let metrics = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let _p = Proc::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().unwrap(),
+        "--ready-file",
+        ready.to_str().unwrap(),
+        "--broker-expiry-ms",
+        "300",
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let addr = read_ready(&ready);
+    let mut c = NameServerClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    c.register_broker(RegisterBrokerRequest {
+        cluster_name: "c".into(),
+        broker_name: "b".into(),
+        replica_id: 1,
+        role: Role::Master as i32,
+        address: "127.0.0.1:1".into(),
+        topics: vec![sluice_proto::v1::TopicConfig {
+            name: "t".into(),
+            read_queues: 1,
+            write_queues: 1,
+            perm: 6,
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let route = |topic: &str| sluice_proto::v1::GetTopicRouteRequest {
+        topic: topic.into(),
+    };
+    c.get_topic_route(route("t")).await.unwrap();
+    assert!(c.get_topic_route(route("missing")).await.is_err());
+    let text = tokio::task::block_in_place(|| scrape(&metrics));
+    for line in [
+        "sluice_nameserver_registrations_total 1",
+        "sluice_nameserver_routes_served_total 1",
+        "sluice_nameserver_routes_refused_total 1",
+        "sluice_nameserver_brokers 1",
+        "sluice_nameserver_topics 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    // Silent past its expiry: dropped and counted.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = tokio::task::block_in_place(|| scrape(&metrics));
+        if text
+            .lines()
+            .any(|l| l == "sluice_nameserver_broker_expiries_total 1")
+        {
+            assert!(
+                text.lines().any(|l| l == "sluice_nameserver_brokers 0"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no expiry counted: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
