@@ -131,4 +131,41 @@ async fn a_scrape_shows_what_the_broker_did() {
         Some(60.0)
     );
     consumer.shutdown().await;
+    dashboard_names_exist(&text);
+}
+
+/// Every broker metric the Grafana dashboard queries is one the broker serves (nameserver
+/// metrics are checked against the operations guide, which lists them).
+fn dashboard_names_exist(scraped: &str) {
+    let root = sluice_integration_tests::repo_root();
+    let dash = std::fs::read_to_string(root.join("docs/grafana/sluice.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let guide = std::fs::read_to_string(root.join("docs/operations.md")).unwrap();
+    let mut names: Vec<&str> = dash
+        .match_indices("sluice_")
+        .map(|(i, _)| {
+            let rest = &dash[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() > 10, "{names:?}");
+    for n in names {
+        if n.starts_with("sluice_nameserver_") {
+            assert!(guide.contains(n), "{n} is not in docs/operations.md");
+            continue;
+        }
+        let family = n
+            .strip_suffix("_bucket")
+            .or_else(|| n.strip_suffix("_total"))
+            .unwrap_or(n);
+        assert!(
+            scraped.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {n}, which the broker does not serve"
+        );
+    }
 }
