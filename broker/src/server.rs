@@ -239,13 +239,20 @@ pub async fn run(
         stop_rx.clone(),
     );
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let (producing, consuming) = match config.metrics_listen {
+    let (producing, consuming, retries) = match config.metrics_listen {
         Some(_) => (
             producing.with_metrics(metrics.clone()),
             consuming.with_metrics(metrics.clone()),
+            retries.with_metrics(metrics.clone()),
         ),
-        None => (producing, consuming),
+        None => (producing, consuming, retries),
     };
+    if let (Some(_), Some(group)) = (&config.metrics_listen, &replica) {
+        tokio::spawn(crate::metrics::count_leader_changes(
+            group.subscribe_master(),
+            metrics.clone(),
+        ));
+    }
     let locks = crate::messaging::locks::QueueLocks::new(
         write.clone(),
         Duration::from_millis(config.orderly_lock_lease_ms),

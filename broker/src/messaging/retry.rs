@@ -40,6 +40,8 @@ pub struct Retries {
     store: MessageStore,
     write: WritePath,
     timers: Arc<Timers>,
+    /// Counted only when the broker serves metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn cut(s: &str, max: usize) -> &str {
@@ -73,7 +75,14 @@ impl Retries {
             store,
             write,
             timers,
+            metrics: None,
         }
+    }
+
+    /// Counts into `metrics` (the broker's).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     async fn read(&self, phy: u64) -> Result<StoredRecord, ApiError> {
@@ -157,6 +166,9 @@ impl Retries {
                 messages: vec![m],
             };
             self.write.append(batch, now).await?;
+            if let Some(m) = &self.metrics {
+                m.count_sent_back(group, true);
+            }
             return Ok(SentBack {
                 outcome: Outcome::DeadLetter,
                 reconsume_times: attempts,
@@ -175,6 +187,9 @@ impl Retries {
         self.write
             .append(scheduled_batch(&retry, 0, vec![(m, due)]), now)
             .await?;
+        if let Some(m) = &self.metrics {
+            m.count_sent_back(group, false);
+        }
         Ok(SentBack {
             outcome: Outcome::Retry,
             reconsume_times: attempts,

@@ -39,6 +39,13 @@ pub struct ReplicaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SentBackLabels {
+    pub group: String,
+    /// retry or dead_letter.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabels {
     pub code: String,
 }
@@ -56,6 +63,8 @@ pub struct Metrics {
     pub send_seconds: Histogram,
     pub pull_seconds: Histogram,
     pub long_polls_held: Gauge,
+    pub sent_back: Family<SentBackLabels, Counter>,
+    pub leader_changes: Counter,
     // Read from the status at each scrape.
     commit_log_min: Gauge,
     commit_log_max: Gauge,
@@ -73,6 +82,25 @@ pub struct Metrics {
     rss: Gauge,
     topics: Gauge,
     consumer_lag: Family<QueueLabels, Gauge>,
+    transactions_open: Gauge,
+    transactions_parked: Gauge,
+}
+
+/// Counts each leader this replica learns of (a term with a known leader), until the replica
+/// stops.
+pub async fn count_leader_changes(
+    mut master: tokio::sync::watch::Receiver<crate::replication::MasterState>,
+    metrics: std::sync::Arc<Metrics>,
+) {
+    let leader = |m: &crate::replication::MasterState| m.leader_id.map(|l| (m.term, l));
+    let mut last = leader(&master.borrow_and_update());
+    while master.changed().await.is_ok() {
+        let now = leader(&master.borrow_and_update());
+        if now.is_some() && now != last {
+            last = now;
+            metrics.leader_changes.inc();
+        }
+    }
 }
 
 /// Holds a gauge one higher while it lives.
@@ -114,6 +142,8 @@ impl Metrics {
             send_seconds: latency(),
             pull_seconds: latency(),
             long_polls_held: Gauge::default(),
+            sent_back: Family::default(),
+            leader_changes: Counter::default(),
             commit_log_min: Gauge::default(),
             commit_log_max: Gauge::default(),
             confirmed_offset: Gauge::default(),
@@ -130,6 +160,8 @@ impl Metrics {
             rss: Gauge::default(),
             topics: Gauge::default(),
             consumer_lag: Family::default(),
+            transactions_open: Gauge::default(),
+            transactions_parked: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -254,6 +286,26 @@ impl Metrics {
             "Messages a group has not committed past, by queue",
             m.consumer_lag.clone(),
         );
+        r.register(
+            "sent_back",
+            "Messages consumers failed, by group and where they went (retry, dead_letter)",
+            m.sent_back.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "New masters this replica has seen elected",
+            m.leader_changes.clone(),
+        );
+        r.register(
+            "transactions_open",
+            "Transactions neither committed nor rolled back, not parked",
+            m.transactions_open.clone(),
+        );
+        r.register(
+            "transactions_parked",
+            "Transactions parked after their last check, waiting for an operator",
+            m.transactions_parked.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -314,6 +366,23 @@ impl Metrics {
             };
             self.consumer_lag.get_or_create(&l).set(g(*n));
         }
+    }
+
+    /// Sets the transaction gauges (read at scrape).
+    pub fn observe_transactions(&self, open: u64, parked: u64) {
+        self.transactions_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+        self.transactions_parked
+            .set(i64::try_from(parked).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a message sent back by a consumer.
+    pub fn count_sent_back(&self, group: &str, dead_letter: bool) {
+        let l = SentBackLabels {
+            group: group.to_string(),
+            outcome: if dead_letter { "dead_letter" } else { "retry" }.to_string(),
+        };
+        self.sent_back.get_or_create(&l).inc();
     }
 
     /// The text exposition.

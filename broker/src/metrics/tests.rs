@@ -96,3 +96,45 @@ fn status_gauges_follow_each_scrape_and_forget_what_is_gone() {
     assert_eq!(sample(&text, "sluice_consumer_lag_messages", q), None);
     assert_eq!(sample(&text, "sluice_master", ""), Some(0.0));
 }
+
+#[test]
+fn send_backs_and_transactions_are_counted() {
+    let m = Metrics::new();
+    m.count_sent_back("g", false);
+    m.count_sent_back("g", false);
+    m.count_sent_back("g", true);
+    m.observe_transactions(3, 1);
+    let text = m.render();
+    let retry = r#"group="g",outcome="retry""#;
+    let dead = r#"group="g",outcome="dead_letter""#;
+    assert_eq!(sample(&text, "sluice_sent_back_total", retry), Some(2.0));
+    assert_eq!(sample(&text, "sluice_sent_back_total", dead), Some(1.0));
+    assert_eq!(sample(&text, "sluice_transactions_open", ""), Some(3.0));
+    assert_eq!(sample(&text, "sluice_transactions_parked", ""), Some(1.0));
+}
+
+#[tokio::test]
+async fn each_new_leader_is_counted_once() {
+    use crate::replication::MasterState;
+    let state = |term, leader| MasterState {
+        is_master: false,
+        term,
+        leader_id: leader,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(state(1, Some(1)));
+    let m = std::sync::Arc::new(Metrics::new());
+    let task = tokio::spawn(count_leader_changes(rx, m.clone()));
+    // An election in progress (no leader), the old leader again, then a new one, twice seen.
+    for s in [
+        state(2, None),
+        state(2, Some(2)),
+        state(2, Some(2)),
+        state(3, Some(1)),
+    ] {
+        tx.send_replace(s);
+        tokio::task::yield_now().await;
+    }
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(m.leader_changes.get(), 2);
+}

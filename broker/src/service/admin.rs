@@ -237,6 +237,16 @@ impl BrokerService {
             Vec::new()
         });
         self.metrics.observe(&status, &lag);
+        match self.producing.transactions().list() {
+            Ok(txs) => {
+                let open = txs.iter().filter(|t| t.resolution == 0);
+                let parked = open.clone().filter(|t| t.parked).count() as u64;
+                let open = open.count() as u64;
+                self.metrics
+                    .observe_transactions(open.saturating_sub(parked), parked);
+            }
+            Err(e) => tracing::warn!(error = %e, "transactions left out of the metrics"),
+        }
         self.metrics.render()
     }
 
