@@ -195,29 +195,16 @@ pub async fn run(opts: Options) -> Result<Report> {
         features: features::start(),
         orderly: opts.orderly,
     };
-    let (stop_consumers, consumers_stop_rx) = watch::channel(false);
-    let mut consumer_tasks = Vec::new();
     let (processed_tx, mut processed_rx) = mpsc::unbounded_channel();
-    let mut members = None;
-    if opts.orderly {
-        let m = churn::Members::start(
-            &config,
-            &consumer_group,
-            load.clone(),
-            processed_tx.clone(),
-            opts.consumers,
-        );
-        members = Some(m.await?);
-    } else {
-        for m in 0..opts.consumers {
-            let stop = consumers_stop_rx.clone();
-            let task = load::consumer(&config, &consumer_group, &topic)
-                .await
-                .map(|c| load::spawn_consumer(load.clone(), c, m, stop));
-            consumer_tasks.push(task.context("starting a consumer")?);
-        }
-    }
-    drop(processed_tx);
+    let mut consumers = churn::Consumers::start(
+        &config,
+        &consumer_group,
+        &topic,
+        &load,
+        processed_tx,
+        opts.consumers,
+    )
+    .await?;
     let (stop_producers, producers_stop_rx) = watch::channel(false);
     // Answers transaction checks until the end, also after the sending producers stopped.
     let checker = match opts.mix.tx_share > 0.0 {
@@ -255,10 +242,8 @@ pub async fn run(opts: Options) -> Result<Report> {
         Ok(()) => {
             for i in 0..run.opts.cycles {
                 // Orderly: queue locks change hands while the fault happens.
-                if let Some(m) = members.as_mut() {
-                    if let Err(e) = m.replace_oldest().await {
-                        errors.push(format!("{e:#}"));
-                    }
+                if let Err(e) = consumers.before_cycle().await {
+                    errors.push(format!("{e:#}"));
                 }
                 let c = run.cycle(i).await;
                 eprintln!("{}", cycle_line(&c));
@@ -296,14 +281,8 @@ pub async fn run(opts: Options) -> Result<Report> {
             errors.push(format!("{e:#}"));
         }
     }
-    stop_consumers.send_replace(true);
-    for t in consumer_tasks {
-        let _ = t.await;
-    }
-    let replaced = members.as_ref().map_or(0, |m| m.replaced);
-    if let Some(m) = members {
-        m.stop().await;
-    }
+    let replaced = consumers.replaced();
+    consumers.stop().await;
     let processed = orderly::collect(&mut processed_rx);
     if let Some(c) = checker {
         c.shutdown().await;

@@ -7,8 +7,70 @@ use sluice_client::ClientConfig;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::load::Load;
+use crate::load::{self, Load};
 use crate::orderly::{spawn_consumer, Processed};
+
+/// The consumer group under test: pull consumers stopped together at the end, or (with
+/// `--orderly`) orderly members, one replaced before every fault cycle.
+pub enum Consumers {
+    Plain {
+        stop: watch::Sender<bool>,
+        tasks: Vec<JoinHandle<()>>,
+    },
+    Orderly(Box<Members>),
+}
+
+impl Consumers {
+    pub async fn start(
+        config: &ClientConfig,
+        group: &str,
+        topic: &str,
+        load: &Load,
+        log: mpsc::UnboundedSender<Processed>,
+        count: u32,
+    ) -> Result<Consumers> {
+        if load.orderly {
+            let m = Members::start(config, group, load.clone(), log, count).await?;
+            return Ok(Consumers::Orderly(Box::new(m)));
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        for m in 0..count {
+            let c = load::consumer(config, group, topic)
+                .await
+                .context("starting a consumer")?;
+            tasks.push(load::spawn_consumer(load.clone(), c, m, stop_rx.clone()));
+        }
+        Ok(Consumers::Plain { stop, tasks })
+    }
+
+    /// Orderly: replaces the longest-running member.
+    pub async fn before_cycle(&mut self) -> Result<()> {
+        match self {
+            Consumers::Plain { .. } => Ok(()),
+            Consumers::Orderly(m) => m.replace_oldest().await,
+        }
+    }
+
+    pub fn replaced(&self) -> u64 {
+        match self {
+            Consumers::Plain { .. } => 0,
+            Consumers::Orderly(m) => m.replaced,
+        }
+    }
+
+    pub async fn stop(self) {
+        match self {
+            Consumers::Plain { stop, tasks } => {
+                stop.send_replace(true);
+                for t in tasks {
+                    let _ = t.await;
+                }
+            }
+            Consumers::Orderly(m) => m.stop().await,
+        }
+    }
+}
 
 struct Running {
     stop: watch::Sender<bool>,
