@@ -381,17 +381,29 @@ impl Ledger {
     }
 }
 
+/// Message ids and positions for the checkers' tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub mod fixtures {
+    use super::{MsgId, Position};
 
-    fn pos(queue: u32, offset: u64) -> Position {
+    pub fn id(producer: u32, seq: u64) -> MsgId {
+        MsgId { producer, seq }
+    }
+
+    /// A position in broker group 0.
+    pub fn pos(queue: u32, offset: u64) -> Position {
         Position {
             group: 0,
             queue,
             offset,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::pos;
+    use super::*;
 
     #[test]
     fn body_round_trip() {

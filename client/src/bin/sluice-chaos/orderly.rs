@@ -354,18 +354,7 @@ fn overlaps(f: &mut OrderlyFindings, sorted: &[&Processed], rel: &dyn Fn(Instant
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(producer: u32, seq: u64) -> MsgId {
-        MsgId { producer, seq }
-    }
-
-    fn pos(queue: u32, offset: u64) -> Position {
-        Position {
-            group: 0,
-            queue,
-            offset,
-        }
-    }
+    use crate::ledger::fixtures::{id, pos};
 
     /// A processing by `member` of `id` from `at`, during [t0+start, t0+end] ms.
     fn p(t0: Instant, member: u32, id: MsgId, at: Position, start: u64, end: u64) -> Processed {

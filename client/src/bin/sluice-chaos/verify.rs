@@ -162,19 +162,8 @@ pub fn check(rec: &Record, logs: &HashMap<(u16, u32), QueueLog>) -> Findings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::fixtures::{id, pos};
     use crate::ledger::Delivered;
-
-    fn id(producer: u32, seq: u64) -> MsgId {
-        MsgId { producer, seq }
-    }
-
-    fn pos(queue: u32, offset: u64) -> Position {
-        Position {
-            group: 0,
-            queue,
-            offset,
-        }
-    }
 
     fn record(acks: &[(MsgId, Position)], consumed: &[MsgId]) -> Record {
         let mut r = Record::default();
