@@ -88,6 +88,11 @@ pub struct BrokerConfig {
     /// Prometheus metrics over HTTP (`GET /metrics`) on this address, e.g. "127.0.0.1:9090";
     /// off when absent.
     pub metrics_listen: Option<String>,
+    /// Message trace: whether this broker takes trace events (and creates the trace topic
+    /// `SLUICE_TRACE` with `trace_queues` queues when it becomes master). Off, sends to the
+    /// trace topic are refused and tracing clients drop their events.
+    pub trace_enabled: bool,
+    pub trace_queues: u32,
     /// Delay levels for `delay_level` 1..=n (RocketMQ's 18 by default), units ms s m h d.
     pub delay_levels: String,
     /// Latest due time a delayed message may ask for, from now (30 days by default).
@@ -159,6 +164,8 @@ impl Default for BrokerConfig {
             data_port: 0,
             data_port_busy_poll_us: 100,
             metrics_listen: None,
+            trace_enabled: true,
+            trace_queues: 4,
             delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),
             max_delay: "30d".into(),
             max_pending_timers: 100_000_000,
@@ -245,6 +252,9 @@ impl BrokerConfig {
         }
         if self.default_queues == 0 || self.default_queues > 1024 {
             return bad("default_queues must be within 1..=1024");
+        }
+        if self.trace_queues == 0 || self.trace_queues > 1024 {
+            return bad("trace_queues must be within 1..=1024");
         }
         if self.max_message_size == 0 || self.max_request_size < self.max_message_size {
             return bad("max_request_size must be >= max_message_size > 0");

@@ -229,8 +229,24 @@ pub async fn run(
             auto_create_topics: config.auto_create_topics,
             default_queues: config.default_queues,
             broker_name: config.broker_name.clone(),
+            accept_traces: config.trace_enabled,
         },
     );
+    let trace_task = config.trace_enabled.then(|| {
+        crate::messaging::leader::spawn(
+            "trace-topic",
+            match &replica {
+                Some(group) => group.subscribe_master(),
+                None => standalone_master.subscribe(),
+            },
+            stop_rx.clone(),
+            {
+                let write = write.clone();
+                let queues = config.trace_queues;
+                move |stop| crate::messaging::trace::ensure_topic(write.clone(), queues, stop)
+            },
+        )
+    });
     let consuming = crate::messaging::consume::Consuming::new(
         store.clone(),
         write.clone(),
@@ -427,7 +443,10 @@ pub async fn run(
         ("producer expiry", expiry_task),
         ("transaction check", check_task),
         ("transaction floor", floor_task),
-    ] {
+    ]
+    .into_iter()
+    .chain(trace_task.map(|t| ("trace topic", t)))
+    {
         if tokio::time::timeout(Duration::from_secs(5), task)
             .await
             .is_err()

@@ -360,6 +360,7 @@ mod tests {
             broker_name: r.topic,
             queue_id: id as u32,
             results: vec![],
+            store_timestamp_ms: 0,
         }))
     }
 

@@ -55,11 +55,12 @@ mod producer;
 mod route;
 mod rpc;
 pub mod time;
+pub mod trace;
 
 pub use admin::{
     Admin, BrokerStatusRow, DeadLetter, GroupDescription, GroupPolicy, GroupRow, HeldQueue, LagRow,
-    QueueLockRow, QueueResetRow, ReadRow, Redriven, ReplicaProgressRow, ResetPosition,
-    TopicCreated, TopicUpdate, TopicUpdated, TransactionRow,
+    MessageTrace, QueueLockRow, QueueOffsetsRow, QueueResetRow, ReadRow, Redriven,
+    ReplicaProgressRow, ResetPosition, TopicCreated, TopicUpdate, TopicUpdated, TransactionRow,
 };
 pub use config::ClientConfig;
 pub use consumer::{

@@ -100,6 +100,12 @@ pub struct SendReceipt {
     /// A delayed message's due time, ms since the Unix epoch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deliver_at_ms: Option<i64>,
+    /// The broker's store time, ms since the Unix epoch (None for a transaction's commit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_timestamp_ms: Option<i64>,
+    /// The master that stored it (empty when not known).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub broker_address: String,
 }
 
 /// The wire fields of a delay (the rest of the message default).

@@ -339,6 +339,7 @@ mod tests {
             broker_name: "b".into(),
             queue_id: 1,
             results: vec![],
+            store_timestamp_ms: 5,
         };
         encode_ok(1, 7, &resp, &mut out);
         let err = ApiError::not_master("10.0.0.2:10911");

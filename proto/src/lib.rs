@@ -14,6 +14,7 @@ pub mod frame;
 pub mod names;
 pub mod props;
 pub mod record;
+pub mod trace;
 
 pub use error::ApiError;
 pub use v1::ErrorCode;

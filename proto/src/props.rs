@@ -104,6 +104,18 @@ pub fn is_internal_topic(topic: &str) -> bool {
         || topic.starts_with(crate::names::DLQ_PREFIX)
 }
 
+/// Cuts `s` to at most `max` bytes on a character boundary (long texts kept in properties).
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end).unwrap_or_default()
+}
+
 /// The value of a property in a record's property list.
 pub fn get<'a>(props: &'a [(String, String)], name: &str) -> Option<&'a str> {
     props

@@ -5,7 +5,7 @@
 //!
 //! `produce` (send, immediate or delayed), `idempotence` (producer ids and sequences), `consume` (pull with long polling and read hints,
 //! offsets, queue positions), `query` (lookups with timer state), `timer` (delayed messages and
-//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `txn` (transactions and their checks), `locks` (queue locks of ordered consumption), `leader`
+//! their leader-only delivery task), `retry` (send-back, retry policies, dead letters), `txn` (transactions and their checks), `locks` (queue locks of ordered consumption), `trace` (whether traces are taken, and the trace topic), `leader`
 //! (leader-only tasks), `read_hint` (where a replica group's consumers pull next).
 
 pub mod consume;
@@ -19,6 +19,7 @@ pub mod read_hint;
 pub mod retry;
 pub mod standalone;
 pub mod timer;
+pub mod trace;
 pub mod txn;
 mod write_path;
 

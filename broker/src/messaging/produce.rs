@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sluice_proto::names::validate_topic_name;
 use sluice_proto::props;
+use sluice_proto::trace::TRACE_TOPIC;
 use sluice_proto::v1::TopicConfig;
 use sluice_proto::{perm, ApiError, ErrorCode};
 
@@ -36,6 +37,22 @@ pub struct Receipt {
     pub commit_log_offset: u64,
     /// A delayed message's cancel handle and due time.
     pub delayed: Option<(String, i64)>,
+    /// The store time sealed into the record (for a retry answered from an earlier store:
+    /// that store's).
+    pub store_timestamp_ms: i64,
+}
+
+fn receipts(ids: Vec<String>, entries: Vec<crate::store::Appended>) -> Vec<Receipt> {
+    ids.into_iter()
+        .zip(entries)
+        .map(|(message_id, a)| Receipt {
+            message_id,
+            queue_offset: a.queue_offset,
+            commit_log_offset: a.commit_log_offset,
+            delayed: None,
+            store_timestamp_ms: a.store_timestamp_ms,
+        })
+        .collect()
 }
 
 /// Settings of the send path.
@@ -44,6 +61,8 @@ pub struct SendSettings {
     pub auto_create_topics: bool,
     pub default_queues: u32,
     pub broker_name: String,
+    /// Whether sends to the trace topic are taken.
+    pub accept_traces: bool,
 }
 
 pub struct Producing {
@@ -162,6 +181,9 @@ impl Producing {
                 format!("topic {topic} is the broker's own; producers cannot send to it"),
             ));
         }
+        if topic == TRACE_TOPIC && !self.settings.accept_traces {
+            return Err(super::trace::refused());
+        }
         let cfg = self.topic_for_send(topic, now).await?;
         if cfg.perm & perm::WRITE == 0 {
             return Err(ApiError::new(
@@ -210,16 +232,7 @@ impl Producing {
         let (ids, entries, _) = self
             .append(topic, queue_id, batch, seq, now, AckAt::Committed)
             .await?;
-        Ok(ids
-            .into_iter()
-            .zip(entries)
-            .map(|(message_id, a)| Receipt {
-                message_id,
-                queue_offset: a.queue_offset,
-                commit_log_offset: a.commit_log_offset,
-                delayed: None,
-            })
-            .collect())
+        Ok(receipts(ids, entries))
     }
 
     /// Stores a transaction's half messages (invisible until it commits).
@@ -264,16 +277,7 @@ impl Producing {
                 (ids, entries)
             }
         };
-        Ok(ids
-            .into_iter()
-            .zip(entries)
-            .map(|(message_id, a)| Receipt {
-                message_id,
-                queue_offset: a.queue_offset,
-                commit_log_offset: a.commit_log_offset,
-                delayed: None,
-            })
-            .collect())
+        Ok(receipts(ids, entries))
     }
 
     /// Stores delayed messages as scheduled records; the master's timer task delivers them.
@@ -313,6 +317,7 @@ impl Producing {
                 queue_offset: a.queue_offset,
                 commit_log_offset: a.commit_log_offset,
                 delayed: Some((timer::handle(broker, a.commit_log_offset), due)),
+                store_timestamp_ms: a.store_timestamp_ms,
             })
             .collect())
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use sluice_proto::names::{dlq_topic, retry_topic, validate_group_name, validate_topic_name};
-use sluice_proto::props::{self, FAILURE, ORIGIN_QUEUE, ORIGIN_TOPIC, REDRIVE_OF};
+use sluice_proto::props::{self, cut, FAILURE, ORIGIN_QUEUE, ORIGIN_TOPIC, REDRIVE_OF};
 use sluice_proto::record::{SYS_FLAGS_SYSTEM, SYS_FLAGS_TIMER, SYS_FLAG_TIMER_FIRED};
 use sluice_proto::v1::send_back_response::Outcome;
 use sluice_proto::v1::{GroupConfig, TopicConfig};
@@ -42,17 +42,6 @@ pub struct Retries {
     timers: Arc<Timers>,
     /// Counted only when the broker serves metrics.
     metrics: Option<Arc<crate::metrics::Metrics>>,
-}
-
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// A message a consumer failed to process, sent back.

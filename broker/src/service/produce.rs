@@ -43,6 +43,7 @@ impl BrokerService {
             .send(&req.topic, req.queue_id, messages, seq, tx, now_ms())
             .await?;
         Ok(SendResponse {
+            store_timestamp_ms: receipts.first().map_or(0, |r| r.store_timestamp_ms),
             broker_name: self.identity.broker_name.clone(),
             queue_id: req.queue_id,
             results: receipts

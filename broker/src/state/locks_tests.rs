@@ -76,7 +76,7 @@ fn one_holder_at_a_time_until_the_lease_runs_out() {
     );
     // Only the holder can give a queue up; then anyone takes it at once.
     give_up(&m, "b", &[0], 131, 1);
-    assert_eq!(take(&m, "c", &[0], 131, 1), vec![]);
+    assert_eq!(take(&m, "c", &[0], 131, 1), Vec::<u32>::new());
     give_up(&m, "a", &[0], 132, 1);
     assert_eq!(take(&m, "c", &[0], 132, 1), vec![0]);
 }
@@ -87,7 +87,7 @@ fn a_clock_stepping_back_never_shortens_a_lease() {
     assert_eq!(take(&m, "a", &[0], 100, 1), vec![0]);
     // The master's clock jumps back 50 ms: judged by the highest time seen, the lease still
     // ends at 130, and a renewal counts from 100, not 50.
-    assert_eq!(take(&m, "b", &[0], 50, 1), vec![]);
+    assert_eq!(take(&m, "b", &[0], 50, 1), Vec::<u32>::new());
     take(&m, "a", &[0], 50, 1);
     assert_eq!(holders(&m), vec![(0, "a".into(), 130)]);
     assert_eq!(take(&m, "b", &[0], 130, 1), vec![0]);
@@ -101,9 +101,9 @@ fn a_new_master_with_a_clock_far_ahead_frees_no_lock_early() {
     assert_eq!(take(&m, "a", &[0, 1], 100, 1), vec![0, 1]);
     // Term 2's master runs 10 s ahead: by its clock every lease ended long ago, but a term
     // change gives live locks a whole lease from its first op.
-    assert_eq!(take(&m, "b", &[0, 1], 10_000, 2), vec![]);
+    assert_eq!(take(&m, "b", &[0, 1], 10_000, 2), Vec::<u32>::new());
     assert_eq!(take(&m, "a", &[0], 10_010, 2), vec![0]);
-    assert_eq!(take(&m, "b", &[1], 10_029, 2), vec![]);
+    assert_eq!(take(&m, "b", &[1], 10_029, 2), Vec::<u32>::new());
     assert_eq!(take(&m, "b", &[1], 10_030, 2), vec![1]);
     // The lock that had lapsed by the old clock is not brought back.
     assert_eq!(take(&m, "b", &[2], 10_030, 2), vec![2]);
@@ -114,11 +114,11 @@ fn a_deposed_masters_late_op_grants_nothing_but_may_release() {
     let m = machine();
     assert_eq!(take(&m, "a", &[0], 100, 2), vec![0]);
     // Proposed in term 1, applied after term 2's first op.
-    assert_eq!(take(&m, "b", &[1], 500, 1), vec![]);
+    assert_eq!(take(&m, "b", &[1], 500, 1), Vec::<u32>::new());
     assert_eq!(holders(&m), vec![(0, "a".into(), 130)]);
     // The holder's own renewal from that master is skipped too, and its answer says so (the
     // lock it still has ends sooner than a renewal's would).
-    assert_eq!(take(&m, "a", &[0], 110, 1), vec![]);
+    assert_eq!(take(&m, "a", &[0], 110, 1), Vec::<u32>::new());
     give_up(&m, "a", &[0], 90, 1);
     assert!(holders(&m).is_empty());
 }

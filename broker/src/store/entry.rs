@@ -302,6 +302,7 @@ pub(crate) fn message_results(stored: &[u8]) -> Result<Vec<Appended>, StoreError
                 queue_offset: view.queue_offset(),
                 commit_log_offset: view.physical_offset(),
                 size: t,
+                store_timestamp_ms: view.store_timestamp(),
             });
         }
         at += t as usize;

@@ -182,6 +182,8 @@ pub struct Appended {
     pub queue_offset: u64,
     pub commit_log_offset: u64,
     pub size: u32,
+    /// The store time sealed into the record.
+    pub store_timestamp_ms: i64,
 }
 
 #[derive(Debug, Clone)]

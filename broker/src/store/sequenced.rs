@@ -229,6 +229,7 @@ impl MessageStore {
                 queue_offset: r.queue_offset,
                 commit_log_offset: r.commit_log_offset,
                 size: r.store_size,
+                store_timestamp_ms: r.store_timestamp_ms,
             });
             at += u64::from(r.store_size);
         }

@@ -325,6 +325,7 @@ impl Writer {
                         queue_offset: qoff,
                         commit_log_offset: phy,
                         size: len as u32,
+                        store_timestamp_ms: ts,
                     });
                 }
                 *next = first + batch.records.len() as u64;

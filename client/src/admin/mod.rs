@@ -6,6 +6,7 @@ mod query;
 mod reset;
 mod status;
 mod topics;
+mod trace;
 mod txn;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,8 @@ pub use dlq::{DeadLetter, GroupPolicy, Redriven};
 pub use groups::{GroupDescription, GroupRow, HeldQueue, QueueLockRow};
 pub use reset::{QueueResetRow, ResetPosition};
 pub use status::{BrokerStatusRow, LagRow, ReadRow, ReplicaProgressRow};
-pub use topics::{TopicUpdate, TopicUpdated};
+pub use topics::{QueueOffsetsRow, TopicUpdate, TopicUpdated};
+pub use trace::MessageTrace;
 pub use txn::TransactionRow;
 
 use crate::client::ClientCore;

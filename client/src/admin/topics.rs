@@ -3,7 +3,9 @@
 
 use futures::future::join_all;
 use serde::Serialize;
-use sluice_proto::v1::{CreateTopicRequest, DeleteTopicRequest, TopicConfig};
+use sluice_proto::v1::{
+    CreateTopicRequest, DeleteTopicRequest, GetQueueOffsetsRequest, TopicConfig,
+};
 use sluice_proto::{names, perm, ApiError, ErrorCode};
 
 use super::{Admin, MAX_QUEUES};
@@ -137,4 +139,59 @@ fn partial(topic: &str, what: &str, broker: &str, e: Error) -> Error {
         code,
         format!("topic {topic} was not {what} on broker group {broker}: {e}"),
     ))
+}
+
+/// One queue of a topic on one broker group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueOffsetsRow {
+    pub broker_name: String,
+    pub queue_id: u32,
+    pub min_offset: u64,
+    pub max_offset: u64,
+    /// Store time of the newest message, None when the queue is empty.
+    pub last_store_timestamp_ms: Option<i64>,
+}
+
+impl Admin {
+    /// Every queue of `topic` with its offsets, asking a replica of each broker group in its
+    /// route; sorted by broker group and queue.
+    pub async fn topic_queues(&self, topic: &str) -> Result<Vec<QueueOffsetsRow>> {
+        names::validate_topic_name(topic)?;
+        let route = self.topic_route(topic).await?;
+        let t = self.core.timeout();
+        let brokers: Vec<(String, String)> = route
+            .brokers
+            .iter()
+            .filter_map(|b| {
+                b.read_address()
+                    .map(|a| (b.broker_name.clone(), a.to_string()))
+            })
+            .collect();
+        let calls = brokers.iter().map(|(_, addr)| async move {
+            let mut client = self.core.broker(addr)?;
+            let req = GetQueueOffsetsRequest {
+                topic: topic.to_string(),
+            };
+            rpc::call(addr, t, client.get_queue_offsets(rpc::request(req, t))).await
+        });
+        let mut rows = Vec::new();
+        for ((broker, addr), result) in brokers.iter().zip(join_all(calls).await) {
+            let resp = result.map_err(|e| {
+                Error::Api(ApiError::new(
+                    e.code().unwrap_or(ErrorCode::Unavailable),
+                    format!("broker {broker} ({addr}): {e}"),
+                ))
+            })?;
+            rows.extend(resp.queues.into_iter().map(|q| QueueOffsetsRow {
+                broker_name: broker.clone(),
+                queue_id: q.queue_id,
+                min_offset: q.min_offset,
+                max_offset: q.max_offset,
+                last_store_timestamp_ms:
+                    (q.last_store_timestamp_ms != 0).then_some(q.last_store_timestamp_ms),
+            }));
+        }
+        rows.sort_by(|a, b| (&a.broker_name, a.queue_id).cmp(&(&b.broker_name, b.queue_id)));
+        Ok(rows)
+    }
 }

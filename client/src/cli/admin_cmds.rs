@@ -5,6 +5,7 @@ use sluice_client::{Admin, BrokerStatusRow, LagRow, TopicCreated, TopicRouteInfo
 
 use super::args::{ClusterCommand, DlqCommand, MessageCommand, TopicCommand};
 use super::output::{message_line, print_json, MessageView, Table};
+use sluice_client::time::format_time;
 
 #[derive(Serialize)]
 struct CreatedDoc<'a> {
@@ -16,6 +17,14 @@ struct CreatedDoc<'a> {
 #[derive(Serialize)]
 struct TopicsDoc<'a> {
     topics: &'a [String],
+}
+
+#[derive(Serialize)]
+struct TopicQueuesDoc<'a> {
+    topic: &'a str,
+    /// Messages stored in all queues (max - min).
+    messages: u64,
+    queues: &'a [sluice_client::QueueOffsetsRow],
 }
 
 #[derive(Serialize)]
@@ -78,6 +87,33 @@ pub async fn topic(admin: &Admin, cmd: TopicCommand) -> anyhow::Result<()> {
             let mut t = Table::new(&["TOPIC"]);
             for name in topics {
                 t.row(vec![name]);
+            }
+            t.print()?;
+            Ok(())
+        }
+        TopicCommand::Describe { name, out } => {
+            let queues = admin.topic_queues(&name).await?;
+            if out.json {
+                return print_json(&TopicQueuesDoc {
+                    topic: &name,
+                    messages: queues
+                        .iter()
+                        .map(|q| q.max_offset - q.min_offset.min(q.max_offset))
+                        .sum(),
+                    queues: &queues,
+                });
+            }
+            let mut t = Table::new(&["BROKER", "QUEUE", "MIN", "MAX", "LAST STORED"]);
+            for q in &queues {
+                t.row(vec![
+                    q.broker_name.clone(),
+                    q.queue_id.to_string(),
+                    q.min_offset.to_string(),
+                    q.max_offset.to_string(),
+                    q.last_store_timestamp_ms
+                        .map(format_time)
+                        .unwrap_or_default(),
+                ]);
             }
             t.print()?;
             Ok(())
@@ -393,6 +429,9 @@ pub fn lag_table(doc: &LagDoc<'_>) -> Table {
 pub async fn message(admin: &Admin, cmd: MessageCommand) -> anyhow::Result<()> {
     let (found, json) = match cmd {
         MessageCommand::Cancel { .. } => anyhow::bail!("cancel takes a producer (see cli::run)"),
+        MessageCommand::Trace { id, out } => {
+            return super::trace_cmd::trace(admin, &id, out.json).await
+        }
         MessageCommand::Get { id, out } => {
             let m = admin.get_message(&id).await?;
             if out.json {

@@ -89,6 +89,12 @@ pub enum TopicCommand {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// A topic's queues on every broker group, with their offsets.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
     /// Which brokers serve a topic.
     Route {
         name: String,
@@ -172,6 +178,9 @@ pub struct ProduceArgs {
     /// Read the message bodies from this file (one per line) instead of stdin.
     #[arg(long, conflicts_with = "count")]
     pub file: Option<PathBuf>,
+    /// Record a trace of each message (`sluice message trace ID`).
+    #[arg(long)]
+    pub trace: bool,
     #[command(flatten)]
     pub out: JsonFlag,
 }
@@ -233,6 +242,9 @@ pub struct ConsumeArgs {
     /// consumer holds the queue's lock on the broker.
     #[arg(long)]
     pub orderly: bool,
+    /// Record a trace of each delivery (`sluice message trace ID`).
+    #[arg(long)]
+    pub trace: bool,
     #[command(flatten)]
     pub out: JsonFlag,
 }
@@ -359,6 +371,13 @@ pub enum MessageCommand {
     /// Stop a delayed message before it is due (HANDLE from its send receipt).
     Cancel {
         handle: String,
+        #[command(flatten)]
+        out: JsonFlag,
+    },
+    /// What happened to a message (sent, stored, delivered, consumed), from the events
+    /// tracing clients wrote, and where it is now.
+    Trace {
+        id: String,
         #[command(flatten)]
         out: JsonFlag,
     },

@@ -43,7 +43,7 @@ pub async fn consume(config: ClientConfig, args: ConsumeArgs) -> anyhow::Result<
         (true, Some(id)) => builder.broadcast(id.clone()),
         (true, None) => builder.broadcast(host_instance()),
     };
-    let builder = builder.start_position(start);
+    let builder = builder.start_position(start).trace(args.trace);
     if args.orderly {
         return consume_orderly(builder, &args, idle).await;
     }

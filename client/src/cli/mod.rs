@@ -7,6 +7,7 @@ mod consume;
 mod group_cmds;
 mod output;
 mod produce;
+mod trace_cmd;
 mod tx;
 
 use std::time::Duration;

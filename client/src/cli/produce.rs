@@ -71,7 +71,10 @@ pub fn generated_body(i: u64, size: usize) -> Bytes {
 
 pub async fn produce(config: ClientConfig, args: ProduceArgs) -> anyhow::Result<()> {
     let window = args.in_flight as usize;
-    let producer = Producer::builder(config).max_in_flight(window).build()?;
+    let producer = Producer::builder(config)
+        .max_in_flight(window)
+        .trace(args.trace)
+        .build()?;
     let make = |body: Bytes| {
         let mut m = Message::new(args.topic.clone(), body);
         if let Some(k) = &args.key {

@@ -34,6 +34,7 @@ pub use sendback::{RetryLater, SendBackOutcome};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::message::ReceivedMessage;
+use crate::trace::{ConsumeTracer, Tracer};
 
 /// Where a group starts reading a queue it has no committed offset for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,7 @@ pub struct ConsumerBuilder {
     pub(crate) broadcast: Option<String>,
     /// Ordered consumption, and what to do with a message whose retries are spent.
     pub(crate) orderly: Option<OrderlyFailure>,
+    pub(crate) trace: bool,
 }
 
 /// Ordered consumption: what happens to a message that still fails after the group's retries
@@ -179,7 +181,28 @@ impl ConsumerBuilder {
             selectors: Vec::new(),
             broadcast: None,
             orderly: None,
+            trace: false,
         }
+    }
+
+    /// Records a trace of every delivery (delivered, and how the handler finished) on the
+    /// trace topic, for `sluice message trace ID` (default false). Written in the background;
+    /// dropped, never waited for, when the trace topic's broker is slow or refuses them.
+    pub fn trace(mut self, on: bool) -> Self {
+        self.trace = on;
+        self
+    }
+
+    /// The trace recorder of a consumer with this id, when tracing.
+    pub(crate) fn tracer(&self, client_id: &str) -> Result<Option<ConsumeTracer>> {
+        if !self.trace {
+            return Ok(None);
+        }
+        Ok(Some(ConsumeTracer {
+            tracer: Tracer::start(self.config.clone())?,
+            group: self.group.clone(),
+            client_id: client_id.to_string(),
+        }))
     }
 
     /// Adds a topic to consume.

@@ -22,6 +22,7 @@ use super::OrderlyFailure;
 use crate::message::ReceivedMessage;
 use crate::route::MessageQueue;
 use crate::rpc;
+use crate::trace::ConsumeResult;
 
 /// Messages pulled ahead of the one being processed.
 const PREFETCH: usize = 256;
@@ -208,20 +209,35 @@ async fn process(
             message,
         };
         let handler = ctx.shared.handler.clone();
+        let traced = ctx.shared.trace.as_ref().map(|t| {
+            t.delivered(&delivered);
+            (t, delivered.clone(), std::time::Instant::now())
+        });
         let result = AssertUnwindSafe(async move { handler.handle(delivered).await })
             .catch_unwind()
             .await;
+        let traced = traced.map(|(t, m, started)| (t, m, started.elapsed()));
         drop(permit);
+        let finished = |result, error: &str| {
+            if let Some((t, m, ran)) = &traced {
+                t.consumed(m, result, Some(*ran), error);
+            }
+        };
         let error = match result {
-            Ok(Ok(())) => return Handled::Done(offset),
+            Ok(Ok(())) => {
+                finished(ConsumeResult::Ok, "");
+                return Handled::Done(offset);
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "handler panicked".to_string(),
         };
         failures += 1;
         let max_retries = ctx.max_retries().await;
         if failures > max_retries && ctx.on_failure == OrderlyFailure::DeadLetter {
+            finished(ConsumeResult::DeadLetter, &error);
             return to_dead_letters(&ctx, &msg, failures, &error, &mut stop).await;
         }
+        finished(ConsumeResult::RetryHere, &error);
         let delay = doubling(failures, min, max);
         tracing::warn!(queue = %ctx.mq, offset, failures, %error, ?delay,
             "handler failed; retrying in place (the queue waits)");

@@ -20,6 +20,7 @@ use crate::client::ClientCore;
 use crate::error::{Error, Result};
 use crate::message::ReceivedMessage;
 use crate::route::MessageQueue;
+use crate::trace::{ConsumeResult, ConsumeTracer};
 
 enum Ack {
     /// These offsets (of one queue) are finished.
@@ -57,6 +58,7 @@ pub struct PullConsumer {
     barrier_timeout: Duration,
     /// For send-backs (`nack`).
     core: Arc<ClientCore>,
+    trace: Option<ConsumeTracer>,
     group_name: String,
 }
 
@@ -69,6 +71,7 @@ impl PullConsumer {
         b.validate()?;
         let core = ClientCore::new(b.config.clone())?;
         let client_id = new_client_id();
+        let trace = b.tracer(&client_id)?;
         // The channel carries whole pulls; the semaphore bounds the messages they hold.
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -110,6 +113,7 @@ impl PullConsumer {
             group_name,
             auto_commit: b.auto_commit,
             barrier_timeout,
+            trace,
         })
     }
 
@@ -165,6 +169,11 @@ impl PullConsumer {
             };
             self.current = Some(next);
         }
+        if let Some(t) = &self.trace {
+            for m in &out {
+                t.delivered(m);
+            }
+        }
         Ok(out)
     }
 
@@ -178,7 +187,7 @@ impl PullConsumer {
         delay: Option<Duration>,
         reason: &str,
     ) -> Result<SendBackOutcome> {
-        send_back(
+        let outcome = send_back(
             &self.core,
             &self.group_name,
             &message.broker_name,
@@ -186,7 +195,20 @@ impl PullConsumer {
             delay,
             reason,
         )
-        .await
+        .await;
+        if let (Some(t), Ok(o)) = (&self.trace, &outcome) {
+            let result = match o {
+                SendBackOutcome::DeadLetter { .. } => ConsumeResult::DeadLetter,
+                SendBackOutcome::Retry { .. } => ConsumeResult::RetryLater,
+            };
+            t.consumed(message, result, None, reason);
+        }
+        outcome
+    }
+
+    /// What the trace recorder did, when built with [`ConsumerBuilder::trace`].
+    pub fn trace_stats(&self) -> Option<crate::trace::TraceStats> {
+        self.trace.as_ref().map(|t| t.tracer.stats())
     }
 
     /// Marks every polled message finished and sends the offsets to the brokers.
@@ -216,6 +238,9 @@ impl PullConsumer {
             }
         }
         self.group.shutdown().await;
+        if let Some(t) = &self.trace {
+            t.tracer.flush(crate::trace::FLUSH_TIMEOUT).await;
+        }
     }
 
     /// Sends the acks of everything polled, and remembers the queue loops they went to.

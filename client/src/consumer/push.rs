@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -13,19 +13,21 @@ use tokio::task::JoinHandle;
 
 use super::coordinator::{self, GroupHandle, GroupSettings, Lease, QueueWorkers};
 use super::fetch::{doubling, maybe, PullOutcome, QueueReader, ReaderCtx};
-use super::sendback::{send_back, RetryLater};
+use super::sendback::{send_back, RetryLater, SendBackOutcome};
 use super::tracker::OffsetTracker;
 use super::{new_client_id, orderly, ConsumerBuilder, MessageHandler, OrderlyFailure};
 use crate::client::ClientCore;
 use crate::error::Result;
 use crate::message::ReceivedMessage;
 use crate::route::MessageQueue;
+use crate::trace::{ConsumeResult, ConsumeTracer};
 
 /// Calls a handler for every message of its group's share of the subscribed topics.
 /// Build one with [`ConsumerBuilder::start_push`].
 pub struct PushConsumer {
     group: GroupHandle,
     client_id: String,
+    trace: Option<ConsumeTracer>,
 }
 
 impl PushConsumer {
@@ -37,7 +39,9 @@ impl PushConsumer {
         b.validate()?;
         let core = ClientCore::new(b.config.clone())?;
         let client_id = new_client_id();
+        let trace = b.tracer(&client_id)?;
         let shared = Arc::new(Shared {
+            trace: trace.clone(),
             reader: Arc::new(ReaderCtx {
                 core: core.clone(),
                 group: b.group.clone(),
@@ -64,7 +68,11 @@ impl PushConsumer {
             orderly: b.orderly.is_some(),
         };
         let group = coordinator::start(core, settings, Workers(shared)).await?;
-        Ok(PushConsumer { group, client_id })
+        Ok(PushConsumer {
+            group,
+            client_id,
+            trace,
+        })
     }
 
     /// This consumer's id in its group.
@@ -83,8 +91,16 @@ impl PushConsumer {
     }
 
     /// Stops pulling, waits (bounded) for running handlers, commits, and leaves the group.
+    /// What the trace recorder did, when built with [`ConsumerBuilder::trace`].
+    pub fn trace_stats(&self) -> Option<crate::trace::TraceStats> {
+        self.trace.as_ref().map(|t| t.tracer.stats())
+    }
+
     pub async fn shutdown(mut self) {
         self.group.shutdown().await;
+        if let Some(t) = &self.trace {
+            t.tracer.flush(crate::trace::FLUSH_TIMEOUT).await;
+        }
     }
 }
 
@@ -96,6 +112,7 @@ pub(super) struct Shared {
     pub(super) drain_timeout: Duration,
     max_unfinished: usize,
     orderly: Option<OrderlyFailure>,
+    pub(super) trace: Option<ConsumeTracer>,
 }
 
 struct Workers(Arc<Shared>);
@@ -207,12 +224,23 @@ fn spawn_handler(
                 message,
             };
             let handler = shared.handler.clone();
+            let traced = shared.trace.as_ref().map(|t| {
+                t.delivered(&delivered);
+                (t, delivered.clone(), Instant::now())
+            });
             // A panicking handler must not leave its offset unfinished forever.
             let result = AssertUnwindSafe(async move { handler.handle(delivered).await })
                 .catch_unwind()
                 .await;
+            let traced = traced.map(|(t, m, started)| (t, m, started.elapsed()));
+            let finished = |result, error: &str| {
+                if let Some((t, m, ran)) = &traced {
+                    t.consumed(m, result, Some(*ran), error);
+                }
+            };
             let (error, delay) = match result {
                 Ok(Ok(())) => {
+                    finished(ConsumeResult::Ok, "");
                     drop(permit);
                     let _ = done.send(HandlerDone::Finished(offset));
                     return;
@@ -228,12 +256,20 @@ fn spawn_handler(
             let group = &shared.reader.group;
             match send_back(core, group, &mq.broker_name, &msg, delay, &error).await {
                 Ok(outcome) => {
+                    finished(
+                        match outcome {
+                            SendBackOutcome::DeadLetter { .. } => ConsumeResult::DeadLetter,
+                            SendBackOutcome::Retry { .. } => ConsumeResult::RetryLater,
+                        },
+                        &error,
+                    );
                     tracing::info!(queue = %mq, offset, %error, ?outcome, "handler failed; message sent back");
                     drop(permit);
                     let _ = done.send(HandlerDone::Finished(offset));
                     return;
                 }
                 Err(e) => {
+                    finished(ConsumeResult::RetryHere, &error);
                     tracing::warn!(queue = %mq, offset, error = %e, "send-back failed; retrying here");
                 }
             }

@@ -27,6 +27,7 @@ use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::message::{Message, SendReceipt};
 use crate::rpc;
+use crate::trace::{TraceStats, Tracer};
 use accumulator::{AccumulatorHandle, BatchLimits, Queued, Waiter};
 use sender::{now_ms, Sender};
 
@@ -44,9 +45,20 @@ pub struct ProducerBuilder {
     idempotence: bool,
     producer_group: String,
     checker: Option<Arc<dyn TransactionChecker>>,
+    trace: bool,
 }
 
 impl ProducerBuilder {
+    /// Records a trace of every message sent (sent, and where it was stored) on the trace
+    /// topic, for `sluice message trace ID` (default false). Messages without a
+    /// `traceparent` property get one. Trace events are written in the background and dropped,
+    /// never waited for, when the trace topic's broker is slow or refuses them
+    /// ([`Producer::trace_stats`]).
+    pub fn trace(mut self, on: bool) -> Self {
+        self.trace = on;
+        self
+    }
+
     /// Answers the broker's checks of this producer group's transactions left open (a
     /// producer that died between its local commit and the transaction's). Needs a
     /// [`producer_group`](Self::producer_group).
@@ -136,9 +148,19 @@ impl ProducerBuilder {
         if !self.producer_group.is_empty() {
             names::validate_group_name(&self.producer_group)?;
         }
+        let tracer = match self.trace {
+            true => Some(Tracer::start(self.config.clone())?),
+            false => None,
+        };
         let core = ClientCore::new(self.config)?;
         let idempotence = self.idempotence.then(|| self.producer_group.clone());
-        let sender = Arc::new(Sender::new(core, self.retries, send_timeout, idempotence));
+        let sender = Arc::new(Sender::new(
+            core,
+            self.retries,
+            send_timeout,
+            idempotence,
+            tracer.map(|t| (t, self.producer_group.clone())),
+        ));
         if let Some(checker) = self.checker {
             if self.producer_group.is_empty() {
                 return Err(Error::Config(
@@ -231,6 +253,7 @@ impl Producer {
             idempotence: true,
             producer_group: String::new(),
             checker: None,
+            trace: false,
         }
     }
 
@@ -410,6 +433,14 @@ impl Producer {
             tracing::warn!("producer shut down with sends still pending");
         }
         self.inner.in_flight.close();
+        if let Some((tracer, _)) = &self.inner.sender.tracer {
+            tracer.flush(crate::trace::FLUSH_TIMEOUT).await;
+        }
+    }
+
+    /// What the trace recorder did, when built with [`ProducerBuilder::trace`].
+    pub fn trace_stats(&self) -> Option<TraceStats> {
+        self.inner.sender.tracer.as_ref().map(|(t, _)| t.stats())
     }
 
     fn check_open(&self) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message as _;
 use sluice_proto::frame::Kind;
@@ -19,6 +19,7 @@ use crate::message::{Message, SendReceipt};
 use crate::message_id::message_id_at;
 use crate::route::MessageQueue;
 use crate::rpc;
+use crate::trace::{SendTrace, Tracer};
 
 pub(crate) struct Sender {
     pub(crate) core: Arc<ClientCore>,
@@ -29,6 +30,8 @@ pub(crate) struct Sender {
     host: String,
     /// Producer ids and queue sequences; None when idempotence is off.
     pub(crate) idempotence: Option<Idempotence>,
+    /// The trace recorder and the producer group it names, when tracing.
+    pub(crate) tracer: Option<(Tracer, String)>,
 }
 
 struct FailedAttempt {
@@ -73,8 +76,10 @@ impl Sender {
         retries: u32,
         send_timeout: Duration,
         idempotence: Option<String>,
+        tracer: Option<(Tracer, String)>,
     ) -> Self {
         Sender {
+            tracer,
             idempotence: idempotence.map(|group| Idempotence::new(core.clone(), group)),
             core,
             retries,
@@ -91,7 +96,10 @@ impl Sender {
 
     /// The wire form of a message. Its id and birth time are fixed here, before the first
     /// attempt, so a retry keeps them.
-    pub(crate) fn to_wire(&self, m: Message, born: i64) -> v1::Message {
+    pub(crate) fn to_wire(&self, mut m: Message, born: i64) -> v1::Message {
+        if self.tracer.is_some() {
+            Tracer::stamp(&mut m.properties);
+        }
         v1::Message {
             topic: String::new(),
             body: m.body,
@@ -110,6 +118,34 @@ impl Sender {
     /// `selector_input` feeds custom queue selectors. With idempotence on, the batch keeps
     /// its queue and sequence while its outcome is unknown (see `idempotence.rs`).
     pub(crate) async fn send_with_retries(
+        &self,
+        topic: &str,
+        selector_input: Option<&Message>,
+        wire: &Arc<Vec<v1::Message>>,
+        routing: &Routing,
+        tx: Option<&Arc<TxFields>>,
+    ) -> Result<Vec<SendReceipt>> {
+        let Some((tracer, group)) = &self.tracer else {
+            return self
+                .send_untraced(topic, selector_input, wire, routing, tx)
+                .await;
+        };
+        let started = Instant::now();
+        let outcome = self
+            .send_untraced(topic, selector_input, wire, routing, tx)
+            .await;
+        let send = SendTrace {
+            topic,
+            producer_group: group,
+            messages: wire,
+            transaction: tx.is_some(),
+            latency: started.elapsed(),
+        };
+        tracer.sent(&send, &outcome);
+        outcome
+    }
+
+    async fn send_untraced(
         &self,
         topic: &str,
         selector_input: Option<&Message>,
@@ -362,6 +398,7 @@ fn receipts(
         }
         let broker_name = resp.broker_name;
         let queue_id = resp.queue_id;
+        let store_timestamp_ms = (resp.store_timestamp_ms != 0).then_some(resp.store_timestamp_ms);
         Ok(resp
             .results
             .into_iter()
@@ -375,6 +412,8 @@ fn receipts(
                 delay_handle: (!r.delay_handle.is_empty())
                     .then(|| format!("{}/{}", queue.topic, r.delay_handle)),
                 deliver_at_ms: (r.deliver_at_ms != 0).then_some(r.deliver_at_ms),
+                store_timestamp_ms,
+                broker_address: addr.to_string(),
             })
             .collect())
     }

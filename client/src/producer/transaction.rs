@@ -182,6 +182,8 @@ impl Transaction {
                 commit_log_offset: r.commit_log_offset,
                 delay_handle: None,
                 deliver_at_ms: None,
+                store_timestamp_ms: None,
+                broker_address: String::new(),
             })
             .collect())
     }

@@ -91,6 +91,7 @@ impl Broker for FakeBroker {
             broker_name: self.0.name.clone(),
             queue_id: req.queue_id,
             results,
+            store_timestamp_ms: 0,
         }))
     }
 

@@ -40,6 +40,7 @@ impl Writer {
                     queue_offset: qoff,
                     commit_log_offset: phy,
                     size: len as u32,
+                    store_timestamp_ms: ts,
                 });
             }
         }

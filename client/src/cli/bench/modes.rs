@@ -5,7 +5,9 @@
 //! - with `--transactions`: one message per transaction and ten per transaction, against plain
 //!   sends (no idempotence) of one message per request with the same number of senders (a
 //!   transaction is a send per message and a commit, each acknowledged before the next); the
-//!   idempotent producer's one-per-request rate is reported beside it.
+//!   idempotent producer's one-per-request rate is reported beside it;
+//! - with `--trace`: pipelined produce with message trace on (the client's default producer
+//!   plus a trace event per message sent and stored) against the same producer without it.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,9 @@ pub struct ModesArgs {
     /// one message per request.
     #[arg(long)]
     pub transactions: bool,
+    /// Also pipelined produce with message trace on, beside the idempotent producer.
+    #[arg(long)]
+    pub trace: bool,
     /// Senders at once for the transactional rounds and their plain baseline.
     #[arg(long, default_value_t = 64)]
     pub senders: usize,
@@ -66,6 +71,13 @@ struct Report {
     /// Idempotent over plain throughput, per round.
     idempotent_ratios: Vec<f64>,
     idempotent_ratio_median: f64,
+    /// Traced (idempotent, trace on) over idempotent throughput, per round.
+    traced_msgs_per_sec: Vec<f64>,
+    traced_ratios: Vec<f64>,
+    traced_ratio_median: Option<f64>,
+    /// Trace events the traced producer wrote and dropped over the whole run.
+    trace_written: Option<u64>,
+    trace_dropped: Option<u64>,
     /// One message per request, `senders` at once, without idempotence (the transactions'
     /// baseline) and with it.
     plain_sync_msgs_per_sec: Vec<f64>,
@@ -248,16 +260,24 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     if admin.topic_route(&a.topic).await.is_err() {
         admin.create_topic(&a.topic, a.queues, None).await?;
     }
-    let build = |idempotence: bool| {
+    let build = |idempotence: bool, trace: bool| {
         Producer::builder(config.clone())
             .idempotence(idempotence)
+            .trace(trace)
             .producer_group("bench-modes")
             .max_in_flight(a.in_flight.max(1))
             .build()
     };
-    let (plain, idempotent) = (build(false)?, build(true)?);
+    let (plain, idempotent) = (build(false, false)?, build(true, false)?);
+    let traced = match a.trace {
+        true => Some(build(true, true)?),
+        false => None,
+    };
     plain.prepare(&a.topic).await?;
     idempotent.prepare(&a.topic).await?;
+    if let Some(t) = &traced {
+        t.prepare(&a.topic).await?;
+    }
     let mut r = Report {
         rounds: a.rounds,
         ..Report::default()
@@ -283,6 +303,18 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         r.plain_msgs_per_sec.push(p.round());
         r.idempotent_msgs_per_sec.push(i.round());
         r.idempotent_ratios.push((i / p * 1000.0).round() / 1000.0);
+        if let Some(t) = &traced {
+            let t = rate(run(t).await?);
+            if !a.json {
+                println!(
+                    "round {}: traced {t:.0} msgs/s ({:.1} % of idempotent)",
+                    round + 1,
+                    100.0 * t / i
+                );
+            }
+            r.traced_msgs_per_sec.push(t.round());
+            r.traced_ratios.push((t / i * 1000.0).round() / 1000.0);
+        }
         if a.transactions {
             let t = |p, per_tx| transactional(p, &a.topic, a.size, a.tx_count, a.senders, per_tx);
             let tx_rate = |d: Duration| a.tx_count as f64 / d.as_secs_f64().max(1e-9);
@@ -318,6 +350,13 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
     }
     plain.shutdown().await;
     idempotent.shutdown().await;
+    if let Some(t) = &traced {
+        t.shutdown().await;
+        let stats = t.trace_stats().unwrap_or_default();
+        r.trace_written = Some(stats.written);
+        r.trace_dropped = Some(stats.dropped());
+        r.traced_ratio_median = Some(median(&r.traced_ratios));
+    }
     if a.json {
         return print_json(&r);
     }
@@ -326,6 +365,12 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         a.rounds,
         100.0 * r.idempotent_ratio_median
     );
+    if let (Some(m), Some(w), Some(d)) = (r.traced_ratio_median, r.trace_written, r.trace_dropped) {
+        println!(
+            "traced / idempotent, median: {:.1} % ({w} trace events written, {d} dropped)",
+            100.0 * m
+        );
+    }
     if let (Some(t1), Some(t10)) = (r.tx1_ratio_median, r.tx10_ratio_median) {
         println!(
             "transactions / one per request, medians: 1 per transaction {:.1} %, 10 per transaction {:.1} %",
