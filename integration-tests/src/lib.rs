@@ -12,6 +12,7 @@ use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use tonic::transport::Channel;
 
+pub mod browser;
 pub mod cli_child;
 pub mod replica;
 

@@ -61,6 +61,9 @@ pub enum Command {
     /// Measure throughput and latency: produce, consume, or both end to end.
     #[command(subcommand)]
     Bench(super::bench::args::BenchCommand),
+    /// Serve a web dashboard: cluster, topics, groups with lag charts, message search with
+    /// trace, dead letters with redrive, transactions.
+    Dashboard(super::dashboard::DashboardArgs),
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ mod admin_cmds;
 pub mod args;
 mod bench;
 mod consume;
+mod dashboard;
 mod group_cmds;
 mod output;
 mod produce;
@@ -55,6 +56,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Group(c) => group_cmds::group(&Admin::new(config)?, c).await?,
         Command::Dlq(c) => admin_cmds::dlq(&Admin::new(config)?, c).await?,
         Command::Tx(c) => tx::run(config, c).await?,
+        Command::Dashboard(a) => dashboard::run(config, a).await?,
         Command::Message(args::MessageCommand::Cancel { handle, out }) => {
             produce::cancel(config, &handle, out.json).await?
         }

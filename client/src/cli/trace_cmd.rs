@@ -64,86 +64,7 @@ pub async fn trace(admin: &Admin, id: &str, json: bool) -> anyhow::Result<()> {
 pub fn timeline(events: &[TraceEvent]) -> Table {
     let mut t = Table::new(&["TIME", "EVENT", "WHERE", "DETAILS"]);
     for e in events {
-        let (place, details) = match &e.what {
-            TraceWhat::Sent {
-                topic,
-                producer_group,
-                tag,
-                keys,
-                latency_ms,
-                result,
-                transaction,
-                ..
-            } => {
-                let mut d = format!(
-                    "result={result} latency={latency_ms}ms host={}",
-                    e.client_host
-                );
-                if !producer_group.is_empty() {
-                    d.push_str(&format!(" group={producer_group}"));
-                }
-                if !tag.is_empty() {
-                    d.push_str(&format!(" tag={tag}"));
-                }
-                if !keys.is_empty() {
-                    d.push_str(&format!(" keys={}", keys.join(",")));
-                }
-                if *transaction {
-                    d.push_str(" transaction");
-                }
-                (topic.clone(), d)
-            }
-            TraceWhat::Stored {
-                topic,
-                broker_name,
-                address,
-                queue_id,
-                offset,
-                store_ms,
-                deliver_at_ms,
-            } => {
-                let mut d = format!("stored={}", format_time(*store_ms));
-                if !address.is_empty() {
-                    d.push_str(&format!(" master={address}"));
-                }
-                if let Some(due) = deliver_at_ms {
-                    d.push_str(&format!(" due={}", format_time(*due)));
-                }
-                (format!("{topic}:{broker_name}:{queue_id}@{offset}"), d)
-            }
-            TraceWhat::Delivered {
-                group,
-                client_id,
-                topic,
-                broker_name,
-                queue_id,
-                offset,
-                attempt,
-            } => (
-                format!("{topic}:{broker_name}:{queue_id}@{offset}"),
-                format!(
-                    "group={group} attempt={attempt} client={client_id} host={}",
-                    e.client_host
-                ),
-            ),
-            TraceWhat::Consumed {
-                group,
-                attempt,
-                result,
-                handler_ms,
-                error,
-                ..
-            } => {
-                let mut d = format!("result={} group={group} attempt={attempt}", result.as_str());
-                if let Some(ms) = handler_ms {
-                    d.push_str(&format!(" handler={ms}ms"));
-                }
-                if !error.is_empty() {
-                    d.push_str(&format!(" error={error:?}"));
-                }
-                (String::new(), d)
-            }
-        };
+        let (place, details) = describe(e);
         t.row(vec![
             format_time(e.time_ms),
             e.what.kind().to_string(),
@@ -152,4 +73,88 @@ pub fn timeline(events: &[TraceEvent]) -> Table {
         ]);
     }
     t
+}
+
+/// Where an event happened (topic, or topic:broker:queue@offset) and what its kind knows.
+pub fn describe(e: &TraceEvent) -> (String, String) {
+    match &e.what {
+        TraceWhat::Sent {
+            topic,
+            producer_group,
+            tag,
+            keys,
+            latency_ms,
+            result,
+            transaction,
+            ..
+        } => {
+            let mut d = format!(
+                "result={result} latency={latency_ms}ms host={}",
+                e.client_host
+            );
+            if !producer_group.is_empty() {
+                d.push_str(&format!(" group={producer_group}"));
+            }
+            if !tag.is_empty() {
+                d.push_str(&format!(" tag={tag}"));
+            }
+            if !keys.is_empty() {
+                d.push_str(&format!(" keys={}", keys.join(",")));
+            }
+            if *transaction {
+                d.push_str(" transaction");
+            }
+            (topic.clone(), d)
+        }
+        TraceWhat::Stored {
+            topic,
+            broker_name,
+            address,
+            queue_id,
+            offset,
+            store_ms,
+            deliver_at_ms,
+        } => {
+            let mut d = format!("stored={}", format_time(*store_ms));
+            if !address.is_empty() {
+                d.push_str(&format!(" master={address}"));
+            }
+            if let Some(due) = deliver_at_ms {
+                d.push_str(&format!(" due={}", format_time(*due)));
+            }
+            (format!("{topic}:{broker_name}:{queue_id}@{offset}"), d)
+        }
+        TraceWhat::Delivered {
+            group,
+            client_id,
+            topic,
+            broker_name,
+            queue_id,
+            offset,
+            attempt,
+        } => (
+            format!("{topic}:{broker_name}:{queue_id}@{offset}"),
+            format!(
+                "group={group} attempt={attempt} client={client_id} host={}",
+                e.client_host
+            ),
+        ),
+        TraceWhat::Consumed {
+            group,
+            attempt,
+            result,
+            handler_ms,
+            error,
+            ..
+        } => {
+            let mut d = format!("result={} group={group} attempt={attempt}", result.as_str());
+            if let Some(ms) = handler_ms {
+                d.push_str(&format!(" handler={ms}ms"));
+            }
+            if !error.is_empty() {
+                d.push_str(&format!(" error={error:?}"));
+            }
+            (String::new(), d)
+        }
+    }
 }
