@@ -363,7 +363,9 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = TraceEvent::decode(&bytes);
+            if let Some(e) = TraceEvent::decode(&bytes) {
+                proptest::prop_assert_eq!(TraceEvent::decode(&e.encode()), Some(e));
+            }
             let text = String::from_utf8_lossy(&bytes);
             if let Some(ctx) = TraceContext::parse(&text) {
                 // Whatever parses prints as a version-00 value that parses the same.
