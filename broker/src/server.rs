@@ -158,7 +158,15 @@ pub async fn run(
         },
         None => WritePath::standalone(store.clone(), state.clone()),
     };
-    let timers = Timers::new(config.timer_settings()?, store.clone(), write.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    // Counted only when served.
+    let metered = config.metrics_listen.as_ref().map(|_| metrics.clone());
+    let timers = Timers::new(
+        config.timer_settings()?,
+        store.clone(),
+        write.clone(),
+        metered.clone(),
+    );
     // Standalone, this broker is always its own master; the sender lives as long as the task.
     let standalone_master = crate::messaging::leader::always_master();
     let timer_task = crate::messaging::leader::spawn(
@@ -254,7 +262,6 @@ pub async fn run(
         config.replica_id,
         stop_rx.clone(),
     );
-    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (producing, consuming, retries) = match config.metrics_listen {
         Some(_) => (
             producing.with_metrics(metrics.clone()),
@@ -376,7 +383,10 @@ pub async fn run(
         .serve_with_incoming_shutdown(
             // `Server::tcp_nodelay` only applies to listeners tonic binds itself: without
             // this, Nagle holds small answers back until the peer's delayed ACK (40 ms).
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            crate::metrics::conn::counted(
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                metered.as_ref().map(|m| m.ops.grpc_connections.clone()),
+            ),
             async move {
                 let _ = stop_serving.wait_for(|s| *s).await;
             },

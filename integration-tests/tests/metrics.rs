@@ -4,7 +4,9 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use sluice_client::{Admin, ClientConfig, ConsumerBuilder, Message, Producer, StartPosition};
+use sluice_client::{
+    Admin, ClientConfig, ConsumerBuilder, Message, Producer, Selector, StartPosition,
+};
 use sluice_integration_tests::{wait_until, Cluster, ClusterOptions};
 
 /// GET /metrics, the body.
@@ -131,6 +133,67 @@ async fn a_scrape_shows_what_the_broker_did() {
         Some(60.0)
     );
     consumer.shutdown().await;
+
+    // The machinery: a delayed message's delivery is timed, the flusher's fsyncs are counted,
+    // this test's gRPC connection is open, the commit log has a segment.
+    producer
+        .send(Message::new("metered", "later").with_delay(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "a timed delivery and a flush",
+        || async {
+            let text = tokio::task::block_in_place(|| scrape(&metrics));
+            value(&text, "sluice_timer_lateness_seconds_count", "").unwrap_or(0.0) >= 1.0
+                && value(&text, "sluice_flushes_total", "").unwrap_or(0.0) >= 1.0
+        },
+    )
+    .await
+    .unwrap();
+    // A filter nothing matches: its pulls look at every message and deliver none.
+    let mut filtering = ConsumerBuilder::new(config.clone(), "filtering")
+        .subscribe_with("metered", Selector::tag("no-such-tag"))
+        .start_position(StartPosition::Earliest)
+        .start_pull()
+        .await
+        .unwrap();
+    let filtered = r#"group="filtering",topic="metered""#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = filtering
+            .poll(64, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        let text = tokio::task::block_in_place(|| scrape(&metrics));
+        let scanned = value(&text, "sluice_filter_scanned_messages_total", filtered);
+        if scanned.unwrap_or(0.0) >= 61.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "filter scan not counted: {scanned:?}"
+        );
+    }
+    filtering.shutdown().await;
+    let text = tokio::task::block_in_place(|| scrape(&metrics));
+    assert_eq!(
+        value(&text, "sluice_filter_matched_messages_total", filtered),
+        Some(0.0)
+    );
+    assert!(
+        value(&text, "sluice_grpc_connections", "").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "sluice_commit_log_segments", "").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        value(&text, "sluice_flush_seconds_total", "").unwrap_or(-1.0) >= 0.0,
+        "{text}"
+    );
     dashboard_names_exist(&text);
 }
 

@@ -181,6 +181,12 @@ impl Consuming {
             let records = &p.read.records;
             let bytes = records.iter().map(|r| u64::from(r.store_size())).sum();
             metrics.served(&cmd.group, &cmd.topic, records.len() as u64, bytes);
+            if cmd.filter.is_some() {
+                let scanned = p.read.next_offset.saturating_sub(cmd.offset);
+                metrics
+                    .ops
+                    .filtered(&cmd.group, &cmd.topic, scanned, records.len() as u64);
+            }
         }
         metrics
             .pull_seconds

@@ -3,7 +3,11 @@
 //! follow Prometheus conventions (`sluice_` prefix, `_total`, `_seconds`, `_bytes`); labels are
 //! bounded sets (topics, groups, queues, replicas), never message or client ids.
 
+pub mod conn;
 pub mod http;
+mod ops;
+
+pub use ops::OpsMetrics;
 
 use std::sync::atomic::AtomicU64;
 
@@ -84,21 +88,36 @@ pub struct Metrics {
     consumer_lag: Family<QueueLabels, Gauge>,
     transactions_open: Gauge,
     transactions_parked: Gauge,
+    pub ops: OpsMetrics,
 }
 
-/// Counts each leader this replica learns of (a term with a known leader), until the replica
-/// stops.
+/// Counts each leader this replica learns of (a term with a known leader), and times the
+/// stretches without one that end in an election, until the replica stops.
 pub async fn count_leader_changes(
     mut master: tokio::sync::watch::Receiver<crate::replication::MasterState>,
     metrics: std::sync::Arc<Metrics>,
 ) {
     let leader = |m: &crate::replication::MasterState| m.leader_id.map(|l| (m.term, l));
     let mut last = leader(&master.borrow_and_update());
+    // Since when this replica has known no leader (from its start, or since it lost one).
+    let mut leaderless = last.is_none().then(std::time::Instant::now);
     while master.changed().await.is_ok() {
         let now = leader(&master.borrow_and_update());
-        if now.is_some() && now != last {
-            last = now;
-            metrics.leader_changes.inc();
+        match now {
+            None => {
+                leaderless.get_or_insert_with(std::time::Instant::now);
+            }
+            Some(_) if now != last => {
+                last = now;
+                metrics.leader_changes.inc();
+                if let Some(since) = leaderless.take() {
+                    metrics
+                        .ops
+                        .election_seconds
+                        .observe(since.elapsed().as_secs_f64());
+                }
+            }
+            Some(_) => leaderless = None,
         }
     }
 }
@@ -162,8 +181,10 @@ impl Metrics {
             consumer_lag: Family::default(),
             transactions_open: Gauge::default(),
             transactions_parked: Gauge::default(),
+            ops: OpsMetrics::new(),
             registry: Registry::default(),
         };
+        m.ops.register(&mut r);
         r.register(
             "stored_messages",
             "Messages stored by sends, by topic",

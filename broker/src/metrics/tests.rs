@@ -137,4 +137,41 @@ async fn each_new_leader_is_counted_once() {
     drop(tx);
     task.await.unwrap();
     assert_eq!(m.leader_changes.get(), 2);
+    // Only the leaderless stretch that ended with a new leader is an election.
+    let text = m.render();
+    assert_eq!(
+        sample(&text, "sluice_raft_election_seconds_count", ""),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn store_figures_become_counters_that_only_count_what_is_new() {
+    let m = Metrics::new();
+    let ms = std::time::Duration::from_millis;
+    m.ops.observe_store(10, ms(50), ms(9), 3);
+    m.ops.observe_store(14, ms(70), ms(4), 4);
+    m.ops.filtered("eu", "orders", 100, 7);
+    m.ops.timer_lateness_seconds.observe(0.02);
+    m.ops.grpc_connections.inc();
+    let text = m.render();
+    assert_eq!(sample(&text, "sluice_flushes_total", ""), Some(14.0));
+    let secs = sample(&text, "sluice_flush_seconds_total", "").unwrap();
+    assert!((secs - 0.07).abs() < 1e-9, "{secs}");
+    assert_eq!(sample(&text, "sluice_flush_max_seconds", ""), Some(0.004));
+    assert_eq!(sample(&text, "sluice_commit_log_segments", ""), Some(4.0));
+    let eu = r#"group="eu",topic="orders""#;
+    assert_eq!(
+        sample(&text, "sluice_filter_scanned_messages_total", eu),
+        Some(100.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_filter_matched_messages_total", eu),
+        Some(7.0)
+    );
+    assert_eq!(
+        sample(&text, "sluice_timer_lateness_seconds_count", ""),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "sluice_grpc_connections", ""), Some(1.0));
 }

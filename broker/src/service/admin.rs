@@ -237,6 +237,10 @@ impl BrokerService {
             Vec::new()
         });
         self.metrics.observe(&status, &lag);
+        let (flushes, flush_time, flush_max) = self.store.flush_stats();
+        self.metrics
+            .ops
+            .observe_store(flushes, flush_time, flush_max, self.store.segment_count());
         match self.producing.transactions().list() {
             Ok(txs) => {
                 let open = txs.iter().filter(|t| t.resolution == 0);

@@ -198,12 +198,14 @@ fn flush_to(shared: &Shared, upto: u64) -> io::Result<()> {
     if upto <= flushed {
         return Ok(());
     }
+    let started = std::time::Instant::now();
     for seg in shared.log.snapshot() {
         let end = seg.base + seg.len.load(Ordering::Acquire);
         if seg.base < upto && end > flushed {
             seg.file.sync_data()?;
         }
     }
+    shared.flush_stats.record(started.elapsed());
     shared.flushed.fetch_max(upto, Ordering::AcqRel);
     Ok(())
 }

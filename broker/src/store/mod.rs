@@ -444,6 +444,22 @@ impl MessageStore {
         }
     }
 
+    /// Fsyncs of the commit log since start and their total time, and the longest one since
+    /// the previous call (then reset).
+    pub fn flush_stats(&self) -> (u64, std::time::Duration, std::time::Duration) {
+        let f = &self.shared().flush_stats;
+        (
+            f.flushes.load(Ordering::Relaxed),
+            std::time::Duration::from_nanos(f.nanos.load(Ordering::Relaxed)),
+            std::time::Duration::from_nanos(f.max_nanos.swap(0, Ordering::Relaxed)),
+        )
+    }
+
+    /// Commit-log segments on disk.
+    pub fn segment_count(&self) -> usize {
+        self.shared().log.snapshot().len()
+    }
+
     /// Commit-log byte range held: `(min, max)`; max is the write position.
     pub fn commit_log_range(&self) -> (u64, u64) {
         let s = self.shared();

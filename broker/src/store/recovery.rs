@@ -433,6 +433,7 @@ pub fn open_blocking(
         tx_floor: AtomicU64::new(u64::MAX),
         timer_pending: AtomicU64::new(0),
         timer_version: watch::channel(0).0,
+        flush_stats: Default::default(),
         raft: raft_control.clone().zip(raft_entries).map(|(c, entries)| {
             Arc::new(RaftShared {
                 entries,

@@ -56,6 +56,25 @@ pub struct Shared {
     pub timer_pending: AtomicU64,
     /// Bumped whenever the dispatcher changed the timer index (the timer task waits on it).
     pub timer_version: watch::Sender<u64>,
+    pub flush_stats: FlushStats,
+}
+
+/// The flusher's fsyncs of the commit log, for metrics.
+#[derive(Default)]
+pub struct FlushStats {
+    pub flushes: AtomicU64,
+    pub nanos: AtomicU64,
+    /// The longest since the last `take_max`.
+    pub max_nanos: AtomicU64,
+}
+
+impl FlushStats {
+    pub fn record(&self, took: std::time::Duration) {
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+    }
 }
 
 /// `bytes` (whole records) were written at commit-log offset `at`.

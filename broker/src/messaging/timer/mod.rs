@@ -191,10 +191,17 @@ pub struct Timers {
     inbox: Arc<tokio::sync::Mutex<mpsc::Receiver<CancelRequest>>>,
     store: MessageStore,
     write: WritePath,
+    /// Delivery lateness is observed only when the broker serves metrics.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Timers {
-    pub fn new(settings: TimerSettings, store: MessageStore, write: WritePath) -> Arc<Timers> {
+    pub fn new(
+        settings: TimerSettings,
+        store: MessageStore,
+        write: WritePath,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Arc<Timers> {
         let (cancels, inbox) = mpsc::channel(1024);
         Arc::new(Timers {
             settings,
@@ -202,6 +209,7 @@ impl Timers {
             inbox: Arc::new(tokio::sync::Mutex::new(inbox)),
             store,
             write,
+            metrics,
         })
     }
 
@@ -240,7 +248,7 @@ impl Timers {
     pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) {
         let inbox = self.inbox.clone();
         let mut inbox = inbox.lock().await;
-        task::Task::new(self.store.clone(), self.write.clone())
+        task::Task::new(self.store.clone(), self.write.clone(), self.metrics.clone())
             .run(&mut inbox, stop)
             .await;
     }

@@ -8,6 +8,7 @@
 //! written is applied ([`WritePath::settle`]) and reads the index again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -53,13 +54,19 @@ pub(super) struct Task {
     ready: HashMap<u64, Result<StoredRecord, StoreError>>,
     ready_bytes: usize,
     prefetching: Option<JoinHandle<Result<Read, ApiError>>>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Task {
-    pub(super) fn new(store: MessageStore, write: WritePath) -> Task {
+    pub(super) fn new(
+        store: MessageStore,
+        write: WritePath,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Task {
         Task {
             store,
             write,
+            metrics,
             window: BTreeMap::new(),
             heads: HashMap::new(),
             written_end: 0,
@@ -271,6 +278,7 @@ impl Task {
         let mut batches: Vec<AppendBatch> = Vec::new();
         let mut at: HashMap<(String, u32), usize> = HashMap::new();
         let mut broken = Vec::new();
+        let mut due_times = Vec::new();
         for (e, r) in records {
             let r = match r {
                 Ok(r) => r,
@@ -299,12 +307,19 @@ impl Task {
             });
             if let Some(b) = batches.get_mut(i) {
                 b.messages.push(m);
+                due_times.push(e.due_ms);
             }
         }
         let now = now_ms();
         let results = join_all(batches.into_iter().map(|b| self.write.append(b, now))).await;
         for r in results {
             self.wrote(&r?.1);
+        }
+        if let Some(m) = &self.metrics {
+            for due in due_times {
+                let late = now.saturating_sub(due).max(0) as f64 / 1000.0;
+                m.ops.timer_lateness_seconds.observe(late);
+            }
         }
         for e in broken {
             // Resolve it so it does not hold retention back for ever.

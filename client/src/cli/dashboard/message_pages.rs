@@ -207,7 +207,11 @@ pub(crate) struct RedriveForm {
 }
 
 pub(crate) async fn redrive(State(app): State<App>, Form(f): Form<RedriveForm>) -> Response {
-    match app.admin.redrive(&f.group, std::slice::from_ref(&f.id), false).await {
+    match app
+        .admin
+        .redrive(&f.group, std::slice::from_ref(&f.id), false)
+        .await
+    {
         Ok(done) => {
             let n: u32 = done.iter().map(|r| r.redriven).sum();
             Redirect::to(&format!("/dlq?group={}&redriven={n}", encode(&f.group))).into_response()
