@@ -1,6 +1,7 @@
 //! Message trace on the client: producers and consumers built with `trace(true)` record what
 //! happens to each message (sent, stored, delivered, consumed) and write the events to the
-//! trace topic in batches, from a task of their own.
+//! trace topic in batches (one message holds a batch, keyed by the ids it is about), from a
+//! task of their own.
 //!
 //! Recording never waits: events go into a bounded queue, and when it is full (the trace
 //! topic's broker is slow, refuses traces, or is gone) they are dropped and counted in
@@ -25,8 +26,10 @@ use crate::producer::Producer;
 
 /// Events waiting to be written; past this, new ones are dropped.
 const QUEUE_CAPACITY: usize = 16_384;
-/// Events in one Send to the trace topic.
+/// Events taken off the queue at once (written as one Send).
 const BATCH: usize = 512;
+/// Largest body of one trace message (a batch may take several).
+const MAX_BODY: usize = 512 << 10;
 /// Batches on the wire at once.
 const IN_FLIGHT: usize = 4;
 /// How long a producer's or consumer's shutdown waits for its trace events to be written.
@@ -298,15 +301,14 @@ async fn write_batch(
     let Ok(slot) = slots.clone().acquire_owned().await else {
         return;
     };
-    let messages: Vec<Message> = events
-        .iter()
-        .map(|e| {
-            Message::new(TRACE_TOPIC, e.encode())
-                .with_tag(e.what.kind())
-                .with_key(e.message_id.clone())
+    let messages: Vec<Message> = sluice_proto::trace::encode_batch(&events, MAX_BODY)
+        .into_iter()
+        .map(|(body, ids)| Message {
+            keys: ids,
+            ..Message::new(TRACE_TOPIC, body).with_tag(sluice_proto::trace::TRACE_TAG)
         })
         .collect();
-    let n = messages.len() as u64;
+    let n = events.len() as u64;
     let producer = producer.clone();
     let counters = counters.clone();
     tokio::spawn(async move {

@@ -23,6 +23,15 @@ fn json(cluster: &Cluster, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
 }
 
+/// Waits for the page a click or a submit led to (an element only it has).
+async fn arrive(c: &Client, css: &str) {
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"));
+}
+
 async fn texts(c: &Client, css: &str) -> Vec<String> {
     let mut out = Vec::new();
     for e in c.find_all(Locator::Css(css)).await.unwrap() {
@@ -195,6 +204,7 @@ async fn every_page_shows_what_the_cli_reports_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    arrive(c, "#queues").await;
     let mut want = Vec::new();
     for q in described["queues"].as_array().unwrap() {
         want.push(format!(
@@ -227,6 +237,7 @@ async fn every_page_shows_what_the_cli_reports_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    arrive(c, "#total-lag").await;
     wait_until(
         Duration::from_secs(20),
         "the lag chart to have points",
@@ -274,6 +285,7 @@ async fn every_page_shows_what_the_cli_reports_in_a_real_browser() {
     form.set_by_name("topic", "orders").await.unwrap();
     form.set_by_name("key", POISON).await.unwrap();
     form.submit().await.unwrap();
+    arrive(c, "#results").await;
     assert_eq!(texts(c, "#results a").await, vec![poison.clone()]);
     browser.screenshot(&shots, "search").await.unwrap();
     c.find(Locator::Css("#results a"))
@@ -282,6 +294,7 @@ async fn every_page_shows_what_the_cli_reports_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    arrive(c, "#events").await;
     let trace = json(&cluster, &["message", "trace", &poison, "--json"]);
     let kinds: Vec<String> = trace["events"]
         .as_array()
@@ -311,6 +324,7 @@ async fn every_page_shows_what_the_cli_reports_in_a_real_browser() {
         .click()
         .await
         .unwrap();
+    arrive(c, "#redriven").await;
     assert_eq!(
         texts(c, "#redriven").await,
         ["1 message(s) sent back to their topics."]

@@ -1,9 +1,9 @@
 //! Message trace: the events clients record about a message (sent, stored, delivered,
 //! consumed) and the W3C trace context that travels in its properties.
 //!
-//! Events are written as ordinary messages to [`TRACE_TOPIC`], one event per message, keyed
-//! by the traced message's id (so the broker's key index finds a message's whole history) and
-//! tagged with the event's kind. The body is the event as JSON.
+//! Events are written in batches as ordinary messages to [`TRACE_TOPIC`]: one message holds
+//! many events as a JSON array ([`encode_batch`]) and carries as keys the ids of every message
+//! its events are about, so the broker's key index finds a message's whole history.
 
 use serde::{Deserialize, Serialize};
 
@@ -140,18 +140,44 @@ impl ConsumeResult {
     }
 }
 
-impl TraceEvent {
-    pub fn encode(&self) -> Vec<u8> {
+/// Tag of trace messages.
+pub const TRACE_TAG: &str = "trace";
+
+/// Bodies of trace messages: the events as JSON arrays, each body at most about `max_bytes`
+/// (an event larger than that alone in its body), with the distinct ids its events are about.
+pub fn encode_batch(events: &[TraceEvent], max_bytes: usize) -> Vec<(Vec<u8>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut body = Vec::new();
+    let mut ids: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in events {
         // Serializing plain structs of strings and numbers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        let one = serde_json::to_vec(e).unwrap_or_default();
+        if !body.is_empty() && body.len() + one.len() + 2 > max_bytes {
+            body.push(b']');
+            out.push((std::mem::take(&mut body), std::mem::take(&mut ids)));
+            seen.clear();
+        }
+        body.push(if body.is_empty() { b'[' } else { b',' });
+        body.extend_from_slice(&one);
+        if seen.insert(e.message_id.as_str()) {
+            ids.push(e.message_id.clone());
+        }
     }
-
-    /// An event from a trace message's body; None for anything else (the trace topic is an
-    /// ordinary topic anyone may write to).
-    pub fn decode(body: &[u8]) -> Option<TraceEvent> {
-        serde_json::from_slice(body).ok()
+    if !body.is_empty() {
+        body.push(b']');
+        out.push((body, ids));
     }
+    out
+}
 
+/// The events of a trace message's body; None for anything else (the trace topic is an
+/// ordinary topic anyone may write to).
+pub fn decode_batch(body: &[u8]) -> Option<Vec<TraceEvent>> {
+    serde_json::from_slice(body).ok()
+}
+
+impl TraceEvent {
     /// Sorts a message's events into its timeline: by time, then by kind.
     pub fn timeline(events: &mut [TraceEvent]) {
         events.sort_by_key(|e| (e.time_ms, e.what.rank()));
@@ -231,7 +257,13 @@ impl std::fmt::Display for TraceContext {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    s
 }
 
 /// Exactly `N` bytes from `2N` lowercase hex digits.
@@ -339,17 +371,33 @@ mod tests {
             },
             ..sent.clone()
         };
-        for e in [&sent, &stored, &consumed] {
-            assert_eq!(TraceEvent::decode(&e.encode()).as_ref(), Some(e));
-        }
-        let text = String::from_utf8(consumed.encode()).unwrap();
+        let all = vec![sent.clone(), stored.clone(), consumed.clone()];
+        let bodies = encode_batch(&all, 1 << 20);
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0].1, vec!["m1".to_string()], "ids once each");
+        assert_eq!(decode_batch(&bodies[0].0), Some(all.clone()));
+        // A small limit splits the batch; nothing is lost.
+        let split = encode_batch(&all, 10);
+        assert_eq!(split.len(), 3);
+        let back: Vec<TraceEvent> = split
+            .iter()
+            .flat_map(|(b, _)| decode_batch(b).unwrap())
+            .collect();
+        assert_eq!(back, all);
+        let text = String::from_utf8(
+            encode_batch(std::slice::from_ref(&consumed), 1 << 20)
+                .remove(0)
+                .0,
+        )
+        .unwrap();
         assert!(text.contains("\"kind\":\"consumed\""), "{text}");
         assert!(text.contains("\"result\":\"dead_letter\""), "{text}");
         let mut all = vec![stored.clone(), consumed.clone(), sent.clone()];
         TraceEvent::timeline(&mut all);
         assert_eq!(all, vec![consumed, sent, stored]);
-        assert_eq!(TraceEvent::decode(b"{\"kind\":\"nope\"}"), None);
-        assert_eq!(TraceEvent::decode(b"\xff"), None);
+        assert_eq!(decode_batch(b"[{\"kind\":\"nope\"}]"), None);
+        assert_eq!(decode_batch(b"\xff"), None);
+        assert_eq!(decode_batch(b"[]"), Some(vec![]));
     }
 
     #[test]
@@ -363,8 +411,12 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parsers_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            if let Some(e) = TraceEvent::decode(&bytes) {
-                proptest::prop_assert_eq!(TraceEvent::decode(&e.encode()), Some(e));
+            if let Some(events) = decode_batch(&bytes) {
+                let again: Vec<TraceEvent> = encode_batch(&events, 1 << 20)
+                    .iter()
+                    .flat_map(|(b, _)| decode_batch(b).unwrap_or_default())
+                    .collect();
+                proptest::prop_assert_eq!(again, events);
             }
             let text = String::from_utf8_lossy(&bytes);
             if let Some(ctx) = TraceContext::parse(&text) {

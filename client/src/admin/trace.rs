@@ -1,20 +1,20 @@
 //! A message's trace: the events tracing clients wrote about it to the trace topic.
 
-use sluice_proto::trace::{TraceEvent, TRACE_TOPIC};
+use sluice_proto::trace::{decode_batch, TraceEvent, TRACE_TOPIC};
 use sluice_proto::{ApiError, ErrorCode};
 
 use super::Admin;
 use crate::error::{Error, Result};
 
-/// Most trace events read for one message (the broker's largest key lookup).
-const MAX_EVENTS: u32 = 1000;
+/// Most trace messages read for one message id (the broker's largest key lookup).
+const MAX_RECORDS: u32 = 1000;
 
 /// A message's trace events in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageTrace {
     pub message_id: String,
     pub events: Vec<TraceEvent>,
-    /// Records on the trace topic under this id that are not trace events (the topic is an
+    /// Records on the trace topic under this id that hold no trace events (the topic is an
     /// ordinary one; anything may be written to it).
     pub unreadable: usize,
 }
@@ -27,7 +27,7 @@ impl Admin {
             return Err(Error::InvalidArgument("empty message id".into()));
         }
         let records = self
-            .find_by_key(TRACE_TOPIC, message_id, MAX_EVENTS)
+            .find_by_key(TRACE_TOPIC, message_id, MAX_RECORDS)
             .await
             .map_err(|e| match e.code() {
                 Some(ErrorCode::NoRoute | ErrorCode::TopicNotFound) => {
@@ -41,9 +41,11 @@ impl Admin {
         let mut unreadable = 0;
         let mut events = Vec::with_capacity(records.len());
         for r in records {
-            match TraceEvent::decode(&r.message.body) {
-                Some(e) if e.message_id == message_id => events.push(e),
-                _ => unreadable += 1,
+            match decode_batch(&r.message.body) {
+                Some(batch) => {
+                    events.extend(batch.into_iter().filter(|e| e.message_id == message_id))
+                }
+                None => unreadable += 1,
             }
         }
         TraceEvent::timeline(&mut events);
