@@ -103,7 +103,8 @@ pub struct SendReceipt {
     /// The broker's store time, ms since the Unix epoch (None for a transaction's commit).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_timestamp_ms: Option<i64>,
-    /// The master that stored it (empty when not known).
+    /// The address of the master that stored it, as the send reached it (its data port when
+    /// sent there); empty when not known.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub broker_address: String,
 }

@@ -22,6 +22,10 @@ fn parse_rfc3339(s: &str) -> Result<i64, String> {
     if b.len() < 20 {
         return Err("too short".into());
     }
+    // Every position below is a byte offset; non-ASCII text would split a character.
+    if !s.is_ascii() {
+        return Err("not ASCII".into());
+    }
     let num = |range: std::ops::Range<usize>, what: &str| -> Result<i64, String> {
         let part = &s[range];
         if !part.bytes().all(|c| c.is_ascii_digit()) {
@@ -169,6 +173,13 @@ pub fn format_time(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_that_is_not_ascii_is_refused_not_split() {
+        assert!(parse_time("2024-0é-01T00:00:00Z").is_err());
+        assert!(parse_time("2024-05-01T00:00:00.é5Z").is_err());
+        assert!(parse_time("2024-05-01T00:00:00+0é:00").is_err());
+    }
 
     #[test]
     fn parses_milliseconds() {

@@ -123,10 +123,14 @@ impl Tracer {
     }
 
     fn record(&self, message_id: &str, trace_id: String, what: TraceWhat) {
+        self.record_at(crate::time::now_ms(), message_id, trace_id, what);
+    }
+
+    fn record_at(&self, time_ms: i64, message_id: &str, trace_id: String, what: TraceWhat) {
         self.counters.recorded.fetch_add(1, Ordering::Relaxed);
         let event = TraceEvent {
             message_id: message_id.to_string(),
-            time_ms: crate::time::now_ms(),
+            time_ms,
             trace_id,
             client_host: self.host.clone(),
             what,
@@ -162,7 +166,10 @@ impl Tracer {
         let receipts = outcome.as_ref().map(Vec::as_slice).unwrap_or_default();
         for (i, m) in send.messages.iter().enumerate() {
             let trace_id = trace_id(m.properties.get(TRACEPARENT).map(String::as_str));
-            self.record(
+            // Stamped when the send started and when the broker stored it, so a consumer's
+            // delivery (recorded on another clock path) sorts after them.
+            self.record_at(
+                send.started_ms,
                 &m.message_id,
                 trace_id.clone(),
                 TraceWhat::Sent {
@@ -177,7 +184,8 @@ impl Tracer {
                 },
             );
             if let Some(r) = receipts.get(i) {
-                self.record(
+                self.record_at(
+                    r.store_timestamp_ms.unwrap_or_else(crate::time::now_ms),
                     &r.message_id,
                     trace_id,
                     TraceWhat::Stored {
@@ -201,6 +209,8 @@ pub(crate) struct SendTrace<'a> {
     pub producer_group: &'a str,
     pub messages: &'a [v1::Message],
     pub transaction: bool,
+    /// When the send started (wall clock), and how long it took.
+    pub started_ms: i64,
     pub latency: Duration,
 }
 

@@ -231,9 +231,9 @@ async fn a_frozen_trace_broker_does_not_hold_up_sends() {
     wait_for_route(&admin, "orders").await;
     wait_for_route(&admin, TRACE_TOPIC).await;
 
-    // Writes to the frozen broker time out only after a minute: every drop below comes from
-    // the recorder's bounded queue, none from a failed write that freed room.
-    let config = client_config(&cluster).request_timeout(Duration::from_secs(60));
+    // Writes to the frozen broker time out only after ten minutes: every drop below comes
+    // from the recorder's bounded queue, none from a failed write that freed room.
+    let config = client_config(&cluster).request_timeout(Duration::from_secs(600));
     let producer = Producer::builder(config).trace(true).build().unwrap();
     producer
         .send(Message::new("orders", "warm-up"))

@@ -426,6 +426,47 @@ mod tests {
         }
 
         #[test]
+        fn batches_round_trip_however_they_are_split(
+            events in proptest::collection::vec(
+                (".{0,40}", ".{0,80}", proptest::num::i64::ANY, proptest::num::u32::ANY),
+                0..20,
+            ),
+            max_bytes in 1usize..2_000,
+        ) {
+            let events: Vec<TraceEvent> = events
+                .into_iter()
+                .map(|(id, error, time_ms, attempt)| TraceEvent {
+                    message_id: id,
+                    time_ms,
+                    trace_id: String::new(),
+                    client_host: "h".into(),
+                    what: TraceWhat::Consumed {
+                        group: "g".into(),
+                        client_id: "c".into(),
+                        attempt,
+                        result: ConsumeResult::RetryLater,
+                        handler_ms: None,
+                        error,
+                    },
+                })
+                .collect();
+            let bodies = encode_batch(&events, max_bytes);
+            for (body, ids) in &bodies {
+                let got = decode_batch(body).unwrap_or_default();
+                // Every event's id is among its message's keys, once.
+                for e in &got {
+                    proptest::prop_assert!(ids.contains(&e.message_id));
+                }
+                let mut unique = ids.clone();
+                unique.sort();
+                unique.dedup();
+                proptest::prop_assert_eq!(unique.len(), ids.len());
+            }
+            let back: Vec<TraceEvent> = bodies.iter().flat_map(|(b, _)| decode_batch(b).unwrap_or_default()).collect();
+            proptest::prop_assert_eq!(back, events);
+        }
+
+        #[test]
         fn valid_traceparents_parse(trace in proptest::array::uniform16(1u8..), parent in proptest::array::uniform8(1u8..), flags in 0u8..) {
             let ctx = TraceContext { trace_id: trace, parent_id: parent, flags };
             proptest::prop_assert_eq!(TraceContext::parse(&ctx.to_string()), Some(ctx));

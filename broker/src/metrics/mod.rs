@@ -98,11 +98,17 @@ pub async fn count_leader_changes(
     metrics: std::sync::Arc<Metrics>,
 ) {
     let leader = |m: &crate::replication::MasterState| m.leader_id.map(|l| (m.term, l));
-    let mut last = leader(&master.borrow_and_update());
-    // Since when this replica has known no leader (from its start, or since it lost one).
+    let first = *master.borrow_and_update();
+    let mut last = leader(&first);
+    // Since when this replica has known no leader (from its start, or since it lost one),
+    // and the term of the last leader it knew (at start: the term it restarted with). Only a
+    // leader of a later term ends the stretch with an election: hearing the same leader again
+    // after a restart is not one.
     let mut leaderless = last.is_none().then(std::time::Instant::now);
+    let mut leader_term = first.term;
     while master.changed().await.is_ok() {
-        let now = leader(&master.borrow_and_update());
+        let m = *master.borrow_and_update();
+        let now = leader(&m);
         match now {
             None => {
                 leaderless.get_or_insert_with(std::time::Instant::now);
@@ -110,12 +116,13 @@ pub async fn count_leader_changes(
             Some(_) if now != last => {
                 last = now;
                 metrics.leader_changes.inc();
-                if let Some(since) = leaderless.take() {
+                if let Some(since) = leaderless.take().filter(|_| m.term > leader_term) {
                     metrics
                         .ops
                         .election_seconds
                         .observe(since.elapsed().as_secs_f64());
                 }
+                leader_term = m.term;
             }
             Some(_) => leaderless = None,
         }

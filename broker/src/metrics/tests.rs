@@ -124,6 +124,8 @@ async fn each_new_leader_is_counted_once() {
     let (tx, rx) = tokio::sync::watch::channel(state(1, Some(1)));
     let m = std::sync::Arc::new(Metrics::new());
     let task = tokio::spawn(count_leader_changes(rx, m.clone()));
+    // Let it read the first state before anything changes.
+    tokio::task::yield_now().await;
     // An election in progress (no leader), the old leader again, then a new one, twice seen.
     for s in [
         state(2, None),
@@ -142,6 +144,22 @@ async fn each_new_leader_is_counted_once() {
     assert_eq!(
         sample(&text, "sluice_raft_election_seconds_count", ""),
         Some(1.0)
+    );
+
+    // A restarted replica hearing the leader of the term it restarted with: no election.
+    let (tx, rx) = tokio::sync::watch::channel(state(5, None));
+    let m = std::sync::Arc::new(Metrics::new());
+    let task = tokio::spawn(count_leader_changes(rx, m.clone()));
+    tokio::task::yield_now().await;
+    tx.send_replace(state(5, Some(1)));
+    tokio::task::yield_now().await;
+    drop(tx);
+    task.await.unwrap();
+    assert_eq!(m.leader_changes.get(), 1);
+    let text = m.render();
+    assert_eq!(
+        sample(&text, "sluice_raft_election_seconds_count", ""),
+        Some(0.0)
     );
 }
 

@@ -234,8 +234,12 @@ async fn process(
         failures += 1;
         let max_retries = ctx.max_retries().await;
         if failures > max_retries && ctx.on_failure == OrderlyFailure::DeadLetter {
-            finished(ConsumeResult::DeadLetter, &error);
-            return to_dead_letters(&ctx, &msg, failures, &error, &mut stop).await;
+            let handled = to_dead_letters(&ctx, &msg, failures, &error, &mut stop).await;
+            // Stopped before it landed: it is delivered again, not dead-lettered.
+            if matches!(handled, Handled::Done(_)) {
+                finished(ConsumeResult::DeadLetter, &error);
+            }
+            return handled;
         }
         finished(ConsumeResult::RetryHere, &error);
         let delay = doubling(failures, min, max);

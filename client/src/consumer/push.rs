@@ -90,12 +90,12 @@ impl PushConsumer {
         self.group.commit_now().await
     }
 
-    /// Stops pulling, waits (bounded) for running handlers, commits, and leaves the group.
     /// What the trace recorder did, when built with [`ConsumerBuilder::trace`].
     pub fn trace_stats(&self) -> Option<crate::trace::TraceStats> {
         self.trace.as_ref().map(|t| t.tracer.stats())
     }
 
+    /// Stops pulling, waits (bounded) for running handlers, commits, and leaves the group.
     pub async fn shutdown(mut self) {
         self.group.shutdown().await;
         if let Some(t) = &self.trace {

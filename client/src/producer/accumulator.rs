@@ -425,10 +425,16 @@ async fn send_batch(
         reroutable,
     };
     let wire = Arc::new(wire);
-    match sender
-        .send_with_retries(&queue.topic, None, &wire, &routing, None)
-        .await
-    {
+    // Traced once each message's outcome is known: a batch refused for one message is sent
+    // again message by message, and each of those sends records its own.
+    let started = (std::time::Instant::now(), super::sender::now_ms());
+    let outcome = sender
+        .send_untraced(&queue.topic, None, &wire, &routing, None)
+        .await;
+    if !matches!(&outcome, Err(e) if wire.len() > 1 && message_specific(e)) {
+        sender.trace(&queue.topic, &wire, false, started, &outcome);
+    }
+    match outcome {
         Ok(receipts) => {
             for (w, r) in waiters.into_iter().zip(receipts) {
                 w.settle(Ok(r));

@@ -438,6 +438,13 @@ impl Producer {
         }
     }
 
+    /// Waits (at most 5 s) until the trace events recorded so far are written or dropped.
+    pub async fn flush_trace(&self) {
+        if let Some((tracer, _)) = &self.inner.sender.tracer {
+            tracer.flush(crate::trace::FLUSH_TIMEOUT).await;
+        }
+    }
+
     /// What the trace recorder did, when built with [`ProducerBuilder::trace`].
     pub fn trace_stats(&self) -> Option<TraceStats> {
         self.inner.sender.tracer.as_ref().map(|(t, _)| t.stats())

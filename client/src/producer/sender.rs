@@ -125,27 +125,43 @@ impl Sender {
         routing: &Routing,
         tx: Option<&Arc<TxFields>>,
     ) -> Result<Vec<SendReceipt>> {
-        let Some((tracer, group)) = &self.tracer else {
+        if self.tracer.is_none() {
             return self
                 .send_untraced(topic, selector_input, wire, routing, tx)
                 .await;
-        };
-        let started = Instant::now();
+        }
+        let started = (Instant::now(), now_ms());
         let outcome = self
             .send_untraced(topic, selector_input, wire, routing, tx)
             .await;
-        let send = SendTrace {
-            topic,
-            producer_group: group,
-            messages: wire,
-            transaction: tx.is_some(),
-            latency: started.elapsed(),
-        };
-        tracer.sent(&send, &outcome);
+        self.trace(topic, wire, tx.is_some(), started, &outcome);
         outcome
     }
 
-    async fn send_untraced(
+    /// Records a finished send (started at `started`, monotonic and wall clock) when tracing.
+    pub(crate) fn trace(
+        &self,
+        topic: &str,
+        wire: &[v1::Message],
+        transaction: bool,
+        started: (Instant, i64),
+        outcome: &Result<Vec<SendReceipt>>,
+    ) {
+        if let Some((tracer, group)) = &self.tracer {
+            let send = SendTrace {
+                topic,
+                producer_group: group,
+                messages: wire,
+                transaction,
+                started_ms: started.1,
+                latency: started.0.elapsed(),
+            };
+            tracer.sent(&send, outcome);
+        }
+    }
+
+    /// [`Self::send_with_retries`] without recording a trace (the caller records it).
+    pub(crate) async fn send_untraced(
         &self,
         topic: &str,
         selector_input: Option<&Message>,

@@ -7,7 +7,8 @@
 //!   transaction is a send per message and a commit, each acknowledged before the next); the
 //!   idempotent producer's one-per-request rate is reported beside it;
 //! - with `--trace`: pipelined produce with message trace on (the client's default producer
-//!   plus a trace event per message sent and stored) against the same producer without it.
+//!   plus a trace event per message sent and stored) against the same producer without it,
+//!   before the others in odd rounds and after them in even ones.
 
 use std::time::{Duration, Instant};
 
@@ -286,6 +287,14 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         let rate = |d: Duration| a.count as f64 / d.as_secs_f64().max(1e-9);
         // Alternating which goes first, so neither gains from the other's warm-up.
         let run = |p| pipelined(p, &a.topic, a.size, a.count, a.in_flight);
+        // The traced producer runs before the others in odd rounds and after them in even
+        // ones; its trace writes finish before anything else is measured.
+        let mut traced_rate = None;
+        let traced_first = round % 2 == 1;
+        if let Some(t) = traced.as_ref().filter(|_| traced_first) {
+            traced_rate = Some(rate(run(t).await?));
+            t.flush_trace().await;
+        }
         let (p, i) = if round % 2 == 0 {
             let p = rate(run(&plain).await?);
             (p, rate(run(&idempotent).await?))
@@ -303,8 +312,11 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         r.plain_msgs_per_sec.push(p.round());
         r.idempotent_msgs_per_sec.push(i.round());
         r.idempotent_ratios.push((i / p * 1000.0).round() / 1000.0);
-        if let Some(t) = &traced {
-            let t = rate(run(t).await?);
+        if let Some(t) = traced.as_ref().filter(|_| !traced_first) {
+            traced_rate = Some(rate(run(t).await?));
+            t.flush_trace().await;
+        }
+        if let Some(t) = traced_rate {
             if !a.json {
                 println!(
                     "round {}: traced {t:.0} msgs/s ({:.1} % of idempotent)",

@@ -1,6 +1,7 @@
 //! Message search, a message with its trace, dead letters with redrive, transactions.
 
 use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -206,7 +207,48 @@ pub(crate) struct RedriveForm {
     id: String,
 }
 
-pub(crate) async fn redrive(State(app): State<App>, Form(f): Form<RedriveForm>) -> Response {
+/// Whether a form post came from the dashboard's own pages: browsers say where a request
+/// came from (`Sec-Fetch-Site`, `Origin`); a post another site made them send is refused.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let get = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = get("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match (get("origin"), get("host")) {
+        (Some(origin), Some(host)) => {
+            origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host)
+        }
+        // Not a browser's cross-site post (tools send neither header).
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+pub(crate) async fn redrive(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Form(f): Form<RedriveForm>,
+) -> Response {
+    if !same_origin(&headers) {
+        let e = "the request came from another site";
+        return (
+            axum::http::StatusCode::FORBIDDEN,
+            page(
+                "Dead letters",
+                "/dlq",
+                None,
+                error_box("redrive refused", &e),
+            ),
+        )
+            .into_response();
+    }
     match app
         .admin
         .redrive(&f.group, std::slice::from_ref(&f.id), false)
@@ -238,4 +280,32 @@ pub(crate) async fn transactions(State(app): State<App>) -> Markup {
         },
     };
     page("Transactions", "/transactions", Some(app.refresh), body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn posts_from_other_sites_are_told_apart() {
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(same_origin(&headers(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "http://evil.example"),
+            ("host", "127.0.0.1:8080")
+        ])));
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:8080")])));
+    }
 }

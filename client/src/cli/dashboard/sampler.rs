@@ -35,30 +35,29 @@ pub struct History {
 impl History {
     /// One topic's rate in messages a second between consecutive samples: (time, rate).
     pub fn topic_rates(&self, topic: &str) -> Vec<(i64, f64)> {
-        self.rates(|s| s.topics.get(topic).copied())
+        self.rates(|p, s| Some(grown(p.topics.get(topic)?, s.topics.get(topic)?)))
     }
 
-    /// All topics' stored messages a second.
+    /// All topics' stored messages a second: the growth of each topic both samples could
+    /// read (a topic missing from one, or a sample that read none, is not a burst or a drop).
     pub fn total_rates(&self) -> Vec<(i64, f64)> {
-        self.rates(|s| Some(s.topics.values().sum()))
+        self.rates(|p, s| {
+            let both = s
+                .topics
+                .iter()
+                .filter_map(|(t, v)| Some(grown(p.topics.get(t)?, v)));
+            (!p.topics.is_empty() && !s.topics.is_empty()).then(|| both.sum())
+        })
     }
 
-    fn rates(&self, value: impl Fn(&Sample) -> Option<u64>) -> Vec<(i64, f64)> {
+    /// Per pair of consecutive samples, the growth `delta` gives (None: a gap) per second.
+    fn rates(&self, delta: impl Fn(&Sample, &Sample) -> Option<u64>) -> Vec<(i64, f64)> {
         let mut out = Vec::new();
-        let mut prev: Option<(i64, u64)> = None;
-        for s in &self.samples {
-            let Some(v) = value(s) else {
-                prev = None;
-                continue;
-            };
-            if let Some((t, p)) = prev {
-                let secs = (s.at_ms - t) as f64 / 1000.0;
-                if secs > 0.0 {
-                    // A topic deleted and created again starts over: no negative rates.
-                    out.push((s.at_ms, v.saturating_sub(p) as f64 / secs));
-                }
+        for (p, s) in self.samples.iter().zip(self.samples.iter().skip(1)) {
+            let secs = (s.at_ms - p.at_ms) as f64 / 1000.0;
+            if let Some(d) = delta(p, s).filter(|_| secs > 0.0) {
+                out.push((s.at_ms, d as f64 / secs));
             }
-            prev = Some((s.at_ms, v));
         }
         out
     }
@@ -149,6 +148,12 @@ async fn take(admin: &Admin) -> Sample {
     s
 }
 
+/// Messages stored between two readings of a counter (a topic deleted and created again
+/// starts over: no negative growth).
+fn grown(before: &u64, after: &u64) -> u64 {
+    after.saturating_sub(*before)
+}
+
 pub fn queue_name(topic: &str, broker: &str, queue: u32) -> String {
     format!("{topic} {broker}:{queue}")
 }
@@ -185,6 +190,18 @@ mod tests {
         };
         assert_eq!(h.topic_rates("t"), vec![(3_000, 10.0), (4_000, 0.0)]);
         assert_eq!(h.total_rates(), h.topic_rates("t"));
+        // A sample that read no topics is a gap, not a burst after it.
+        let mut blind = History {
+            samples: h.samples.clone(),
+        };
+        blind.samples.insert(
+            1,
+            Arc::new(Sample {
+                at_ms: 2_000,
+                ..Sample::default()
+            }),
+        );
+        assert_eq!(blind.total_rates(), vec![(4_000, 0.0)]);
         assert!(h.topic_rates("missing").is_empty());
         assert_eq!(
             h.group_lag("g"),
