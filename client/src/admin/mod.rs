@@ -210,6 +210,19 @@ impl Admin {
     }
 
     /// The topic's current route, fetched from the nameservers (not from a cache).
+    /// (broker group, address to read from) for each broker group of `topic`'s route.
+    pub(crate) async fn route_readers(&self, topic: &str) -> Result<Vec<(String, String)>> {
+        let route = self.topic_route(topic).await?;
+        Ok(route
+            .brokers
+            .iter()
+            .filter_map(|b| {
+                b.read_address()
+                    .map(|a| (b.broker_name.clone(), a.to_string()))
+            })
+            .collect())
+    }
+
     pub async fn topic_route(&self, topic: &str) -> Result<TopicRouteInfo> {
         names::validate_topic_name(topic)?;
         let route = self.core.nameservers.topic_route(topic).await?;

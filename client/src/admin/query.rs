@@ -88,16 +88,8 @@ impl Admin {
         max: u32,
     ) -> Result<Vec<ReceivedMessage>> {
         names::validate_topic_name(topic)?;
-        let route = self.topic_route(topic).await?;
+        let brokers = self.route_readers(topic).await?;
         let t = self.core.timeout();
-        let brokers: Vec<(String, String)> = route
-            .brokers
-            .iter()
-            .filter_map(|b| {
-                b.read_address()
-                    .map(|a| (b.broker_name.clone(), a.to_string()))
-            })
-            .collect();
         let calls = brokers.iter().map(|(_, addr)| async move {
             let mut client = self.core.broker(addr)?;
             let req = QueryMessagesRequest {

@@ -129,6 +129,14 @@ async fn pipelined(
     Ok(started.elapsed())
 }
 
+/// The traced producer's pipelined rate, once its trace writes are done (None without one).
+async fn traced_run(p: Option<&Producer>, a: &ModesArgs) -> anyhow::Result<Option<f64>> {
+    let Some(p) = p else { return Ok(None) };
+    let took = pipelined(p, &a.topic, a.size, a.count, a.in_flight).await?;
+    p.flush_trace().await;
+    Ok(Some(a.count as f64 / took.as_secs_f64().max(1e-9)))
+}
+
 /// Pipelined produce in rounds of `--count / 10` messages until `window` has passed: the rate
 /// and the time taken.
 async fn pipelined_for(
@@ -289,12 +297,11 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         let run = |p| pipelined(p, &a.topic, a.size, a.count, a.in_flight);
         // The traced producer runs before the others in odd rounds and after them in even
         // ones; its trace writes finish before anything else is measured.
-        let mut traced_rate = None;
         let traced_first = round % 2 == 1;
-        if let Some(t) = traced.as_ref().filter(|_| traced_first) {
-            traced_rate = Some(rate(run(t).await?));
-            t.flush_trace().await;
-        }
+        let mut traced_rate = match traced_first {
+            true => traced_run(traced.as_ref(), &a).await?,
+            false => None,
+        };
         let (p, i) = if round % 2 == 0 {
             let p = rate(run(&plain).await?);
             (p, rate(run(&idempotent).await?))
@@ -312,9 +319,8 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
         r.plain_msgs_per_sec.push(p.round());
         r.idempotent_msgs_per_sec.push(i.round());
         r.idempotent_ratios.push((i / p * 1000.0).round() / 1000.0);
-        if let Some(t) = traced.as_ref().filter(|_| !traced_first) {
-            traced_rate = Some(rate(run(t).await?));
-            t.flush_trace().await;
+        if !traced_first {
+            traced_rate = traced_run(traced.as_ref(), &a).await?;
         }
         if let Some(t) = traced_rate {
             if !a.json {
