@@ -103,7 +103,8 @@ impl ApiError {
             | ErrorCode::UnknownProducer => Code::FailedPrecondition,
             ErrorCode::DiskFull | ErrorCode::LimitExceeded => Code::ResourceExhausted,
             ErrorCode::StoreTimeout => Code::DeadlineExceeded,
-            ErrorCode::NoPermission => Code::PermissionDenied,
+            ErrorCode::NoPermission | ErrorCode::PermissionDenied => Code::PermissionDenied,
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::Internal | ErrorCode::StoreError | ErrorCode::Unspecified => Code::Internal,
         }

@@ -8,9 +8,11 @@ pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }
 
+pub mod auth;
 pub mod duration;
 mod error;
 pub mod frame;
+pub mod hex;
 pub mod names;
 pub mod props;
 pub mod record;

@@ -225,22 +225,22 @@ impl TraceContext {
         if version.len() != 2 || version == "ff" || flags.len() != 2 {
             return None;
         }
-        let version = hex_bytes::<1>(version)?;
+        let version = crate::hex::decode::<1>(version)?;
         let rest = parts.next();
         // Version 00 has exactly four fields.
         if version == [0] && rest.is_some() {
             return None;
         }
         let ctx = TraceContext {
-            trace_id: hex_bytes(trace)?,
-            parent_id: hex_bytes(parent)?,
-            flags: hex_bytes::<1>(flags)?[0],
+            trace_id: crate::hex::decode(trace)?,
+            parent_id: crate::hex::decode(parent)?,
+            flags: crate::hex::decode::<1>(flags)?[0],
         };
         ctx.valid().then_some(ctx)
     }
 
     pub fn trace_id_hex(&self) -> String {
-        hex(&self.trace_id)
+        crate::hex::encode(&self.trace_id)
     }
 }
 
@@ -249,40 +249,11 @@ impl std::fmt::Display for TraceContext {
         write!(
             f,
             "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
+            crate::hex::encode(&self.trace_id),
+            crate::hex::encode(&self.parent_id),
             self.flags
         )
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
-}
-
-/// Exactly `N` bytes from `2N` lowercase hex digits.
-fn hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let digits = s.as_bytes();
-    if digits.len() != 2 * N {
-        return None;
-    }
-    let nibble = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
-        let [hi, lo] = pair else { return None };
-        *o = nibble(*hi)? << 4 | nibble(*lo)?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

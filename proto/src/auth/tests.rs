@@ -1,0 +1,145 @@
+use super::*;
+
+fn alice() -> Credentials {
+    Credentials {
+        access_key: "alice".into(),
+        secret: b"s3cret".to_vec(),
+    }
+}
+
+const METHOD: &str = "/sluice.v1.Broker/Send";
+const NOW: i64 = 1_800_000_000_000;
+
+fn secret_of(key: &str) -> Option<Vec<u8>> {
+    (key == "alice").then(|| b"s3cret".to_vec())
+}
+
+#[test]
+fn a_signed_request_verifies_once() {
+    let header = sign(&alice(), METHOD, NOW, [7; 16]);
+    assert!(header
+        .starts_with("SLUICE-HMAC-SHA256 Credential=alice, Timestamp=1800000000000, Nonce=0707"));
+    let signed = parse(&header).unwrap();
+    assert_eq!(signed.access_key, "alice");
+    assert_eq!(signed.timestamp_ms, NOW);
+    verify(&signed, METHOD, secret_of, NOW + 1_000, DEFAULT_WINDOW_MS).unwrap();
+    let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 100, NOW);
+    guard.admit(&signed, NOW).unwrap();
+    assert_eq!(guard.admit(&signed, NOW + 5), Err(AuthError::Replayed));
+    // Across the generations' rotation it is still remembered.
+    assert_eq!(
+        guard.admit(&signed, NOW + DEFAULT_WINDOW_MS + 5),
+        Err(AuthError::Replayed)
+    );
+    // Another nonce is another request.
+    let other = parse(&sign(&alice(), METHOD, NOW, [8; 16])).unwrap();
+    guard.admit(&other, NOW + 10).unwrap();
+}
+
+#[test]
+fn each_refusal_says_why() {
+    let signed = parse(&sign(&alice(), METHOD, NOW, [1; 16])).unwrap();
+    // Signed for another method, or with another secret.
+    assert_eq!(
+        verify(
+            &signed,
+            "/sluice.v1.Broker/DeleteTopic",
+            secret_of,
+            NOW,
+            DEFAULT_WINDOW_MS
+        ),
+        Err(AuthError::BadSignature)
+    );
+    let mallory = Credentials {
+        secret: b"guess".to_vec(),
+        ..alice()
+    };
+    let forged = parse(&sign(&mallory, METHOD, NOW, [1; 16])).unwrap();
+    assert_eq!(
+        verify(&forged, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS),
+        Err(AuthError::BadSignature)
+    );
+    let bob = Credentials {
+        access_key: "bob".into(),
+        ..alice()
+    };
+    let unknown = parse(&sign(&bob, METHOD, NOW, [1; 16])).unwrap();
+    assert_eq!(
+        verify(&unknown, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS),
+        Err(AuthError::UnknownKey("bob".into()))
+    );
+    // Too old and too far ahead.
+    for skew in [-DEFAULT_WINDOW_MS - 1, DEFAULT_WINDOW_MS + 1] {
+        let s = parse(&sign(&alice(), METHOD, NOW + skew, [1; 16])).unwrap();
+        assert!(matches!(
+            verify(&s, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS),
+            Err(AuthError::Stale { .. })
+        ));
+    }
+    let e: ApiError = AuthError::BadSignature.into();
+    assert_eq!(e.code, ErrorCode::Unauthenticated);
+    assert_eq!(e.grpc_code(), tonic::Code::Unauthenticated);
+}
+
+#[test]
+fn malformed_headers_are_refused() {
+    let good = sign(&alice(), METHOD, NOW, [1; 16]);
+    let bad = [
+        String::new(),
+        "Bearer x".into(),
+        good.replace("Credential=alice", "Credential="),
+        good.replace("Credential=alice", "Credential=al ice"),
+        good.replace(", Timestamp=", ",Timestamp="),
+        good.replace("Timestamp=1800000000000", "Timestamp=-5"),
+        good.replace(
+            "Timestamp=1800000000000",
+            "Timestamp=99999999999999999999999",
+        ),
+        good.replace("Nonce=01", "Nonce=1"),
+        good.replace("Nonce=01", "Nonce=0G"),
+        format!("{good}, Extra=1"),
+        good[..good.len() - 2].to_string(),
+        "x".repeat(MAX_HEADER_LEN + 1),
+    ];
+    for h in bad {
+        assert!(matches!(parse(&h), Err(AuthError::Malformed(_))), "{h:?}");
+    }
+}
+
+#[test]
+fn a_full_guard_fails_closed_and_secrets_are_never_printed() {
+    let mut guard = ReplayGuard::new(1_000, 2, NOW);
+    for n in 0..2u8 {
+        let s = parse(&sign(&alice(), METHOD, NOW, [n; 16])).unwrap();
+        guard.admit(&s, NOW).unwrap();
+    }
+    let third = parse(&sign(&alice(), METHOD, NOW, [9; 16])).unwrap();
+    assert_eq!(guard.admit(&third, NOW), Err(AuthError::Replayed));
+    // Two windows later everything remembered could no longer pass the timestamp check.
+    guard.admit(&third, NOW + 2_000).unwrap();
+    let printed = format!("{:?}", alice());
+    assert!(!printed.contains("s3cret"), "{printed}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn parse_never_panics(s in ".{0,600}") {
+        let _ = parse(&s);
+    }
+
+    #[test]
+    fn what_is_signed_parses_and_verifies(
+        key in "[A-Za-z0-9_.-]{1,64}",
+        secret in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        resource in ".{0,80}",
+        ts in 0i64..4_000_000_000_000,
+        nonce in proptest::array::uniform16(proptest::num::u8::ANY),
+    ) {
+        let creds = Credentials { access_key: key.clone(), secret: secret.clone() };
+        let signed = parse(&sign(&creds, &resource, ts, nonce)).unwrap();
+        proptest::prop_assert_eq!(&signed.access_key, &key);
+        proptest::prop_assert_eq!(signed.nonce, nonce);
+        let lookup = |k: &str| (k == key).then(|| secret.clone());
+        proptest::prop_assert_eq!(verify(&signed, &resource, lookup, ts, 1), Ok(()));
+    }
+}
