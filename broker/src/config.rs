@@ -93,6 +93,9 @@ pub struct BrokerConfig {
     /// trace topic are refused and tracing clients drop their events.
     pub trace_enabled: bool,
     pub trace_queues: u32,
+    /// A file holding the cluster secret, when the nameservers require signed registrations
+    /// (the same file as theirs).
+    pub cluster_secret_file: Option<PathBuf>,
     /// Delay levels for `delay_level` 1..=n (RocketMQ's 18 by default), units ms s m h d.
     pub delay_levels: String,
     /// Latest due time a delayed message may ask for, from now (30 days by default).
@@ -164,6 +167,7 @@ impl Default for BrokerConfig {
             data_port: 0,
             data_port_busy_poll_us: 100,
             metrics_listen: None,
+            cluster_secret_file: None,
             trace_enabled: true,
             trace_queues: 4,
             delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),

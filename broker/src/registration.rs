@@ -32,6 +32,32 @@ pub struct Registrar {
     /// Told once the first registration round is over (whatever its outcome), so the broker
     /// reports itself ready only once the nameservers that answer know it.
     pub first_round: Option<tokio::sync::oneshot::Sender<bool>>,
+    /// The cluster secret: each registration is signed with it (access key: the cluster).
+    pub cluster_secret: Option<Vec<u8>>,
+}
+
+impl Registrar {
+    /// `req` as a request, signed for `method` when there is a cluster secret.
+    fn signed<T>(&self, req: T, method: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(req);
+        if let Some(secret) = &self.cluster_secret {
+            let creds = sluice_proto::auth::Credentials {
+                access_key: self.identity.cluster_name.clone(),
+                secret: secret.clone(),
+            };
+            let header =
+                sluice_proto::auth::sign(&creds, method, crate::store::now_ms(), rand::random());
+            match header.parse() {
+                Ok(v) => {
+                    r.metadata_mut().insert(sluice_proto::auth::AUTH_HEADER, v);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "registration signature is not valid metadata")
+                }
+            }
+        }
+        r
+    }
 }
 
 struct Target {
@@ -123,7 +149,7 @@ impl Registrar {
     /// nameserver does not delay the others.
     async fn register_all(&self, targets: &mut [Target], req: RegisterBrokerRequest) -> bool {
         let calls = targets.iter_mut().map(|t| {
-            let req = req.clone();
+            let req = self.signed(req.clone(), "/sluice.v1.NameServer/RegisterBroker");
             async move {
                 let r = t.client.register_broker(req).await;
                 match r {
@@ -160,7 +186,7 @@ impl Registrar {
             address: self.identity.address.clone(),
         };
         let calls = targets.iter_mut().map(|t| {
-            let req = req.clone();
+            let req = self.signed(req.clone(), "/sluice.v1.NameServer/UnregisterBroker");
             async move {
                 if let Err(e) = t.client.unregister_broker(req).await {
                     tracing::warn!(nameserver = %t.addr, "unregister failed: {}", e.message());

@@ -342,6 +342,13 @@ pub async fn run(
         trigger: reregister,
         role: replica.as_ref().map(|g| g.subscribe_master()),
         first_round: Some(first_round_tx),
+        cluster_secret: match &config.cluster_secret_file {
+            Some(path) => Some(
+                sluice_proto::auth::read_secret_file(path)
+                    .map_err(crate::config::ConfigError::Invalid)?,
+            ),
+            None => None,
+        },
     };
     let registration = tokio::spawn(registrar.run(stop_rx.clone()));
 

@@ -67,6 +67,8 @@ pub struct Config {
     pub ready_file: Option<PathBuf>,
     /// Prometheus metrics at `/metrics` on this `HOST:PORT`; off when absent.
     pub metrics_listen: Option<String>,
+    /// A file holding the cluster secret: brokers must sign their registrations with it.
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             timing: Timing::default(),
             ready_file: None,
             metrics_listen: None,
+            cluster_secret_file: None,
         }
     }
 }
@@ -106,6 +109,10 @@ pub struct Cli {
     /// Serve Prometheus metrics at /metrics on this address.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<String>,
+    /// File holding the cluster secret: only brokers that sign their registration with it
+    /// are accepted (the secret never goes on the command line).
+    #[arg(long, value_name = "PATH")]
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -117,6 +124,7 @@ pub struct FileConfig {
     pub broker_expiry_ms: Option<u64>,
     pub scan_interval_ms: Option<u64>,
     pub metrics_listen: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -175,6 +183,7 @@ impl Cli {
             ),
             ready_file: self.ready_file,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            cluster_secret_file: self.cluster_secret_file.or(file.cluster_secret_file),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! Run one in-process with [`Nameserver::bind`] + [`Nameserver::start`], or the whole process
 //! (config store under the data dir, stdout line, ready file) with [`run`].
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod registry;

@@ -56,9 +56,16 @@ pub struct Nameserver {
     store: Arc<dyn ConfigStore>,
     timing: Timing,
     metrics: Arc<crate::metrics::NsMetrics>,
+    auth: Option<Arc<crate::auth::ClusterAuth>>,
 }
 
 impl Nameserver {
+    /// Accepts only broker registrations signed with `secret` (the cluster secret).
+    pub fn with_cluster_secret(mut self, secret: Vec<u8>) -> Self {
+        self.auth = Some(Arc::new(crate::auth::ClusterAuth::new(secret)));
+        self
+    }
+
     /// Binds `listen` (`HOST:PORT`, port 0 for any free port).
     pub async fn bind(
         listen: &str,
@@ -78,6 +85,7 @@ impl Nameserver {
             store,
             timing,
             metrics: Arc::default(),
+            auth: None,
         })
     }
 
@@ -93,7 +101,8 @@ impl Nameserver {
     /// Starts serving and sweeping on the current runtime.
     pub fn start(self) -> RunningNameserver {
         let service = NameServerService::new(Arc::clone(&self.registry), Arc::clone(&self.store))
-            .with_metrics(Arc::clone(&self.metrics));
+            .with_metrics(Arc::clone(&self.metrics))
+            .with_cluster_auth(self.auth.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Small RPCs: answer without Nagle delay.
         let incoming = TcpListenerStream::new(self.listener).map(|conn| {
@@ -274,7 +283,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let store = tokio::task::spawn_blocking(move || SledConfigStore::open(&kv_dir))
         .await
         .map_err(|e| Error::Task(format!("config store open task failed: {e}")))??;
-    let nameserver = Nameserver::bind(&config.listen, config.timing, Arc::new(store)).await?;
+    let mut nameserver = Nameserver::bind(&config.listen, config.timing, Arc::new(store)).await?;
+    match &config.cluster_secret_file {
+        Some(path) => {
+            let secret = sluice_proto::auth::read_secret_file(path).map_err(Error::Task)?;
+            nameserver = nameserver.with_cluster_secret(secret);
+            tracing::info!("broker registrations must be signed with the cluster secret");
+        }
+        None if !nameserver.local_addr().ip().is_loopback() => tracing::warn!(
+            "no cluster secret on a non-loopback address: anyone who reaches this nameserver can register brokers"
+        ),
+        None => {}
+    }
     let metrics_task = match &config.metrics_listen {
         None => None,
         Some(addr) => {

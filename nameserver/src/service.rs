@@ -16,6 +16,7 @@ use sluice_proto::v1::{
 use sluice_proto::ApiError;
 use tonic::{Request, Response, Status};
 
+use crate::auth::ClusterAuth;
 use crate::registry::{duration_ms, MasterChange, Registration, Registry, Unregistration};
 use crate::store::{validate_key, validate_namespace, validate_value, ConfigStore, StoreError};
 
@@ -27,7 +28,12 @@ pub struct NameServerService {
     registry: SharedRegistry,
     store: Arc<dyn ConfigStore>,
     metrics: Arc<crate::metrics::NsMetrics>,
+    /// With a cluster secret: registrations must be signed with it.
+    auth: Option<Arc<ClusterAuth>>,
 }
+
+const REGISTER: &str = "/sluice.v1.NameServer/RegisterBroker";
+const UNREGISTER: &str = "/sluice.v1.NameServer/UnregisterBroker";
 
 impl NameServerService {
     pub fn new(registry: SharedRegistry, store: Arc<dyn ConfigStore>) -> Self {
@@ -35,7 +41,14 @@ impl NameServerService {
             registry,
             store,
             metrics: Arc::default(),
+            auth: None,
         }
+    }
+
+    /// Requires broker registrations to be signed with the cluster secret.
+    pub fn with_cluster_auth(mut self, auth: Option<Arc<ClusterAuth>>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Counts into `metrics` (the nameserver's).
@@ -95,6 +108,13 @@ impl NameServer for NameServerService {
         &self,
         request: Request<RegisterBrokerRequest>,
     ) -> Result<Response<RegisterBrokerResponse>, Status> {
+        if let Some(auth) = &self.auth {
+            auth.check(
+                request.metadata(),
+                REGISTER,
+                &request.get_ref().cluster_name,
+            )?;
+        }
         let reg = Registration::from_request(request.into_inner()).inspect_err(|e| {
             tracing::warn!(error = %e, "rejected broker registration");
         })?;
@@ -121,6 +141,13 @@ impl NameServer for NameServerService {
         &self,
         request: Request<UnregisterBrokerRequest>,
     ) -> Result<Response<UnregisterBrokerResponse>, Status> {
+        if let Some(auth) = &self.auth {
+            auth.check(
+                request.metadata(),
+                UNREGISTER,
+                &request.get_ref().cluster_name,
+            )?;
+        }
         let unreg = Unregistration::from_request(request.into_inner())?;
         let removed = self.registry.write().unregister(&unreg);
         if removed {

@@ -91,6 +91,20 @@ pub struct Signed {
     pub signature: [u8; 32],
 }
 
+/// Reads a secret from a file (secrets never go on a command line): its bytes without a
+/// trailing newline. A missing, unreadable or empty file is an error naming the file.
+pub fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("secret file {}: {e}", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("secret file {} is empty", path.display()));
+    }
+    Ok(bytes)
+}
+
 /// What the signature covers.
 pub fn string_to_sign(resource: &str, timestamp_ms: i64, nonce: &[u8; 16]) -> String {
     format!(
