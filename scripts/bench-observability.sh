@@ -38,13 +38,8 @@ done
 command -v python3 >/dev/null || die "python3 is needed (JSON and the table)"
 command -v curl >/dev/null || die "curl is needed (the scraper)"
 
-if [[ -z ${SLUICE_BIN_DIR:-} ]]; then
-  target=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-  cargo build --release --manifest-path "$REPO_ROOT/Cargo.toml" \
-    -p sluice-nameserver -p sluice-broker -p sluice-client
-  SLUICE_BIN_DIR=$target/release
-fi
-export SLUICE_BIN_DIR
+# shellcheck source=lib/release-bins.sh
+source "$REPO_ROOT/scripts/lib/release-bins.sh"
 SLUICE=$SLUICE_BIN_DIR/sluice
 if [[ -z $DIR ]]; then
   DIR=$(mktemp -d "${TMPDIR:-/tmp}/sluice-observability.XXXXXX")

@@ -94,54 +94,28 @@ async fn only_signed_registrations_are_accepted_and_a_stranger_cannot_take_over_
         c.register_broker(registration(legit, 1)).await,
         "no signature",
     );
-    refused(
-        c.register_broker(signed(
-            registration(legit, 1),
-            CLUSTER,
-            b"guess",
-            REGISTER,
-            now,
-            1,
-        ))
-        .await,
-        "does not match",
-    );
-    refused(
-        c.register_broker(signed(
-            registration(legit, 1),
-            "other",
-            SECRET,
-            REGISTER,
-            now,
-            2,
-        ))
-        .await,
-        "unknown access key",
-    );
-    refused(
-        c.register_broker(signed(
-            registration(legit, 1),
+    let cases: [(&str, &[u8], &str, i64, &str); 4] = [
+        (CLUSTER, b"guess", REGISTER, now, "does not match"),
+        ("other", SECRET, REGISTER, now, "unknown access key"),
+        (
             CLUSTER,
             SECRET,
             "/sluice.v1.NameServer/PutConfig",
             now,
-            3,
-        ))
-        .await,
-        "does not match",
-    );
-    refused(
-        c.register_broker(signed(
-            registration(legit, 1),
+            "does not match",
+        ),
+        (
             CLUSTER,
             SECRET,
             REGISTER,
             now - 3_600_000,
-            4,
-        ))
-        .await,
-        "stale timestamp",
-    );
+            "stale timestamp",
+        ),
+    ];
+    for (nonce, (key, secret, method, at, why)) in (1u8..).zip(cases) {
+        let req = signed(registration(legit, 1), key, secret, method, at, nonce);
+        refused(c.register_broker(req).await, why);
+    }
 
     // The member registers; the same signed request again is a replay.
     c.register_broker(signed(
