@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/sluice/v1/nameserver.proto",
         "proto/sluice/v1/broker.proto",
         "proto/sluice/v1/replication.proto",
+        "proto/sluice/v1/access.proto",
     ];
     tonic_prost_build::configure()
         // Message bodies stay `Bytes` so the broker can hand out slices of its read buffers.

@@ -96,6 +96,19 @@ pub struct BrokerConfig {
     /// A file holding the cluster secret, when the nameservers require signed registrations
     /// (the same file as theirs).
     pub cluster_secret_file: Option<PathBuf>,
+    /// Authentication and authorization (docs/security.md): refuse unsigned requests and
+    /// enforce the ACL's policies.
+    pub auth_enabled: bool,
+    /// The bootstrap admin, a super user: its access key, and a file holding its secret.
+    pub auth_admin: Option<String>,
+    pub auth_admin_secret_file: Option<PathBuf>,
+    /// Users of the ACL who skip its policies.
+    pub auth_super_users: Vec<String>,
+    /// How far a request's timestamp may be from this broker's clock, units ms s m h d.
+    pub auth_window: String,
+    /// Refused requests and ACL changes, one JSON line each; by default `audit.log` in the
+    /// data directory once authentication or a cluster secret is on.
+    pub audit_log: Option<PathBuf>,
     /// Delay levels for `delay_level` 1..=n (RocketMQ's 18 by default), units ms s m h d.
     pub delay_levels: String,
     /// Latest due time a delayed message may ask for, from now (30 days by default).
@@ -168,6 +181,12 @@ impl Default for BrokerConfig {
             data_port_busy_poll_us: 100,
             metrics_listen: None,
             cluster_secret_file: None,
+            auth_enabled: false,
+            auth_admin: None,
+            auth_admin_secret_file: None,
+            auth_super_users: Vec::new(),
+            auth_window: "5m".into(),
+            audit_log: None,
             trace_enabled: true,
             trace_queues: 4,
             delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),
@@ -278,6 +297,7 @@ impl BrokerConfig {
             return bad("heartbeat_interval_ms and consumer_expiry_ms must be > 0");
         }
         self.timer_settings()?;
+        crate::access::settings::from_config(self).map_err(ConfigError::Invalid)?;
         if let Some(r) = self.replica_config()? {
             r.validate()
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;

@@ -1,6 +1,7 @@
 //! The Sluice broker: storage engine, metadata, gRPC service and nameserver registration.
 //! ARCHITECTURE.md maps these modules.
 
+pub mod access;
 pub mod config;
 pub mod data_port;
 pub mod groups;

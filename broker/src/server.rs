@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_proto::v1::access_server::AccessServer;
 use sluice_proto::v1::broker_server::BrokerServer;
 use sluice_proto::v1::replication_server::ReplicationServer;
 use tokio::sync::{watch, Notify};
@@ -116,6 +117,11 @@ pub async fn run(
     let reregister = Arc::new(Notify::new());
     let state = Arc::new(StateMachine::open(meta.clone(), reregister.clone())?);
     let topics = state.topics.clone();
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let access = open_access(&config, &state, &metrics, local).await?;
+    let cluster_signer = access
+        .cluster_credentials()
+        .map(|c| Arc::new(sluice_proto::auth::Signer::new(c, rand::random())));
     let identity = Identity {
         cluster_name: config.cluster_name.clone(),
         broker_name: config.broker_name.clone(),
@@ -137,6 +143,8 @@ pub async fn run(
                 fault_injection: config.enable_fault_injection,
                 propose_timeout: Duration::from_millis(config.sync_flush_timeout_ms.max(1_000)),
                 data_address: identity.data_address.clone(),
+                signer: cluster_signer.clone(),
+                access: Some(access.clone()),
             };
             let backend = StoreBackend::new(store.clone(), &address);
             let (group, service) =
@@ -158,7 +166,6 @@ pub async fn run(
         },
         None => WritePath::standalone(store.clone(), state.clone()),
     };
-    let metrics = Arc::new(crate::metrics::Metrics::new());
     // Counted only when served.
     let metered = config.metrics_listen.as_ref().map(|_| metrics.clone());
     let timers = Timers::new(
@@ -309,6 +316,7 @@ pub async fn run(
         },
         reregister: reregister.clone(),
         ids: IdGenerator::new(&address),
+        access: access.clone(),
     });
     let metrics_task = match &config.metrics_listen {
         None => None,
@@ -368,6 +376,7 @@ pub async fn run(
             stop_rx.clone(),
         ))
     });
+    let access_grpc = AccessServer::from_arc(service.clone());
     let grpc = BrokerServer::from_arc(service)
         // Above the message limit, so an oversized message gets MESSAGE_TOO_LARGE from us
         // rather than a transport error.
@@ -385,7 +394,10 @@ pub async fn run(
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_frame_size(Some(MAX_FRAME))
+        // Every request is authenticated before any service sees it.
+        .layer(crate::access::layer::AuthLayer::new(access))
         .add_service(grpc)
+        .add_service(access_grpc)
         .add_optional_service(replication)
         .serve_with_incoming_shutdown(
             // `Server::tcp_nodelay` only applies to listeners tonic binds itself: without
@@ -479,4 +491,36 @@ pub async fn run(
     meta.flush()?;
     tracing::info!("broker stopped");
     served.map_err(ServerError::from)
+}
+
+/// The request checks (and their audit log) from the configuration.
+async fn open_access(
+    config: &BrokerConfig,
+    state: &StateMachine,
+    metrics: &crate::metrics::Metrics,
+    local: SocketAddr,
+) -> Result<Arc<crate::access::Access>, ServerError> {
+    use crate::access::{audit::Audit, settings};
+    let cfg = settings::from_config(config).map_err(crate::config::ConfigError::Invalid)?;
+    if !local.ip().is_loopback() && !cfg.enabled {
+        tracing::warn!(
+            "listening on {local} without authentication: anyone who can reach this port can \
+             read, write and delete (set auth_enabled, see docs/security.md)"
+        );
+    }
+    let audit = match settings::audit_path(config) {
+        Some(path) => {
+            let (audit, _task) = Audit::open(&path)
+                .await
+                .map_err(crate::store::StoreError::Io)?;
+            audit
+        }
+        None => Audit::off(),
+    };
+    Ok(Arc::new(crate::access::Access::new(
+        cfg,
+        state.acl.clone(),
+        audit,
+        Some(metrics.ops.auth_refusals.clone()),
+    )))
 }

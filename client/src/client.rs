@@ -4,13 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::v1::broker_client::BrokerClient;
-use tonic::transport::Channel;
 
 use crate::config::ClientConfig;
 use crate::data_port::DataPorts;
 use crate::error::{Error, Result};
 use crate::nameserver::NameServers;
-use crate::pool::ChannelPool;
+use crate::pool::{ChannelPool, Transport};
 use crate::route::{refresh_loop, RouteCache};
 
 /// Aborts a background task when its owner goes away.
@@ -40,7 +39,10 @@ impl ClientCore {
                 "Sluice clients must be created inside a tokio runtime".into(),
             ));
         }
-        let pool = Arc::new(ChannelPool::new(config.connect_timeout));
+        let pool = Arc::new(ChannelPool::new(
+            config.connect_timeout,
+            config.signer.clone(),
+        ));
         let nameservers = Arc::new(NameServers::new(
             config.nameservers.clone(),
             pool.clone(),
@@ -52,7 +54,7 @@ impl ClientCore {
             config.route_refresh_interval,
         ));
         Ok(Arc::new(ClientCore {
-            data_ports: DataPorts::new(config.connect_timeout),
+            data_ports: DataPorts::new(config.connect_timeout).signed(config.signer.clone()),
             config,
             pool,
             nameservers,
@@ -61,7 +63,7 @@ impl ClientCore {
         }))
     }
 
-    pub(crate) fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>> {
+    pub(crate) fn broker(&self, addr: &str) -> Result<BrokerClient<Transport>> {
         self.pool.broker(addr)
     }
 

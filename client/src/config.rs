@@ -1,6 +1,10 @@
 //! Settings shared by producers, consumers and the admin client.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+pub use sluice_proto::auth::Credentials;
+use sluice_proto::auth::Signer;
 
 use crate::error::{Error, Result};
 
@@ -12,6 +16,8 @@ pub struct ClientConfig {
     pub(crate) connect_timeout: Duration,
     pub(crate) route_refresh_interval: Duration,
     pub(crate) use_data_port: bool,
+    /// Signs every request (gRPC and data port) when set.
+    pub(crate) signer: Option<Arc<Signer>>,
 }
 
 impl ClientConfig {
@@ -28,6 +34,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(3),
             route_refresh_interval: Duration::from_secs(30),
             use_data_port: true,
+            signer: None,
         }
     }
 
@@ -63,6 +70,18 @@ impl ClientConfig {
     pub fn use_data_port(mut self, on: bool) -> Self {
         self.use_data_port = on;
         self
+    }
+
+    /// Sign every request as this user (brokers with authentication on refuse unsigned ones).
+    /// The secret never leaves the process: requests carry an HMAC signature.
+    pub fn credentials(mut self, creds: Credentials) -> Self {
+        self.signer = Some(Arc::new(Signer::new(creds, rand::random())));
+        self
+    }
+
+    /// The access key requests are signed as, if any.
+    pub fn access_key(&self) -> Option<&str> {
+        self.signer.as_deref().map(Signer::access_key)
     }
 
     pub fn nameservers(&self) -> &[String] {

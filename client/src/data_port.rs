@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
+use sluice_proto::auth::{Signer, DATA_PORT_RESOURCE};
 use sluice_proto::frame::{self, Kind, PREFACE};
+use sluice_proto::v1::DataPortAuthRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -40,6 +42,7 @@ type Outgoing = Box<dyn FnOnce(&mut BytesMut) + Send>;
 /// Open data-port connections by address.
 pub(crate) struct DataPorts {
     connect_timeout: Duration,
+    signer: Option<Arc<Signer>>,
     conns: RwLock<HashMap<String, Arc<DataConn>>>,
 }
 
@@ -47,8 +50,15 @@ impl DataPorts {
     pub(crate) fn new(connect_timeout: Duration) -> Self {
         DataPorts {
             connect_timeout,
+            signer: None,
             conns: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Authenticates each new connection as `signer`'s user (its first frame).
+    pub(crate) fn signed(mut self, signer: Option<Arc<Signer>>) -> Self {
+        self.signer = signer;
+        self
     }
 
     /// The live connection to `addr`, connecting when there is none.
@@ -60,6 +70,12 @@ impl DataPorts {
         }
         validate_addr(addr)?;
         let conn = DataConn::connect(addr, self.connect_timeout).await?;
+        if let Some(s) = &self.signer {
+            let auth = DataPortAuthRequest {
+                authorization: s.sign(DATA_PORT_RESOURCE, crate::time::now_ms()),
+            };
+            conn.call(Kind::Auth, auth, self.connect_timeout).await?;
+        }
         // Callers racing here each connected; keep one live connection, drop the others.
         let mut map = self.conns.write();
         match map.get(addr) {

@@ -58,11 +58,12 @@ pub mod time;
 pub mod trace;
 
 pub use admin::{
-    Admin, BrokerStatusRow, DeadLetter, GroupDescription, GroupPolicy, GroupRow, HeldQueue, LagRow,
-    MessageTrace, QueueLockRow, QueueOffsetsRow, QueueResetRow, ReadRow, Redriven,
-    ReplicaProgressRow, ResetPosition, TopicCreated, TopicUpdate, TopicUpdated, TransactionRow,
+    AclChange, Admin, BrokerStatusRow, DeadLetter, GroupDescription, GroupPolicy, GroupRow,
+    HeldQueue, LagRow, MessageTrace, PolicyRow, QueueLockRow, QueueOffsetsRow, QueueResetRow,
+    ReadRow, Redriven, ReplicaProgressRow, ResetPosition, TopicCreated, TopicUpdate, TopicUpdated,
+    TransactionRow, UserRow,
 };
-pub use config::ClientConfig;
+pub use config::{ClientConfig, Credentials};
 pub use consumer::{
     allocate_averagely, ConsumerBuilder, HandlerError, MessageHandler, OrderlyFailure,
     PullConsumer, PushConsumer, RetryLater, Selector, SendBackOutcome, StartPosition,

@@ -11,7 +11,6 @@ use sluice_proto::v1::{
     ClusterInfo, GetClusterInfoRequest, GetTopicRouteRequest, ListTopicsRequest, TopicRoute,
 };
 use sluice_proto::ErrorCode;
-use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
 use crate::pool::ChannelPool;
@@ -53,7 +52,7 @@ impl NameServers {
 
     async fn failover<T, F, Fut>(&self, op: F) -> Result<T>
     where
-        F: Fn(NameServerClient<Channel>, Duration) -> Fut,
+        F: Fn(NameServerClient<crate::pool::Transport>, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let n = self.addrs.len();

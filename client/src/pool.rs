@@ -1,9 +1,12 @@
 //! Channels to servers, one per address, created lazily and shared by every caller.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use sluice_proto::auth::{Signer, AUTH_HEADER};
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::name_server_client::NameServerClient;
 use tonic::transport::{Channel, Endpoint};
@@ -15,21 +18,67 @@ use crate::error::{Error, Result};
 /// batch may be larger still, so tonic's 4 MiB default would cut them off.
 const MAX_GRPC_MESSAGE: usize = 64 << 20;
 
+/// A channel that signs each request it carries (with the method's path) when it has a
+/// signer.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    channel: Channel,
+    signer: Option<Arc<Signer>>,
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+
+impl tower_service::Service<HttpRequest> for Transport {
+    type Response = <Channel as tower_service::Service<HttpRequest>>::Response;
+    type Error = <Channel as tower_service::Service<HttpRequest>>::Error;
+    type Future = <Channel as tower_service::Service<HttpRequest>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        tower_service::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut req: HttpRequest) -> Self::Future {
+        // A request signed by its maker (one that wraps a secret under its nonce) stays as is.
+        if let Some(s) = self
+            .signer
+            .as_ref()
+            .filter(|_| !req.headers().contains_key(AUTH_HEADER))
+        {
+            let header = s.sign(req.uri().path(), crate::time::now_ms());
+            // Always ASCII (the access key is checked when credentials are made).
+            if let Ok(v) = http::HeaderValue::from_str(&header) {
+                req.headers_mut().insert(AUTH_HEADER, v);
+            }
+        }
+        self.channel.call(req)
+    }
+}
+
 pub(crate) struct ChannelPool {
     connect_timeout: Duration,
+    signer: Option<Arc<Signer>>,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
 impl ChannelPool {
-    pub(crate) fn new(connect_timeout: Duration) -> Self {
+    pub(crate) fn new(connect_timeout: Duration, signer: Option<Arc<Signer>>) -> Self {
         ChannelPool {
             connect_timeout,
+            signer,
             channels: RwLock::new(HashMap::new()),
         }
     }
 
+    /// The transport to `addr`: its channel, signing as this pool's user.
+    pub(crate) fn transport(&self, addr: &str) -> Result<Transport> {
+        Ok(Transport {
+            channel: self.channel(addr)?,
+            signer: self.signer.clone(),
+        })
+    }
+
     /// The channel to `addr`. It connects on first use and reconnects by itself after a failure.
-    pub(crate) fn channel(&self, addr: &str) -> Result<Channel> {
+    fn channel(&self, addr: &str) -> Result<Channel> {
         if let Some(ch) = self.channels.read().get(addr) {
             return Ok(ch.clone());
         }
@@ -59,21 +108,21 @@ impl ChannelPool {
         Ok(map.entry(addr.to_string()).or_insert(channel).clone())
     }
 
-    pub(crate) fn broker(&self, addr: &str) -> Result<BrokerClient<Channel>> {
-        Ok(BrokerClient::new(self.channel(addr)?)
+    pub(crate) fn broker(&self, addr: &str) -> Result<BrokerClient<Transport>> {
+        Ok(BrokerClient::new(self.transport(addr)?)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE))
     }
 
     /// A raw gRPC client to `addr`, for calls with hand-made codecs.
-    pub(crate) fn grpc(&self, addr: &str) -> Result<tonic::client::Grpc<Channel>> {
-        Ok(tonic::client::Grpc::new(self.channel(addr)?)
+    pub(crate) fn grpc(&self, addr: &str) -> Result<tonic::client::Grpc<Transport>> {
+        Ok(tonic::client::Grpc::new(self.transport(addr)?)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE))
     }
 
-    pub(crate) fn nameserver(&self, addr: &str) -> Result<NameServerClient<Channel>> {
-        Ok(NameServerClient::new(self.channel(addr)?)
+    pub(crate) fn nameserver(&self, addr: &str) -> Result<NameServerClient<Transport>> {
+        Ok(NameServerClient::new(self.transport(addr)?)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE))
     }

@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 pub mod browser;
 pub mod cli_child;
 pub mod replica;
+pub mod secure;
 
 /// Where the workspace's binaries are: `SLUICE_BIN_DIR`, else the cargo target dir this test
 /// binary was built into (`target/<profile>/deps/..`).
@@ -224,20 +225,32 @@ impl Drop for Node {
 
 /// Starts a nameserver on a free port under `dir/ns` with the given expiry and scan interval.
 pub fn start_nameserver(dir: &Path, broker_expiry_ms: u64, scan_interval_ms: u64) -> Result<Node> {
+    start_nameserver_with(dir, broker_expiry_ms, scan_interval_ms, &[])
+}
+
+/// A nameserver with `extra` command-line arguments.
+pub fn start_nameserver_with(
+    dir: &Path,
+    broker_expiry_ms: u64,
+    scan_interval_ms: u64,
+    extra: &[String],
+) -> Result<Node> {
+    let mut args = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.join("ns/data").display().to_string(),
+        "--broker-expiry-ms".into(),
+        broker_expiry_ms.to_string(),
+        "--scan-interval-ms".into(),
+        scan_interval_ms.to_string(),
+    ];
+    args.extend(extra.iter().cloned());
     Node::start(
         "nameserver",
         bin("sluice-nameserver"),
         &dir.join("ns"),
-        vec![
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--data-dir".into(),
-            dir.join("ns/data").display().to_string(),
-            "--broker-expiry-ms".into(),
-            broker_expiry_ms.to_string(),
-            "--scan-interval-ms".into(),
-            scan_interval_ms.to_string(),
-        ],
+        args,
     )
 }
 
@@ -380,6 +393,24 @@ pub async fn connect_broker(addr: &str) -> Result<BrokerClient<Channel>> {
     Ok(BrokerClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))
+}
+
+/// `msg` as a request for `method`, signed as `creds` when given.
+pub fn signed<T>(
+    msg: T,
+    method: &str,
+    creds: Option<&sluice_client::Credentials>,
+) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(c) = creds {
+        let signer = sluice_proto::auth::Signer::new(c.clone(), rand::random());
+        let header = signer.sign(method, sluice_client::time::now_ms());
+        if let Ok(v) = header.parse() {
+            req.metadata_mut()
+                .insert(sluice_proto::auth::AUTH_HEADER, v);
+        }
+    }
+    req
 }
 
 /// A CreateTopic request with `queues` read and write queues, readable and writable.

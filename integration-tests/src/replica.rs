@@ -48,6 +48,10 @@ pub struct ReplicaOptions {
     pub segment_size: u64,
     /// More TOML lines for every broker (keys the harness does not set).
     pub extra_broker_toml: String,
+    /// More command-line arguments for the nameserver.
+    pub nameserver_args: Vec<String>,
+    /// Who the harness's own calls (status, topic creation) sign as.
+    pub credentials: Option<sluice_client::Credentials>,
 }
 
 impl Default for ReplicaOptions {
@@ -65,6 +69,8 @@ impl Default for ReplicaOptions {
             fault_injection: false,
             segment_size: 4 << 20,
             extra_broker_toml: String::new(),
+            nameserver_args: Vec::new(),
+            credentials: None,
         }
     }
 }
@@ -85,7 +91,12 @@ pub const GROUP: &str = "broker-a";
 impl ReplicaCluster {
     pub fn start(opts: ReplicaOptions) -> Result<ReplicaCluster> {
         let dir = tempfile::Builder::new().prefix("sluice-rg-").tempdir()?;
-        let nameserver = crate::start_nameserver(dir.path(), opts.broker_expiry_ms, 200)?;
+        let nameserver = crate::start_nameserver_with(
+            dir.path(),
+            opts.broker_expiry_ms,
+            200,
+            &opts.nameserver_args,
+        )?;
         let mut last_err = None;
         for _attempt in 0..3 {
             match Self::start_replicas(dir.path(), &opts, &nameserver.addr) {
@@ -180,7 +191,11 @@ impl ReplicaCluster {
         let mut c = connect_broker(self.address(id)).await?;
         let s = tokio::time::timeout(
             Duration::from_secs(2),
-            c.get_broker_status(GetBrokerStatusRequest {}),
+            c.get_broker_status(crate::signed(
+                GetBrokerStatusRequest {},
+                "/sluice.v1.Broker/GetBrokerStatus",
+                self.opts.credentials.as_ref(),
+            )),
         )
         .await
         .context("status timed out")??;
@@ -244,7 +259,11 @@ impl ReplicaCluster {
         let master = self.await_master(timeout, None, None).await?;
         connect_broker(self.address(master))
             .await?
-            .create_topic(crate::create_topic_request(topic, queues))
+            .create_topic(crate::signed(
+                crate::create_topic_request(topic, queues),
+                "/sluice.v1.Broker/CreateTopic",
+                self.opts.credentials.as_ref(),
+            ))
             .await?;
         self.await_master(timeout, None, Some(topic)).await
     }

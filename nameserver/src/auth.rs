@@ -1,11 +1,13 @@
 //! Who may register brokers: with a cluster secret configured, only a broker that signs its
 //! registration with it (access key = the cluster's name, `sluice_proto::auth`). A stranger
-//! cannot take over a group's route, nor unregister a broker.
+//! cannot take over a group's route, nor unregister a broker. Who may write the config
+//! store, once a cluster secret or an admin is configured: the admin, or a holder of the
+//! cluster secret.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use sluice_proto::auth::{self, AuthError, ReplayGuard, DEFAULT_WINDOW_MS};
+use sluice_proto::auth::{self, AuthError, Credentials, ReplayGuard, DEFAULT_WINDOW_MS};
 use sluice_proto::ApiError;
 use tonic::metadata::MetadataMap;
 
@@ -13,7 +15,10 @@ use tonic::metadata::MetadataMap;
 const REPLAY_CAPACITY: usize = 1 << 20;
 
 pub struct ClusterAuth {
-    secret: Vec<u8>,
+    /// The cluster secret (registrations); `None`: registrations are open.
+    secret: Option<Vec<u8>>,
+    /// Who may write the config store besides holders of the cluster secret.
+    admin: Option<Credentials>,
     window_ms: i64,
     /// Small and short-held: one insert per registration.
     replays: Mutex<ReplayGuard>,
@@ -26,9 +31,10 @@ fn now_ms() -> i64 {
 }
 
 impl ClusterAuth {
-    pub fn new(secret: Vec<u8>) -> ClusterAuth {
+    pub fn new(secret: Option<Vec<u8>>, admin: Option<Credentials>) -> ClusterAuth {
         ClusterAuth {
             secret,
+            admin,
             window_ms: DEFAULT_WINDOW_MS,
             replays: Mutex::new(ReplayGuard::new(
                 DEFAULT_WINDOW_MS,
@@ -38,12 +44,37 @@ impl ClusterAuth {
         }
     }
 
-    /// Checks that a request for `method` is signed with the secret of `cluster`, once.
+    /// Checks that a registration for `method` is signed with the secret of `cluster`, once
+    /// (anything goes without a cluster secret).
     pub fn check(
         &self,
         metadata: &MetadataMap,
         method: &str,
         cluster: &str,
+    ) -> Result<(), ApiError> {
+        let Some(secret) = &self.secret else {
+            return Ok(());
+        };
+        self.verify(metadata, method, cluster, |key| {
+            (key == cluster).then(|| secret.clone())
+        })
+    }
+
+    /// Checks that a config-store write is signed by the admin, or with the cluster secret
+    /// (any access key), once.
+    pub fn check_admin(&self, metadata: &MetadataMap, method: &str) -> Result<(), ApiError> {
+        self.verify(metadata, method, "admin", |key| match &self.admin {
+            Some(a) if a.access_key == key => Some(a.secret.clone()),
+            _ => self.secret.clone(),
+        })
+    }
+
+    fn verify(
+        &self,
+        metadata: &MetadataMap,
+        method: &str,
+        cluster: &str,
+        secret_of: impl FnOnce(&str) -> Option<Vec<u8>>,
     ) -> Result<(), ApiError> {
         let refuse = |e: AuthError| {
             tracing::warn!(cluster, method, error = %e, "unauthenticated broker request refused");
@@ -56,14 +87,7 @@ impl ClusterAuth {
             .map_err(refuse)?;
         let signed = auth::parse(value).map_err(refuse)?;
         let now = now_ms();
-        auth::verify(
-            &signed,
-            method,
-            |key| (key == cluster).then(|| self.secret.clone()),
-            now,
-            self.window_ms,
-        )
-        .map_err(refuse)?;
+        auth::verify(&signed, method, secret_of, now, self.window_ms).map_err(refuse)?;
         self.replays.lock().admit(&signed, now).map_err(refuse)
     }
 }

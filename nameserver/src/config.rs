@@ -69,6 +69,8 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     /// A file holding the cluster secret: brokers must sign their registrations with it.
     pub cluster_secret_file: Option<PathBuf>,
+    /// The admin (access key, secret file) who may write the config store.
+    pub admin: Option<(String, PathBuf)>,
 }
 
 impl Config {
@@ -80,6 +82,7 @@ impl Config {
             ready_file: None,
             metrics_listen: None,
             cluster_secret_file: None,
+            admin: None,
         }
     }
 }
@@ -113,6 +116,13 @@ pub struct Cli {
     /// are accepted (the secret never goes on the command line).
     #[arg(long, value_name = "PATH")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// The admin who may write the config store (with a cluster secret or this set, writes
+    /// must be signed by the admin or with the cluster secret).
+    #[arg(long, value_name = "KEY")]
+    pub admin_access_key: Option<String>,
+    /// File holding the admin's secret.
+    #[arg(long, value_name = "PATH")]
+    pub admin_secret_file: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -125,6 +135,8 @@ pub struct FileConfig {
     pub scan_interval_ms: Option<u64>,
     pub metrics_listen: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
+    pub admin_access_key: Option<String>,
+    pub admin_secret_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -174,7 +186,20 @@ impl Cli {
         if scan_ms == Some(0) {
             return Err(ConfigError::Zero("scan_interval_ms"));
         }
+        let admin = match (
+            self.admin_access_key.or(file.admin_access_key),
+            self.admin_secret_file.or(file.admin_secret_file),
+        ) {
+            (Some(k), Some(f)) => Some((k, f)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Missing(
+                    "admin_access_key with admin_secret_file",
+                ))
+            }
+        };
         Ok(Config {
+            admin,
             listen,
             data_dir,
             timing: Timing::new(

@@ -60,9 +60,21 @@ pub struct Nameserver {
 }
 
 impl Nameserver {
-    /// Accepts only broker registrations signed with `secret` (the cluster secret).
-    pub fn with_cluster_secret(mut self, secret: Vec<u8>) -> Self {
-        self.auth = Some(Arc::new(crate::auth::ClusterAuth::new(secret)));
+    /// Accepts only broker registrations signed with `secret` (the cluster secret), and
+    /// config-store writes signed with it or by `admin`.
+    pub fn with_cluster_secret(self, secret: Vec<u8>) -> Self {
+        self.with_auth(Some(secret), None)
+    }
+
+    /// Registrations need the cluster secret (when given); config-store writes need the
+    /// admin's signature or the cluster secret.
+    pub fn with_auth(
+        mut self,
+        secret: Option<Vec<u8>>,
+        admin: Option<sluice_proto::auth::Credentials>,
+    ) -> Self {
+        self.auth = (secret.is_some() || admin.is_some())
+            .then(|| Arc::new(crate::auth::ClusterAuth::new(secret, admin)));
         self
     }
 
@@ -284,17 +296,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| Error::Task(format!("config store open task failed: {e}")))??;
     let mut nameserver = Nameserver::bind(&config.listen, config.timing, Arc::new(store)).await?;
-    match &config.cluster_secret_file {
-        Some(path) => {
-            let secret = sluice_proto::auth::read_secret_file(path).map_err(Error::Task)?;
-            nameserver = nameserver.with_cluster_secret(secret);
-            tracing::info!("broker registrations must be signed with the cluster secret");
-        }
+    let read = |p: &std::path::Path| sluice_proto::auth::read_secret_file(p).map_err(Error::Task);
+    let secret = config
+        .cluster_secret_file
+        .as_deref()
+        .map(read)
+        .transpose()?;
+    let admin = match &config.admin {
+        Some((key, file)) => Some(sluice_proto::auth::Credentials {
+            access_key: key.clone(),
+            secret: read(file)?,
+        }),
+        None => None,
+    };
+    match &secret {
+        Some(_) => tracing::info!("broker registrations must be signed with the cluster secret"),
         None if !nameserver.local_addr().ip().is_loopback() => tracing::warn!(
             "no cluster secret on a non-loopback address: anyone who reaches this nameserver can register brokers"
         ),
         None => {}
     }
+    nameserver = nameserver.with_auth(secret, admin);
     let metrics_task = match &config.metrics_listen {
         None => None,
         Some(addr) => {

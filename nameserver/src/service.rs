@@ -34,6 +34,8 @@ pub struct NameServerService {
 
 const REGISTER: &str = "/sluice.v1.NameServer/RegisterBroker";
 const UNREGISTER: &str = "/sluice.v1.NameServer/UnregisterBroker";
+const PUT_CONFIG: &str = "/sluice.v1.NameServer/PutConfig";
+const DELETE_CONFIG: &str = "/sluice.v1.NameServer/DeleteConfig";
 
 impl NameServerService {
     pub fn new(registry: SharedRegistry, store: Arc<dyn ConfigStore>) -> Self {
@@ -200,6 +202,9 @@ impl NameServer for NameServerService {
         &self,
         request: Request<PutConfigRequest>,
     ) -> Result<Response<PutConfigResponse>, Status> {
+        if let Some(auth) = &self.auth {
+            auth.check_admin(request.metadata(), PUT_CONFIG)?;
+        }
         let req = request.into_inner();
         validate_key(&req.namespace, &req.key)?;
         validate_value(&req.value)?;
@@ -227,6 +232,9 @@ impl NameServer for NameServerService {
         &self,
         request: Request<DeleteConfigRequest>,
     ) -> Result<Response<DeleteConfigResponse>, Status> {
+        if let Some(auth) = &self.auth {
+            auth.check_admin(request.metadata(), DELETE_CONFIG)?;
+        }
         let req = request.into_inner();
         validate_key(&req.namespace, &req.key)?;
         let existed = self

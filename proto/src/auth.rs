@@ -11,10 +11,11 @@
 //! resource the request is for (the gRPC method path, or the data port's name), the timestamp
 //! and the nonce. The server checks the key, the signature (in constant time), that the
 //! timestamp is within its replay window of its own clock, and that it has not seen the
-//! (key, nonce) pair within that window ([`ReplayGuard`]). Transport integrity of the request
+//! nonce before ([`ReplayGuard`]). A nonce is a signer's random session id (8 bytes) and a
+//! counter (8 bytes, big-endian) it increments per request ([`Signer`]), so the server's
+//! memory per client is a sliding window, whatever the request rate. Transport integrity of the request
 //! body is TLS's job; the signature binds the identity to one request of one method.
 
-use std::collections::HashSet;
 use std::fmt;
 
 use hmac::{Hmac, Mac};
@@ -28,6 +29,8 @@ pub const AUTH_HEADER: &str = "authorization";
 pub const SCHEME: &str = "SLUICE-HMAC-SHA256";
 /// The default replay window: timestamps further than this from the server's clock are stale.
 pub const DEFAULT_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// The resource a data-port connection's authentication frame signs.
+pub const DATA_PORT_RESOURCE: &str = "sluice.DataPort";
 /// Longest access key accepted.
 pub const MAX_ACCESS_KEY_LEN: usize = 128;
 /// Longest header value parsed.
@@ -113,14 +116,14 @@ pub fn string_to_sign(resource: &str, timestamp_ms: i64, nonce: &[u8; 16]) -> St
     )
 }
 
-fn mac(secret: &[u8]) -> Hmac<Sha256> {
+pub(crate) fn mac(secret: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length; `new_from_slice` cannot fail for it.
     <Hmac<Sha256> as Mac>::new_from_slice(secret)
         .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"))
 }
 
-/// The header value signing a request for `resource` at `timestamp_ms` with `nonce` (16
-/// random bytes, a new one per request).
+/// The header value signing a request for `resource` at `timestamp_ms` with `nonce` (never
+/// reused: [`Signer`] makes them).
 pub fn sign(creds: &Credentials, resource: &str, timestamp_ms: i64, nonce: [u8; 16]) -> String {
     let mut m = mac(&creds.secret);
     m.update(string_to_sign(resource, timestamp_ms, &nonce).as_bytes());
@@ -200,53 +203,11 @@ pub fn verify(
     Ok(())
 }
 
-/// Remembers the (access key, nonce) pairs of verified requests for as long as their
-/// timestamps could pass the window, so each request is accepted once. Memory is bounded:
-/// two generations, each covering one window; past `capacity` pairs in a generation, new
-/// requests are refused as replays rather than remembered (fail closed).
-pub struct ReplayGuard {
-    window_ms: i64,
-    capacity: usize,
-    /// The generation of timestamps in `[start, start + window)` and the one before it.
-    start_ms: i64,
-    current: HashSet<(String, [u8; 16])>,
-    previous: HashSet<(String, [u8; 16])>,
-}
+mod replay;
+mod signer;
 
-impl ReplayGuard {
-    pub fn new(window_ms: i64, capacity: usize, now_ms: i64) -> ReplayGuard {
-        ReplayGuard {
-            window_ms: window_ms.max(1),
-            capacity,
-            start_ms: now_ms,
-            current: HashSet::new(),
-            previous: HashSet::new(),
-        }
-    }
-
-    /// Accepts a verified request once; `Replayed` the second time (or when full).
-    pub fn admit(&mut self, signed: &Signed, now_ms: i64) -> Result<(), AuthError> {
-        // Rotate: pairs older than two windows can no longer pass the timestamp check.
-        let age = now_ms.saturating_sub(self.start_ms);
-        if age >= 2 * self.window_ms {
-            self.previous.clear();
-            self.current.clear();
-            self.start_ms = now_ms;
-        } else if age >= self.window_ms {
-            self.previous = std::mem::take(&mut self.current);
-            self.start_ms = self.start_ms.saturating_add(self.window_ms);
-        }
-        let key = (signed.access_key.clone(), signed.nonce);
-        if self.previous.contains(&key) || self.current.contains(&key) {
-            return Err(AuthError::Replayed);
-        }
-        if self.current.len() >= self.capacity {
-            return Err(AuthError::Replayed);
-        }
-        self.current.insert(key);
-        Ok(())
-    }
-}
+pub use replay::ReplayGuard;
+pub use signer::{unwrap_secret, wrap_secret, Signer, MAX_SECRET_LEN};
 
 #[cfg(test)]
 mod tests;

@@ -94,8 +94,11 @@ impl ApiError {
             | ErrorCode::TransactionNotFound
             | ErrorCode::MessageNotFound
             | ErrorCode::GroupNotFound
+            | ErrorCode::UserNotFound
             | ErrorCode::NoRoute => Code::NotFound,
-            ErrorCode::TopicAlreadyExists | ErrorCode::TransactionResolved => Code::AlreadyExists,
+            ErrorCode::TopicAlreadyExists
+            | ErrorCode::TransactionResolved
+            | ErrorCode::UserAlreadyExists => Code::AlreadyExists,
             ErrorCode::OffsetOutOfRange => Code::OutOfRange,
             ErrorCode::NotMaster
             | ErrorCode::OutOfOrderSequence

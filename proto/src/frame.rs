@@ -38,6 +38,9 @@ pub enum Kind {
     Raft = 2,
     /// `EndTransactionRequest` -> `EndTransactionResponse`: a producer's commit or rollback.
     EndTransaction = 3,
+    /// `DataPortAuthRequest` -> `DataPortAuthResponse`: who the connection's later frames act
+    /// as (a user, or a replica with the cluster secret).
+    Auth = 4,
 }
 
 impl Kind {
@@ -46,6 +49,7 @@ impl Kind {
             1 => Some(Kind::Send),
             2 => Some(Kind::Raft),
             3 => Some(Kind::EndTransaction),
+            4 => Some(Kind::Auth),
             _ => None,
         }
     }

@@ -8,6 +8,7 @@ pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }
 
+pub mod acl;
 pub mod auth;
 pub mod duration;
 mod error;

@@ -16,6 +16,25 @@ pub fn validate_group_name(name: &str) -> Result<(), ApiError> {
     check_name(name, "group", ErrorCode::InvalidArgument)
 }
 
+/// Checks a user's access key: 1..=128 bytes of `[A-Za-z0-9_.@-]`.
+pub fn validate_access_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > crate::auth::MAX_ACCESS_KEY_LEN {
+        return Err(ApiError::invalid(format!(
+            "access key must be 1 to {} bytes long",
+            crate::auth::MAX_ACCESS_KEY_LEN
+        )));
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.@-".contains(&b))
+    {
+        return Err(ApiError::invalid(format!(
+            "access key {key:?}: allowed are A-Z a-z 0-9 _ . @ -"
+        )));
+    }
+    Ok(())
+}
+
 /// Prefix of a consumer group's retry topic.
 pub const RETRY_PREFIX: &str = "%RETRY%";
 /// Prefix of a consumer group's dead-letter topic.

@@ -20,13 +20,15 @@ use futures::FutureExt;
 use prost::Message as _;
 use sluice_proto::frame::{self, Kind, RequestHeader, PREFACE, REQUEST_HEADER_LEN};
 use sluice_proto::v1::{
-    EndTransactionRequest, EndTransactionResponse, RaftBatch, SendRequest, SendResponse,
+    DataPortAuthRequest, DataPortAuthResponse, EndTransactionRequest, EndTransactionResponse,
+    RaftBatch, SendRequest, SendResponse,
 };
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::access::Principal;
 use crate::replication::transport::MAX_RPC_BYTES;
 use crate::replication::ReplicationService;
 use crate::service::BrokerService;
@@ -224,6 +226,8 @@ struct Served {
     /// The client sent one at a time when last busy (a latency-bound producer): busy-poll its
     /// socket when idle rather than sleep.
     solo: bool,
+    /// Who the frames act as, once an Auth frame said (anonymous before).
+    who: Principal,
 }
 
 impl Served {
@@ -274,6 +278,7 @@ impl Connection {
                     reading,
                     peak: 0,
                     solo: false,
+                    who: Principal::default(),
                 };
                 self.serve(sock, state).await
             }
@@ -388,6 +393,7 @@ impl Connection {
             output,
             pending,
             skip,
+            who,
             ..
         } = st;
         let mut taken = Taken::default();
@@ -436,18 +442,20 @@ impl Connection {
             match Kind::from_wire(h.kind) {
                 Some(Kind::Send) => {
                     pending.bytes += h.body_len;
-                    let (send, busy) = self.start_send(h, body);
+                    let (send, busy) = self.start_send(h, body, who.clone());
                     pending.sends.push(send);
                     taken.move_to_workers |= busy && h.body_len > INLINE_SEND_BYTES;
                 }
                 Some(Kind::EndTransaction) => {
                     pending.bytes += h.body_len;
-                    pending.sends.push(self.start_end(h, body));
+                    pending.sends.push(self.start_end(h, body, who.clone()));
                 }
                 Some(Kind::Raft) => {
                     // Handed to the Raft thread's mailbox without waiting: answer at once.
                     let r = match (&self.replication, RaftBatch::decode(body)) {
-                        (Some(replication), Ok(batch)) => replication.accept(batch),
+                        (Some(replication), Ok(batch)) => replication
+                            .check(who)
+                            .and_then(|()| replication.accept(batch)),
                         (None, _) => Err(ApiError::invalid(
                             "this broker is not a member of a replica group",
                         )),
@@ -460,10 +468,17 @@ impl Connection {
                         Err(e) => frame::encode_error(h.kind, h.request_id, &e, output),
                     }
                 }
+                Some(Kind::Auth) => match self.authenticate(body) {
+                    Ok((p, reply)) => {
+                        *who = p;
+                        frame::encode_ok(h.kind, h.request_id, &reply, output);
+                    }
+                    Err(e) => frame::encode_error(h.kind, h.request_id, &e, output),
+                },
                 None => {
                     let err = ApiError::invalid(format!(
                         "unknown data-port call kind {} (this broker serves Send = 1, Raft = 2, \
-                         EndTransaction = 3)",
+                         EndTransaction = 3, Auth = 4)",
                         h.kind
                     ));
                     frame::encode_error(h.kind, h.request_id, &err, output);
@@ -474,14 +489,27 @@ impl Connection {
 
     /// Starts one send (decoding included) on the current runtime; true when the writer had
     /// other sends of a standalone broker's connections in flight (see [`serve`]).
-    fn start_send(&self, h: RequestHeader, body: Bytes) -> (Pending, bool) {
+    /// An Auth frame: who the connection's later frames act as.
+    fn authenticate(&self, body: Bytes) -> Result<(Principal, DataPortAuthResponse), ApiError> {
+        let req = DataPortAuthRequest::decode(body)
+            .map_err(|e| ApiError::invalid(format!("undecodable DataPortAuthRequest: {e}")))?;
+        let p = self.service.access.authenticate(
+            sluice_proto::auth::DATA_PORT_RESOURCE,
+            Some(req.authorization.as_bytes()),
+            Some(self.peer),
+        )?;
+        let user = p.name().to_string();
+        Ok((p, DataPortAuthResponse { user }))
+    }
+
+    fn start_send(&self, h: RequestHeader, body: Bytes, who: Principal) -> (Pending, bool) {
         let service = self.service.clone();
         let stats = self.stats.clone();
         let send = async move {
             match SendRequest::decode(body) {
                 Ok(req) => {
                     stats.sends.fetch_add(1, Ordering::Relaxed);
-                    service.do_send(req).await.map(Reply::Send)
+                    service.do_send(req, &who).await.map(Reply::Send)
                 }
                 Err(e) => Err(ApiError::invalid(format!("undecodable SendRequest: {e}"))),
             }
@@ -500,11 +528,11 @@ impl Connection {
     }
 
     /// Starts one commit or rollback: the same handler as the gRPC call.
-    fn start_end(&self, h: RequestHeader, body: Bytes) -> Pending {
+    fn start_end(&self, h: RequestHeader, body: Bytes, who: Principal) -> Pending {
         let service = self.service.clone();
         async move {
             let r = match EndTransactionRequest::decode(body) {
-                Ok(req) => service.do_end_transaction(req).await.map(Reply::End),
+                Ok(req) => service.do_end_transaction(req, &who).await.map(Reply::End),
                 Err(e) => Err(ApiError::invalid(format!(
                     "undecodable EndTransactionRequest: {e}"
                 ))),

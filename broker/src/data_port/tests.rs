@@ -40,6 +40,7 @@ fn only_a_client_that_sends_one_at_a_time_is_busy_polled() {
         reading: true,
         peak: 0,
         solo: false,
+        who: Principal::default(),
     };
     st.note_idle();
     assert!(!st.solo, "a new connection has not shown how it sends");

@@ -5,7 +5,7 @@
 
 pub mod conn;
 pub mod http;
-mod ops;
+pub mod ops;
 
 pub use ops::OpsMetrics;
 

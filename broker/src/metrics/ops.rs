@@ -12,6 +12,14 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::{FloatGauge, GroupTopicLabels};
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// unauthenticated or permission_denied.
+    pub kind: String,
+    /// A short fixed word (missing, bad_signature, stale, replayed, denied, ...).
+    pub reason: String,
+}
+
 pub struct OpsMetrics {
     /// How late delayed messages (and retries) were delivered, from their due time.
     pub timer_lateness_seconds: Histogram,
@@ -22,6 +30,8 @@ pub struct OpsMetrics {
     pub filter_matched: Family<GroupTopicLabels, Counter>,
     /// gRPC connections open now (clients, other replicas, admin tools).
     pub grpc_connections: Gauge,
+    /// Requests refused by authentication or authorization.
+    pub auth_refusals: Family<RefusalLabels, Counter>,
     flushes: Counter,
     flush_seconds: Counter<f64, AtomicU64>,
     flush_max_seconds: FloatGauge,
@@ -41,6 +51,7 @@ impl OpsMetrics {
             filter_scanned: Family::default(),
             filter_matched: Family::default(),
             grpc_connections: Gauge::default(),
+            auth_refusals: Family::default(),
             flushes: Counter::default(),
             flush_seconds: Counter::default(),
             flush_max_seconds: FloatGauge::default(),
@@ -77,6 +88,11 @@ impl OpsMetrics {
             "grpc_connections",
             "gRPC connections open",
             self.grpc_connections.clone(),
+        );
+        r.register(
+            "auth_refusals",
+            "Requests refused by authentication or authorization, by kind and reason",
+            self.auth_refusals.clone(),
         );
         r.register("flushes", "Fsyncs of the commit log", self.flushes.clone());
         r.register_with_unit(

@@ -44,6 +44,10 @@ pub struct GroupSettings {
     pub propose_timeout: Duration,
     /// This replica's data port (empty: none); peers learn it from Raft acks.
     pub data_address: String,
+    /// Signs what this replica sends its peers (the cluster secret), when there is one.
+    pub signer: Option<Arc<sluice_proto::auth::Signer>>,
+    /// Who replica traffic is taken from (`None`: anyone).
+    pub access: Option<Arc<crate::access::Access>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,9 +94,14 @@ impl ReplicaGroup {
         let (applier, applied) =
             BrokerApplier::open(backend.clone(), state, first, last).map_err(setup)?;
         let faults = Arc::new(FaultSwitch::new(settings.fault_injection));
-        let transport =
-            PeerTransport::start(&settings.broker_name, me, &settings.peers, faults.view())
-                .map_err(setup)?;
+        let transport = PeerTransport::start(
+            &settings.broker_name,
+            me,
+            &settings.peers,
+            faults.view(),
+            settings.signer.clone(),
+        )
+        .map_err(setup)?;
         let (handle, mb) = mailbox(MAILBOX);
         let node = ReplicaNode::new(cfg, log, transport, applier).map_err(setup)?;
         let raft_role = node.subscribe();
@@ -122,6 +131,7 @@ impl ReplicaGroup {
             isolation: faults.view(),
             faults,
             data_address: settings.data_address.clone(),
+            access: settings.access.clone(),
         };
         let group = ReplicaGroup {
             id: me,

@@ -26,9 +26,18 @@ pub struct ReplicationService {
     pub(crate) isolation: Isolation,
     /// This replica's data port, told to peers in every ack so they switch to it.
     pub(crate) data_address: String,
+    /// Who Raft traffic and faults are taken from (`None`: anyone).
+    pub(crate) access: Option<Arc<crate::access::Access>>,
 }
 
 impl ReplicationService {
+    /// Replica traffic comes from the cluster alone (see `Access::check_cluster`).
+    pub(crate) fn check(&self, who: &crate::access::Principal) -> Result<(), ApiError> {
+        self.access
+            .as_ref()
+            .map_or(Ok(()), |a| a.check_cluster(who))
+    }
+
     pub(crate) fn accept(&self, batch: RaftBatch) -> Result<RaftAck, ApiError> {
         if batch.broker_name != self.broker_name {
             return Err(ApiError::invalid(format!(
@@ -77,6 +86,7 @@ impl ReplicationService {
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        self.check(&crate::access::principal(&req))?;
         self.accept(req.into_inner())
             .map(Response::new)
             .map_err(Status::from)
@@ -86,6 +96,7 @@ impl Replication for ReplicationService {
         &self,
         req: Request<FaultRequest>,
     ) -> Result<Response<FaultResponse>, Status> {
+        self.check(&crate::access::principal(&req))?;
         let isolated = match req.into_inner().fault {
             Some(Fault::Isolate(i)) => self.faults.isolate(&i.peer_ids),
             Some(Fault::Heal(_)) => self.faults.heal(),
@@ -115,6 +126,7 @@ mod tests {
             isolation: faults.view(),
             faults,
             data_address: "h:9".into(),
+            access: None,
         };
         (s, mailbox)
     }

@@ -9,12 +9,14 @@
 //! in flight (Raft retransmits) and the next batch connects again, over gRPC if that fails.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use sluice_proto::auth::Signer;
 use sluice_proto::frame::{self, PREFACE};
 use sluice_proto::v1::replication_client::ReplicationClient;
-use sluice_proto::v1::RaftBatch;
+use sluice_proto::v1::{DataPortAuthRequest, RaftBatch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -42,12 +44,14 @@ pub struct PeerTransport {
 
 impl PeerTransport {
     /// Starts one sender task per peer (on the current tokio runtime). `peers` excludes this
-    /// replica.
+    /// replica. With a `signer` (the cluster secret), every gRPC batch and every data link's
+    /// authentication frame is signed.
     pub fn start(
         broker_name: &str,
         me: u64,
         peers: &BTreeMap<u64, String>,
         isolation: Isolation,
+        signer: Option<Arc<Signer>>,
     ) -> Result<Self, String> {
         let mut queues = HashMap::new();
         for (&id, addr) in peers {
@@ -75,6 +79,7 @@ impl PeerTransport {
                 isolation: isolation.clone(),
                 data_address: None,
                 data: None,
+                signer: signer.clone(),
             };
             tokio::spawn(sender.run(rx));
             queues.insert(id, tx);
@@ -107,7 +112,10 @@ struct PeerSender {
     /// The peer's data port, once an ack named it.
     data_address: Option<String>,
     data: Option<DataLink>,
+    signer: Option<Arc<Signer>>,
 }
+
+const RAFT_METHOD: &str = "/sluice.v1.Replication/Raft";
 
 impl PeerSender {
     /// Sends what is queued until the transport is dropped.
@@ -160,9 +168,20 @@ impl PeerSender {
     }
 
     async fn send_grpc(&mut self, batch: RaftBatch) -> Result<(), String> {
+        let mut req = tonic::Request::new(batch);
+        if let Some(s) = &self.signer {
+            let header = s.sign(RAFT_METHOD, crate::store::now_ms());
+            match header.parse() {
+                Ok(v) => {
+                    req.metadata_mut()
+                        .insert(sluice_proto::auth::AUTH_HEADER, v);
+                }
+                Err(e) => return Err(format!("signature is not valid metadata: {e}")),
+            }
+        }
         let ack = self
             .client
-            .raft(batch)
+            .raft(req)
             .await
             .map_err(|s| s.message().to_string())?
             .into_inner();
@@ -185,7 +204,7 @@ impl PeerSender {
         }
         if self.data.is_none() {
             let addr = self.data_address.as_deref()?;
-            match DataLink::connect(addr).await {
+            match DataLink::connect(addr, self.signer.as_deref()).await {
                 Ok(link) => self.data = Some(link),
                 Err(e) => {
                     tracing::debug!(peer = self.peer, %addr, "data port unreachable, using gRPC: {e}");
@@ -216,7 +235,7 @@ impl Drop for DataLink {
 }
 
 impl DataLink {
-    async fn connect(addr: &str) -> std::io::Result<DataLink> {
+    async fn connect(addr: &str, signer: Option<&Signer>) -> std::io::Result<DataLink> {
         let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| {
@@ -224,6 +243,20 @@ impl DataLink {
             })??;
         sock.set_nodelay(true)?;
         sock.write_all(&PREFACE).await?;
+        let mut next_id = 1;
+        if let Some(s) = signer {
+            // Acked like a batch: a refusal breaks the link (see `drain_acks`).
+            let auth = DataPortAuthRequest {
+                authorization: s.sign(
+                    sluice_proto::auth::DATA_PORT_RESOURCE,
+                    crate::store::now_ms(),
+                ),
+            };
+            let mut out = BytesMut::new();
+            frame::encode_request(frame::Kind::Auth, next_id, &auth, &mut out);
+            next_id += 1;
+            sock.write_all(&out).await?;
+        }
         let (rd, wr) = sock.into_split();
         let (broken_tx, broken) = watch::channel(false);
         let reader = tokio::spawn(async move {
@@ -234,7 +267,7 @@ impl DataLink {
         });
         Ok(DataLink {
             wr,
-            next_id: 1,
+            next_id,
             out: BytesMut::new(),
             broken,
             reader: reader.abort_handle(),

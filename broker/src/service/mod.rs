@@ -1,6 +1,7 @@
 //! The `sluice.v1.Broker` gRPC service. Handlers validate, translate and call the store and
 //! the metadata tables; each area lives in its own module.
 
+mod access;
 mod admin;
 mod consume;
 pub mod convert;
@@ -16,11 +17,13 @@ use sluice_proto::v1::*;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
+use crate::access::principal;
 use crate::groups::ConsumerGroups;
 use crate::messaging::WritePath;
 use crate::state::TopicTable;
 use crate::store::MessageStore;
 use convert::IdGenerator;
+use sluice_proto::acl::{Action, Resource};
 
 /// Who this broker is, as announced to nameservers and clients.
 #[derive(Debug, Clone)]
@@ -70,9 +73,25 @@ pub struct BrokerService {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// Counters of the data port, shown in the status.
     pub(crate) data_port: Arc<crate::data_port::DataPortStats>,
+    /// Who may do what (every handler checks its call here).
+    pub(crate) access: Arc<crate::access::Access>,
 }
 
 type Reply<T> = Result<Response<T>, Status>;
+
+impl BrokerService {
+    fn check_group<T>(&self, req: &Request<T>, action: Action, group: &str) -> Result<(), Status> {
+        Ok(self
+            .access
+            .check(&principal(req), action, Resource::Group(group))?)
+    }
+
+    fn check_topic<T>(&self, req: &Request<T>, action: Action, topic: &str) -> Result<(), Status> {
+        Ok(self
+            .access
+            .check(&principal(req), action, Resource::Topic(topic))?)
+    }
+}
 
 fn reply<T>(r: Result<T, sluice_proto::ApiError>) -> Reply<T> {
     r.map(Response::new).map_err(Status::from)
@@ -81,14 +100,16 @@ fn reply<T>(r: Result<T, sluice_proto::ApiError>) -> Reply<T> {
 #[tonic::async_trait]
 impl Broker for BrokerService {
     async fn send(&self, req: Request<SendRequest>) -> Reply<SendResponse> {
-        reply(self.do_send(req.into_inner()).await)
+        let who = principal(&req);
+        reply(self.do_send(req.into_inner(), &who).await)
     }
 
     async fn end_transaction(
         &self,
         req: Request<EndTransactionRequest>,
     ) -> Reply<EndTransactionResponse> {
-        reply(self.do_end_transaction(req.into_inner()).await)
+        let who = principal(&req);
+        reply(self.do_end_transaction(req.into_inner(), &who).await)
     }
 
     type WatchTransactionChecksStream = std::pin::Pin<
@@ -99,7 +120,10 @@ impl Broker for BrokerService {
         &self,
         req: Request<WatchTransactionChecksRequest>,
     ) -> Reply<Self::WatchTransactionChecksStream> {
+        let who = principal(&req);
         let req = req.into_inner();
+        self.access
+            .check(&who, Action::Pub, Resource::Group(&req.producer_group))?;
         let rx = self
             .producing
             .transactions()
@@ -118,8 +142,10 @@ impl Broker for BrokerService {
 
     async fn list_transactions(
         &self,
-        _req: Request<ListTransactionsRequest>,
+        req: Request<ListTransactionsRequest>,
     ) -> Reply<ListTransactionsResponse> {
+        self.access
+            .check(&principal(&req), Action::Get, Resource::Cluster)?;
         reply(self.do_list_transactions())
     }
 
@@ -127,10 +153,19 @@ impl Broker for BrokerService {
         &self,
         req: Request<InitProducerRequest>,
     ) -> Reply<InitProducerResponse> {
+        // Any user may: an id and epoch only; what it sends is checked per topic.
+        self.access.check_signed_in(&principal(&req))?;
         reply(self.do_init_producer(req.into_inner()).await)
     }
 
     async fn pull(&self, req: Request<PullRequest>) -> Reply<PullResponse> {
+        let who = principal(&req);
+        let r = req.get_ref();
+        self.access.check_all(
+            &who,
+            Action::Sub,
+            [Resource::Topic(&r.topic), Resource::Group(&r.group)],
+        )?;
         let deadline = convert::grpc_timeout(req.metadata());
         reply(self.do_pull(req.into_inner(), deadline).await)
     }
@@ -139,10 +174,12 @@ impl Broker for BrokerService {
         &self,
         req: Request<CommitOffsetsRequest>,
     ) -> Reply<CommitOffsetsResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         reply(self.do_commit_offsets(req.into_inner()).await)
     }
 
     async fn query_offset(&self, req: Request<QueryOffsetRequest>) -> Reply<QueryOffsetResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         reply(self.do_query_offset(req.into_inner()))
     }
 
@@ -150,6 +187,7 @@ impl Broker for BrokerService {
         &self,
         req: Request<GetQueueOffsetsRequest>,
     ) -> Reply<GetQueueOffsetsResponse> {
+        self.check_topic(&req, Action::Sub, &req.get_ref().topic)?;
         reply(self.do_get_queue_offsets(req.into_inner()))
     }
 
@@ -157,6 +195,7 @@ impl Broker for BrokerService {
         &self,
         req: Request<SearchOffsetRequest>,
     ) -> Reply<SearchOffsetResponse> {
+        self.check_topic(&req, Action::Sub, &req.get_ref().topic)?;
         reply(self.do_search_offset(req.into_inner()))
     }
 
@@ -164,6 +203,15 @@ impl Broker for BrokerService {
         &self,
         req: Request<ConsumerHeartbeatRequest>,
     ) -> Reply<ConsumerHeartbeatResponse> {
+        let subs = &req.get_ref().subscriptions;
+        self.access.check_all(
+            &principal(&req),
+            Action::Sub,
+            subs.iter().flat_map(|s| {
+                std::iter::once(Resource::Group(&s.group))
+                    .chain(s.topics.iter().map(|t| Resource::Topic(t)))
+            }),
+        )?;
         reply(self.do_consumer_heartbeat(req.into_inner()))
     }
 
@@ -171,6 +219,7 @@ impl Broker for BrokerService {
         &self,
         req: Request<UnregisterConsumerRequest>,
     ) -> Reply<UnregisterConsumerResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         let r = req.into_inner();
         self.groups.unregister(&r.group, &r.client_id);
         Ok(Response::new(UnregisterConsumerResponse {}))
@@ -180,6 +229,7 @@ impl Broker for BrokerService {
         &self,
         req: Request<GetConsumerListRequest>,
     ) -> Reply<GetConsumerListResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         reply(self.do_get_consumer_list(req.into_inner()))
     }
 
@@ -187,18 +237,23 @@ impl Broker for BrokerService {
         &self,
         req: Request<GetGroupOffsetsRequest>,
     ) -> Reply<GetGroupOffsetsResponse> {
+        self.check_group(&req, Action::Get, &req.get_ref().group)?;
         reply(self.do_get_group_offsets(req.into_inner()))
     }
 
-    async fn list_groups(&self, _req: Request<ListGroupsRequest>) -> Reply<ListGroupsResponse> {
+    async fn list_groups(&self, req: Request<ListGroupsRequest>) -> Reply<ListGroupsResponse> {
+        self.access
+            .check(&principal(&req), Action::List, Resource::Cluster)?;
         reply(self.do_list_groups())
     }
 
     async fn delete_group(&self, req: Request<DeleteGroupRequest>) -> Reply<DeleteGroupResponse> {
+        self.check_group(&req, Action::Delete, &req.get_ref().group)?;
         reply(self.do_delete_group(req.into_inner()).await)
     }
 
     async fn lock_queues(&self, req: Request<LockQueuesRequest>) -> Reply<LockQueuesResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         let req = req.into_inner();
         let r = self
             .locks
@@ -230,6 +285,7 @@ impl Broker for BrokerService {
         &self,
         req: Request<UnlockQueuesRequest>,
     ) -> Reply<UnlockQueuesResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         let req = req.into_inner();
         let r = self
             .locks
@@ -247,41 +303,57 @@ impl Broker for BrokerService {
         &self,
         req: Request<ResetOffsetsRequest>,
     ) -> Reply<ResetOffsetsResponse> {
+        self.check_group(&req, Action::Update, &req.get_ref().group)?;
         reply(self.do_reset_offsets(req.into_inner()).await)
     }
 
     async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Reply<CreateTopicResponse> {
+        let name = req
+            .get_ref()
+            .config
+            .as_ref()
+            .map_or("", |c| c.name.as_str());
+        self.check_topic(&req, Action::Create, name)?;
         reply(self.do_create_topic(req.into_inner()).await)
     }
 
     async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Reply<DeleteTopicResponse> {
+        self.check_topic(&req, Action::Delete, &req.get_ref().topic)?;
         reply(self.do_delete_topic(req.into_inner()).await)
     }
 
     async fn list_topics(
         &self,
-        _req: Request<BrokerListTopicsRequest>,
+        req: Request<BrokerListTopicsRequest>,
     ) -> Reply<BrokerListTopicsResponse> {
+        self.access
+            .check(&principal(&req), Action::List, Resource::Cluster)?;
         Ok(Response::new(BrokerListTopicsResponse {
             topics: self.topics.list(),
         }))
     }
 
-    async fn get_broker_status(
-        &self,
-        _req: Request<GetBrokerStatusRequest>,
-    ) -> Reply<BrokerStatus> {
+    async fn get_broker_status(&self, req: Request<GetBrokerStatusRequest>) -> Reply<BrokerStatus> {
+        self.access
+            .check(&principal(&req), Action::Get, Resource::Cluster)?;
         Ok(Response::new(self.status().await))
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Reply<GetMessageResponse> {
-        reply(self.do_get_message(req.into_inner()))
+        let who = principal(&req);
+        let found = self.do_get_message(req.into_inner())?;
+        // Its topic is known once it is found.
+        let topic = found.message.as_ref().map_or("", |m| m.topic.as_str());
+        self.access
+            .check(&who, Action::Get, Resource::Topic(topic))?;
+        Ok(Response::new(found))
     }
 
     async fn query_messages(
         &self,
         req: Request<QueryMessagesRequest>,
     ) -> Reply<QueryMessagesResponse> {
+        self.check_topic(&req, Action::Get, &req.get_ref().topic)?;
         reply(self.do_query_messages(req.into_inner()))
     }
 
@@ -289,14 +361,17 @@ impl Broker for BrokerService {
         &self,
         req: Request<CancelDelayedRequest>,
     ) -> Reply<CancelDelayedResponse> {
-        reply(self.do_cancel_delayed(req.into_inner()).await)
+        let who = principal(&req);
+        reply(self.do_cancel_delayed(req.into_inner(), &who).await)
     }
 
     async fn send_back(&self, req: Request<SendBackRequest>) -> Reply<SendBackResponse> {
+        self.check_group(&req, Action::Sub, &req.get_ref().group)?;
         reply(self.do_send_back(req.into_inner()).await)
     }
 
     async fn get_group_config(&self, req: Request<GetGroupConfigRequest>) -> Reply<GroupConfig> {
+        self.check_group(&req, Action::Get, &req.get_ref().group)?;
         reply(self.do_get_group_config(req.into_inner()))
     }
 
@@ -304,10 +379,17 @@ impl Broker for BrokerService {
         &self,
         req: Request<UpdateGroupConfigRequest>,
     ) -> Reply<GroupConfig> {
+        let group = req
+            .get_ref()
+            .config
+            .as_ref()
+            .map_or("", |c| c.group.as_str());
+        self.check_group(&req, Action::Update, group)?;
         reply(self.do_update_group_config(req.into_inner()).await)
     }
 
     async fn redrive_dead_letters(&self, req: Request<RedriveRequest>) -> Reply<RedriveResponse> {
+        self.check_group(&req, Action::Update, &req.get_ref().group)?;
         reply(self.do_redrive(req.into_inner()).await)
     }
 }

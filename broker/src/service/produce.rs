@@ -1,5 +1,6 @@
 //! Send and cancel over `sluice.v1`: wire <-> `messaging::produce` / `messaging::timer`.
 
+use sluice_proto::acl::{Action, Resource};
 use sluice_proto::v1::{
     CancelDelayedRequest, CancelDelayedResponse, InitProducerRequest, InitProducerResponse,
     SendRequest, SendResponse, SendResult,
@@ -14,7 +15,13 @@ use crate::messaging::timer::{self, Delay};
 use crate::messaging::txn::TxSend;
 
 impl BrokerService {
-    pub(crate) async fn do_send(&self, req: SendRequest) -> Result<SendResponse, ApiError> {
+    pub(crate) async fn do_send(
+        &self,
+        req: SendRequest,
+        who: &crate::access::Principal,
+    ) -> Result<SendResponse, ApiError> {
+        self.access
+            .check(who, Action::Pub, Resource::Topic(&req.topic))?;
         let mut messages = Vec::with_capacity(req.messages.len());
         for m in req.messages {
             if !m.topic.is_empty() && m.topic != req.topic {
@@ -81,8 +88,20 @@ impl BrokerService {
     pub(crate) async fn do_cancel_delayed(
         &self,
         req: CancelDelayedRequest,
+        who: &crate::access::Principal,
     ) -> Result<CancelDelayedResponse, ApiError> {
         let phy = timer::parse_handle(&self.identity.broker_name, &req.handle)?;
+        // Cancelling needs `pub` on the message's topic (the scheduled record names it); a
+        // handle that reads nothing goes on to the timer task's own answer.
+        if let Ok(sched) = self.store.read_at(phy) {
+            let topic =
+                sluice_proto::props::get(&sched.properties, sluice_proto::props::REAL_TOPIC)
+                    .unwrap_or(&sched.topic);
+            self.access
+                .check(who, Action::Pub, Resource::Topic(topic))?;
+        } else {
+            self.access.check_signed_in(who)?;
+        }
         let o = self.timers.cancel(phy).await?;
         Ok(CancelDelayedResponse {
             outcome: o.outcome as i32,

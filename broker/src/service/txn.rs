@@ -14,7 +14,25 @@ impl BrokerService {
     pub(crate) async fn do_end_transaction(
         &self,
         req: EndTransactionRequest,
+        who: &crate::access::Principal,
     ) -> Result<EndTransactionResponse, ApiError> {
+        // Ending a transaction needs `pub` on each of its topics (an unknown one goes on to
+        // TRANSACTION_NOT_FOUND).
+        let record = crate::state::transactions::get(
+            self.write.state().meta().as_ref(),
+            &req.transaction_id,
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        match &record {
+            Some(r) => self.access.check_all(
+                who,
+                sluice_proto::acl::Action::Pub,
+                r.halves
+                    .iter()
+                    .map(|h| sluice_proto::acl::Resource::Topic(&h.topic)),
+            )?,
+            None => self.access.check_signed_in(who)?,
+        }
         let resolution = match TransactionResolution::try_from(req.resolution) {
             Ok(TransactionResolution::Commit) => COMMITTED,
             Ok(TransactionResolution::Rollback) => ROLLED_BACK,

@@ -12,6 +12,7 @@
 //! A replica group applies ops from the Raft log (`replication/applier.rs`); a standalone
 //! broker applies them directly (`messaging::WritePath`). Both go through [`StateMachine::apply`].
 
+pub mod acl;
 pub mod groups;
 pub mod locks;
 pub mod offsets;
@@ -49,6 +50,8 @@ pub const TABLES: &[&str] = &[
     transactions::RESOLVED,
     locks::TABLE,
     locks::CLOCK,
+    acl::USERS,
+    acl::POLICIES,
 ];
 
 /// Bookkeeping keys outside the tables (never dumped: the dump's own index replaces them).
@@ -262,6 +265,8 @@ impl Staged {
 pub struct StateMachine {
     meta: Arc<dyn MetaStore>,
     pub topics: Arc<TopicTable>,
+    /// Users and policies, as the request checks read them.
+    pub acl: Arc<acl::AclTable>,
     pub offsets: OffsetTable,
     /// Open transactions per producer group.
     pub tx_open: tx_index::OpenIndex,
@@ -279,6 +284,7 @@ impl StateMachine {
         Ok(StateMachine {
             offsets: OffsetTable::new(meta.clone()),
             tx_open: tx_index::OpenIndex::load(meta.as_ref())?,
+            acl: Arc::new(acl::AclTable::load(meta.as_ref())?),
             meta,
             topics,
             reregister,
@@ -318,6 +324,7 @@ impl StateMachine {
         let mut staged = Staged::default();
         let mut results = Vec::with_capacity(ops.len());
         let mut topics_changed = false;
+        let mut acl_changed = false;
         let mut tx_changes = tx_index::Changes::new();
         for op in ops {
             let r = match &op.op {
@@ -383,7 +390,20 @@ impl StateMachine {
                 Some(Op::TxForget(f)) => {
                     transactions::apply_forget(self.meta.as_ref(), &mut staged, f)?
                 }
+                Some(Op::PutUser(u)) => acl::apply_put_user(self.meta.as_ref(), &mut staged, u)?,
+                Some(Op::DeleteUser(u)) => {
+                    acl::apply_delete_user(self.meta.as_ref(), &mut staged, u)?
+                }
+                Some(Op::Grant(p)) => acl::apply_policy(self.meta.as_ref(), &mut staged, p, true)?,
+                Some(Op::Revoke(p)) => {
+                    acl::apply_policy(self.meta.as_ref(), &mut staged, p, false)?
+                }
             };
+            acl_changed |= r == Applied::Changed
+                && matches!(
+                    op.op,
+                    Some(Op::PutUser(_) | Op::DeleteUser(_) | Op::Grant(_) | Op::Revoke(_))
+                );
             topics_changed |= r == Applied::Changed
                 && matches!(op.op, Some(Op::UpsertTopic(_) | Op::DeleteTopic(_)));
             results.push(r);
@@ -402,6 +422,9 @@ impl StateMachine {
             self.meta.flush()?;
         }
         self.tx_open.apply(tx_changes);
+        if acl_changed {
+            self.acl.reload(self.meta.as_ref())?;
+        }
         if topics_changed {
             self.topics.reload(self.meta.as_ref())?;
             self.reregister.notify_one();
@@ -473,6 +496,7 @@ impl StateMachine {
         self.meta.write_batch(TREE, &writes)?;
         self.meta.flush()?;
         self.topics.reload(self.meta.as_ref())?;
+        self.acl.reload(self.meta.as_ref())?;
         self.tx_open.reload(self.meta.as_ref())?;
         self.reregister.notify_one();
         Ok(())

@@ -1,5 +1,6 @@
 //! Administration: topics, routes, cluster status, consumer lag and message lookups.
 
+mod acl;
 mod dlq;
 mod groups;
 mod query;
@@ -18,6 +19,7 @@ use serde::Serialize;
 use sluice_proto::v1::{BrokerInfo, CreateTopicRequest, Role, TopicConfig};
 use sluice_proto::{names, perm, ApiError, ErrorCode};
 
+pub use acl::{AclChange, PolicyRow, UserRow};
 pub use dlq::{DeadLetter, GroupPolicy, Redriven};
 pub use groups::{GroupDescription, GroupRow, HeldQueue, QueueLockRow};
 pub use reset::{QueueResetRow, ResetPosition};

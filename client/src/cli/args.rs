@@ -30,6 +30,20 @@ pub struct Cli {
     #[arg(long, global = true, env = "SLUICE_GRPC_ONLY")]
     pub grpc_only: bool,
 
+    /// Sign requests as this user; the secret comes from SLUICE_SECRET_KEY or
+    /// --secret-key-file, never from a flag.
+    #[arg(long, global = true, env = "SLUICE_ACCESS_KEY", value_name = "KEY")]
+    pub access_key: Option<String>,
+
+    /// A file holding the secret of --access-key.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_SECRET_KEY_FILE",
+        value_name = "PATH"
+    )]
+    pub secret_key_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,6 +72,9 @@ pub enum Command {
     /// Transactions: list open and parked ones, commit or roll one back by hand.
     #[command(subcommand)]
     Tx(super::tx::TxCommand),
+    /// Users and permissions (when brokers have authentication on).
+    #[command(subcommand)]
+    Acl(super::acl::AclCommand),
     /// Measure throughput and latency: produce, consume, or both end to end.
     #[command(subcommand)]
     Bench(super::bench::args::BenchCommand),

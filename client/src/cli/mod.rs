@@ -1,5 +1,6 @@
 //! The `sluice` command line tool.
 
+mod acl;
 mod admin_cmds;
 pub mod args;
 mod bench;
@@ -41,9 +42,35 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, CliError> {
     }
     let config = ClientConfig::from_list(list)
         .map_err(|e| CliError::Usage(format!("--nameservers: {e}")))?;
-    Ok(config
+    let config = config
         .request_timeout(Duration::from_millis(cli.timeout_ms))
-        .use_data_port(!cli.grpc_only))
+        .use_data_port(!cli.grpc_only);
+    match credentials(cli)? {
+        Some(c) => Ok(config.credentials(c)),
+        None => Ok(config),
+    }
+}
+
+/// `--access-key` with its secret from `SLUICE_SECRET_KEY` or `--secret-key-file`.
+fn credentials(cli: &Cli) -> Result<Option<sluice_client::Credentials>, CliError> {
+    let Some(key) = cli.access_key.as_deref().filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    sluice_proto::names::validate_access_key(key)
+        .map_err(|e| CliError::Usage(format!("--access-key: {}", e.message)))?;
+    let secret =
+        match (&cli.secret_key_file, std::env::var("SLUICE_SECRET_KEY")) {
+            (Some(f), _) => sluice_proto::auth::read_secret_file(f).map_err(CliError::Usage)?,
+            (None, Ok(s)) if !s.is_empty() => s.into_bytes(),
+            _ => return Err(CliError::Usage(
+                "--access-key needs its secret: set SLUICE_SECRET_KEY or pass --secret-key-file"
+                    .into(),
+            )),
+        };
+    Ok(Some(sluice_client::Credentials {
+        access_key: key.to_string(),
+        secret,
+    }))
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
@@ -56,6 +83,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Group(c) => group_cmds::group(&Admin::new(config)?, c).await?,
         Command::Dlq(c) => admin_cmds::dlq(&Admin::new(config)?, c).await?,
         Command::Tx(c) => tx::run(config, c).await?,
+        Command::Acl(c) => acl::run(&Admin::new(config)?, c).await?,
         Command::Dashboard(a) => dashboard::run(config, a).await?,
         Command::Message(args::MessageCommand::Cancel { handle, out }) => {
             produce::cancel(config, &handle, out.json).await?

@@ -1,3 +1,5 @@
+use proptest::strategy::Strategy as _;
+
 use super::*;
 
 fn alice() -> Credentials {
@@ -26,14 +28,85 @@ fn a_signed_request_verifies_once() {
     let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 100, NOW);
     guard.admit(&signed, NOW).unwrap();
     assert_eq!(guard.admit(&signed, NOW + 5), Err(AuthError::Replayed));
-    // Across the generations' rotation it is still remembered.
+    // Still remembered a window later.
     assert_eq!(
         guard.admit(&signed, NOW + DEFAULT_WINDOW_MS + 5),
         Err(AuthError::Replayed)
     );
-    // Another nonce is another request.
-    let other = parse(&sign(&alice(), METHOD, NOW, [8; 16])).unwrap();
-    guard.admit(&other, NOW + 10).unwrap();
+}
+
+fn nonce(session: u8, counter: u64) -> [u8; 16] {
+    let mut n = [session; 16];
+    n[8..].copy_from_slice(&counter.to_be_bytes());
+    n
+}
+
+fn signed_with(n: [u8; 16]) -> Signed {
+    parse(&sign(&alice(), METHOD, NOW, n)).unwrap()
+}
+
+#[test]
+fn the_guard_keeps_a_sliding_window_per_session() {
+    let mut guard = ReplayGuard::new(1_000, 10, NOW);
+    for c in [5u64, 7, 6, 100] {
+        guard.admit(&signed_with(nonce(1, c)), NOW).unwrap();
+    }
+    // Used ones, and ones too far behind the highest, are refused.
+    for c in [5u64, 6, 7, 100] {
+        assert_eq!(
+            guard.admit(&signed_with(nonce(1, c)), NOW),
+            Err(AuthError::Replayed)
+        );
+    }
+    let far = 100 + replay::REORDER_SPAN;
+    guard.admit(&signed_with(nonce(1, far)), NOW).unwrap();
+    // Counter 99 was never used, but is too far behind.
+    assert_eq!(
+        guard.admit(&signed_with(nonce(1, 99)), NOW),
+        Err(AuthError::Replayed)
+    );
+    guard
+        .admit(&signed_with(nonce(1, far - replay::REORDER_SPAN + 1)), NOW)
+        .unwrap();
+    guard.admit(&signed_with(nonce(1, far - 1)), NOW).unwrap();
+    // Another session is counted apart.
+    guard.admit(&signed_with(nonce(2, 5)), NOW).unwrap();
+    assert_eq!(guard.sessions(), 2);
+    // Two windows of silence: forgotten.
+    guard.admit(&signed_with(nonce(3, 1)), NOW + 2_000).unwrap();
+    assert_eq!(guard.sessions(), 1);
+}
+
+#[test]
+fn a_signer_never_repeats_a_nonce() {
+    let signer = Signer::new(alice(), [4; 8]);
+    let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 10, NOW);
+    for _ in 0..10_000 {
+        let s = parse(&signer.sign(METHOD, NOW)).unwrap();
+        verify(&s, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS).unwrap();
+        guard.admit(&s, NOW).unwrap();
+    }
+    assert_eq!(guard.sessions(), 1);
+}
+
+#[test]
+fn wrapped_secrets_open_only_with_the_same_key_and_nonce() {
+    let signer = Signer::new(alice(), [4; 8]);
+    let (header, wrapped) = signer.sign_wrapping("/x", NOW, b"bob's secret");
+    assert!(!wrapped.windows(6).any(|w| w == b"secret"));
+    let n = parse(&header).unwrap().nonce;
+    assert_eq!(
+        unwrap_secret(b"s3cret", &n, &wrapped).unwrap(),
+        b"bob's secret"
+    );
+    assert!(unwrap_secret(b"other", &n, &wrapped).is_err());
+    assert!(unwrap_secret(b"s3cret", &[0; 16], &wrapped).is_err());
+    let mut altered = wrapped.clone();
+    altered[0] ^= 1;
+    assert!(unwrap_secret(b"s3cret", &n, &altered).is_err());
+    assert!(unwrap_secret(b"s3cret", &n, &wrapped[..10]).is_err());
+    let empty = wrap_secret(b"s3cret", &n, b"");
+    assert!(unwrap_secret(b"s3cret", &n, &empty).is_err());
 }
 
 #[test]
@@ -110,14 +183,17 @@ fn malformed_headers_are_refused() {
 fn a_full_guard_fails_closed_and_secrets_are_never_printed() {
     let mut guard = ReplayGuard::new(1_000, 2, NOW);
     for n in 0..2u8 {
-        let s = parse(&sign(&alice(), METHOD, NOW, [n; 16])).unwrap();
-        guard.admit(&s, NOW).unwrap();
+        guard.admit(&signed_with(nonce(n, 1)), NOW).unwrap();
     }
-    let third = parse(&sign(&alice(), METHOD, NOW, [9; 16])).unwrap();
+    let third = signed_with(nonce(9, 1));
     assert_eq!(guard.admit(&third, NOW), Err(AuthError::Replayed));
+    // Known sessions go on.
+    guard.admit(&signed_with(nonce(0, 2)), NOW).unwrap();
     // Two windows later everything remembered could no longer pass the timestamp check.
     guard.admit(&third, NOW + 2_000).unwrap();
     let printed = format!("{:?}", alice());
+    assert!(!printed.contains("s3cret"), "{printed}");
+    let printed = format!("{:?}", Signer::new(alice(), [0; 8]));
     assert!(!printed.contains("s3cret"), "{printed}");
 }
 
@@ -141,5 +217,29 @@ proptest::proptest! {
         proptest::prop_assert_eq!(signed.nonce, nonce);
         let lookup = |k: &str| (k == key).then(|| secret.clone());
         proptest::prop_assert_eq!(verify(&signed, &resource, lookup, ts, 1), Ok(()));
+    }
+
+    #[test]
+    fn each_counter_is_admitted_once_in_any_order(
+        order in proptest::sample::subsequence((1u64..600).collect::<Vec<_>>(), 300)
+            .prop_shuffle(),
+    ) {
+        let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 4, NOW);
+        for c in &order {
+            proptest::prop_assert!(guard.admit(&signed_with(nonce(1, *c)), NOW).is_ok());
+        }
+        for c in &order {
+            proptest::prop_assert!(guard.admit(&signed_with(nonce(1, *c)), NOW).is_err());
+        }
+    }
+
+    #[test]
+    fn wrapping_round_trips(
+        key in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+        secret in proptest::collection::vec(proptest::num::u8::ANY, 1..MAX_SECRET_LEN),
+        n in proptest::array::uniform16(proptest::num::u8::ANY),
+    ) {
+        let w = wrap_secret(&key, &n, &secret);
+        proptest::prop_assert_eq!(unwrap_secret(&key, &n, &w).unwrap(), secret);
     }
 }

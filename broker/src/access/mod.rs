@@ -1,0 +1,439 @@
+//! Who may do what: authentication of every request (a signature header, checked by the gRPC
+//! layer in [`layer`] and by the data port's authentication frame) and authorization of each
+//! call against the ACL (users and policies in the replicated state, `state/acl.rs`).
+//!
+//! Principals:
+//! - a user of the ACL: their policies decide (deny wins, default deny);
+//! - a super user (the bootstrap admin and `auth_super_users`): allowed everything;
+//! - the cluster (the cluster secret, access key = the cluster's name): the other replicas,
+//!   allowed everything, and the only principal Raft traffic is taken from once a cluster
+//!   secret is set.
+//!
+//! With `auth_enabled = false`, an unsigned request acts anonymously and policies are not
+//! enforced; a signed one is still verified (a client with wrong credentials learns at once).
+
+pub mod audit;
+pub mod layer;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use sluice_proto::acl::{self, Action, Resource, Verdict};
+use sluice_proto::auth::{self, AuthError, Credentials, ReplayGuard};
+use sluice_proto::{ApiError, ErrorCode};
+
+use crate::metrics::ops::RefusalLabels;
+use crate::state::acl::AclTable;
+
+/// Sessions (client processes) remembered against replay; past it new ones are refused.
+const REPLAY_SESSIONS: usize = 1 << 16;
+
+/// Settings, from the broker's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    /// Refuse unsigned requests and enforce policies.
+    pub enabled: bool,
+    /// The bootstrap admin (a super user whose secret is in the configuration).
+    pub admin: Option<Credentials>,
+    /// Users of the ACL who skip the policies.
+    pub super_users: Vec<String>,
+    /// The cluster secret (access key: the cluster's name).
+    pub cluster: Option<Credentials>,
+    pub window_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    User,
+    Super,
+    Cluster,
+}
+
+/// An authenticated caller of one request (or one data-port connection).
+pub struct Caller {
+    pub name: String,
+    pub kind: Kind,
+    /// What it signed: the gRPC method or the data port.
+    pub method: String,
+    pub peer: Option<SocketAddr>,
+    /// Its secret and the request's nonce: what a secret it sends is wrapped under.
+    secret: Arc<[u8]>,
+    nonce: [u8; 16],
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    /// A secret the caller sent wrapped ([`auth::wrap_secret`]).
+    pub fn unwrap_secret(&self, wrapped: &[u8]) -> Result<Vec<u8>, ApiError> {
+        auth::unwrap_secret(&self.secret, &self.nonce, wrapped).map_err(|e| {
+            ApiError::invalid(format!("{e} (wrap it under the caller's secret and nonce)"))
+        })
+    }
+}
+
+/// Who a request acts as; anonymous (`None`) only while authentication is off.
+#[derive(Debug, Clone, Default)]
+pub struct Principal(pub Option<Arc<Caller>>);
+
+impl Principal {
+    pub fn name(&self) -> &str {
+        self.0.as_ref().map_or("anonymous", |c| c.name.as_str())
+    }
+
+    pub fn caller(&self) -> Option<&Caller> {
+        self.0.as_deref()
+    }
+}
+
+/// The principal the gRPC layer attached to `req` (anonymous when there is none).
+pub fn principal<T>(req: &tonic::Request<T>) -> Principal {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("enabled", &self.cfg.enabled)
+            .field("cluster_secret", &self.cfg.cluster.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct Access {
+    cfg: AccessConfig,
+    acl: Arc<AclTable>,
+    replays: Mutex<ReplayGuard>,
+    audit: audit::Audit,
+    refusals: Option<Family<RefusalLabels, Counter>>,
+}
+
+fn reason(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::Missing => "missing",
+        AuthError::Malformed(_) => "malformed",
+        AuthError::UnknownKey(_) => "unknown_key",
+        AuthError::BadSignature => "bad_signature",
+        AuthError::Stale { .. } => "stale",
+        AuthError::Replayed => "replayed",
+    }
+}
+
+impl Access {
+    pub fn new(
+        cfg: AccessConfig,
+        acl: Arc<AclTable>,
+        audit: audit::Audit,
+        refusals: Option<Family<RefusalLabels, Counter>>,
+    ) -> Access {
+        let window = cfg.window_ms.max(1);
+        Access {
+            replays: Mutex::new(ReplayGuard::new(
+                window,
+                REPLAY_SESSIONS,
+                crate::store::now_ms(),
+            )),
+            cfg,
+            acl,
+            audit,
+            refusals,
+        }
+    }
+
+    /// No checks at all: a broker without authentication or a cluster secret.
+    pub fn open(acl: Arc<AclTable>) -> Access {
+        Access::new(AccessConfig::default(), acl, audit::Audit::off(), None)
+    }
+
+    /// The cluster secret as credentials (what replicas sign their traffic with).
+    pub fn cluster_credentials(&self) -> Option<Credentials> {
+        self.cfg.cluster.clone()
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    pub fn super_users(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.cfg.super_users.clone();
+        if let Some(a) = &self.cfg.admin {
+            s.push(a.access_key.clone());
+        }
+        s.sort();
+        s.dedup();
+        s
+    }
+
+    fn refused(
+        &self,
+        kind: &str,
+        why: &str,
+        who: &str,
+        method: &str,
+        peer: Option<SocketAddr>,
+        detail: &str,
+    ) {
+        if let Some(f) = &self.refusals {
+            f.get_or_create(&RefusalLabels {
+                kind: kind.into(),
+                reason: why.into(),
+            })
+            .inc();
+        }
+        self.audit.refusal(who, method, peer, detail);
+    }
+
+    /// The secret and kind of `key`: the cluster, the bootstrap admin, or a user.
+    fn lookup(&self, key: &str) -> Option<(Arc<[u8]>, Kind)> {
+        if let Some(c) = &self.cfg.cluster {
+            if c.access_key == key {
+                return Some((c.secret.as_slice().into(), Kind::Cluster));
+            }
+        }
+        if let Some(a) = &self.cfg.admin {
+            if a.access_key == key {
+                return Some((a.secret.as_slice().into(), Kind::Super));
+            }
+        }
+        let secret = self.acl.view().secret(key)?;
+        let kind = if self.cfg.super_users.iter().any(|s| s == key) {
+            Kind::Super
+        } else {
+            Kind::User
+        };
+        Some((secret, kind))
+    }
+
+    /// Authenticates a request for `method` carrying `header` (the signature, if any).
+    pub fn authenticate(
+        &self,
+        method: &str,
+        header: Option<&[u8]>,
+        peer: Option<SocketAddr>,
+    ) -> Result<Principal, ApiError> {
+        let refuse = |e: AuthError, who: &str| {
+            self.refused(
+                "unauthenticated",
+                reason(&e),
+                who,
+                method,
+                peer,
+                &e.to_string(),
+            );
+            ApiError::from(e)
+        };
+        let Some(header) = header else {
+            return if self.cfg.enabled {
+                Err(refuse(AuthError::Missing, "anonymous"))
+            } else {
+                Ok(Principal(None))
+            };
+        };
+        let text = std::str::from_utf8(header)
+            .map_err(|_| refuse(AuthError::Malformed("not text"), "anonymous"))?;
+        let signed = auth::parse(text).map_err(|e| refuse(e, "anonymous"))?;
+        let who = signed.access_key.as_str();
+        let found = self.lookup(who);
+        let now = crate::store::now_ms();
+        let window = self.cfg.window_ms.max(1);
+        let mut kind = Kind::User;
+        let mut secret: Arc<[u8]> = Arc::from(Vec::new());
+        auth::verify(
+            &signed,
+            method,
+            |_| {
+                let (s, k) = found?;
+                kind = k;
+                secret = s.clone();
+                Some(s.to_vec())
+            },
+            now,
+            window,
+        )
+        .map_err(|e| refuse(e, who))?;
+        self.replays
+            .lock()
+            .admit(&signed, now)
+            .map_err(|e| refuse(e, who))?;
+        Ok(Principal(Some(Arc::new(Caller {
+            name: signed.access_key,
+            kind,
+            method: method.to_string(),
+            peer,
+            secret,
+            nonce: signed.nonce,
+        }))))
+    }
+
+    /// Whether `who` may do `action` on `resource`. A group's retry and dead-letter topics are
+    /// the group's: its policies decide for them (as RocketMQ's ACL does).
+    pub fn check(
+        &self,
+        who: &Principal,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> Result<(), ApiError> {
+        let resource = match resource {
+            Resource::Topic(t) => match t
+                .strip_prefix(sluice_proto::names::RETRY_PREFIX)
+                .or_else(|| t.strip_prefix(sluice_proto::names::DLQ_PREFIX))
+            {
+                Some(group) => Resource::Group(group),
+                None => Resource::Topic(t),
+            },
+            r => r,
+        };
+        let Some(c) = who.caller() else {
+            if !self.cfg.enabled {
+                return Ok(());
+            }
+            let e = AuthError::Missing;
+            self.refused(
+                "unauthenticated",
+                reason(&e),
+                "anonymous",
+                "",
+                None,
+                &e.to_string(),
+            );
+            return Err(e.into());
+        };
+        if c.kind != Kind::User || !self.cfg.enabled {
+            return Ok(());
+        }
+        let view = self.acl.view();
+        if !view.has_user(&c.name) {
+            // Deleted since it signed in (a data-port connection outlives its Auth frame).
+            let e = AuthError::UnknownKey(c.name.clone());
+            self.refused(
+                "unauthenticated",
+                reason(&e),
+                &c.name,
+                &c.method,
+                c.peer,
+                &e.to_string(),
+            );
+            return Err(e.into());
+        }
+        let verdict = acl::evaluate(view.rules(&c.name), action, &resource);
+        if verdict == Verdict::Allowed {
+            return Ok(());
+        }
+        let e = acl::refusal(&c.name, action, &resource, &verdict);
+        let why = if matches!(verdict, Verdict::Denied(_)) {
+            "denied"
+        } else {
+            "not_allowed"
+        };
+        self.refused(
+            "permission_denied",
+            why,
+            &c.name,
+            &c.method,
+            c.peer,
+            &e.message,
+        );
+        Err(e)
+    }
+
+    /// Any authenticated caller (or anyone, while authentication is off).
+    pub fn check_signed_in(&self, who: &Principal) -> Result<(), ApiError> {
+        if who.caller().is_some() || !self.cfg.enabled {
+            return Ok(());
+        }
+        let e = AuthError::Missing;
+        self.refused(
+            "unauthenticated",
+            reason(&e),
+            "anonymous",
+            "",
+            None,
+            &e.to_string(),
+        );
+        Err(e.into())
+    }
+
+    /// Each of `resources` (all must pass).
+    pub fn check_all<'r>(
+        &self,
+        who: &Principal,
+        action: Action,
+        resources: impl IntoIterator<Item = Resource<'r>>,
+    ) -> Result<(), ApiError> {
+        resources
+            .into_iter()
+            .try_for_each(|r| self.check(who, action, r))
+    }
+
+    /// Traffic between replicas: from the cluster only, once a cluster secret is set (with
+    /// authentication on and no cluster secret, a super user may, for tools).
+    pub fn check_cluster(&self, who: &Principal) -> Result<(), ApiError> {
+        let kind = who.caller().map(|c| c.kind);
+        let ok = match (&self.cfg.cluster, kind) {
+            (Some(_), Some(Kind::Cluster)) => true,
+            (Some(_), _) => false,
+            (None, Some(Kind::Super | Kind::Cluster)) => true,
+            (None, _) => !self.cfg.enabled,
+        };
+        if ok {
+            return Ok(());
+        }
+        if who.caller().is_none() {
+            let e = AuthError::Missing;
+            self.refused(
+                "unauthenticated",
+                reason(&e),
+                "anonymous",
+                "",
+                None,
+                &e.to_string(),
+            );
+            return Err(e.into());
+        }
+        let (name, method, peer) = who.caller().map_or(("anonymous", "", None), |c| {
+            (c.name.as_str(), c.method.as_str(), c.peer)
+        });
+        let e = ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!("{name:?} is not a member of this cluster: replica traffic is refused"),
+        );
+        self.refused(
+            "permission_denied",
+            "not_cluster",
+            name,
+            method,
+            peer,
+            &e.message,
+        );
+        Err(e)
+    }
+
+    /// An ACL change, for the audit log.
+    pub fn audit_change(&self, who: &Principal, what: &str) {
+        let c = who.caller();
+        self.audit.change(
+            who.name(),
+            c.map_or("", |c| c.method.as_str()),
+            c.and_then(|c| c.peer),
+            what,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
