@@ -2,13 +2,16 @@
 # Attacks a Sluice replica group under load and checks that no acknowledged message is lost.
 #
 #   scripts/chaos.sh [--cycles N] [--faults kill,pause,partition] [--json] [--report FILE]
-#                    [--dir DIR | --inventory FILE] [--keep] [-- more sluice-chaos run options]
+#                    [--dir DIR | --inventory FILE] [--secure] [--keep]
+#                    [-- more sluice-chaos run options]
 #
 # Without --dir or --inventory it starts its own cluster with scripts/cluster.sh (one
 # nameserver, one group of 3 replicas, fault injection on) in a fresh directory and stops it
 # at the end (--keep leaves it running). --dir DIR attacks a running cluster.sh cluster (it
 # needs replica groups of >= 3, and --fault-injection for partitions); --inventory FILE one
 # deployed with scripts/deploy.sh (partitions are real link-downs in namespace mode).
+# --secure starts its own cluster secured (cluster.sh up --secure); a --dir cluster that is
+# secured is attacked with its admin's and cluster's secrets either way.
 #
 # The report (text, or JSON with --json) goes to stdout, progress to stderr. Exit status: 0 when
 # every acknowledged message was consumed, in order, and every cycle recovered; 1 when not;
@@ -52,6 +55,7 @@ FAULTS=kill,pause,partition
 DIR=""
 INVENTORY=""
 KEEP=0
+SECURE=()
 PASS=()
 while (($# > 0)); do
   case $1 in
@@ -67,6 +71,7 @@ while (($# > 0)); do
     --report) (($# >= 2)) || die "--report needs a value"; PASS+=(--report "$2"); shift 2 ;;
     --report=*) PASS+=(--report "${1#*=}"); shift ;;
     --keep) KEEP=1; shift ;;
+    --secure) SECURE=(--secure); shift ;;
     -h | --help) usage 0 ;;
     --) shift; PASS+=("$@"); break ;;
     *) echo "chaos.sh: unknown argument $1" >&2; usage 2 >&2 ;;
@@ -87,13 +92,18 @@ else
     trap stop_own EXIT
     trap 'exit 130' INT TERM
     echo "chaos.sh: starting a 3-replica cluster in $DIR" >&2
-    "$REPO_ROOT/scripts/cluster.sh" up --dir "$DIR" --groups 1 --replicas 3 --fault-injection >&2 ||
+    "$REPO_ROOT/scripts/cluster.sh" up --dir "$DIR" --groups 1 --replicas 3 --fault-injection \
+      "${SECURE[@]}" >&2 ||
       die "could not start the cluster (see $DIR/nodes/*/node.log)"
   fi
   [[ -f $DIR/bin_dir ]] || die "no cluster.sh cluster in $DIR"
   DIR=$(cd "$DIR" && pwd)
   CONTROL=("$REPO_ROOT/scripts/cluster.sh" --dir "$DIR")
   BIN_DIR=$(<"$DIR/bin_dir")
+  if [[ -f $DIR/secure/env ]]; then
+    # shellcheck disable=SC1091 # written by cluster.sh up --secure
+    source "$DIR/secure/env"
+  fi
   RUNNER=()
 fi
 [[ -x $BIN_DIR/sluice-chaos ]] || die "no executable $BIN_DIR/sluice-chaos"

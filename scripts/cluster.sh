@@ -2,7 +2,7 @@
 # A local Sluice cluster on loopback ports, for development, tests and chaos runs.
 #
 #   scripts/cluster.sh up [--nameservers N] [--groups G] [--replicas R] [--fault-injection]
-#                                       build (unless SLUICE_BIN_DIR), then start every node
+#                         [--secure]    build (unless SLUICE_BIN_DIR), then start every node
 #   scripts/cluster.sh down             stop every node this directory's `up` started
 #   scripts/cluster.sh status           node processes + `sluice cluster status`
 #   scripts/cluster.sh nodes            one line per node: NAME KIND GROUP REPLICA ADDRESS STATE
@@ -23,6 +23,13 @@
 # before any starts (peers must know each other); with R = 1 (default) each group is one
 # standalone broker. A node keeps its address across restarts. DIR/nameservers holds the
 # nameserver addresses, comma-separated.
+#
+# --secure: a fresh cluster gets a random cluster secret and admin secret in DIR/secure/ and
+# runs with them: brokers authenticate and authorize every request (the admin is the
+# bootstrap super user), replicas sign their Raft traffic, nameservers take only signed
+# registrations and config writes. DIR/secure/env exports SLUICE_ACCESS_KEY (admin),
+# SLUICE_SECRET_KEY_FILE and SLUICE_CLUSTER_SECRET_FILE for `sluice` and `sluice-chaos`;
+# this script uses it itself. See docs/security.md.
 #
 # Environment:
 #   SLUICE_BIN_DIR         use the binaries there instead of building (cargo build --release)
@@ -210,6 +217,13 @@ nameserver_command() {
     fi
     metrics_line "$d"
   } >"$d/config.toml"
+  if [[ -d $DIR/secure ]]; then
+    {
+      echo "cluster_secret_file = $(toml_str "$DIR/secure/cluster.secret")"
+      echo "admin_access_key = \"admin\""
+      echo "admin_secret_file = $(toml_str "$DIR/secure/admin.secret")"
+    } >>"$d/config.toml"
+  fi
   CMD=("$BIN_DIR/sluice-nameserver" --config "$d/config.toml" --ready-file "$d/ready")
 }
 
@@ -253,6 +267,12 @@ broker_command() {
     metrics_line "$d"
     if [[ -n ${SLUICE_BROKER_CONFIG:-} ]]; then
       printf '%s\n' "$SLUICE_BROKER_CONFIG"
+    fi
+    if [[ -d $DIR/secure ]]; then
+      echo "auth_enabled = true"
+      echo "auth_admin = \"admin\""
+      echo "auth_admin_secret_file = $(toml_str "$DIR/secure/admin.secret")"
+      echo "cluster_secret_file = $(toml_str "$DIR/secure/cluster.secret")"
     fi
     if [[ -f $d/peers ]]; then
       echo "replica_id = $(<"$d/replica_id")"
@@ -438,8 +458,31 @@ assign_group_ports() {
   done
 }
 
+# A random secret (hex) in file $1, readable by its owner only.
+new_secret() {
+  (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$1")
+}
+
+# DIR/secure: the secrets of a --secure cluster and the environment that signs with them.
+create_secrets() {
+  mkdir -p "$DIR/secure"
+  chmod 700 "$DIR/secure"
+  new_secret "$DIR/secure/cluster.secret"
+  new_secret "$DIR/secure/admin.secret"
+  {
+    echo "export SLUICE_ACCESS_KEY=admin"
+    echo "export SLUICE_SECRET_KEY_FILE=$DIR/secure/admin.secret"
+    echo "export SLUICE_CLUSTER_SECRET_FILE=$DIR/secure/cluster.secret"
+  } >"$DIR/secure/env"
+  # shellcheck disable=SC1091 # just written
+  source "$DIR/secure/env"
+}
+
 create_cluster() {
   local i g r
+  if [[ $SECURE == 1 ]]; then
+    create_secrets
+  fi
   for ((i = 1; i <= NAMESERVERS; i++)); do
     create_node "ns-$i" nameserver
   done
@@ -535,6 +578,9 @@ cmd_up() {
     rollback
   done
   echo "nameservers: $(<"$DIR/nameservers")"
+  if [[ -d $DIR/secure ]]; then
+    echo "secured: source $DIR/secure/env to sign requests as the admin"
+  fi
 }
 
 cmd_down() {
@@ -735,6 +781,7 @@ NAMESERVERS=1
 GROUPS_N=1
 REPLICAS=1
 FAULT_INJECTION=false
+SECURE=0
 SHAPE_GIVEN=0
 FOLLOW=0
 # Value of option $1 given as "$1 VALUE" (shifts 2) or "$1=VALUE" (shifts 1): sets OPT_VALUE
@@ -772,6 +819,7 @@ while (($# > 0)); do
       shift "$OPT_SHIFT"
       ;;
     --fault-injection) FAULT_INJECTION=true SHAPE_GIVEN=1; shift ;;
+    --secure) SECURE=1 SHAPE_GIVEN=1; shift ;;
     -f | --follow) FOLLOW=1; shift ;;
     -h | --help) usage 0 ;;
     -*)
@@ -819,6 +867,11 @@ if [[ ! -d $DIR && $COMMAND != up ]]; then
 fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
+# A secured cluster: this script's own `sluice` and `sluice-chaos` calls sign as its admin.
+if [[ -f $DIR/secure/env ]]; then
+  # shellcheck disable=SC1091 # written by create_secrets
+  source "$DIR/secure/env"
+fi
 
 # One cluster.sh at a time per directory; different directories never collide. Read-only
 # commands and signals (pause/resume/partition/heal) do not wait for the lock, so a chaos run

@@ -32,21 +32,17 @@ pub struct Registrar {
     /// Told once the first registration round is over (whatever its outcome), so the broker
     /// reports itself ready only once the nameservers that answer know it.
     pub first_round: Option<tokio::sync::oneshot::Sender<bool>>,
-    /// The cluster secret: each registration is signed with it (access key: the cluster).
-    pub cluster_secret: Option<Vec<u8>>,
+    /// Signs each registration with the cluster secret (access key: the cluster), if set.
+    pub signer: Option<std::sync::Arc<sluice_proto::auth::Signer>>,
 }
 
 impl Registrar {
     /// `req` as a request, signed for `method` when there is a cluster secret.
     fn signed<T>(&self, req: T, method: &str) -> tonic::Request<T> {
         let mut r = tonic::Request::new(req);
-        if let Some(secret) = &self.cluster_secret {
-            let creds = sluice_proto::auth::Credentials {
-                access_key: self.identity.cluster_name.clone(),
-                secret: secret.clone(),
-            };
-            let header =
-                sluice_proto::auth::sign(&creds, method, crate::store::now_ms(), rand::random());
+        if let Some(signer) = &self.signer {
+            // Nameserver signatures name no server (empty target).
+            let header = signer.sign(method, crate::store::now_ms());
             match header.parse() {
                 Ok(v) => {
                     r.metadata_mut().insert(sluice_proto::auth::AUTH_HEADER, v);

@@ -118,7 +118,16 @@ pub async fn run(
     let state = Arc::new(StateMachine::open(meta.clone(), reregister.clone())?);
     let topics = state.topics.clone();
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let access = open_access(&config, &state, &metrics, local).await?;
+    let targets = vec![address.clone(), local.to_string()];
+    let data_targets = data_listener
+        .as_ref()
+        .map(|(l, advertised)| {
+            let mut t = vec![advertised.clone()];
+            t.extend(l.local_addr().ok().map(|a| a.to_string()));
+            t
+        })
+        .unwrap_or_default();
+    let access = open_access(&config, &state, &metrics, local, (targets, data_targets)).await?;
     let cluster_signer = access
         .cluster_credentials()
         .map(|c| Arc::new(sluice_proto::auth::Signer::new(c, rand::random())));
@@ -350,13 +359,7 @@ pub async fn run(
         trigger: reregister,
         role: replica.as_ref().map(|g| g.subscribe_master()),
         first_round: Some(first_round_tx),
-        cluster_secret: match &config.cluster_secret_file {
-            Some(path) => Some(
-                sluice_proto::auth::read_secret_file(path)
-                    .map_err(crate::config::ConfigError::Invalid)?,
-            ),
-            None => None,
-        },
+        signer: cluster_signer.clone(),
     };
     let registration = tokio::spawn(registrar.run(stop_rx.clone()));
 
@@ -499,9 +502,12 @@ async fn open_access(
     state: &StateMachine,
     metrics: &crate::metrics::Metrics,
     local: SocketAddr,
+    (targets, data_targets): (Vec<String>, Vec<String>),
 ) -> Result<Arc<crate::access::Access>, ServerError> {
     use crate::access::{audit::Audit, settings};
-    let cfg = settings::from_config(config).map_err(crate::config::ConfigError::Invalid)?;
+    let mut cfg = settings::from_config(config).map_err(crate::config::ConfigError::Invalid)?;
+    cfg.targets = targets;
+    cfg.data_targets = data_targets;
     if !local.ip().is_loopback() && !cfg.enabled {
         tracing::warn!(
             "listening on {local} without authentication: anyone who can reach this port can \

@@ -72,7 +72,10 @@ impl DataPorts {
         let conn = DataConn::connect(addr, self.connect_timeout).await?;
         if let Some(s) = &self.signer {
             let auth = DataPortAuthRequest {
-                authorization: s.sign(DATA_PORT_RESOURCE, crate::time::now_ms()),
+                authorization: s.sign(
+                    &sluice_proto::auth::resource(addr, DATA_PORT_RESOURCE),
+                    crate::time::now_ms(),
+                ),
             };
             conn.call(Kind::Auth, auth, self.connect_timeout).await?;
         }

@@ -24,6 +24,8 @@ const MAX_GRPC_MESSAGE: usize = 64 << 20;
 pub(crate) struct Transport {
     channel: Channel,
     signer: Option<Arc<Signer>>,
+    /// The server as signatures name it (a broker's address; empty for a nameserver).
+    target: Arc<str>,
 }
 
 type HttpRequest = http::Request<tonic::body::Body>;
@@ -44,7 +46,8 @@ impl tower_service::Service<HttpRequest> for Transport {
             .as_ref()
             .filter(|_| !req.headers().contains_key(AUTH_HEADER))
         {
-            let header = s.sign(req.uri().path(), crate::time::now_ms());
+            let resource = sluice_proto::auth::resource(&self.target, req.uri().path());
+            let header = s.sign(&resource, crate::time::now_ms());
             // Always ASCII (the access key is checked when credentials are made).
             if let Ok(v) = http::HeaderValue::from_str(&header) {
                 req.headers_mut().insert(AUTH_HEADER, v);
@@ -69,11 +72,12 @@ impl ChannelPool {
         }
     }
 
-    /// The transport to `addr`: its channel, signing as this pool's user.
+    /// The transport to the broker at `addr`: its channel, signing as this pool's user.
     pub(crate) fn transport(&self, addr: &str) -> Result<Transport> {
         Ok(Transport {
             channel: self.channel(addr)?,
             signer: self.signer.clone(),
+            target: Arc::from(addr),
         })
     }
 
@@ -122,7 +126,13 @@ impl ChannelPool {
     }
 
     pub(crate) fn nameserver(&self, addr: &str) -> Result<NameServerClient<Transport>> {
-        Ok(NameServerClient::new(self.transport(addr)?)
+        // Nameserver signatures name no server: a nameserver does not know every address
+        // clients reach it at.
+        let transport = Transport {
+            target: Arc::from(""),
+            ..self.transport(addr)?
+        };
+        Ok(NameServerClient::new(transport)
             .max_decoding_message_size(MAX_GRPC_MESSAGE)
             .max_encoding_message_size(MAX_GRPC_MESSAGE))
     }

@@ -395,16 +395,19 @@ pub async fn connect_broker(addr: &str) -> Result<BrokerClient<Channel>> {
         .max_encoding_message_size(64 << 20))
 }
 
-/// `msg` as a request for `method`, signed as `creds` when given.
+/// `msg` as a request for `method` to the broker at `addr` (empty: a nameserver), signed as
+/// `creds` when given.
 pub fn signed<T>(
     msg: T,
+    addr: &str,
     method: &str,
     creds: Option<&sluice_client::Credentials>,
 ) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Some(c) = creds {
         let signer = sluice_proto::auth::Signer::new(c.clone(), rand::random());
-        let header = signer.sign(method, sluice_client::time::now_ms());
+        let resource = sluice_proto::auth::resource(addr, method);
+        let header = signer.sign(&resource, sluice_client::time::now_ms());
         if let Ok(v) = header.parse() {
             req.metadata_mut()
                 .insert(sluice_proto::auth::AUTH_HEADER, v);

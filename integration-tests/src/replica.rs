@@ -193,6 +193,7 @@ impl ReplicaCluster {
             Duration::from_secs(2),
             c.get_broker_status(crate::signed(
                 GetBrokerStatusRequest {},
+                self.address(id),
                 "/sluice.v1.Broker/GetBrokerStatus",
                 self.opts.credentials.as_ref(),
             )),
@@ -261,6 +262,7 @@ impl ReplicaCluster {
             .await?
             .create_topic(crate::signed(
                 crate::create_topic_request(topic, queues),
+                self.address(master),
                 "/sluice.v1.Broker/CreateTopic",
                 self.opts.credentials.as_ref(),
             ))

@@ -119,6 +119,7 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     let status = raw
         .pull(signed(
             pull("billing"),
+            cluster.address(master),
             "/sluice.v1.Broker/Pull",
             Some(&app()),
         ))
@@ -166,12 +167,40 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     let status = raw
         .commit_offsets(signed(
             commit,
+            cluster.address(master),
             "/sluice.v1.Broker/CommitOffsets",
             Some(&app()),
         ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // Sending back a message of a topic it may not read (to read the copy in the group's
+    // retry topic) is refused.
+    let secret_msg = Producer::builder(config(&cluster, secure::admin()))
+        .build()
+        .unwrap()
+        .send(Message::new("payments", "secret"))
+        .await
+        .unwrap();
+    let stored = admin.get_message(&secret_msg.message_id).await.unwrap();
+    let back = sluice_proto::v1::SendBackRequest {
+        group: "billing".into(),
+        commit_log_offset: stored.message.commit_log_offset,
+        message_id: secret_msg.message_id.clone(),
+        ..Default::default()
+    };
+    let status = raw
+        .send_back(signed(
+            back,
+            cluster.address(master),
+            "/sluice.v1.Broker/SendBack",
+            Some(&app()),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("topic:payments"), "{status:?}");
 
     // A deny wins over the allow, at once.
     admin

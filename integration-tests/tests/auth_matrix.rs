@@ -216,10 +216,9 @@ fn case(path: &str, fx: &Fixtures) -> Option<(Rule, Vec<u8>)> {
             topic: "orders-doomed".into(),
         }
         .encode_to_vec(),
-        (
-            "sluice.v1.Broker",
-            "ListTopics" | "ListGroups" | "GetBrokerStatus" | "ListTransactions",
-        ) => Vec::new(),
+        ("sluice.v1.Broker", "ListTopics" | "ListGroups" | "ListTransactions") => Vec::new(),
+        // Producers read it to choose their data path.
+        ("sluice.v1.Broker", "GetBrokerStatus") => return Some((Rule::SignedIn, Vec::new())),
         ("sluice.v1.Broker", "GetMessage") => GetMessageRequest {
             message_id: fx.message_id.clone(),
         }
@@ -406,12 +405,13 @@ fn creds_of(caller: &str) -> Option<Credentials> {
 }
 
 /// The caller's answer to one call of `path`.
-async fn answer(channel: &Channel, path: &str, body: &[u8], caller: &str) -> Answer {
+async fn answer(channel: &Channel, target: &str, path: &str, body: &[u8], caller: &str) -> Answer {
+    let resource = auth::resource(target, path);
     let now = sluice_client::time::now_ms();
     let signer = creds_of(caller).map(|c| Signer::new(c, rand::random()));
     let header = signer.as_ref().map(|s| match caller {
-        "stale" => s.sign(path, now - 10 * 60 * 1000),
-        _ => s.sign(path, now),
+        "stale" => s.sign(&resource, now - 10 * 60 * 1000),
+        _ => s.sign(&resource, now),
     });
     if caller == "replayed" {
         // Once as alice, then the very same header again.
@@ -505,13 +505,14 @@ async fn every_rpc_and_frame_answers_each_caller_by_its_rule() {
             panic!("{path} has no entry in the auth matrix: decide its check and add it");
         };
         rules.insert(path.clone(), rule);
-        let channel = if path.starts_with("/sluice.v1.NameServer/") {
-            &nameserver
+        // Signatures to a nameserver name no server.
+        let (channel, target) = if path.starts_with("/sluice.v1.NameServer/") {
+            (&nameserver, "")
         } else {
-            &broker
+            (&broker, cluster.address(1))
         };
         for caller in CALLERS {
-            let got = answer(channel, path, &body, caller).await;
+            let got = answer(channel, target, path, &body, caller).await;
             let want = expected(rule, caller);
             if got != want {
                 wrong.push(format!("{path} as {caller}: {got:?}, expected {want:?}"));
@@ -552,11 +553,12 @@ async fn frame_answer(
     let mut out = bytes::BytesMut::new();
     out.put_slice(&frame::PREFACE);
     let now = sluice_client::time::now_ms();
+    let resource = auth::resource(addr, auth::DATA_PORT_RESOURCE);
     let header = creds_of(caller).map(|c| {
         let s = Signer::new(c, rand::random());
         match caller {
-            "stale" => s.sign(auth::DATA_PORT_RESOURCE, now - 10 * 60 * 1000),
-            _ => s.sign(auth::DATA_PORT_RESOURCE, now),
+            "stale" => s.sign(&resource, now - 10 * 60 * 1000),
+            _ => s.sign(&resource, now),
         }
     });
     let mut expect = 1;

@@ -1,6 +1,7 @@
 //! The short chaos scenario CI runs: `scripts/chaos.sh` starts its own cluster (cluster.sh, one
 //! group of 3 replicas, fault injection on), kills, pauses and partitions the master under
-//! load, and must find every acknowledged message consumed, in order, and the replicas equal.
+//! load, and must find every acknowledged message consumed, in order, and the replicas equal;
+//! once on a plain cluster and once on a secured one.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -68,6 +69,23 @@ fn wait_bounded(child: &mut Child, bound: Duration) -> Option<std::process::Exit
 
 #[test]
 fn short_chaos_run_kill_pause_partition_loses_nothing() {
+    short_chaos_run(&[]);
+}
+
+/// The same against a cluster with authentication on, signed Raft traffic and signed
+/// registrations: the chaos tool signs as the admin, its fault injection with the cluster
+/// secret.
+#[test]
+fn short_chaos_run_on_a_secured_cluster_loses_nothing() {
+    let err = short_chaos_run(&["--secure"]);
+    assert!(
+        err.contains("secured: source"),
+        "the cluster was not secured:\n{err}"
+    );
+}
+
+/// Runs chaos.sh with `extra` arguments, checks its report; returns its stderr.
+fn short_chaos_run(extra: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let _guard = ClusterGuard { tmp: tmp.path() };
     let report_path = tmp.path().join("report.json");
@@ -83,6 +101,7 @@ fn short_chaos_run_kill_pause_partition_loses_nothing() {
             "--report",
         ])
         .arg(&report_path)
+        .args(extra)
         .args(["--", "--warmup-acks", "100", "--hold-acks", "100"])
         .env("SLUICE_BIN_DIR", bin_dir())
         // Disk ratios against a budget: a host disk filled by others is not this test's subject.
@@ -141,6 +160,7 @@ fn short_chaos_run_kill_pause_partition_loses_nothing() {
     assert!(left.is_empty(), "chaos.sh left its cluster directory");
     let running = processes_mentioning(tmp.path());
     assert!(running.is_empty(), "nodes still running: {running:?}");
+    err
 }
 
 /// Pids of live processes whose command line mentions `path` (the nodes name their config

@@ -11,8 +11,10 @@ use sluice_proto::auth::{self, AuthError, Credentials, ReplayGuard, DEFAULT_WIND
 use sluice_proto::ApiError;
 use tonic::metadata::MetadataMap;
 
-/// Registrations remembered against replay per window; brokers sign one every heartbeat.
-const REPLAY_CAPACITY: usize = 1 << 20;
+/// Signer sessions remembered against replay, in all and per access key (a broker process
+/// is one session; about 200 bytes each).
+const REPLAY_CAPACITY: usize = 1 << 16;
+const REPLAY_PER_KEY: usize = 1 << 12;
 
 pub struct ClusterAuth {
     /// The cluster secret (registrations); `None`: registrations are open.
@@ -39,6 +41,7 @@ impl ClusterAuth {
             replays: Mutex::new(ReplayGuard::new(
                 DEFAULT_WINDOW_MS,
                 REPLAY_CAPACITY,
+                REPLAY_PER_KEY,
                 now_ms(),
             )),
         }
@@ -87,7 +90,7 @@ impl ClusterAuth {
             .map_err(refuse)?;
         let signed = auth::parse(value).map_err(refuse)?;
         let now = now_ms();
-        auth::verify(&signed, method, secret_of, now, self.window_ms).map_err(refuse)?;
+        auth::verify(&signed, &[method], secret_of, now, self.window_ms).map_err(refuse)?;
         self.replays.lock().admit(&signed, now).map_err(refuse)
     }
 }

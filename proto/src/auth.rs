@@ -8,8 +8,10 @@
 //! ```
 //!
 //! The signature is HMAC-SHA256 under the secret over [`string_to_sign`]: the scheme, the
-//! resource the request is for (the gRPC method path, or the data port's name), the timestamp
-//! and the nonce. The server checks the key, the signature (in constant time), that the
+//! access key, the resource the request is for ([`resource`]: the server as the client
+//! addressed it and the gRPC method path, or the data port's name), the timestamp and the
+//! nonce. A signature is good for one method on one server: captured, it cannot be replayed
+//! to another broker, nor relabelled with another access key. The server checks the key, the signature (in constant time), that the
 //! timestamp is within its replay window of its own clock, and that it has not seen the
 //! nonce before ([`ReplayGuard`]). A nonce is a signer's random session id (8 bytes) and a
 //! counter (8 bytes, big-endian) it increments per request ([`Signer`]), so the server's
@@ -29,8 +31,8 @@ pub const AUTH_HEADER: &str = "authorization";
 pub const SCHEME: &str = "SLUICE-HMAC-SHA256";
 /// The default replay window: timestamps further than this from the server's clock are stale.
 pub const DEFAULT_WINDOW_MS: i64 = 5 * 60 * 1000;
-/// The resource a data-port connection's authentication frame signs.
-pub const DATA_PORT_RESOURCE: &str = "sluice.DataPort";
+/// The method a data-port connection's authentication frame signs.
+pub const DATA_PORT_RESOURCE: &str = "/sluice.DataPort";
 /// Longest access key accepted.
 pub const MAX_ACCESS_KEY_LEN: usize = 128;
 /// Longest header value parsed.
@@ -59,8 +61,13 @@ pub enum AuthError {
     Malformed(&'static str),
     UnknownKey(String),
     BadSignature,
-    Stale { skew_ms: i64, window_ms: i64 },
+    Stale {
+        skew_ms: i64,
+        window_ms: i64,
+    },
     Replayed,
+    /// The server remembers as many client sessions of this key (or in all) as it can.
+    TooManySessions,
 }
 
 impl fmt::Display for AuthError {
@@ -69,12 +76,19 @@ impl fmt::Display for AuthError {
             AuthError::Missing => write!(f, "the request carries no signature"),
             AuthError::Malformed(why) => write!(f, "malformed signature: {why}"),
             AuthError::UnknownKey(k) => write!(f, "unknown access key {k:?}"),
-            AuthError::BadSignature => write!(f, "the signature does not match"),
+            AuthError::BadSignature => write!(
+                f,
+                "the signature does not match (wrong secret, or signed for another server or method)"
+            ),
             AuthError::Stale { skew_ms, window_ms } => write!(
                 f,
                 "stale timestamp: {skew_ms} ms from the server's clock, the window is {window_ms} ms"
             ),
             AuthError::Replayed => write!(f, "replayed request: this nonce was used already"),
+            AuthError::TooManySessions => write!(
+                f,
+                "too many client sessions of this access key within the replay window; retry later"
+            ),
         }
     }
 }
@@ -108,10 +122,21 @@ pub fn read_secret_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// What a request to `method` at `target` (the `host:port` the client dialed; empty for a
+/// nameserver, which signatures do not bind) signs.
+pub fn resource(target: &str, method: &str) -> String {
+    format!("{target}{method}")
+}
+
 /// What the signature covers.
-pub fn string_to_sign(resource: &str, timestamp_ms: i64, nonce: &[u8; 16]) -> String {
+pub fn string_to_sign(
+    access_key: &str,
+    resource: &str,
+    timestamp_ms: i64,
+    nonce: &[u8; 16],
+) -> String {
     format!(
-        "{SCHEME}\n{resource}\n{timestamp_ms}\n{}",
+        "{SCHEME}\n{access_key}\n{resource}\n{timestamp_ms}\n{}",
         crate::hex::encode(nonce)
     )
 }
@@ -126,7 +151,7 @@ pub(crate) fn mac(secret: &[u8]) -> Hmac<Sha256> {
 /// reused: [`Signer`] makes them).
 pub fn sign(creds: &Credentials, resource: &str, timestamp_ms: i64, nonce: [u8; 16]) -> String {
     let mut m = mac(&creds.secret);
-    m.update(string_to_sign(resource, timestamp_ms, &nonce).as_bytes());
+    m.update(string_to_sign(&creds.access_key, resource, timestamp_ms, &nonce).as_bytes());
     let signature = m.finalize().into_bytes();
     format!(
         "{SCHEME} Credential={}, Timestamp={timestamp_ms}, Nonce={}, Signature={}",
@@ -181,21 +206,32 @@ pub fn parse(value: &str) -> Result<Signed, AuthError> {
     })
 }
 
-/// Checks a parsed signature for `resource`: the key (through `secret_of`), the signature,
-/// the timestamp against `now_ms` and `window_ms`. The replay check is [`ReplayGuard`]'s.
-pub fn verify(
+/// Checks a parsed signature for one of `resources` (the names a server answers to): the key
+/// (through `secret_of`), the signature, the timestamp against `now_ms` and `window_ms`. The
+/// replay check is [`ReplayGuard`]'s.
+pub fn verify<S: AsRef<str>>(
     signed: &Signed,
-    resource: &str,
+    resources: &[S],
     secret_of: impl FnOnce(&str) -> Option<Vec<u8>>,
     now_ms: i64,
     window_ms: i64,
 ) -> Result<(), AuthError> {
     let secret = secret_of(&signed.access_key)
         .ok_or_else(|| AuthError::UnknownKey(signed.access_key.clone()))?;
-    let mut m = mac(&secret);
-    m.update(string_to_sign(resource, signed.timestamp_ms, &signed.nonce).as_bytes());
-    m.verify_slice(&signed.signature)
-        .map_err(|_| AuthError::BadSignature)?;
+    let matches = resources.iter().any(|r| {
+        let mut m = mac(&secret);
+        let text = string_to_sign(
+            &signed.access_key,
+            r.as_ref(),
+            signed.timestamp_ms,
+            &signed.nonce,
+        );
+        m.update(text.as_bytes());
+        m.verify_slice(&signed.signature).is_ok()
+    });
+    if !matches {
+        return Err(AuthError::BadSignature);
+    }
     let skew_ms = signed.timestamp_ms.saturating_sub(now_ms);
     if skew_ms.saturating_abs() > window_ms {
         return Err(AuthError::Stale { skew_ms, window_ms });
@@ -203,7 +239,7 @@ pub fn verify(
     Ok(())
 }
 
-mod replay;
+pub mod replay;
 mod signer;
 
 pub use replay::ReplayGuard;

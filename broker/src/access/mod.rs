@@ -29,8 +29,10 @@ use sluice_proto::{ApiError, ErrorCode};
 use crate::metrics::ops::RefusalLabels;
 use crate::state::acl::AclTable;
 
-/// Sessions (client processes) remembered against replay; past it new ones are refused.
-const REPLAY_SESSIONS: usize = 1 << 16;
+/// Sessions (client processes) remembered against replay, in all and per access key; past
+/// them new ones are refused (about 200 bytes each).
+const REPLAY_SESSIONS: usize = 1 << 18;
+const REPLAY_SESSIONS_PER_KEY: usize = 4096;
 
 /// Settings, from the broker's configuration.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +46,10 @@ pub struct AccessConfig {
     /// The cluster secret (access key: the cluster's name).
     pub cluster: Option<Credentials>,
     pub window_ms: i64,
+    /// The addresses clients reach this broker's gRPC port and data port at: a signature
+    /// names one (it cannot be replayed to another broker).
+    pub targets: Vec<String>,
+    pub data_targets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +129,23 @@ pub struct Access {
     refusals: Option<Family<RefusalLabels, Counter>>,
 }
 
+/// A refusal, with the metric labels it is counted under.
+struct Refusal {
+    kind: &'static str,
+    reason: &'static str,
+    error: ApiError,
+}
+
+impl Refusal {
+    fn unauthenticated(e: AuthError) -> Refusal {
+        Refusal {
+            kind: "unauthenticated",
+            reason: reason(&e),
+            error: e.into(),
+        }
+    }
+}
+
 fn reason(e: &AuthError) -> &'static str {
     match e {
         AuthError::Missing => "missing",
@@ -131,6 +154,7 @@ fn reason(e: &AuthError) -> &'static str {
         AuthError::BadSignature => "bad_signature",
         AuthError::Stale { .. } => "stale",
         AuthError::Replayed => "replayed",
+        AuthError::TooManySessions => "too_many_sessions",
     }
 }
 
@@ -146,6 +170,7 @@ impl Access {
             replays: Mutex::new(ReplayGuard::new(
                 window,
                 REPLAY_SESSIONS,
+                REPLAY_SESSIONS_PER_KEY,
                 crate::store::now_ms(),
             )),
             cfg,
@@ -237,7 +262,10 @@ impl Access {
             );
             ApiError::from(e)
         };
-        let Some(header) = header else {
+        // With authentication off, another scheme's header (a proxy's `Bearer ...`) is not
+        // ours to judge.
+        let ours = |h: &[u8]| h.starts_with(auth::SCHEME.as_bytes());
+        let Some(header) = header.filter(|h| self.cfg.enabled || ours(h)) else {
             return if self.cfg.enabled {
                 Err(refuse(AuthError::Missing, "anonymous"))
             } else {
@@ -250,12 +278,18 @@ impl Access {
         let who = signed.access_key.as_str();
         let found = self.lookup(who);
         let now = crate::store::now_ms();
+        let targets = if method == auth::DATA_PORT_RESOURCE {
+            &self.cfg.data_targets
+        } else {
+            &self.cfg.targets
+        };
+        let resources: Vec<String> = targets.iter().map(|t| auth::resource(t, method)).collect();
         let window = self.cfg.window_ms.max(1);
         let mut kind = Kind::User;
         let mut secret: Arc<[u8]> = Arc::from(Vec::new());
         auth::verify(
             &signed,
-            method,
+            &resources,
             |_| {
                 let (s, k) = found?;
                 kind = k;
@@ -280,20 +314,48 @@ impl Access {
         }))))
     }
 
-    /// Whether `who` may do `action` on `resource`. A group's retry and dead-letter topics are
-    /// the group's: its policies decide for them (as RocketMQ's ACL does).
+    /// Whether `who` may do `action` on `resource`; a refusal is counted and audited.
     pub fn check(
         &self,
         who: &Principal,
         action: Action,
         resource: Resource<'_>,
     ) -> Result<(), ApiError> {
+        self.decide(who, action, resource).map_err(|r| {
+            let (name, method, peer) = who.caller().map_or(("anonymous", "", None), |c| {
+                (c.name.as_str(), c.method.as_str(), c.peer)
+            });
+            self.refused(r.kind, r.reason, name, method, peer, &r.error.message);
+            r.error
+        })
+    }
+
+    /// [`Self::check`] without counting or auditing a refusal (a first of two tries).
+    pub fn check_quietly(
+        &self,
+        who: &Principal,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> Result<(), ApiError> {
+        self.decide(who, action, resource).map_err(|r| r.error)
+    }
+
+    /// The decision. A group's retry and dead-letter topics are the group's (its policies
+    /// decide, as in RocketMQ's ACL); the broker's other `%` topics (timers, half messages)
+    /// are the cluster's, so no `topic:*` policy reaches them.
+    fn decide(
+        &self,
+        who: &Principal,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> Result<(), Refusal> {
         let resource = match resource {
             Resource::Topic(t) => match t
                 .strip_prefix(sluice_proto::names::RETRY_PREFIX)
                 .or_else(|| t.strip_prefix(sluice_proto::names::DLQ_PREFIX))
             {
                 Some(group) => Resource::Group(group),
+                None if t.starts_with('%') => Resource::Cluster,
                 None => Resource::Topic(t),
             },
             r => r,
@@ -302,6 +364,39 @@ impl Access {
             if !self.cfg.enabled {
                 return Ok(());
             }
+            return Err(Refusal::unauthenticated(AuthError::Missing));
+        };
+        if c.kind != Kind::User || !self.cfg.enabled {
+            return Ok(());
+        }
+        let view = self.acl.view();
+        if !view.has_user(&c.name) {
+            // Deleted since it signed in (a data-port connection outlives its Auth frame).
+            return Err(Refusal::unauthenticated(AuthError::UnknownKey(
+                c.name.clone(),
+            )));
+        }
+        let verdict = acl::evaluate(view.rules(&c.name), action, &resource);
+        if verdict == Verdict::Allowed {
+            return Ok(());
+        }
+        Err(Refusal {
+            kind: "permission_denied",
+            reason: if matches!(verdict, Verdict::Denied(_)) {
+                "denied"
+            } else {
+                "not_allowed"
+            },
+            error: acl::refusal(&c.name, action, &resource, &verdict),
+        })
+    }
+
+    /// Managing the ACL: `admin` on `cluster`. Enforced also while authentication is off
+    /// (then by super users and the cluster only): grants made anonymously would outlive
+    /// turning it on. Users named super by configuration, the admin's and the cluster's names
+    /// are for super callers only.
+    pub fn check_admin(&self, who: &Principal, user: Option<&str>) -> Result<(), ApiError> {
+        let Some(c) = who.caller() else {
             let e = AuthError::Missing;
             self.refused(
                 "unauthenticated",
@@ -313,42 +408,29 @@ impl Access {
             );
             return Err(e.into());
         };
-        if c.kind != Kind::User || !self.cfg.enabled {
-            return Ok(());
-        }
-        let view = self.acl.view();
-        if !view.has_user(&c.name) {
-            // Deleted since it signed in (a data-port connection outlives its Auth frame).
-            let e = AuthError::UnknownKey(c.name.clone());
+        let reserved = user.is_some_and(|u| {
+            self.super_users().iter().any(|s| s == u)
+                || self.cfg.cluster.as_ref().is_some_and(|k| k.access_key == u)
+        });
+        if c.kind == Kind::User && (reserved || !self.cfg.enabled) {
+            let e = ApiError::new(
+                ErrorCode::PermissionDenied,
+                match user.filter(|_| reserved) {
+                    Some(u) => format!("only a super user may manage {u:?}"),
+                    None => "with authentication off, only super users manage the ACL".into(),
+                },
+            );
             self.refused(
-                "unauthenticated",
-                reason(&e),
+                "permission_denied",
+                "denied",
                 &c.name,
                 &c.method,
                 c.peer,
-                &e.to_string(),
+                &e.message,
             );
-            return Err(e.into());
+            return Err(e);
         }
-        let verdict = acl::evaluate(view.rules(&c.name), action, &resource);
-        if verdict == Verdict::Allowed {
-            return Ok(());
-        }
-        let e = acl::refusal(&c.name, action, &resource, &verdict);
-        let why = if matches!(verdict, Verdict::Denied(_)) {
-            "denied"
-        } else {
-            "not_allowed"
-        };
-        self.refused(
-            "permission_denied",
-            why,
-            &c.name,
-            &c.method,
-            c.peer,
-            &e.message,
-        );
-        Err(e)
+        self.check(who, Action::Admin, Resource::Cluster)
     }
 
     /// Any authenticated caller (or anyone, while authentication is off).

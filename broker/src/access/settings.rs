@@ -6,12 +6,14 @@ use sluice_proto::names::validate_access_key;
 use super::AccessConfig;
 use crate::config::BrokerConfig;
 
+/// The settings; `targets` and `data_targets` are filled in by the server once it knows its
+/// addresses.
 pub fn from_config(c: &BrokerConfig) -> Result<AccessConfig, String> {
     let window = crate::messaging::timer::parse_duration(&c.auth_window)
         .map_err(|e| format!("auth_window: {e}"))?;
     let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
-    if window_ms < 1_000 {
-        return Err("auth_window must be at least 1s".into());
+    if !(1_000..=sluice_proto::auth::replay::MAX_WINDOW_MS).contains(&window_ms) {
+        return Err("auth_window must be within 1s..=1d".into());
     }
     let admin = match (&c.auth_admin, &c.auth_admin_secret_file) {
         (Some(key), Some(file)) => {
@@ -41,10 +43,10 @@ pub fn from_config(c: &BrokerConfig) -> Result<AccessConfig, String> {
                 .into(),
         );
     }
-    if c.auth_enabled && admin.is_none() && c.auth_super_users.is_empty() {
+    if c.auth_enabled && admin.is_none() && cluster.is_none() {
         return Err(
-            "auth_enabled needs auth_admin (with auth_admin_secret_file) or auth_super_users: \
-             someone must be able to manage users"
+            "auth_enabled needs auth_admin (with auth_admin_secret_file) or cluster_secret_file: \
+             someone must be able to add the first users"
                 .into(),
         );
     }
@@ -54,6 +56,8 @@ pub fn from_config(c: &BrokerConfig) -> Result<AccessConfig, String> {
         super_users: c.auth_super_users.clone(),
         cluster,
         window_ms,
+        targets: Vec::new(),
+        data_targets: Vec::new(),
     })
 }
 

@@ -71,6 +71,9 @@ fn setup(enabled: bool) -> (StateMachine, Access) {
             super_users: vec!["bob".into()],
             cluster: Some(creds("c1", "cluster-secret")),
             window_ms: 60_000,
+            // Signed with an empty target, a resource is the method alone.
+            targets: vec![String::new()],
+            data_targets: vec![String::new()],
         },
         state.acl.clone(),
         audit::Audit::off(),
@@ -350,4 +353,68 @@ fn acl_state_is_canonical_and_travels_in_dumps() {
     let v = other.acl.view();
     assert_eq!(v.users(), vec!["alice", "bob"]);
     assert_eq!(v.policies(""), state.acl.view().policies(""));
+}
+
+#[test]
+fn broker_topics_are_the_clusters_and_the_acl_is_managed_by_admins_only() {
+    let (state, access) = setup(true);
+    state
+        .apply(
+            None,
+            &[op(Op::Grant(policy("alice", "topic:*", &["sub"], "allow")))],
+            true,
+        )
+        .unwrap();
+    let alice = login(&access, &creds("alice", "a-secret"), SEND).unwrap();
+    access
+        .check(&alice, Action::Sub, Resource::Topic("anything"))
+        .unwrap();
+    // `topic:*` does not reach the timer or half-message topics.
+    for internal in ["%TIMER%", "%TX_HALF%"] {
+        let e = access
+            .check(&alice, Action::Sub, Resource::Topic(internal))
+            .unwrap_err();
+        assert!(e.message.contains("on cluster"), "{}", e.message);
+    }
+    // Alice with admin on cluster manages users, but not super ones.
+    state
+        .apply(
+            None,
+            &[op(Op::Grant(policy(
+                "alice",
+                "cluster",
+                &["admin"],
+                "allow",
+            )))],
+            true,
+        )
+        .unwrap();
+    access.check_admin(&alice, Some("carol")).unwrap();
+    for reserved in ["bob", "root", "c1"] {
+        let e = access.check_admin(&alice, Some(reserved)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::PermissionDenied, "{reserved}");
+    }
+    let root = login(&access, &creds("root", "root-secret"), SEND).unwrap();
+    access.check_admin(&root, Some("bob")).unwrap();
+    assert_eq!(
+        access.check_admin(&Principal(None), None).unwrap_err().code,
+        ErrorCode::Unauthenticated
+    );
+}
+
+#[test]
+fn with_authentication_off_the_acl_is_still_guarded_and_other_schemes_pass() {
+    let (_s, access) = setup(false);
+    assert!(access.check_admin(&Principal(None), None).is_err());
+    let alice = login(&access, &creds("alice", "a-secret"), SEND).unwrap();
+    assert!(access.check_admin(&alice, None).is_err());
+    let root = login(&access, &creds("root", "root-secret"), SEND).unwrap();
+    access.check_admin(&root, None).unwrap();
+    // A proxy's header of another scheme is not judged.
+    let p = access
+        .authenticate(SEND, Some(b"Bearer abc"), None)
+        .unwrap();
+    assert!(p.caller().is_none());
+    let (_s, on) = setup(true);
+    assert!(on.authenticate(SEND, Some(b"Bearer abc"), None).is_err());
 }

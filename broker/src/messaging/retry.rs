@@ -45,7 +45,7 @@ pub struct Retries {
 }
 
 /// A message a consumer failed to process, sent back.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct SendBack<'a> {
     pub group: &'a str,
     /// Where the message is in the commit log.
@@ -56,6 +56,9 @@ pub struct SendBack<'a> {
     pub reason: &'a str,
     /// An ordered consumer retried it in place this many times: to the dead-letter topic now.
     pub dead_letter_after: Option<u32>,
+    /// Whether the caller may read the message's topic (its original one, for a retry):
+    /// sending back copies the message where the group can read it.
+    pub may_read: &'a (dyn Fn(&str) -> Result<(), ApiError> + Sync),
 }
 
 impl Retries {
@@ -114,14 +117,15 @@ impl Retries {
             delay_ms,
             reason,
             dead_letter_after,
+            may_read,
         } = cmd;
         validate_group_name(group)?;
         self.write.require_writer()?;
         let r = self.read(phy).await?;
         if r.message_id != message_id {
+            // Which message is there is not told: the caller may not be allowed to see it.
             return Err(ApiError::invalid(format!(
-                "the message at offset {phy} is {}, not {message_id}",
-                r.message_id
+                "the message at offset {phy} is not {message_id}"
             )));
         }
         if r.sys_flag & (SYS_FLAGS_SYSTEM | (SYS_FLAGS_TIMER & !SYS_FLAG_TIMER_FIRED)) != 0 {
@@ -137,6 +141,7 @@ impl Retries {
         let origin_topic = props::get(&r.properties, ORIGIN_TOPIC)
             .unwrap_or(&r.topic)
             .to_string();
+        may_read(&origin_topic)?;
         let origin_queue = props::get(&r.properties, ORIGIN_QUEUE)
             .map(str::to_string)
             .unwrap_or_else(|| r.queue_id.to_string());

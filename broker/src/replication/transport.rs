@@ -170,7 +170,8 @@ impl PeerSender {
     async fn send_grpc(&mut self, batch: RaftBatch) -> Result<(), String> {
         let mut req = tonic::Request::new(batch);
         if let Some(s) = &self.signer {
-            let header = s.sign(RAFT_METHOD, crate::store::now_ms());
+            let resource = sluice_proto::auth::resource(&self.addr, RAFT_METHOD);
+            let header = s.sign(&resource, crate::store::now_ms());
             match header.parse() {
                 Ok(v) => {
                     req.metadata_mut()
@@ -248,7 +249,7 @@ impl DataLink {
             // Acked like a batch: a refusal breaks the link (see `drain_acks`).
             let auth = DataPortAuthRequest {
                 authorization: s.sign(
-                    sluice_proto::auth::DATA_PORT_RESOURCE,
+                    &sluice_proto::auth::resource(addr, sluice_proto::auth::DATA_PORT_RESOURCE),
                     crate::store::now_ms(),
                 ),
             };

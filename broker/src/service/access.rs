@@ -1,7 +1,7 @@
 //! The `sluice.v1.Access` service: users and policies, through the replicated state. Every
 //! call needs `admin` on `cluster`; changes go to the audit log.
 
-use sluice_proto::acl::{Action, Resource, Rule};
+use sluice_proto::acl::Rule;
 use sluice_proto::names::validate_access_key;
 use sluice_proto::v1::access_server::Access;
 use sluice_proto::v1::meta_op::Op;
@@ -16,7 +16,7 @@ use crate::store::now_ms;
 
 impl BrokerService {
     fn admin(&self, who: &Principal) -> Result<(), ApiError> {
-        self.access.check(who, Action::Admin, Resource::Cluster)
+        self.access.check_admin(who, None)
     }
 
     async fn change(&self, who: &Principal, op: Op, what: String) -> Result<(), ApiError> {
@@ -31,7 +31,7 @@ impl BrokerService {
         who: Principal,
         r: PutUserRequest,
     ) -> Result<PutUserResponse, ApiError> {
-        self.admin(&who)?;
+        self.access.check_admin(&who, Some(&r.access_key))?;
         validate_access_key(&r.access_key)?;
         let Some(caller) = who.caller() else {
             return Err(ApiError::invalid(
@@ -61,7 +61,7 @@ impl BrokerService {
         who: Principal,
         r: DeleteUserRequest,
     ) -> Result<DeleteUserResponse, ApiError> {
-        self.admin(&who)?;
+        self.access.check_admin(&who, Some(&r.access_key))?;
         validate_access_key(&r.access_key)?;
         let view = self.write.state().acl.view();
         if !view.has_user(&r.access_key) {

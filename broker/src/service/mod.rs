@@ -334,16 +334,21 @@ impl Broker for BrokerService {
     }
 
     async fn get_broker_status(&self, req: Request<GetBrokerStatusRequest>) -> Reply<BrokerStatus> {
-        self.access
-            .check(&principal(&req), Action::Get, Resource::Cluster)?;
+        // Producers read it to pick their data path: any user may.
+        self.access.check_signed_in(&principal(&req))?;
         Ok(Response::new(self.status().await))
     }
 
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Reply<GetMessageResponse> {
         let who = principal(&req);
         let found = self.do_get_message(req.into_inner())?;
-        // Its topic is known once it is found.
-        let topic = found.message.as_ref().map_or("", |m| m.topic.as_str());
+        // Its topic is known once it is found (a delayed one's: the topic it waits for).
+        let topic = found.message.as_ref().map_or("", |m| {
+            m.properties
+                .get(sluice_proto::props::REAL_TOPIC)
+                .unwrap_or(&m.topic)
+                .as_str()
+        });
         self.access
             .check(&who, Action::Get, Resource::Topic(topic))?;
         Ok(Response::new(found))
@@ -366,12 +371,22 @@ impl Broker for BrokerService {
     }
 
     async fn send_back(&self, req: Request<SendBackRequest>) -> Reply<SendBackResponse> {
+        let who = principal(&req);
         self.check_group(&req, Action::Sub, &req.get_ref().group)?;
-        reply(self.do_send_back(req.into_inner()).await)
+        reply(self.do_send_back(req.into_inner(), &who).await)
     }
 
     async fn get_group_config(&self, req: Request<GetGroupConfigRequest>) -> Reply<GroupConfig> {
-        self.check_group(&req, Action::Get, &req.get_ref().group)?;
+        // Consumers of the group read their retry policy: sub or get.
+        let group = Resource::Group(&req.get_ref().group);
+        let who = principal(&req);
+        if self
+            .access
+            .check_quietly(&who, Action::Sub, group.clone())
+            .is_err()
+        {
+            self.check_group(&req, Action::Get, &req.get_ref().group)?;
+        }
         reply(self.do_get_group_config(req.into_inner()))
     }
 

@@ -13,7 +13,15 @@ impl BrokerService {
     pub(super) async fn do_send_back(
         &self,
         req: SendBackRequest,
+        who: &crate::access::Principal,
     ) -> Result<SendBackResponse, ApiError> {
+        let may_read = |topic: &str| {
+            self.access.check(
+                who,
+                sluice_proto::acl::Action::Sub,
+                sluice_proto::acl::Resource::Topic(topic),
+            )
+        };
         let r = self
             .retries
             .send_back(
@@ -24,6 +32,7 @@ impl BrokerService {
                     delay_ms: req.delay_ms,
                     reason: &req.reason,
                     dead_letter_after: req.dead_letter.then_some(req.attempts),
+                    may_read: &may_read,
                 },
                 now_ms(),
             )

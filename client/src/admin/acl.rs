@@ -77,7 +77,8 @@ impl Admin {
         let t = self.core.timeout();
         let mut out = Vec::new();
         for b in self.masters(None).await? {
-            let (header, wrapped) = signer.sign_wrapping(PUT_USER, crate::time::now_ms(), secret);
+            let resource = sluice_proto::auth::resource(&b.address, PUT_USER);
+            let (header, wrapped) = signer.sign_wrapping(&resource, crate::time::now_ms(), secret);
             let mut req = rpc::request(
                 PutUserRequest {
                     access_key: access_key.to_string(),

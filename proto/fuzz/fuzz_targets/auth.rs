@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(signed) = parse(text) {
         // Whatever parses can be checked, and a header signed with the same fields parses
         // to the same key, time and nonce.
-        let _ = verify(&signed, "r", |_| Some(b"k".to_vec()), signed.timestamp_ms, DEFAULT_WINDOW_MS);
+        let _ = verify(&signed, &["r"], |_| Some(b"k".to_vec()), signed.timestamp_ms, DEFAULT_WINDOW_MS);
         let creds = Credentials {
             access_key: signed.access_key.clone(),
             secret: b"k".to_vec(),

@@ -6,7 +6,7 @@ use super::{AuthError, Signed};
 
 /// Counters remembered behind a session's highest one; an older counter is refused as a
 /// replay (a client this far out of order is not one [`super::Signer`] makes).
-pub const REORDER_SPAN: u64 = 4096;
+pub const REORDER_SPAN: u64 = 1024;
 const WORDS: usize = (REORDER_SPAN / 64) as usize;
 
 struct Session {
@@ -56,32 +56,56 @@ impl Session {
 }
 
 /// Accepts each verified nonce once. Per (access key, session) it keeps the highest counter
-/// and which of the [`REORDER_SPAN`] below it were used: a few hundred bytes per client,
-/// whatever the request rate. Sessions silent for two windows are forgotten (their requests
-/// could no longer pass the timestamp check). Past `capacity` sessions, a new one is refused
-/// rather than remembered (fail closed).
+/// and which of the [`REORDER_SPAN`] below it were used: about 200 bytes per client, whatever
+/// the request rate. Sessions silent for two windows are forgotten (their requests could no
+/// longer pass the timestamp check). Past `per_key` sessions of one access key, or `capacity`
+/// in all, a new session is refused rather than remembered (fail closed): one user cannot
+/// crowd the others out.
 pub struct ReplayGuard {
     window_ms: i64,
     capacity: usize,
+    per_key: usize,
     sessions: HashMap<(String, [u8; 8]), Session>,
+    keys: HashMap<String, usize>,
     pruned_ms: i64,
 }
 
+/// Longest replay window a guard keeps (a day): beyond it, memory is not bounded usefully.
+pub const MAX_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
 impl ReplayGuard {
-    pub fn new(window_ms: i64, capacity: usize, now_ms: i64) -> ReplayGuard {
+    pub fn new(window_ms: i64, capacity: usize, per_key: usize, now_ms: i64) -> ReplayGuard {
         ReplayGuard {
-            window_ms: window_ms.max(1),
+            window_ms: window_ms.clamp(1, MAX_WINDOW_MS),
             capacity,
+            per_key,
             sessions: HashMap::new(),
+            keys: HashMap::new(),
             pruned_ms: now_ms,
         }
     }
 
     fn prune(&mut self, now_ms: i64) {
-        let keep = 2 * self.window_ms;
-        self.sessions
-            .retain(|_, s| now_ms.saturating_sub(s.last_ms) < keep);
+        // A session last used at t had timestamps up to t + window; those pass the check until
+        // t + 2 windows.
+        let keep = self.window_ms.saturating_mul(2);
+        let keys = &mut self.keys;
+        self.sessions.retain(|(key, _), s| {
+            let live = now_ms.saturating_sub(s.last_ms) <= keep;
+            if !live {
+                if let Some(n) = keys.get_mut(key) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            live
+        });
+        self.keys.retain(|_, n| *n > 0);
         self.pruned_ms = now_ms;
+    }
+
+    fn full(&self, key: &str) -> bool {
+        self.sessions.len() >= self.capacity
+            || self.keys.get(key).is_some_and(|n| *n >= self.per_key)
     }
 
     /// Accepts a verified request once; `Replayed` the second time (or when full).
@@ -91,11 +115,14 @@ impl ReplayGuard {
             self.prune(now_ms);
         }
         let key = (signed.access_key.clone(), session);
-        if !self.sessions.contains_key(&key) && self.sessions.len() >= self.capacity {
-            self.prune(now_ms);
-            if self.sessions.len() >= self.capacity {
-                return Err(AuthError::Replayed);
+        if !self.sessions.contains_key(&key) {
+            if self.full(&signed.access_key) {
+                self.prune(now_ms);
+                if self.full(&signed.access_key) {
+                    return Err(AuthError::TooManySessions);
+                }
             }
+            *self.keys.entry(signed.access_key.clone()).or_insert(0) += 1;
         }
         let s = self.sessions.entry(key).or_insert_with(|| Session {
             high: counter,

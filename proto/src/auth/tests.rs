@@ -24,8 +24,15 @@ fn a_signed_request_verifies_once() {
     let signed = parse(&header).unwrap();
     assert_eq!(signed.access_key, "alice");
     assert_eq!(signed.timestamp_ms, NOW);
-    verify(&signed, METHOD, secret_of, NOW + 1_000, DEFAULT_WINDOW_MS).unwrap();
-    let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 100, NOW);
+    verify(
+        &signed,
+        &[METHOD],
+        secret_of,
+        NOW + 1_000,
+        DEFAULT_WINDOW_MS,
+    )
+    .unwrap();
+    let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 100, 100, NOW);
     guard.admit(&signed, NOW).unwrap();
     assert_eq!(guard.admit(&signed, NOW + 5), Err(AuthError::Replayed));
     // Still remembered a window later.
@@ -47,7 +54,7 @@ fn signed_with(n: [u8; 16]) -> Signed {
 
 #[test]
 fn the_guard_keeps_a_sliding_window_per_session() {
-    let mut guard = ReplayGuard::new(1_000, 10, NOW);
+    let mut guard = ReplayGuard::new(1_000, 10, 10, NOW);
     for c in [5u64, 7, 6, 100] {
         guard.admit(&signed_with(nonce(1, c)), NOW).unwrap();
     }
@@ -72,18 +79,18 @@ fn the_guard_keeps_a_sliding_window_per_session() {
     // Another session is counted apart.
     guard.admit(&signed_with(nonce(2, 5)), NOW).unwrap();
     assert_eq!(guard.sessions(), 2);
-    // Two windows of silence: forgotten.
-    guard.admit(&signed_with(nonce(3, 1)), NOW + 2_000).unwrap();
+    // More than two windows of silence: forgotten.
+    guard.admit(&signed_with(nonce(3, 1)), NOW + 2_001).unwrap();
     assert_eq!(guard.sessions(), 1);
 }
 
 #[test]
 fn a_signer_never_repeats_a_nonce() {
     let signer = Signer::new(alice(), [4; 8]);
-    let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 10, NOW);
+    let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 10, 10, NOW);
     for _ in 0..10_000 {
         let s = parse(&signer.sign(METHOD, NOW)).unwrap();
-        verify(&s, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS).unwrap();
+        verify(&s, &[METHOD], secret_of, NOW, DEFAULT_WINDOW_MS).unwrap();
         guard.admit(&s, NOW).unwrap();
     }
     assert_eq!(guard.sessions(), 1);
@@ -110,13 +117,41 @@ fn wrapped_secrets_open_only_with_the_same_key_and_nonce() {
 }
 
 #[test]
+fn a_signature_binds_the_server_and_the_key() {
+    let at_a = resource("10.0.0.1:10911", METHOD);
+    let signed = parse(&sign(&alice(), &at_a, NOW, [1; 16])).unwrap();
+    verify(
+        &signed,
+        &["10.0.0.9:1", at_a.as_str()],
+        secret_of,
+        NOW,
+        DEFAULT_WINDOW_MS,
+    )
+    .unwrap();
+    let at_b = resource("10.0.0.2:10911", METHOD);
+    assert_eq!(
+        verify(&signed, &[at_b], secret_of, NOW, DEFAULT_WINDOW_MS),
+        Err(AuthError::BadSignature)
+    );
+    // Relabelled with another key that has the same secret.
+    let header =
+        sign(&alice(), &at_a, NOW, [1; 16]).replace("Credential=alice", "Credential=alicf");
+    let relabelled = parse(&header).unwrap();
+    let same_secret = |_: &str| Some(b"s3cret".to_vec());
+    assert_eq!(
+        verify(&relabelled, &[at_a], same_secret, NOW, DEFAULT_WINDOW_MS),
+        Err(AuthError::BadSignature)
+    );
+}
+
+#[test]
 fn each_refusal_says_why() {
     let signed = parse(&sign(&alice(), METHOD, NOW, [1; 16])).unwrap();
     // Signed for another method, or with another secret.
     assert_eq!(
         verify(
             &signed,
-            "/sluice.v1.Broker/DeleteTopic",
+            &["/sluice.v1.Broker/DeleteTopic"],
             secret_of,
             NOW,
             DEFAULT_WINDOW_MS
@@ -129,7 +164,7 @@ fn each_refusal_says_why() {
     };
     let forged = parse(&sign(&mallory, METHOD, NOW, [1; 16])).unwrap();
     assert_eq!(
-        verify(&forged, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS),
+        verify(&forged, &[METHOD], secret_of, NOW, DEFAULT_WINDOW_MS),
         Err(AuthError::BadSignature)
     );
     let bob = Credentials {
@@ -138,14 +173,14 @@ fn each_refusal_says_why() {
     };
     let unknown = parse(&sign(&bob, METHOD, NOW, [1; 16])).unwrap();
     assert_eq!(
-        verify(&unknown, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS),
+        verify(&unknown, &[METHOD], secret_of, NOW, DEFAULT_WINDOW_MS),
         Err(AuthError::UnknownKey("bob".into()))
     );
     // Too old and too far ahead.
     for skew in [-DEFAULT_WINDOW_MS - 1, DEFAULT_WINDOW_MS + 1] {
         let s = parse(&sign(&alice(), METHOD, NOW + skew, [1; 16])).unwrap();
         assert!(matches!(
-            verify(&s, METHOD, secret_of, NOW, DEFAULT_WINDOW_MS),
+            verify(&s, &[METHOD], secret_of, NOW, DEFAULT_WINDOW_MS),
             Err(AuthError::Stale { .. })
         ));
     }
@@ -181,16 +216,30 @@ fn malformed_headers_are_refused() {
 
 #[test]
 fn a_full_guard_fails_closed_and_secrets_are_never_printed() {
-    let mut guard = ReplayGuard::new(1_000, 2, NOW);
+    let mut guard = ReplayGuard::new(1_000, 3, 2, NOW);
     for n in 0..2u8 {
         guard.admit(&signed_with(nonce(n, 1)), NOW).unwrap();
     }
+    // Alice has used her sessions; another user still gets one, then the guard is full.
     let third = signed_with(nonce(9, 1));
-    assert_eq!(guard.admit(&third, NOW), Err(AuthError::Replayed));
+    assert_eq!(guard.admit(&third, NOW), Err(AuthError::TooManySessions));
+    let bob = Credentials {
+        access_key: "bob".into(),
+        secret: b"x".to_vec(),
+    };
+    guard
+        .admit(&parse(&sign(&bob, METHOD, NOW, nonce(1, 1))).unwrap(), NOW)
+        .unwrap();
+    let carol = Credentials {
+        access_key: "carol".into(),
+        secret: b"x".to_vec(),
+    };
+    let c = parse(&sign(&carol, METHOD, NOW, nonce(1, 1))).unwrap();
+    assert_eq!(guard.admit(&c, NOW), Err(AuthError::TooManySessions));
     // Known sessions go on.
     guard.admit(&signed_with(nonce(0, 2)), NOW).unwrap();
-    // Two windows later everything remembered could no longer pass the timestamp check.
-    guard.admit(&third, NOW + 2_000).unwrap();
+    // Past two windows everything remembered could no longer pass the timestamp check.
+    guard.admit(&third, NOW + 2_001).unwrap();
     let printed = format!("{:?}", alice());
     assert!(!printed.contains("s3cret"), "{printed}");
     let printed = format!("{:?}", Signer::new(alice(), [0; 8]));
@@ -216,7 +265,7 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&signed.access_key, &key);
         proptest::prop_assert_eq!(signed.nonce, nonce);
         let lookup = |k: &str| (k == key).then(|| secret.clone());
-        proptest::prop_assert_eq!(verify(&signed, &resource, lookup, ts, 1), Ok(()));
+        proptest::prop_assert_eq!(verify(&signed, &[&resource], lookup, ts, 1), Ok(()));
     }
 
     #[test]
@@ -224,7 +273,7 @@ proptest::proptest! {
         order in proptest::sample::subsequence((1u64..600).collect::<Vec<_>>(), 300)
             .prop_shuffle(),
     ) {
-        let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 4, NOW);
+        let mut guard = ReplayGuard::new(DEFAULT_WINDOW_MS, 4, 4, NOW);
         for c in &order {
             proptest::prop_assert!(guard.admit(&signed_with(nonce(1, *c)), NOW).is_ok());
         }

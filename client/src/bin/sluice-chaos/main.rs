@@ -16,6 +16,7 @@
 //! Helpers for the scripts: `sluice-chaos fault --addr A isolate 2 3` / `heal` (the
 //! `InjectFault` RPC) and `sluice-chaos free-ports N`.
 
+mod auth;
 mod campaign;
 mod churn;
 mod control;
@@ -50,6 +51,8 @@ use campaign::FaultKind;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    auth: auth::AuthArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -251,6 +254,7 @@ fn free_ports(count: usize, host: &str) -> Result<Vec<u16>> {
 }
 
 async fn execute(cli: Cli) -> Result<bool> {
+    auth::init(&cli.auth)?;
     match cli.command {
         Command::FreePorts { count, host } => {
             for p in free_ports(count, &host)? {

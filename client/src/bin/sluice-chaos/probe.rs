@@ -56,7 +56,12 @@ async fn channel(addr: &str) -> Result<Channel> {
 /// The broker's own status (fails when it is down, paused or cut off).
 pub async fn status(addr: &str) -> Result<BrokerStatus> {
     let mut c = BrokerClient::new(channel(addr).await?);
-    let r = tokio::time::timeout(CALL_TIMEOUT, c.get_broker_status(GetBrokerStatusRequest {}))
+    let req = crate::auth::signed(
+        GetBrokerStatusRequest {},
+        addr,
+        "/sluice.v1.Broker/GetBrokerStatus",
+    );
+    let r = tokio::time::timeout(CALL_TIMEOUT, c.get_broker_status(req))
         .await
         .map_err(|_| anyhow!("status of {addr} timed out"))?
         .map_err(|s| anyhow!("status of {addr}: {}", ApiError::from_status(&s)))?;
@@ -208,14 +213,23 @@ pub async fn await_healthy(
 
 /// Sends an `InjectFault` request to the broker at `addr`; returns the isolated set after it.
 pub async fn inject_fault(addr: &str, fault: Fault) -> Result<Vec<u64>> {
+    // Signed with the cluster secret under the cluster's name, when there is one.
+    let cluster = if crate::auth::has_cluster_secret() {
+        status(addr).await?.cluster_name
+    } else {
+        String::new()
+    };
     let mut c = ReplicationClient::new(channel(addr).await?);
-    let r = tokio::time::timeout(
-        CALL_TIMEOUT,
-        c.inject_fault(FaultRequest { fault: Some(fault) }),
-    )
-    .await
-    .map_err(|_| anyhow!("fault request to {addr} timed out"))?
-    .map_err(|s| anyhow!("fault request to {addr}: {}", ApiError::from_status(&s)))?;
+    let req = crate::auth::cluster_signed(
+        FaultRequest { fault: Some(fault) },
+        addr,
+        "/sluice.v1.Replication/InjectFault",
+        &cluster,
+    );
+    let r = tokio::time::timeout(CALL_TIMEOUT, c.inject_fault(req))
+        .await
+        .map_err(|_| anyhow!("fault request to {addr} timed out"))?
+        .map_err(|s| anyhow!("fault request to {addr}: {}", ApiError::from_status(&s)))?;
     Ok(r.into_inner().isolated)
 }
 
@@ -247,6 +261,7 @@ pub async fn read_queue(addr: &str, topic: &str, queue_id: u32) -> Result<Vec<St
             record_format: 0,
             filters: Vec::new(),
         };
+        let req = crate::auth::signed(req, addr, "/sluice.v1.Broker/Pull");
         let r = match tokio::time::timeout(Duration::from_secs(10), c.pull(req)).await {
             Err(_) => bail!("pull of {topic}/{queue_id} at {offset} from {addr} timed out"),
             Ok(Ok(r)) => r.into_inner(),
