@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 
 pub mod browser;
 pub mod cli_child;
+pub mod raw;
 pub mod replica;
 pub mod secure;
 

@@ -6,16 +6,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
+use bytes::BufMut;
 use prost::Message as _;
 use sluice_client::{Admin, ClientConfig, Credentials, Message, PolicyRow, Producer};
+use sluice_integration_tests::raw::{Raw, RawMsg};
 use sluice_integration_tests::replica::ReplicaCluster;
 use sluice_integration_tests::repo_root;
 use sluice_integration_tests::secure::{self, Secrets, ADMIN, CLUSTER, SUPER};
 use sluice_proto::auth::{self, Signer};
 use sluice_proto::v1::*;
 use sluice_proto::ErrorCode;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 /// Who each rule lets through (beyond refusing callers who cannot prove who they are).
@@ -333,42 +333,6 @@ fn case(path: &str, fx: &Fixtures) -> Option<(Rule, Vec<u8>)> {
     Some((Rule::Policy, body))
 }
 
-/// Passes request and response bodies through as bytes.
-#[derive(Clone, Default)]
-struct Raw;
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut v = vec![0; src.remaining()];
-        src.copy_to_slice(&mut v);
-        Ok(Some(v))
-    }
-}
-
-impl Codec for Raw {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
 async fn call(
     channel: &Channel,
     path: &str,
@@ -596,37 +560,6 @@ async fn frame_answer(
         .copied()
         .filter(|_| header.is_some());
     (auth.unwrap_or(Answer::Passed), answers[&9])
-}
-
-/// A message already encoded.
-#[derive(Clone, PartialEq)]
-struct RawMsg(Vec<u8>);
-
-impl prost::Message for RawMsg {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
-    }
-    fn merge_field(
-        &mut self,
-        _tag: u32,
-        _wire_type: prost::encoding::WireType,
-        _buf: &mut impl Buf,
-        _ctx: prost::encoding::DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        Ok(())
-    }
-    fn encoded_len(&self) -> usize {
-        self.0.len()
-    }
-    fn clear(&mut self) {
-        self.0.clear();
-    }
-}
-
-impl std::fmt::Debug for RawMsg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RawMsg({} bytes)", self.0.len())
-    }
 }
 
 use sluice_proto::frame;

@@ -172,7 +172,10 @@ mod tests {
             .unwrap()
             .len();
         // A batch is at most a quarter of the limit plus one line.
-        assert!(now <= 2_700 && (1_000..=2_700).contains(&old), "{now} {old}");
+        assert!(
+            now <= 2_700 && (1_000..=2_700).contains(&old),
+            "{now} {old}"
+        );
         let last = std::fs::read_to_string(&path).unwrap();
         assert!(last.contains("refusal 99"), "{last}");
         let line: serde_json::Value = serde_json::from_str(last.lines().next().unwrap()).unwrap();
