@@ -223,6 +223,20 @@ impl Access {
         self.audit.refusal(who, method, peer, detail);
     }
 
+    /// An unsigned request where one is needed: counted, audited, and the error.
+    fn refuse_anonymous(&self) -> ApiError {
+        let e = AuthError::Missing;
+        self.refused(
+            "unauthenticated",
+            reason(&e),
+            "anonymous",
+            "",
+            None,
+            &e.to_string(),
+        );
+        e.into()
+    }
+
     /// The secret and kind of `key`: the cluster, the bootstrap admin, or a user.
     fn lookup(&self, key: &str) -> Option<(Arc<[u8]>, Kind)> {
         if let Some(c) = &self.cfg.cluster {
@@ -397,16 +411,7 @@ impl Access {
     /// are for super callers only.
     pub fn check_admin(&self, who: &Principal, user: Option<&str>) -> Result<(), ApiError> {
         let Some(c) = who.caller() else {
-            let e = AuthError::Missing;
-            self.refused(
-                "unauthenticated",
-                reason(&e),
-                "anonymous",
-                "",
-                None,
-                &e.to_string(),
-            );
-            return Err(e.into());
+            return Err(self.refuse_anonymous());
         };
         let reserved = user.is_some_and(|u| {
             self.super_users().iter().any(|s| s == u)
@@ -438,16 +443,7 @@ impl Access {
         if who.caller().is_some() || !self.cfg.enabled {
             return Ok(());
         }
-        let e = AuthError::Missing;
-        self.refused(
-            "unauthenticated",
-            reason(&e),
-            "anonymous",
-            "",
-            None,
-            &e.to_string(),
-        );
-        Err(e.into())
+        Err(self.refuse_anonymous())
     }
 
     /// Each of `resources` (all must pass).
@@ -476,16 +472,7 @@ impl Access {
             return Ok(());
         }
         if who.caller().is_none() {
-            let e = AuthError::Missing;
-            self.refused(
-                "unauthenticated",
-                reason(&e),
-                "anonymous",
-                "",
-                None,
-                &e.to_string(),
-            );
-            return Err(e.into());
+            return Err(self.refuse_anonymous());
         }
         let (name, method, peer) = who.caller().map_or(("anonymous", "", None), |c| {
             (c.name.as_str(), c.method.as_str(), c.peer)

@@ -24,6 +24,11 @@ fn op(o: Op) -> StateOp {
     StateOp { op: Some(o) }
 }
 
+/// Applies one op, as the log would.
+fn apply(state: &StateMachine, o: Op) {
+    state.apply(None, &[op(o)], true).unwrap();
+}
+
 fn policy(user: &str, resource: &str, actions: &[&str], decision: &str) -> AclPolicy {
     AclPolicy {
         user: user.into(),
@@ -189,49 +194,25 @@ fn policies_decide_for_users_only() {
         .check(&bob, Action::Admin, Resource::Cluster)
         .unwrap();
     // A change applies to the next request, no restart.
-    state
-        .apply(
-            None,
-            &[op(Op::Grant(policy(
-                "alice",
-                "topic:payments",
-                &["pub"],
-                "allow",
-            )))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &state,
+        Op::Grant(policy("alice", "topic:payments", &["pub"], "allow")),
+    );
     access
         .check(&alice, Action::Pub, Resource::Topic("payments"))
         .unwrap();
-    state
-        .apply(
-            None,
-            &[op(Op::Revoke(policy(
-                "alice",
-                "topic:payments",
-                &["pub"],
-                "allow",
-            )))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &state,
+        Op::Revoke(policy("alice", "topic:payments", &["pub"], "allow")),
+    );
     assert!(access
         .check(&alice, Action::Pub, Resource::Topic("payments"))
         .is_err());
     // A group's retry and dead-letter topics go by the group's policies.
-    state
-        .apply(
-            None,
-            &[op(Op::Grant(policy(
-                "alice",
-                "group:billing",
-                &["sub"],
-                "allow",
-            )))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &state,
+        Op::Grant(policy("alice", "group:billing", &["sub"], "allow")),
+    );
     access
         .check(&alice, Action::Sub, Resource::Topic("%RETRY%billing"))
         .unwrap();
@@ -243,9 +224,7 @@ fn policies_decide_for_users_only() {
         .is_err());
     // A deleted user cannot sign in, nor act on a session it opened before.
     let signed_in = login(&access, &creds("alice", "a-secret"), SEND).unwrap();
-    state
-        .apply(None, &[op(Op::DeleteUser("alice".into()))], true)
-        .unwrap();
+    apply(&state, Op::DeleteUser("alice".into()));
     assert!(login(&access, &creds("alice", "a-secret"), SEND).is_err());
     let e = access
         .check(&signed_in, Action::Pub, Resource::Topic("orders-eu"))
@@ -300,30 +279,14 @@ fn with_authentication_off_unsigned_requests_pass_and_signed_ones_are_still_veri
 fn acl_state_is_canonical_and_travels_in_dumps() {
     let (state, _access) = setup(true);
     // Granting again merges; revoking part keeps the rest.
-    state
-        .apply(
-            None,
-            &[op(Op::Grant(policy(
-                "alice",
-                "topic:orders-*",
-                &["get", "pub"],
-                "allow",
-            )))],
-            true,
-        )
-        .unwrap();
-    state
-        .apply(
-            None,
-            &[op(Op::Revoke(policy(
-                "alice",
-                "topic:orders-*",
-                &["sub"],
-                "allow",
-            )))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &state,
+        Op::Grant(policy("alice", "topic:orders-*", &["get", "pub"], "allow")),
+    );
+    apply(
+        &state,
+        Op::Revoke(policy("alice", "topic:orders-*", &["sub"], "allow")),
+    );
     let p = state.acl.view().policies("alice");
     assert_eq!(p.len(), 2);
     assert_eq!(p[0].resource, "topic:orders-*");
@@ -339,16 +302,13 @@ fn acl_state_is_canonical_and_travels_in_dumps() {
     assert_eq!(r, vec![crate::state::Applied::Unchanged]);
     let dump = state.dump().unwrap();
     let other = StateMachine::open(Arc::new(MemMeta::default()), Arc::new(Notify::new())).unwrap();
-    other
-        .apply(
-            None,
-            &[op(Op::PutUser(AclUser {
-                access_key: "ghost".into(),
-                secret: b"x".to_vec().into(),
-            }))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &other,
+        Op::PutUser(AclUser {
+            access_key: "ghost".into(),
+            secret: b"x".to_vec().into(),
+        }),
+    );
     other.restore(&dump).unwrap();
     let v = other.acl.view();
     assert_eq!(v.users(), vec!["alice", "bob"]);
@@ -358,13 +318,10 @@ fn acl_state_is_canonical_and_travels_in_dumps() {
 #[test]
 fn broker_topics_are_the_clusters_and_the_acl_is_managed_by_admins_only() {
     let (state, access) = setup(true);
-    state
-        .apply(
-            None,
-            &[op(Op::Grant(policy("alice", "topic:*", &["sub"], "allow")))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &state,
+        Op::Grant(policy("alice", "topic:*", &["sub"], "allow")),
+    );
     let alice = login(&access, &creds("alice", "a-secret"), SEND).unwrap();
     access
         .check(&alice, Action::Sub, Resource::Topic("anything"))
@@ -377,18 +334,10 @@ fn broker_topics_are_the_clusters_and_the_acl_is_managed_by_admins_only() {
         assert!(e.message.contains("on cluster"), "{}", e.message);
     }
     // Alice with admin on cluster manages users, but not super ones.
-    state
-        .apply(
-            None,
-            &[op(Op::Grant(policy(
-                "alice",
-                "cluster",
-                &["admin"],
-                "allow",
-            )))],
-            true,
-        )
-        .unwrap();
+    apply(
+        &state,
+        Op::Grant(policy("alice", "cluster", &["admin"], "allow")),
+    );
     access.check_admin(&alice, Some("carol")).unwrap();
     for reserved in ["bob", "root", "c1"] {
         let e = access.check_admin(&alice, Some(reserved)).unwrap_err();

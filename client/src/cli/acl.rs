@@ -60,21 +60,9 @@ pub enum PolicyCommand {
     /// RESOURCE: cluster, topic:NAME or group:NAME, where NAME is a name, a prefix ending in
     /// `*`, or `*`. ACTIONS: comma-separated pub, sub, create, update, delete, get, list,
     /// admin, or all. Deny wins over allow; without a matching allow, the answer is deny.
-    Grant {
-        user: String,
-        resource: String,
-        actions: String,
-        #[arg(long)]
-        deny: bool,
-    },
+    Grant(PolicyArgs),
     /// Remove ACTIONS from the allow (or --deny) policy of USER on RESOURCE.
-    Revoke {
-        user: String,
-        resource: String,
-        actions: String,
-        #[arg(long)]
-        deny: bool,
-    },
+    Revoke(PolicyArgs),
     /// Policies of every broker group (one user's with --user).
     List {
         #[arg(long)]
@@ -84,12 +72,27 @@ pub enum PolicyCommand {
     },
 }
 
-fn policy(user: String, resource: String, actions: &str, deny: bool) -> PolicyRow {
-    PolicyRow {
-        user,
-        resource,
-        actions: actions.split(',').map(|a| a.trim().to_string()).collect(),
-        decision: if deny { "deny" } else { "allow" }.to_string(),
+#[derive(Debug, clap::Args)]
+pub struct PolicyArgs {
+    user: String,
+    resource: String,
+    actions: String,
+    #[arg(long)]
+    deny: bool,
+}
+
+impl PolicyArgs {
+    fn row(self) -> PolicyRow {
+        PolicyRow {
+            user: self.user,
+            resource: self.resource,
+            actions: self
+                .actions
+                .split(',')
+                .map(|a| a.trim().to_string())
+                .collect(),
+            decision: if self.deny { "deny" } else { "allow" }.to_string(),
+        }
     }
 }
 
@@ -148,26 +151,12 @@ pub async fn run(admin: &Admin, cmd: AclCommand) -> anyhow::Result<()> {
             let changes = admin.delete_user(&access_key).await?;
             print_changes(&changes, &format!("user {access_key} deleted"));
         }
-        AclCommand::Policy(PolicyCommand::Grant {
-            user,
-            resource,
-            actions,
-            deny,
-        }) => {
-            let changes = admin
-                .change_policy(policy(user, resource, &actions, deny), true)
-                .await?;
+        AclCommand::Policy(PolicyCommand::Grant(p)) => {
+            let changes = admin.change_policy(p.row(), true).await?;
             print_changes(&changes, "no policy");
         }
-        AclCommand::Policy(PolicyCommand::Revoke {
-            user,
-            resource,
-            actions,
-            deny,
-        }) => {
-            let changes = admin
-                .change_policy(policy(user, resource, &actions, deny), false)
-                .await?;
+        AclCommand::Policy(PolicyCommand::Revoke(p)) => {
+            let changes = admin.change_policy(p.row(), false).await?;
             print_changes(&changes, "policy removed");
         }
         AclCommand::Policy(PolicyCommand::List { user, out }) => {
