@@ -17,6 +17,7 @@ pub mod hex;
 pub mod names;
 pub mod props;
 pub mod record;
+pub mod tls;
 pub mod trace;
 
 pub use error::ApiError;
