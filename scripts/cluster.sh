@@ -24,12 +24,14 @@
 # standalone broker. A node keeps its address across restarts. DIR/nameservers holds the
 # nameserver addresses, comma-separated.
 #
-# --secure: a fresh cluster gets a random cluster secret and admin secret in DIR/secure/ and
-# runs with them: brokers authenticate and authorize every request (the admin is the
-# bootstrap super user), replicas sign their Raft traffic, nameservers take only signed
-# registrations and config writes. DIR/secure/env exports SLUICE_ACCESS_KEY (admin),
-# SLUICE_SECRET_KEY_FILE and SLUICE_CLUSTER_SECRET_FILE for `sluice` and `sluice-chaos`;
-# this script uses it itself. See docs/security.md.
+# --secure: a fresh cluster gets a random cluster secret and admin secret, a throwaway CA and
+# a node certificate in DIR/secure/ and runs with them: every gRPC port speaks TLS (the data
+# port stays closed: it has no TLS yet), brokers authenticate and authorize every request
+# (the admin is the bootstrap super user), replicas sign their Raft traffic, nameservers
+# take only signed registrations and config writes. DIR/secure/env exports
+# SLUICE_ACCESS_KEY (admin), SLUICE_SECRET_KEY_FILE, SLUICE_CLUSTER_SECRET_FILE and
+# SLUICE_TLS_CA_FILE for `sluice` and `sluice-chaos`; this script uses it itself. See
+# docs/security.md.
 #
 # Environment:
 #   SLUICE_BIN_DIR         use the binaries there instead of building (cargo build --release)
@@ -222,6 +224,7 @@ nameserver_command() {
       echo "cluster_secret_file = $(toml_str "$DIR/secure/cluster.secret")"
       echo "admin_access_key = \"admin\""
       echo "admin_secret_file = $(toml_str "$DIR/secure/admin.secret")"
+      tls_lines
     } >>"$d/config.toml"
   fi
   CMD=("$BIN_DIR/sluice-nameserver" --config "$d/config.toml" --ready-file "$d/ready")
@@ -273,6 +276,7 @@ broker_command() {
       echo "auth_admin = \"admin\""
       echo "auth_admin_secret_file = $(toml_str "$DIR/secure/admin.secret")"
       echo "cluster_secret_file = $(toml_str "$DIR/secure/cluster.secret")"
+      tls_lines
     fi
     if [[ -f $d/peers ]]; then
       echo "replica_id = $(<"$d/replica_id")"
@@ -458,6 +462,13 @@ assign_group_ports() {
   done
 }
 
+# The TLS settings of a --secure cluster's nodes (same keys for nameservers and brokers).
+tls_lines() {
+  echo "tls_cert_file = $(toml_str "$DIR/secure/node.crt")"
+  echo "tls_key_file = $(toml_str "$DIR/secure/node.key")"
+  echo "tls_ca_file = $(toml_str "$DIR/secure/ca.crt")"
+}
+
 # A random secret (hex) in file $1, readable by its owner only.
 new_secret() {
   (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$1")
@@ -469,10 +480,13 @@ create_secrets() {
   chmod 700 "$DIR/secure"
   new_secret "$DIR/secure/cluster.secret"
   new_secret "$DIR/secure/admin.secret"
+  # A throwaway CA and one certificate for every node (all on loopback), made in Rust.
+  "$BIN_DIR/sluice" certs --dir "$DIR/secure" --host 127.0.0.1 --host localhost >/dev/null
   {
     echo "export SLUICE_ACCESS_KEY=admin"
     echo "export SLUICE_SECRET_KEY_FILE=$DIR/secure/admin.secret"
     echo "export SLUICE_CLUSTER_SECRET_FILE=$DIR/secure/cluster.secret"
+    echo "export SLUICE_TLS_CA_FILE=$DIR/secure/ca.crt"
   } >"$DIR/secure/env"
   # shellcheck disable=SC1091 # just written
   source "$DIR/secure/env"

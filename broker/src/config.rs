@@ -109,6 +109,14 @@ pub struct BrokerConfig {
     /// Refused requests and ACL changes, one JSON line each; by default `audit.log` in the
     /// data directory once authentication or a cluster secret is on.
     pub audit_log: Option<PathBuf>,
+    /// TLS on the gRPC port (PEM files, reloaded when they change), and the CA that issued
+    /// the certificates of the other nodes: replicas and nameservers are reached over TLS
+    /// verified by it, and clients that show a certificate must have one it issued.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    /// Refuse clients (and peers) without a certificate from `tls_ca_file` (mutual TLS).
+    pub tls_client_cert_required: bool,
     /// Delay levels for `delay_level` 1..=n (RocketMQ's 18 by default), units ms s m h d.
     pub delay_levels: String,
     /// Latest due time a delayed message may ask for, from now (30 days by default).
@@ -187,6 +195,10 @@ impl Default for BrokerConfig {
             auth_super_users: Vec::new(),
             auth_window: "5m".into(),
             audit_log: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
+            tls_client_cert_required: false,
             trace_enabled: true,
             trace_queues: 4,
             delay_levels: crate::messaging::timer::DEFAULT_LEVELS.into(),

@@ -34,6 +34,8 @@ pub struct Registrar {
     pub first_round: Option<tokio::sync::oneshot::Sender<bool>>,
     /// Signs each registration with the cluster secret (access key: the cluster), if set.
     pub signer: Option<std::sync::Arc<sluice_proto::auth::Signer>>,
+    /// Reaches the nameservers over TLS, when set.
+    pub tls: Option<sluice_proto::tls::net::Connector>,
 }
 
 impl Registrar {
@@ -67,16 +69,20 @@ impl Registrar {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut targets = Vec::new();
         for addr in &self.nameservers {
-            match Endpoint::from_shared(format!("http://{addr}")) {
-                Ok(e) => targets.push(Target {
-                    addr: addr.clone(),
-                    client: NameServerClient::new(
-                        e.connect_timeout(RPC_TIMEOUT)
-                            .timeout(RPC_TIMEOUT)
-                            .connect_lazy(),
-                    ),
-                    failing: false,
-                }),
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            match Endpoint::from_shared(format!("{scheme}://{addr}")) {
+                Ok(e) => {
+                    let e = e.connect_timeout(RPC_TIMEOUT).timeout(RPC_TIMEOUT);
+                    let channel = match &self.tls {
+                        Some(c) => e.connect_with_connector_lazy(c.clone()),
+                        None => e.connect_lazy(),
+                    };
+                    targets.push(Target {
+                        addr: addr.clone(),
+                        client: NameServerClient::new(channel),
+                        failing: false,
+                    })
+                }
                 Err(e) => tracing::error!(nameserver = %addr, "invalid nameserver address: {e}"),
             }
         }

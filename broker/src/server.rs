@@ -95,7 +95,15 @@ pub async fn run(
         }
         None => local.to_string(),
     };
-    let data_listener = if config.data_port_enable {
+    let tls = crate::tls::from_config(&config)?;
+    if tls.is_none() && !local.ip().is_loopback() {
+        tracing::warn!("listening on {local} without TLS: traffic can be read and altered on the way (set tls_cert_file, see docs/security.md)");
+    }
+    if tls.is_some() && config.data_port_enable {
+        // Its framing has no TLS yet: off, clients and replicas use gRPC over TLS.
+        tracing::warn!("TLS is on: the data port stays closed (it has no TLS yet); clients and replicas use gRPC");
+    }
+    let data_listener = if config.data_port_enable && tls.is_none() {
         let addr = SocketAddr::new(local.ip(), config.data_port);
         let bind_err = |source| ServerError::Bind {
             addr: addr.to_string(),
@@ -154,6 +162,7 @@ pub async fn run(
                 data_address: identity.data_address.clone(),
                 signer: cluster_signer.clone(),
                 access: Some(access.clone()),
+                tls: tls.as_ref().map(|t| t.connector.clone()),
             };
             let backend = StoreBackend::new(store.clone(), &address);
             let (group, service) =
@@ -360,6 +369,7 @@ pub async fn run(
         role: replica.as_ref().map(|g| g.subscribe_master()),
         first_round: Some(first_round_tx),
         signer: cluster_signer.clone(),
+        tls: tls.as_ref().map(|t| t.connector.clone()),
     };
     let registration = tokio::spawn(registrar.run(stop_rx.clone()));
 
@@ -406,7 +416,10 @@ pub async fn run(
             // `Server::tcp_nodelay` only applies to listeners tonic binds itself: without
             // this, Nagle holds small answers back until the peer's delayed ACK (40 ms).
             crate::metrics::conn::counted(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                sluice_proto::tls::net::serve_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    tls.as_ref().map(|t| t.server.clone()),
+                ),
                 metered.as_ref().map(|m| m.ops.grpc_connections.clone()),
             ),
             async move {

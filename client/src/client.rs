@@ -42,6 +42,7 @@ impl ClientCore {
         let pool = Arc::new(ChannelPool::new(
             config.connect_timeout,
             config.signer.clone(),
+            config.tls.clone(),
         ));
         let nameservers = Arc::new(NameServers::new(
             config.nameservers.clone(),

@@ -18,6 +18,8 @@ pub struct ClientConfig {
     pub(crate) use_data_port: bool,
     /// Signs every request (gRPC and data port) when set.
     pub(crate) signer: Option<Arc<Signer>>,
+    /// Reaches servers over TLS when set.
+    pub(crate) tls: Option<sluice_proto::tls::net::Connector>,
 }
 
 impl ClientConfig {
@@ -35,6 +37,7 @@ impl ClientConfig {
             route_refresh_interval: Duration::from_secs(30),
             use_data_port: true,
             signer: None,
+            tls: None,
         }
     }
 
@@ -77,6 +80,26 @@ impl ClientConfig {
     pub fn credentials(mut self, creds: Credentials) -> Self {
         self.signer = Some(Arc::new(Signer::new(creds, rand::random())));
         self
+    }
+
+    /// Reach every server over TLS, trusting the certificates `ca_file` (PEM) issued, and
+    /// presenting `client` (certificate and key files) when the servers ask for one. Brokers
+    /// with TLS have no data port: everything goes over gRPC.
+    pub fn tls(
+        mut self,
+        ca_file: &std::path::Path,
+        client: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Result<Self> {
+        use sluice_proto::tls;
+        let bad = |e: tls::TlsError| Error::Config(e.to_string());
+        let client = match client {
+            Some((cert, key)) => Some(tls::Reloading::load(cert, key).map_err(bad)?),
+            None => None,
+        };
+        let cfg = tls::client_config(ca_file, client, &[tls::ALPN_H2]).map_err(bad)?;
+        self.tls = Some(tls::net::Connector::new(Arc::new(cfg)));
+        self.use_data_port = false;
+        Ok(self)
     }
 
     /// The access key requests are signed as, if any.

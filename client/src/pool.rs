@@ -60,14 +60,20 @@ impl tower_service::Service<HttpRequest> for Transport {
 pub(crate) struct ChannelPool {
     connect_timeout: Duration,
     signer: Option<Arc<Signer>>,
+    tls: Option<sluice_proto::tls::net::Connector>,
     channels: RwLock<HashMap<String, Channel>>,
 }
 
 impl ChannelPool {
-    pub(crate) fn new(connect_timeout: Duration, signer: Option<Arc<Signer>>) -> Self {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        signer: Option<Arc<Signer>>,
+        tls: Option<sluice_proto::tls::net::Connector>,
+    ) -> Self {
         ChannelPool {
             connect_timeout,
             signer,
+            tls,
             channels: RwLock::new(HashMap::new()),
         }
     }
@@ -87,12 +93,14 @@ impl ChannelPool {
             return Ok(ch.clone());
         }
         validate_addr(addr)?;
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}")).map_err(|e| Error::InvalidAddress {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| {
+            Error::InvalidAddress {
                 addr: addr.to_string(),
                 reason: e.to_string(),
-            })?;
-        let channel = endpoint
+            }
+        })?;
+        let endpoint = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             // HTTP/2's default 64 KiB windows make batched sends and large pull answers on one
@@ -105,8 +113,11 @@ impl ChannelPool {
             // Notice dead peers on idle connections (a long poll can sit quiet for 15 s).
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = match &self.tls {
+            Some(c) => endpoint.connect_with_connector_lazy(c.clone()),
+            None => endpoint.connect_lazy(),
+        };
         // Another caller may have raced us; keep whichever got in first.
         let mut map = self.channels.write();
         Ok(map.entry(addr.to_string()).or_insert(channel).clone())

@@ -387,10 +387,29 @@ impl Cluster {
 }
 
 pub async fn connect_broker(addr: &str) -> Result<BrokerClient<Channel>> {
-    let ch = Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await?;
+    connect_broker_with(addr, None).await
+}
+
+/// A channel to `addr`, over TLS with `tls` when given.
+pub async fn channel_to(
+    addr: &str,
+    tls: Option<&sluice_proto::tls::net::Connector>,
+) -> Result<Channel> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let e =
+        Channel::from_shared(format!("{scheme}://{addr}"))?.connect_timeout(Duration::from_secs(5));
+    Ok(match tls {
+        Some(c) => e.connect_with_connector(c.clone()).await?,
+        None => e.connect().await?,
+    })
+}
+
+/// A broker client to `addr`, over TLS with `tls` when given.
+pub async fn connect_broker_with(
+    addr: &str,
+    tls: Option<&sluice_proto::tls::net::Connector>,
+) -> Result<BrokerClient<Channel>> {
+    let ch = channel_to(addr, tls).await?;
     Ok(BrokerClient::new(ch)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20))

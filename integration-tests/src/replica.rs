@@ -52,6 +52,8 @@ pub struct ReplicaOptions {
     pub nameserver_args: Vec<String>,
     /// Who the harness's own calls (status, topic creation) sign as.
     pub credentials: Option<sluice_client::Credentials>,
+    /// How the harness reaches nodes that speak TLS.
+    pub tls: Option<sluice_proto::tls::net::Connector>,
 }
 
 impl Default for ReplicaOptions {
@@ -71,6 +73,7 @@ impl Default for ReplicaOptions {
             extra_broker_toml: String::new(),
             nameserver_args: Vec::new(),
             credentials: None,
+            tls: None,
         }
     }
 }
@@ -188,7 +191,7 @@ impl ReplicaCluster {
 
     /// Status of replica `id` (fails when it is down).
     pub async fn status(&self, id: u64) -> Result<BrokerStatus> {
-        let mut c = connect_broker(self.address(id)).await?;
+        let mut c = crate::connect_broker_with(self.address(id), self.opts.tls.as_ref()).await?;
         let s = tokio::time::timeout(
             Duration::from_secs(2),
             c.get_broker_status(crate::signed(
@@ -258,7 +261,7 @@ impl ReplicaCluster {
         timeout: Duration,
     ) -> Result<u64> {
         let master = self.await_master(timeout, None, None).await?;
-        connect_broker(self.address(master))
+        crate::connect_broker_with(self.address(master), self.opts.tls.as_ref())
             .await?
             .create_topic(crate::signed(
                 crate::create_topic_request(topic, queues),
@@ -272,10 +275,7 @@ impl ReplicaCluster {
 
     /// The master replica id the nameserver routes `topic` to.
     pub async fn routed_master(&self, topic: &str) -> Result<Option<u64>> {
-        let ch =
-            tonic::transport::Channel::from_shared(format!("http://{}", self.nameserver.addr))?
-                .connect()
-                .await?;
+        let ch = crate::channel_to(&self.nameserver.addr, self.opts.tls.as_ref()).await?;
         let mut ns = sluice_proto::v1::name_server_client::NameServerClient::new(ch);
         let route = ns
             .get_topic_route(GetTopicRouteRequest {
@@ -334,9 +334,7 @@ impl ReplicaCluster {
     }
 
     pub async fn fault(&self, id: u64, fault: Fault) -> Result<Vec<u64>> {
-        let ch = tonic::transport::Channel::from_shared(format!("http://{}", self.address(id)))?
-            .connect()
-            .await?;
+        let ch = crate::channel_to(self.address(id), self.opts.tls.as_ref()).await?;
         let r = ReplicationClient::new(ch)
             .inject_fault(FaultRequest { fault: Some(fault) })
             .await?;

@@ -18,6 +18,49 @@ pub const SUPER: &str = "ops";
 pub struct Secrets {
     pub cluster_file: PathBuf,
     pub admin_file: PathBuf,
+    /// A CA and one certificate for every node (loopback), when the cluster speaks TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// A CA and a node certificate for 127.0.0.1 and localhost, in `dir`.
+    pub fn write(dir: &Path) -> Result<TlsFiles> {
+        use sluice_proto::tls::gen::{write_pem, Ca};
+        let ca = Ca::new("sluice test CA")?;
+        let node = ca.issue(&["127.0.0.1".into(), "localhost".into()], None)?;
+        let files = TlsFiles {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("node.crt"),
+            key: dir.join("node.key"),
+        };
+        write_pem(&files.ca, &ca.cert_pem(), false)?;
+        write_pem(&files.cert, &node.cert_pem, false)?;
+        write_pem(&files.key, &node.key_pem, true)?;
+        Ok(files)
+    }
+
+    /// How a client of these nodes connects.
+    pub fn connector(&self) -> Result<sluice_proto::tls::net::Connector> {
+        let cfg = sluice_proto::tls::client_config(&self.ca, None, &[sluice_proto::tls::ALPN_H2])?;
+        Ok(sluice_proto::tls::net::Connector::new(std::sync::Arc::new(
+            cfg,
+        )))
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n",
+            self.cert.display(),
+            self.key.display(),
+            self.ca.display()
+        )
+    }
 }
 
 impl Secrets {
@@ -27,15 +70,39 @@ impl Secrets {
         let s = Secrets {
             cluster_file: dir.join("cluster.secret"),
             admin_file: dir.join("admin.secret"),
+            tls: None,
         };
         std::fs::write(&s.cluster_file, format!("{CLUSTER_SECRET}\n"))?;
         std::fs::write(&s.admin_file, format!("{ADMIN_SECRET}\n"))?;
         Ok(s)
     }
 
+    /// [`Self::write`], and TLS on every node.
+    pub fn write_with_tls(dir: &Path) -> Result<Secrets> {
+        let mut s = Self::write(dir)?;
+        s.tls = Some(TlsFiles::write(dir)?);
+        Ok(s)
+    }
+
+    /// A client configuration for this cluster, signing as `creds`.
+    pub fn client(
+        &self,
+        nameserver: &str,
+        creds: Credentials,
+    ) -> Result<sluice_client::ClientConfig> {
+        let c = sluice_client::ClientConfig::new([nameserver.to_string()])
+            .request_timeout(std::time::Duration::from_secs(5))
+            .credentials(creds);
+        Ok(match &self.tls {
+            Some(t) => c.tls(&t.ca, None)?,
+            None => c,
+        })
+    }
+
     /// Broker settings: authentication on, the admin, the super user, the cluster secret.
     pub fn broker_toml(&self) -> String {
-        format!(
+        let tls = self.tls.as_ref().map(TlsFiles::toml).unwrap_or_default();
+        tls + &format!(
             "auth_enabled = true\nauth_admin = \"{ADMIN}\"\nauth_admin_secret_file = \"{}\"\n\
              auth_super_users = [\"{SUPER}\"]\ncluster_secret_file = \"{}\"\n",
             self.admin_file.display(),
@@ -45,19 +112,33 @@ impl Secrets {
 
     /// Nameserver arguments: the cluster secret and the admin.
     pub fn nameserver_args(&self) -> Vec<String> {
-        vec![
+        let mut args: Vec<String> = match &self.tls {
+            Some(t) => vec![
+                "--tls-cert-file".into(),
+                t.cert.display().to_string(),
+                "--tls-key-file".into(),
+                t.key.display().to_string(),
+            ],
+            None => Vec::new(),
+        };
+        args.extend([
             "--cluster-secret-file".into(),
             self.cluster_file.display().to_string(),
             "--admin-access-key".into(),
             ADMIN.into(),
             "--admin-secret-file".into(),
             self.admin_file.display().to_string(),
-        ]
+        ]);
+        args
     }
 
     /// Replica-group settings with all of the above.
     pub fn replica_options(&self, replicas: usize) -> ReplicaOptions {
         ReplicaOptions {
+            tls: self
+                .tls
+                .as_ref()
+                .map(|t| t.connector().expect("test CA loads")),
             replicas,
             extra_broker_toml: self.broker_toml(),
             nameserver_args: self.nameserver_args(),

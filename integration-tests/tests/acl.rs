@@ -1,6 +1,7 @@
-//! Users and permissions on a secured three-replica group, through the real client and CLI: a
-//! user sends and reads only what its policies allow, changes apply to running clients with
-//! no restart, and users and policies survive a failover (replicated state).
+//! Users and permissions on a secured three-replica group (TLS on every node, authentication
+//! on), through the real client and CLI: a user sends and reads only what its policies allow,
+//! changes apply to running clients with no restart, and users and policies survive a
+//! failover (replicated state).
 
 use std::time::Duration;
 
@@ -26,15 +27,23 @@ fn app() -> Credentials {
     secure::credentials("app", "app-secret")
 }
 
-fn config(cluster: &ReplicaCluster, creds: Credentials) -> ClientConfig {
-    ClientConfig::new([cluster.nameserver.addr.clone()])
-        .request_timeout(Duration::from_secs(5))
-        .credentials(creds)
+fn config(secrets: &Secrets, cluster: &ReplicaCluster, creds: Credentials) -> ClientConfig {
+    secrets.client(&cluster.nameserver.addr, creds).unwrap()
 }
 
 /// The `sluice` CLI as `key` (secret in the environment), its stdout; fails on a non-zero exit.
-fn cli(cluster: &ReplicaCluster, key: &str, secret: &str, args: &[&str]) -> Result<String, String> {
-    let out = std::process::Command::new(bin("sluice"))
+fn cli(
+    secrets: &Secrets,
+    cluster: &ReplicaCluster,
+    key: &str,
+    secret: &str,
+    args: &[&str],
+) -> Result<String, String> {
+    let mut cmd = std::process::Command::new(bin("sluice"));
+    if let Some(t) = &secrets.tls {
+        cmd.env("SLUICE_TLS_CA_FILE", &t.ca);
+    }
+    let out = cmd
         .args(["--nameservers", &cluster.nameserver.addr])
         .args(args)
         .env("SLUICE_ACCESS_KEY", key)
@@ -51,24 +60,25 @@ fn cli(cluster: &ReplicaCluster, key: &str, secret: &str, args: &[&str]) -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     let secrets_dir = tempfile::tempdir().unwrap();
-    let secrets = Secrets::write(secrets_dir.path()).unwrap();
+    let secrets = Secrets::write_with_tls(secrets_dir.path()).unwrap();
     let mut cluster = ReplicaCluster::start(secrets.replica_options(3)).unwrap();
     let t = Duration::from_secs(30);
     for topic in ["orders", "payments"] {
         cluster.create_topic_on_master(topic, 2, t).await.unwrap();
     }
-    let admin = Admin::new(config(&cluster, secure::admin())).unwrap();
+    let admin = Admin::new(config(&secrets, &cluster, secure::admin())).unwrap();
 
     // Users from the CLI, the secret from a file; unsigned or wrongly signed, it is refused.
     let secret_file = secrets_dir.path().join("app.secret");
     std::fs::write(&secret_file, "app-secret\n").unwrap();
     let file = secret_file.display().to_string();
     let add = ["acl", "user", "add", "app", "--secret-file", &file];
-    let err = cli(&cluster, "root", "wrong", &add).unwrap_err();
+    let err = cli(&secrets, &cluster, "root", "wrong", &add).unwrap_err();
     assert!(err.contains("UNAUTHENTICATED"), "{err}");
-    let out = cli(&cluster, "root", secure::ADMIN_SECRET, &add).unwrap();
+    let out = cli(&secrets, &cluster, "root", secure::ADMIN_SECRET, &add).unwrap();
     assert!(out.contains("user app added"), "{out}");
     let out = cli(
+        &secrets,
         &cluster,
         "root",
         secure::ADMIN_SECRET,
@@ -77,11 +87,20 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     .unwrap();
     assert!(out.contains("app") && out.contains("root"), "{out}");
     // A user may not manage users.
-    let err = cli(&cluster, "app", "app-secret", &["acl", "user", "list"]).unwrap_err();
+    let err = cli(
+        &secrets,
+        &cluster,
+        "app",
+        "app-secret",
+        &["acl", "user", "list"],
+    )
+    .unwrap_err();
     assert!(err.contains("PERMISSION_DENIED"), "{err}");
 
     // Nothing is allowed yet.
-    let producer = Producer::builder(config(&cluster, app())).build().unwrap();
+    let producer = Producer::builder(config(&secrets, &cluster, app()))
+        .build()
+        .unwrap();
     let err = producer
         .send(Message::new("orders", "o-0"))
         .await
@@ -89,7 +108,7 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{err}");
     // Granted: the same producer sends, and to that topic only.
     let grant = ["acl", "policy", "grant", "app", "topic:orders", "pub"];
-    cli(&cluster, "root", secure::ADMIN_SECRET, &grant).unwrap();
+    cli(&secrets, &cluster, "root", secure::ADMIN_SECRET, &grant).unwrap();
     for i in 1..=20 {
         producer
             .send(Message::new("orders", format!("o-{i}")))
@@ -105,9 +124,12 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
 
     // Reading needs sub on the topic and on the group.
     let master = cluster.await_master(t, None, None).await.unwrap();
-    let mut raw = sluice_integration_tests::connect_broker(cluster.address(master))
-        .await
-        .unwrap();
+    let mut raw = sluice_integration_tests::connect_broker_with(
+        cluster.address(master),
+        cluster.opts.tls.as_ref(),
+    )
+    .await
+    .unwrap();
     let pull = |group: &str| PullRequest {
         group: group.into(),
         topic: "orders".into(),
@@ -134,7 +156,7 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
         .change_policy(policy("app", "group:billing", &["sub"], "allow"), true)
         .await
         .unwrap();
-    let mut consumer = PullConsumer::builder(config(&cluster, app()), "billing")
+    let mut consumer = PullConsumer::builder(config(&secrets, &cluster, app()), "billing")
         .subscribe("orders")
         .start_position(StartPosition::Earliest)
         .start_pull()
@@ -177,7 +199,7 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
 
     // Sending back a message of a topic it may not read (to read the copy in the group's
     // retry topic) is refused.
-    let secret_msg = Producer::builder(config(&cluster, secure::admin()))
+    let secret_msg = Producer::builder(config(&secrets, &cluster, secure::admin()))
         .build()
         .unwrap()
         .send(Message::new("payments", "secret"))

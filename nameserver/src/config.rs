@@ -71,6 +71,11 @@ pub struct Config {
     pub cluster_secret_file: Option<PathBuf>,
     /// The admin (access key, secret file) who may write the config store.
     pub admin: Option<(String, PathBuf)>,
+    /// TLS (PEM files, reloaded when they change); the CA verifies clients that show a
+    /// certificate.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -83,6 +88,9 @@ impl Config {
             metrics_listen: None,
             cluster_secret_file: None,
             admin: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
         }
     }
 }
@@ -123,6 +131,14 @@ pub struct Cli {
     /// File holding the admin's secret.
     #[arg(long, value_name = "PATH")]
     pub admin_secret_file: Option<PathBuf>,
+    /// Serve over TLS: the certificate and key (PEM, reloaded when they change).
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(long, value_name = "PATH")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA that verifies clients showing a certificate.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -137,6 +153,9 @@ pub struct FileConfig {
     pub cluster_secret_file: Option<PathBuf>,
     pub admin_access_key: Option<String>,
     pub admin_secret_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -200,6 +219,9 @@ impl Cli {
         };
         Ok(Config {
             admin,
+            tls_cert_file: self.tls_cert_file.or(file.tls_cert_file),
+            tls_key_file: self.tls_key_file.or(file.tls_key_file),
+            tls_ca_file: self.tls_ca_file.or(file.tls_ca_file),
             listen,
             data_dir,
             timing: Timing::new(

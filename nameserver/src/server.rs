@@ -57,6 +57,7 @@ pub struct Nameserver {
     timing: Timing,
     metrics: Arc<crate::metrics::NsMetrics>,
     auth: Option<Arc<crate::auth::ClusterAuth>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Nameserver {
@@ -98,7 +99,14 @@ impl Nameserver {
             timing,
             metrics: Arc::default(),
             auth: None,
+            tls: None,
         })
+    }
+
+    /// Serves over TLS with this configuration.
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The metrics and the registry their gauges read (for a metrics listener).
@@ -122,6 +130,7 @@ impl Nameserver {
             conn.set_nodelay(true)?;
             Ok::<_, std::io::Error>(conn)
         });
+        let incoming = sluice_proto::tls::net::serve_incoming(incoming, self.tls.clone());
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(NameServerServer::new(service))
@@ -317,6 +326,32 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => {}
     }
     nameserver = nameserver.with_auth(secret, admin);
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let bad = |e: sluice_proto::tls::TlsError| Error::Task(e.to_string());
+            let certs = sluice_proto::tls::Reloading::load(cert, key).map_err(bad)?;
+            // Reloaded as the files change, for as long as the process runs.
+            let _watch = certs.watch(std::time::Duration::from_secs(1));
+            let cfg = sluice_proto::tls::server_config(
+                certs,
+                config.tls_ca_file.as_deref(),
+                false,
+                &[sluice_proto::tls::ALPN_H2],
+            )
+            .map_err(bad)?;
+            nameserver = nameserver.with_tls(Arc::new(cfg));
+            tracing::info!("serving over TLS");
+        }
+        (None, None) if !nameserver.local_addr().ip().is_loopback() => tracing::warn!(
+            "no TLS on a non-loopback address: registrations and routes travel in clear"
+        ),
+        (None, None) => {}
+        _ => {
+            return Err(Error::Task(
+                "tls_cert_file and tls_key_file go together".into(),
+            ))
+        }
+    }
     let metrics_task = match &config.metrics_listen {
         None => None,
         Some(addr) => {

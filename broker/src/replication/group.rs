@@ -48,6 +48,8 @@ pub struct GroupSettings {
     pub signer: Option<Arc<sluice_proto::auth::Signer>>,
     /// Who replica traffic is taken from (`None`: anyone).
     pub access: Option<Arc<crate::access::Access>>,
+    /// Reaches the peers over TLS, when set.
+    pub tls: Option<sluice_proto::tls::net::Connector>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ impl ReplicaGroup {
             &settings.peers,
             faults.view(),
             settings.signer.clone(),
+            settings.tls.clone(),
         )
         .map_err(setup)?;
         let (handle, mb) = mailbox(MAILBOX);

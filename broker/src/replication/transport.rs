@@ -52,13 +52,15 @@ impl PeerTransport {
         peers: &BTreeMap<u64, String>,
         isolation: Isolation,
         signer: Option<Arc<Signer>>,
+        tls: Option<sluice_proto::tls::net::Connector>,
     ) -> Result<Self, String> {
         let mut queues = HashMap::new();
         for (&id, addr) in peers {
             if id == me {
                 continue;
             }
-            let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
                 .map_err(|e| format!("peer {id} address {addr:?}: {e}"))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(RPC_TIMEOUT)
@@ -66,7 +68,11 @@ impl PeerTransport {
                 .initial_stream_window_size(crate::server::STREAM_WINDOW)
                 .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
                 .max_frame_size(crate::server::MAX_FRAME);
-            let client = ReplicationClient::new(endpoint.connect_lazy())
+            let channel = match &tls {
+                Some(c) => endpoint.connect_with_connector_lazy(c.clone()),
+                None => endpoint.connect_lazy(),
+            };
+            let client = ReplicationClient::new(channel)
                 .max_decoding_message_size(MAX_RPC_BYTES)
                 .max_encoding_message_size(MAX_RPC_BYTES);
             let (tx, rx) = mpsc::channel(PEER_QUEUE);

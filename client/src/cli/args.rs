@@ -44,6 +44,28 @@ pub struct Cli {
     )]
     pub secret_key_file: Option<PathBuf>,
 
+    /// Reach the servers over TLS, trusting the certificates this CA file (PEM) issued.
+    #[arg(long, global = true, env = "SLUICE_TLS_CA_FILE", value_name = "PATH")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// A client certificate and key (PEM) for servers that ask for one.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TLS_CERT_FILE",
+        value_name = "PATH",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_TLS_KEY_FILE",
+        value_name = "PATH",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -72,6 +94,9 @@ pub enum Command {
     /// Transactions: list open and parked ones, commit or roll one back by hand.
     #[command(subcommand)]
     Tx(super::tx::TxCommand),
+    /// Write a throwaway CA and a certificate for local TLS clusters and tests (not for
+    /// production: the CA's key is not kept).
+    Certs(CertsArgs),
     /// Users and permissions (when brokers have authentication on).
     #[command(subcommand)]
     Acl(super::acl::AclCommand),
@@ -81,6 +106,16 @@ pub enum Command {
     /// Serve a web dashboard: cluster, topics, groups with lag charts, message search with
     /// trace, dead letters with redrive, transactions.
     Dashboard(super::dashboard::DashboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory for ca.crt, node.crt and node.key (created).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Host names and IP addresses the certificate is for (repeat the flag).
+    #[arg(long = "host", required = true)]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

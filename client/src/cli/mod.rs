@@ -45,10 +45,35 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, CliError> {
     let config = config
         .request_timeout(Duration::from_millis(cli.timeout_ms))
         .use_data_port(!cli.grpc_only);
+    let config = match &cli.tls_ca_file {
+        Some(ca) => {
+            let client = cli
+                .tls_cert_file
+                .as_deref()
+                .zip(cli.tls_key_file.as_deref());
+            config
+                .tls(ca, client)
+                .map_err(|e| CliError::Usage(format!("--tls-ca-file: {e}")))?
+        }
+        None => config,
+    };
     match credentials(cli)? {
         Some(c) => Ok(config.credentials(c)),
         None => Ok(config),
     }
+}
+
+/// `sluice certs`: a CA and one certificate signed by it, for every node of a local cluster.
+fn certs(a: &args::CertsArgs) -> Result<(), CliError> {
+    use sluice_proto::tls::gen::{write_pem, Ca};
+    std::fs::create_dir_all(&a.dir)?;
+    let ca = Ca::new("sluice local CA")?;
+    let node = ca.issue(&a.hosts, None)?;
+    write_pem(&a.dir.join("ca.crt"), &ca.cert_pem(), false)?;
+    write_pem(&a.dir.join("node.crt"), &node.cert_pem, false)?;
+    write_pem(&a.dir.join("node.key"), &node.key_pem, true)?;
+    println!("wrote ca.crt, node.crt, node.key to {}", a.dir.display());
+    Ok(())
 }
 
 /// `--access-key` with its secret from `SLUICE_SECRET_KEY` or `--secret-key-file`.
@@ -74,6 +99,9 @@ fn credentials(cli: &Cli) -> Result<Option<sluice_client::Credentials>, CliError
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Certs(a) = &cli.command {
+        return certs(a);
+    }
     let config = client_config(&cli)?;
     match cli.command {
         Command::Produce(a) => produce::produce(config, a).await?,
@@ -83,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Group(c) => group_cmds::group(&Admin::new(config)?, c).await?,
         Command::Dlq(c) => admin_cmds::dlq(&Admin::new(config)?, c).await?,
         Command::Tx(c) => tx::run(config, c).await?,
+        Command::Certs(_) => {}
         Command::Acl(c) => acl::run(&Admin::new(config)?, c).await?,
         Command::Dashboard(a) => dashboard::run(config, a).await?,
         Command::Message(args::MessageCommand::Cancel { handle, out }) => {

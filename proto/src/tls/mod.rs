@@ -8,6 +8,7 @@
 
 mod files;
 pub mod gen;
+pub mod net;
 mod reload;
 
 use std::path::Path;

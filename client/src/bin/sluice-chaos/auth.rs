@@ -20,11 +20,16 @@ pub struct AuthArgs {
     /// File holding the cluster secret, for fault injection on a secured cluster.
     #[arg(long, global = true, env = "SLUICE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// Reach the servers over TLS, trusting this CA file (PEM).
+    #[arg(long, global = true, env = "SLUICE_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 struct Identity {
     user: Option<(Credentials, Signer)>,
     cluster_secret: Option<Vec<u8>>,
+    tls_ca_file: Option<PathBuf>,
+    tls: Option<sluice_proto::tls::net::Connector>,
 }
 
 static IDENTITY: OnceLock<Identity> = OnceLock::new();
@@ -54,11 +59,33 @@ pub fn init(args: &AuthArgs) -> Result<()> {
         Some(f) => Some(read_secret_file(f).map_err(|e| anyhow!(e))?),
         None => None,
     };
+    let tls = match &args.tls_ca_file {
+        Some(ca) => {
+            let cfg = sluice_proto::tls::client_config(ca, None, &[sluice_proto::tls::ALPN_H2])
+                .map_err(|e| anyhow!(e))?;
+            Some(sluice_proto::tls::net::Connector::new(std::sync::Arc::new(
+                cfg,
+            )))
+        }
+        None => None,
+    };
     let _ = IDENTITY.set(Identity {
         user,
         cluster_secret,
+        tls_ca_file: args.tls_ca_file.clone(),
+        tls,
     });
     Ok(())
+}
+
+/// The TLS connector for the probes' own channels, when the cluster has TLS.
+pub fn tls() -> Option<sluice_proto::tls::net::Connector> {
+    IDENTITY.get()?.tls.clone()
+}
+
+/// The CA file, for the client library.
+pub fn tls_ca_file() -> Option<PathBuf> {
+    IDENTITY.get()?.tls_ca_file.clone()
 }
 
 /// The user's credentials, for the client library.

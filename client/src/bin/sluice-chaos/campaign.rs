@@ -142,6 +142,10 @@ pub async fn run(opts: Options) -> Result<Report> {
         Some(c) => config.credentials(c),
         None => config,
     };
+    let config = match crate::auth::tls_ca_file() {
+        Some(ca) => config.tls(&ca, None)?,
+        None => config,
+    };
     let nameservers = config.nameservers().to_vec();
     let run_id = format!("{:08x}", rand::random::<u32>());
     let topic = opts

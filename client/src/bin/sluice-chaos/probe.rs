@@ -39,14 +39,26 @@ impl Group {
 }
 
 fn endpoint(addr: &str) -> Result<Endpoint> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+    let scheme = if crate::auth::tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok(Endpoint::from_shared(format!("{scheme}://{addr}"))
         .with_context(|| format!("invalid address {addr:?}"))?
         .connect_timeout(CALL_TIMEOUT)
         .timeout(CALL_TIMEOUT))
 }
 
 async fn channel(addr: &str) -> Result<Channel> {
-    let ch = tokio::time::timeout(CALL_TIMEOUT, endpoint(addr)?.connect())
+    let e = endpoint(addr)?;
+    let connecting = async {
+        match crate::auth::tls() {
+            Some(c) => e.connect_with_connector(c).await,
+            None => e.connect().await,
+        }
+    };
+    let ch = tokio::time::timeout(CALL_TIMEOUT, connecting)
         .await
         .map_err(|_| anyhow!("connecting to {addr} timed out"))?
         .with_context(|| format!("cannot connect to {addr}"))?;

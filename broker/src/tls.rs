@@ -1,0 +1,58 @@
+//! The broker's TLS: its certificate (reloaded when the files change) for the gRPC port, and
+//! the client side it uses towards its peers and the nameservers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::tls::{self, net::Connector, Reloading, ALPN_H2};
+
+use crate::config::{BrokerConfig, ConfigError};
+
+/// How often the certificate files are checked for a rotation.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+pub struct BrokerTls {
+    pub server: Arc<rustls::ServerConfig>,
+    /// Towards peers and nameservers (presenting this broker's certificate).
+    pub connector: Connector,
+    _watch: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for BrokerTls {
+    fn drop(&mut self) {
+        self._watch.abort();
+    }
+}
+
+/// TLS from the configuration: `None` when no certificate is configured.
+pub fn from_config(c: &BrokerConfig) -> Result<Option<BrokerTls>, ConfigError> {
+    let bad = |e: tls::TlsError| ConfigError::Invalid(e.to_string());
+    let (cert, key) = match (&c.tls_cert_file, &c.tls_key_file) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) if c.tls_ca_file.is_none() => return Ok(None),
+        _ => {
+            return Err(ConfigError::Invalid(
+                "TLS needs tls_cert_file, tls_key_file and tls_ca_file together".into(),
+            ))
+        }
+    };
+    let Some(ca) = &c.tls_ca_file else {
+        return Err(ConfigError::Invalid(
+            "TLS needs tls_ca_file (the CA of the other nodes' certificates)".into(),
+        ));
+    };
+    let certs = Reloading::load(cert, key).map_err(bad)?;
+    let server = tls::server_config(
+        certs.clone(),
+        Some(ca),
+        c.tls_client_cert_required,
+        &[ALPN_H2],
+    )
+    .map_err(bad)?;
+    let client = tls::client_config(ca, Some(certs.clone()), &[ALPN_H2]).map_err(bad)?;
+    Ok(Some(BrokerTls {
+        server: Arc::new(server),
+        connector: Connector::new(Arc::new(client)),
+        _watch: certs.watch(RELOAD_CHECK),
+    }))
+}
