@@ -36,8 +36,14 @@
 #   broker_expiry_ms N (nameservers)
 #   netns_prefix P  (netns: link names; default the inventory's name)
 #   netns_bridge NS (netns: namespace holding the bridge)   netns_client NS IP/PREFIX
-#   node NAME nameserver HOST HOST_IP:PORT
-#   node NAME broker HOST HOST_IP:PORT group=GROUP replica=ID
+#   node NAME nameserver HOST HOST_IP:PORT [cert=FILE key=FILE]
+#   node NAME broker HOST HOST_IP:PORT group=GROUP replica=ID [cert=FILE key=FILE]
+# Security (docs/security.md; FILEs are local paths, copied to the nodes, keys and secrets
+# readable by the service only):
+#   tls_ca FILE                 TLS on every node: each node needs cert= and key= (PEM, for
+#                               its HOST_IP); clients then need SLUICE_TLS_CA_FILE
+#   cluster_secret_file FILE    signed registrations and Raft traffic
+#   auth_admin KEY   auth_admin_secret_file FILE   authentication on, with this bootstrap admin
 # In netns mode HOST is the namespace and HOST_IP its address on the bridge (netns_cidr, default
 # 24 bits). See docs/operations.md.
 #
@@ -83,7 +89,7 @@ shell_quote() {
 
 declare -A SET=()
 NODES=()
-declare -A ROLE=() HOST=() ADDR=() GROUP=() REPLICA=()
+declare -A ROLE=() HOST=() ADDR=() GROUP=() REPLICA=() CERT=() KEY=()
 
 load_inventory() {
   local file=$1 lineno=0 line f kv
@@ -109,6 +115,8 @@ load_inventory() {
       for kv in "${f[@]:5}"; do
         case $kv in
           group=?*) GROUP[$name]=${kv#group=} ;;
+          cert=?*) CERT[$name]=${kv#cert=} ;;
+          key=?*) KEY[$name]=${kv#key=} ;;
           replica=*)
             if ! is_uint "${kv#replica=}" || ((${kv#replica=} < 1)); then
               die "$file:$lineno: replica must be >= 1"
@@ -141,6 +149,7 @@ load_inventory() {
       ((ids == members)) || die "group $g: replica ids must be unique"
     fi
   done
+  check_security_files
   TRANSPORT=$(setting transport ssh)
   case $TRANSPORT in ssh | netns) ;; *) die "transport must be ssh or netns, not $TRANSPORT" ;; esac
   INV_NAME=$(basename "$file")
@@ -231,6 +240,65 @@ t_copy() {
   t_run "$host" "mv -f $(shell_quote "$dst.tmp" "$dst")"
 }
 
+# Every security file the inventory names exists here; with tls_ca, every node has its pair.
+check_security_files() {
+  local n f
+  for f in "$(setting tls_ca)" "$(setting cluster_secret_file)" "$(setting auth_admin_secret_file)"; do
+    [[ -z $f || -f $f ]] || die "no file $f (named in the inventory)"
+  done
+  if [[ -n $(setting auth_admin) && -z $(setting auth_admin_secret_file) ]]; then
+    die "auth_admin needs auth_admin_secret_file"
+  fi
+  for n in "${NODES[@]}"; do
+    if [[ -n $(setting tls_ca) ]]; then
+      [[ -n ${CERT[$n]:-} && -n ${KEY[$n]:-} ]] || die "tls_ca is set: node $n needs cert=FILE key=FILE"
+    fi
+    for f in "${CERT[$n]:-}" "${KEY[$n]:-}"; do
+      [[ -z $f || -f $f ]] || die "node $n: no file $f"
+    done
+  done
+}
+
+# The security lines of node $1's config (the files as installed by install_security).
+security_config() {
+  local n=$1 d
+  d=$(node_dir "$n")
+  if [[ -n $(setting tls_ca) ]]; then
+    echo "tls_cert_file = $(toml_str "$d/tls/node.crt")"
+    echo "tls_key_file = $(toml_str "$d/tls/node.key")"
+    echo "tls_ca_file = $(toml_str "$d/tls/ca.crt")"
+  fi
+  if [[ -n $(setting cluster_secret_file) ]]; then
+    echo "cluster_secret_file = $(toml_str "$d/secrets/cluster.secret")"
+  fi
+  if [[ -n $(setting auth_admin) ]]; then
+    if [[ ${ROLE[$n]} == nameserver ]]; then
+      echo "admin_access_key = $(toml_str "$(setting auth_admin)")"
+      echo "admin_secret_file = $(toml_str "$d/secrets/admin.secret")"
+    else
+      echo "auth_enabled = true"
+      echo "auth_admin = $(toml_str "$(setting auth_admin)")"
+      echo "auth_admin_secret_file = $(toml_str "$d/secrets/admin.secret")"
+    fi
+  fi
+}
+
+# Copies node $1's certificate, key, CA and secrets to its host.
+install_security() {
+  local n=$1 h d
+  h=${HOST[$n]}
+  d=$(node_dir "$n")
+  t_run "$h" "mkdir -p $(shell_quote "$d/tls" "$d/secrets") && chmod 700 $(shell_quote "$d/tls" "$d/secrets")"
+  if [[ -n $(setting tls_ca) ]]; then
+    t_copy "$h" "$(setting tls_ca)" "$d/tls/ca.crt"
+    t_copy "$h" "${CERT[$n]}" "$d/tls/node.crt"
+    t_copy "$h" "${KEY[$n]}" "$d/tls/node.key"
+  fi
+  [[ -n $(setting cluster_secret_file) ]] && t_copy "$h" "$(setting cluster_secret_file)" "$d/secrets/cluster.secret"
+  [[ -n $(setting auth_admin_secret_file) ]] && t_copy "$h" "$(setting auth_admin_secret_file)" "$d/secrets/admin.secret"
+  t_run "$h" "chmod 600 $d/tls/* $d/secrets/* 2>/dev/null || true"
+}
+
 # ---------------------------------------------------------------- node files
 
 node_dir() { echo "$REMOTE_DIR/nodes/$1"; }
@@ -250,6 +318,7 @@ write_config() {
       echo "listen = $(toml_str "${ADDR[$n]}")"
       echo "data_dir = $(toml_str "$(node_dir "$n")/data")"
       [[ -n $(setting broker_expiry_ms) ]] && echo "broker_expiry_ms = $(setting broker_expiry_ms)"
+      security_config "$n"
     } >"$out"
     return 0
   fi
@@ -279,6 +348,7 @@ write_config() {
       done
       echo "peers = { $peers }"
     fi
+    security_config "$n"
   } >"$out"
 }
 
@@ -359,6 +429,7 @@ cmd_install() {
     t_run "$h" "mkdir -p $(shell_quote "$d/data")"
     t_copy "$h" "$STAGE/$n/config.toml" "$d/config.toml"
     t_copy "$h" "$STAGE/$n/$unit" "$d/$unit"
+    install_security "$n"
     if [[ $TRANSPORT == ssh ]]; then
       t_run "$h" "$SUDO install -m 644 $(shell_quote "$d/$unit" "/etc/systemd/system/$unit")"
       if [[ -n $(setting service_user) ]]; then
