@@ -462,8 +462,10 @@ assign_group_ports() {
   done
 }
 
-# The TLS settings of a --secure cluster's nodes (same keys for nameservers and brokers).
+# The TLS settings of a --secure cluster's nodes (same keys for nameservers and brokers);
+# nothing for a directory secured before certificates were made.
 tls_lines() {
+  [[ -f $DIR/secure/node.crt ]] || return 0
   echo "tls_cert_file = $(toml_str "$DIR/secure/node.crt")"
   echo "tls_key_file = $(toml_str "$DIR/secure/node.key")"
   echo "tls_ca_file = $(toml_str "$DIR/secure/ca.crt")"

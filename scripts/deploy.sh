@@ -296,7 +296,7 @@ install_security() {
   fi
   [[ -n $(setting cluster_secret_file) ]] && t_copy "$h" "$(setting cluster_secret_file)" "$d/secrets/cluster.secret"
   [[ -n $(setting auth_admin_secret_file) ]] && t_copy "$h" "$(setting auth_admin_secret_file)" "$d/secrets/admin.secret"
-  t_run "$h" "chmod 600 $d/tls/* $d/secrets/* 2>/dev/null || true"
+  t_run "$h" "find $(shell_quote "$d/tls" "$d/secrets") -type f -exec chmod 600 {} +"
 }
 
 # ---------------------------------------------------------------- node files
@@ -572,9 +572,27 @@ cmd_kill() {
   echo "$NODE killed"
 }
 
+# `env VAR=... ` for the tools run on host $1 of a secured cluster: the CA, the admin and the
+# cluster secret as installed with a node on that host (nothing for a plain cluster).
+remote_env() {
+  local n d vars=()
+  for n in "${NODES[@]}"; do
+    [[ ${HOST[$n]} == "$1" ]] || continue
+    d=$(node_dir "$n")
+    [[ -n $(setting tls_ca) ]] && vars+=("SLUICE_TLS_CA_FILE=$d/tls/ca.crt")
+    if [[ -n $(setting auth_admin) ]]; then
+      vars+=("SLUICE_ACCESS_KEY=$(setting auth_admin)" "SLUICE_SECRET_KEY_FILE=$d/secrets/admin.secret")
+    fi
+    [[ -n $(setting cluster_secret_file) ]] && vars+=("SLUICE_CLUSTER_SECRET_FILE=$d/secrets/cluster.secret")
+    break
+  done
+  ((${#vars[@]} > 0)) && printf 'env %s ' "$(shell_quote "${vars[@]}")"
+  return 0
+}
+
 # Runs the `sluice` CLI on a broker's or nameserver's host against the cluster.
 cluster_status_on() {
-  t_run "$1" "$(shell_quote "$REMOTE_DIR/bin/sluice") --nameservers $(nameserver_list) cluster status ${2:-}"
+  t_run "$1" "$(remote_env "$1")$(shell_quote "$REMOTE_DIR/bin/sluice") --nameservers $(nameserver_list) cluster status ${2:-}"
 }
 
 # `sluice cluster status --json` on stdin as "BROKER_NAME REPLICA_ID ROLE REACHABLE TERM ADDRESS"
@@ -759,7 +777,7 @@ cmd_partition() {
     for m in $(group_members "${GROUP[$NODE]}"); do
       [[ $m != "$NODE" ]] && others+=("${REPLICA[$m]}")
     done
-    t_run "${HOST[$NODE]}" "$(shell_quote "$REMOTE_DIR/bin/sluice-chaos" fault --addr "${ADDR[$NODE]}" isolate "${others[@]}")"
+    t_run "${HOST[$NODE]}" "$(remote_env "${HOST[$NODE]}")$(shell_quote "$REMOTE_DIR/bin/sluice-chaos" fault --addr "${ADDR[$NODE]}" isolate "${others[@]}")"
   fi
   if [[ $DRY_RUN != 1 ]]; then
     mkdir -p "$STAGE/$NODE"
@@ -773,7 +791,7 @@ cmd_heal() {
     ip -n "${HOST[$NODE]}" link set "$NETNS_LINK" up
     echo "${HOST[$NODE]} is reconnected"
   else
-    t_run "${HOST[$NODE]}" "$(shell_quote "$REMOTE_DIR/bin/sluice-chaos" fault --addr "${ADDR[$NODE]}" heal)"
+    t_run "${HOST[$NODE]}" "$(remote_env "${HOST[$NODE]}")$(shell_quote "$REMOTE_DIR/bin/sluice-chaos" fault --addr "${ADDR[$NODE]}" heal)"
   fi
   rm -f "$STAGE/$NODE/partitioned"
 }

@@ -13,7 +13,7 @@ const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 pub struct BrokerTls {
     pub server: Arc<rustls::ServerConfig>,
-    /// Towards peers and nameservers (presenting this broker's certificate).
+    /// Towards peers and nameservers (presenting this broker's certificate with mutual TLS).
     pub connector: Connector,
     _watch: tokio::task::JoinHandle<()>,
 }
@@ -49,7 +49,10 @@ pub fn from_config(c: &BrokerConfig) -> Result<Option<BrokerTls>, ConfigError> {
         &[ALPN_H2],
     )
     .map_err(bad)?;
-    let client = tls::client_config(ca, Some(certs.clone()), &[ALPN_H2]).map_err(bad)?;
+    // Shown to peers only where they ask for it: a certificate issued for servers alone
+    // would fail their client check.
+    let shown = c.tls_client_cert_required.then(|| certs.clone());
+    let client = tls::client_config(ca, shown, &[ALPN_H2]).map_err(bad)?;
     Ok(Some(BrokerTls {
         server: Arc::new(server),
         connector: Connector::new(Arc::new(client)),

@@ -342,6 +342,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             nameserver = nameserver.with_tls(Arc::new(cfg));
             tracing::info!("serving over TLS");
         }
+        (None, None) if config.tls_ca_file.is_some() => {
+            return Err(Error::Task(
+                "tls_ca_file without tls_cert_file and tls_key_file: TLS needs all three".into(),
+            ))
+        }
         (None, None) if !nameserver.local_addr().ip().is_loopback() => tracing::warn!(
             "no TLS on a non-loopback address: registrations and routes travel in clear"
         ),

@@ -86,6 +86,8 @@ impl PeerTransport {
                 data_address: None,
                 data: None,
                 signer: signer.clone(),
+                // The data port has no TLS: under TLS every batch goes over gRPC.
+                data_allowed: tls.is_none(),
             };
             tokio::spawn(sender.run(rx));
             queues.insert(id, tx);
@@ -119,6 +121,7 @@ struct PeerSender {
     data_address: Option<String>,
     data: Option<DataLink>,
     signer: Option<Arc<Signer>>,
+    data_allowed: bool,
 }
 
 const RAFT_METHOD: &str = "/sluice.v1.Replication/Raft";
@@ -210,6 +213,9 @@ impl PeerSender {
             self.data = None;
         }
         if self.data.is_none() {
+            if !self.data_allowed {
+                return None;
+            }
             let addr = self.data_address.as_deref()?;
             match DataLink::connect(addr, self.signer.as_deref()).await {
                 Ok(link) => self.data = Some(link),

@@ -81,5 +81,12 @@ pub fn write_pem(path: &Path, contents: &str, private: bool) -> Result<(), TlsEr
     #[cfg(not(unix))]
     let _ = private;
     let mut f = opts.open(path).map_err(io)?;
+    // An existing file keeps its mode through `open`: tighten it before the key goes in.
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+    }
     std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io)
 }

@@ -80,8 +80,8 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// A client trusting the servers `ca` issued, presenting `client` (reloaded as it changes)
-/// when given.
+/// A client trusting the servers `ca` issued, presenting `client` when given (reloaded as it
+/// changes while its `watch` runs).
 pub fn client_config(
     ca: &Path,
     client: Option<Arc<Reloading>>,

@@ -20,8 +20,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 /// Longest a client may take over its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once; past it, accepted connections wait their turn.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at once; past it, new connections are closed at once (so silent
+/// connections cannot stop the accepting).
 const HANDSHAKES: usize = 256;
 
 /// A connection the gRPC server serves: plain TCP, or TLS over it.
@@ -95,7 +96,8 @@ impl AsyncWrite for ServerIo {
 }
 
 /// The connections of `incoming`, handshaken with `tls` when given (a failed or slow
-/// handshake drops that connection and is logged; the stream goes on).
+/// handshake drops that connection and is logged; the stream goes on). The accepting ends,
+/// and the listener closes, when the server drops the stream.
 pub fn serve_incoming<S>(
     incoming: S,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -111,7 +113,14 @@ where
     tokio::spawn(async move {
         let mut incoming = Box::pin(incoming);
         let permits = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
-        while let Some(conn) = incoming.next().await {
+        loop {
+            let conn = tokio::select! {
+                _ = tx.closed() => return,
+                c = incoming.next() => match c {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
             let sock = match conn {
                 Ok(s) => s,
                 Err(e) => {
@@ -121,8 +130,9 @@ where
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::debug!(peer = ?sock.peer_addr().ok(), "too many TLS handshakes at once; connection closed");
+                continue;
             };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
