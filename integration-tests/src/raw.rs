@@ -70,3 +70,39 @@ impl std::fmt::Debug for RawMsg {
         write!(f, "RawMsg({} bytes)", self.0.len())
     }
 }
+
+/// Opens a data-port connection to `addr`, writes the preface and `frames` (kind, request id,
+/// encoded body) back to back, and returns each answer by request id: `None` for OK, the
+/// error code otherwise.
+pub async fn exchange(
+    addr: &str,
+    frames: &[(sluice_proto::frame::Kind, u64, Vec<u8>)],
+) -> std::collections::BTreeMap<u64, Option<sluice_proto::ErrorCode>> {
+    use sluice_proto::frame;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    out.put_slice(&frame::PREFACE);
+    for (kind, id, body) in frames {
+        frame::encode_request(*kind, *id, &RawMsg(body.clone()), &mut out);
+    }
+    sock.write_all(&out).await.unwrap();
+    let mut input = bytes::BytesMut::new();
+    let mut answers = std::collections::BTreeMap::new();
+    while answers.len() < frames.len() {
+        match frame::take_response(&mut input, 1 << 20).unwrap() {
+            Some((h, r)) => {
+                answers.insert(h, r.err().map(|e| e.code));
+            }
+            None => {
+                let read = sock.read_buf(&mut input);
+                let n = tokio::time::timeout(std::time::Duration::from_secs(5), read)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "connection closed");
+            }
+        }
+    }
+    answers
+}

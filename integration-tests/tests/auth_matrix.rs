@@ -6,10 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::BufMut;
 use prost::Message as _;
 use sluice_client::{Admin, ClientConfig, Credentials, Message, PolicyRow, Producer};
-use sluice_integration_tests::raw::{Raw, RawMsg};
+use sluice_integration_tests::raw::{exchange, Raw};
 use sluice_integration_tests::replica::ReplicaCluster;
 use sluice_integration_tests::repo_root;
 use sluice_integration_tests::secure::{self, Secrets, ADMIN, CLUSTER, SUPER};
@@ -512,10 +511,6 @@ async fn frame_answer(
     kind: frame::Kind,
     body: Vec<u8>,
 ) -> (Answer, Answer) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut out = bytes::BytesMut::new();
-    out.put_slice(&frame::PREFACE);
     let now = sluice_client::time::now_ms();
     let resource = auth::resource(addr, auth::DATA_PORT_RESOURCE);
     let header = creds_of(caller).map(|c| {
@@ -525,41 +520,25 @@ async fn frame_answer(
             _ => s.sign(&resource, now),
         }
     });
-    let mut expect = 1;
+    let mut frames = Vec::new();
     if let Some(h) = &header {
         let auth_req = DataPortAuthRequest {
             authorization: h.clone(),
-        };
-        frame::encode_request(frame::Kind::Auth, 1, &auth_req, &mut out);
+        }
+        .encode_to_vec();
+        frames.push((frame::Kind::Auth, 1, auth_req.clone()));
         if caller == "replayed" {
-            frame::encode_request(frame::Kind::Auth, 2, &auth_req, &mut out);
-        }
-        expect += 1 + usize::from(caller == "replayed");
-    }
-    frame::encode_request(kind, 9, &RawMsg(body), &mut out);
-    sock.write_all(&out).await.unwrap();
-    let mut input = bytes::BytesMut::new();
-    let mut answers = BTreeMap::new();
-    while answers.len() < expect {
-        match frame::take_response(&mut input, 1 << 20).unwrap() {
-            Some((h, r)) => {
-                answers.insert(h, answer_of(r.err().map(|e| e.code)));
-            }
-            None => {
-                let n = tokio::time::timeout(Duration::from_secs(5), sock.read_buf(&mut input))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert!(n > 0, "connection closed");
-            }
+            frames.push((frame::Kind::Auth, 2, auth_req));
         }
     }
+    frames.push((kind, 9, body));
+    let answers = exchange(addr, &frames).await;
     let auth = answers
         .get(&2)
         .or(answers.get(&1))
-        .copied()
+        .map(|c| answer_of(*c))
         .filter(|_| header.is_some());
-    (auth.unwrap_or(Answer::Passed), answers[&9])
+    (auth.unwrap_or(Answer::Passed), answer_of(answers[&9]))
 }
 
 use sluice_proto::frame;

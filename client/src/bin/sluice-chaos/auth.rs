@@ -78,6 +78,18 @@ pub fn init(args: &AuthArgs) -> Result<()> {
     Ok(())
 }
 
+/// `config` signing as the user and reaching the servers over TLS, as given.
+pub fn configure(config: sluice_client::ClientConfig) -> Result<sluice_client::ClientConfig> {
+    let config = match credentials() {
+        Some(c) => config.credentials(c),
+        None => config,
+    };
+    Ok(match tls_ca_file() {
+        Some(ca) => config.tls(&ca, None)?,
+        None => config,
+    })
+}
+
 /// The TLS connector for the probes' own channels, when the cluster has TLS.
 pub fn tls() -> Option<sluice_proto::tls::net::Connector> {
     IDENTITY.get()?.tls.clone()

@@ -138,14 +138,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         .request_timeout(opts.send_timeout)
         .connect_timeout(Duration::from_millis(500))
         .route_refresh_interval(Duration::from_secs(5));
-    let config = match crate::auth::credentials() {
-        Some(c) => config.credentials(c),
-        None => config,
-    };
-    let config = match crate::auth::tls_ca_file() {
-        Some(ca) => config.tls(&ca, None)?,
-        None => config,
-    };
+    let config = crate::auth::configure(config)?;
     let nameservers = config.nameservers().to_vec();
     let run_id = format!("{:08x}", rand::random::<u32>());
     let topic = opts
