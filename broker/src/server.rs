@@ -99,11 +99,7 @@ pub async fn run(
     if tls.is_none() && !local.ip().is_loopback() {
         tracing::warn!("listening on {local} without TLS: traffic can be read and altered on the way (set tls_cert_file, see docs/security.md)");
     }
-    if tls.is_some() && config.data_port_enable {
-        // Its framing has no TLS yet: off, clients and replicas use gRPC over TLS.
-        tracing::warn!("TLS is on: the data port stays closed (it has no TLS yet); clients and replicas use gRPC");
-    }
-    let data_listener = if config.data_port_enable && tls.is_none() {
+    let data_listener = if config.data_port_enable {
         let addr = SocketAddr::new(local.ip(), config.data_port);
         let bind_err = |source| ServerError::Bind {
             addr: addr.to_string(),
@@ -163,6 +159,7 @@ pub async fn run(
                 signer: cluster_signer.clone(),
                 access: Some(access.clone()),
                 tls: tls.as_ref().map(|t| t.connector.clone()),
+                peer_certificates: tls.is_some() && config.tls_client_cert_required,
             };
             let backend = StoreBackend::new(store.clone(), &address);
             let (group, service) =
@@ -353,6 +350,7 @@ pub async fn run(
             });
             Some(tokio::spawn(crate::metrics::http::serve(
                 listener,
+                tls.as_ref().map(|t| t.http_server.clone()),
                 render,
                 stop_rx.clone(),
             )))
@@ -376,6 +374,7 @@ pub async fn run(
     let data_port = data_listener.map(|(listener, _)| {
         tokio::spawn(crate::data_port::serve(
             listener,
+            tls.as_ref().map(|t| t.data_server.clone()),
             service.clone(),
             replication.clone(),
             store

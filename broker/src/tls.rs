@@ -1,10 +1,10 @@
-//! The broker's TLS: its certificate (reloaded when the files change) for the gRPC port, and
-//! the client side it uses towards its peers and the nameservers.
+//! The broker's TLS: its certificate (reloaded when the files change) for the gRPC port, the
+//! data port and the metrics endpoint, and the client side it uses towards its peers and the nameservers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_proto::tls::{self, net::Connector, Reloading, ALPN_H2};
+use sluice_proto::tls::{self, http::ALPN_HTTP1, net::Connector, Reloading, ALPN_DATA, ALPN_H2};
 
 use crate::config::{BrokerConfig, ConfigError};
 
@@ -13,8 +13,14 @@ const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 pub struct BrokerTls {
     pub server: Arc<rustls::ServerConfig>,
+    /// The data port's: the same certificate and client checks, its own ALPN.
+    pub data_server: Arc<rustls::ServerConfig>,
+    /// The metrics endpoint's (HTTP/1.1).
+    pub http_server: Arc<rustls::ServerConfig>,
     /// Towards peers and nameservers (presenting this broker's certificate with mutual TLS).
     pub connector: Connector,
+    /// Towards peers' data ports.
+    pub data_connector: Connector,
     _watch: tokio::task::JoinHandle<()>,
 }
 
@@ -42,20 +48,22 @@ pub fn from_config(c: &BrokerConfig) -> Result<Option<BrokerTls>, ConfigError> {
         ));
     };
     let certs = Reloading::load(cert, key).map_err(bad)?;
-    let server = tls::server_config(
-        certs.clone(),
-        Some(ca),
-        c.tls_client_cert_required,
-        &[ALPN_H2],
-    )
-    .map_err(bad)?;
+    let server_for = |alpn: &[u8]| {
+        tls::server_config(certs.clone(), Some(ca), c.tls_client_cert_required, &[alpn])
+            .map(Arc::new)
+            .map_err(bad)
+    };
     // Shown to peers only where they ask for it: a certificate issued for servers alone
     // would fail their client check.
     let shown = c.tls_client_cert_required.then(|| certs.clone());
     let client = tls::client_config(ca, shown, &[ALPN_H2]).map_err(bad)?;
+    let connector = Connector::new(Arc::new(client));
     Ok(Some(BrokerTls {
-        server: Arc::new(server),
-        connector: Connector::new(Arc::new(client)),
+        server: server_for(ALPN_H2)?,
+        data_server: server_for(ALPN_DATA)?,
+        http_server: server_for(ALPN_HTTP1)?,
+        data_connector: connector.with_alpn(ALPN_DATA),
+        connector,
         _watch: certs.watch(RELOAD_CHECK),
     }))
 }

@@ -55,7 +55,9 @@ impl ClientCore {
             config.route_refresh_interval,
         ));
         Ok(Arc::new(ClientCore {
-            data_ports: DataPorts::new(config.connect_timeout).signed(config.signer.clone()),
+            data_ports: DataPorts::new(config.connect_timeout)
+                .signed(config.signer.clone())
+                .tls(config.tls.as_ref()),
             config,
             pool,
             nameservers,

@@ -83,8 +83,8 @@ impl ClientConfig {
     }
 
     /// Reach every server over TLS, trusting the certificates `ca_file` (PEM) issued, and
-    /// presenting `client` (certificate and key files) when the servers ask for one. Brokers
-    /// with TLS have no data port: everything goes over gRPC.
+    /// presenting `client` (certificate and key files) when the servers ask for one. The
+    /// data port is reached over TLS too.
     pub fn tls(
         mut self,
         ca_file: &std::path::Path,
@@ -98,7 +98,6 @@ impl ClientConfig {
         };
         let cfg = tls::client_config(ca_file, client, &[tls::ALPN_H2]).map_err(bad)?;
         self.tls = Some(tls::net::Connector::new(Arc::new(cfg)));
-        self.use_data_port = false;
         Ok(self)
     }
 

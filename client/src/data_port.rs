@@ -16,10 +16,9 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use sluice_proto::auth::{Signer, DATA_PORT_RESOURCE};
 use sluice_proto::frame::{self, Kind, PREFACE};
+use sluice_proto::tls::net::{connect_split, Connector, ReadHalf, WriteHalf};
 use sluice_proto::v1::DataPortAuthRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::validate_addr;
@@ -43,6 +42,8 @@ type Outgoing = Box<dyn FnOnce(&mut BytesMut) + Send>;
 pub(crate) struct DataPorts {
     connect_timeout: Duration,
     signer: Option<Arc<Signer>>,
+    /// TLS to the data ports (offering their ALPN).
+    tls: Option<Connector>,
     conns: RwLock<HashMap<String, Arc<DataConn>>>,
 }
 
@@ -51,6 +52,7 @@ impl DataPorts {
         DataPorts {
             connect_timeout,
             signer: None,
+            tls: None,
             conns: RwLock::new(HashMap::new()),
         }
     }
@@ -58,6 +60,13 @@ impl DataPorts {
     /// Authenticates each new connection as `signer`'s user (its first frame).
     pub(crate) fn signed(mut self, signer: Option<Arc<Signer>>) -> Self {
         self.signer = signer;
+        self
+    }
+
+    /// Reaches the data ports over TLS with `tls` (a gRPC connector: its trust and client
+    /// certificate, the data port's ALPN).
+    pub(crate) fn tls(mut self, tls: Option<&Connector>) -> Self {
+        self.tls = tls.map(|c| c.with_alpn(sluice_proto::tls::ALPN_DATA));
         self
     }
 
@@ -69,7 +78,7 @@ impl DataPorts {
             }
         }
         validate_addr(addr)?;
-        let conn = DataConn::connect(addr, self.connect_timeout).await?;
+        let conn = DataConn::connect(addr, self.connect_timeout, self.tls.as_ref()).await?;
         if let Some(s) = &self.signer {
             let auth = DataPortAuthRequest {
                 authorization: s.sign(
@@ -142,12 +151,17 @@ impl Drop for DataConn {
 }
 
 impl DataConn {
-    async fn connect(addr: &str, connect_timeout: Duration) -> Result<Arc<Self>> {
+    async fn connect(
+        addr: &str,
+        connect_timeout: Duration,
+        tls: Option<&Connector>,
+    ) -> Result<Arc<Self>> {
         let transport = |message: String| Error::Transport {
             addr: addr.to_string(),
             message,
         };
-        let mut sock = match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+        let connect = connect_split(addr, tls);
+        let (rd, mut wr) = match tokio::time::timeout(connect_timeout, connect).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(transport(format!("data port connect: {e}"))),
             Err(_) => {
@@ -157,12 +171,9 @@ impl DataConn {
                 })
             }
         };
-        sock.set_nodelay(true)
-            .map_err(|e| transport(format!("data port: {e}")))?;
-        sock.write_all(&PREFACE)
+        wr.write_all(&PREFACE)
             .await
             .map_err(|e| transport(format!("data port preface: {e}")))?;
-        let (rd, wr) = sock.into_split();
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             waiting: Mutex::new(Waiting::default()),
@@ -235,11 +246,7 @@ impl Drop for Forget<'_> {
     }
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Outgoing>,
-    shared: Arc<Shared>,
-) {
+async fn write_loop(mut wr: WriteHalf, mut queue: mpsc::Receiver<Outgoing>, shared: Arc<Shared>) {
     let mut out = BytesMut::with_capacity(WRITE_CHUNK);
     while let Some(first) = queue.recv().await {
         // Everything queued behind the first request goes out with it.
@@ -260,6 +267,10 @@ async fn write_loop(
             result = wr.write_all(&out).await;
             out.clear();
         }
+        if result.is_ok() {
+            // TLS holds sealed bytes until flushed (a no-op on plain TCP).
+            result = wr.flush().await;
+        }
         if let Err(e) = result {
             shared.close(format!("write failed: {e}"));
             return;
@@ -270,7 +281,7 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
+async fn read_loop(mut rd: ReadHalf, shared: Arc<Shared>) {
     let why = match read_answers(&mut rd, &shared).await {
         Ok(()) => "the broker closed the connection".to_string(),
         Err(e) => e,
@@ -278,7 +289,7 @@ async fn read_loop(mut rd: OwnedReadHalf, shared: Arc<Shared>) {
     shared.close(why);
 }
 
-async fn read_answers(rd: &mut OwnedReadHalf, shared: &Shared) -> std::result::Result<(), String> {
+async fn read_answers(rd: &mut ReadHalf, shared: &Shared) -> std::result::Result<(), String> {
     let mut input = BytesMut::with_capacity(64 << 10);
     loop {
         while let Some((id, r)) =

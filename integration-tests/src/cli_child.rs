@@ -17,7 +17,17 @@ pub struct CliChild {
 impl CliChild {
     /// Starts `sluice --nameservers NS args...` with its stdout captured line by line.
     pub fn spawn(nameservers: &str, args: &[&str]) -> Result<CliChild> {
+        Self::spawn_with_env(nameservers, args, &[])
+    }
+
+    /// [`Self::spawn`] with more environment variables (secrets, which never go in flags).
+    pub fn spawn_with_env(
+        nameservers: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<CliChild> {
         let mut cmd = Command::new(crate::bin("sluice"));
+        cmd.envs(env.iter().copied());
         cmd.arg("--nameservers")
             .arg(nameservers)
             .args(args)

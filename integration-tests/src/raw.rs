@@ -78,31 +78,40 @@ pub async fn exchange(
     addr: &str,
     frames: &[(sluice_proto::frame::Kind, u64, Vec<u8>)],
 ) -> std::collections::BTreeMap<u64, Option<sluice_proto::ErrorCode>> {
+    try_exchange(addr, None, frames).await.unwrap()
+}
+
+/// [`exchange`] over plain TCP or, with `tls`, TLS; an error when the connection fails or
+/// closes before every answer came (within 5 s of each read).
+pub async fn try_exchange(
+    addr: &str,
+    tls: Option<&sluice_proto::tls::net::Connector>,
+    frames: &[(sluice_proto::frame::Kind, u64, Vec<u8>)],
+) -> anyhow::Result<std::collections::BTreeMap<u64, Option<sluice_proto::ErrorCode>>> {
     use sluice_proto::frame;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tls.map(|c| c.with_alpn(sluice_proto::tls::ALPN_DATA));
+    let (mut rd, mut wr) = sluice_proto::tls::net::connect_split(addr, tls.as_ref()).await?;
     let mut out = bytes::BytesMut::new();
     out.put_slice(&frame::PREFACE);
     for (kind, id, body) in frames {
         frame::encode_request(*kind, *id, &RawMsg(body.clone()), &mut out);
     }
-    sock.write_all(&out).await.unwrap();
+    wr.write_all(&out).await?;
+    wr.flush().await?;
     let mut input = bytes::BytesMut::new();
     let mut answers = std::collections::BTreeMap::new();
     while answers.len() < frames.len() {
-        match frame::take_response(&mut input, 1 << 20).unwrap() {
+        match frame::take_response(&mut input, 1 << 20).map_err(|e| anyhow::anyhow!("{e}"))? {
             Some((h, r)) => {
                 answers.insert(h, r.err().map(|e| e.code));
             }
             None => {
-                let read = sock.read_buf(&mut input);
-                let n = tokio::time::timeout(std::time::Duration::from_secs(5), read)
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert!(n > 0, "connection closed");
+                let read = rd.read_buf(&mut input);
+                let n = tokio::time::timeout(std::time::Duration::from_secs(5), read).await??;
+                anyhow::ensure!(n > 0, "connection closed");
             }
         }
     }
-    answers
+    Ok(answers)
 }

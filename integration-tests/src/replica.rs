@@ -48,6 +48,8 @@ pub struct ReplicaOptions {
     pub segment_size: u64,
     /// More TOML lines for every broker (keys the harness does not set).
     pub extra_broker_toml: String,
+    /// More TOML lines for one broker: replica 1's first, then replica 2's...
+    pub replica_toml: Vec<String>,
     /// More command-line arguments for the nameserver.
     pub nameserver_args: Vec<String>,
     /// Who the harness's own calls (status, topic creation) sign as.
@@ -71,6 +73,7 @@ impl Default for ReplicaOptions {
             fault_injection: false,
             segment_size: 4 << 20,
             extra_broker_toml: String::new(),
+            replica_toml: Vec::new(),
             nameserver_args: Vec::new(),
             credentials: None,
             tls: None,
@@ -151,7 +154,7 @@ impl ReplicaCluster {
                      consumer_expiry_ms = 3000\nsegment_size = {seg}\ndisk_budget_bytes = {budget}\nraft_tick_ms = {tick}\n\
                      election_ticks = {el}\nmax_election_ticks = {mel}\n\
                      enable_fault_injection = {fi}\nlearners = {learners:?}\n\
-                     peers = {{ {peers_toml} }}\n{extra}\n",
+                     peers = {{ {peers_toml} }}\n{extra}\n{own}\n",
                     data = dir.join("data").display(),
                     flush = opts.flush,
                     ack = opts.ack,
@@ -164,6 +167,10 @@ impl ReplicaCluster {
                     budget = crate::TEST_DISK_BUDGET,
                     learners = opts.learners,
                     extra = opts.extra_broker_toml,
+                    own = opts
+                        .replica_toml
+                        .get(Self::index(id))
+                        .map_or("", String::as_str),
                 ),
             )?;
             nodes.push(Node::start(

@@ -26,18 +26,25 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Mutual TLS: brokers require client certificates, and every client shows the node's.
+    pub mutual: bool,
 }
 
 impl TlsFiles {
     /// A CA and a node certificate for 127.0.0.1 and localhost, in `dir`.
     pub fn write(dir: &Path) -> Result<TlsFiles> {
-        use sluice_proto::tls::gen::{write_pem, Ca};
-        let ca = Ca::new("sluice test CA")?;
+        Self::write_for(dir, &sluice_proto::tls::gen::Ca::new("sluice test CA")?)
+    }
+
+    /// `ca` and a node certificate it issues for 127.0.0.1 and localhost, in `dir`.
+    pub fn write_for(dir: &Path, ca: &sluice_proto::tls::gen::Ca) -> Result<TlsFiles> {
+        use sluice_proto::tls::gen::write_pem;
         let node = ca.issue(&["127.0.0.1".into(), "localhost".into()], None)?;
         let files = TlsFiles {
             ca: dir.join("ca.crt"),
             cert: dir.join("node.crt"),
             key: dir.join("node.key"),
+            mutual: false,
         };
         write_pem(&files.ca, &ca.cert_pem(), false)?;
         write_pem(&files.cert, &node.cert_pem, false)?;
@@ -47,7 +54,12 @@ impl TlsFiles {
 
     /// How a client of these nodes connects.
     pub fn connector(&self) -> Result<sluice_proto::tls::net::Connector> {
-        let cfg = sluice_proto::tls::client_config(&self.ca, None, &[sluice_proto::tls::ALPN_H2])?;
+        use sluice_proto::tls;
+        let shown = match self.mutual {
+            true => Some(tls::Reloading::load(&self.cert, &self.key)?),
+            false => None,
+        };
+        let cfg = tls::client_config(&self.ca, shown, &[tls::ALPN_H2])?;
         Ok(sluice_proto::tls::net::Connector::new(std::sync::Arc::new(
             cfg,
         )))
@@ -55,10 +67,12 @@ impl TlsFiles {
 
     fn toml(&self) -> String {
         format!(
-            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n",
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\ntls_ca_file = \"{}\"\n\
+             tls_client_cert_required = {}\n",
             self.cert.display(),
             self.key.display(),
-            self.ca.display()
+            self.ca.display(),
+            self.mutual
         )
     }
 }
@@ -94,7 +108,7 @@ impl Secrets {
             .request_timeout(std::time::Duration::from_secs(5))
             .credentials(creds);
         Ok(match &self.tls {
-            Some(t) => c.tls(&t.ca, None)?,
+            Some(t) => c.tls(&t.ca, t.mutual.then_some((&*t.cert, &*t.key)))?,
             None => c,
         })
     }

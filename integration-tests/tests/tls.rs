@@ -1,4 +1,5 @@
-//! TLS on real processes: a replica group and its nameserver speak only TLS; clients without
+//! TLS on real processes: a replica group and its nameserver speak only TLS (gRPC, the data
+//! port and the Raft links on it); clients without
 //! the CA, or trusting another one, are refused; a rotated certificate is served to new
 //! connections without a restart; a broker given an expired certificate, or a key of another
 //! certificate, refuses to start and names the file.
@@ -6,13 +7,16 @@
 use std::time::{Duration, SystemTime};
 
 use sluice_client::{Admin, Message, Producer};
+use sluice_integration_tests::raw::try_exchange;
 use sluice_integration_tests::replica::ReplicaCluster;
 use sluice_integration_tests::secure::{self, Secrets, TlsFiles};
 use sluice_integration_tests::{bin, channel_to, wait_until, Node};
+use sluice_proto::frame::Kind;
 use sluice_proto::tls::gen::{write_pem, Ca};
 use sluice_proto::tls::net::Connector;
 use sluice_proto::v1::broker_client::BrokerClient;
 use sluice_proto::v1::GetBrokerStatusRequest;
+use sluice_proto::ErrorCode;
 
 fn connector_for(ca_pem_path: &std::path::Path) -> Connector {
     let cfg =
@@ -39,6 +43,7 @@ async fn only_tls_clients_of_the_ca_get_in_and_certificates_rotate_live() {
         ca: dir.path().join("ca.crt"),
         cert: dir.path().join("node.crt"),
         key: dir.path().join("node.key"),
+        mutual: false,
     };
     write_pem(&files.ca, &ca.cert_pem(), false).unwrap();
     write_pem(&files.cert, &node.cert_pem, false).unwrap();
@@ -65,8 +70,42 @@ async fn only_tls_clients_of_the_ca_get_in_and_certificates_rotate_live() {
             .await
             .unwrap();
     }
+    let other = Ca::new("another CA").unwrap();
+    write_pem(&dir.path().join("other-ca.crt"), &other.cert_pem(), false).unwrap();
     let status = Admin::new(config).unwrap().cluster_status().await.unwrap();
     assert_eq!(status.len(), 3, "{status:?}");
+
+    // The data port speaks TLS too: the producer's sends went through it, and the replicas'
+    // Raft links moved onto it (the master links to both slaves, each slave to the master).
+    let master = cluster.find_master().await.unwrap();
+    let m = cluster.status(master).await.unwrap();
+    assert!(m.data_port_sends >= 50, "{m:?}");
+    wait_until(
+        Duration::from_secs(15),
+        "raft links on TLS data ports",
+        || async {
+            let mut all = true;
+            for id in 1..=3 {
+                let s = cluster.status(id).await.unwrap_or_default();
+                all &= s.data_port_connections >= if id == master { 2 } else { 1 };
+            }
+            all
+        },
+    )
+    .await
+    .unwrap();
+    // Its frames need the handshake first: plaintext and another CA's clients get no answer;
+    // a client of the CA does (an anonymous send, refused by the ACL).
+    let send = [(Kind::Send, 1, Vec::new())];
+    assert!(try_exchange(&m.data_address, None, &send).await.is_err());
+    let stranger = connector_for(&dir.path().join("other-ca.crt"));
+    assert!(try_exchange(&m.data_address, Some(&stranger), &send)
+        .await
+        .is_err());
+    let answers = try_exchange(&m.data_address, Some(&connector_for(&files.ca)), &send)
+        .await
+        .unwrap();
+    assert_eq!(answers[&1], Some(ErrorCode::Unauthenticated), "{answers:?}");
 
     // No TLS, or another CA: refused at the door.
     let addr = cluster.address(1).to_string();
@@ -77,9 +116,6 @@ async fn only_tls_clients_of_the_ca_get_in_and_certificates_rotate_live() {
         .get_broker_status(GetBrokerStatusRequest {})
         .await
         .is_err());
-    let other = Ca::new("another CA").unwrap();
-    write_pem(&dir.path().join("other-ca.crt"), &other.cert_pem(), false).unwrap();
-    let stranger = connector_for(&dir.path().join("other-ca.crt"));
     assert!(channel_to(&addr, Some(&stranger)).await.is_err());
     let ns = cluster.nameserver.addr.clone();
     assert!(channel_to(&ns, Some(&stranger)).await.is_err());

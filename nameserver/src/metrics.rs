@@ -101,11 +101,23 @@ async fn scrape(State((metrics, registry)): State<Shared>) -> impl IntoResponse 
     )
 }
 
-/// Serves `GET /metrics` until the task is dropped or aborted.
-pub async fn serve(listener: TcpListener, metrics: Arc<NsMetrics>, registry: SharedRegistry) {
+/// Serves `GET /metrics` (over TLS with `tls`) until the task is dropped or aborted.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    metrics: Arc<NsMetrics>,
+    registry: SharedRegistry,
+) {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state((metrics, registry));
+    let listener = match sluice_proto::tls::http::HttpListener::new(listener, tls) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics listener failed");
+            return;
+        }
+    };
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics listener failed");
     }

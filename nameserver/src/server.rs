@@ -326,20 +326,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => {}
     }
     nameserver = nameserver.with_auth(secret, admin);
+    // The metrics endpoint's TLS, when the gRPC port has it.
+    let mut http_tls = None;
     match (&config.tls_cert_file, &config.tls_key_file) {
         (Some(cert), Some(key)) => {
             let bad = |e: sluice_proto::tls::TlsError| Error::Task(e.to_string());
             let certs = sluice_proto::tls::Reloading::load(cert, key).map_err(bad)?;
             // Reloaded as the files change, for as long as the process runs.
             let _watch = certs.watch(std::time::Duration::from_secs(1));
-            let cfg = sluice_proto::tls::server_config(
-                certs,
-                config.tls_ca_file.as_deref(),
-                false,
-                &[sluice_proto::tls::ALPN_H2],
-            )
-            .map_err(bad)?;
-            nameserver = nameserver.with_tls(Arc::new(cfg));
+            let server_for = |alpn: &[u8]| {
+                sluice_proto::tls::server_config(
+                    certs.clone(),
+                    config.tls_ca_file.as_deref(),
+                    false,
+                    &[alpn],
+                )
+                .map(Arc::new)
+                .map_err(bad)
+            };
+            nameserver = nameserver.with_tls(server_for(sluice_proto::tls::ALPN_H2)?);
+            http_tls = Some(server_for(sluice_proto::tls::http::ALPN_HTTP1)?);
             tracing::info!("serving over TLS");
         }
         (None, None) if config.tls_ca_file.is_some() => {
@@ -369,7 +375,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let (metrics, registry) = nameserver.metrics();
             tracing::info!(addr, "metrics at /metrics");
             Some(tokio::spawn(crate::metrics::serve(
-                listener, metrics, registry,
+                listener, http_tls, metrics, registry,
             )))
         }
     };

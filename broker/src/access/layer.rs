@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::{ready, Either, Ready};
-use tonic::transport::server::TcpConnectInfo;
+use sluice_proto::tls::identity::PeerNames;
+use sluice_proto::tls::net::ConnInfo;
 
 use super::{Access, Principal};
 
@@ -51,10 +52,9 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let peer = req
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr);
+        let conn = req.extensions().get::<ConnInfo>();
+        let peer = conn.and_then(ConnInfo::remote_addr);
+        let names = conn.map(|c| c.peer.clone()).unwrap_or_default();
         let header = req
             .headers()
             .get(sluice_proto::auth::AUTH_HEADER)
@@ -62,6 +62,8 @@ where
         match self.access.authenticate(req.uri().path(), header, peer) {
             Ok(p) => {
                 req.extensions_mut().insert::<Principal>(p);
+                // For the handlers that check who a certificate names (Raft between replicas).
+                req.extensions_mut().insert::<PeerNames>(names);
                 Either::Left(self.inner.call(req))
             }
             Err(e) => Either::Right(ready(Ok(tonic::Status::from(e).into_http()))),

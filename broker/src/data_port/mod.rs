@@ -1,5 +1,6 @@
 //! The data port: Send, EndTransaction, and Raft traffic between replicas, over framed TCP
-//! (`sluice_proto::frame`, docs/protocol.md).
+//! (`sluice_proto::frame`, docs/protocol.md), inside TLS when the broker has a certificate
+//! (`wire.rs`).
 //!
 //! Same handler as the gRPC Send, minus HTTP/2: on this 2-core machine a gRPC unary round trip
 //! costs ~250 us of the ~100 us a TCP round trip does. One task per connection reads frames,
@@ -19,14 +20,16 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use prost::Message as _;
 use sluice_proto::frame::{self, Kind, RequestHeader, PREFACE, REQUEST_HEADER_LEN};
+use sluice_proto::tls::identity::PeerNames;
 use sluice_proto::v1::{
     DataPortAuthRequest, DataPortAuthResponse, EndTransactionRequest, EndTransactionResponse,
     RaftBatch, SendRequest, SendResponse,
 };
 use sluice_proto::{ApiError, ErrorCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::access::Principal;
 use crate::replication::transport::MAX_RPC_BYTES;
@@ -42,7 +45,11 @@ const MAX_PENDING_BYTES: usize = 64 << 20;
 /// and from a worker thread would (256 single 1 KiB sends in flight ran 15 % slower with each
 /// handed to a worker). A producer of larger batches is moved (see [`serve`]).
 const INLINE_SEND_BYTES: usize = 32 << 10;
-/// A connection that has not sent its preface by then is dropped.
+mod wire;
+use wire::Wire;
+
+/// A connection that has not finished its TLS handshake and sent its preface by then is
+/// dropped.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the data port served, for the broker status.
@@ -88,8 +95,11 @@ type Pending = Pin<Box<dyn Future<Output = (RequestHeader, Result<Reply, ApiErro
 /// of a send's latency at one in flight). A connection that sends a large batch while other
 /// sends are in flight moves to this runtime's workers for good: decoding and encoding its
 /// batches there overlaps with the writer's writing, which pipelining producers need.
+/// With `tls`, every connection is TLS (handshaken on this runtime's workers).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     service: Arc<BrokerService>,
     replication: Option<Arc<ReplicationService>>,
     local: Option<WriterThread>,
@@ -97,6 +107,7 @@ pub async fn serve(
     stats: Arc<DataPortStats>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let tls = tls.map(TlsAcceptor::from);
     let local = local.map(|w| Local {
         rt: w.runtime,
         busy_poll: w.busy_poll,
@@ -119,12 +130,7 @@ pub async fn serve(
                     stop: stop.clone(),
                     peer,
                 };
-                match &local {
-                    Some(l) => conn.run_on(&l.rt, sock),
-                    None => {
-                        tokio::spawn(conn.run(sock));
-                    }
-                }
+                tokio::spawn(conn.start(sock, tls.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: give the process a moment to free some
@@ -170,7 +176,7 @@ enum Polled {
 /// loopback (p50 ~175 -> ~105 us on the 2-core VM of docs/benchmarks.md).
 async fn busy_poll_read(
     rd: &tokio::net::tcp::OwnedReadHalf,
-    input: &mut BytesMut,
+    st: &mut Served,
     limit: Duration,
 ) -> std::io::Result<Polled> {
     if limit.is_zero() {
@@ -178,9 +184,12 @@ async fn busy_poll_read(
     }
     let until = std::time::Instant::now() + limit;
     loop {
-        match rd.try_read_buf(input) {
+        match rd.try_read_buf(st.wire.read_into(&mut st.input)) {
             Ok(0) => return Ok(Polled::Closed),
-            Ok(_) => return Ok(Polled::Read),
+            Ok(_) => {
+                st.wire.open(&mut st.input)?;
+                return Ok(Polled::Read);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if std::time::Instant::now() >= until {
                     return Ok(Polled::Nothing);
@@ -228,9 +237,27 @@ struct Served {
     solo: bool,
     /// Who the frames act as, once an Auth frame said (anonymous before).
     who: Principal,
+    /// The names of the client's certificate (for Raft frames under mutual TLS).
+    peer: PeerNames,
+    wire: Wire,
 }
 
 impl Served {
+    fn new(reading: bool, wire: Wire) -> Box<Served> {
+        Box::new(Served {
+            input: BytesMut::with_capacity(64 << 10),
+            output: BytesMut::with_capacity(4 << 10),
+            pending: InFlight::default(),
+            skip: 0,
+            reading,
+            peak: 0,
+            solo: false,
+            who: Principal::default(),
+            peer: wire.peer(),
+            wire,
+        })
+    }
+
     /// When nothing is in flight, judges the busy period that just ended: one send at a time
     /// (a latency-bound client) or several.
     fn note_idle(&mut self) {
@@ -249,42 +276,67 @@ enum Ended {
 }
 
 impl Connection {
-    /// Runs the connection on the writer's runtime: the socket moves over to its reactor.
-    fn run_on(self, rt: &tokio::runtime::Handle, sock: TcpStream) {
-        let peer = self.peer;
-        match sock.into_std() {
-            Ok(sock) => {
-                rt.spawn(async move {
-                    match TcpStream::from_std(sock) {
-                        Ok(sock) => self.run(sock).await,
-                        Err(e) => tracing::warn!(%peer, "data port connection not served: {e}"),
-                    }
-                });
-            }
-            Err(e) => tracing::warn!(%peer, "data port connection not served: {e}"),
-        }
-    }
-
-    async fn run(mut self, mut sock: TcpStream) {
+    /// Serves a new connection: its TLS handshake and preface here, the rest here or, for a
+    /// standalone broker, on the writer's runtime (the socket moves over to its reactor).
+    async fn start(mut self, sock: TcpStream, tls: Option<TlsAcceptor>) {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
-        let r = match self.handshake(&mut sock).await {
-            Ok(()) => {
-                let reading = !*self.stop.borrow();
-                let state = Served {
-                    input: BytesMut::with_capacity(64 << 10),
-                    output: BytesMut::with_capacity(4 << 10),
-                    pending: InFlight::default(),
-                    skip: 0,
-                    reading,
-                    peak: 0,
-                    solo: false,
-                    who: Principal::default(),
-                };
-                self.serve(sock, state).await
-            }
+        let opened = tokio::time::timeout(PREFACE_TIMEOUT, self.open(sock, tls))
+            .await
+            .unwrap_or_else(|_| Err(invalid_data("no TLS handshake and preface within 10 s")));
+        let r = match opened {
+            Ok((sock, st)) => match self.local.clone() {
+                Some(local) => match sock.into_std() {
+                    Ok(sock) => {
+                        local.rt.spawn(async move {
+                            let r = match TcpStream::from_std(sock) {
+                                Ok(sock) => self.serve(sock, st).await,
+                                Err(e) => Err(e),
+                            };
+                            self.ended(r);
+                        });
+                        return;
+                    }
+                    Err(e) => Err(e),
+                },
+                None => self.serve(sock, st).await,
+            },
             Err(e) => Err(e),
         };
         self.ended(r);
+    }
+
+    /// The TLS handshake (with `tls`) and the client's preface.
+    async fn open(
+        &self,
+        sock: TcpStream,
+        tls: Option<TlsAcceptor>,
+    ) -> std::io::Result<(TcpStream, Box<Served>)> {
+        // Small answers must not wait for the peer's delayed ACK.
+        sock.set_nodelay(true)?;
+        let (mut sock, wire) = match tls {
+            Some(acceptor) => {
+                let (sock, conn) = acceptor.accept(sock).await?.into_inner();
+                (sock, Wire::tls(conn))
+            }
+            None => (sock, Wire::default()),
+        };
+        let mut st = Served::new(!*self.stop.borrow(), wire);
+        // Bytes past the preface are the first frames.
+        st.wire.open(&mut st.input)?;
+        while st.input.len() < PREFACE.len() {
+            if sock.read_buf(st.wire.read_into(&mut st.input)).await? == 0 {
+                return Err(invalid_data("closed before its preface"));
+            }
+            st.wire.open(&mut st.input)?;
+        }
+        if st.input[..PREFACE.len()] != PREFACE {
+            return Err(invalid_data(format!(
+                "bad preface {:02x?} (not a Sluice data-port client, or another version)",
+                &st.input[..PREFACE.len()]
+            )));
+        }
+        st.input.advance(PREFACE.len());
+        Ok((sock, st))
     }
 
     /// Counts the connection out, or carries it on on the workers.
@@ -297,7 +349,7 @@ impl Connection {
                     self.stats.moved.fetch_add(1, Ordering::Relaxed);
                     local.workers.spawn(async move {
                         let r = match TcpStream::from_std(sock) {
-                            Ok(sock) => self.serve(sock, *state).await,
+                            Ok(sock) => self.serve(sock, state).await,
                             Err(e) => Err(e),
                         };
                         // Without `local` it cannot move again.
@@ -314,45 +366,30 @@ impl Connection {
         self.stats.connections.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn handshake(&self, sock: &mut TcpStream) -> std::io::Result<()> {
-        // Small answers must not wait for the peer's delayed ACK.
-        sock.set_nodelay(true)?;
-        let mut preface = [0u8; 4];
-        match tokio::time::timeout(PREFACE_TIMEOUT, sock.read_exact(&mut preface)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(invalid_data("no preface within 10 s")),
-        };
-        if preface != PREFACE {
-            return Err(invalid_data(format!(
-                "bad preface {preface:02x?} (not a Sluice data-port client, or another version)"
-            )));
-        }
-        Ok(())
-    }
-
-    async fn serve(&mut self, sock: TcpStream, mut st: Served) -> std::io::Result<Ended> {
+    async fn serve(&mut self, sock: TcpStream, mut st: Box<Served>) -> std::io::Result<Ended> {
         let (mut rd, mut wr) = sock.into_split();
         loop {
             // Full: read nothing more until a send finishes (TCP pushes back on the client).
             let taken = self.take_frames(&mut st);
             st.peak = st.peak.max(st.pending.sends.len());
-            if !st.output.is_empty() {
-                wr.write_all(&st.output).await?;
-                st.output.clear();
+            if st.wire.wants_write(&st.output) {
+                st.wire.flush(&mut st.output, &mut wr).await?;
             }
             if !st.reading && st.pending.sends.is_empty() {
+                st.wire.close();
+                st.wire.flush(&mut st.output, &mut wr).await?;
                 return Ok(Ended::Closed);
             }
             if taken.move_to_workers && self.local.is_some() {
                 let sock = rd
                     .reunite(wr)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
-                return Ok(Ended::Moved(sock.into_std()?, Box::new(st)));
+                return Ok(Ended::Moved(sock.into_std()?, st));
             }
             st.note_idle();
             let busy_poll = self.local.as_ref().map_or(Duration::ZERO, |l| l.busy_poll);
             if st.solo && st.reading && !taken.full && st.pending.sends.is_empty() {
-                match busy_poll_read(&rd, &mut st.input, busy_poll).await? {
+                match busy_poll_read(&rd, &mut st, busy_poll).await? {
                     Polled::Read => continue,
                     Polled::Closed => {
                         st.reading = false;
@@ -371,11 +408,12 @@ impl Connection {
                         answer(h, r, &mut st.output);
                     }
                 }
-                n = rd.read_buf(&mut st.input), if st.reading && !taken.full => {
+                n = rd.read_buf(st.wire.read_into(&mut st.input)), if st.reading && !taken.full => {
                     if n? == 0 {
                         // The client is done sending; finish what it asked for, then close.
                         st.reading = false;
                     }
+                    st.wire.open(&mut st.input)?;
                 }
                 changed = self.stop.changed(), if st.reading => {
                     // A dropped sender means the broker is gone too.
@@ -394,6 +432,7 @@ impl Connection {
             pending,
             skip,
             who,
+            peer,
             ..
         } = st;
         let mut taken = Taken::default();
@@ -455,7 +494,7 @@ impl Connection {
                     let r = match (&self.replication, RaftBatch::decode(body)) {
                         (Some(replication), Ok(batch)) => replication
                             .check(who)
-                            .and_then(|()| replication.accept(batch)),
+                            .and_then(|()| replication.accept(batch, peer)),
                         (None, _) => Err(ApiError::invalid(
                             "this broker is not a member of a replica group",
                         )),

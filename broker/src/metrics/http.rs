@@ -1,4 +1,5 @@
-//! The HTTP listener of `metrics_listen`: `GET /metrics` in Prometheus text exposition.
+//! The HTTP listener of `metrics_listen`: `GET /metrics` in Prometheus text exposition, over
+//! HTTPS when the broker has TLS.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use futures::future::BoxFuture;
+use sluice_proto::tls::http::HttpListener;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -24,13 +26,25 @@ async fn metrics(State(render): State<Render>) -> impl IntoResponse {
     )
 }
 
-/// Serves until `stop` turns true.
-pub async fn serve(listener: TcpListener, render: Render, mut stop: watch::Receiver<bool>) {
+/// Serves until `stop` turns true (over TLS with `tls`).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    render: Render,
+    mut stop: watch::Receiver<bool>,
+) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .with_state(render);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
+    };
+    let listener = match HttpListener::new(listener, tls) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "metrics listener failed");
+            return;
+        }
     };
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -50,6 +50,8 @@ pub struct GroupSettings {
     pub access: Option<Arc<crate::access::Access>>,
     /// Reaches the peers over TLS, when set.
     pub tls: Option<sluice_proto::tls::net::Connector>,
+    /// Mutual TLS: Raft traffic only over a certificate for the sending peer's host.
+    pub peer_certificates: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +137,7 @@ impl ReplicaGroup {
             faults,
             data_address: settings.data_address.clone(),
             access: settings.access.clone(),
+            peer_hosts: settings.peer_certificates.then(|| settings.peers.clone()),
         };
         let group = ReplicaGroup {
             id: me,

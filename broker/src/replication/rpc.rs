@@ -1,13 +1,14 @@
 //! The `sluice.v1.Replication` gRPC service: Raft messages from peers into the replica's
 //! mailbox, and the fault-injection hook.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use sluice_proto::tls::identity::PeerNames;
 use sluice_proto::v1::fault_request::Fault;
 use sluice_proto::v1::replication_server::Replication;
 use sluice_proto::v1::{FaultRequest, FaultResponse, RaftAck, RaftBatch};
-use sluice_proto::ApiError;
+use sluice_proto::{ApiError, ErrorCode};
 use tonic::{Request, Response, Status};
 
 use super::faults::{FaultSwitch, Isolation};
@@ -28,6 +29,9 @@ pub struct ReplicationService {
     pub(crate) data_address: String,
     /// Who Raft traffic and faults are taken from (`None`: anyone).
     pub(crate) access: Option<Arc<crate::access::Access>>,
+    /// Under mutual TLS, the members' addresses: a batch from a member must come over a
+    /// certificate issued for that member's host.
+    pub(crate) peer_hosts: Option<BTreeMap<u64, String>>,
 }
 
 impl ReplicationService {
@@ -38,7 +42,8 @@ impl ReplicationService {
             .map_or(Ok(()), |a| a.check_cluster(who))
     }
 
-    pub(crate) fn accept(&self, batch: RaftBatch) -> Result<RaftAck, ApiError> {
+    /// Takes a batch that came over a connection whose certificate named `peer`.
+    pub(crate) fn accept(&self, batch: RaftBatch, peer: &PeerNames) -> Result<RaftAck, ApiError> {
         if batch.broker_name != self.broker_name {
             return Err(ApiError::invalid(format!(
                 "raft batch for broker group {:?}; this is {:?}",
@@ -57,6 +62,7 @@ impl ReplicationService {
                 batch.from, self.me
             )));
         }
+        self.check_certificate(batch.from, peer)?;
         if batch.messages.len() > MAX_MESSAGES {
             return Err(ApiError::invalid(format!(
                 "raft batch of {} messages exceeds {MAX_MESSAGES}",
@@ -81,13 +87,39 @@ impl ReplicationService {
             data_address: self.data_address.clone(),
         })
     }
+
+    /// Under mutual TLS, replica `from` speaks only over a certificate for its own host: a
+    /// holder of another node's certificate (and the cluster secret) cannot pose as it.
+    fn check_certificate(&self, from: u64, peer: &PeerNames) -> Result<(), ApiError> {
+        let Some(hosts) = &self.peer_hosts else {
+            return Ok(());
+        };
+        let addr = hosts.get(&from).map_or("", String::as_str);
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        if peer.covers(host) {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "raft batch from replica {from} ({addr}) over a certificate for {:?}: \
+                 replicas must show a certificate for their own host",
+                peer.names()
+            ),
+        ))
+    }
 }
 
 #[tonic::async_trait]
 impl Replication for ReplicationService {
     async fn raft(&self, req: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
         self.check(&crate::access::principal(&req))?;
-        self.accept(req.into_inner())
+        let peer = req
+            .extensions()
+            .get::<PeerNames>()
+            .cloned()
+            .unwrap_or_default();
+        self.accept(req.into_inner(), &peer)
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -127,6 +159,7 @@ mod tests {
             faults,
             data_address: "h:9".into(),
             access: None,
+            peer_hosts: None,
         };
         (s, mailbox)
     }
@@ -149,12 +182,58 @@ mod tests {
             batch("b", 9, 1, 1),
             batch("b", 1, 1, 1),
         ] {
-            assert_eq!(s.accept(bad).unwrap_err().code, ErrorCode::InvalidArgument);
+            assert_eq!(
+                s.accept(bad, &PeerNames::default()).unwrap_err().code,
+                ErrorCode::InvalidArgument
+            );
         }
         // A full mailbox drops the rest (Raft retransmits).
-        let ack = s.accept(batch("b", 2, 1, 3)).unwrap();
+        let ack = s
+            .accept(batch("b", 2, 1, 3), &PeerNames::default())
+            .unwrap();
         assert_eq!(ack.accepted, 2);
         assert_eq!(ack.data_address, "h:9");
+    }
+
+    #[test]
+    fn under_mutual_tls_a_member_speaks_only_over_a_certificate_for_its_host() {
+        let (mut s, _mb) = service(false);
+        s.peer_hosts = Some(
+            [
+                (1, "10.0.0.1:9"),
+                (2, "10.0.0.2:9"),
+                (3, "broker-c.example:9"),
+            ]
+            .into_iter()
+            .map(|(id, a)| (id, a.to_string()))
+            .collect(),
+        );
+        let names = |n: &[&str]| PeerNames::from_names(n.iter().copied());
+        assert_eq!(
+            s.accept(batch("b", 2, 1, 1), &names(&["10.0.0.2"]))
+                .unwrap()
+                .accepted,
+            1
+        );
+        assert_eq!(
+            s.accept(batch("b", 3, 1, 1), &names(&["BROKER-C.example"]))
+                .unwrap()
+                .accepted,
+            1
+        );
+        // Another member's certificate, a stranger's, or none: refused, naming what it showed.
+        for (from, shown) in [
+            (2, names(&["10.0.0.3"])),
+            (3, names(&["10.0.0.2"])),
+            (2, PeerNames::default()),
+        ] {
+            let e = s.accept(batch("b", from, 1, 1), &shown).unwrap_err();
+            assert_eq!(e.code, ErrorCode::PermissionDenied, "{e:?}");
+            assert!(e.message.contains(&format!("replica {from}")), "{e:?}");
+        }
+        // Without mutual TLS the certificate is not looked at (the mailbox, of 2, is full).
+        s.peer_hosts = None;
+        assert!(s.accept(batch("b", 2, 1, 1), &PeerNames::default()).is_ok());
     }
 
     #[tokio::test]
@@ -165,13 +244,28 @@ mod tests {
         };
         let r = s.inject_fault(Request::new(isolate)).await.unwrap();
         assert_eq!(r.into_inner().isolated, vec![2]);
-        assert_eq!(s.accept(batch("b", 2, 1, 1)).unwrap().accepted, 0);
-        assert_eq!(s.accept(batch("b", 3, 1, 1)).unwrap().accepted, 1);
+        assert_eq!(
+            s.accept(batch("b", 2, 1, 1), &PeerNames::default())
+                .unwrap()
+                .accepted,
+            0
+        );
+        assert_eq!(
+            s.accept(batch("b", 3, 1, 1), &PeerNames::default())
+                .unwrap()
+                .accepted,
+            1
+        );
         let heal = FaultRequest {
             fault: Some(Fault::Heal(sluice_proto::v1::Heal {})),
         };
         s.inject_fault(Request::new(heal)).await.unwrap();
-        assert_eq!(s.accept(batch("b", 2, 1, 1)).unwrap().accepted, 1);
+        assert_eq!(
+            s.accept(batch("b", 2, 1, 1), &PeerNames::default())
+                .unwrap()
+                .accepted,
+            1
+        );
         let empty = s
             .inject_fault(Request::new(FaultRequest { fault: None }))
             .await

@@ -15,11 +15,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use sluice_proto::auth::Signer;
 use sluice_proto::frame::{self, PREFACE};
+use sluice_proto::tls::net::{connect_split, Connector, ReadHalf, WriteHalf};
 use sluice_proto::v1::replication_client::ReplicationClient;
 use sluice_proto::v1::{DataPortAuthRequest, RaftBatch};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
@@ -86,8 +85,9 @@ impl PeerTransport {
                 data_address: None,
                 data: None,
                 signer: signer.clone(),
-                // The data port has no TLS: under TLS every batch goes over gRPC.
-                data_allowed: tls.is_none(),
+                data_tls: tls
+                    .as_ref()
+                    .map(|c| c.with_alpn(sluice_proto::tls::ALPN_DATA)),
             };
             tokio::spawn(sender.run(rx));
             queues.insert(id, tx);
@@ -121,7 +121,8 @@ struct PeerSender {
     data_address: Option<String>,
     data: Option<DataLink>,
     signer: Option<Arc<Signer>>,
-    data_allowed: bool,
+    /// TLS towards the peer's data port (when the group uses TLS).
+    data_tls: Option<Connector>,
 }
 
 const RAFT_METHOD: &str = "/sluice.v1.Replication/Raft";
@@ -213,11 +214,8 @@ impl PeerSender {
             self.data = None;
         }
         if self.data.is_none() {
-            if !self.data_allowed {
-                return None;
-            }
             let addr = self.data_address.as_deref()?;
-            match DataLink::connect(addr, self.signer.as_deref()).await {
+            match DataLink::connect(addr, self.signer.as_deref(), self.data_tls.as_ref()).await {
                 Ok(link) => self.data = Some(link),
                 Err(e) => {
                     tracing::debug!(peer = self.peer, %addr, "data port unreachable, using gRPC: {e}");
@@ -234,7 +232,7 @@ impl PeerSender {
 /// A data-port connection to a peer. Batches are written back to back; a reader task drains
 /// the acks and marks the link broken when the peer refuses a batch or hangs up.
 struct DataLink {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     next_id: u64,
     out: BytesMut,
     broken: watch::Receiver<bool>,
@@ -248,14 +246,17 @@ impl Drop for DataLink {
 }
 
 impl DataLink {
-    async fn connect(addr: &str, signer: Option<&Signer>) -> std::io::Result<DataLink> {
-        let mut sock = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    async fn connect(
+        addr: &str,
+        signer: Option<&Signer>,
+        tls: Option<&Connector>,
+    ) -> std::io::Result<DataLink> {
+        let (rd, mut wr) = tokio::time::timeout(CONNECT_TIMEOUT, connect_split(addr, tls))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
             })??;
-        sock.set_nodelay(true)?;
-        sock.write_all(&PREFACE).await?;
+        wr.write_all(&PREFACE).await?;
         let mut next_id = 1;
         if let Some(s) = signer {
             // Acked like a batch: a refusal breaks the link (see `drain_acks`).
@@ -268,9 +269,9 @@ impl DataLink {
             let mut out = BytesMut::new();
             frame::encode_request(frame::Kind::Auth, next_id, &auth, &mut out);
             next_id += 1;
-            sock.write_all(&out).await?;
+            wr.write_all(&out).await?;
         }
-        let (rd, wr) = sock.into_split();
+        wr.flush().await?;
         let (broken_tx, broken) = watch::channel(false);
         let reader = tokio::spawn(async move {
             if let Err(e) = drain_acks(rd).await {
@@ -298,7 +299,11 @@ impl DataLink {
         let mut frame = frame::raft_batch_pieces(self.next_id, batch, &mut self.out);
         self.next_id += 1;
         // A peer that stopped reading (paused, wedged) must not hold this sender forever.
-        match tokio::time::timeout(RPC_TIMEOUT, self.wr.write_all_buf(&mut frame)).await {
+        let write = async {
+            self.wr.write_all_buf(&mut frame).await?;
+            self.wr.flush().await
+        };
+        match tokio::time::timeout(RPC_TIMEOUT, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("data port write: {e}")),
             Err(_) => Err("data port write timed out".into()),
@@ -308,7 +313,7 @@ impl DataLink {
 
 /// Reads acks until the connection ends; an error answer (a refused batch) ends it too, so
 /// the sender reconnects and, if that keeps failing, notices through its log.
-async fn drain_acks(mut rd: OwnedReadHalf) -> Result<(), String> {
+async fn drain_acks(mut rd: ReadHalf) -> Result<(), String> {
     let mut input = BytesMut::with_capacity(4 << 10);
     loop {
         // An ack is a few bytes; anything huge is not one.

@@ -8,6 +8,8 @@
 
 mod files;
 pub mod gen;
+pub mod http;
+pub mod identity;
 pub mod net;
 mod reload;
 

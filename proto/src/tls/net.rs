@@ -19,6 +19,8 @@ use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::identity::PeerNames;
+
 /// Longest a client may take over its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Handshakes in progress at once; past it, new connections are closed at once (so silent
@@ -31,15 +33,37 @@ pub enum ServerIo {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-impl Connected for ServerIo {
-    type ConnectInfo = TcpConnectInfo;
+/// What a request knows of its connection: the peer's address and, under TLS, the names of
+/// the certificate it showed.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub tcp: TcpConnectInfo,
+    pub peer: PeerNames,
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        let tcp = match self {
-            ServerIo::Plain(s) => s,
-            ServerIo::Tls(s) => s.get_ref().0,
-        };
-        tcp.connect_info()
+impl ConnInfo {
+    pub fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
+}
+
+impl Connected for ServerIo {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            ServerIo::Plain(s) => ConnInfo {
+                tcp: s.connect_info(),
+                peer: PeerNames::default(),
+            },
+            ServerIo::Tls(s) => {
+                let (tcp, conn) = s.get_ref();
+                ConnInfo {
+                    tcp: tcp.connect_info(),
+                    peer: PeerNames::of_chain(conn.peer_certificates()),
+                }
+            }
+        }
     }
 }
 
@@ -218,5 +242,49 @@ impl tower_service::Service<http::Uri> for Connector {
             let port = uri.port_u16().unwrap_or(443);
             me.connect(&host, port).await.map(TokioIo::new)
         })
+    }
+}
+
+impl Connector {
+    /// The same trust and client certificate, offering `alpn` instead (the data port's).
+    pub fn with_alpn(&self, alpn: &[u8]) -> Connector {
+        let mut cfg = (**self.tls.config()).clone();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Connector::new(Arc::new(cfg))
+    }
+}
+
+/// The read side of a framed connection (plain or TLS).
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// The write side: with TLS, bytes may wait in the session until `flush`.
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A framed-protocol connection to `addr` (`host:port`, Nagle off): plain TCP, or TLS
+/// verifying the server's certificate for `host` with `tls`.
+pub async fn connect_split(
+    addr: &str,
+    tls: Option<&Connector>,
+) -> io::Result<(ReadHalf, WriteHalf)> {
+    match tls {
+        None => {
+            let sock = TcpStream::connect(addr).await?;
+            sock.set_nodelay(true)?;
+            let (rd, wr) = sock.into_split();
+            Ok((Box::new(rd), Box::new(wr)))
+        }
+        Some(c) => {
+            let (host, port) = addr
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{addr:?} is not host:port"),
+                    )
+                })?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let (rd, wr) = tokio::io::split(c.connect(host, port).await?);
+            Ok((Box::new(rd), Box::new(wr)))
+        }
     }
 }

@@ -33,6 +33,26 @@ pub struct DashboardArgs {
     /// Seconds between automatic reloads of the overview pages (0: never).
     #[arg(long, default_value_t = 5)]
     pub refresh: u64,
+    /// Serve HTTPS with this certificate (chain, PEM; reloaded when it changes), with
+    /// --https-key-file.
+    #[arg(long, requires = "https_key_file")]
+    pub https_cert_file: Option<std::path::PathBuf>,
+    /// The key of --https-cert-file (PEM).
+    #[arg(long, requires = "https_cert_file")]
+    pub https_key_file: Option<std::path::PathBuf>,
+}
+
+/// The HTTPS configuration of the arguments, and the task following the files.
+fn https(
+    args: &DashboardArgs,
+) -> anyhow::Result<Option<(Arc<rustls::ServerConfig>, tokio::task::JoinHandle<()>)>> {
+    use sluice_proto::tls;
+    let (Some(cert), Some(key)) = (&args.https_cert_file, &args.https_key_file) else {
+        return Ok(None);
+    };
+    let certs = tls::Reloading::load(cert, key)?;
+    let cfg = tls::server_config(certs.clone(), None, false, &[tls::http::ALPN_HTTP1])?;
+    Ok(Some((Arc::new(cfg), certs.watch(Duration::from_secs(1)))))
 }
 
 /// What every handler gets.
@@ -75,12 +95,19 @@ pub async fn run(config: ClientConfig, args: DashboardArgs) -> anyhow::Result<()
         .route("/dlq/redrive", post(message_pages::redrive))
         .route("/transactions", get(message_pages::transactions))
         .with_state(app);
+    let https = https(&args)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    if https.is_none() && !addr.ip().is_loopback() {
+        eprintln!("warning: serving the dashboard on {addr} without HTTPS: anyone on the way reads it, and anyone who reaches it acts with this command's credentials (see --https-cert-file)");
+    }
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let (tls, _watch) = https.map_or((None, None), |(c, w)| (Some(c), Some(AbortOnDrop(w))));
+    let listener = sluice_proto::tls::http::HttpListener::new(listener, tls)?;
     // Tests and scripts read this line to find the port.
-    println!("dashboard at http://{addr}/");
+    println!("dashboard at {scheme}://{addr}/");
     use std::io::Write;
     std::io::stdout().flush()?;
     axum::serve(listener, router)
@@ -89,6 +116,15 @@ pub async fn run(config: ClientConfig, args: DashboardArgs) -> anyhow::Result<()
         })
         .await?;
     Ok(())
+}
+
+/// Stops the certificate watch with the server.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 const CSS: &str = r#"
