@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_proto::tls::identity::PeerNames;
 use sluice_proto::tls::{self, http::ALPN_HTTP1, net::Connector, Reloading, ALPN_DATA, ALPN_H2};
 
 use crate::config::{BrokerConfig, ConfigError};
@@ -19,8 +20,6 @@ pub struct BrokerTls {
     pub http_server: Arc<rustls::ServerConfig>,
     /// Towards peers and nameservers (presenting this broker's certificate with mutual TLS).
     pub connector: Connector,
-    /// Towards peers' data ports.
-    pub data_connector: Connector,
     _watch: tokio::task::JoinHandle<()>,
 }
 
@@ -48,6 +47,9 @@ pub fn from_config(c: &BrokerConfig) -> Result<Option<BrokerTls>, ConfigError> {
         ));
     };
     let certs = Reloading::load(cert, key).map_err(bad)?;
+    if c.tls_client_cert_required {
+        own_host_covered(c, cert, &certs)?;
+    }
     let server_for = |alpn: &[u8]| {
         tls::server_config(certs.clone(), Some(ca), c.tls_client_cert_required, &[alpn])
             .map(Arc::new)
@@ -62,8 +64,33 @@ pub fn from_config(c: &BrokerConfig) -> Result<Option<BrokerTls>, ConfigError> {
         server: server_for(ALPN_H2)?,
         data_server: server_for(ALPN_DATA)?,
         http_server: server_for(ALPN_HTTP1)?,
-        data_connector: connector.with_alpn(ALPN_DATA),
         connector,
         _watch: certs.watch(RELOAD_CHECK),
     }))
+}
+
+/// Under mutual TLS a replica's peers take its Raft traffic only over a certificate for its
+/// host as `peers` names it: a certificate that does not name it is refused at start rather
+/// than by every peer later.
+fn own_host_covered(
+    c: &BrokerConfig,
+    file: &std::path::Path,
+    certs: &Reloading,
+) -> Result<(), ConfigError> {
+    let Some(me) = c.peers.get(&c.replica_id) else {
+        return Ok(());
+    };
+    let host = me.rsplit_once(':').map_or(me.as_str(), |(h, _)| h);
+    let names = PeerNames::of_chain(Some(&certs.current().cert));
+    if names.covers(host) {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid(format!(
+        "{}: issued for {:?}, not for this replica's host {host:?} (peers.{} = {me:?}); under \
+         tls_client_cert_required the peers would refuse its Raft traffic (names match exactly: \
+         no wildcards, a DNS name does not match an IP address)",
+        file.display(),
+        names.names(),
+        c.replica_id
+    )))
 }

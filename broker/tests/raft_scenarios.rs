@@ -309,6 +309,15 @@ fn garbage_and_malformed_messages_are_refused_without_harm() {
         node.step(&enc(&message(MessageType::MsgHeartbeat, master, 7, term))),
         Err(StepError::WrongRecipient { .. })
     ));
+    // A member's batch carrying a message in another member's name (a holder of one
+    // replica's certificate posing as another): refused; under its own name it is taken.
+    let third = 6 - master - follower;
+    let forged = enc(&message(MessageType::MsgHeartbeat, master, follower, term));
+    assert!(matches!(
+        node.step_from(&forged, Some(third)),
+        Err(StepError::ForgedSender { from, sender }) if from == master && sender == third
+    ));
+    assert!(node.step_from(&forged, Some(master)).is_ok());
     assert!(matches!(
         node.step(&enc(&message(MessageType::MsgHup, master, follower, 0))),
         Err(StepError::UnexpectedType(MessageType::MsgHup))
@@ -353,7 +362,7 @@ fn garbage_and_malformed_messages_are_refused_without_harm() {
         node.step(&enc(&resp)).is_ok(),
         "only the leader checks acks"
     );
-    assert_eq!(node.status().rejected_messages, 8);
+    assert_eq!(node.status().rejected_messages, 9);
 
     // The replica and the group are unaffected.
     let after = commit(&mut c, "after");

@@ -29,7 +29,7 @@ impl Transport for ChannelTransport {
             return Err(SendError::Unreachable(to));
         }
         let peer = self.peers.get(&to).ok_or(SendError::UnknownPeer(to))?;
-        if peer.deliver(msg) {
+        if peer.deliver(self.me, msg) {
             Ok(())
         } else {
             Err(SendError::QueueFull(to))
@@ -232,5 +232,5 @@ async fn handles_report_a_stopped_replica() {
     assert_eq!(nodes.len(), 1);
     assert!(h.propose(Bytes::from_static(b"y")).await.is_err());
     assert!(h.status().await.is_err());
-    assert!(!h.deliver(Bytes::from_static(b"z")));
+    assert!(!h.deliver(2, Bytes::from_static(b"z")));
 }

@@ -1,8 +1,8 @@
 //! TLS on real processes: a replica group and its nameserver speak only TLS (gRPC, the data
-//! port and the Raft links on it); clients without
-//! the CA, or trusting another one, are refused; a rotated certificate is served to new
-//! connections without a restart; a broker given an expired certificate, or a key of another
-//! certificate, refuses to start and names the file.
+//! port and the Raft links on it); clients without the CA, or trusting another one, are
+//! refused; a rotated certificate is served to new connections without a restart; a broker
+//! given an expired certificate, a key of another certificate, or (under mutual TLS) a
+//! certificate not for its own host refuses to start and names the file.
 
 use std::time::{Duration, SystemTime};
 
@@ -161,10 +161,20 @@ async fn a_broker_with_a_bad_certificate_refuses_to_start_naming_the_file() {
     write_pem(&dir.path().join("expired.key"), &expired.key_pem, true).unwrap();
     let good = ca.issue(&["127.0.0.1".into()], None).unwrap();
     write_pem(&dir.path().join("good.crt"), &good.cert_pem, false).unwrap();
-    for (cert, key, expect) in [
-        ("expired.crt", "expired.key", "expired.crt"),
-        ("good.crt", "expired.key", "expired.key"),
-        ("missing.crt", "expired.key", "missing.crt"),
+    write_pem(&dir.path().join("good.key"), &good.key_pem, true).unwrap();
+    // Under mutual TLS, a replica's certificate must name its own host in `peers`.
+    let mutual = "tls_client_cert_required = true\nreplica_id = 1\n\
+                  peers = { 1 = \"localhost:1\", 2 = \"127.0.0.1:2\" }\n";
+    for (cert, key, extra, expect) in [
+        ("expired.crt", "expired.key", "", "expired.crt"),
+        ("good.crt", "expired.key", "", "expired.key"),
+        ("missing.crt", "expired.key", "", "missing.crt"),
+        (
+            "good.crt",
+            "good.key",
+            mutual,
+            "not for this replica's host \"localhost\"",
+        ),
     ] {
         let node_dir = dir.path().join(format!("b-{cert}-{key}"));
         std::fs::create_dir_all(&node_dir).unwrap();
@@ -174,7 +184,7 @@ async fn a_broker_with_a_bad_certificate_refuses_to_start_naming_the_file() {
             format!(
                 "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ncluster_name = \"it\"\n\
                  broker_name = \"b\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n\
-                 tls_ca_file = \"{}\"\n",
+                 tls_ca_file = \"{}\"\n{extra}",
                 node_dir.join("data").display(),
                 dir.path().join(cert).display(),
                 dir.path().join(key).display(),

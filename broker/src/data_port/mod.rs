@@ -45,9 +45,15 @@ const MAX_PENDING_BYTES: usize = 64 << 20;
 /// and from a worker thread would (256 single 1 KiB sends in flight ran 15 % slower with each
 /// handed to a worker). A producer of larger batches is moved (see [`serve`]).
 const INLINE_SEND_BYTES: usize = 32 << 10;
+mod local;
 mod wire;
+pub use local::WriterThread;
+use local::{busy_poll_read, Counted, Local, Polled};
 use wire::Wire;
 
+/// Connections in their TLS handshake or before their preface at once; past it, new ones are
+/// closed at once (silent connections cannot hold the process's sockets).
+const OPENING: usize = 256;
 /// A connection that has not finished its TLS handshake and sent its preface by then is
 /// dropped.
 const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +114,7 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let tls = tls.map(TlsAcceptor::from);
+    let opening = Arc::new(tokio::sync::Semaphore::new(OPENING));
     let local = local.map(|w| Local {
         rt: w.runtime,
         busy_poll: w.busy_poll,
@@ -121,6 +128,10 @@ pub async fn serve(
         };
         match accepted {
             Ok((sock, peer)) => {
+                let Ok(permit) = opening.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many data-port connections opening at once; closed");
+                    continue;
+                };
                 let conn = Connection {
                     service: service.clone(),
                     replication: replication.clone(),
@@ -130,7 +141,7 @@ pub async fn serve(
                     stop: stop.clone(),
                     peer,
                 };
-                tokio::spawn(conn.start(sock, tls.clone()));
+                tokio::spawn(conn.start(sock, tls.clone(), permit));
             }
             Err(e) => {
                 // Out of file descriptors and the like: give the process a moment to free some
@@ -139,74 +150,6 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-    }
-}
-
-/// Where a standalone broker's connections run, and where their sends may.
-#[derive(Clone)]
-struct Local {
-    /// The store writer's runtime: connections run here.
-    rt: tokio::runtime::Handle,
-    /// The broker's multi-threaded runtime, where connections that pipeline batches move.
-    workers: tokio::runtime::Handle,
-    /// Sends in flight of the connections on the writer's thread (a moved connection's count
-    /// down as they finish).
-    running: Arc<AtomicUsize>,
-    busy_poll: Duration,
-}
-
-/// The store writer's runtime, where a standalone broker serves its data-port connections.
-pub struct WriterThread {
-    pub runtime: tokio::runtime::Handle,
-    /// How long an idle connection whose client sends one at a time reads its socket without
-    /// sleeping (`data_port_busy_poll_us`; zero: never).
-    pub busy_poll: Duration,
-}
-
-/// What [`busy_poll_read`] found.
-enum Polled {
-    Read,
-    Closed,
-    Nothing,
-}
-
-/// Reads `rd` without sleeping for up to `limit`, yielding to the thread's other tasks between
-/// tries. A thread asleep in `epoll_wait` costs every request that wakes it an inter-processor
-/// interrupt and, on a VM, waking a halted vCPU: most of the round trip of one small send on
-/// loopback (p50 ~175 -> ~105 us on the 2-core VM of docs/benchmarks.md).
-async fn busy_poll_read(
-    rd: &tokio::net::tcp::OwnedReadHalf,
-    st: &mut Served,
-    limit: Duration,
-) -> std::io::Result<Polled> {
-    if limit.is_zero() {
-        return Ok(Polled::Nothing);
-    }
-    let until = std::time::Instant::now() + limit;
-    loop {
-        match rd.try_read_buf(st.wire.read_into(&mut st.input)) {
-            Ok(0) => return Ok(Polled::Closed),
-            Ok(_) => {
-                st.wire.open(&mut st.input)?;
-                return Ok(Polled::Read);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if std::time::Instant::now() >= until {
-                    return Ok(Polled::Nothing);
-                }
-                tokio::task::yield_now().await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Counts a standalone broker's send in flight while it lives.
-struct Counted(Arc<AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -278,11 +221,17 @@ enum Ended {
 impl Connection {
     /// Serves a new connection: its TLS handshake and preface here, the rest here or, for a
     /// standalone broker, on the writer's runtime (the socket moves over to its reactor).
-    async fn start(mut self, sock: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn start(
+        mut self,
+        sock: TcpStream,
+        tls: Option<TlsAcceptor>,
+        opening: tokio::sync::OwnedSemaphorePermit,
+    ) {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         let opened = tokio::time::timeout(PREFACE_TIMEOUT, self.open(sock, tls))
             .await
             .unwrap_or_else(|_| Err(invalid_data("no TLS handshake and preface within 10 s")));
+        drop(opening);
         let r = match opened {
             Ok((sock, st)) => match self.local.clone() {
                 Some(local) => match sock.into_std() {
@@ -322,12 +271,12 @@ impl Connection {
         };
         let mut st = Served::new(!*self.stop.borrow(), wire);
         // Bytes past the preface are the first frames.
-        st.wire.open(&mut st.input)?;
+        let mut closed = st.wire.open(&mut st.input)?;
         while st.input.len() < PREFACE.len() {
-            if sock.read_buf(st.wire.read_into(&mut st.input)).await? == 0 {
+            if closed || sock.read_buf(st.wire.read_into(&mut st.input)).await? == 0 {
                 return Err(invalid_data("closed before its preface"));
             }
-            st.wire.open(&mut st.input)?;
+            closed = st.wire.open(&mut st.input)?;
         }
         if st.input[..PREFACE.len()] != PREFACE {
             return Err(invalid_data(format!(
@@ -409,11 +358,12 @@ impl Connection {
                     }
                 }
                 n = rd.read_buf(st.wire.read_into(&mut st.input)), if st.reading && !taken.full => {
-                    if n? == 0 {
-                        // The client is done sending; finish what it asked for, then close.
+                    // Zero bytes or close_notify: the client is done sending; finish what it
+                    // asked for, then close.
+                    let eof = n? == 0;
+                    if st.wire.open(&mut st.input)? || eof {
                         st.reading = false;
                     }
-                    st.wire.open(&mut st.input)?;
                 }
                 changed = self.stop.changed(), if st.reading => {
                     // A dropped sender means the broker is gone too.

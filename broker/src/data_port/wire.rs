@@ -46,10 +46,11 @@ impl Wire {
     }
 
     /// Opens the records read so far, appending their bytes to `input` (a partial record
-    /// waits for the rest).
-    pub(super) fn open(&mut self, input: &mut BytesMut) -> io::Result<()> {
+    /// waits for the rest). True once the client has said it is done (TLS' close_notify):
+    /// whatever it sends after that is dropped, never held.
+    pub(super) fn open(&mut self, input: &mut BytesMut) -> io::Result<bool> {
         let Some(tls) = &mut self.tls else {
-            return Ok(());
+            return Ok(false);
         };
         loop {
             // Drained before and after every record batch: rustls holds at most 16 KiB of
@@ -57,7 +58,10 @@ impl Wire {
             let mut reader = tls.reader();
             loop {
                 match reader.fill_buf() {
-                    Ok([]) => break,
+                    Ok([]) => {
+                        self.sealed_in.clear();
+                        return Ok(true);
+                    }
                     Ok(chunk) => {
                         let len = chunk.len();
                         input.extend_from_slice(chunk);
@@ -68,17 +72,18 @@ impl Wire {
                 }
             }
             if self.sealed_in.is_empty() {
-                break;
+                return Ok(false);
             }
             let n = tls.read_tls(&mut &self.sealed_in[..])?;
             self.sealed_in.advance(n);
             tls.process_new_packets()
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {e}")))?;
             if n == 0 {
-                break;
+                // rustls takes nothing after close_notify.
+                self.sealed_in.clear();
+                return Ok(true);
             }
         }
-        Ok(())
     }
 
     /// Says the connection ends cleanly (TLS' close_notify, so the client tells it from a

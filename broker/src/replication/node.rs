@@ -26,8 +26,9 @@ use super::validate::{check_incoming, decode_message, encode_message, StepError}
 pub enum Command {
     /// One logical clock tick (elections, heartbeats, check-quorum).
     Tick,
-    /// An encoded Raft message from a peer.
-    Message(Bytes),
+    /// An encoded Raft message from peer `from` (as its connection was authenticated): one
+    /// whose own `from` says otherwise is refused.
+    Message { from: u64, bytes: Bytes },
     /// Append `data` as one entry; answered per the ack policy.
     Propose { data: Bytes, done: Completion },
     /// Read the replica's status.
@@ -232,8 +233,8 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
     pub fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Tick => self.tick(),
-            Command::Message(bytes) => {
-                if let Err(e) = self.step(&bytes) {
+            Command::Message { from, bytes } => {
+                if let Err(e) = self.step_from(&bytes, Some(from)) {
                     tracing::debug!(replica = self.id, error = %e, "refused a raft message");
                 }
             }
@@ -257,11 +258,21 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
     /// Feeds an encoded message from a peer. Garbage and messages raft-rs cannot take are
     /// refused with an error; the replica is unaffected.
     pub fn step(&mut self, bytes: &Bytes) -> Result<(), StepError> {
+        self.step_from(bytes, None)
+    }
+
+    /// [`Self::step`] for a message that came from `sender`, when known.
+    pub fn step_from(&mut self, bytes: &Bytes, sender: Option<u64>) -> Result<(), StepError> {
         if let Some(f) = &self.failure {
             return Err(StepError::Failed(f.clone()));
         }
-        let checked = decode_message(bytes)
-            .and_then(|m| check_incoming(self.id, &self.raw.raft, &m).map(|()| m));
+        let checked = decode_message(bytes).and_then(|m| match sender {
+            Some(s) if s != m.from => Err(StepError::ForgedSender {
+                from: m.from,
+                sender: s,
+            }),
+            _ => check_incoming(self.id, &self.raw.raft, &m).map(|()| m),
+        });
         let msg = match checked {
             Ok(m) => m,
             Err(e) => {

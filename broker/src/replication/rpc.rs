@@ -78,7 +78,7 @@ impl ReplicationService {
         // The replica decodes and validates each message; garbage is counted and dropped there.
         let mut accepted = 0;
         for m in batch.messages {
-            if self.replica.deliver(m) {
+            if self.replica.deliver(batch.from, m) {
                 accepted += 1;
             }
         }

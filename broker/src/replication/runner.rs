@@ -41,10 +41,13 @@ pub struct ReplicaHandle {
 }
 
 impl ReplicaHandle {
-    /// Delivers an encoded Raft message from a peer. Never blocks: when the mailbox is full
+    /// Delivers an encoded Raft message from peer `from` (the replica its batch came from: a
+    /// message claiming another sender is refused). Never blocks: when the mailbox is full
     /// the message is dropped (Raft retransmits) and `false` is returned.
-    pub fn deliver(&self, msg: Bytes) -> bool {
-        self.tx.try_send(Input::Cmd(Command::Message(msg))).is_ok()
+    pub fn deliver(&self, from: u64, bytes: Bytes) -> bool {
+        self.tx
+            .try_send(Input::Cmd(Command::Message { from, bytes }))
+            .is_ok()
     }
 
     /// Proposes `data` and waits for the acknowledgement.

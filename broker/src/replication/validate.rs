@@ -16,6 +16,8 @@ pub enum StepError {
     WrongRecipient { to: u64, me: u64 },
     #[error("message from {from}, which is not a member of this group")]
     UnknownSender { from: u64 },
+    #[error("message from {from} in a batch from replica {sender}")]
+    ForgedSender { from: u64, sender: u64 },
     #[error("message type {0:?} is not accepted from peers")]
     UnexpectedType(MessageType),
     #[error("malformed {kind:?} from {from}: {reason}")]
