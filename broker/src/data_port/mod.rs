@@ -285,6 +285,8 @@ impl Connection {
             )));
         }
         st.input.advance(PREFACE.len());
+        // A client that said all it had to say right behind its handshake: answer, then close.
+        st.reading &= !closed;
         Ok((sock, st))
     }
 

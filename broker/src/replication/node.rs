@@ -26,8 +26,9 @@ use super::validate::{check_incoming, decode_message, encode_message, StepError}
 pub enum Command {
     /// One logical clock tick (elections, heartbeats, check-quorum).
     Tick,
-    /// An encoded Raft message from peer `from` (as its connection was authenticated): one
-    /// whose own `from` says otherwise is refused.
+    /// An encoded Raft message that came in a batch from peer `from` (under mutual TLS, the
+    /// replica the connection's certificate stands for): one whose own `from` says otherwise
+    /// is refused.
     Message { from: u64, bytes: Bytes },
     /// Append `data` as one entry; answered per the ack policy.
     Propose { data: Bytes, done: Completion },

@@ -41,8 +41,8 @@ pub struct ReplicaHandle {
 }
 
 impl ReplicaHandle {
-    /// Delivers an encoded Raft message from peer `from` (the replica its batch came from: a
-    /// message claiming another sender is refused). Never blocks: when the mailbox is full
+    /// Delivers an encoded Raft message that came in a batch from peer `from` (a message
+    /// claiming another sender is refused). Never blocks: when the mailbox is full
     /// the message is dropped (Raft retransmits) and `false` is returned.
     pub fn deliver(&self, from: u64, bytes: Bytes) -> bool {
         self.tx
