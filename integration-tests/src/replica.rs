@@ -233,6 +233,22 @@ impl ReplicaCluster {
         None
     }
 
+    /// Waits until the replicas' Raft links run on each other's data ports: each replica's
+    /// senders learn their peers' data ports from the first gRPC ack and connect, the
+    /// `master` to every other replica, each of those (its append answers) to the master.
+    pub async fn await_data_port_links(&self, master: u64, timeout: Duration) -> Result<()> {
+        let others = self.peers.len() as u64 - 1;
+        crate::wait_until(timeout, "raft links on data ports", || async {
+            let mut all = true;
+            for &id in self.peers.keys() {
+                let s = self.status(id).await.unwrap_or_default();
+                all &= s.data_port_connections >= if id == master { others } else { 1 };
+            }
+            all
+        })
+        .await
+    }
+
     /// Waits for a master other than `not`, which the nameserver also routes `topic` to
     /// (when given).
     pub async fn await_master(

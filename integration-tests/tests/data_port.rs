@@ -441,24 +441,11 @@ async fn replicate(cluster: &ReplicaCluster) -> (u64, Vec<BrokerStatus>) {
 async fn replicas_move_raft_traffic_to_the_data_port() {
     let mut cluster = ReplicaCluster::start(ReplicaOptions::default()).unwrap();
     let (master, _) = replicate(&cluster).await;
-    // Each replica's senders learn their peers' data ports from the first gRPC ack and connect:
-    // the master to both slaves, each slave (its append answers) to the master.
+    cluster
+        .await_data_port_links(master, Duration::from_secs(10))
+        .await
+        .unwrap();
     let ids: Vec<u64> = cluster.peers.keys().copied().collect();
-    wait_until(
-        Duration::from_secs(10),
-        "raft links on data ports",
-        || async {
-            let mut all = true;
-            for &id in &ids {
-                let s = cluster.status(id).await.unwrap_or_default();
-                let want = if id == master { 2 } else { 1 };
-                all &= s.data_port_connections >= want;
-            }
-            all
-        },
-    )
-    .await
-    .unwrap();
     let m = cluster.status(master).await.unwrap();
     // The 50 producer sends came through the master's data port.
     assert!(m.data_port_sends >= 50, "{m:?}");

@@ -80,20 +80,10 @@ async fn only_tls_clients_of_the_ca_get_in_and_certificates_rotate_live() {
     let master = cluster.find_master().await.unwrap();
     let m = cluster.status(master).await.unwrap();
     assert!(m.data_port_sends >= 50, "{m:?}");
-    wait_until(
-        Duration::from_secs(15),
-        "raft links on TLS data ports",
-        || async {
-            let mut all = true;
-            for id in 1..=3 {
-                let s = cluster.status(id).await.unwrap_or_default();
-                all &= s.data_port_connections >= if id == master { 2 } else { 1 };
-            }
-            all
-        },
-    )
-    .await
-    .unwrap();
+    cluster
+        .await_data_port_links(master, Duration::from_secs(15))
+        .await
+        .unwrap();
     // Its frames need the handshake first: plaintext and another CA's clients get no answer;
     // a client of the CA does (an anonymous send, refused by the ACL).
     let send = [(Kind::Send, 1, Vec::new())];

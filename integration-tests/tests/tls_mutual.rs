@@ -11,7 +11,7 @@ use sluice_integration_tests::cli_child::CliChild;
 use sluice_integration_tests::raw::try_exchange;
 use sluice_integration_tests::replica::{reserve_ports, ReplicaCluster, GROUP};
 use sluice_integration_tests::secure::{self, Secrets, TlsFiles};
-use sluice_integration_tests::{channel_to, signed, wait_until};
+use sluice_integration_tests::{channel_to, signed};
 use sluice_proto::auth::{resource, Signer, DATA_PORT_RESOURCE};
 use sluice_proto::frame::Kind;
 use sluice_proto::tls::gen::{write_pem, Ca};
@@ -120,27 +120,19 @@ async fn replicas_speak_only_over_their_own_certificates_and_http_is_https() {
         .client(&cluster.nameserver.addr, secure::admin())
         .unwrap();
     let producer = Producer::builder(config.clone()).build().unwrap();
-    for i in 0..20 {
-        producer
-            .send(Message::new("orders", format!("m{i}")))
-            .await
-            .unwrap();
-    }
+    producer
+        .send_batch(
+            (0..20)
+                .map(|i| Message::new("orders", format!("m{i}")))
+                .collect(),
+        )
+        .await
+        .unwrap();
     let master = cluster.find_master().await.unwrap();
-    wait_until(
-        Duration::from_secs(15),
-        "raft links on mutual-TLS data ports",
-        || async {
-            let mut all = true;
-            for id in 1..=3 {
-                let s = cluster.status(id).await.unwrap_or_default();
-                all &= s.data_port_connections >= if id == master { 2 } else { 1 };
-            }
-            all
-        },
-    )
-    .await
-    .unwrap();
+    cluster
+        .await_data_port_links(master, Duration::from_secs(15))
+        .await
+        .unwrap();
 
     // A stranger with the cluster secret and a certificate of the same CA, but for another
     // host, posing as replica 2: refused on both paths. The node's own certificate passes.
