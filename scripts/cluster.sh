@@ -25,8 +25,8 @@
 # nameserver addresses, comma-separated.
 #
 # --secure: a fresh cluster gets a random cluster secret and admin secret, a throwaway CA and
-# a node certificate in DIR/secure/ and runs with them: every gRPC port speaks TLS (the data
-# port stays closed: it has no TLS yet), brokers authenticate and authorize every request
+# a node certificate in DIR/secure/ and runs with them: every port speaks TLS (gRPC, the
+# data port, Raft between replicas, metrics), brokers authenticate and authorize every request
 # (the admin is the bootstrap super user), replicas sign their Raft traffic, nameservers
 # take only signed registrations and config writes. DIR/secure/env exports
 # SLUICE_ACCESS_KEY (admin), SLUICE_SECRET_KEY_FILE, SLUICE_CLUSTER_SECRET_FILE and
