@@ -34,6 +34,7 @@
 
 mod applier;
 mod backend;
+mod command;
 mod config;
 mod conformance;
 mod faults;
@@ -54,6 +55,7 @@ pub mod transport;
 mod validate;
 
 pub use backend::{EntryCodec, LogBackend};
+pub use command::{Command, NodeError};
 pub use config::{AckPolicy, ConfigError, ReplicaConfig};
 pub use conformance::check_log_store_contract;
 pub use faults::{FaultSwitch, Isolation};
@@ -62,7 +64,7 @@ pub use io::{Applier, ApplyError, CommittedEntry, EntryKind, SendError, Transpor
 pub use log_store::{LogStoreError, RaftLogStore};
 pub use logger::tracing_logger;
 pub use mem_store::MemLogStore;
-pub use node::{Command, NodeError, ReplicaNode};
+pub use node::ReplicaNode;
 pub use proposals::{Completion, EntryId, ProposeError};
 pub use role::MasterState;
 pub use rpc::ReplicationService;

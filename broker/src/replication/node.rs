@@ -11,66 +11,16 @@ use raft::prelude::{Entry, EntryType, Message, MessageType, SnapshotMetadata};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
-use super::config::{sorted, AckPolicy, ConfigError, ReplicaConfig};
-use super::io::{Applier, ApplyError, CommittedEntry, EntryKind, Transport};
-use super::log_store::{LogStoreError, RaftLogStore};
+use super::command::{Command, NodeError};
+use super::config::{sorted, AckPolicy, ReplicaConfig};
+use super::io::{Applier, CommittedEntry, EntryKind, Transport};
+use super::log_store::RaftLogStore;
 use super::logger::tracing_logger;
 use super::proposals::{Completion, EntryId, Proposals, ProposeError};
 use super::status::{PeerProgress, ReplicaStatus, Role, RoleState};
 use super::validate::{check_incoming, decode_message, encode_message, StepError};
-
-/// Work for a replica.
-#[derive(Debug)]
-pub enum Command {
-    /// One logical clock tick (elections, heartbeats, check-quorum).
-    Tick,
-    /// An encoded Raft message that came in a batch from peer `from` (under mutual TLS, the
-    /// replica the connection's certificate stands for): one whose own `from` says otherwise
-    /// is refused.
-    Message { from: u64, bytes: Bytes },
-    /// Append `data` as one entry; answered per the ack policy.
-    Propose { data: Bytes, done: Completion },
-    /// Read the replica's status.
-    Status(oneshot::Sender<ReplicaStatus>),
-    /// Discard the log before `index` (which must be applied).
-    Compact {
-        index: u64,
-        done: oneshot::Sender<Result<(), NodeError>>,
-    },
-}
-
-/// Errors of the replica itself.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NodeError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("log store: {0}")]
-    Store(String),
-    #[error("raft: {0}")]
-    Raft(String),
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error("inconsistent persisted state: {0}")]
-    Inconsistent(String),
-    #[error("cannot compact to {index}: only entries up to {applied} are applied")]
-    CompactBeyondApplied { index: u64, applied: u64 },
-    #[error("replica has failed: {0}")]
-    Failed(String),
-}
-
-impl From<LogStoreError> for NodeError {
-    fn from(e: LogStoreError) -> Self {
-        NodeError::Store(e.to_string())
-    }
-}
-
-impl From<raft::Error> for NodeError {
-    fn from(e: raft::Error) -> Self {
-        NodeError::Raft(e.to_string())
-    }
-}
 
 /// Fewest ticks a candidate waits for votes before it campaigns again.
 const CANDIDATE_RETRY_MIN: usize = 2;

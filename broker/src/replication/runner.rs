@@ -9,9 +9,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::command::{Command, NodeError};
 use super::io::{Applier, Transport};
 use super::log_store::RaftLogStore;
-use super::node::{Command, NodeError, ReplicaNode};
+use super::node::ReplicaNode;
 use super::proposals::{EntryId, ProposeError};
 use super::status::ReplicaStatus;
 
