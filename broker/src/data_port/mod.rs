@@ -235,16 +235,7 @@ impl Connection {
         let r = match opened {
             Ok((sock, st)) => match self.local.clone() {
                 Some(local) => match sock.into_std() {
-                    Ok(sock) => {
-                        local.rt.spawn(async move {
-                            let r = match TcpStream::from_std(sock) {
-                                Ok(sock) => self.serve(sock, st).await,
-                                Err(e) => Err(e),
-                            };
-                            self.ended(r);
-                        });
-                        return;
-                    }
+                    Ok(sock) => return self.carry_on(&local.rt, sock, st),
                     Err(e) => Err(e),
                 },
                 None => self.serve(sock, st).await,
@@ -290,6 +281,17 @@ impl Connection {
         Ok((sock, st))
     }
 
+    /// Serves the connection on `rt` from here on (its socket moves to that runtime's reactor).
+    fn carry_on(mut self, rt: &tokio::runtime::Handle, sock: std::net::TcpStream, st: Box<Served>) {
+        rt.spawn(async move {
+            let r = match TcpStream::from_std(sock) {
+                Ok(sock) => self.serve(sock, st).await,
+                Err(e) => Err(e),
+            };
+            self.ended(r);
+        });
+    }
+
     /// Counts the connection out, or carries it on on the workers.
     fn ended(mut self, r: std::io::Result<Ended>) {
         let peer = self.peer;
@@ -298,15 +300,8 @@ impl Connection {
                 Some(local) => {
                     tracing::debug!(%peer, "data port connection moves to the worker threads");
                     self.stats.moved.fetch_add(1, Ordering::Relaxed);
-                    local.workers.spawn(async move {
-                        let r = match TcpStream::from_std(sock) {
-                            Ok(sock) => self.serve(sock, state).await,
-                            Err(e) => Err(e),
-                        };
-                        // Without `local` it cannot move again.
-                        self.ended(r);
-                    });
-                    return;
+                    // Without `local` it cannot move again.
+                    return self.carry_on(&local.workers, sock, state);
                 }
                 // `serve` moves only connections that have somewhere to go.
                 None => tracing::debug!(%peer, "data port connection closed (nowhere to move)"),
