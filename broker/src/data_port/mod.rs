@@ -29,7 +29,6 @@ use sluice_proto::{ApiError, ErrorCode};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::access::Principal;
 use crate::replication::transport::MAX_RPC_BYTES;
@@ -113,7 +112,6 @@ pub async fn serve(
     stats: Arc<DataPortStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let tls = tls.map(TlsAcceptor::from);
     let opening = Arc::new(tokio::sync::Semaphore::new(OPENING));
     let local = local.map(|w| Local {
         rt: w.runtime,
@@ -224,7 +222,7 @@ impl Connection {
     async fn start(
         mut self,
         sock: TcpStream,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         opening: tokio::sync::OwnedSemaphorePermit,
     ) {
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
@@ -249,16 +247,14 @@ impl Connection {
     async fn open(
         &self,
         sock: TcpStream,
-        tls: Option<TlsAcceptor>,
+        tls: Option<Arc<rustls::ServerConfig>>,
     ) -> std::io::Result<(TcpStream, Box<Served>)> {
         // Small answers must not wait for the peer's delayed ACK.
         sock.set_nodelay(true)?;
-        let (mut sock, wire) = match tls {
-            Some(acceptor) => {
-                let (sock, conn) = acceptor.accept(sock).await?.into_inner();
-                (sock, Wire::tls(conn))
-            }
-            None => (sock, Wire::default()),
+        let mut sock = sock;
+        let wire = match tls {
+            Some(cfg) => Wire::accept(&mut sock, cfg).await?,
+            None => Wire::default(),
         };
         let mut st = Served::new(!*self.stop.borrow(), wire);
         // Bytes past the preface are the first frames.

@@ -97,7 +97,7 @@ async fn busy_polling_reads_what_arrives_and_gives_up_after_its_limit() {
 
 /// A TLS client and a server connection driven through [`Wire`] over real sockets: bytes
 /// arrive whole and in order both ways, whatever the record and read boundaries, including
-/// bytes the client sent right behind its handshake.
+/// bytes the client sent right behind its handshake and a key update between them.
 #[tokio::test]
 async fn tls_wire_carries_bytes_both_ways() {
     use sluice_proto::tls::{self, gen::write_pem, gen::Ca, net::Connector};
@@ -124,10 +124,15 @@ async fn tls_wire_carries_bytes_both_ways() {
     let to_send = sent.clone();
     let client = tokio::spawn(async move {
         let c = Connector::new(Arc::new(client));
-        let (mut rd, mut wr) = sluice_proto::tls::net::connect_split(&addr, Some(&c))
-            .await
-            .unwrap();
-        for piece in to_send.chunks(7919) {
+        let port = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        let mut tls = c.connect("127.0.0.1", port).await.unwrap();
+        let (first, rest) = to_send.split_at(100 * 1024);
+        tls.write_all(first).await.unwrap();
+        // Mid-stream, the client moves to new keys and asks the server to do the same: the
+        // session's own records, both ways, between application data.
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+        let (mut rd, mut wr) = tokio::io::split(tls);
+        for piece in rest.chunks(7919) {
             wr.write_all(piece).await.unwrap();
         }
         wr.flush().await.unwrap();
@@ -136,13 +141,9 @@ async fn tls_wire_carries_bytes_both_ways() {
         rd.read_to_end(&mut back).await.unwrap();
         back
     });
-    let (sock, _) = listener.accept().await.unwrap();
-    let (sock, conn) = TlsAcceptor::from(Arc::new(server))
-        .accept(sock)
-        .await
-        .unwrap()
-        .into_inner();
-    let mut st = Served::new(true, Wire::tls(conn));
+    let (mut sock, _) = listener.accept().await.unwrap();
+    let wire = Wire::accept(&mut sock, Arc::new(server)).await.unwrap();
+    let mut st = Served::new(true, wire);
     assert!(!st.wire.open(&mut st.input).unwrap());
     let (mut rd, mut wr) = sock.into_split();
     // The client's shutdown is a close_notify: seen as the end, before the socket's.
