@@ -11,7 +11,9 @@ pub mod gen;
 pub mod http;
 pub mod identity;
 pub mod net;
+pub mod records;
 mod reload;
+pub mod split;
 
 use std::path::Path;
 use std::sync::Arc;

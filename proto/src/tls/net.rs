@@ -260,7 +260,8 @@ pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// A framed-protocol connection to `addr` (`host:port`, Nagle off): plain TCP, or TLS
-/// verifying the server's certificate for `host` with `tls`.
+/// verifying the server's certificate for `host` with `tls` (see `split`: the write half
+/// sends on `flush`).
 pub async fn connect_split(
     addr: &str,
     tls: Option<&Connector>,
@@ -283,7 +284,11 @@ pub async fn connect_split(
                     )
                 })?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let (rd, wr) = tokio::io::split(c.connect(host, port).await?);
+            let name = ServerName::try_from(host.to_string())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+            let sock = TcpStream::connect((host, port)).await?;
+            sock.set_nodelay(true)?;
+            let (rd, wr) = super::split::connect(sock, c.tls.config().clone(), name).await?;
             Ok((Box::new(rd), Box::new(wr)))
         }
     }
