@@ -29,6 +29,8 @@ pub trait Session: Send {
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn handshaking(&self) -> bool;
+    /// rustls has records of its own to send (an alert after an error, say).
+    fn has_records_to_send(&self) -> bool;
 }
 
 impl Session for UnbufferedServerConnection {
@@ -41,6 +43,9 @@ impl Session for UnbufferedServerConnection {
     }
     fn handshaking(&self) -> bool {
         self.is_handshaking()
+    }
+    fn has_records_to_send(&self) -> bool {
+        self.wants_write()
     }
 }
 
@@ -55,6 +60,9 @@ impl Session for UnbufferedClientConnection {
     fn handshaking(&self) -> bool {
         self.is_handshaking()
     }
+    fn has_records_to_send(&self) -> bool {
+        self.wants_write()
+    }
 }
 
 /// A session with its buffers: records read and not yet opened, records to write.
@@ -66,6 +74,9 @@ pub struct Records<C> {
     plain_in: BytesMut,
     /// The peer sent close_notify.
     peer_closed: bool,
+    /// The session failed: every later call says so without asking rustls again (it would
+    /// go over records it already went over).
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 /// What to seal once the session may send application data.
@@ -83,6 +94,7 @@ impl<C: Session> Records<C> {
             out: Sealed::default(),
             plain_in: BytesMut::new(),
             peer_closed: false,
+            failed: None,
         }
     }
 
@@ -103,10 +115,10 @@ impl<C: Session> Records<C> {
                 sock.write_all(self.out.bytes()).await?;
                 self.out.clear();
             }
-            if !handshaking || self.peer_closed {
+            if !handshaking {
                 return Ok(());
             }
-            if sock.read_buf(&mut self.sealed_in).await? == 0 {
+            if self.peer_closed || sock.read_buf(&mut self.sealed_in).await? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "closed during the TLS handshake",
@@ -137,7 +149,10 @@ impl<C: Session> Records<C> {
         if data.is_empty() {
             return Ok(());
         }
-        self.process(Then::Data(data)).map(|_| ())
+        match self.process(Then::Data(data))? {
+            true => Err(invalid("TLS handshake not done: nothing can be sealed yet")),
+            false => Ok(()),
+        }
     }
 
     /// Seals a close_notify: the connection ends cleanly, and the peer can tell that from a
@@ -178,6 +193,18 @@ impl<C: Session> Records<C> {
     /// bytes to `sink`, the session's own records (handshake, alerts, key updates) to `out`;
     /// then, once it may send application data, seals `then`. True while the handshake goes on.
     fn process_into(&mut self, sink: &mut dyn FnMut(&[u8]), then: Then<'_>) -> io::Result<bool> {
+        if let Some((kind, why)) = &self.failed {
+            return Err(io::Error::new(*kind, why.clone()));
+        }
+        let r = self.run(sink, then);
+        if let Err(e) = &r {
+            self.failed = Some((e.kind(), e.to_string()));
+            self.sealed_in.clear();
+        }
+        r
+    }
+
+    fn run(&mut self, sink: &mut dyn FnMut(&[u8]), then: Then<'_>) -> io::Result<bool> {
         loop {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process(&mut self.sealed_in[..]);
@@ -259,7 +286,9 @@ impl<C: Session> Records<C> {
 
     /// After a failed handshake, the alert rustls queued, encoded into `out` (best effort).
     fn alert_after_error(&mut self) {
-        for _ in 0..4 {
+        // Only while rustls has its own records queued: then it hands them over before it
+        // looks at anything read (of which nothing is left: a failure drops it).
+        while self.conn.has_records_to_send() {
             let UnbufferedStatus { state, .. } = self.conn.process(&mut self.sealed_in[..]);
             let Ok(ConnectionState::EncodeTlsData(mut data)) = state else {
                 return;

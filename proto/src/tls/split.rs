@@ -96,7 +96,12 @@ impl AsyncRead for TlsReader {
                 return Poll::Ready(Ok(()));
             }
             let mut records = lock(&me.shared)?;
-            me.done = open_into(&mut records, buf, &mut me.plain)?;
+            me.done = ready!(keep_opened(
+                open_into(&mut records, buf, &mut me.plain),
+                buf,
+                start,
+                &me.plain
+            ))?;
             if buf.filled().len() > start || !me.plain.is_empty() || me.done {
                 continue;
             }
@@ -108,8 +113,27 @@ impl AsyncRead for TlsReader {
                     "the server closed the connection without a TLS close_notify",
                 )));
             }
-            me.done = open_into(&mut records, buf, &mut me.plain)?;
+            me.done = ready!(keep_opened(
+                open_into(&mut records, buf, &mut me.plain),
+                buf,
+                start,
+                &me.plain
+            ))?;
         }
+    }
+}
+
+/// An error after bytes were opened waits for the next read (the session keeps it), so the
+/// bytes before it are not lost with it.
+fn keep_opened(
+    r: io::Result<bool>,
+    buf: &ReadBuf<'_>,
+    start: usize,
+    plain: &BytesMut,
+) -> Poll<io::Result<bool>> {
+    match r {
+        Err(_) if buf.filled().len() > start || !plain.is_empty() => Poll::Ready(Ok(false)),
+        r => Poll::Ready(r),
     }
 }
 
@@ -164,39 +188,47 @@ impl TlsWriter {
     /// Seals `bufs` in order behind everything sealed before (the session's own records
     /// among it): large slices where they are, runs of small ones (frame headers) gathered
     /// into one record rather than a record each.
-    fn seal(&mut self, bufs: &[&[u8]]) -> io::Result<usize> {
+    fn seal<'a>(&mut self, bufs: impl IntoIterator<Item = &'a [u8]>) -> io::Result<usize> {
         let mut records = lock(&self.shared)?;
-        let mut total = 0;
-        for b in bufs {
-            if b.len() < GATHER_BELOW {
-                self.gather.extend_from_slice(b);
-            } else {
-                records.seal(&self.gather)?;
-                self.gather.clear();
-                records.seal(b)?;
-            }
-            total += b.len();
-        }
-        records.seal(&self.gather)?;
+        let r = seal_gathering(&mut records, bufs, &mut self.gather);
         self.gather.clear();
+        let n = r?;
         if self.out.is_empty() {
             records.take_sealed(&mut self.out);
         } else {
             self.out.extend(records.sealed());
             records.written();
         }
-        Ok(total)
+        Ok(n)
     }
 
     /// Starts writing once a lot waits (without waiting for the socket); a flush sends all.
-    fn nudge(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    fn nudge(&mut self, cx: &mut Context<'_>) {
         if self.out.bytes().len() >= WRITE_AT {
-            if let Poll::Ready(r) = self.poll_drain(cx) {
-                r?;
-            }
+            // A failed write fails the next write or flush too (the bytes are still here).
+            let _ = self.poll_drain(cx);
         }
-        Ok(())
     }
+}
+
+fn seal_gathering<'a>(
+    records: &mut Records<UnbufferedClientConnection>,
+    bufs: impl IntoIterator<Item = &'a [u8]>,
+    gather: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let mut total = 0;
+    for b in bufs {
+        if b.len() < GATHER_BELOW {
+            gather.extend_from_slice(b);
+        } else {
+            records.seal(gather)?;
+            gather.clear();
+            records.seal(b)?;
+        }
+        total += b.len();
+    }
+    records.seal(gather)?;
+    Ok(total)
 }
 
 impl AsyncWrite for TlsWriter {
@@ -207,8 +239,9 @@ impl AsyncWrite for TlsWriter {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         ready!(me.poll_room(cx))?;
-        let n = me.seal(&[buf])?;
-        me.nudge(cx)?;
+        // At most WRITE_AT at a time, so the sealed bytes stay within twice that.
+        let n = me.seal([buf.get(..WRITE_AT).unwrap_or(buf)])?;
+        me.nudge(cx);
         Poll::Ready(Ok(n))
     }
 
@@ -219,9 +252,15 @@ impl AsyncWrite for TlsWriter {
     ) -> Poll<io::Result<usize>> {
         let me = self.get_mut();
         ready!(me.poll_room(cx))?;
-        let slices: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-        let n = me.seal(&slices)?;
-        me.nudge(cx)?;
+        // At most WRITE_AT at a time, as `poll_write`.
+        let mut room = WRITE_AT;
+        let slices = bufs.iter().map_while(|b| {
+            let part = b.get(..room).unwrap_or(b);
+            room -= part.len();
+            (!part.is_empty() || room > 0).then_some(part)
+        });
+        let n = me.seal(slices)?;
+        me.nudge(cx);
         Poll::Ready(Ok(n))
     }
 
@@ -232,7 +271,7 @@ impl AsyncWrite for TlsWriter {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let me = self.get_mut();
         // Records the session made on its own (a key update's answer) go out too.
-        me.seal(&[])?;
+        me.seal([])?;
         ready!(me.poll_drain(cx))?;
         Pin::new(&mut me.wr).poll_flush(cx)
     }
@@ -243,7 +282,7 @@ impl AsyncWrite for TlsWriter {
             lock(&me.shared)?.close_notify()?;
             me.closing = true;
         }
-        me.seal(&[])?;
+        me.seal([])?;
         ready!(me.poll_drain(cx))?;
         Pin::new(&mut me.wr).poll_shutdown(cx)
     }
@@ -260,11 +299,12 @@ mod tests {
     use crate::tls::gen::{write_pem, Ca};
     use crate::tls::{client_config, server_config, Reloading, ALPN_DATA};
 
-    /// The split client against tokio-rustls' server: 300 KiB each way, written in uneven and
-    /// in vectored pieces, a key update from the server in the middle (the client's answer
-    /// must go out ahead of its next bytes), and clean ends both ways.
-    #[tokio::test]
-    async fn split_client_carries_bytes_both_ways() {
+    /// A server and a client configuration of one throwaway CA, for 127.0.0.1.
+    fn configs() -> (
+        tempfile::TempDir,
+        Arc<rustls::ServerConfig>,
+        Arc<ClientConfig>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("split test CA").unwrap();
         let node = ca.issue(&["127.0.0.1".to_string()], None).unwrap();
@@ -277,11 +317,51 @@ mod tests {
         write_pem(&cert, &node.cert_pem, false).unwrap();
         write_pem(&key, &node.key_pem, true).unwrap();
         let certs = Reloading::load(&cert, &key).unwrap();
-        let server_cfg = Arc::new(server_config(certs, None, false, &[ALPN_DATA]).unwrap());
-        let client_cfg = Arc::new(client_config(&ca_file, None, &[ALPN_DATA]).unwrap());
+        let server = server_config(certs, None, false, &[ALPN_DATA]).unwrap();
+        let client = client_config(&ca_file, None, &[ALPN_DATA]).unwrap();
+        (dir, Arc::new(server), Arc::new(client))
+    }
 
-        let sent: Vec<u8> = (0..300 * 1024u32).map(|i| (i % 251) as u8).collect();
+    /// A plaintext client (a data-port preface where a ClientHello belongs) fails the
+    /// handshake and is told so with an alert; the session stays failed without going over
+    /// the same bytes again.
+    #[tokio::test]
+    async fn a_plaintext_client_is_refused_with_an_alert() {
+        use rustls::server::UnbufferedServerConnection;
+        let (_dir, server_cfg, _) = configs();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut sock = TcpStream::connect(addr).await.unwrap();
+            sock.write_all(b"SLW\x01 and then some frames")
+                .await
+                .unwrap();
+            let mut back = Vec::new();
+            let _ = sock.read_to_end(&mut back).await;
+            back
+        });
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut records = Records::new(UnbufferedServerConnection::new(server_cfg).unwrap());
+        let err = records.handshake(&mut sock).await.unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+        drop(sock);
+        let back = client.await.unwrap();
+        // An alert record (content type 21) in plaintext, as the handshake had not begun.
+        assert_eq!(back.first(), Some(&21), "{back:?}");
+        let again = records.open(|_| panic!("nothing to open")).unwrap_err();
+        assert_eq!(again.to_string(), err.to_string());
+    }
+
+    /// The split client against tokio-rustls' server: 800 KiB each way, written in uneven
+    /// pieces, in one write larger than what is sealed at a time, and in vectored pieces, a key
+    /// update from the server in the middle (the client's answer
+    /// must go out ahead of its next bytes), and clean ends both ways.
+    #[tokio::test]
+    async fn split_client_carries_bytes_both_ways() {
+        let (_dir, server_cfg, client_cfg) = configs();
+        let sent: Vec<u8> = (0..800 * 1024u32).map(|i| (i % 251) as u8).collect();
         let (first, rest) = sent.split_at(100 * 1024);
+        let (whole, rest) = rest.split_at(400 * 1024);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let echo = sent.clone();
@@ -309,6 +389,7 @@ mod tests {
         let mut back = vec![0u8; sent.len()];
         rd.read_exact(&mut back).await.unwrap();
         assert!(back == sent, "the server's bytes came back whole");
+        wr.write_all(whole).await.unwrap();
         // A frame header and its body, as the Raft links write them.
         for chunk in rest.chunks(20_000) {
             let (head, body) = chunk.split_at(4);
