@@ -146,6 +146,7 @@ impl<C: Session> Records<C> {
 
     /// Seals `data` as application data behind what is already to be written.
     pub fn seal(&mut self, data: &[u8]) -> io::Result<()> {
+        self.check()?;
         if data.is_empty() {
             return Ok(());
         }
@@ -180,6 +181,14 @@ impl<C: Session> Records<C> {
         self.peer_closed
     }
 
+    /// The session's failure, if it failed.
+    fn check(&self) -> io::Result<()> {
+        match &self.failed {
+            Some((kind, why)) => Err(io::Error::new(*kind, why.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// [`Records::process_into`] keeping what it opens for the next `open`. True while the
     /// handshake goes on.
     fn process(&mut self, then: Then<'_>) -> io::Result<bool> {
@@ -193,9 +202,7 @@ impl<C: Session> Records<C> {
     /// bytes to `sink`, the session's own records (handshake, alerts, key updates) to `out`;
     /// then, once it may send application data, seals `then`. True while the handshake goes on.
     fn process_into(&mut self, sink: &mut dyn FnMut(&[u8]), then: Then<'_>) -> io::Result<bool> {
-        if let Some((kind, why)) = &self.failed {
-            return Err(io::Error::new(*kind, why.clone()));
-        }
+        self.check()?;
         let r = self.run(sink, then);
         if let Err(e) = &r {
             self.failed = Some((e.kind(), e.to_string()));
@@ -367,6 +374,12 @@ impl Sealed {
                 Ok(n) => {
                     self.len += n;
                     return Ok(());
+                }
+                Err(_) if self.sent > 0 => {
+                    // Room where the written bytes were first.
+                    self.buf.copy_within(self.sent..self.len, 0);
+                    self.len -= self.sent;
+                    self.sent = 0;
                 }
                 Err(InsufficientSizeError { required_size }) => {
                     let want = self.len + required_size;
