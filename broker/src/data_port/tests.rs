@@ -100,22 +100,10 @@ async fn busy_polling_reads_what_arrives_and_gives_up_after_its_limit() {
 /// bytes the client sent right behind its handshake and a key update between them.
 #[tokio::test]
 async fn tls_wire_carries_bytes_both_ways() {
-    use sluice_proto::tls::{self, gen::write_pem, gen::Ca, net::Connector};
+    use sluice_proto::tls::{self, net::Connector};
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("wire test CA").unwrap();
-    let node = ca.issue(&["127.0.0.1".to_string()], None).unwrap();
-    let (ca_file, cert, key) = (
-        dir.path().join("ca.crt"),
-        dir.path().join("n.crt"),
-        dir.path().join("n.key"),
-    );
-    write_pem(&ca_file, &ca.cert_pem(), false).unwrap();
-    write_pem(&cert, &node.cert_pem, false).unwrap();
-    write_pem(&key, &node.key_pem, true).unwrap();
-    let certs = tls::Reloading::load(&cert, &key).unwrap();
-    let server = tls::server_config(certs, None, false, &[tls::ALPN_DATA]).unwrap();
-    let client = tls::client_config(&ca_file, None, &[tls::ALPN_DATA]).unwrap();
+    let (server, client) = tls::gen::local_configs(dir.path(), tls::ALPN_DATA).unwrap();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -90,3 +90,21 @@ pub fn write_pem(path: &Path, contents: &str, private: bool) -> Result<(), TlsEr
     }
     std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io)
 }
+
+/// A throwaway CA and a certificate for 127.0.0.1 written under `dir`, and a server and a
+/// client configuration of them offering `alpn` (for tests of TLS connections).
+pub fn local_configs(
+    dir: &Path,
+    alpn: &[u8],
+) -> Result<(rustls::ServerConfig, rustls::ClientConfig), TlsError> {
+    let ca = Ca::new("local test CA")?;
+    let node = ca.issue(&["127.0.0.1".to_string()], None)?;
+    let (ca_file, cert, key) = (dir.join("ca.crt"), dir.join("n.crt"), dir.join("n.key"));
+    write_pem(&ca_file, &ca.cert_pem(), false)?;
+    write_pem(&cert, &node.cert_pem, false)?;
+    write_pem(&key, &node.key_pem, true)?;
+    let certs = super::Reloading::load(&cert, &key)?;
+    let server = super::server_config(certs, None, false, &[alpn])?;
+    let client = super::client_config(&ca_file, None, &[alpn])?;
+    Ok((server, client))
+}

@@ -33,37 +33,28 @@ pub trait Session: Send {
     fn has_records_to_send(&self) -> bool;
 }
 
-impl Session for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn handshaking(&self) -> bool {
-        self.is_handshaking()
-    }
-    fn has_records_to_send(&self) -> bool {
-        self.wants_write()
-    }
+/// The same three calls on either side's connection type.
+macro_rules! session {
+    ($conn:ty, $data:ty) => {
+        impl Session for $conn {
+            type Data = $data;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn handshaking(&self) -> bool {
+                self.is_handshaking()
+            }
+            fn has_records_to_send(&self) -> bool {
+                self.wants_write()
+            }
+        }
+    };
 }
-
-impl Session for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn handshaking(&self) -> bool {
-        self.is_handshaking()
-    }
-    fn has_records_to_send(&self) -> bool {
-        self.wants_write()
-    }
-}
+session!(UnbufferedServerConnection, ServerConnectionData);
+session!(UnbufferedClientConnection, ClientConnectionData);
 
 /// A session with its buffers: records read and not yet opened, records to write.
 pub struct Records<C> {

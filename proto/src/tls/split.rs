@@ -105,7 +105,8 @@ impl AsyncRead for TlsReader {
             if buf.filled().len() > start || !me.plain.is_empty() || me.done {
                 continue;
             }
-            // Nothing opened: read more, straight into the records' buffer.
+            // Nothing opened: read more, straight into the records' buffer (opened on the
+            // next pass).
             let n = ready!(poll_read_buf(Pin::new(&mut me.rd), cx, records.sealed_in()))?;
             if n == 0 {
                 return Poll::Ready(Err(io::Error::new(
@@ -113,12 +114,6 @@ impl AsyncRead for TlsReader {
                     "the server closed the connection without a TLS close_notify",
                 )));
             }
-            me.done = keep_opened(
-                open_into(&mut records, buf, &mut me.plain),
-                buf,
-                start,
-                &me.plain,
-            )?;
         }
     }
 }
@@ -295,29 +290,16 @@ mod tests {
     use tokio_rustls::TlsAcceptor;
 
     use super::*;
-    use crate::tls::gen::{write_pem, Ca};
-    use crate::tls::{client_config, server_config, Reloading, ALPN_DATA};
+    use crate::tls::gen::local_configs;
+    use crate::tls::ALPN_DATA;
 
-    /// A server and a client configuration of one throwaway CA, for 127.0.0.1.
     fn configs() -> (
         tempfile::TempDir,
         Arc<rustls::ServerConfig>,
         Arc<ClientConfig>,
     ) {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("split test CA").unwrap();
-        let node = ca.issue(&["127.0.0.1".to_string()], None).unwrap();
-        let (ca_file, cert, key) = (
-            dir.path().join("ca.crt"),
-            dir.path().join("n.crt"),
-            dir.path().join("n.key"),
-        );
-        write_pem(&ca_file, &ca.cert_pem(), false).unwrap();
-        write_pem(&cert, &node.cert_pem, false).unwrap();
-        write_pem(&key, &node.key_pem, true).unwrap();
-        let certs = Reloading::load(&cert, &key).unwrap();
-        let server = server_config(certs, None, false, &[ALPN_DATA]).unwrap();
-        let client = client_config(&ca_file, None, &[ALPN_DATA]).unwrap();
+        let (server, client) = local_configs(dir.path(), ALPN_DATA).unwrap();
         (dir, Arc::new(server), Arc::new(client))
     }
 
