@@ -168,10 +168,6 @@ impl<C: Session> Records<C> {
         std::mem::swap(&mut self.out, other);
     }
 
-    pub fn peer_closed(&self) -> bool {
-        self.peer_closed
-    }
-
     /// The session's failure, if it failed.
     fn check(&self) -> io::Result<()> {
         match &self.failed {
@@ -220,11 +216,7 @@ impl<C: Session> Records<C> {
                     }
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    self.out.put(|buf| match data.encode(buf) {
-                        Ok(n) => Ok(Ok(n)),
-                        Err(EncodeError::InsufficientSize(s)) => Ok(Err(s)),
-                        Err(e) => Err(tls_error(e)),
-                    })?;
+                    self.out.put(|buf| room_for(data.encode(buf)))?;
                 }
                 // Written by the caller's next write, behind everything before it.
                 ConnectionState::TransmitTlsData(data) => data.done(),
@@ -291,12 +283,7 @@ impl<C: Session> Records<C> {
             let Ok(ConnectionState::EncodeTlsData(mut data)) = state else {
                 return;
             };
-            let encoded = self.out.put(|buf| match data.encode(buf) {
-                Ok(n) => Ok(Ok(n)),
-                Err(EncodeError::InsufficientSize(s)) => Ok(Err(s)),
-                Err(e) => Err(tls_error(e)),
-            });
-            if encoded.is_err() {
+            if self.out.put(|buf| room_for(data.encode(buf))).is_err() {
                 return;
             }
         }
@@ -381,6 +368,15 @@ impl Sealed {
                 }
             }
         }
+    }
+}
+
+/// An encoding's outcome for [`Sealed::put`]: written, too little room, or failed.
+fn room_for(r: Result<usize, EncodeError>) -> io::Result<Result<usize, InsufficientSizeError>> {
+    match r {
+        Ok(n) => Ok(Ok(n)),
+        Err(EncodeError::InsufficientSize(s)) => Ok(Err(s)),
+        Err(e) => Err(tls_error(e)),
     }
 }
 
