@@ -142,6 +142,9 @@ pub struct BrokerConfig {
     pub transaction_timeout: String,
     /// Resolved transactions are remembered this long (a retried commit gets its answer).
     pub transaction_keep_resolved: String,
+    /// At most this many resolved transactions are remembered (the oldest go first); each
+    /// costs about 40 bytes of memory on every replica.
+    pub transaction_max_resolved: u64,
 }
 
 impl Default for BrokerConfig {
@@ -214,6 +217,7 @@ impl Default for BrokerConfig {
             max_open_transactions: 1_000_000,
             transaction_timeout: "1h".into(),
             transaction_keep_resolved: "1h".into(),
+            transaction_max_resolved: 2_000_000,
         }
     }
 }
@@ -366,6 +370,7 @@ impl BrokerConfig {
             max_open: self.max_open_transactions,
             timeout: d("transaction_timeout", &self.transaction_timeout)?,
             keep_resolved: d("transaction_keep_resolved", &self.transaction_keep_resolved)?,
+            max_resolved: self.transaction_max_resolved,
         };
         if s.check_after.is_zero()
             || s.max_checks == 0

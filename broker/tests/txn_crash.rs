@@ -80,11 +80,15 @@ async fn a_half_message_written_but_not_acknowledged_joins_its_transaction_once(
     // Retries wait for the restart rather than add the half message again.
     let retry = b.idem.append(seq(pid), "orders", 0, half(&["a1"]), 5).await;
     assert_eq!(retry.unwrap_err().code, ErrorCode::Unavailable);
-    assert!(table::get(st.meta().as_ref(), "tx-1").unwrap().is_none());
+    assert!(table::get(st.meta().as_ref(), &st.tx_ended, "tx-1")
+        .unwrap()
+        .is_none());
 
     // The restart reads the half message back into its transaction.
     let b = start(&store, &st);
-    let r = table::get(st.meta().as_ref(), "tx-1").unwrap().unwrap();
+    let r = table::get(st.meta().as_ref(), &st.tx_ended, "tx-1")
+        .unwrap()
+        .unwrap();
     assert_eq!((r.resolution, r.halves.len()), (OPEN, 1));
     let again = b
         .idem
@@ -92,7 +96,9 @@ async fn a_half_message_written_but_not_acknowledged_joins_its_transaction_once(
         .await
         .unwrap();
     assert!(again.duplicate);
-    let r = table::get(st.meta().as_ref(), "tx-1").unwrap().unwrap();
+    let r = table::get(st.meta().as_ref(), &st.tx_ended, "tx-1")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.halves.len(), 1, "the retry is not a second half message");
 
     let ended = b.txs.end("tx-1", COMMITTED, 6).await.unwrap();
@@ -127,7 +133,9 @@ async fn a_commit_written_but_not_acknowledged_becomes_visible_once() {
 
     // The restart reads the resolution back from the log.
     let b = start(&store, &st);
-    let r = table::get(st.meta().as_ref(), "tx-1").unwrap().unwrap();
+    let r = table::get(st.meta().as_ref(), &st.tx_ended, "tx-1")
+        .unwrap()
+        .unwrap();
     assert_eq!(r.resolution, COMMITTED);
     assert_eq!(st.tx_open.get("orders-service"), 0);
     let again = b.txs.end("tx-1", COMMITTED, 8).await.unwrap();

@@ -33,6 +33,9 @@ type Tree = BTreeMap<Vec<u8>, Vec<u8>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
     Put(Vec<u8>, Vec<u8>),
+    /// A put of a key the writer saw absent: a store that buffers writes may drop it
+    /// together with a later delete of the key (a short-lived record never goes down).
+    PutNew(Vec<u8>, Vec<u8>),
     Delete(Vec<u8>),
 }
 
@@ -83,7 +86,9 @@ impl MetaStore for SledMeta {
         if let [op] = ops {
             let t = self.tree(tree)?;
             match op {
-                WriteOp::Put(k, v) => t.insert(k.as_slice(), v.as_slice())?,
+                WriteOp::Put(k, v) | WriteOp::PutNew(k, v) => {
+                    t.insert(k.as_slice(), v.as_slice())?
+                }
                 WriteOp::Delete(k) => t.remove(k.as_slice())?,
             };
             return Ok(());
@@ -91,7 +96,9 @@ impl MetaStore for SledMeta {
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
-                WriteOp::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+                WriteOp::Put(k, v) | WriteOp::PutNew(k, v) => {
+                    batch.insert(k.as_slice(), v.as_slice())
+                }
                 WriteOp::Delete(k) => batch.remove(k.as_slice()),
             }
         }
@@ -134,7 +141,7 @@ impl MetaStore for MemMeta {
         let t = trees.entry(tree.to_string()).or_default();
         for op in ops {
             match op {
-                WriteOp::Put(k, v) => {
+                WriteOp::Put(k, v) | WriteOp::PutNew(k, v) => {
                     t.insert(k.clone(), v.clone());
                 }
                 WriteOp::Delete(k) => {

@@ -14,7 +14,7 @@
 //! another tree first sends the buffer down. A broker already treats its state store as lagging
 //! the log (the applied index is written with the state, and the log is re-applied from it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,9 @@ struct Buffer {
     since: Option<Instant>,
     /// Being written below by the hand-down thread (older than `active`).
     sealed: Option<Arc<Overlay>>,
+    /// Keys of `active` that are absent below and in `sealed` (put with `PutNew` first): a
+    /// delete of one drops it from `active` instead of sending a delete down.
+    fresh: HashSet<Vec<u8>>,
 }
 
 impl Buffer {
@@ -100,6 +103,7 @@ impl WriteBehind {
                 return Ok(());
             }
             let sealed = Arc::new(std::mem::take(&mut buf.active));
+            buf.fresh.clear();
             buf.since = None;
             buf.sealed = Some(sealed.clone());
             (buf.tree.clone(), sealed)
@@ -171,8 +175,23 @@ impl MetaStore for WriteBehind {
         }
         for op in ops {
             match op {
-                WriteOp::Put(k, v) => buf.active.insert(k.clone(), Some(v.clone())),
-                WriteOp::Delete(k) => buf.active.insert(k.clone(), None),
+                WriteOp::Put(k, v) => {
+                    buf.active.insert(k.clone(), Some(v.clone()));
+                }
+                WriteOp::PutNew(k, v) => {
+                    let absent = !buf.active.contains_key(k)
+                        && !buf.sealed.as_ref().is_some_and(|s| s.contains_key(k));
+                    if absent {
+                        buf.fresh.insert(k.clone());
+                    }
+                    buf.active.insert(k.clone(), Some(v.clone()));
+                }
+                WriteOp::Delete(k) if buf.fresh.remove(k) => {
+                    buf.active.remove(k);
+                }
+                WriteOp::Delete(k) => {
+                    buf.active.insert(k.clone(), None);
+                }
             };
         }
         buf.since.get_or_insert_with(Instant::now);
@@ -306,6 +325,28 @@ mod tests {
         assert_eq!(below.get("t", b"a/3").unwrap(), None);
     }
 
+    #[test]
+    fn a_new_key_deleted_before_its_hand_down_never_goes_down() {
+        let rec = Arc::new(Recorder::default());
+        let wb = slow(rec.clone(), 1000);
+        let new = |k: &[u8]| WriteOp::PutNew(k.to_vec(), b"v".to_vec());
+        wb.write_batch("t", &[new(b"a"), new(b"b")]).unwrap();
+        wb.write_batch("t", &[WriteOp::Put(b"a".to_vec(), b"w".to_vec())])
+            .unwrap();
+        wb.delete("t", b"a").unwrap();
+        assert_eq!(wb.get("t", b"a").unwrap(), None);
+        wb.flush().unwrap();
+        // One hand-down, holding "b" alone: neither a put nor a delete of "a" went down.
+        let states = rec.states.lock().clone();
+        assert_eq!(states.len(), 1);
+        assert_eq!(rec.get("t", b"b").unwrap().as_deref(), Some(&b"v"[..]));
+        // Once below, a delete goes down as a delete.
+        wb.delete("t", b"b").unwrap();
+        wb.flush().unwrap();
+        assert_eq!(rec.get("t", b"b").unwrap(), None);
+        assert_eq!(rec.states.lock().len(), 2);
+    }
+
     /// Bounded wait for a condition the hand-down thread brings about.
     fn eventually(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -393,7 +434,8 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put(bool, u8, u8),
+        /// The last flag: a `PutNew` if the key is absent (the contract of `PutNew`).
+        Put(bool, u8, u8, bool),
         Delete(bool, u8),
         Batch(bool, Vec<(u8, Option<u8>)>),
         Flush,
@@ -401,7 +443,8 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (any::<bool>(), 0u8..8, any::<u8>()).prop_map(|(t, k, v)| Op::Put(t, k, v)),
+            (any::<bool>(), 0u8..8, any::<u8>(), any::<bool>())
+                .prop_map(|(t, k, v, new)| Op::Put(t, k, v, new)),
             (any::<bool>(), 0u8..8).prop_map(|(t, k)| Op::Delete(t, k)),
             (
                 any::<bool>(),
@@ -435,7 +478,14 @@ mod tests {
             let mut prefixes = vec![model.state()];
             for op in &ops {
                 let (t, batch): (&str, Vec<WriteOp>) = match op {
-                    Op::Put(t, k, v) => (tree(*t), vec![WriteOp::Put(vec![*k], vec![*v])]),
+                    Op::Put(t, k, v, new) => {
+                        let absent = model.mem.get(tree(*t), &[*k]).unwrap().is_none();
+                        let op = match *new && absent {
+                            true => WriteOp::PutNew(vec![*k], vec![*v]),
+                            false => WriteOp::Put(vec![*k], vec![*v]),
+                        };
+                        (tree(*t), vec![op])
+                    }
                     Op::Delete(t, k) => (tree(*t), vec![WriteOp::Delete(vec![*k])]),
                     Op::Batch(t, b) => (tree(*t), b.iter().map(|(k, v)| match v {
                         Some(v) => WriteOp::Put(vec![*k], vec![*v]),

@@ -18,8 +18,10 @@ impl BrokerService {
     ) -> Result<EndTransactionResponse, ApiError> {
         // Ending a transaction needs `pub` on each of its topics (an unknown one goes on to
         // TRANSACTION_NOT_FOUND).
+        let state = self.write.state();
         let record = crate::state::transactions::get(
-            self.write.state().meta().as_ref(),
+            state.meta().as_ref(),
+            &state.tx_ended,
             &req.transaction_id,
         )
         .map_err(|e| ApiError::internal(e.to_string()))?;

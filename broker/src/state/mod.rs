@@ -19,6 +19,7 @@ pub mod offsets;
 pub mod producers;
 pub mod topics;
 pub mod transactions;
+pub mod tx_ended;
 pub mod tx_index;
 
 use std::collections::BTreeMap;
@@ -47,7 +48,8 @@ pub const TABLES: &[&str] = &[
     producers::PRODUCERS,
     producers::SEQUENCES,
     transactions::TABLE,
-    transactions::RESOLVED,
+    tx_ended::TABLE,
+    tx_ended::LEGACY,
     locks::TABLE,
     locks::CLOCK,
     acl::USERS,
@@ -202,6 +204,8 @@ pub enum Applied {
 #[derive(Default)]
 pub(crate) struct Staged {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Keys put by `put_new` that are absent below: a delete drops them.
+    fresh: std::collections::BTreeSet<Vec<u8>>,
 }
 
 impl Staged {
@@ -246,14 +250,30 @@ impl Staged {
         self.writes.insert(key, Some(value));
     }
 
+    /// A put of a key [`Self::get`] just found absent (a record created): written with
+    /// `WriteOp::PutNew`, and dropped with a later delete of it.
+    pub(crate) fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        // Deleted earlier in this call: the store may still have it.
+        if !self.writes.contains_key(&key) {
+            self.fresh.insert(key.clone());
+        }
+        self.writes.insert(key, Some(value));
+    }
+
     pub(crate) fn delete(&mut self, key: Vec<u8>) {
+        if self.fresh.remove(&key) {
+            self.writes.remove(&key);
+            return;
+        }
         self.writes.insert(key, None);
     }
 
     fn into_ops(self) -> Vec<WriteOp> {
+        let fresh = self.fresh;
         self.writes
             .into_iter()
             .map(|(k, v)| match v {
+                Some(v) if fresh.contains(&k) => WriteOp::PutNew(k, v),
                 Some(v) => WriteOp::Put(k, v),
                 None => WriteOp::Delete(k),
             })
@@ -270,6 +290,8 @@ pub struct StateMachine {
     pub offsets: OffsetTable,
     /// Open transactions per producer group.
     pub tx_open: tx_index::OpenIndex,
+    /// Where each resolved transaction is.
+    pub tx_ended: tx_ended::EndedIndex,
     /// Wakes nameserver registration after a topic change.
     reregister: Arc<Notify>,
     /// One apply at a time (the replica thread, or a standalone broker's handlers).
@@ -284,6 +306,7 @@ impl StateMachine {
         Ok(StateMachine {
             offsets: OffsetTable::new(meta.clone()),
             tx_open: tx_index::OpenIndex::load(meta.as_ref())?,
+            tx_ended: tx_ended::EndedIndex::load(meta.as_ref())?,
             acl: Arc::new(acl::AclTable::load(meta.as_ref())?),
             meta,
             topics,
@@ -325,7 +348,11 @@ impl StateMachine {
         let mut results = Vec::with_capacity(ops.len());
         let mut topics_changed = false;
         let mut acl_changed = false;
-        let mut tx_changes = tx_index::Changes::new();
+        let mut tx = transactions::TxApply {
+            ended: &self.tx_ended,
+            changes: tx_index::Changes::new(),
+            pending: Default::default(),
+        };
         for op in ops {
             let r = match &op.op {
                 None => {
@@ -372,23 +399,23 @@ impl StateMachine {
                     producers::apply_rescan_point(&mut staged, *p)
                 }
                 Some(Op::TxHalf(h)) => {
-                    transactions::apply_half(self.meta.as_ref(), &mut staged, h, &mut tx_changes)?
+                    transactions::apply_half(self.meta.as_ref(), &mut staged, h, &mut tx)?
                 }
-                Some(Op::TxResolve(r)) => transactions::apply_resolve(
+                Some(Op::TxResolve(r)) => transactions::apply_ends(
                     self.meta.as_ref(),
                     &mut staged,
-                    r,
-                    &mut tx_changes,
+                    std::slice::from_ref(r),
+                    &mut tx,
                 )?,
-                Some(Op::TxChecked(c)) => transactions::apply_checked(
-                    self.meta.as_ref(),
-                    &mut staged,
-                    c,
-                    &mut tx_changes,
-                )?,
+                Some(Op::TxEnds(e)) => {
+                    transactions::apply_ends(self.meta.as_ref(), &mut staged, &e.ends, &mut tx)?
+                }
+                Some(Op::TxChecked(c)) => {
+                    transactions::apply_checked(self.meta.as_ref(), &mut staged, c, &mut tx)?
+                }
                 Some(Op::QueueLock(l)) => locks::apply_lock(self.meta.as_ref(), &mut staged, l)?,
                 Some(Op::TxForget(f)) => {
-                    transactions::apply_forget(self.meta.as_ref(), &mut staged, f)?
+                    transactions::apply_forget(self.meta.as_ref(), &mut staged, f, &mut tx)?
                 }
                 Some(Op::PutUser(u)) => acl::apply_put_user(self.meta.as_ref(), &mut staged, u)?,
                 Some(Op::DeleteUser(u)) => {
@@ -421,7 +448,8 @@ impl StateMachine {
         if durable {
             self.meta.flush()?;
         }
-        self.tx_open.apply(tx_changes);
+        self.tx_open.apply(tx.changes);
+        self.tx_ended.apply(tx.pending);
         if acl_changed {
             self.acl.reload(self.meta.as_ref())?;
         }
@@ -498,6 +526,7 @@ impl StateMachine {
         self.topics.reload(self.meta.as_ref())?;
         self.acl.reload(self.meta.as_ref())?;
         self.tx_open.reload(self.meta.as_ref())?;
+        self.tx_ended.reload(self.meta.as_ref())?;
         self.reregister.notify_one();
         Ok(())
     }

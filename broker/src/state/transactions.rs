@@ -1,23 +1,22 @@
-//! Transactions: two tables of the replicated state, both keyed by transaction id with a
+//! Transactions: the open ones in the `transactions` table, keyed by transaction id with a
 //! `TxRecord` (producer group, creation time, where its half messages are, checks so far,
-//! parked, resolution). `transactions` holds the open ones: created by the first half-message
-//! entry, checked by the master's check-back entries. Resolving one (the entry that makes its
-//! messages visible, or a rollback entry) moves it to `tx_resolved`, where it stays a while (so
-//! a retried `EndTransaction` still gets its answer) without weighing on the scans of open
-//! ones.
+//! parked): created by the first half-message entry, checked by the master's check-back
+//! entries. Resolving one (the entry that makes its messages visible, or a rollback entry)
+//! moves it to the resolved ones ([`super::tx_ended`]), where it stays a while (so a retried
+//! `EndTransaction` still gets its answer) without weighing on the scans of open ones.
 //!
 //! The open transactions are also kept in memory ([`super::tx_index`]), changed by the same
 //! apply calls.
 
 use prost::Message as _;
-use sluice_proto::v1::{TxCheckedOp, TxForgetOp, TxHalfOp, TxRecord, TxResolveOp};
+use sluice_proto::v1::{TxCheckedOp, TxEnded, TxForgetOp, TxHalfOp, TxRecord, TxResolveOp};
 
+use super::tx_ended::{EndedIndex, Pending};
 use super::tx_index::{Changes, OpenTx};
 use super::{table_key, Applied, Staged, TREE};
 use crate::meta::{MetaError, MetaStore};
 
 pub const TABLE: &str = "transactions";
-pub const RESOLVED: &str = "tx_resolved";
 
 /// `TxRecord.resolution` values (`TransactionResolution`).
 pub const OPEN: i32 = 0;
@@ -29,10 +28,6 @@ pub const MAX_HALVES: usize = 1_000;
 
 fn key(tx_id: &str) -> Vec<u8> {
     table_key(TABLE, tx_id.as_bytes())
-}
-
-fn resolved_key(tx_id: &str) -> Vec<u8> {
-    table_key(RESOLVED, tx_id.as_bytes())
 }
 
 fn decode(v: &[u8]) -> Result<TxRecord, MetaError> {
@@ -50,19 +45,28 @@ fn get_staged(
     staged.get(meta, key)?.map(|v| decode(&v)).transpose()
 }
 
+/// What the transaction ops of one apply call change besides the staged writes.
+pub(super) struct TxApply<'a> {
+    pub ended: &'a EndedIndex,
+    pub changes: Changes,
+    pub pending: Pending,
+}
+
 /// A transaction as the state holds it (open or resolved).
-pub fn get(meta: &dyn MetaStore, tx_id: &str) -> Result<Option<TxRecord>, MetaError> {
+pub fn get(
+    meta: &dyn MetaStore,
+    ended: &EndedIndex,
+    tx_id: &str,
+) -> Result<Option<TxRecord>, MetaError> {
     match meta.get(TREE, &key(tx_id))? {
         Some(v) => Ok(Some(decode(&v)?)),
-        None => meta
-            .get(TREE, &resolved_key(tx_id))?
-            .map(|v| decode(&v))
-            .transpose(),
+        None => ended.find(meta, tx_id),
     }
 }
 
-fn scan(meta: &dyn MetaStore, table: &str) -> Result<Vec<(String, TxRecord)>, MetaError> {
-    let prefix = table_key(table, b"");
+/// The open transactions, by id.
+pub fn list_open(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    let prefix = table_key(TABLE, b"");
     meta.scan_prefix(TREE, &prefix)?
         .into_iter()
         .map(|(k, v)| {
@@ -73,43 +77,46 @@ fn scan(meta: &dyn MetaStore, table: &str) -> Result<Vec<(String, TxRecord)>, Me
         .collect()
 }
 
-/// The open transactions, by id.
-pub fn list_open(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
-    scan(meta, TABLE)
-}
-
-/// The resolved transactions still remembered, by id.
-pub fn list_resolved(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
-    scan(meta, RESOLVED)
-}
-
 /// Every transaction, open and resolved, by id.
-pub fn list(meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
-    let mut all = scan(meta, TABLE)?;
-    all.extend(scan(meta, RESOLVED)?);
+pub fn list(
+    meta: &dyn MetaStore,
+    ended: &EndedIndex,
+) -> Result<Vec<(String, TxRecord)>, MetaError> {
+    let mut all = list_open(meta)?;
+    all.extend(ended.list(meta)?);
     Ok(all)
 }
 
-fn is_resolved(meta: &dyn MetaStore, staged: &Staged, tx_id: &str) -> Result<bool, MetaError> {
-    Ok(staged.get(meta, &resolved_key(tx_id))?.is_some())
+fn is_resolved(
+    meta: &dyn MetaStore,
+    staged: &Staged,
+    tx: &TxApply<'_>,
+    tx_id: &str,
+) -> Result<bool, MetaError> {
+    Ok(tx
+        .ended
+        .find_staged(meta, staged, &tx.pending, tx_id)?
+        .is_some())
 }
 
 pub(super) fn apply_half(
     meta: &dyn MetaStore,
     staged: &mut Staged,
     op: &TxHalfOp,
-    changes: &mut Changes,
+    tx: &mut TxApply<'_>,
 ) -> Result<Applied, MetaError> {
     if op.transaction_id.is_empty() || op.count == 0 {
         tracing::error!("skipping an invalid half-message record");
         return Ok(Applied::Unchanged);
     }
+    let k = key(&op.transaction_id);
+    let open = get_staged(meta, staged, &k)?;
+    let created = open.is_none();
     // A late send to a resolved transaction (the proposer refuses them; the log decides).
-    if is_resolved(meta, staged, &op.transaction_id)? {
+    if open.is_none() && is_resolved(meta, staged, tx, &op.transaction_id)? {
         return Ok(Applied::Unchanged);
     }
-    let k = key(&op.transaction_id);
-    let mut r = match get_staged(meta, staged, &k)? {
+    let mut r = match open {
         Some(r) => r,
         None => TxRecord {
             producer_group: op.producer_group.clone(),
@@ -127,43 +134,72 @@ pub(super) fn apply_half(
         return Ok(Applied::Unchanged);
     }
     r.halves.push(op.clone());
-    changes.push((op.transaction_id.clone(), Some(OpenTx::of(&r))));
-    staged.put(k, r.encode_to_vec());
+    tx.changes
+        .push((op.transaction_id.clone(), Some(OpenTx::of(&r))));
+    match created {
+        true => staged.put_new(k, r.encode_to_vec()),
+        false => staged.put(k, r.encode_to_vec()),
+    }
     Ok(Applied::Changed)
 }
 
-pub(super) fn apply_resolve(
+/// Resolves transactions, the first resolution in the log deciding; the resolved ones go to
+/// the chunks of the resolved table.
+pub(super) fn apply_ends(
     meta: &dyn MetaStore,
     staged: &mut Staged,
-    op: &TxResolveOp,
-    changes: &mut Changes,
+    ends: &[TxResolveOp],
+    tx: &mut TxApply<'_>,
 ) -> Result<Applied, MetaError> {
-    if op.resolution != COMMITTED && op.resolution != ROLLED_BACK {
-        tracing::error!(tx = %op.transaction_id, "skipping a resolution that is neither commit nor rollback");
-        return Ok(Applied::Unchanged);
-    }
-    // The first resolution in the log decides.
-    if is_resolved(meta, staged, &op.transaction_id)? {
-        return Ok(Applied::Unchanged);
-    }
-    let k = key(&op.transaction_id);
-    let mut r = match get_staged(meta, staged, &k)? {
-        Some(r) => {
-            changes.push((op.transaction_id.clone(), None));
-            staged.delete(k);
-            r
+    let mut chunk: Vec<TxEnded> = Vec::new();
+    for op in ends {
+        if op.resolution != COMMITTED && op.resolution != ROLLED_BACK {
+            tracing::error!(tx = %op.transaction_id, "skipping a resolution that is neither commit nor rollback");
+            continue;
         }
-        // Never opened (a rollback of a transaction whose sends all failed): remembered as
-        // resolved.
-        None => TxRecord {
-            created_ms: op.at_ms,
-            ..TxRecord::default()
-        },
-    };
-    r.resolution = op.resolution;
-    r.resolved_ms = op.at_ms;
-    r.expired = op.expired && op.resolution == ROLLED_BACK;
-    staged.put(resolved_key(&op.transaction_id), r.encode_to_vec());
+        let k = key(&op.transaction_id);
+        let open = get_staged(meta, staged, &k)?;
+        if open.is_none()
+            && (chunk.iter().any(|e| e.transaction_id == op.transaction_id)
+                || is_resolved(meta, staged, tx, &op.transaction_id)?)
+        {
+            continue;
+        }
+        let mut r = match open {
+            Some(r) => {
+                tx.changes.push((op.transaction_id.clone(), None));
+                staged.delete(k);
+                r
+            }
+            // Never opened (a rollback of a transaction whose sends all failed): remembered as
+            // resolved.
+            None => TxRecord {
+                created_ms: op.at_ms,
+                ..TxRecord::default()
+            },
+        };
+        r.resolution = op.resolution;
+        r.resolved_ms = op.at_ms;
+        r.expired = op.expired && op.resolution == ROLLED_BACK;
+        // What a resolved one is asked for: its topics and sizes (not where its halves are).
+        for h in &mut r.halves {
+            *h = TxHalfOp {
+                topic: std::mem::take(&mut h.topic),
+                queue_id: h.queue_id,
+                count: h.count,
+                bytes: h.bytes,
+                ..TxHalfOp::default()
+            };
+        }
+        chunk.push(TxEnded {
+            transaction_id: op.transaction_id.clone(),
+            record: Some(r),
+        });
+    }
+    if chunk.is_empty() {
+        return Ok(Applied::Unchanged);
+    }
+    tx.ended.add_ends(meta, staged, &mut tx.pending, chunk)?;
     Ok(Applied::Changed)
 }
 
@@ -171,7 +207,7 @@ pub(super) fn apply_checked(
     meta: &dyn MetaStore,
     staged: &mut Staged,
     op: &TxCheckedOp,
-    changes: &mut Changes,
+    tx: &mut TxApply<'_>,
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
     for id in &op.transaction_ids {
@@ -184,7 +220,7 @@ pub(super) fn apply_checked(
         r.checks = r.checks.saturating_add(1);
         r.last_check_ms = op.at_ms;
         r.parked = r.checks >= op.max_checks.max(1);
-        changes.push((id.clone(), Some(OpenTx::of(&r))));
+        tx.changes.push((id.clone(), Some(OpenTx::of(&r))));
         staged.put(key(id), r.encode_to_vec());
         changed = Applied::Changed;
     }
@@ -195,16 +231,12 @@ pub(super) fn apply_forget(
     meta: &dyn MetaStore,
     staged: &mut Staged,
     op: &TxForgetOp,
+    tx: &mut TxApply<'_>,
 ) -> Result<Applied, MetaError> {
-    let mut changed = Applied::Unchanged;
-    let prefix = table_key(RESOLVED, b"");
-    for (k, v) in staged.scan_prefix(meta, &prefix)? {
-        if decode(&v)?.resolved_ms < op.resolved_before_ms {
-            staged.delete(k);
-            changed = Applied::Changed;
-        }
-    }
-    Ok(changed)
+    Ok(match tx.ended.forget(meta, staged, &mut tx.pending, op)? {
+        true => Applied::Changed,
+        false => Applied::Unchanged,
+    })
 }
 
 fn op(o: sluice_proto::v1::meta_op::Op) -> super::StateOp {
@@ -242,10 +274,20 @@ pub fn checked_op(ids: Vec<String>, at_ms: i64, max_checks: u32) -> super::State
     }))
 }
 
-pub fn forget_op(resolved_before_ms: i64) -> super::StateOp {
+/// Forgets transactions resolved before the cutoff, and all but the newest `keep_at_most`
+/// (0: no limit by count).
+pub fn forget_op(resolved_before_ms: i64, keep_at_most: u64) -> super::StateOp {
     op(sluice_proto::v1::meta_op::Op::TxForget(TxForgetOp {
         resolved_before_ms,
+        keep_at_most,
     }))
+}
+
+/// Several ends written together (one chunk of the resolved table).
+pub fn ends_op(ends: Vec<TxResolveOp>) -> super::StateOp {
+    op(sluice_proto::v1::meta_op::Op::TxEnds(
+        sluice_proto::v1::TxEndsOp { ends },
+    ))
 }
 
 #[cfg(test)]
@@ -279,7 +321,7 @@ mod tests {
     }
 
     fn rec(m: &StateMachine, tx: &str) -> TxRecord {
-        get(m.meta().as_ref(), tx).unwrap().unwrap()
+        get(m.meta().as_ref(), &m.tx_ended, tx).unwrap().unwrap()
     }
 
     #[test]
@@ -346,9 +388,9 @@ mod tests {
         assert!(rec(&m, "b").halves.is_empty());
         assert_eq!(m.tx_open.get("g"), 0);
         // Forgotten once resolved long enough.
-        m.apply(Some(6), &[forget_op(10)], false).unwrap();
-        assert!(get(m.meta().as_ref(), "a").unwrap().is_none());
-        assert!(get(m.meta().as_ref(), "b").unwrap().is_some());
+        m.apply(Some(6), &[forget_op(10, 0)], false).unwrap();
+        assert!(get(m.meta().as_ref(), &m.tx_ended, "a").unwrap().is_none());
+        assert!(get(m.meta().as_ref(), &m.tx_ended, "b").unwrap().is_some());
     }
 
     #[test]
@@ -389,7 +431,7 @@ mod tests {
                 at,
                 2
             )),
-            (0i64..50).prop_map(forget_op),
+            (0i64..50, 0u64..3).prop_map(|(at, keep)| forget_op(at, keep)),
         ]
     }
 

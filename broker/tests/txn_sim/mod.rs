@@ -138,11 +138,13 @@ impl Replica {
     }
 
     pub fn record(&self, tx: &str) -> Option<sluice_proto::v1::TxRecord> {
-        table::get(self.sm.meta().as_ref(), tx).ok().flatten()
+        table::get(self.sm.meta().as_ref(), &self.sm.tx_ended, tx)
+            .ok()
+            .flatten()
     }
 
     pub fn tables(&self) -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<(String, Vec<u8>)> = table::list(self.sm.meta().as_ref())
+        let mut v: Vec<(String, Vec<u8>)> = table::list(self.sm.meta().as_ref(), &self.sm.tx_ended)
             .unwrap_or_default()
             .into_iter()
             .map(|(id, r)| (id, r.encode_to_vec()))

@@ -104,12 +104,11 @@ impl Transactions {
     }
 
     async fn forget(&self, before: i64, now: i64) -> Result<(), ApiError> {
-        let meta = self.write.state().meta().clone();
-        let any = table::list_resolved(meta.as_ref())?
-            .iter()
-            .any(|(_, r)| r.resolved_ms < before);
-        if any {
-            self.write.apply(table::forget_op(before), now).await?;
+        let keep = self.settings.max_resolved;
+        if self.write.state().tx_ended.would_forget(before, keep) {
+            self.write
+                .apply(table::forget_op(before, keep), now)
+                .await?;
         }
         Ok(())
     }
@@ -154,7 +153,7 @@ impl Transactions {
                 continue;
             }
             // Read again: it may have been resolved, checked or parked since the list was made.
-            match table::get(meta.as_ref(), &id)? {
+            match table::get(meta.as_ref(), &self.write.state().tx_ended, &id)? {
                 Some(r) if r.resolution == OPEN && !r.parked && self.due_at(&r) <= now => {
                     due.push((id, r))
                 }

@@ -4,15 +4,14 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-use prost::Message as _;
+use sluice_proto::v1::TxResolveOp;
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::watch;
 
 use super::{resolution_name, validate_id, EndOutcome, EndSlot, Ended, Transactions};
 use crate::messaging::Announced;
-use crate::state::transactions::{self as table, COMMITTED, OPEN, ROLLED_BACK};
-use crate::store::{AppendBatch, MixedBatch};
+use crate::state::transactions::{COMMITTED, OPEN, ROLLED_BACK};
+use crate::store::AppendBatch;
 
 /// An end under way whose waiters have no outcome yet. Dropped unsettled (the call was
 /// cancelled), it settles on its own: waits until the log has decided (or the mastership
@@ -166,25 +165,17 @@ impl Transactions {
     /// A resolution without messages, in the log (a standalone broker's too: a restart that
     /// lost the metadata store's latest writes reads it back).
     async fn write_resolution(
-        &self,
-        op: crate::state::StateOp,
+        self: &Arc<Self>,
+        op: TxResolveOp,
         now_ms: i64,
     ) -> Result<Option<u64>, Announced> {
-        let batch = MixedBatch {
-            state: vec![Bytes::from(op.encode_to_vec())],
-            parts: Vec::new(),
-        };
-        Ok(self
-            .write
-            .append_mixed_acked(&batch, now_ms)
-            .await?
-            .apply_at)
+        Ok(self.write_end(op, Vec::new(), now_ms).await?.apply_at)
     }
 
     /// Writes the end; returns once the log has it, with the entry whose application makes
     /// it readable here (see [`crate::messaging::Acked`]).
     async fn end_once(
-        &self,
+        self: &Arc<Self>,
         id: &str,
         resolution: i32,
         now_ms: i64,
@@ -197,7 +188,7 @@ impl Transactions {
                 // Nothing was stored (every send failed): remember the rollback, so a late
                 // half message of it is ignored.
                 let apply_at = self
-                    .write_resolution(table::resolve_op(id, ROLLED_BACK, now_ms), now_ms)
+                    .write_resolution(resolution_op(id, ROLLED_BACK, now_ms, false), now_ms)
                     .await?;
                 let ended = Ended {
                     resolution,
@@ -225,10 +216,7 @@ impl Transactions {
         let timeout = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
         let expired = !r.parked && now_ms.saturating_sub(r.created_ms) > timeout;
         if resolution == ROLLED_BACK || expired {
-            let op = match expired {
-                true => table::expire_op(id, now_ms),
-                false => table::resolve_op(id, ROLLED_BACK, now_ms),
-            };
+            let op = resolution_op(id, ROLLED_BACK, now_ms, expired);
             let apply_at = self.write_resolution(op, now_ms).await?;
             let ended = Ended {
                 resolution: ROLLED_BACK,
@@ -237,7 +225,7 @@ impl Transactions {
             };
             return Ok((ended, apply_at));
         }
-        let op = table::resolve_op(id, resolution, now_ms);
+        let op = resolution_op(id, resolution, now_ms, false);
         let mut ids = Vec::new();
         let mut parts: Vec<AppendBatch> = Vec::new();
         for rec in self.halves(&r).map_err(refused)? {
@@ -256,16 +244,21 @@ impl Transactions {
                 }),
             }
         }
-        let batch = MixedBatch {
-            state: vec![Bytes::from(op.encode_to_vec())],
-            parts,
-        };
-        let acked = self.write.append_mixed_acked(&batch, now_ms).await?;
+        let acked = self.write_end(op, parts, now_ms).await?;
         let ended = Ended {
             resolution,
             committed: ids.into_iter().zip(acked.entries).collect(),
             expired: false,
         };
         Ok((ended, acked.apply_at))
+    }
+}
+
+fn resolution_op(id: &str, resolution: i32, at_ms: i64, expired: bool) -> TxResolveOp {
+    TxResolveOp {
+        transaction_id: id.to_string(),
+        resolution,
+        at_ms,
+        expired,
     }
 }

@@ -13,6 +13,7 @@
 //!   operator (`sluice tx commit|rollback`).
 //! - Every replica keeps retention and Raft compaction off the oldest unresolved half message.
 
+mod batch;
 mod checks;
 mod end;
 mod floor;
@@ -51,6 +52,8 @@ pub struct TxSettings {
     pub timeout: Duration,
     /// Resolved transactions are remembered this long (a retried end gets its answer).
     pub keep_resolved: Duration,
+    /// Resolved transactions remembered at most (0: no limit but time).
+    pub max_resolved: u64,
 }
 
 impl Default for TxSettings {
@@ -65,6 +68,7 @@ impl Default for TxSettings {
             max_open: 1_000_000,
             timeout: Duration::from_secs(3600),
             keep_resolved: Duration::from_secs(3600),
+            max_resolved: 2_000_000,
         }
     }
 }
@@ -110,6 +114,8 @@ pub struct Transactions {
     send_done: tokio::sync::Notify,
     watchers: Mutex<HashMap<String, Vec<Watcher>>>,
     rr: AtomicUsize,
+    /// Ends waiting to be written together.
+    end_queue: Mutex<batch::EndQueue>,
 }
 
 /// A half send under way (see [`Transactions::begin_send`]).
@@ -171,11 +177,13 @@ impl Transactions {
             send_done: tokio::sync::Notify::new(),
             watchers: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
+            end_queue: Mutex::new(batch::EndQueue::default()),
         })
     }
 
     fn record(&self, id: &str) -> Result<Option<TxRecord>, ApiError> {
-        Ok(table::get(self.write.state().meta().as_ref(), id)?)
+        let state = self.write.state();
+        Ok(table::get(state.meta().as_ref(), &state.tx_ended, id)?)
     }
 
     /// Starts a half send to `tx` (refused while the transaction is ending); the guard ends it.
@@ -363,7 +371,8 @@ impl Transactions {
 
     /// Every transaction the state holds.
     pub fn list(&self) -> Result<Vec<TransactionInfo>, ApiError> {
-        Ok(table::list(self.write.state().meta().as_ref())?
+        let state = self.write.state();
+        Ok(table::list(state.meta().as_ref(), &state.tx_ended)?
             .into_iter()
             .map(|(id, r)| {
                 let mut topics: Vec<String> = r.halves.iter().map(|h| h.topic.clone()).collect();
