@@ -18,13 +18,11 @@ impl BrokerService {
     ) -> Result<EndTransactionResponse, ApiError> {
         // Ending a transaction needs `pub` on each of its topics (an unknown one goes on to
         // TRANSACTION_NOT_FOUND).
-        let state = self.write.state();
-        let record = crate::state::transactions::get(
-            state.meta().as_ref(),
-            &state.tx_ended,
-            &req.transaction_id,
-        )
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let record = self
+            .write
+            .state()
+            .transaction(&req.transaction_id)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         match &record {
             Some(r) => self.access.check_all(
                 who,

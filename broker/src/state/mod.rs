@@ -246,6 +246,11 @@ impl Staged {
         Ok(all.into_iter().collect())
     }
 
+    /// Whether this call wrote (or deleted) `key`.
+    pub(crate) fn touched(&self, key: &[u8]) -> bool {
+        self.writes.contains_key(key)
+    }
+
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.writes.insert(key, Some(value));
     }
@@ -349,6 +354,7 @@ impl StateMachine {
         let mut topics_changed = false;
         let mut acl_changed = false;
         let mut tx = transactions::TxApply {
+            open: &self.tx_open,
             ended: &self.tx_ended,
             changes: tx_index::Changes::new(),
             pending: Default::default(),
@@ -551,6 +557,15 @@ impl StateMachine {
                     entries: offsets.to_vec(),
                 },
             ],
+        }
+    }
+
+    /// A transaction as the applied state holds it (open or resolved); an id that is not
+    /// open is looked up in memory first.
+    pub fn transaction(&self, id: &str) -> Result<Option<sluice_proto::v1::TxRecord>, MetaError> {
+        match self.tx_open.contains(id) {
+            true => transactions::get(self.meta.as_ref(), &self.tx_ended, id),
+            false => self.tx_ended.find(self.meta.as_ref(), id),
         }
     }
 

@@ -12,7 +12,7 @@ use prost::Message as _;
 use sluice_proto::v1::{TxCheckedOp, TxEnded, TxForgetOp, TxHalfOp, TxRecord, TxResolveOp};
 
 use super::tx_ended::{EndedIndex, Pending};
-use super::tx_index::{Changes, OpenTx};
+use super::tx_index::{Changes, OpenIndex, OpenTx};
 use super::{table_key, Applied, Staged, TREE};
 use crate::meta::{MetaError, MetaStore};
 
@@ -45,8 +45,24 @@ fn get_staged(
     staged.get(meta, key)?.map(|v| decode(&v)).transpose()
 }
 
+/// The open record of `id` as this apply call sees it; one the store does not hold (the
+/// in-memory index of the table says so) is not looked up there.
+fn get_open(
+    meta: &dyn MetaStore,
+    staged: &Staged,
+    tx: &TxApply<'_>,
+    id: &str,
+) -> Result<Option<TxRecord>, MetaError> {
+    let k = key(id);
+    if !staged.touched(&k) && !tx.open.contains(id) {
+        return Ok(None);
+    }
+    get_staged(meta, staged, &k)
+}
+
 /// What the transaction ops of one apply call change besides the staged writes.
 pub(super) struct TxApply<'a> {
+    pub open: &'a OpenIndex,
     pub ended: &'a EndedIndex,
     pub changes: Changes,
     pub pending: Pending,
@@ -110,7 +126,7 @@ pub(super) fn apply_half(
         return Ok(Applied::Unchanged);
     }
     let k = key(&op.transaction_id);
-    let open = get_staged(meta, staged, &k)?;
+    let open = get_open(meta, staged, tx, &op.transaction_id)?;
     let created = open.is_none();
     // A late send to a resolved transaction (the proposer refuses them; the log decides).
     if open.is_none() && is_resolved(meta, staged, tx, &op.transaction_id)? {
@@ -158,7 +174,7 @@ pub(super) fn apply_ends(
             continue;
         }
         let k = key(&op.transaction_id);
-        let open = get_staged(meta, staged, &k)?;
+        let open = get_open(meta, staged, tx, &op.transaction_id)?;
         if open.is_none()
             && (chunk.iter().any(|e| e.transaction_id == op.transaction_id)
                 || is_resolved(meta, staged, tx, &op.transaction_id)?)
@@ -211,7 +227,7 @@ pub(super) fn apply_checked(
 ) -> Result<Applied, MetaError> {
     let mut changed = Applied::Unchanged;
     for id in &op.transaction_ids {
-        let Some(mut r) = get_staged(meta, staged, &key(id))? else {
+        let Some(mut r) = get_open(meta, staged, tx, id)? else {
             continue;
         };
         if r.parked {

@@ -101,6 +101,10 @@ impl OpenIndex {
         self.0.lock().per_group.get(group).copied().unwrap_or(0)
     }
 
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.lock().txs.contains_key(id)
+    }
+
     pub fn len(&self) -> usize {
         self.0.lock().txs.len()
     }

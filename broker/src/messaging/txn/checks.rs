@@ -114,7 +114,6 @@ impl Transactions {
     }
 
     async fn check_round(self: &Arc<Self>, now: i64, view: &mut Due) -> Result<(), ApiError> {
-        let meta = self.write.state().meta().clone();
         let rescan = (self.settings.check_after.as_millis() as i64).clamp(100, RESCAN_MS);
         if view.list.is_empty() || view.read_at.is_none_or(|t| now - t >= rescan) {
             let timeout = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
@@ -153,7 +152,7 @@ impl Transactions {
                 continue;
             }
             // Read again: it may have been resolved, checked or parked since the list was made.
-            match table::get(meta.as_ref(), &self.write.state().tx_ended, &id)? {
+            match self.write.state().transaction(&id)? {
                 Some(r) if r.resolution == OPEN && !r.parked && self.due_at(&r) <= now => {
                     due.push((id, r))
                 }

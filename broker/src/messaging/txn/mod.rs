@@ -182,8 +182,7 @@ impl Transactions {
     }
 
     fn record(&self, id: &str) -> Result<Option<TxRecord>, ApiError> {
-        let state = self.write.state();
-        Ok(table::get(state.meta().as_ref(), &state.tx_ended, id)?)
+        Ok(self.write.state().transaction(id)?)
     }
 
     /// Starts a half send to `tx` (refused while the transaction is ending); the guard ends it.
