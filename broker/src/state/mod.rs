@@ -255,8 +255,8 @@ impl Staged {
         self.writes.insert(key, Some(value));
     }
 
-    /// A put of a key [`Self::get`] just found absent (a record created): written with
-    /// `WriteOp::PutNew`, and dropped with a later delete of it.
+    /// A put of a key known absent (a record created): written with `WriteOp::PutNew`, and
+    /// dropped with a later delete of it.
     pub(crate) fn put_new(&mut self, key: Vec<u8>, value: Vec<u8>) {
         // Deleted earlier in this call: the store may still have it.
         if !self.writes.contains_key(&key) {
@@ -451,11 +451,13 @@ impl StateMachine {
         if !writes.is_empty() {
             self.meta.write_batch(TREE, &writes)?;
         }
+        // Right after the writes (a failed flush leaves them visible): resolved ones first, so
+        // a reader never finds a transaction neither open nor resolved.
+        self.tx_ended.apply(tx.pending);
+        self.tx_open.apply(tx.changes);
         if durable {
             self.meta.flush()?;
         }
-        self.tx_open.apply(tx.changes);
-        self.tx_ended.apply(tx.pending);
         if acl_changed {
             self.acl.reload(self.meta.as_ref())?;
         }

@@ -64,11 +64,21 @@ enum Places {
     Many(Vec<u64>),
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Chunk {
     /// The latest resolution time in it (forgotten once this is old enough).
     newest_ms: i64,
     hashes: Vec<u64>,
+}
+
+impl Default for Chunk {
+    fn default() -> Self {
+        // Not 0: a clock before the epoch must not make the index keep what a forget removes.
+        Chunk {
+            newest_ms: i64::MIN,
+            hashes: Vec::new(),
+        }
+    }
 }
 
 #[derive(Default)]

@@ -1,12 +1,14 @@
 //! Ends of concurrent requests written together: a commit or rollback joins a queue, and up to
-//! [`MAX_WRITERS`] writes are under way at once, each taking everything queued when it starts
-//! (group commit). Under load, many ends share one log entry (one proposal, one replication
-//! round, one apply, one chunk of the resolved table); alone, an end is written at once.
+//! [`MAX_WRITERS`] writer tasks are under way at once, each taking everything queued when it
+//! starts a write (group commit). Under load, many ends share one log entry (one proposal, one
+//! replication round, one apply); an end that finds a writer free is written at once.
 //!
 //! The entry holds every end's resolution in one op (`TxEndsOp`) and every commit's copies:
-//! one entry decides each of them, as for an end written alone.
+//! one entry decides each of them, as for an end written alone. Writes run in tasks of their
+//! own, so a cancelled request cancels nobody's write; a job waiting from an earlier term is
+//! failed, never proposed in a later one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,10 +27,15 @@ const MAX_WRITERS: usize = 2;
 /// A write takes queued ends up to these sizes (one end always, whatever its size).
 const MAX_BATCH_ENDS: usize = 512;
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// What a copy costs in an entry besides its payload (record header and fields), roughly.
+const RECORD_OVERHEAD: usize = 256;
 
 type Outcome = Result<Acked, Announced>;
 
 struct Job {
+    id: String,
+    /// The master's term the end was decided in.
+    term: u64,
     op: TxResolveOp,
     parts: Vec<AppendBatch>,
     now_ms: i64,
@@ -44,7 +51,7 @@ impl Job {
         self.parts
             .iter()
             .flat_map(|p| p.messages.iter())
-            .map(crate::store::record::payload_size)
+            .map(|m| crate::store::record::payload_size(m) + RECORD_OVERHEAD)
             .sum()
     }
 }
@@ -53,46 +60,24 @@ impl Job {
 pub(super) struct EndQueue {
     jobs: VecDeque<Job>,
     writers: usize,
+    /// Transactions with an end queued or being written.
+    unwritten: HashMap<String, usize>,
     /// Writes made, and ends they carried.
     writes: u64,
     ends: u64,
 }
 
-/// A write slot held; let go, it hands what is still queued to a task of its own (so the
-/// request that took the slot answers without waiting for others' ends).
+/// A writer task's slot; given back when the queue is empty, or if the task is dropped.
 struct Slot {
     this: Arc<Transactions>,
+    held: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut q = self.this.end_queue.lock();
-        if q.jobs.is_empty() {
+        if self.held {
+            let mut q = self.this.end_queue.lock();
             q.writers = q.writers.saturating_sub(1);
-            return;
-        }
-        drop(q);
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                let this = self.this.clone();
-                rt.spawn(async move {
-                    let slot = Slot { this: this.clone() };
-                    loop {
-                        let jobs = this.take_batch();
-                        if jobs.is_empty() {
-                            break;
-                        }
-                        this.write_batch(jobs).await;
-                    }
-                    drop(slot);
-                });
-            }
-            // No runtime (shutting down): the queued ends fail, and their callers retry.
-            Err(_) => {
-                let mut q = self.this.end_queue.lock();
-                q.writers = q.writers.saturating_sub(1);
-                q.jobs.clear();
-            }
         }
     }
 }
@@ -105,11 +90,15 @@ impl Transactions {
         op: TxResolveOp,
         parts: Vec<AppendBatch>,
         now_ms: i64,
+        term: u64,
     ) -> Outcome {
         let (done, rx) = oneshot::channel();
-        let write = {
+        let start = {
             let mut q = self.end_queue.lock();
+            *q.unwritten.entry(op.transaction_id.clone()).or_insert(0) += 1;
             q.jobs.push_back(Job {
+                id: op.transaction_id.clone(),
+                term,
                 op,
                 parts,
                 now_ms,
@@ -121,11 +110,12 @@ impl Transactions {
             }
             free
         };
-        if write {
-            let slot = Slot { this: self.clone() };
-            let jobs = self.take_batch();
-            self.write_batch(jobs).await;
-            drop(slot);
+        if start {
+            let slot = Slot {
+                this: self.clone(),
+                held: true,
+            };
+            tokio::spawn(slot.this.clone().drain(slot));
         }
         rx.await.unwrap_or_else(|_| {
             Err(Announced::NotStored(ApiError::new(
@@ -135,34 +125,74 @@ impl Transactions {
         })
     }
 
+    /// A writer task: writes what is queued until nothing is.
+    async fn drain(self: Arc<Self>, mut slot: Slot) {
+        loop {
+            let jobs = {
+                let mut q = self.end_queue.lock();
+                if q.jobs.is_empty() {
+                    q.writers = q.writers.saturating_sub(1);
+                    slot.held = false;
+                    return;
+                }
+                take_batch(&mut q)
+            };
+            self.write_batch(jobs).await;
+        }
+    }
+
+    /// Waits until no end of `id` is queued or being written here (its outcome is decided or
+    /// it was failed), so that settling the log afterwards covers it.
+    pub(super) async fn end_written(&self, id: &str) {
+        loop {
+            let written = self.ends_written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if !self.end_queue.lock().unwritten.contains_key(id) {
+                return;
+            }
+            written.await;
+        }
+    }
+
+    fn jobs_done(&self, ids: impl IntoIterator<Item = String>) {
+        let mut q = self.end_queue.lock();
+        for id in ids {
+            if let Some(n) = q.unwritten.get_mut(&id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    q.unwritten.remove(&id);
+                }
+            }
+        }
+        drop(q);
+        self.ends_written.notify_waiters();
+    }
+
     /// Writes of ends made so far, and the ends they carried.
     pub fn end_writes(&self) -> (u64, u64) {
         let q = self.end_queue.lock();
         (q.writes, q.ends)
     }
 
-    fn take_batch(&self) -> Vec<Job> {
-        let mut q = self.end_queue.lock();
-        let mut jobs = Vec::new();
-        let mut bytes = 0;
-        while let Some(next) = q.jobs.front() {
-            let b = next.bytes();
-            if !jobs.is_empty() && (jobs.len() >= MAX_BATCH_ENDS || bytes + b > MAX_BATCH_BYTES) {
-                break;
-            }
-            bytes += b;
-            if let Some(job) = q.jobs.pop_front() {
-                jobs.push(job);
-            }
+    async fn write_batch(&self, jobs: Vec<Job>) {
+        // A job queued in an earlier term is failed (its end's retry reads the state).
+        let term = self.write.term();
+        let (jobs, stale): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.term == term);
+        let mut ids: Vec<String> = Vec::with_capacity(jobs.len() + stale.len());
+        for j in stale {
+            ids.push(j.id);
+            let _ = j.done.send(Err(Announced::NotStored(ApiError::new(
+                ErrorCode::Unavailable,
+                "the mastership changed while the end waited; retry",
+            ))));
         }
-        if !jobs.is_empty() {
-            q.writes += 1;
-            q.ends += jobs.len() as u64;
-        }
-        jobs
+        ids.extend(jobs.iter().map(|j| j.id.clone()));
+        self.write_jobs(jobs).await;
+        self.jobs_done(ids);
     }
 
-    async fn write_batch(&self, jobs: Vec<Job>) {
+    async fn write_jobs(&self, jobs: Vec<Job>) {
         let Some(now_ms) = jobs.first().map(|j| j.now_ms) else {
             return;
         };
@@ -222,6 +252,27 @@ impl Transactions {
             }
         }
     }
+}
+
+/// Takes the next write's jobs off the queue.
+fn take_batch(q: &mut EndQueue) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = q.jobs.front() {
+        let b = next.bytes();
+        if !jobs.is_empty() && (jobs.len() >= MAX_BATCH_ENDS || bytes + b > MAX_BATCH_BYTES) {
+            break;
+        }
+        bytes += b;
+        if let Some(job) = q.jobs.pop_front() {
+            jobs.push(job);
+        }
+    }
+    if !jobs.is_empty() {
+        q.writes += 1;
+        q.ends += jobs.len() as u64;
+    }
+    jobs
 }
 
 #[cfg(test)]

@@ -22,12 +22,24 @@ fn msg(id: &str) -> AppendMessage {
     }
 }
 
-/// Ends queued while both write slots are busy go down in one write, and each caller gets the
-/// positions of its own messages.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_ends_share_one_write_and_each_gets_its_own_positions() {
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: MessageStore,
+    st: Arc<StateMachine>,
+    write: WritePath,
+    txs: Arc<Transactions>,
+}
+
+async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(dir.path());
+    cfg.segment_size = 1 << 20;
+    cfg.cq_entries_per_file = 1024;
+    cfg.index_slots = 64;
+    cfg.index_entries_per_file = 1024;
+    cfg.flush_interval = Duration::from_millis(20);
+    cfg.checkpoint_interval = Duration::from_millis(50);
+    cfg.store_host = "127.0.0.1:10911".into();
     cfg.disk_budget_bytes = Some(1 << 30);
     let store = MessageStore::open(cfg).await.unwrap();
     let st = Arc::new(
@@ -37,6 +49,48 @@ async fn queued_ends_share_one_write_and_each_gets_its_own_positions() {
         .unwrap();
     let write = WritePath::standalone(store.clone(), st.clone());
     let txs = Transactions::new(write.clone(), store.clone(), TxSettings::default());
+    Setup {
+        _dir: dir,
+        store,
+        st,
+        write,
+        txs,
+    }
+}
+
+/// Both writers busy: ends queue until the test starts a writer.
+fn hold_writers(txs: &Transactions) {
+    txs.end_queue.lock().writers = MAX_WRITERS;
+}
+
+/// Starts a writer in place of one of the busy ones.
+fn start_writer(txs: &Arc<Transactions>) {
+    let slot = Slot {
+        this: txs.clone(),
+        held: true,
+    };
+    tokio::spawn(txs.clone().drain(slot));
+}
+
+async fn queued(txs: &Transactions, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while txs.end_queue.lock().jobs.len() < n {
+        assert!(Instant::now() < deadline, "the ends did not queue");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Ends queued while both writers are busy go down in one write, and each caller gets the
+/// positions of its own messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_ends_share_one_write_and_each_gets_its_own_positions() {
+    let Setup {
+        store,
+        st,
+        write,
+        txs,
+        ..
+    } = setup().await;
     let n = 20;
     let mut sent = Vec::new();
     for i in 0..n {
@@ -54,7 +108,7 @@ async fn queued_ends_share_one_write_and_each_gets_its_own_positions() {
         write.append_announced(&batch, 5).await.unwrap();
         sent.push((t.id, ids));
     }
-    txs.end_queue.lock().writers = MAX_WRITERS;
+    hold_writers(&txs);
     let ends: Vec<_> = sent
         .iter()
         .map(|(id, _)| {
@@ -62,13 +116,8 @@ async fn queued_ends_share_one_write_and_each_gets_its_own_positions() {
             tokio::spawn(async move { txs.end(&id, COMMITTED, 6).await })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while txs.end_queue.lock().jobs.len() < n {
-        assert!(Instant::now() < deadline, "the ends did not queue");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    // One slot frees: its holder hands everything queued to one write.
-    drop(Slot { this: txs.clone() });
+    queued(&txs, n).await;
+    start_writer(&txs);
     for ((_, ids), end) in sent.iter().zip(ends) {
         let ended = end.await.unwrap().unwrap();
         let got: Vec<&String> = ended.committed.iter().map(|(id, _)| id).collect();
@@ -80,4 +129,46 @@ async fn queued_ends_share_one_write_and_each_gets_its_own_positions() {
     }
     assert_eq!(txs.end_writes(), (1, n as u64));
     assert_eq!(st.tx_ended.len(), n as u64);
+}
+
+/// A commit cancelled while its write is queued, then retried: the retry waits for the queued
+/// write (the first attempt's slot holds until it is decided) and the messages are copied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cancelled_while_queued_and_retried_is_copied_once() {
+    let Setup { write, txs, .. } = setup().await;
+    let t = TxSend {
+        id: "tx-c".into(),
+        group: "g".into(),
+    };
+    let batch = Transactions::half_batch("orders", 0, &t, vec![msg("c1"), msg("c2")]);
+    write.append_announced(&batch, 5).await.unwrap();
+    hold_writers(&txs);
+    let first = {
+        let txs = txs.clone();
+        tokio::spawn(async move { txs.end("tx-c", COMMITTED, 6).await })
+    };
+    queued(&txs, 1).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    let retry = {
+        let txs = txs.clone();
+        tokio::spawn(async move { txs.end("tx-c", COMMITTED, 7).await })
+    };
+    // The retry must not queue a second copy while the first is still unwritten.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(txs.end_queue.lock().jobs.len(), 1);
+    start_writer(&txs);
+    let retried = match retry.await.unwrap() {
+        Ok(e) => e.resolution,
+        // The cancelled attempt's guard tells the waiting retry to try again.
+        Err(e) => {
+            assert_eq!(e.code, sluice_proto::ErrorCode::Unavailable, "{e}");
+            txs.end("tx-c", COMMITTED, 8).await.unwrap().resolution
+        }
+    };
+    assert_eq!(retried, COMMITTED);
+    // One end was written, with the copies of both messages: the retry wrote none.
+    assert_eq!(txs.end_writes(), (1, 1));
+    let r = txs.write.state().transaction("tx-c").unwrap().unwrap();
+    assert_eq!(r.resolution, COMMITTED);
 }

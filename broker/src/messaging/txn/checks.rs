@@ -5,8 +5,9 @@
 //! the group could take (none watching this broker, say just after a failover) is not counted:
 //! it is tried again a second later. After `max_checks` a transaction is parked (kept, listed,
 //! resolved by an operator). At most `check_rate` checks go out a second: every answer is an
-//! end in the log, and a storm of abandoned transactions must leave room for produce. The task also forgets transactions resolved longer ago than
-//! `keep_resolved`.
+//! end in the log, and a storm of abandoned transactions must leave room for produce. The task
+//! also forgets transactions resolved longer ago than `keep_resolved`, and the oldest beyond
+//! `max_resolved`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;

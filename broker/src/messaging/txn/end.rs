@@ -41,6 +41,8 @@ impl Drop for EndGuard {
         };
         let (this, id, term) = (self.this.clone(), self.id.clone(), self.term);
         rt.spawn(async move {
+            // Its write may still be queued: once written, settling the log covers it.
+            this.end_written(&id).await;
             this.write.settle_in_term(&this.store, term).await;
             this.free_slot(&id, term);
             let _ = tx.send(Some(Err(ApiError::new(
@@ -124,7 +126,7 @@ impl Transactions {
         now_ms: i64,
         term: u64,
     ) -> EndOutcome {
-        match self.end_once(id, resolution, now_ms).await {
+        match self.end_once(id, resolution, now_ms, term).await {
             Ok((e, apply_at)) => {
                 // Answered once committed; the slot holds (later ends wait on it, sends stay
                 // refused) until the state has the end, off the answer's path.
@@ -141,6 +143,7 @@ impl Transactions {
                 // A commit may still be decided by the log: hold the slot until the log has
                 // settled (or this mastership ended), so a retry reads the outcome from the
                 // state instead of committing again.
+                self.end_written(id).await;
                 self.write.settle_in_term(&self.store, term).await;
                 self.free_slot(id, term);
                 Err(e)
@@ -168,8 +171,9 @@ impl Transactions {
         self: &Arc<Self>,
         op: TxResolveOp,
         now_ms: i64,
+        term: u64,
     ) -> Result<Option<u64>, Announced> {
-        Ok(self.write_end(op, Vec::new(), now_ms).await?.apply_at)
+        Ok(self.write_end(op, Vec::new(), now_ms, term).await?.apply_at)
     }
 
     /// Writes the end; returns once the log has it, with the entry whose application makes
@@ -179,6 +183,7 @@ impl Transactions {
         id: &str,
         resolution: i32,
         now_ms: i64,
+        term: u64,
     ) -> Result<(Ended, Option<u64>), Announced> {
         let refused = Announced::NotStored;
         // New sends are refused from now on; those under way finish first.
@@ -188,7 +193,7 @@ impl Transactions {
                 // Nothing was stored (every send failed): remember the rollback, so a late
                 // half message of it is ignored.
                 let apply_at = self
-                    .write_resolution(resolution_op(id, ROLLED_BACK, now_ms, false), now_ms)
+                    .write_resolution(resolution_op(id, ROLLED_BACK, now_ms, false), now_ms, term)
                     .await?;
                 let ended = Ended {
                     resolution,
@@ -217,7 +222,7 @@ impl Transactions {
         let expired = !r.parked && now_ms.saturating_sub(r.created_ms) > timeout;
         if resolution == ROLLED_BACK || expired {
             let op = resolution_op(id, ROLLED_BACK, now_ms, expired);
-            let apply_at = self.write_resolution(op, now_ms).await?;
+            let apply_at = self.write_resolution(op, now_ms, term).await?;
             let ended = Ended {
                 resolution: ROLLED_BACK,
                 committed: Vec::new(),
@@ -244,7 +249,7 @@ impl Transactions {
                 }),
             }
         }
-        let acked = self.write_end(op, parts, now_ms).await?;
+        let acked = self.write_end(op, parts, now_ms, term).await?;
         let ended = Ended {
             resolution,
             committed: ids.into_iter().zip(acked.entries).collect(),

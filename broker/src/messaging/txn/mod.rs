@@ -116,6 +116,8 @@ pub struct Transactions {
     rr: AtomicUsize,
     /// Ends waiting to be written together.
     end_queue: Mutex<batch::EndQueue>,
+    /// Wakes those waiting for an end's write (see [`Self::end_written`]).
+    ends_written: tokio::sync::Notify,
 }
 
 /// A half send under way (see [`Transactions::begin_send`]).
@@ -178,6 +180,7 @@ impl Transactions {
             watchers: Mutex::new(HashMap::new()),
             rr: AtomicUsize::new(0),
             end_queue: Mutex::new(batch::EndQueue::default()),
+            ends_written: tokio::sync::Notify::new(),
         })
     }
 
