@@ -365,8 +365,8 @@ impl StateMachine {
         if !writes.is_empty() {
             self.meta.write_batch(TREE, &writes)?;
         }
-        // Right after the writes (a failed flush leaves them visible): resolved ones first, so
-        // a reader never finds a transaction neither open nor resolved.
+        // Right after the writes (a failed flush leaves them visible); resolved ones first,
+        // which narrows the moment a reader finds a transaction neither open nor resolved.
         self.tx_ended.apply(tx.pending);
         self.tx_open.apply(tx.changes);
         if durable {

@@ -5,8 +5,8 @@
 //!
 //! The entry holds every end's resolution in one op (`TxEndsOp`) and every commit's copies:
 //! one entry decides each of them, as for an end written alone. Writes run in tasks of their
-//! own, so a cancelled request cancels nobody's write; a job waiting from an earlier term is
-//! failed, never proposed in a later one.
+//! own, so a cancelled request cancels nobody's write; a job still waiting when its term is
+//! over is failed, not proposed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -75,10 +75,39 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if self.held {
-            let mut q = self.this.end_queue.lock();
-            q.writers = q.writers.saturating_sub(1);
+        if !self.held {
+            return;
         }
+        let mut q = self.this.end_queue.lock();
+        let rt = tokio::runtime::Handle::try_current();
+        match rt {
+            // A writer that stopped early (a panic) leaves ends queued: another takes its slot.
+            Ok(rt) if !q.jobs.is_empty() => {
+                drop(q);
+                let slot = Slot {
+                    this: self.this.clone(),
+                    held: true,
+                };
+                rt.spawn(slot.this.clone().drain(slot));
+            }
+            _ => {
+                debug_assert!(q.writers > 0);
+                q.writers = q.writers.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The ends of a write under way; let go (also when a write stops early), they count as
+/// written, so their guards settle the log and free their slots.
+struct Written<'a> {
+    this: &'a Transactions,
+    ids: Vec<String>,
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        self.this.jobs_done(std::mem::take(&mut self.ids));
     }
 }
 
@@ -179,23 +208,37 @@ impl Transactions {
         // A job queued in an earlier term is failed (its end's retry reads the state).
         let term = self.write.term();
         let (jobs, stale): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.term == term);
-        let mut ids: Vec<String> = Vec::with_capacity(jobs.len() + stale.len());
+        let mut stale_ids = Vec::with_capacity(stale.len());
         for j in stale {
-            ids.push(j.id);
+            stale_ids.push(j.id);
             let _ = j.done.send(Err(Announced::NotStored(ApiError::new(
                 ErrorCode::Unavailable,
                 "the mastership changed while the end waited; retry",
             ))));
         }
-        ids.extend(jobs.iter().map(|j| j.id.clone()));
-        self.write_jobs(jobs).await;
-        self.jobs_done(ids);
+        self.jobs_done(stale_ids);
+        let mut written = Written {
+            this: self,
+            ids: jobs.iter().map(|j| j.id.clone()).collect(),
+        };
+        if self.write_jobs(jobs).await {
+            // Stored but not applied: like a live caller's slot, a cancelled end's waits for
+            // a restart (a retry reading "open" would copy the messages again).
+            written.ids.clear();
+        }
     }
 
-    async fn write_jobs(&self, jobs: Vec<Job>) {
+    /// Writes `jobs` as one entry and answers each; true when they were stored but their
+    /// state is not applied.
+    async fn write_jobs(&self, jobs: Vec<Job>) -> bool {
         let Some(now_ms) = jobs.first().map(|j| j.now_ms) else {
-            return;
+            return false;
         };
+        {
+            let mut q = self.end_queue.lock();
+            q.writes += 1;
+            q.ends += jobs.len() as u64;
+        }
         let op = match jobs.as_slice() {
             // Alone, an end keeps the op of one resolution.
             [one] => crate::state::StateOp {
@@ -246,11 +289,14 @@ impl Transactions {
                 }
             }
             Err(e) => {
+                let unapplied = matches!(e, Announced::StoredUnapplied(_));
                 for done in dones {
                     let _ = done.send(Err(e.clone()));
                 }
+                return unapplied;
             }
         }
+        false
     }
 }
 
@@ -267,10 +313,6 @@ fn take_batch(q: &mut EndQueue) -> Vec<Job> {
         if let Some(job) = q.jobs.pop_front() {
             jobs.push(job);
         }
-    }
-    if !jobs.is_empty() {
-        q.writes += 1;
-        q.ends += jobs.len() as u64;
     }
     jobs
 }

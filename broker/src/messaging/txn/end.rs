@@ -82,8 +82,8 @@ impl Transactions {
                 .await
                 .map_err(|_| ApiError::new(ErrorCode::Unavailable, "the end stopped; retry"))?
                 .clone(),
-            // Ended by this call (no task hand-off on the answer's path); if the call is
-            // dropped, the guard settles the end and frees the slot on its own.
+            // Ended by this call (its write goes through a writer task, see `batch.rs`); if the
+            // call is dropped, the guard settles the end and frees the slot on its own.
             Ok(tx) => {
                 let mut guard = EndGuard {
                     this: self.clone(),
