@@ -174,8 +174,11 @@ impl EndedIndex {
     /// An index whose ids all collide (tests of the check against the chunk).
     #[cfg(test)]
     pub fn colliding(meta: &dyn MetaStore) -> Result<EndedIndex, MetaError> {
-        let mut index = Self::load(meta)?;
-        index.collide = true;
+        let index = EndedIndex {
+            hasher: RandomState::new(),
+            inner: Mutex::new(Inner::default()),
+            collide: true,
+        };
         index.reload(meta)?;
         Ok(index)
     }
@@ -234,8 +237,9 @@ impl EndedIndex {
         self.inner.lock().count
     }
 
+    /// No resolved transaction kept, earlier builds' included.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.inner.lock().chunks.is_empty()
+        self.inner.lock().chunks.is_empty()
     }
 
     /// Whether a forget op with these limits would drop anything.
