@@ -256,3 +256,29 @@ fn a_panic_inside_raft_fails_the_replica_instead_of_the_process() {
         assert!(!matches!(rx.try_recv(), Ok(Ok(_))));
     }
 }
+
+#[test]
+fn a_proposal_made_for_another_term_is_refused_and_not_logged() {
+    let mut node =
+        ReplicaNode::new(&solo(), MemLogStore::default(), NoPeers, Counter::default()).unwrap();
+    make_master(&mut node);
+    let term = node.role().term;
+    let last = node.status().last_index;
+    let (tx, mut rx) = oneshot::channel();
+    node.propose_in_term(Bytes::from_static(b"other"), Some(term + 1), tx);
+    node.process_ready();
+    match rx.try_recv().unwrap() {
+        Err(ProposeError::TermOver {
+            expected,
+            term: now,
+        }) => {
+            assert_eq!((expected, now), (term + 1, term));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(node.status().last_index, last);
+    let (tx, mut rx) = oneshot::channel();
+    node.propose_in_term(Bytes::from_static(b"this"), Some(term), tx);
+    node.process_ready();
+    assert_eq!(rx.try_recv().unwrap().unwrap().index, last + 1);
+}

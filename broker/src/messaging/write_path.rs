@@ -85,16 +85,18 @@ impl WritePath {
         batch: &MixedBatch,
         now_ms: i64,
     ) -> Result<Vec<Appended>, Announced> {
-        let acked = self.append_mixed_acked(batch, now_ms).await?;
+        let acked = self.append_mixed_acked(batch, now_ms, None).await?;
         self.then_applied(acked).await
     }
 
     /// [`Self::append_mixed`], returning as soon as a replica group committed the entry: the
-    /// caller waits for [`Acked::apply_at`] before anything reads the state it changes.
+    /// caller waits for [`Acked::apply_at`] before anything reads the state it changes. With
+    /// `term`, a replica group writes it only while its Raft term is that one.
     pub async fn append_mixed_acked(
         &self,
         batch: &MixedBatch,
         now_ms: i64,
+        term: Option<u64>,
     ) -> Result<Acked, Announced> {
         match self {
             WritePath::Standalone { store, state, log } => {
@@ -130,7 +132,7 @@ impl WritePath {
             }
             WritePath::Replicated { group, .. } => {
                 let (index, entries) = group
-                    .propose_mixed(batch, now_ms)
+                    .propose_mixed(batch, now_ms, term)
                     .await
                     .map_err(Announced::NotStored)?;
                 Ok(Acked {

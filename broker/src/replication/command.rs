@@ -18,8 +18,13 @@ pub enum Command {
     /// replica the connection's certificate stands for): one whose own `from` says otherwise
     /// is refused.
     Message { from: u64, bytes: Bytes },
-    /// Append `data` as one entry; answered per the ack policy.
-    Propose { data: Bytes, done: Completion },
+    /// Append `data` as one entry (if the term is still `term`, when given); answered per
+    /// the ack policy.
+    Propose {
+        data: Bytes,
+        term: Option<u64>,
+        done: Completion,
+    },
     /// Read the replica's status.
     Status(oneshot::Sender<ReplicaStatus>),
     /// Discard the log before `index` (which must be applied).

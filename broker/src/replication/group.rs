@@ -225,14 +225,17 @@ impl ReplicaGroup {
 
     /// Replicates a mixed batch (state ops and messages of any queues) as one entry; returns
     /// its entry index and the messages' offsets once acknowledged.
+    /// With `term`, the entry goes into the log only if the Raft term is still that one when
+    /// the Raft thread takes it (a write decided in one mastership must not land in the next).
     pub async fn propose_mixed(
         &self,
         batch: &crate::store::MixedBatch,
         now_ms: i64,
+        term: Option<u64>,
     ) -> Result<(u64, Vec<Appended>), ApiError> {
         self.require_master()?;
         let data = self.codec.encode_mixed(batch, now_ms)?;
-        let id = self.propose(data).await?;
+        let id = self.propose_in(data, term).await?;
         Ok((id.index, self.codec.entry_results(id.index)?))
     }
 
@@ -257,7 +260,12 @@ impl ReplicaGroup {
     }
 
     async fn propose(&self, data: bytes::Bytes) -> Result<EntryId, ApiError> {
-        let r = tokio::time::timeout(self.propose_timeout, self.handle.propose(data)).await;
+        self.propose_in(data, None).await
+    }
+
+    async fn propose_in(&self, data: bytes::Bytes, term: Option<u64>) -> Result<EntryId, ApiError> {
+        let proposed = self.handle.propose_in_term(data, term);
+        let r = tokio::time::timeout(self.propose_timeout, proposed).await;
         match r {
             Ok(Ok(id)) => Ok(id),
             Ok(Err(e)) => Err(self.propose_error(e)),
@@ -274,7 +282,9 @@ impl ReplicaGroup {
     fn propose_error(&self, e: ProposeError) -> ApiError {
         match e {
             ProposeError::NotLeader { leader_id } => self.not_master(leader_id),
-            ProposeError::LeadershipLost { .. } | ProposeError::Overwritten { .. } => {
+            ProposeError::LeadershipLost { .. }
+            | ProposeError::Overwritten { .. }
+            | ProposeError::TermOver { .. } => {
                 let leader = self.raft_role.borrow().leader_id.filter(|&l| l != self.id);
                 let master = leader.and_then(|l| self.address_of(l)).unwrap_or("");
                 ApiError {

@@ -189,7 +189,7 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
                     tracing::debug!(replica = self.id, error = %e, "refused a raft message");
                 }
             }
-            Command::Propose { data, done } => self.propose(data, done),
+            Command::Propose { data, term, done } => self.propose_in_term(data, term, done),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -243,6 +243,11 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
 
     /// Proposes `data` as one entry; `done` receives the entry id once acknowledged.
     pub fn propose(&mut self, data: Bytes, done: Completion) {
+        self.propose_in_term(data, None, done)
+    }
+
+    /// [`Self::propose`], refused with `TermOver` unless the term is `term` (when given).
+    pub fn propose_in_term(&mut self, data: Bytes, term: Option<u64>, done: Completion) {
         if let Some(f) = &self.failure {
             let _ = done.send(Err(ProposeError::Stopped(f.clone())));
             return;
@@ -258,6 +263,11 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
             if r.state != StateRole::Leader {
                 let leader_id = (r.leader_id != 0).then_some(r.leader_id);
                 let _ = done.send(Err(ProposeError::NotLeader { leader_id }));
+                return;
+            }
+            if let Some(expected) = term.filter(|&t| t != r.term) {
+                let term = r.term;
+                let _ = done.send(Err(ProposeError::TermOver { expected, term }));
                 return;
             }
             let before = r.raft_log.last_index();

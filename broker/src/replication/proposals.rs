@@ -32,6 +32,10 @@ pub enum ProposeError {
     /// bytes): it is not in the log.
     #[error("proposal dropped: {0}")]
     Dropped(String),
+    /// The proposal named the term it was made for, and this replica's term is another one
+    /// (a leader deposed and elected again in between): it is not in the log.
+    #[error("proposal for term {expected} refused in term {term}")]
+    TermOver { expected: u64, term: u64 },
     /// The replica stopped (shut down or failed) before answering; the outcome is unknown.
     #[error("replica stopped: {0}")]
     Stopped(String),
@@ -44,6 +48,7 @@ impl ProposeError {
             self,
             ProposeError::NotLeader { .. }
                 | ProposeError::Overwritten { .. }
+                | ProposeError::TermOver { .. }
                 | ProposeError::Dropped(_)
         )
     }
@@ -54,9 +59,9 @@ impl From<ProposeError> for ApiError {
         match &e {
             // The broker maps leader ids to addresses; this is the fallback without one.
             ProposeError::NotLeader { .. } => ApiError::not_master(""),
-            ProposeError::LeadershipLost { .. } | ProposeError::Overwritten { .. } => {
-                ApiError::new(ErrorCode::NotMaster, e.to_string())
-            }
+            ProposeError::LeadershipLost { .. }
+            | ProposeError::Overwritten { .. }
+            | ProposeError::TermOver { .. } => ApiError::new(ErrorCode::NotMaster, e.to_string()),
             ProposeError::Dropped(_) | ProposeError::Stopped(_) => {
                 ApiError::new(ErrorCode::Unavailable, e.to_string())
             }

@@ -53,10 +53,19 @@ impl ReplicaHandle {
 
     /// Proposes `data` and waits for the acknowledgement.
     pub async fn propose(&self, data: Bytes) -> Result<EntryId, ProposeError> {
+        self.propose_in_term(data, None).await
+    }
+
+    /// [`Self::propose`], refused (`TermOver`) unless the Raft term is `term` when given.
+    pub async fn propose_in_term(
+        &self,
+        data: Bytes,
+        term: Option<u64>,
+    ) -> Result<EntryId, ProposeError> {
         let (done, rx) = oneshot::channel();
         match self
             .tx
-            .try_send(Input::Cmd(Command::Propose { data, done }))
+            .try_send(Input::Cmd(Command::Propose { data, term, done }))
         {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

@@ -60,11 +60,7 @@ impl LogBackend for StoreBackend {
         if !store::is_meta_entry(data) {
             return Ok(Vec::new());
         }
-        Ok(store::decode_entry(data)?
-            .into_iter()
-            .filter(|r| r.sys_flag & store::record::SYS_FLAG_META != 0)
-            .map(|r| r.body)
-            .collect())
+        store::meta_bodies(data)
     }
 
     fn marks(&self, data: &[u8]) -> store::BatchMarks {

@@ -155,6 +155,34 @@ pub fn decode_entry(data: &[u8]) -> Result<Vec<StoredRecord>, StoreError> {
     Ok(out)
 }
 
+/// The bodies of an entry's META records (the state ops of a mixed entry), checked like
+/// [`decode_entry`] checks every record, without decoding or copying its messages: the end of
+/// a batch of commits carries hundreds of copies that the state does not read.
+pub fn meta_bodies(data: &[u8]) -> Result<Vec<Bytes>, StoreError> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while let Some(rest) = data.get(at..).filter(|r| !r.is_empty()) {
+        let t = match record::probe(rest) {
+            Probe::Record(t) => t as usize,
+            Probe::Filler => return Err(corrupt(at as u64, "filler inside entry data")),
+            Probe::Incomplete => return Err(corrupt(at as u64, "incomplete record")),
+            Probe::Corrupt(why) => return Err(corrupt(at as u64, why)),
+        };
+        let raw = rest
+            .get(..t)
+            .ok_or_else(|| corrupt(at as u64, "incomplete record"))?;
+        if record::u32_at(raw, OFF_SYS_FLAG) & SYS_FLAG_META != 0 {
+            let view = record::parse(raw).map_err(|why| corrupt(at as u64, why))?;
+            let body = raw
+                .get(view.body.clone())
+                .ok_or_else(|| corrupt(at as u64, "body past the record"))?;
+            out.push(Bytes::copy_from_slice(body));
+        }
+        at += t;
+    }
+    Ok(out)
+}
+
 /// `(start, len)` of each record of a run that passed [`is_record_run`] or was built by the
 /// store.
 pub(crate) fn record_spans(data: &[u8]) -> Vec<(usize, usize)> {
@@ -344,6 +372,32 @@ mod tests {
         assert_eq!(&decode_entry(&meta).unwrap()[0].body[..], b"op");
         assert!(decode_entry(&data[..data.len() - 1]).is_err());
         assert!(decode_entry(b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn meta_bodies_are_the_meta_records_of_a_mixed_entry() {
+        let mixed = super::super::mixed::MixedBatch {
+            state: vec![Bytes::from_static(b"op1"), Bytes::from_static(b"op2")],
+            parts: vec![batch(), batch()],
+        };
+        let data = super::super::mixed::encode_mixed_for_proposal(&mixed, "h:1", 5).unwrap();
+        let decoded: Vec<Bytes> = decode_entry(&data)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.sys_flag & SYS_FLAG_META != 0)
+            .map(|r| r.body)
+            .collect();
+        assert_eq!(decoded.len(), 2);
+        assert_eq!(meta_bodies(&data).unwrap(), decoded);
+        let plain = encode_for_proposal(&batch(), "h:1", 77).unwrap();
+        assert!(meta_bodies(&plain).unwrap().is_empty());
+        assert!(meta_bodies(b"").unwrap().is_empty());
+        // Torn or flipped bytes anywhere, in a message as in a state record, are refused.
+        assert!(meta_bodies(&data[..data.len() - 1]).is_err());
+        let mut flipped = data.to_vec();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 1;
+        assert!(meta_bodies(&flipped).is_err());
     }
 
     #[test]

@@ -47,7 +47,9 @@ mod shared;
 pub mod timer;
 mod writer;
 
-pub use entry::{decode_entry, encode_for_proposal, encode_meta_for_proposal, is_meta_entry};
+pub use entry::{
+    decode_entry, encode_for_proposal, encode_meta_for_proposal, is_meta_entry, meta_bodies,
+};
 pub use error::StoreError;
 pub use filtered::QueueFilter;
 pub use mixed::{encode_mixed_for_proposal, MixedBatch};

@@ -231,7 +231,7 @@ impl Transactions {
     /// Writes `jobs` as one entry and answers each; true when they were stored but their
     /// state is not applied.
     async fn write_jobs(&self, jobs: Vec<Job>) -> bool {
-        let Some(now_ms) = jobs.first().map(|j| j.now_ms) else {
+        let Some((now_ms, term)) = jobs.first().map(|j| (j.now_ms, j.term)) else {
             return false;
         };
         {
@@ -264,7 +264,12 @@ impl Transactions {
             state: vec![Bytes::from(op.encode_to_vec())],
             parts,
         };
-        let written = self.write.append_mixed_acked(&batch, now_ms).await;
+        // Every job of a batch is of the current term (stale ones were failed); the entry
+        // goes in only if it still is when the Raft thread takes it.
+        let written = self
+            .write
+            .append_mixed_acked(&batch, now_ms, Some(term))
+            .await;
         match written {
             Ok(acked) if acked.entries.len() == counts.iter().sum::<usize>() => {
                 let mut entries = acked.entries.into_iter();
