@@ -262,17 +262,21 @@ impl Producing {
                 (ids, entries)
             }
             None => {
-                let entries =
-                    self.write
-                        .append_announced(&batch, now)
-                        .await
-                        .map_err(|e| match e {
-                            super::Announced::NotStored(e) => e,
-                            super::Announced::StoredUnapplied(e) => ApiError::new(
-                                ErrorCode::Unavailable,
-                                format!("stored, but not added to its transaction: {e}"),
-                            ),
-                        })?;
+                let refused = |e| match e {
+                    super::Announced::NotStored(e) => e,
+                    super::Announced::StoredUnapplied(e) => ApiError::new(
+                        ErrorCode::Unavailable,
+                        format!("stored, but not added to its transaction: {e}"),
+                    ),
+                };
+                let acked = self
+                    .write
+                    .append_announced_acked(&batch, now)
+                    .await
+                    .map_err(refused)?;
+                let kept = acked.clone();
+                let entries = self.write.then_applied(acked).await.map_err(refused)?;
+                self.transactions.keep_sent(&kept, &batch);
                 let ids = batch.messages.into_iter().map(|m| m.message_id).collect();
                 (ids, entries)
             }

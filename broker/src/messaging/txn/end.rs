@@ -233,12 +233,7 @@ impl Transactions {
         let op = resolution_op(id, resolution, now_ms, false);
         let mut ids = Vec::new();
         let mut parts: Vec<AppendBatch> = Vec::new();
-        for rec in self.halves(&r).map_err(refused)? {
-            let Some((topic, queue_id, m)) = Self::as_sent(rec) else {
-                return Err(refused(ApiError::internal(format!(
-                    "a half message of {id} lost its queue"
-                ))));
-            };
+        for (topic, queue_id, m) in self.sent_halves(&r, id).map_err(refused)? {
             ids.push(m.message_id.clone());
             match parts.last_mut() {
                 Some(p) if p.topic == topic && p.queue_id == queue_id => p.messages.push(m),
@@ -249,19 +244,7 @@ impl Transactions {
                 }),
             }
         }
-        let _ = &parts;
-        let acked = self
-            .write_end(
-                op,
-                if std::env::var_os("HACK_NOCOPY").is_some() {
-                    Vec::new()
-                } else {
-                    parts
-                },
-                now_ms,
-                term,
-            )
-            .await?;
+        let acked = self.write_end(op, parts, now_ms, term).await?;
         let ended = Ended {
             resolution,
             committed: ids.into_iter().zip(acked.entries).collect(),

@@ -17,6 +17,7 @@ mod batch;
 mod checks;
 mod end;
 mod floor;
+mod sent;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_proto::props::{self, HalfMark};
-use sluice_proto::v1::{TransactionCheck, TransactionInfo, TxRecord};
+use sluice_proto::v1::{TransactionCheck, TransactionInfo, TxHalfOp, TxRecord};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::{mpsc, watch};
 
@@ -118,6 +119,8 @@ pub struct Transactions {
     end_queue: Mutex<batch::EndQueue>,
     /// Wakes those waiting for an end's write (see [`Self::end_written`]).
     ends_written: tokio::sync::Notify,
+    /// Half sends stored by this master, for their commit (see `sent.rs`).
+    sent: sent::SentCache,
 }
 
 /// A half send under way (see [`Transactions::begin_send`]).
@@ -181,6 +184,7 @@ impl Transactions {
             rr: AtomicUsize::new(0),
             end_queue: Mutex::new(batch::EndQueue::default()),
             ends_written: tokio::sync::Notify::new(),
+            sent: sent::SentCache::default(),
         })
     }
 
@@ -338,37 +342,52 @@ impl Transactions {
     fn halves(&self, r: &TxRecord) -> Result<Vec<StoredRecord>, ApiError> {
         let mut out = Vec::new();
         for h in &r.halves {
-            let located = match &self.write {
-                WritePath::Replicated { .. } => self.store.entry_results(h.locator)?,
-                WritePath::Standalone { .. } => self.store.batch_at(h.locator, h.count)?,
-            };
-            for a in located {
-                out.push(self.store.read_at(a.commit_log_offset)?);
+            out.extend(self.half_records(h)?);
+        }
+        Ok(out)
+    }
+
+    /// The records of one half send, read from the log.
+    fn half_records(&self, h: &TxHalfOp) -> Result<Vec<StoredRecord>, ApiError> {
+        let located = match &self.write {
+            WritePath::Replicated { .. } => self.store.entry_results(h.locator)?,
+            WritePath::Standalone { .. } => self.store.batch_at(h.locator, h.count)?,
+        };
+        located
+            .into_iter()
+            .map(|a| Ok(self.store.read_at(a.commit_log_offset)?))
+            .collect()
+    }
+
+    /// The messages a commit of `r` copies, in send order: those this master kept, the
+    /// others read back from the log.
+    fn sent_halves(&self, r: &TxRecord, id: &str) -> Result<sent::Sent, ApiError> {
+        let mut out = Vec::new();
+        for h in &r.halves {
+            if let Some(kept) = self.sent.take(h.locator) {
+                out.extend(kept);
+                continue;
+            }
+            for rec in self.half_records(h)? {
+                out.push(sent::as_sent(rec).ok_or_else(|| {
+                    ApiError::internal(format!("a half message of {id} lost its queue"))
+                })?);
             }
         }
         Ok(out)
     }
 
-    /// A half record as the message the producer sent: real topic and queue, without the
-    /// broker's bookkeeping (the transaction id stays).
-    fn as_sent(r: StoredRecord) -> Option<(String, u32, AppendMessage)> {
-        let topic = props::get(&r.properties, props::REAL_TOPIC)?.to_string();
-        let queue = props::get(&r.properties, props::REAL_QUEUE)?.parse().ok()?;
-        let keep: Vec<(String, String)> = r
-            .properties
-            .iter()
-            .filter(|(k, _)| {
-                ![
-                    props::REAL_TOPIC,
-                    props::REAL_QUEUE,
-                    props::TX_HALF,
-                    props::PRODUCER_SEQUENCE,
-                ]
-                .contains(&k.as_str())
-            })
-            .cloned()
-            .collect();
-        Some((topic, queue, r.into_message(keep, 0)))
+    /// Keeps a half batch this master stored (its state applied) for its commit: `acked` is
+    /// its write's answer.
+    pub fn keep_sent(&self, acked: &super::Acked, batch: &AppendBatch) {
+        // Where the state's record says the send is (see `state::batch_ops`).
+        let locator = match &self.write {
+            WritePath::Replicated { .. } => acked.apply_at,
+            WritePath::Standalone { .. } => acked.entries.first().map(|a| a.commit_log_offset),
+        };
+        if let Some(locator) = locator {
+            self.sent.keep(locator, batch);
+        }
     }
 
     /// Every transaction the state holds.
