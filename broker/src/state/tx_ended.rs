@@ -302,11 +302,18 @@ impl EndedIndex {
             return;
         }
         let mut inner = self.inner.lock();
+        let forgot = !pending.removed.is_empty();
         for n in pending.removed {
             inner.remove(n);
         }
         for (n, c) in pending.added {
             inner.add(n, c);
+        }
+        // A map keeps its capacity when emptied: after a burst of resolutions is forgotten,
+        // give the memory back.
+        if forgot && inner.places.len() < inner.places.capacity() / 4 {
+            let keep = inner.places.len() * 2;
+            inner.places.shrink_to(keep);
         }
     }
 

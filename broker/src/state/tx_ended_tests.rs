@@ -263,3 +263,23 @@ fn the_count_limit_forgets_whole_chunks_oldest_first() {
         "the second chunk is older than 21"
     );
 }
+
+#[test]
+fn forgetting_a_burst_gives_the_index_memory_back() {
+    let m = machine(Arc::new(MemMeta::default()));
+    let ends = (0..4096)
+        .map(|k| end(&format!("b{k}"), COMMITTED, 10))
+        .collect();
+    m.apply(Some(1), &[table::ends_op(ends)], false).unwrap();
+    m.apply(
+        Some(2),
+        &[table::ends_op(vec![end("late", COMMITTED, 100)])],
+        false,
+    )
+    .unwrap();
+    let grown = m.tx_ended.inner.lock().places.capacity();
+    assert!(grown >= 4097);
+    m.apply(Some(3), &[table::forget_op(50, 0)], false).unwrap();
+    assert_eq!(m.tx_ended.len(), 1);
+    assert!(m.tx_ended.inner.lock().places.capacity() < grown / 4);
+}

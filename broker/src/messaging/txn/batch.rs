@@ -324,4 +324,4 @@ fn take_batch(q: &mut EndQueue) -> Vec<Job> {
 
 #[cfg(test)]
 #[path = "batch_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -22,15 +22,16 @@ fn msg(id: &str) -> AppendMessage {
     }
 }
 
-struct Setup {
+pub(in crate::messaging::txn) struct Setup {
     _dir: tempfile::TempDir,
-    store: MessageStore,
-    st: Arc<StateMachine>,
-    write: WritePath,
-    txs: Arc<Transactions>,
+    pub store: MessageStore,
+    pub st: Arc<StateMachine>,
+    pub write: WritePath,
+    pub txs: Arc<Transactions>,
 }
 
-async fn setup() -> Setup {
+/// A standalone broker's store, state and transactions in a temp dir.
+pub(in crate::messaging::txn) async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = StoreConfig::new(dir.path());
     cfg.segment_size = 1 << 20;

@@ -35,7 +35,7 @@ const RESCAN_MS: i64 = 3_000;
 
 /// The check task's view between full reads (this run only; the log has the checks).
 #[derive(Default)]
-struct Due {
+pub(super) struct Due {
     /// (due time, id), earliest first, as of the last full read.
     list: VecDeque<(i64, String)>,
     read_at: Option<i64>,
@@ -90,16 +90,25 @@ impl Transactions {
                 _ = tokio::time::sleep(ROUND) => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let now = crate::store::now_ms();
-            if let Err(e) = self.check_round(now, &mut due).await {
-                tracing::warn!(error = %e, "transaction check round failed; retried");
-            }
-            if now >= forget_due {
-                forget_due = now + 60_000;
-                let keep = self.settings.keep_resolved.as_millis() as i64;
-                if let Err(e) = self.forget(now.saturating_sub(keep), now).await {
-                    tracing::warn!(error = %e, "forgetting resolved transactions failed");
-                }
+            self.round(crate::store::now_ms(), &mut due, &mut forget_due)
+                .await;
+        }
+    }
+
+    /// One round of the loop: the checks due, and forgetting resolved transactions once a
+    /// minute, or at once past the count limit (ends come at thousands a second, and each one
+    /// kept is memory on every replica).
+    pub(super) async fn round(self: &Arc<Self>, now: i64, due: &mut Due, forget_due: &mut i64) {
+        if let Err(e) = self.check_round(now, due).await {
+            tracing::warn!(error = %e, "transaction check round failed; retried");
+        }
+        let max = self.settings.max_resolved;
+        let over = max > 0 && self.write.state().tx_ended.len() > max;
+        if now >= *forget_due || over {
+            *forget_due = now + 60_000;
+            let keep = self.settings.keep_resolved.as_millis() as i64;
+            if let Err(e) = self.forget(now.saturating_sub(keep), now).await {
+                tracing::warn!(error = %e, "forgetting resolved transactions failed");
             }
         }
     }
@@ -248,6 +257,34 @@ impl Transactions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messaging::txn::TxSettings;
+
+    #[tokio::test]
+    async fn past_the_count_limit_resolved_transactions_go_at_the_next_round() {
+        let s = crate::messaging::txn::batch::tests::setup().await;
+        let settings = TxSettings {
+            max_resolved: 5,
+            ..TxSettings::default()
+        };
+        let txs = Transactions::new(s.write.clone(), s.store.clone(), settings);
+        let (mut due, mut forget_due) = (Due::default(), 0);
+        txs.round(1_000, &mut due, &mut forget_due).await;
+        assert_eq!(forget_due, 61_000);
+        // Rollbacks of transactions never sent are remembered, each in a chunk of its own.
+        for i in 0..20 {
+            let at = 1_000 + 20 * i;
+            txs.end(&format!("t{i}"), ROLLED_BACK, at).await.unwrap();
+        }
+        assert_eq!(s.st.tx_ended.len(), 20);
+        // Within the minute, but past the limit.
+        txs.round(1_500, &mut due, &mut forget_due).await;
+        assert_eq!(s.st.tx_ended.len(), 5);
+        let newest = table::get(s.st.meta().as_ref(), &s.st.tx_ended, "t19").unwrap();
+        assert!(newest.is_some(), "the newest are kept");
+        // Under it, nothing more until the minute is over.
+        txs.round(2_000, &mut due, &mut forget_due).await;
+        assert_eq!(s.st.tx_ended.len(), 5);
+    }
 
     #[test]
     fn the_check_budget_refills_at_the_rate_and_holds_at_most_a_second() {
