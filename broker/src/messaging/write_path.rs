@@ -172,6 +172,25 @@ impl WritePath {
         }
     }
 
+    /// True when an acknowledged write is in the log for good: standalone, or a replica group
+    /// that answers once a quorum has it (with `ack = "leader"` a new master may overwrite it).
+    pub fn acks_committed(&self) -> bool {
+        match self {
+            WritePath::Standalone { .. } => true,
+            WritePath::Replicated { group, .. } => {
+                group.ack_policy() == crate::replication::AckPolicy::Quorum
+            }
+        }
+    }
+
+    /// [`Self::require_writer`] and [`Self::term`] from one reading of the master state.
+    pub fn writer_term(&self) -> Result<u64, ApiError> {
+        match self {
+            WritePath::Standalone { .. } => Ok(0),
+            WritePath::Replicated { group, .. } => group.master_term(),
+        }
+    }
+
     /// Appends one queue's batch atomically; returns the message ids (moved out of the batch,
     /// not copied) and each message's position, once acknowledged.
     pub async fn append(

@@ -184,6 +184,15 @@ impl ReplicaGroup {
         self.raft_role.borrow().clone()
     }
 
+    /// The term of this replica's mastership, read once (NOT_MASTER as [`Self::require_master`]).
+    pub fn master_term(&self) -> Result<u64, ApiError> {
+        let m = self.master_state();
+        if m.is_master {
+            return Ok(m.term);
+        }
+        Err(self.not_master(m.leader_id))
+    }
+
     /// NOT_MASTER with the master's address when this replica is not the master.
     pub fn require_master(&self) -> Result<(), ApiError> {
         let m = self.master_state();

@@ -155,8 +155,8 @@ pub fn decode_entry(data: &[u8]) -> Result<Vec<StoredRecord>, StoreError> {
     Ok(out)
 }
 
-/// The bodies of an entry's META records (the state ops of a mixed entry), checked like
-/// [`decode_entry`] checks every record, without decoding or copying its messages: the end of
+/// The bodies of an entry's META records (the state ops of a mixed entry), every record checked
+/// and parsed as [`decode_entry`] does, without copying or converting its messages: the end of
 /// a batch of commits carries hundreds of copies that the state does not read.
 pub fn meta_bodies(data: &[u8]) -> Result<Vec<Bytes>, StoreError> {
     let mut out = Vec::new();
@@ -171,8 +171,10 @@ pub fn meta_bodies(data: &[u8]) -> Result<Vec<Bytes>, StoreError> {
         let raw = rest
             .get(..t)
             .ok_or_else(|| corrupt(at as u64, "incomplete record"))?;
+        // Every record parsed (no copy), so that an entry is refused exactly when decoding it
+        // would be (its text fields, a v1 record's layout).
+        let view = record::parse(raw).map_err(|why| corrupt(at as u64, why))?;
         if record::u32_at(raw, OFF_SYS_FLAG) & SYS_FLAG_META != 0 {
-            let view = record::parse(raw).map_err(|why| corrupt(at as u64, why))?;
             let body = raw
                 .get(view.body.clone())
                 .ok_or_else(|| corrupt(at as u64, "body past the record"))?;
@@ -398,6 +400,18 @@ mod tests {
         let last = flipped.len() - 3;
         flipped[last] ^= 1;
         assert!(meta_bodies(&flipped).is_err());
+        // A message whose CRCs hold but whose id is not text: refused as decoding refuses it.
+        let mut bad = data.to_vec();
+        let (at, len) = record_spans(&bad)[2];
+        let rec = &mut bad[at..at + len];
+        let id = rec
+            .windows(2)
+            .position(|w| w == b"m0")
+            .expect("the first message's id");
+        rec[id] = 0xff;
+        record::seal(rec, 0, 0, 5);
+        assert!(decode_entry(&bad).is_err());
+        assert!(meta_bodies(&bad).is_err());
     }
 
     #[test]

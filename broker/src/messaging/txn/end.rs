@@ -57,14 +57,13 @@ impl Transactions {
     /// Commits or rolls back `id` (`COMMITTED` / `ROLLED_BACK`). Ending a transaction the same
     /// way again answers as the first time (without positions); the other way is refused.
     pub async fn end(self: &Arc<Self>, id: &str, resolution: i32, now_ms: i64) -> EndOutcome {
-        self.write.require_writer()?;
+        let term = self.write.writer_term()?;
         validate_id(id)?;
         if resolution != COMMITTED && resolution != ROLLED_BACK {
             return Err(ApiError::invalid(
                 "a transaction ends in COMMIT or ROLLBACK",
             ));
         }
-        let term = self.write.term();
         let step = {
             let mut ends = self.ends.lock();
             match ends.get(id).filter(|s| s.term == term) {
@@ -210,6 +209,7 @@ impl Transactions {
             )));
         };
         if r.resolution != OPEN {
+            self.drop_sent(&r);
             let ended = Ended {
                 resolution: r.resolution,
                 committed: Vec::new(),
@@ -221,6 +221,7 @@ impl Transactions {
         let timeout = i64::try_from(self.settings.timeout.as_millis()).unwrap_or(i64::MAX);
         let expired = !r.parked && now_ms.saturating_sub(r.created_ms) > timeout;
         if resolution == ROLLED_BACK || expired {
+            self.drop_sent(&r);
             let op = resolution_op(id, ROLLED_BACK, now_ms, expired);
             let apply_at = self.write_resolution(op, now_ms, term).await?;
             let ended = Ended {

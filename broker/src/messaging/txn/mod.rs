@@ -377,9 +377,20 @@ impl Transactions {
         Ok(out)
     }
 
+    /// Drops what this master kept of `r`'s sends (a rollback copies nothing).
+    fn drop_sent(&self, r: &TxRecord) {
+        for h in &r.halves {
+            self.sent.take(h.locator);
+        }
+    }
+
     /// Keeps a half batch this master stored (its state applied) for its commit: `acked` is
     /// its write's answer.
     pub fn keep_sent(&self, acked: &super::Acked, batch: &AppendBatch) {
+        if !self.write.acks_committed() {
+            // Acknowledged is not committed: the log may come to hold another entry there.
+            return;
+        }
         // Where the state's record says the send is (see `state::batch_ops`).
         let locator = match &self.write {
             WritePath::Replicated { .. } => acked.apply_at,

@@ -1,9 +1,10 @@
 //! The half messages this master stored, in the form a commit copies them, kept for the end
 //! that usually follows within milliseconds: reading them back from the log (locating the
 //! entry, reading and decoding each record) was about a sixth of an end's work on the master.
-//! A committed entry never changes, so a kept send is what the log holds at its locator; a send
-//! not kept (evicted, stored under an earlier master, or sent with a producer sequence) is read
-//! back.
+//! Only sends acknowledged once committed are kept (standalone, or a group that acks on a
+//! quorum): a committed entry never changes, so a kept send is what the log holds at its
+//! locator. A send not kept (evicted, stored under an earlier master, sent with a producer
+//! sequence, or acknowledged by the leader alone) is read back; a rollback drops what was kept.
 
 use std::collections::BTreeMap;
 
@@ -15,8 +16,24 @@ use crate::store::{AppendBatch, AppendMessage, StoredRecord};
 /// A send's messages as its commit copies them: real topic, real queue, the message.
 pub(super) type Sent = Vec<(String, u32, AppendMessage)>;
 
-/// At most this many bytes of payload are kept; the oldest sends go first.
+/// At most this many bytes are kept (as counted by [`size_of`]); the oldest sends go first.
 const MAX_BYTES: usize = 32 << 20;
+
+/// What a kept message costs besides its strings and body: the struct, the allocations.
+const PER_MESSAGE: usize = 256;
+
+fn size_of(sent: &Sent) -> usize {
+    sent.iter()
+        .map(|(t, _, m)| {
+            PER_MESSAGE
+                + t.len()
+                + m.message_id.len()
+                + m.born_host.len()
+                + (m.properties.len() + m.keys.len()) * 48
+                + crate::store::record::payload_size(m)
+        })
+        .sum()
+}
 
 /// Properties the broker adds to a half message, which its copy does not carry.
 const HALF_ONLY: [&str; 4] = [
@@ -51,6 +68,9 @@ fn batch_as_sent(batch: &AppendBatch) -> Option<Sent> {
             let topic = props::get(&m.properties, props::REAL_TOPIC)?.to_string();
             let queue = props::get(&m.properties, props::REAL_QUEUE)?.parse().ok()?;
             let copy = AppendMessage {
+                // Its own bytes: a body sliced out of a request would keep the connection's
+                // whole read buffer alive.
+                body: bytes::Bytes::copy_from_slice(&m.body),
                 properties: copied_properties(&m.properties),
                 sys_flag: 0,
                 prepared_transaction_offset: 0,
@@ -80,10 +100,7 @@ impl SentCache {
         let Some(sent) = batch_as_sent(batch) else {
             return;
         };
-        let size: usize = sent
-            .iter()
-            .map(|(t, _, m)| t.len() + crate::store::record::payload_size(m))
-            .sum();
+        let size = size_of(&sent);
         if size > MAX_BYTES {
             return;
         }
