@@ -44,6 +44,11 @@ pub trait MetaStore: Send + Sync + 'static {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError>;
     /// Applies every write or none (also across a crash), in order.
     fn write_batch(&self, tree: &str, ops: &[WriteOp]) -> Result<(), MetaError>;
+    /// [`Self::write_batch`] of writes the caller gives up: a store that keeps them (a
+    /// write-behind buffer) moves them instead of copying every value.
+    fn write_batch_owned(&self, tree: &str, ops: Vec<WriteOp>) -> Result<(), MetaError> {
+        self.write_batch(tree, &ops)
+    }
     fn put(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<(), MetaError> {
         self.write_batch(tree, &[WriteOp::Put(key.to_vec(), value.to_vec())])
     }

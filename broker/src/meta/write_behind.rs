@@ -163,6 +163,10 @@ impl MetaStore for WriteBehind {
     }
 
     fn write_batch(&self, tree: &str, ops: &[WriteOp]) -> Result<(), MetaError> {
+        self.write_batch_owned(tree, ops.to_vec())
+    }
+
+    fn write_batch_owned(&self, tree: &str, ops: Vec<WriteOp>) -> Result<(), MetaError> {
         let mut buf = self.buf.lock();
         while buf.tree != tree && (!buf.active.is_empty() || buf.sealed.is_some()) {
             // Another tree: what is buffered goes down first, so the order holds across trees.
@@ -176,21 +180,21 @@ impl MetaStore for WriteBehind {
         for op in ops {
             match op {
                 WriteOp::Put(k, v) => {
-                    buf.active.insert(k.clone(), Some(v.clone()));
+                    buf.active.insert(k, Some(v));
                 }
                 WriteOp::PutNew(k, v) => {
-                    let absent = !buf.active.contains_key(k)
-                        && !buf.sealed.as_ref().is_some_and(|s| s.contains_key(k));
+                    let absent = !buf.active.contains_key(&k)
+                        && !buf.sealed.as_ref().is_some_and(|s| s.contains_key(&k));
                     if absent {
                         buf.fresh.insert(k.clone());
                     }
-                    buf.active.insert(k.clone(), Some(v.clone()));
+                    buf.active.insert(k, Some(v));
                 }
-                WriteOp::Delete(k) if buf.fresh.remove(k) => {
-                    buf.active.remove(k);
+                WriteOp::Delete(k) if buf.fresh.remove(&k) => {
+                    buf.active.remove(&k);
                 }
                 WriteOp::Delete(k) => {
-                    buf.active.insert(k.clone(), None);
+                    buf.active.insert(k, None);
                 }
             };
         }

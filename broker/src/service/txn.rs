@@ -17,21 +17,24 @@ impl BrokerService {
         who: &crate::access::Principal,
     ) -> Result<EndTransactionResponse, ApiError> {
         // Ending a transaction needs `pub` on each of its topics (an unknown one goes on to
-        // TRANSACTION_NOT_FOUND).
-        let record = self
-            .write
-            .state()
-            .transaction(&req.transaction_id)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        match &record {
-            Some(r) => self.access.check_all(
-                who,
-                sluice_proto::acl::Action::Pub,
-                r.halves
-                    .iter()
-                    .map(|h| sluice_proto::acl::Resource::Topic(&h.topic)),
-            )?,
-            None => self.access.check_signed_in(who)?,
+        // TRANSACTION_NOT_FOUND). With access control off every check passes: the record is
+        // not read for it.
+        if self.access.enabled() {
+            let record = self
+                .write
+                .state()
+                .transaction(&req.transaction_id)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            match &record {
+                Some(r) => self.access.check_all(
+                    who,
+                    sluice_proto::acl::Action::Pub,
+                    r.halves
+                        .iter()
+                        .map(|h| sluice_proto::acl::Resource::Topic(&h.topic)),
+                )?,
+                None => self.access.check_signed_in(who)?,
+            }
         }
         let resolution = match TransactionResolution::try_from(req.resolution) {
             Ok(TransactionResolution::Commit) => COMMITTED,

@@ -363,7 +363,7 @@ impl StateMachine {
             ));
         }
         if !writes.is_empty() {
-            self.meta.write_batch(TREE, &writes)?;
+            self.meta.write_batch_owned(TREE, writes)?;
         }
         // Right after the writes (a failed flush leaves them visible); resolved ones first,
         // which narrows the moment a reader finds a transaction neither open nor resolved.

@@ -149,7 +149,17 @@ pub(super) fn apply_half(
     if r.halves.iter().any(again) || r.halves.len() >= MAX_HALVES {
         return Ok(Applied::Unchanged);
     }
-    r.halves.push(op.clone());
+    // The record names the transaction and its group once, not in each send.
+    r.halves.push(TxHalfOp {
+        topic: op.topic.clone(),
+        queue_id: op.queue_id,
+        locator: op.locator,
+        count: op.count,
+        bytes: op.bytes,
+        at_ms: op.at_ms,
+        first_message_id: op.first_message_id.clone(),
+        ..TxHalfOp::default()
+    });
     tx.changes
         .push((op.transaction_id.clone(), Some(OpenTx::of(&r))));
     match created {

@@ -70,7 +70,12 @@ impl Inner {
 
     fn insert(&mut self, id: String, tx: OpenTx) {
         self.remove(&id);
-        *self.per_group.entry(tx.group.clone()).or_insert(0) += 1;
+        match self.per_group.get_mut(&tx.group) {
+            Some(c) => *c += 1,
+            None => {
+                self.per_group.insert(tx.group.clone(), 1);
+            }
+        }
         *self.locators.entry(tx.first_locator).or_insert(0) += 1;
         self.txs.insert(id, tx);
     }
