@@ -100,9 +100,8 @@ impl QueueLocks {
         now_ms: i64,
     ) -> Result<Locked, ApiError> {
         Self::check(group, client_id, &queues)?;
-        self.write.require_writer()?;
+        let term = self.write.writer_term()?;
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(locks::MAX_LEASE_MS);
-        let term = self.write.term();
         let queues = self.worth_asking(group, client_id, queues, now_ms)?;
         if !queues.is_empty() {
             let op = locks::lock_op(group, client_id, &queues, false, now_ms, lease_ms, term);
@@ -139,20 +138,12 @@ impl QueueLocks {
         now_ms: i64,
     ) -> Result<(), ApiError> {
         Self::check(group, client_id, &queues)?;
-        self.write.require_writer()?;
+        let term = self.write.writer_term()?;
         if queues.is_empty() {
             return Ok(());
         }
         let lease_ms = u64::try_from(self.lease.as_millis()).unwrap_or(locks::MAX_LEASE_MS);
-        let op = locks::lock_op(
-            group,
-            client_id,
-            &queues,
-            true,
-            now_ms,
-            lease_ms,
-            self.write.term(),
-        );
+        let op = locks::lock_op(group, client_id, &queues, true, now_ms, lease_ms, term);
         self.write.apply(op, now_ms).await?;
         Ok(())
     }

@@ -173,3 +173,40 @@ async fn a_commit_cancelled_while_queued_and_retried_is_copied_once() {
     let r = txs.write.state().transaction("tx-c").unwrap().unwrap();
     assert_eq!(r.resolution, COMMITTED);
 }
+
+/// A commit copies the sends this master kept (and the store's records are the same), and
+/// a rollback drops what was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_takes_the_kept_sends_and_a_rollback_drops_them() {
+    let Setup {
+        store, write, txs, ..
+    } = setup().await;
+    let mut locators = Vec::new();
+    for id in ["keep-c", "keep-r"] {
+        let t = TxSend {
+            id: id.into(),
+            group: "g".into(),
+        };
+        let batch = Transactions::half_batch("orders", 1, &t, vec![msg(&format!("{id}-m"))]);
+        let acked = write.append_announced_acked(&batch, 5).await.unwrap();
+        let locator = acked.entries[0].commit_log_offset;
+        write.then_applied(acked.clone()).await.unwrap();
+        assert!(write.acks_committed());
+        txs.keep_sent(&acked, &batch);
+        assert!(txs.sent.inner_has(locator));
+        locators.push(locator);
+    }
+    let ended = txs.end("keep-c", COMMITTED, 6).await.unwrap();
+    assert!(!txs.sent.inner_has(locators[0]), "the commit took it");
+    let (id, at) = &ended.committed[0];
+    let copy = store.read_at(at.commit_log_offset).unwrap();
+    assert_eq!(
+        (copy.message_id.as_str(), copy.topic.as_str()),
+        (id.as_str(), "orders")
+    );
+    assert_eq!(&copy.body[..], b"keep-c-m");
+    txs.end("keep-r", crate::state::transactions::ROLLED_BACK, 6)
+        .await
+        .unwrap();
+    assert!(!txs.sent.inner_has(locators[1]), "the rollback dropped it");
+}

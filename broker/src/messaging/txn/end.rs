@@ -209,7 +209,6 @@ impl Transactions {
             )));
         };
         if r.resolution != OPEN {
-            self.drop_sent(&r);
             let ended = Ended {
                 resolution: r.resolution,
                 committed: Vec::new(),

@@ -22,17 +22,17 @@ const MAX_BYTES: usize = 32 << 20;
 /// What a kept message costs besides its strings and body: the struct, the allocations.
 const PER_MESSAGE: usize = 256;
 
+fn message_size(topic: &str, m: &AppendMessage) -> usize {
+    PER_MESSAGE
+        + topic.len()
+        + m.message_id.len()
+        + m.born_host.len()
+        + (m.properties.len() + m.keys.len()) * 48
+        + crate::store::record::payload_size(m)
+}
+
 fn size_of(sent: &Sent) -> usize {
-    sent.iter()
-        .map(|(t, _, m)| {
-            PER_MESSAGE
-                + t.len()
-                + m.message_id.len()
-                + m.born_host.len()
-                + (m.properties.len() + m.keys.len()) * 48
-                + crate::store::record::payload_size(m)
-        })
-        .sum()
+    sent.iter().map(|(t, _, m)| message_size(t, m)).sum()
 }
 
 /// Properties the broker adds to a half message, which its copy does not carry.
@@ -68,13 +68,19 @@ fn batch_as_sent(batch: &AppendBatch) -> Option<Sent> {
             let topic = props::get(&m.properties, props::REAL_TOPIC)?.to_string();
             let queue = props::get(&m.properties, props::REAL_QUEUE)?.parse().ok()?;
             let copy = AppendMessage {
+                message_id: m.message_id.clone(),
                 // Its own bytes: a body sliced out of a request would keep the connection's
                 // whole read buffer alive.
                 body: bytes::Bytes::copy_from_slice(&m.body),
+                tag: m.tag.clone(),
+                keys: m.keys.clone(),
                 properties: copied_properties(&m.properties),
+                flag: m.flag,
                 sys_flag: 0,
+                born_timestamp_ms: m.born_timestamp_ms,
+                born_host: m.born_host.clone(),
+                reconsume_times: m.reconsume_times,
                 prepared_transaction_offset: 0,
-                ..m.clone()
             };
             Some((topic, queue, copy))
         })
@@ -97,13 +103,19 @@ pub(super) struct SentCache {
 impl SentCache {
     /// Keeps the half batch stored (committed, its state applied) at `locator`.
     pub(super) fn keep(&self, locator: u64, batch: &AppendBatch) {
+        // Its half form is a little larger than the copy: checked before copying anything.
+        let half: usize = batch
+            .messages
+            .iter()
+            .map(|m| message_size(&batch.topic, m))
+            .sum();
+        if half > MAX_BYTES {
+            return;
+        }
         let Some(sent) = batch_as_sent(batch) else {
             return;
         };
         let size = size_of(&sent);
-        if size > MAX_BYTES {
-            return;
-        }
         let mut inner = self.inner.lock();
         while inner.bytes + size > MAX_BYTES {
             let Some((_, (_, old))) = inner.sends.pop_first() else {
@@ -128,6 +140,11 @@ impl SentCache {
     #[cfg(test)]
     fn bytes(&self) -> usize {
         self.inner.lock().bytes
+    }
+
+    #[cfg(test)]
+    pub(super) fn inner_has(&self, locator: u64) -> bool {
+        self.inner.lock().sends.contains_key(&locator)
     }
 }
 
