@@ -241,16 +241,11 @@ impl BrokerService {
         self.metrics
             .ops
             .observe_store(flushes, flush_time, flush_max, self.store.segment_count());
-        match self.producing.transactions().list() {
-            Ok(txs) => {
-                let open = txs.iter().filter(|t| t.resolution == 0);
-                let parked = open.clone().filter(|t| t.parked).count() as u64;
-                let open = open.count() as u64;
-                self.metrics
-                    .observe_transactions(open.saturating_sub(parked), parked);
-            }
-            Err(e) => tracing::warn!(error = %e, "transactions left out of the metrics"),
-        }
+        // From the open index: listing would decode every resolved transaction kept (up to
+        // `transaction_max_resolved`) at every scrape.
+        let (open, parked) = self.write.state().tx_open.counts();
+        self.metrics
+            .observe_transactions(open.saturating_sub(parked), parked);
         self.metrics.render()
     }
 

@@ -351,6 +351,30 @@ mod tests {
     }
 
     #[test]
+    fn the_open_index_counts_open_and_parked_ones_only() {
+        let m = machine();
+        m.apply(
+            Some(1),
+            &[
+                half("a", "g", 10, 5),
+                half("b", "g", 11, 5),
+                half("c", "h", 12, 5),
+            ],
+            false,
+        )
+        .unwrap();
+        m.apply(Some(2), &[checked_op(vec!["b".into()], 6, 1)], false)
+            .unwrap();
+        m.apply(Some(3), &[resolve_op("c", COMMITTED, 7)], false)
+            .unwrap();
+        assert_eq!(
+            m.tx_open.counts(),
+            (2, 1),
+            "a and b open, b parked; c resolved"
+        );
+    }
+
+    #[test]
     fn a_send_stored_twice_counts_once() {
         let m = machine();
         let mut again = half("a", "g", 12, 7);

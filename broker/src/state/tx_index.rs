@@ -118,6 +118,13 @@ impl OpenIndex {
         self.len() == 0
     }
 
+    /// Open transactions, and how many of them are parked.
+    pub fn counts(&self) -> (u64, u64) {
+        let inner = self.0.lock();
+        let parked = inner.txs.values().filter(|t| t.parked).count();
+        (inner.txs.len() as u64, parked as u64)
+    }
+
     /// Every open transaction's summary (for the check task's due list).
     pub fn all(&self) -> Vec<(String, OpenTx)> {
         let inner = self.0.lock();
