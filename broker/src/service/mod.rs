@@ -146,7 +146,7 @@ impl Broker for BrokerService {
     ) -> Reply<ListTransactionsResponse> {
         self.access
             .check(&principal(&req), Action::Get, Resource::Cluster)?;
-        reply(self.do_list_transactions())
+        reply(self.do_list_transactions(req.get_ref()))
     }
 
     async fn init_producer(

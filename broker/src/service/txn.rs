@@ -1,8 +1,8 @@
 //! Transactions over `sluice.v1`: wire <-> `messaging::txn`.
 
 use sluice_proto::v1::{
-    EndTransactionRequest, EndTransactionResponse, ListTransactionsResponse, SendResult,
-    TransactionResolution,
+    EndTransactionRequest, EndTransactionResponse, ListTransactionsRequest,
+    ListTransactionsResponse, SendResult, TransactionResolution,
 };
 use sluice_proto::ApiError;
 
@@ -73,9 +73,12 @@ impl BrokerService {
         })
     }
 
-    pub(crate) fn do_list_transactions(&self) -> Result<ListTransactionsResponse, ApiError> {
+    pub(crate) fn do_list_transactions(
+        &self,
+        req: &ListTransactionsRequest,
+    ) -> Result<ListTransactionsResponse, ApiError> {
         Ok(ListTransactionsResponse {
-            transactions: self.producing.transactions().list()?,
+            transactions: self.producing.transactions().list(req)?,
         })
     }
 }

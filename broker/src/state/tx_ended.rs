@@ -280,6 +280,53 @@ impl EndedIndex {
         read_from(&places, id, |k| meta.get(TREE, k))
     }
 
+    /// The resolved transactions of the newest chunks, newest chunk first, at least `limit`
+    /// (whole chunks) when that many are kept; earlier builds' records after them.
+    pub fn newest(
+        &self,
+        meta: &dyn MetaStore,
+        limit: usize,
+    ) -> Result<Vec<(String, TxRecord)>, MetaError> {
+        let chunks: Vec<u64> = {
+            let inner = self.inner.lock();
+            let mut n = 0usize;
+            inner
+                .chunks
+                .iter()
+                .rev()
+                .filter(|(k, _)| **k != LEGACY_CHUNK)
+                .take_while(|(_, c)| {
+                    let more = n < limit;
+                    n += c.hashes.len();
+                    more
+                })
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        let mut out = Vec::new();
+        for n in chunks {
+            // Forgotten since the index was read: nothing to list.
+            let Some(v) = meta.get(TREE, &chunk_key(n))? else {
+                continue;
+            };
+            let mut ends = decode_chunk(&v)?.ends;
+            ends.reverse();
+            out.extend(
+                ends.into_iter()
+                    .map(|e| (e.transaction_id, e.record.unwrap_or_default())),
+            );
+        }
+        if out.len() < limit {
+            let prefix = table_key(LEGACY, b"");
+            for (k, v) in meta.scan_prefix(TREE, &prefix)? {
+                let id = String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default());
+                out.push((id.into_owned(), decode_record(&v)?));
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Every resolved transaction kept, by id.
     pub fn list(&self, meta: &dyn MetaStore) -> Result<Vec<(String, TxRecord)>, MetaError> {
         let mut all = Vec::new();

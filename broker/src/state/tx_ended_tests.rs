@@ -283,3 +283,27 @@ fn forgetting_a_burst_gives_the_index_memory_back() {
     assert_eq!(m.tx_ended.len(), 1);
     assert!(m.tx_ended.inner.lock().places.capacity() < grown / 4);
 }
+
+#[test]
+fn a_listing_of_the_newest_reads_the_newest_chunks_only() {
+    let m = machine(Arc::new(MemMeta::default()));
+    for (i, n) in [3usize, 2, 4].into_iter().enumerate() {
+        let ends = (0..n)
+            .map(|k| end(&format!("t{i}-{k}"), COMMITTED, 10 + 10 * i as i64))
+            .collect();
+        m.apply(Some(i as u64 + 1), &[table::ends_op(ends)], false)
+            .unwrap();
+    }
+    let ids = |limit| -> Vec<String> {
+        m.tx_ended
+            .newest(m.meta().as_ref(), limit)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    };
+    assert_eq!(ids(2), ["t2-3", "t2-2"]);
+    assert_eq!(ids(5), ["t2-3", "t2-2", "t2-1", "t2-0", "t1-1"]);
+    assert_eq!(ids(100).len(), 9);
+    assert!(ids(0).is_empty());
+}

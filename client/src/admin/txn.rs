@@ -42,8 +42,35 @@ fn state_name(resolution: i32, parked: bool, expired: bool) -> &'static str {
 }
 
 impl Admin {
-    /// Every transaction each master holds, oldest first.
+    /// The open and parked transactions of each master, and its newest resolved ones (at most
+    /// 1,000 each), oldest first.
     pub async fn transactions(&self) -> Result<Vec<TransactionRow>> {
+        self.list_transactions(ListTransactionsRequest {
+            include_resolved: true,
+            limit: 0,
+            transaction_id: String::new(),
+        })
+        .await
+    }
+
+    /// The open and parked transactions of each master, oldest first.
+    pub async fn open_transactions(&self) -> Result<Vec<TransactionRow>> {
+        self.list_transactions(ListTransactionsRequest::default())
+            .await
+    }
+
+    /// The open and parked transactions of each master and its newest `limit` resolved ones,
+    /// oldest first.
+    pub async fn transactions_with_resolved(&self, limit: u32) -> Result<Vec<TransactionRow>> {
+        self.list_transactions(ListTransactionsRequest {
+            include_resolved: true,
+            limit: limit.max(1),
+            transaction_id: String::new(),
+        })
+        .await
+    }
+
+    async fn list_transactions(&self, req: ListTransactionsRequest) -> Result<Vec<TransactionRow>> {
         let t = self.core.timeout();
         let now = crate::time::now_ms();
         let mut rows = Vec::new();
@@ -52,7 +79,7 @@ impl Admin {
             let list = rpc::call(
                 &b.address,
                 t,
-                client.list_transactions(rpc::request(ListTransactionsRequest {}, t)),
+                client.list_transactions(rpc::request(req.clone(), t)),
             )
             .await?;
             rows.extend(list.transactions.into_iter().map(|x| TransactionRow {
@@ -86,10 +113,14 @@ impl Admin {
         };
         for b in self.masters(None).await? {
             let mut client = self.core.broker(&b.address)?;
+            let find = ListTransactionsRequest {
+                transaction_id: id.to_string(),
+                ..ListTransactionsRequest::default()
+            };
             let listed = rpc::call(
                 &b.address,
                 t,
-                client.list_transactions(rpc::request(ListTransactionsRequest {}, t)),
+                client.list_transactions(rpc::request(find, t)),
             )
             .await?;
             if !listed.transactions.iter().any(|x| x.transaction_id == id) {

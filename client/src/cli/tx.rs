@@ -21,11 +21,14 @@ pub enum Then {
 
 #[derive(Debug, Subcommand)]
 pub enum TxCommand {
-    /// Open, parked and recently resolved transactions: id, producer group, topics, age, checks.
+    /// Open and parked transactions: id, producer group, topics, age, checks.
     List {
-        /// Also the resolved ones (kept for a while so a retried commit gets its answer).
+        /// Also the newest resolved ones (kept for a while so a retried commit gets its answer).
         #[arg(long)]
         all: bool,
+        /// With --all: at most this many resolved ones per broker group.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
         #[command(flatten)]
         out: JsonFlag,
     },
@@ -64,13 +67,11 @@ pub async fn run(config: ClientConfig, cmd: TxCommand) -> anyhow::Result<()> {
     let admin = &Admin::new(config)?;
     match cmd {
         TxCommand::Send { .. } => Ok(()),
-        TxCommand::List { all, out } => {
-            let rows: Vec<_> = admin
-                .transactions()
-                .await?
-                .into_iter()
-                .filter(|r| all || r.state == "open" || r.state == "parked")
-                .collect();
+        TxCommand::List { all, limit, out } => {
+            let rows = match all {
+                true => admin.transactions_with_resolved(limit).await?,
+                false => admin.open_transactions().await?,
+            };
             if out.json {
                 return print_json(&rows);
             }

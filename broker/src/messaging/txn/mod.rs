@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use sluice_proto::props::{self, HalfMark};
-use sluice_proto::v1::{TransactionCheck, TransactionInfo, TxHalfOp, TxRecord};
+use sluice_proto::v1::{
+    ListTransactionsRequest, TransactionCheck, TransactionInfo, TxHalfOp, TxRecord,
+};
 use sluice_proto::{ApiError, ErrorCode};
 use tokio::sync::{mpsc, watch};
 
@@ -97,6 +99,9 @@ struct EndSlot {
     term: u64,
     done: watch::Receiver<Option<EndOutcome>>,
 }
+
+/// Resolved transactions a listing gives when it asks for them without a limit.
+const DEFAULT_LIST_RESOLVED: usize = 1_000;
 
 /// A producer watching for checks.
 struct Watcher {
@@ -402,9 +407,27 @@ impl Transactions {
     }
 
     /// Every transaction the state holds.
-    pub fn list(&self) -> Result<Vec<TransactionInfo>, ApiError> {
+    pub fn list(&self, req: &ListTransactionsRequest) -> Result<Vec<TransactionInfo>, ApiError> {
         let state = self.write.state();
-        Ok(table::list(state.meta().as_ref(), &state.tx_ended)?
+        let meta = state.meta();
+        let found = if !req.transaction_id.is_empty() {
+            state
+                .transaction(&req.transaction_id)?
+                .map(|r| (req.transaction_id.clone(), r))
+                .into_iter()
+                .collect()
+        } else {
+            let mut all = table::list_open(meta.as_ref())?;
+            if req.include_resolved {
+                let limit = match req.limit {
+                    0 => DEFAULT_LIST_RESOLVED,
+                    n => n as usize,
+                };
+                all.extend(state.tx_ended.newest(meta.as_ref(), limit)?);
+            }
+            all
+        };
+        Ok(found
             .into_iter()
             .map(|(id, r)| {
                 let mut topics: Vec<String> = r.halves.iter().map(|h| h.topic.clone()).collect();

@@ -263,7 +263,7 @@ pub(crate) async fn redrive(
 }
 
 pub(crate) async fn transactions(State(app): State<App>) -> Markup {
-    let body = match app.admin.transactions().await {
+    let body = match app.admin.open_transactions().await {
         Err(e) => error_box("transactions", &e),
         Ok(list) if list.is_empty() => html! { p.muted { "No open or parked transaction." } },
         Ok(list) => html! {
