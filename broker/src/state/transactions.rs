@@ -372,6 +372,11 @@ mod tests {
             (2, 1),
             "a and b open, b parked; c resolved"
         );
+        m.apply(Some(4), &[resolve_op("b", ROLLED_BACK, 8)], false)
+            .unwrap();
+        assert_eq!(m.tx_open.counts(), (1, 0), "a parked one resolved by hand");
+        let reloaded = OpenIndex::load(m.meta().as_ref()).unwrap();
+        assert_eq!(reloaded.counts(), m.tx_open.counts());
     }
 
     #[test]

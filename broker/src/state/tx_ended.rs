@@ -280,17 +280,18 @@ impl EndedIndex {
         read_from(&places, id, |k| meta.get(TREE, k))
     }
 
-    /// The resolved transactions of the newest chunks, newest chunk first, at least `limit`
-    /// (whole chunks) when that many are kept; earlier builds' records after them.
+    /// At most `limit` resolved transactions, newest first (chunk by chunk); earlier builds'
+    /// records after them, in id order.
     pub fn newest(
         &self,
         meta: &dyn MetaStore,
         limit: usize,
     ) -> Result<Vec<(String, TxRecord)>, MetaError> {
-        let chunks: Vec<u64> = {
+        let (chunks, legacy): (Vec<u64>, bool) = {
             let inner = self.inner.lock();
+            let legacy = inner.chunks.contains_key(&LEGACY_CHUNK);
             let mut n = 0usize;
-            inner
+            let chunks = inner
                 .chunks
                 .iter()
                 .rev()
@@ -301,7 +302,8 @@ impl EndedIndex {
                     more
                 })
                 .map(|(k, _)| *k)
-                .collect()
+                .collect();
+            (chunks, legacy)
         };
         let mut out = Vec::new();
         for n in chunks {
@@ -316,7 +318,7 @@ impl EndedIndex {
                     .map(|e| (e.transaction_id, e.record.unwrap_or_default())),
             );
         }
-        if out.len() < limit {
+        if legacy && out.len() < limit {
             let prefix = table_key(LEGACY, b"");
             for (k, v) in meta.scan_prefix(TREE, &prefix)? {
                 let id = String::from_utf8_lossy(k.get(prefix.len()..).unwrap_or_default());

@@ -47,6 +47,8 @@ struct Inner {
     per_group: HashMap<String, u64>,
     /// First locator -> how many open transactions start there.
     locators: BTreeMap<u64, u32>,
+    /// How many of `txs` are parked (the metrics read it at every scrape).
+    parked: u64,
 }
 
 impl Inner {
@@ -54,6 +56,9 @@ impl Inner {
         let Some(old) = self.txs.remove(id) else {
             return;
         };
+        if old.parked {
+            self.parked = self.parked.saturating_sub(1);
+        }
         if let Some(c) = self.per_group.get_mut(&old.group) {
             *c = c.saturating_sub(1);
             if *c == 0 {
@@ -77,6 +82,9 @@ impl Inner {
             }
         }
         *self.locators.entry(tx.first_locator).or_insert(0) += 1;
+        if tx.parked {
+            self.parked += 1;
+        }
         self.txs.insert(id, tx);
     }
 }
@@ -121,8 +129,7 @@ impl OpenIndex {
     /// Open transactions, and how many of them are parked.
     pub fn counts(&self) -> (u64, u64) {
         let inner = self.0.lock();
-        let parked = inner.txs.values().filter(|t| t.parked).count();
-        (inner.txs.len() as u64, parked as u64)
+        (inner.txs.len() as u64, inner.parked)
     }
 
     /// Every open transaction's summary (for the check task's due list).

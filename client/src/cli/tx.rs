@@ -26,8 +26,9 @@ pub enum TxCommand {
         /// Also the newest resolved ones (kept for a while so a retried commit gets its answer).
         #[arg(long)]
         all: bool,
-        /// With --all: at most this many resolved ones per broker group.
-        #[arg(long, default_value_t = 1000)]
+        /// With --all: at most this many resolved ones per broker group (the broker gives at
+        /// most 10,000).
+        #[arg(long, default_value_t = 1000, requires = "all")]
         limit: u32,
         #[command(flatten)]
         out: JsonFlag,
@@ -68,9 +69,15 @@ pub async fn run(config: ClientConfig, cmd: TxCommand) -> anyhow::Result<()> {
     match cmd {
         TxCommand::Send { .. } => Ok(()),
         TxCommand::List { all, limit, out } => {
-            let rows = match all {
+            let rows: Vec<_> = match all {
                 true => admin.transactions_with_resolved(limit).await?,
-                false => admin.open_transactions().await?,
+                // Filtered here too: a broker of an earlier build lists every one it keeps.
+                false => admin
+                    .open_transactions()
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.state == "open" || r.state == "parked")
+                    .collect(),
             };
             if out.json {
                 return print_json(&rows);

@@ -100,8 +100,9 @@ struct EndSlot {
     done: watch::Receiver<Option<EndOutcome>>,
 }
 
-/// Resolved transactions a listing gives when it asks for them without a limit.
+/// Resolved transactions a listing gives when it asks for them without a limit, and at most.
 const DEFAULT_LIST_RESOLVED: usize = 1_000;
+const MAX_LIST_RESOLVED: usize = 10_000;
 
 /// A producer watching for checks.
 struct Watcher {
@@ -406,7 +407,8 @@ impl Transactions {
         }
     }
 
-    /// Every transaction the state holds.
+    /// The open and parked transactions, and the resolved ones `req` asks for (see
+    /// `ListTransactionsRequest`).
     pub fn list(&self, req: &ListTransactionsRequest) -> Result<Vec<TransactionInfo>, ApiError> {
         let state = self.write.state();
         let meta = state.meta();
@@ -421,7 +423,7 @@ impl Transactions {
             if req.include_resolved {
                 let limit = match req.limit {
                     0 => DEFAULT_LIST_RESOLVED,
-                    n => n as usize,
+                    n => (n as usize).min(MAX_LIST_RESOLVED),
                 };
                 all.extend(state.tx_ended.newest(meta.as_ref(), limit)?);
             }
