@@ -238,8 +238,8 @@ fn records_of_earlier_builds_are_found_and_forgotten_by_time() {
     assert!(m.tx_ended.is_empty());
 }
 
-#[test]
-fn the_count_limit_forgets_whole_chunks_oldest_first() {
+/// Three chunks of 3, 2 and 4 resolved transactions (`t{chunk}-{k}`), at entries 1 to 3.
+fn three_chunks() -> StateMachine {
     let m = machine(Arc::new(MemMeta::default()));
     for (i, n) in [3usize, 2, 4].into_iter().enumerate() {
         let ends = (0..n)
@@ -248,6 +248,12 @@ fn the_count_limit_forgets_whole_chunks_oldest_first() {
         m.apply(Some(i as u64 + 1), &[table::ends_op(ends)], false)
             .unwrap();
     }
+    m
+}
+
+#[test]
+fn the_count_limit_forgets_whole_chunks_oldest_first() {
+    let m = three_chunks();
     assert_eq!(m.tx_ended.len(), 9);
     m.apply(Some(4), &[table::forget_op(0, 6)], false).unwrap();
     assert_eq!(m.tx_ended.len(), 6, "the first chunk (3) went");
@@ -286,14 +292,7 @@ fn forgetting_a_burst_gives_the_index_memory_back() {
 
 #[test]
 fn a_listing_of_the_newest_reads_the_newest_chunks_only() {
-    let m = machine(Arc::new(MemMeta::default()));
-    for (i, n) in [3usize, 2, 4].into_iter().enumerate() {
-        let ends = (0..n)
-            .map(|k| end(&format!("t{i}-{k}"), COMMITTED, 10 + 10 * i as i64))
-            .collect();
-        m.apply(Some(i as u64 + 1), &[table::ends_op(ends)], false)
-            .unwrap();
-    }
+    let m = three_chunks();
     let ids = |limit| -> Vec<String> {
         m.tx_ended
             .newest(m.meta().as_ref(), limit)
