@@ -7,6 +7,13 @@ use sluice_broker::config::{parse_peers, BrokerConfig};
 use sluice_broker::replication::AckPolicy;
 use sluice_broker::store::FlushMode;
 
+// mimalloc, built without transparent huge pages: glibc's malloc/free with chunk consolidation
+// was 9 % of a broker's CPU on plain sends and 15 % on transactions (allocations on the Raft
+// thread freed on the write-behind's). With THP, mimalloc's large regions faulted fresh huge
+// pages, which cost more than it saved.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "sluice-broker", version, about = "Sluice message broker")]
 struct Args {

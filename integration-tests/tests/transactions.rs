@@ -249,6 +249,17 @@ async fn abandoned_transactions_are_resolved_by_the_checker_or_parked() {
     assert_eq!(state(&open[1].0).state, "rolled back");
     let parked = state(&open[2].0);
     assert_eq!((parked.state.as_str(), parked.checks), ("parked", 3));
+    // Applied (the state says so) comes before dispatched (the queue shows it).
+    wait_until(
+        Duration::from_secs(10),
+        "the checked commit visible",
+        || {
+            let broker = broker.clone();
+            async move { !visible(&broker, "orders", 2).await.is_empty() }
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(visible(&broker, "orders", 2).await, vec![open[0].1.clone()]);
     // An operator resolves the parked one.
     let out = cluster.cli(&["tx", "commit", &open[2].0]).unwrap();
@@ -411,6 +422,18 @@ async fn a_producer_process_killed_before_its_commit_is_resolved_by_the_checks()
     };
     assert_eq!(state(&txs[0]).as_deref(), Some("committed"));
     assert_eq!(state(&txs[1]).as_deref(), Some("rolled back"));
+    // The state says committed once the commit is applied; its copies reach the consume
+    // queues when the dispatcher gets to them.
+    wait_until(
+        Duration::from_secs(10),
+        "the commit's messages visible",
+        || {
+            let broker = broker.clone();
+            async move { visible(&broker, "orders", 2).await.len() >= 2 }
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(
         visible(&broker, "orders", 2).await,
         sorted(halves[0].clone())

@@ -128,14 +128,19 @@ impl Transactions {
         match self.end_once(id, resolution, now_ms, term).await {
             Ok((e, apply_at)) => {
                 // Answered once committed; the slot holds (later ends wait on it, sends stay
-                // refused) until the state has the end, off the answer's path.
-                let (this, id) = (self.clone(), id.to_string());
-                tokio::spawn(async move {
-                    if let Some(index) = apply_at {
-                        let _ = this.write.applied(index).await;
+                // refused) until the state has the end, off the answer's path. A master
+                // applies an entry before it acknowledges it, so that is almost always now
+                // (a task per end, woken on another worker, cost a context switch).
+                match apply_at {
+                    Some(index) if self.write.applied_index() < index => {
+                        let (this, id) = (self.clone(), id.to_string());
+                        tokio::spawn(async move {
+                            let _ = this.write.applied(index).await;
+                            this.free_slot(&id, term);
+                        });
                     }
-                    this.free_slot(&id, term);
-                });
+                    _ => self.free_slot(id, term),
+                }
                 Ok(e)
             }
             Err(Announced::NotStored(e)) => {
