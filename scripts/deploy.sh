@@ -374,6 +374,9 @@ RestartSec=2
 KillSignal=SIGTERM
 TimeoutStopSec=${STOP_TIMEOUT}
 LimitNOFILE=65536
+# The allocator's regions stay on 4 KiB pages even where the host's THP mode is "always"
+# (fresh 2 MiB faults cost a broker more than huge pages save; docs/operations.md).
+Environment=MIMALLOC_ALLOW_THP=0
 StandardOutput=append:$d/node.log
 StandardError=append:$d/node.log
 

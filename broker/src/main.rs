@@ -7,10 +7,11 @@ use sluice_broker::config::{parse_peers, BrokerConfig};
 use sluice_broker::replication::AckPolicy;
 use sluice_broker::store::FlushMode;
 
-// mimalloc, built without transparent huge pages: glibc's malloc/free with chunk consolidation
-// was 9 % of a broker's CPU on plain sends and 15 % on transactions (allocations on the Raft
-// thread freed on the write-behind's). With THP, mimalloc's large regions faulted fresh huge
-// pages, which cost more than it saved.
+// mimalloc: glibc's malloc/free with chunk consolidation was 9 % of a broker's CPU on plain
+// sends and 15 % on transactions (allocations on the Raft thread freed on the write-behind's).
+// Built with `no_thp`, it does not ask for transparent huge pages, whose fresh 2 MiB faults cost
+// more than it saved; on a host whose THP mode is `always` (not `madvise`), the kernel gives them
+// anyway: set `MIMALLOC_ALLOW_THP=0` there (docs/operations.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -79,6 +79,12 @@ fn a_secured_inventory_installs_certificates_and_secrets_on_every_node() {
     }
     // The broker's config parses as a broker's (no unknown keys).
     assert!(!broker.contains("admin_access_key"), "{broker}");
+    // Its allocator stays off huge pages whatever the host's THP mode.
+    let unit = std::fs::read_to_string(stage.join("broker-a-1/sluice-broker-a-1.service")).unwrap();
+    assert!(
+        unit.contains("\nEnvironment=MIMALLOC_ALLOW_THP=0\n"),
+        "{unit}"
+    );
 
     // TLS on, a node without its certificate: refused, nothing copied.
     std::fs::write(

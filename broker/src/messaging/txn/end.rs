@@ -128,9 +128,10 @@ impl Transactions {
         match self.end_once(id, resolution, now_ms, term).await {
             Ok((e, apply_at)) => {
                 // Answered once committed; the slot holds (later ends wait on it, sends stay
-                // refused) until the state has the end, off the answer's path. A master
-                // applies an entry before it acknowledges it, so that is almost always now
-                // (a task per end, woken on another worker, cost a context switch).
+                // refused) until the state has the end, off the answer's path. Acknowledged
+                // at commit (the default quorum ack), the master applied the entry first, so
+                // that is now (a task per end, woken on another worker, cost a context switch);
+                // acknowledged at the leader's append, it is later.
                 match apply_at {
                     Some(index) if self.write.applied_index() < index => {
                         let (this, id) = (self.clone(), id.to_string());
