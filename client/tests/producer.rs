@@ -20,17 +20,31 @@ async fn round_robin_covers_every_queue_of_every_broker() {
     let b = start_broker("broker-b", &[&ns]).await;
     a.add_topic("t", 2);
     b.add_topic("t", 2);
-    let p = Producer::builder(config(&ns)).build().unwrap();
-    let mut per_queue: HashMap<(String, u32), u32> = HashMap::new();
-    for i in 0..20 {
-        let r = p.send(Message::new("t", format!("m{i}"))).await.unwrap();
-        assert_eq!(r.message_id.len(), 32);
-        *per_queue.entry((r.broker_name, r.queue_id)).or_default() += 1;
+    // Idempotent sends go through the accumulator, the others alone; `send_async` one at a
+    // time is a batch of one each time.
+    for (mode, idempotent) in [("send", true), ("send", false), ("send_async", true)] {
+        let p = Producer::builder(config(&ns))
+            .idempotence(idempotent)
+            .build()
+            .unwrap();
+        let mut per_queue: HashMap<(String, u32), u32> = HashMap::new();
+        for i in 0..20 {
+            let m = Message::new("t", format!("m{i}"));
+            let r = match mode {
+                "send" => p.send(m).await.unwrap(),
+                _ => p.send_async(m).await.unwrap().await.unwrap(),
+            };
+            assert_eq!(r.message_id.len(), 32);
+            *per_queue.entry((r.broker_name, r.queue_id)).or_default() += 1;
+        }
+        assert_eq!(per_queue.len(), 4, "{mode} idempotent={idempotent}");
+        assert!(
+            per_queue.values().all(|&n| n == 5),
+            "{mode} idempotent={idempotent}: {per_queue:?}"
+        );
+        p.shutdown().await;
     }
-    assert_eq!(per_queue.len(), 4);
-    assert!(per_queue.values().all(|&n| n == 5), "{per_queue:?}");
-    assert_eq!(a.message_count("t") + b.message_count("t"), 20);
-    p.shutdown().await;
+    assert_eq!(a.message_count("t") + b.message_count("t"), 60);
 }
 
 #[tokio::test]
@@ -305,6 +319,64 @@ async fn batch_goes_to_one_queue_atomically() {
     assert_eq!(a.send_attempts.lock().unwrap().len(), 1, "one request");
     let stored = a.messages("t", q);
     assert_eq!(stored[4].keys, ["k4"]);
+}
+
+#[tokio::test]
+async fn concurrent_idempotent_sends_share_requests_and_keep_each_callers_order() {
+    let ns = FakeNameServer::start().await;
+    let a = start_broker("broker-a", &[&ns]).await;
+    a.add_topic("t", 1);
+    for idempotent in [true, false] {
+        let p = Producer::builder(config(&ns))
+            .idempotence(idempotent)
+            .build()
+            .unwrap();
+        p.prepare("t").await.unwrap();
+        let before = a.send_attempts.lock().unwrap().len();
+        let first = a.messages("t", 0).len();
+        let mut tasks = Vec::new();
+        for c in 0..16 {
+            let p = p.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    p.send(Message::new("t", format!("c{c}-{i}")))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let requests = a.send_attempts.lock().unwrap().len() - before;
+        if idempotent {
+            // Each queue has one batch on the wire: the others' sends wait and go together.
+            assert!(
+                requests <= 80,
+                "{requests} requests for 160 idempotent sends"
+            );
+        } else {
+            assert_eq!(requests, 160, "one message per request");
+        }
+        let stored: Vec<String> = a.messages("t", 0)[first..]
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .collect();
+        assert_eq!(stored.len(), 160, "idempotent={idempotent}");
+        for c in 0..16 {
+            let mine: Vec<&String> = stored
+                .iter()
+                .filter(|b| b.starts_with(&format!("c{c}-")))
+                .collect();
+            let want: Vec<String> = (0..10).map(|i| format!("c{c}-{i}")).collect();
+            assert_eq!(
+                mine,
+                want.iter().collect::<Vec<_>>(),
+                "idempotent={idempotent}"
+            );
+        }
+        p.shutdown().await;
+    }
 }
 
 #[tokio::test]

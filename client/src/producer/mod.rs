@@ -271,6 +271,9 @@ impl Producer {
     }
 
     /// Sends one message to a queue chosen round-robin and waits for the broker's ack.
+    ///
+    /// With idempotence and batching on (the defaults), sends of concurrent callers that meet
+    /// on a queue go in one request (see [`send_async`](Self::send_async)).
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
         self.send_routed(message, Routing::RoundRobin).await
     }
@@ -366,7 +369,7 @@ impl Producer {
     ) -> SendHandle {
         let this = self.clone();
         SendHandle(Pending::Task(tokio::spawn(async move {
-            let result = this.send_routed(message, routing).await;
+            let result = this.send_direct(message, routing).await;
             drop(permit);
             result
         })))
@@ -458,6 +461,20 @@ impl Producer {
     }
 
     async fn send_routed(&self, message: Message, routing: Routing) -> Result<SendReceipt> {
+        // An idempotent send holds its queue from numbering to outcome, so one message per
+        // request would leave a topic one request per queue in flight, whatever the number of
+        // callers. Through the accumulator, sends that meet on a queue share a request.
+        let queued = self.inner.sender.idempotence.is_some()
+            && self.inner.accumulator.is_some()
+            && message.delay.is_none();
+        if queued {
+            return self.send_async_routed(message, routing).await?.await;
+        }
+        self.send_direct(message, routing).await
+    }
+
+    /// One message in a request of its own.
+    async fn send_direct(&self, message: Message, routing: Routing) -> Result<SendReceipt> {
         let mut receipts = self.send_batch_routed(vec![message], routing).await?;
         receipts
             .pop()

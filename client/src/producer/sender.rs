@@ -169,7 +169,13 @@ impl Sender {
         routing: &Routing,
         tx: Option<&Arc<TxFields>>,
     ) -> Result<Vec<SendReceipt>> {
-        let rr_start = self.next_rr();
+        // Only round robin takes a turn: a queue picked earlier (a batch of the accumulator,
+        // a transaction's send) took its turn then, and taking another would make sends one
+        // at a time skip every other queue.
+        let rr_start = match routing {
+            Routing::RoundRobin => self.next_rr(),
+            _ => self.rr.load(Ordering::Relaxed),
+        };
         let mut state = RetryState {
             tx: tx.cloned(),
             ..RetryState::default()
