@@ -326,9 +326,18 @@ async fn concurrent_idempotent_sends_share_requests_and_keep_each_callers_order(
     let ns = FakeNameServer::start().await;
     let a = start_broker("broker-a", &[&ns]).await;
     a.add_topic("t", 1);
-    for idempotent in [true, false] {
+    // A linger or an in-flight limit of `send_async` neither delays nor serializes callers.
+    let configs = [
+        (true, Duration::ZERO, 1024),
+        (true, Duration::from_secs(30), 1),
+        (false, Duration::ZERO, 1024),
+    ];
+    for (idempotent, linger, in_flight) in configs {
+        let what = format!("idempotent={idempotent} linger={linger:?} max_in_flight={in_flight}");
         let p = Producer::builder(config(&ns))
             .idempotence(idempotent)
+            .linger(linger)
+            .max_in_flight(in_flight)
             .build()
             .unwrap();
         p.prepare("t").await.unwrap();
@@ -345,35 +354,39 @@ async fn concurrent_idempotent_sends_share_requests_and_keep_each_callers_order(
                 }
             }));
         }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let requests = a.send_attempts.lock().unwrap().len() - before;
+        let all = async {
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: sends did not finish"));
+        let sizes: Vec<usize> = a.send_attempts.lock().unwrap()[before..]
+            .iter()
+            .map(Vec::len)
+            .collect();
         if idempotent {
             // Each queue has one batch on the wire: the others' sends wait and go together.
-            assert!(
-                requests <= 80,
-                "{requests} requests for 160 idempotent sends"
-            );
+            assert!(sizes.len() <= 80, "{what}: {} requests", sizes.len());
         } else {
-            assert_eq!(requests, 160, "one message per request");
+            assert!(
+                sizes.iter().all(|&n| n == 1),
+                "{what}: one message per request"
+            );
         }
         let stored: Vec<String> = a.messages("t", 0)[first..]
             .iter()
             .map(|m| String::from_utf8_lossy(&m.body).into_owned())
             .collect();
-        assert_eq!(stored.len(), 160, "idempotent={idempotent}");
+        assert_eq!(stored.len(), 160, "{what}");
         for c in 0..16 {
             let mine: Vec<&String> = stored
                 .iter()
                 .filter(|b| b.starts_with(&format!("c{c}-")))
                 .collect();
             let want: Vec<String> = (0..10).map(|i| format!("c{c}-{i}")).collect();
-            assert_eq!(
-                mine,
-                want.iter().collect::<Vec<_>>(),
-                "idempotent={idempotent}"
-            );
+            assert_eq!(mine, want.iter().collect::<Vec<_>>(), "{what}");
         }
         p.shutdown().await;
     }

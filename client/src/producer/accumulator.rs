@@ -58,6 +58,8 @@ pub(crate) struct Queued {
     pub(crate) wire: v1::Message,
     /// Round-robin messages may move to another queue when their broker fails.
     pub(crate) reroutable: bool,
+    /// A caller waits for it (`send`): its queue's next batch leaves without lingering.
+    pub(crate) urgent: bool,
     pub(crate) waiter: Waiter,
 }
 
@@ -148,6 +150,8 @@ type QueueMap<V> = HashMap<MessageQueue, V, BuildHasherDefault<Fnv>>;
 struct QueueState {
     pending: VecDeque<Pending>,
     pending_bytes: usize,
+    /// Urgent messages among `pending`.
+    urgent: usize,
     /// A batch of this queue is on the wire.
     sending: bool,
     /// A linger timer is armed for this queue.
@@ -248,6 +252,7 @@ impl Accumulator {
         match cmd {
             Cmd::Send { queue, item } => {
                 let size = item.wire.encoded_len();
+                let item_urgent = item.urgent;
                 if !self.queues.contains_key(&queue) {
                     self.queues.insert(queue.clone(), QueueState::default());
                 }
@@ -260,6 +265,7 @@ impl Accumulator {
                     since: Instant::now(),
                 });
                 st.pending_bytes += size;
+                st.urgent += usize::from(item_urgent);
                 st.queued += 1;
                 if !st.touched {
                     st.touched = true;
@@ -313,6 +319,7 @@ impl Accumulator {
         let oldest = st.pending.front().map_or(now, |p| p.since);
         let ready = forced
             || limits.linger.is_zero()
+            || st.urgent > 0
             || st.pending.len() >= limits.max_messages
             || st.pending_bytes >= limits.max_bytes
             || oldest + limits.linger <= now;
@@ -330,6 +337,7 @@ impl Accumulator {
             .drain(..n)
             .map(|p| {
                 st.pending_bytes -= p.size;
+                st.urgent -= usize::from(p.item.urgent);
                 p.item
             })
             .collect();

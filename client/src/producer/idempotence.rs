@@ -50,12 +50,31 @@ pub(crate) struct Bound {
     pub(crate) seq: BatchSequence,
     count: u64,
     guard: OwnedMutexGuard<QueueSeq>,
+    /// Its outcome was told (stored, not stored, or given up).
+    settled: bool,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        // Dropped with its outcome untold (the send was cancelled during an attempt): it may be
+        // stored under this sequence, and a next batch numbered the same would be answered as
+        // its retry (acknowledged, not stored). The next batch starts a new epoch instead.
+        if !self.settled {
+            self.guard.stale = true;
+        }
+    }
 }
 
 impl Bound {
     /// Stored: the queue's next batch follows this one.
     pub(crate) fn stored(mut self) {
         self.guard.next = self.seq.base.saturating_add(self.count);
+        self.settled = true;
+    }
+
+    /// Certainly not stored: the queue's next batch takes this sequence.
+    pub(crate) fn released(mut self) {
+        self.settled = true;
     }
 
     /// Refused for its sequence (so not stored): number it again, under a new producer id
@@ -87,6 +106,7 @@ impl Bound {
     /// Failed for good with an unknown outcome.
     pub(crate) fn abandoned(mut self) {
         self.guard.stale = true;
+        self.settled = true;
     }
 }
 
@@ -168,6 +188,7 @@ impl Idempotence {
             },
             count: count as u64,
             guard,
+            settled: false,
         })
     }
 
@@ -218,5 +239,52 @@ impl Idempotence {
         {
             ids.remove(broker);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bound(lock: &Arc<AsyncMutex<QueueSeq>>) -> Bound {
+        let guard = lock.clone().try_lock_owned().expect("free");
+        Bound {
+            queue: MessageQueue {
+                topic: "t".into(),
+                broker_name: "b".into(),
+                queue_id: 0,
+            },
+            seq: BatchSequence {
+                producer_id: 7,
+                epoch: guard.epoch,
+                base: guard.next,
+            },
+            count: 3,
+            guard,
+            settled: false,
+        }
+    }
+
+    #[test]
+    fn a_batch_dropped_untold_makes_the_queue_start_a_new_epoch() {
+        let lock = Arc::new(AsyncMutex::new(QueueSeq {
+            producer_id: 7,
+            ..QueueSeq::default()
+        }));
+        let state = |lock: &Arc<AsyncMutex<QueueSeq>>| {
+            let g = lock.try_lock().expect("free");
+            (g.next, g.stale)
+        };
+        bound(&lock).stored();
+        assert_eq!(state(&lock), (3, false));
+        bound(&lock).released();
+        assert_eq!(
+            state(&lock),
+            (3, false),
+            "not stored: the sequence stays free"
+        );
+        // A send cancelled during its attempt drops its batch without an outcome.
+        drop(bound(&lock));
+        assert!(lock.try_lock().expect("free").stale);
     }
 }

@@ -95,15 +95,15 @@ impl ProducerBuilder {
     }
 
     /// Most sends started with [`Producer::send_async`] that may be pending at once (default
-    /// 1024); `send_async` waits for a slot beyond that.
+    /// 1024); `send_async` waits for a slot beyond that. Callers of `send` do not count.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self
     }
 
-    /// Whether [`Producer::send_async`] groups messages per queue into one request (default
-    /// true). Without batching every message is its own request and messages of one queue
-    /// may be stored in any order.
+    /// Whether [`Producer::send_async`] (and an idempotent producer's [`Producer::send`])
+    /// groups messages per queue into one request (default true). Without batching every
+    /// message is its own request and messages of one queue may be stored in any order.
     pub fn batching(mut self, on: bool) -> Self {
         self.batching = on;
         self
@@ -121,8 +121,10 @@ impl ProducerBuilder {
         self
     }
 
-    /// How long a message may wait for others to join its batch when its queue has no batch
-    /// on the wire (default 0: it leaves at once; batches still form while one is out).
+    /// How long a message of [`Producer::send_async`] may wait for others to join its batch
+    /// when its queue has no batch on the wire (default 0: it leaves at once; batches still
+    /// form while one is out). A batch holding a message a caller of `send` waits for leaves
+    /// at once.
     pub fn linger(mut self, linger: Duration) -> Self {
         self.limits.linger = linger;
         self
@@ -273,7 +275,10 @@ impl Producer {
     /// Sends one message to a queue chosen round-robin and waits for the broker's ack.
     ///
     /// With idempotence and batching on (the defaults), sends of concurrent callers that meet
-    /// on a queue go in one request (see [`send_async`](Self::send_async)).
+    /// on a queue go in one request, as with [`send_async`](Self::send_async) but without
+    /// lingering (this also holds for [`send_with_key`](Self::send_with_key)). A send whose
+    /// future is dropped once under way may still be stored, as with any request that reached
+    /// the broker.
     pub async fn send(&self, message: Message) -> Result<SendReceipt> {
         self.send_routed(message, Routing::RoundRobin).await
     }
@@ -285,7 +290,8 @@ impl Producer {
             .await
     }
 
-    /// Sends to the queue a selector picks.
+    /// Sends to the queue a selector picks, asking it again on every attempt (one message per
+    /// request; an idempotent producer has one request per queue on the wire).
     pub async fn send_with_selector(
         &self,
         message: Message,
@@ -327,6 +333,7 @@ impl Producer {
                 let (tx, rx) = oneshot::channel();
                 let item = Queued {
                     reroutable: matches!(routing, Routing::RoundRobin),
+                    urgent: false,
                     wire: self.inner.sender.to_wire(message, now_ms()),
                     waiter: Waiter {
                         reply: tx,
@@ -462,13 +469,30 @@ impl Producer {
 
     async fn send_routed(&self, message: Message, routing: Routing) -> Result<SendReceipt> {
         // An idempotent send holds its queue from numbering to outcome, so one message per
-        // request would leave a topic one request per queue in flight, whatever the number of
-        // callers. Through the accumulator, sends that meet on a queue share a request.
-        let queued = self.inner.sender.idempotence.is_some()
-            && self.inner.accumulator.is_some()
-            && message.delay.is_none();
-        if queued {
-            return self.send_async_routed(message, routing).await?.await;
+        // request would leave a topic one request per queue in flight whatever the number of
+        // callers: through the accumulator, sends that meet on a queue share a request. A
+        // custom selector keeps the direct path, which asks it again on every attempt.
+        let batchable = self.inner.sender.idempotence.is_some()
+            && message.delay.is_none()
+            && !matches!(routing, Routing::Custom(_));
+        if let Some(acc) = self.inner.accumulator.as_ref().filter(|_| batchable) {
+            self.check_open()?;
+            if let Some(queue) = self.resolve_queue(&message, &routing).await {
+                let (tx, rx) = oneshot::channel();
+                let item = Queued {
+                    reroutable: matches!(routing, Routing::RoundRobin),
+                    urgent: true,
+                    wire: self.inner.sender.to_wire(message, now_ms()),
+                    // `max_in_flight` bounds what `send_async` leaves pending, not callers
+                    // that wait.
+                    waiter: Waiter {
+                        reply: tx,
+                        permit: None,
+                    },
+                };
+                acc.send(queue, item);
+                return rx.await.unwrap_or(Err(Error::Shutdown("producer")));
+            }
         }
         self.send_direct(message, routing).await
     }

@@ -169,13 +169,11 @@ impl Sender {
         routing: &Routing,
         tx: Option<&Arc<TxFields>>,
     ) -> Result<Vec<SendReceipt>> {
-        // Only round robin takes a turn: a queue picked earlier (a batch of the accumulator,
-        // a transaction's send) took its turn then, and taking another would make sends one
-        // at a time skip every other queue.
-        let rr_start = match routing {
-            Routing::RoundRobin => self.next_rr(),
-            _ => self.rr.load(Ordering::Relaxed),
-        };
+        // A queue picked earlier (a batch of the accumulator, a transaction's send) took its
+        // round-robin turn then: taking another here would make sends one at a time skip every
+        // other queue. Its retries, which may move it, take turns of their own.
+        let round_robin = matches!(routing, Routing::RoundRobin);
+        let rr_start = if round_robin { self.next_rr() } else { 0 };
         let mut state = RetryState {
             tx: tx.cloned(),
             ..RetryState::default()
@@ -186,7 +184,11 @@ impl Sender {
         // and sequence whatever a later attempt says.
         let mut maybe_stored = false;
         loop {
-            state.rr = rr_start.wrapping_add(attempt as usize);
+            state.rr = match (round_robin, attempt) {
+                (true, _) => rr_start.wrapping_add(attempt as usize),
+                (false, 0) => self.rr.load(Ordering::Relaxed),
+                (false, _) => self.next_rr(),
+            };
             let failed = match self
                 .attempt(topic, selector_input, wire, routing, &state, &mut bound)
                 .await
@@ -203,6 +205,10 @@ impl Sender {
             if let (Some(idem), Some(b)) = (&self.idempotence, bound.as_mut()) {
                 if let Some(code) = idempotence::needs_renumbering(&err) {
                     if attempt >= self.retries {
+                        // Refused for its sequence: not stored.
+                        if let Some(b) = bound.take() {
+                            b.released();
+                        }
                         return Err(err);
                     }
                     tracing::debug!(topic, error = %err, "batch refused for its sequence; renumbered");
@@ -214,7 +220,9 @@ impl Sender {
                     maybe_stored = true;
                 } else if !maybe_stored {
                     // Never stored: the sequence stays free and the batch may move.
-                    bound = None;
+                    if let Some(b) = bound.take() {
+                        b.released();
+                    }
                 }
             }
             if !err.is_retryable() || attempt >= self.retries {

@@ -5,8 +5,8 @@
 //! - with `--transactions`: one message per transaction and ten per transaction, against plain
 //!   sends (no idempotence) of one message per request with the same number of senders (a
 //!   transaction is a send per message and a commit, each acknowledged before the next); the
-//!   idempotent producer's one-per-request rate is reported beside it; in reverse order in
-//!   odd rounds;
+//!   three in reverse order in odd rounds; the idempotent producer's `send()` rate from the same
+//!   senders (its sends meeting on a queue share a request) is measured after them;
 //! - with `--trace`: pipelined produce with message trace on (the client's default producer
 //!   plus a trace event per message sent and stored) against the same producer without it,
 //!   before the others in odd rounds and after them in even ones.

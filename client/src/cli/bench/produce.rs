@@ -226,7 +226,7 @@ pub async fn run(
     if let Some(size) = shared.plan.send_batch {
         run_batches(&producer, &shared, size, deadline, &mut out).await;
     } else if shared.plan.in_flight == 1 {
-        // One at a time: each send waits for its ack (`send`, not the batching path).
+        // One at a time: each send waits for its ack (`send`, which does not linger).
         while may_send(&shared, deadline) {
             let started = wait_turn(&mut pacer).await;
             let body = payload::body(shared.size, payload::now_us());
