@@ -57,8 +57,8 @@ pub(crate) struct Bound {
 impl Drop for Bound {
     fn drop(&mut self) {
         // Dropped with its outcome untold (the send was cancelled during an attempt): it may be
-        // stored under this sequence, and a next batch numbered the same would be answered as
-        // its retry (acknowledged, not stored). The next batch starts a new epoch instead.
+        // stored under this sequence, so the broker would refuse a next batch numbered the same
+        // (another first message) and make it renumber. It starts a new epoch at once instead.
         if !self.settled {
             self.guard.stale = true;
         }
@@ -101,6 +101,16 @@ impl Bound {
             base: 0,
         };
         Ok(())
+    }
+
+    /// Refused for its sequence on the last attempt: not stored, but the numbering is off, so
+    /// the queue's next batch starts over (a new epoch, or a new id for an unknown one).
+    pub(crate) fn refused(mut self, idem: &Idempotence, code: ErrorCode) {
+        if code == ErrorCode::UnknownProducer {
+            idem.forget(&self.queue.broker_name, self.seq.producer_id);
+        }
+        self.guard.stale = true;
+        self.settled = true;
     }
 
     /// Failed for good with an unknown outcome.
@@ -286,5 +296,28 @@ mod tests {
         // A send cancelled during its attempt drops its batch without an outcome.
         drop(bound(&lock));
         assert!(lock.try_lock().expect("free").stale);
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_its_sequence_at_the_last_attempt_makes_the_queue_start_over() {
+        let core = ClientCore::new(crate::ClientConfig::new(["127.0.0.1:1"])).expect("core");
+        let idem = Idempotence::new(core, "g".into());
+        idem.ids
+            .lock()
+            .insert("b".into(), Arc::new(OnceCell::new_with(Some(7))));
+        let lock = Arc::new(AsyncMutex::new(QueueSeq {
+            producer_id: 7,
+            ..QueueSeq::default()
+        }));
+        bound(&lock).refused(&idem, ErrorCode::OutOfOrderSequence);
+        assert!(lock.try_lock().expect("free").stale);
+        assert!(idem.ids.lock().contains_key("b"), "the id is still known");
+        lock.try_lock().expect("free").stale = false;
+        bound(&lock).refused(&idem, ErrorCode::UnknownProducer);
+        assert!(lock.try_lock().expect("free").stale);
+        assert!(
+            !idem.ids.lock().contains_key("b"),
+            "an unknown id is asked for again"
+        );
     }
 }

@@ -290,8 +290,8 @@ impl Producer {
             .await
     }
 
-    /// Sends to the queue a selector picks, asking it again on every attempt (one message per
-    /// request; an idempotent producer has one request per queue on the wire).
+    /// Sends to the queue a selector picks, asking it again when a retry may move the message
+    /// (one message per request; an idempotent producer has one request per queue on the wire).
     pub async fn send_with_selector(
         &self,
         message: Message,

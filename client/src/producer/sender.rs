@@ -205,9 +205,8 @@ impl Sender {
             if let (Some(idem), Some(b)) = (&self.idempotence, bound.as_mut()) {
                 if let Some(code) = idempotence::needs_renumbering(&err) {
                     if attempt >= self.retries {
-                        // Refused for its sequence: not stored.
                         if let Some(b) = bound.take() {
-                            b.released();
+                            b.refused(idem, code);
                         }
                         return Err(err);
                     }
