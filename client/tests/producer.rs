@@ -90,35 +90,42 @@ async fn same_key_lands_on_same_queue_in_order() {
 
 #[tokio::test]
 async fn retryable_failure_retries_on_another_broker_with_the_same_id() {
-    let ns = FakeNameServer::start().await;
-    let a = start_broker("broker-a", &[&ns]).await;
-    let b = start_broker("broker-b", &[&ns]).await;
-    a.add_topic("t", 1);
-    b.add_topic("t", 1);
-    let p = Producer::builder(config(&ns))
-        .idempotence(false)
-        .build()
-        .unwrap();
-    // Whichever broker gets the first attempt fails it with NOT_MASTER.
-    a.fail_next_sends(vec![ApiError::not_master("").into()]);
-    b.fail_next_sends(vec![ApiError::not_master("").into()]);
-    let r = p.send(Message::new("t", "x")).await.unwrap();
-    let attempts_a = a.send_attempts.lock().unwrap().clone();
-    let attempts_b = b.send_attempts.lock().unwrap().clone();
-    // The first attempt failed on one broker, the retry went to the other one and failed
-    // there too (its injected failure), the third attempt succeeded.
-    let all: Vec<&Vec<String>> = attempts_a.iter().chain(attempts_b.iter()).collect();
-    assert_eq!(all.len(), 3, "a={attempts_a:?} b={attempts_b:?}");
-    assert_eq!(
-        attempts_a.len().min(attempts_b.len()),
-        1,
-        "each broker was tried"
-    );
-    assert!(
-        all.iter().all(|ids| **ids == [r.message_id.clone()]),
-        "a retry keeps the id"
-    );
-    assert_eq!(a.message_count("t") + b.message_count("t"), 1);
+    // A batch of `send_async` has its queue picked already; its retry moves all the same.
+    for mode in ["send", "send_async"] {
+        let ns = FakeNameServer::start().await;
+        let a = start_broker("broker-a", &[&ns]).await;
+        let b = start_broker("broker-b", &[&ns]).await;
+        a.add_topic("t", 1);
+        b.add_topic("t", 1);
+        let p = Producer::builder(config(&ns))
+            .idempotence(false)
+            .build()
+            .unwrap();
+        // Whichever broker gets the first attempt fails it with NOT_MASTER.
+        a.fail_next_sends(vec![ApiError::not_master("").into()]);
+        b.fail_next_sends(vec![ApiError::not_master("").into()]);
+        let m = Message::new("t", "x");
+        let r = match mode {
+            "send" => p.send(m).await.unwrap(),
+            _ => p.send_async(m).await.unwrap().await.unwrap(),
+        };
+        let attempts_a = a.send_attempts.lock().unwrap().clone();
+        let attempts_b = b.send_attempts.lock().unwrap().clone();
+        // The first attempt failed on one broker, the retry went to the other one and failed
+        // there too (its injected failure), the third attempt succeeded.
+        let all: Vec<&Vec<String>> = attempts_a.iter().chain(attempts_b.iter()).collect();
+        assert_eq!(all.len(), 3, "{mode}: a={attempts_a:?} b={attempts_b:?}");
+        assert_eq!(
+            attempts_a.len().min(attempts_b.len()),
+            1,
+            "{mode}: each broker was tried"
+        );
+        assert!(
+            all.iter().all(|ids| **ids == [r.message_id.clone()]),
+            "{mode}: a retry keeps the id"
+        );
+        assert_eq!(a.message_count("t") + b.message_count("t"), 1, "{mode}");
+    }
 }
 
 #[tokio::test]
