@@ -18,6 +18,8 @@ use crate::report::{CycleReport, Report};
 use crate::verify::{self, QueueLog};
 use crate::{churn, orderly};
 
+mod compare;
+
 /// How often the final check re-reads a follower that is behind the master.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 
@@ -543,26 +545,34 @@ impl Run {
             .await?;
             let master_addr = &g.replica(master).context("master not listed")?.address;
             // A follower learns of the last commits with the leader's next message, and a healed
-            // one may still be catching up: one behind (holding a prefix of the master's queue)
-            // gets until this deadline to reach it.
+            // one may still be catching up; and the master may append after it was read (a
+            // delayed message coming due, a transaction committed by its check, of a send that
+            // failed for the client and is not awaited). Replicas whose queues are a prefix of
+            // one another are read again until this deadline.
             let deadline = Instant::now() + self.opts.heal_timeout;
             for q in 0..self.opts.queues {
-                let reference = probe::read_queue(master_addr, &self.topic, q).await?;
-                for r in g.replicas.iter().filter(|r| r.id != master) {
-                    let mut copy = probe::read_queue(&r.address, &self.topic, q).await?;
-                    while copy.len() < reference.len()
-                        && reference.starts_with(&copy)
-                        && Instant::now() < deadline
-                    {
-                        tokio::time::sleep(CATCH_UP_POLL).await;
-                        copy = probe::read_queue(&r.address, &self.topic, q).await?;
+                let (reference, diverged) = loop {
+                    let reference = probe::read_queue(master_addr, &self.topic, q).await?;
+                    let mut diverged = Vec::new();
+                    let mut settling = false;
+                    for r in g.replicas.iter().filter(|r| r.id != master) {
+                        let copy = probe::read_queue(&r.address, &self.topic, q).await?;
+                        match compare::replicas(&reference, &copy) {
+                            compare::Compared::Same => {}
+                            compare::Compared::Prefix if Instant::now() < deadline => {
+                                settling = true
+                            }
+                            _ => diverged.push(compare::describe_mismatch(
+                                &g.name, q, master, r.id, &reference, &copy,
+                            )),
+                        }
                     }
-                    if copy != reference {
-                        mismatches.push(describe_mismatch(
-                            &g.name, q, master, r.id, &reference, &copy,
-                        ));
+                    if !settling {
+                        break (reference, diverged);
                     }
-                }
+                    tokio::time::sleep(CATCH_UP_POLL).await;
+                };
+                mismatches.extend(diverged);
                 let log: QueueLog = reference
                     .iter()
                     .map(|m| (m.offset, MsgId::parse(run_id, &m.body)))
@@ -572,26 +582,6 @@ impl Run {
         }
         Ok((logs, mismatches))
     }
-}
-
-fn describe_mismatch(
-    group: &str,
-    queue: u32,
-    master: u64,
-    replica: u64,
-    a: &[probe::Stored],
-    b: &[probe::Stored],
-) -> String {
-    let first_diff = a
-        .iter()
-        .zip(b)
-        .position(|(x, y)| x != y)
-        .unwrap_or(a.len().min(b.len()));
-    format!(
-        "{group} queue {queue}: replica {replica} holds {} messages, master {master} {}; first difference at index {first_diff}",
-        b.len(),
-        a.len()
-    )
 }
 
 #[cfg(test)]
