@@ -330,21 +330,32 @@ impl Producer {
         if let Some(acc) = self.inner.accumulator.as_ref().filter(|_| batchable) {
             // Without a route or a writable queue yet, the direct path retries and refreshes.
             if let Some(queue) = self.resolve_queue(&message, &routing).await {
-                let (tx, rx) = oneshot::channel();
-                let item = Queued {
-                    reroutable: matches!(routing, Routing::RoundRobin),
-                    urgent: false,
-                    wire: self.inner.sender.to_wire(message, now_ms()),
-                    waiter: Waiter {
-                        reply: tx,
-                        permit: Some(permit),
-                    },
-                };
-                acc.send(queue, item);
+                let rx = self.enqueue(acc, queue, message, &routing, Some(permit));
                 return Ok(SendHandle(Pending::Queued(rx)));
             }
         }
         Ok(self.spawn_direct(message, routing, permit))
+    }
+
+    /// Hands a message to the accumulator. Without a permit a caller waits for it (`send`):
+    /// its batch does not linger.
+    fn enqueue(
+        &self,
+        acc: &AccumulatorHandle,
+        queue: crate::route::MessageQueue,
+        message: Message,
+        routing: &Routing,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> oneshot::Receiver<Result<SendReceipt>> {
+        let (tx, rx) = oneshot::channel();
+        let item = Queued {
+            reroutable: matches!(routing, Routing::RoundRobin),
+            urgent: permit.is_none(),
+            wire: self.inner.sender.to_wire(message, now_ms()),
+            waiter: Waiter { reply: tx, permit },
+        };
+        acc.send(queue, item);
+        rx
     }
 
     /// The queue a message goes to, from the cached (or first fetched) route.
@@ -478,19 +489,8 @@ impl Producer {
         if let Some(acc) = self.inner.accumulator.as_ref().filter(|_| batchable) {
             self.check_open()?;
             if let Some(queue) = self.resolve_queue(&message, &routing).await {
-                let (tx, rx) = oneshot::channel();
-                let item = Queued {
-                    reroutable: matches!(routing, Routing::RoundRobin),
-                    urgent: true,
-                    wire: self.inner.sender.to_wire(message, now_ms()),
-                    // `max_in_flight` bounds what `send_async` leaves pending, not callers
-                    // that wait.
-                    waiter: Waiter {
-                        reply: tx,
-                        permit: None,
-                    },
-                };
-                acc.send(queue, item);
+                // `max_in_flight` bounds what `send_async` leaves pending, not callers that wait.
+                let rx = self.enqueue(acc, queue, message, &routing, None);
                 return rx.await.unwrap_or(Err(Error::Shutdown("producer")));
             }
         }
