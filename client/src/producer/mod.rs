@@ -482,7 +482,7 @@ impl Producer {
         // An idempotent send holds its queue from numbering to outcome, so one message per
         // request would leave a topic one request per queue in flight whatever the number of
         // callers: through the accumulator, sends that meet on a queue share a request. A
-        // custom selector keeps the direct path, which asks it again on every attempt.
+        // custom selector keeps the direct path, which asks it again when a retry may move.
         let batchable = self.inner.sender.idempotence.is_some()
             && message.delay.is_none()
             && !matches!(routing, Routing::Custom(_));
