@@ -465,6 +465,7 @@ impl BrokerConfig {
         c.disk_budget_bytes = self.disk_budget_bytes;
         c.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
         c.store_host = store_host.to_string();
+        c.hold_until_transaction_floor = true;
         if self.is_replicated() {
             // The commit log is the Raft log; the confirmed position is Raft's commit index,
             // moved by the replica's applier.

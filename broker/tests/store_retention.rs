@@ -67,6 +67,31 @@ async fn old_segments_are_deleted_with_their_queue_and_index_entries() {
 }
 
 #[tokio::test]
+async fn a_store_held_for_the_transaction_floor_deletes_nothing_until_it_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.segment_size = 16 * 1024;
+    cfg.retention = Duration::from_secs(3600);
+    let store = MessageStore::open(cfg.clone()).await.unwrap();
+    produce_until_error(store.clone(), "held", 0, "a", 200).await;
+    wait_all_dispatched(&store).await;
+    store.shutdown().await.unwrap();
+    drop(store);
+
+    // Everything but the active segment is too old, but a broker's transactions have not
+    // said yet which segments their unresolved messages are in.
+    cfg.retention = Duration::ZERO;
+    cfg.retention_check_interval = Duration::from_millis(20);
+    cfg.hold_until_transaction_floor = true;
+    let store = MessageStore::open(cfg).await.unwrap();
+    wait_for("retention checks", || store.retention_checks() >= 3).await;
+    assert_eq!(store.commit_log_range().0, 0, "nothing deleted while held");
+    store.set_transaction_floor(u64::MAX);
+    wait_for("retention", || store.commit_log_range().0 > 0).await;
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn disk_use_above_the_high_ratio_deletes_the_oldest_segments() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());

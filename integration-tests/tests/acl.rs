@@ -224,6 +224,39 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("topic:payments"), "{status:?}");
 
+    // With get on a topic, a message of it is found by id, but not a transaction's message
+    // before its commit: that is a half message of the broker's internal topic.
+    admin
+        .change_policy(policy("app", "topic:orders", &["get"], "allow"), true)
+        .await
+        .unwrap();
+    let app_admin = Admin::new(config(&secrets, &cluster, app())).unwrap();
+    let tx_producer = Producer::builder(config(&secrets, &cluster, app()))
+        .producer_group("order-service")
+        .build()
+        .unwrap();
+    let mut tx = tx_producer.begin_transaction().unwrap();
+    let half = tx.send(Message::new("orders", "pending")).await.unwrap();
+    // (The broker's internal topics are the cluster's: not found on any broker app may ask.)
+    let err = app_admin.get_message(&half.message_id).await.unwrap_err();
+    assert!(err.to_string().contains("PERMISSION_DENIED"), "{err}");
+    let stored = admin.get_message(&half.message_id).await.unwrap();
+    assert_eq!(stored.message.topic, sluice_proto::props::TX_HALF_TOPIC);
+    tx.commit().await.unwrap();
+    wait_until(t, "the committed message found by id", || {
+        let app_admin = app_admin.clone();
+        let id = half.message_id.clone();
+        async move {
+            app_admin
+                .get_message(&id)
+                .await
+                .is_ok_and(|m| m.message.topic == "orders")
+        }
+    })
+    .await
+    .unwrap();
+    tx_producer.shutdown().await;
+
     // A deny wins over the allow, at once.
     admin
         .change_policy(policy("app", "topic:orders", &["pub"], "deny"), true)

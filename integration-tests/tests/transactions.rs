@@ -162,9 +162,23 @@ async fn a_commit_shows_every_message_together_and_a_rollback_none() {
     // A send to a committed transaction is refused too (a new send needs a new transaction).
 
     let mut rolled = p.begin_transaction().unwrap();
-    rolled.send(Message::new("orders", "never")).await.unwrap();
+    let never = rolled.send(Message::new("orders", "never")).await.unwrap();
     let rolled_id = rolled.id().to_string();
     rolled.rollback().await.unwrap();
+    // Its half message cannot be sent back into a group's retry topic, where it would be
+    // delivered.
+    let back = sluice_proto::v1::SendBackRequest {
+        group: "g".into(),
+        commit_log_offset: never.commit_log_offset,
+        message_id: never.message_id.clone(),
+        ..Default::default()
+    };
+    let status = c.send_back(back).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("record of the broker's"),
+        "{status:?}"
+    );
     let all: serde_json::Value =
         serde_json::from_str(&cluster.cli(&["tx", "list", "--all", "--json"]).unwrap()).unwrap();
     let state_of = |tx: &str| {

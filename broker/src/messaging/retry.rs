@@ -128,7 +128,11 @@ impl Retries {
                 "the message at offset {phy} is not {message_id}"
             )));
         }
-        if r.sys_flag & (SYS_FLAGS_SYSTEM | (SYS_FLAGS_TIMER & !SYS_FLAG_TIMER_FIRED)) != 0 {
+        // A half message is never delivered (its commit's copy is): sent back, an open or
+        // rolled-back transaction's message would become deliverable.
+        if r.sys_flag & (SYS_FLAGS_SYSTEM | (SYS_FLAGS_TIMER & !SYS_FLAG_TIMER_FIRED)) != 0
+            || r.topic == props::TX_HALF_TOPIC
+        {
             return Err(ApiError::invalid(format!(
                 "offset {phy} holds a record of the broker's, not a delivered message"
             )));

@@ -342,10 +342,14 @@ impl Broker for BrokerService {
     async fn get_message(&self, req: Request<GetMessageRequest>) -> Reply<GetMessageResponse> {
         let who = principal(&req);
         let found = self.do_get_message(req.into_inner())?;
-        // Its topic is known once it is found (a delayed one's: the topic it waits for).
+        // Its topic is known once it is found (a delayed one's: the topic it waits for). A
+        // half message's is its internal topic: its real topic's readers may not see a
+        // transaction's messages before the commit (or after a rollback).
         let topic = found.message.as_ref().map_or("", |m| {
+            let scheduled = m.sys_flag & sluice_proto::record::SYS_FLAGS_TIMER != 0;
             m.properties
                 .get(sluice_proto::props::REAL_TOPIC)
+                .filter(|_| scheduled)
                 .unwrap_or(&m.topic)
                 .as_str()
         });

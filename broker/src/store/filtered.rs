@@ -8,7 +8,7 @@ use bytes::Bytes;
 use sluice_proto::record::{DispatchView, Fixed as _};
 
 use super::cq::CqEntry;
-use super::reader::{queue_at, read_entries, Expected};
+use super::reader::{in_queue, queue_at, read_entries, Expected};
 use super::shared::Shared;
 use super::{commitlog, QueueRead, StoreError};
 
@@ -94,7 +94,8 @@ pub fn read_queue_filtered_with<R>(
                     return Ok(None);
                 }
                 decode(buf, at, phy, &want).map(Some)
-            })?;
+            })
+            .map_err(|e| in_queue(s, &q, next, max, e))?;
             for ((queue_offset, e), r) in group.iter().zip(read) {
                 let Some(r) = r else {
                     continue;

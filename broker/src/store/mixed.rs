@@ -75,6 +75,13 @@ impl MessageStore {
             .store(offset, std::sync::atomic::Ordering::Release);
     }
 
+    /// Retention checks completed since the store opened.
+    pub fn retention_checks(&self) -> u64 {
+        self.shared()
+            .retention_checks
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn transaction_floor(&self) -> u64 {
         self.shared()
             .tx_floor

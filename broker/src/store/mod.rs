@@ -126,6 +126,10 @@ pub struct StoreConfig {
     pub checkpoint_interval: Duration,
     /// Entries per timer-index file (1 Mi default, 48 MiB).
     pub timer_entries_per_file: u64,
+    /// Retention and Raft compaction keep every segment until the first
+    /// [`MessageStore::set_transaction_floor`] (a broker's transactions set it once their
+    /// state is loaded). Off (the default), nothing is held for transactions until then.
+    pub hold_until_transaction_floor: bool,
 }
 
 impl StoreConfig {
@@ -150,6 +154,7 @@ impl StoreConfig {
             index_entries_per_file: 4 << 20,
             checkpoint_interval: Duration::from_secs(1),
             timer_entries_per_file: 1 << 20,
+            hold_until_transaction_floor: false,
         }
     }
 }

@@ -82,7 +82,8 @@ pub fn read_queue_with<R>(
             queue_offset: offset + i as u64,
         };
         decode(buf, at, phy, &want)
-    })?;
+    })
+    .map_err(|e| in_queue(s, &q, offset, max, e))?;
     Ok(QueueRead {
         next_offset: offset + records.len() as u64,
         records,
@@ -159,6 +160,34 @@ pub(super) fn read_entries<R>(
         i = j;
     }
     Ok(out)
+}
+
+/// A queue read whose records' segment retention deleted after the bounds check, before the
+/// queue's head was trimmed: the error in the queue's offsets (the first entry the log still
+/// holds), never in the log's, which a consumer would take for queue offsets and jump to.
+pub(super) fn in_queue(
+    s: &Shared,
+    q: &ConsumeQueue,
+    offset: u64,
+    max: u64,
+    e: StoreError,
+) -> StoreError {
+    if !matches!(e, StoreError::OffsetOutOfRange { .. }) {
+        return e;
+    }
+    let log_min = s.log.min_offset().unwrap_or(0);
+    match q.count_below(log_min) {
+        Ok(first) if offset < first.max(q.min()) => StoreError::OffsetOutOfRange {
+            offset,
+            min: first.max(q.min()).min(max),
+            max,
+        },
+        Ok(_) => StoreError::Corrupt {
+            offset,
+            reason: "the log no longer holds a record this queue points at".into(),
+        },
+        Err(io) => io.into(),
+    }
 }
 
 fn gone(s: &Shared, offset: u64) -> StoreError {

@@ -413,6 +413,12 @@ pub fn open_blocking(
             reason: "commit log has no segment".into(),
         });
     };
+    // A broker's transactions set the real floor once their state is loaded; until then
+    // retention must not take a segment an unresolved (even parked) transaction needs.
+    let tx_floor_at_open = match config.hold_until_transaction_floor {
+        true => 0,
+        false => u64::MAX,
+    };
     let shared = Arc::new(Shared {
         config,
         log,
@@ -430,8 +436,9 @@ pub fn open_blocking(
         written_tx,
         timers: parking_lot::Mutex::new(timers),
         timer_floor: AtomicU64::new(u64::MAX),
-        tx_floor: AtomicU64::new(u64::MAX),
+        tx_floor: AtomicU64::new(tx_floor_at_open),
         timer_pending: AtomicU64::new(0),
+        retention_checks: AtomicU64::new(0),
         timer_version: watch::channel(0).0,
         flush_stats: Default::default(),
         raft: raft_control.clone().zip(raft_entries).map(|(c, entries)| {

@@ -34,44 +34,56 @@ pub fn run(shared: Arc<Shared>, rx: Receiver<RetentionMsg>, writer: mpsc::Sender
                 return;
             }
         }
-        refresh_usage(&shared);
-        let count = segments_to_delete(&shared, super::now_ms());
-        if count == 0 {
-            continue;
-        }
-        let (tx, rx) = oneshot::channel();
-        if writer
-            .blocking_send(WriterCmd::DeleteHead { count, reply: tx })
-            .is_err()
-        {
+        if !check(&shared, &writer) {
             return;
         }
-        match rx.blocking_recv() {
-            Ok(Ok(deleted)) => {
-                let floor = shared.timer_floor.load(Ordering::Acquire);
-                let tx_floor = shared.tx_floor.load(Ordering::Acquire);
-                if deleted.segments.len() < count && floor.min(tx_floor) != u64::MAX {
-                    tracing::warn!(
-                        wanted = count,
-                        deleted = deleted.segments.len(),
-                        floor,
-                        tx_floor,
-                        pending = shared.timer_pending.load(Ordering::Acquire),
-                        "retention held back: segments hold delayed messages not delivered yet or unresolved transactions"
-                    );
-                }
-                tracing::debug!(
-                    min = deleted.log_min,
-                    "retention moved the commit-log start"
+        shared.retention_checks.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// One retention check: false once the writer is gone.
+fn check(shared: &Arc<Shared>, writer: &mpsc::Sender<WriterCmd>) -> bool {
+    refresh_usage(shared);
+    let count = segments_to_delete(shared, super::now_ms());
+    if count == 0 {
+        return true;
+    }
+    let (tx, rx) = oneshot::channel();
+    if writer
+        .blocking_send(WriterCmd::DeleteHead { count, reply: tx })
+        .is_err()
+    {
+        return false;
+    }
+    match rx.blocking_recv() {
+        Ok(Ok(deleted)) => {
+            let floor = shared.timer_floor.load(Ordering::Acquire);
+            let tx_floor = shared.tx_floor.load(Ordering::Acquire);
+            if deleted.segments.len() < count && floor.min(tx_floor) != u64::MAX {
+                tracing::warn!(
+                    wanted = count,
+                    deleted = deleted.segments.len(),
+                    floor,
+                    tx_floor,
+                    pending = shared.timer_pending.load(Ordering::Acquire),
+                    "retention held back: segments hold delayed messages not delivered yet or unresolved transactions"
                 );
-                // Closing the files frees their blocks (here, not on the writer's thread),
-                // before the usage is measured again.
-                drop(deleted.segments);
-                refresh_usage(&shared);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
-            Err(_) => return,
+            tracing::debug!(
+                min = deleted.log_min,
+                "retention moved the commit-log start"
+            );
+            // Closing the files frees their blocks (here, not on the writer's thread), before
+            // the usage is measured again.
+            drop(deleted.segments);
+            refresh_usage(shared);
+            true
         }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "retention failed");
+            true
+        }
+        Err(_) => false,
     }
 }
 

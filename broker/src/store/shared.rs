@@ -54,6 +54,8 @@ pub struct Shared {
     /// Where retention stops for unresolved transactions' half messages (`u64::MAX`: nowhere).
     pub tx_floor: AtomicU64,
     pub timer_pending: AtomicU64,
+    /// Retention checks completed (tests wait on it).
+    pub retention_checks: AtomicU64,
     /// Bumped whenever the dispatcher changed the timer index (the timer task waits on it).
     pub timer_version: watch::Sender<u64>,
     pub flush_stats: FlushStats,
