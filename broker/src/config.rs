@@ -498,6 +498,8 @@ mod tests {
         assert!(c.auto_create_topics);
         assert_eq!(c.default_queues, 8);
         assert!(toml::from_str::<BrokerConfig>("bogus = 1").is_err());
+        // A broker's retention waits for its transactions' floor.
+        assert!(c.store_config("h:1").hold_until_transaction_floor);
     }
 
     #[test]

@@ -237,11 +237,22 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
         .unwrap();
     let mut tx = tx_producer.begin_transaction().unwrap();
     let half = tx.send(Message::new("orders", "pending")).await.unwrap();
-    // (The broker's internal topics are the cluster's: not found on any broker app may ask.)
+    // Found (dispatched) for the admin first; the broker's internal topics are the
+    // cluster's, so app gets a denial from every broker it asks.
+    wait_until(t, "the half message found by id", || {
+        let admin = admin.clone();
+        let id = half.message_id.clone();
+        async move {
+            admin
+                .get_message(&id)
+                .await
+                .is_ok_and(|m| m.message.topic == sluice_proto::props::TX_HALF_TOPIC)
+        }
+    })
+    .await
+    .unwrap();
     let err = app_admin.get_message(&half.message_id).await.unwrap_err();
     assert!(err.to_string().contains("PERMISSION_DENIED"), "{err}");
-    let stored = admin.get_message(&half.message_id).await.unwrap();
-    assert_eq!(stored.message.topic, sluice_proto::props::TX_HALF_TOPIC);
     tx.commit().await.unwrap();
     wait_until(t, "the committed message found by id", || {
         let app_admin = app_admin.clone();

@@ -11,7 +11,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use sluice_proto::names::{dlq_topic, retry_topic, validate_group_name, validate_topic_name};
+use sluice_proto::names::{
+    dlq_topic, retry_topic, validate_group_name, validate_topic_name, DLQ_PREFIX, RETRY_PREFIX,
+};
 use sluice_proto::props::{self, cut, FAILURE, ORIGIN_QUEUE, ORIGIN_TOPIC, REDRIVE_OF};
 use sluice_proto::record::{SYS_FLAGS_SYSTEM, SYS_FLAGS_TIMER, SYS_FLAG_TIMER_FIRED};
 use sluice_proto::v1::send_back_response::Outcome;
@@ -128,10 +130,13 @@ impl Retries {
                 "the message at offset {phy} is not {message_id}"
             )));
         }
-        // A half message is never delivered (its commit's copy is): sent back, an open or
-        // rolled-back transaction's message would become deliverable.
+        // The broker's own topics are never delivered (a retry or dead-letter topic's messages
+        // are): sent back, a half message of an open or rolled-back transaction would be.
+        let internal = r.topic.starts_with('%')
+            && !r.topic.starts_with(RETRY_PREFIX)
+            && !r.topic.starts_with(DLQ_PREFIX);
         if r.sys_flag & (SYS_FLAGS_SYSTEM | (SYS_FLAGS_TIMER & !SYS_FLAG_TIMER_FIRED)) != 0
-            || r.topic == props::TX_HALF_TOPIC
+            || internal
         {
             return Err(ApiError::invalid(format!(
                 "offset {phy} holds a record of the broker's, not a delivered message"

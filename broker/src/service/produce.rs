@@ -94,8 +94,10 @@ impl BrokerService {
         // Cancelling needs `pub` on the message's topic (the scheduled record names it); a
         // handle that reads nothing goes on to the timer task's own answer.
         if let Ok(sched) = self.store.read_at(phy) {
+            let scheduled = sched.sys_flag & sluice_proto::record::SYS_FLAGS_TIMER != 0;
             let topic =
                 sluice_proto::props::get(&sched.properties, sluice_proto::props::REAL_TOPIC)
+                    .filter(|_| scheduled)
                     .unwrap_or(&sched.topic);
             self.access
                 .check(who, Action::Pub, Resource::Topic(topic))?;

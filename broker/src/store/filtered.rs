@@ -95,7 +95,7 @@ pub fn read_queue_filtered_with<R>(
                 }
                 decode(buf, at, phy, &want).map(Some)
             })
-            .map_err(|e| in_queue(s, &q, next, max, e))?;
+            .map_err(|e| in_queue(s, &q, offset, max, e))?;
             for ((queue_offset, e), r) in group.iter().zip(read) {
                 let Some(r) = r else {
                     continue;

@@ -308,14 +308,30 @@ pub fn find_by_time(
     // Read in log order, hand out oldest first.
     let mut by_phy = hits.clone();
     by_phy.sort_by_key(|e| e.phy);
-    let mut recs = read_entries(s, &by_phy, |_, buf, at, phy| {
-        let r = commitlog::decode_at(buf, at, phy)?;
-        if r.topic == topic {
-            Ok(r)
-        } else {
-            Err(mismatch(phy))
+    let read = |entries: &[CqEntry]| {
+        read_entries(s, entries, |_, buf, at, phy| {
+            let r = commitlog::decode_at(buf, at, phy)?;
+            if r.topic == topic {
+                Ok(r)
+            } else {
+                Err(mismatch(phy))
+            }
+        })
+    };
+    // Entries of segments retention deleted (their queue's head not trimmed yet) are gone:
+    // left out, also when retention ran during the read.
+    let live = |v: &mut Vec<CqEntry>| {
+        let log_min = s.log.min_offset().unwrap_or(0);
+        v.retain(|e| e.phy >= log_min);
+    };
+    live(&mut by_phy);
+    let mut recs = match read(&by_phy) {
+        Err(StoreError::OffsetOutOfRange { .. }) => {
+            live(&mut by_phy);
+            read(&by_phy)?
         }
-    })?;
+        r => r?,
+    };
     recs.sort_by_key(|r| (r.store_timestamp_ms, r.commit_log_offset));
     Ok(recs)
 }

@@ -59,7 +59,12 @@ fn check(shared: &Arc<Shared>, writer: &mpsc::Sender<WriterCmd>) -> bool {
         Ok(Ok(deleted)) => {
             let floor = shared.timer_floor.load(Ordering::Acquire);
             let tx_floor = shared.tx_floor.load(Ordering::Acquire);
-            if deleted.segments.len() < count && floor.min(tx_floor) != u64::MAX {
+            if deleted.segments.len() < count && tx_floor == 0 {
+                tracing::info!(
+                    wanted = count,
+                    "retention waits for the transactions' floor (set once their state is loaded)"
+                );
+            } else if deleted.segments.len() < count && floor.min(tx_floor) != u64::MAX {
                 tracing::warn!(
                     wanted = count,
                     deleted = deleted.segments.len(),

@@ -15,7 +15,8 @@ impl Transactions {
     pub async fn run_floor(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             let floor = self.floor().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "cannot compute the transactions' retention floor");
+                // Kept as it was: retention holds what it held (everything, before the first).
+                tracing::error!(error = %e, "cannot compute the transactions' retention floor");
                 self.store.transaction_floor()
             });
             self.store.set_transaction_floor(floor);
