@@ -238,7 +238,7 @@ async fn users_get_what_their_policies_allow_across_changes_and_failover() {
     let mut tx = tx_producer.begin_transaction().unwrap();
     let half = tx.send(Message::new("orders", "pending")).await.unwrap();
     // Found (dispatched) for the admin first; the broker's internal topics are the
-    // cluster's, so app gets a denial from every broker it asks.
+    // cluster's, so the broker holding it denies app (the others do not have it).
     wait_until(t, "the half message found by id", || {
         let admin = admin.clone();
         let id = half.message_id.clone();

@@ -132,7 +132,7 @@ impl Retries {
         }
         // The broker's own topics are never delivered (a retry or dead-letter topic's messages
         // are): sent back, a half message of an open or rolled-back transaction would be.
-        let internal = r.topic.starts_with('%')
+        let internal = props::is_internal_topic(&r.topic)
             && !r.topic.starts_with(RETRY_PREFIX)
             && !r.topic.starts_with(DLQ_PREFIX);
         if r.sys_flag & (SYS_FLAGS_SYSTEM | (SYS_FLAGS_TIMER & !SYS_FLAG_TIMER_FIRED)) != 0

@@ -361,7 +361,8 @@ impl ConsumeQueue {
                 _ => break,
             }
         }
-        // Tests hold a trim here: head files gone, `min` not moved yet.
+        // Tests hold a trim here: head files gone, `min` not moved yet (every trimmed queue
+        // passes here, the Raft entry index's too, on the writer's thread).
         fail::fail_point!("store::cq::trim_head_files_removed");
         let Some(first) = self.files.read().first().cloned() else {
             return Ok(());
@@ -378,7 +379,8 @@ impl ConsumeQueue {
         self.files.read().first().map_or(0, |f| f.base)
     }
 
-    /// The number of entries (from queue offset 0) that point below commit-log `offset`.
+    /// The first queue offset (at least `min`) whose entry points at or above commit-log
+    /// `offset`.
     pub fn count_below(&self, offset: u64) -> io::Result<u64> {
         let (mut lo, mut hi) = (self.min(), self.max());
         while lo < hi {
@@ -410,6 +412,8 @@ impl ConsumeQueue {
             let mid = lo + (hi - lo) / 2;
             match self.entry(mid)? {
                 Some(e) if e.store_ts < ts => lo = mid + 1,
+                // Removed by a trim under way: older than what is left.
+                None if mid < self.first_base() => lo = mid + 1,
                 _ => hi = mid,
             }
         }

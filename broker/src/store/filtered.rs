@@ -57,7 +57,7 @@ pub fn read_queue_filtered_with<R>(
             if q.min() > next {
                 // Retention trimmed the head meanwhile: the offset is gone, not empty.
                 return Err(StoreError::OffsetOutOfRange {
-                    offset: next,
+                    offset,
                     min: q.min(),
                     max,
                 });

@@ -70,9 +70,11 @@ impl MessageStore {
     /// Where retention and Raft compaction stop for unresolved transactions (`u64::MAX`:
     /// nowhere); the transactions' housekeeping sets it.
     pub fn set_transaction_floor(&self, offset: u64) {
-        self.shared()
-            .tx_floor
+        let s = self.shared();
+        s.tx_floor
             .store(offset, std::sync::atomic::Ordering::Release);
+        s.tx_floor_set
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Retention checks completed since the store opened.

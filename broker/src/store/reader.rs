@@ -285,6 +285,8 @@ pub fn find_by_time(
         .map(|m| m.values().cloned().collect())
         .unwrap_or_default();
     let mut hits: Vec<CqEntry> = Vec::new();
+    // Entries of segments retention deleted (their queue's head not trimmed yet) are gone.
+    let log_min = s.log.min_offset().unwrap_or(0);
     for q in queues {
         let mut at = q.offset_for_timestamp(from_ms)?;
         let mut taken = 0;
@@ -296,6 +298,9 @@ pub fn find_by_time(
             for e in &batch {
                 if e.store_ts > to_ms || taken == max {
                     break 'queue;
+                }
+                if e.phy < log_min {
+                    continue;
                 }
                 hits.push(*e);
                 taken += 1;
@@ -318,16 +323,11 @@ pub fn find_by_time(
             }
         })
     };
-    // Entries of segments retention deleted (their queue's head not trimmed yet) are gone:
-    // left out, also when retention ran during the read.
-    let live = |v: &mut Vec<CqEntry>| {
-        let log_min = s.log.min_offset().unwrap_or(0);
-        v.retain(|e| e.phy >= log_min);
-    };
-    live(&mut by_phy);
+    // Retention ran during the read: what it deleted is left out.
     let mut recs = match read(&by_phy) {
         Err(StoreError::OffsetOutOfRange { .. }) => {
-            live(&mut by_phy);
+            let log_min = s.log.min_offset().unwrap_or(0);
+            by_phy.retain(|e| e.phy >= log_min);
             read(&by_phy)?
         }
         r => r?,

@@ -437,6 +437,7 @@ pub fn open_blocking(
         timers: parking_lot::Mutex::new(timers),
         timer_floor: AtomicU64::new(u64::MAX),
         tx_floor: AtomicU64::new(tx_floor_at_open),
+        tx_floor_set: AtomicBool::new(false),
         timer_pending: AtomicU64::new(0),
         retention_checks: AtomicU64::new(0),
         timer_version: watch::channel(0).0,

@@ -59,7 +59,8 @@ fn check(shared: &Arc<Shared>, writer: &mpsc::Sender<WriterCmd>) -> bool {
         Ok(Ok(deleted)) => {
             let floor = shared.timer_floor.load(Ordering::Acquire);
             let tx_floor = shared.tx_floor.load(Ordering::Acquire);
-            if deleted.segments.len() < count && tx_floor == 0 {
+            let held_at_open = tx_floor == 0 && !shared.tx_floor_set.load(Ordering::Acquire);
+            if deleted.segments.len() < count && held_at_open {
                 tracing::info!(
                     wanted = count,
                     "retention waits for the transactions' floor (set once their state is loaded)"

@@ -53,6 +53,8 @@ pub struct Shared {
     pub timer_floor: AtomicU64,
     /// Where retention stops for unresolved transactions' half messages (`u64::MAX`: nowhere).
     pub tx_floor: AtomicU64,
+    /// The transactions set `tx_floor` (a held store waits for it).
+    pub tx_floor_set: std::sync::atomic::AtomicBool,
     pub timer_pending: AtomicU64,
     /// Retention checks completed (tests wait on it).
     pub retention_checks: AtomicU64,
