@@ -176,10 +176,10 @@ pub(super) fn in_queue(
         return e;
     }
     let log_min = s.log.min_offset().unwrap_or(0);
-    match q.count_below(log_min) {
-        Ok(first) if offset < first.max(q.min()) => StoreError::OffsetOutOfRange {
+    match q.count_below(log_min).map(|first| first.max(q.min())) {
+        Ok(first) if offset < first => StoreError::OffsetOutOfRange {
             offset,
-            min: first.max(q.min()).min(max),
+            min: first.min(max),
             max,
         },
         Ok(_) => StoreError::Corrupt {
