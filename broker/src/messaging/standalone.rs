@@ -58,6 +58,14 @@ impl LogWrites {
         Some(oldest.min(store.write_position()))
     }
 
+    /// Where the oldest write under way started, or the write position if none is: every
+    /// write whose state is not applied yet is at or above it.
+    pub fn oldest_under_way(&self, store: &MessageStore) -> u64 {
+        let inflight = self.inflight.lock();
+        let oldest = inflight.values().copied().min().unwrap_or(u64::MAX);
+        oldest.min(store.write_position())
+    }
+
     /// The write's state is applied.
     pub fn applied(&self, ticket: Ticket) {
         self.inflight.lock().remove(&ticket.0);

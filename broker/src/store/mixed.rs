@@ -67,8 +67,8 @@ pub fn encode_mixed_for_proposal(b: &MixedBatch, host: &str, ts: i64) -> Result<
 }
 
 impl MessageStore {
-    /// Where retention and Raft compaction stop for unresolved transactions (`u64::MAX`:
-    /// nowhere); the transactions' housekeeping sets it.
+    /// Where retention and Raft compaction stop for unresolved transactions and writes whose
+    /// state is not applied yet (`u64::MAX`: nowhere); the transactions' housekeeping sets it.
     pub fn set_transaction_floor(&self, offset: u64) {
         let s = self.shared();
         s.tx_floor

@@ -72,7 +72,7 @@ fn check(shared: &Arc<Shared>, writer: &mpsc::Sender<WriterCmd>) -> bool {
                     floor,
                     tx_floor,
                     pending = shared.timer_pending.load(Ordering::Acquire),
-                    "retention held back: segments hold delayed messages not delivered yet or unresolved transactions"
+                    "retention held back: segments hold delayed messages not delivered yet, unresolved transactions or writes whose state is not applied yet"
                 );
             }
             tracing::debug!(

@@ -12,7 +12,7 @@ use crate::state::transactions::COMMITTED;
 use crate::state::{producers, StateMachine};
 use crate::store::{AppendMessage, MessageStore, StoreConfig};
 
-fn msg(id: &str) -> AppendMessage {
+pub(in crate::messaging::txn) fn msg(id: &str) -> AppendMessage {
     AppendMessage {
         message_id: id.to_owned(),
         body: Bytes::copy_from_slice(id.as_bytes()),

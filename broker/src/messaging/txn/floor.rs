@@ -27,8 +27,28 @@ impl Transactions {
         }
     }
 
-    /// The commit-log offset of the earliest unresolved half message (`u64::MAX`: none).
+    /// The commit-log offset of the earliest unresolved half message, or of the first write
+    /// whose state is not applied yet if that is lower: a half message written but not yet
+    /// among the open transactions is above it.
     fn floor(&self) -> Result<u64, ApiError> {
+        // Read before the open transactions: everything they do not hold yet is at or above it.
+        let unapplied = self.unapplied_from()?;
+        Ok(self.open_floor()?.min(unapplied))
+    }
+
+    /// Where the writes whose state is not applied yet start in the commit log.
+    fn unapplied_from(&self) -> Result<u64, ApiError> {
+        match &self.write {
+            WritePath::Standalone { log, .. } => Ok(log.oldest_under_way(&self.store)),
+            // Entries are applied in log order, and the log is the commit log.
+            WritePath::Replicated { .. } => {
+                Ok(self.store.entry_end_offset(self.write.applied_index())?)
+            }
+        }
+    }
+
+    /// The commit-log offset of the earliest unresolved half message (`u64::MAX`: none).
+    fn open_floor(&self) -> Result<u64, ApiError> {
         let open = &self.write.state().tx_open;
         match &self.write {
             WritePath::Standalone { .. } => Ok(open
@@ -58,5 +78,48 @@ impl Transactions {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messaging::txn::batch::tests::{msg, setup};
+    use crate::messaging::txn::TxSend;
+    use crate::state::transactions::COMMITTED;
+
+    fn tx(id: &str) -> TxSend {
+        TxSend {
+            id: id.into(),
+            group: "orders-service".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_half_message_written_before_its_state_is_applied_is_above_the_floor() {
+        let s = setup().await;
+        let log = s.write.log_writes().cloned().unwrap();
+        // Nothing open and nothing under way: up to what is written, not everywhere.
+        assert_eq!(s.txs.floor().unwrap(), s.store.write_position());
+
+        // A half message in the log whose state is not applied yet (its write under way).
+        let ticket = log.begin(&s.store);
+        let batch = Transactions::half_batch("orders", 0, &tx("tx-a"), vec![msg("a1")]);
+        let encoded = s.store.encode(&batch).unwrap();
+        let written = s.store.append_encoded(encoded).await.unwrap();
+        let a_at = written.entries[0].commit_log_offset;
+        // A later transaction, applied.
+        let batch = Transactions::half_batch("orders", 0, &tx("tx-b"), vec![msg("b1")]);
+        let b_at = s.write.append_announced(&batch, 5).await.unwrap()[0].commit_log_offset;
+        assert!(!s.st.tx_open.contains("tx-a") && s.st.tx_open.contains("tx-b"));
+        assert!(a_at < b_at);
+        assert_eq!(s.txs.floor().unwrap(), a_at);
+
+        // Its state applied (here: the write given up): the open transaction holds the floor.
+        log.abandon(ticket);
+        assert_eq!(s.txs.floor().unwrap(), b_at);
+        s.txs.end("tx-b", COMMITTED, 6).await.unwrap();
+        assert!(s.st.tx_open.is_empty());
+        assert_eq!(s.txs.floor().unwrap(), s.store.write_position());
     }
 }

@@ -6,7 +6,9 @@
 //!   sends (no idempotence) of one message per request with the same number of senders (a
 //!   transaction is a send per message and a commit, each acknowledged before the next); the
 //!   three in reverse order in odd rounds; the idempotent producer's `send()` rate from the same
-//!   senders (its sends meeting on a queue share a request) is measured after them;
+//!   senders (its sends meeting on a queue share a request) is measured after them; and, as the
+//!   reference a transaction's two round trips allow, two plain sends per message, each
+//!   acknowledged before the next (the rate counts one message per pair);
 //! - with `--trace`: pipelined produce with message trace on (the client's default producer
 //!   plus a trace event per message sent and stored) against the same producer without it,
 //!   before the others in odd rounds and after them in even ones.
@@ -90,6 +92,10 @@ struct Report {
     tx10_ratios: Vec<f64>,
     tx1_ratio_median: Option<f64>,
     tx10_ratio_median: Option<f64>,
+    /// Two plain sends per message, one after the other, over one per request.
+    two_sends_msgs_per_sec: Vec<f64>,
+    two_sends_ratios: Vec<f64>,
+    two_sends_ratio_median: Option<f64>,
     storm_transactions: Option<u64>,
     storm_before_msgs_per_sec: Option<f64>,
     storm_during_msgs_per_sec: Option<f64>,
@@ -158,13 +164,24 @@ async fn pipelined_for(
 
 /// `senders` tasks each sending `per_tx` messages per transaction (0: plain sends, one per
 /// request) until `count` messages are sent; the elapsed time.
+/// What each sender does per message (or per transaction).
+#[derive(Clone, Copy)]
+enum Cycle {
+    /// One send, acknowledged.
+    Send,
+    /// Two sends, each acknowledged before the next: a message's share of two round trips.
+    TwoSends,
+    /// A transaction of this many sends and its commit.
+    Tx(u64),
+}
+
 async fn transactional(
     p: &Producer,
     topic: &str,
     size: usize,
     count: u64,
     senders: usize,
-    per_tx: u64,
+    cycle: Cycle,
 ) -> anyhow::Result<Duration> {
     let body = vec![b'x'; size.max(STAMPED_MIN)];
     let next = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -173,12 +190,21 @@ async fn transactional(
     for _ in 0..senders.max(1) {
         let (p, next, body, topic) = (p.clone(), next.clone(), body.clone(), topic.to_string());
         tasks.push(tokio::spawn(async move {
-            let step = per_tx.max(1);
+            let step = match cycle {
+                Cycle::Tx(n) => n.max(1),
+                Cycle::Send | Cycle::TwoSends => 1,
+            };
             while next.fetch_add(step, std::sync::atomic::Ordering::Relaxed) < count {
-                if per_tx == 0 {
-                    p.send(Message::new(topic.clone(), body.clone())).await?;
-                    continue;
-                }
+                let per_tx = match cycle {
+                    Cycle::Tx(n) => n.max(1),
+                    Cycle::Send | Cycle::TwoSends => {
+                        p.send(Message::new(topic.clone(), body.clone())).await?;
+                        if matches!(cycle, Cycle::TwoSends) {
+                            p.send(Message::new(topic.clone(), body.clone())).await?;
+                        }
+                        continue;
+                    }
+                };
                 let mut tx = p.begin_transaction()?;
                 for _ in 0..per_tx {
                     tx.send(Message::new(topic.clone(), body.clone())).await?;
@@ -335,27 +361,36 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
             r.traced_ratios.push((t / i * 1000.0).round() / 1000.0);
         }
         if a.transactions {
-            let t = |p, per_tx| transactional(p, &a.topic, a.size, a.tx_count, a.senders, per_tx);
+            let t = |p, cycle| transactional(p, &a.topic, a.size, a.tx_count, a.senders, cycle);
             let tx_rate = |d: Duration| a.tx_count as f64 / d.as_secs_f64().max(1e-9);
             // The baseline is plain: one message per request (an idempotent producer's sends
             // meeting on a queue share one); transactions use the client's default producer.
             // The three in reverse order in odd rounds, so that no mode always runs at the same
             // point of the machine's phases (the page cache costs this VM more some seconds
             // into a burst of writes than at its start); the idempotent `send()` after them.
-            let (sync, tx1, tx10) = if round % 2 == 0 {
-                let sync = tx_rate(t(&plain, 0).await?);
-                let tx1 = tx_rate(t(&idempotent, 1).await?);
-                (sync, tx1, tx_rate(t(&idempotent, 10).await?))
+            // Two sends per message run next to the baseline.
+            let (sync, two, tx1, tx10) = if round % 2 == 0 {
+                let sync = tx_rate(t(&plain, Cycle::Send).await?);
+                let two = tx_rate(t(&plain, Cycle::TwoSends).await?);
+                let tx1 = tx_rate(t(&idempotent, Cycle::Tx(1)).await?);
+                (
+                    sync,
+                    two,
+                    tx1,
+                    tx_rate(t(&idempotent, Cycle::Tx(10)).await?),
+                )
             } else {
-                let tx10 = tx_rate(t(&idempotent, 10).await?);
-                let tx1 = tx_rate(t(&idempotent, 1).await?);
-                (tx_rate(t(&plain, 0).await?), tx1, tx10)
+                let tx10 = tx_rate(t(&idempotent, Cycle::Tx(10)).await?);
+                let tx1 = tx_rate(t(&idempotent, Cycle::Tx(1)).await?);
+                let two = tx_rate(t(&plain, Cycle::TwoSends).await?);
+                (tx_rate(t(&plain, Cycle::Send).await?), two, tx1, tx10)
             };
-            let sync_idem = tx_rate(t(&idempotent, 0).await?);
+            let sync_idem = tx_rate(t(&idempotent, Cycle::Send).await?);
             if !a.json {
                 println!(
-                    "round {}: one per request {sync:.0} msgs/s (idempotent send() {sync_idem:.0}), 1 per transaction {tx1:.0} msgs/s ({:.1} %), 10 per transaction {tx10:.0} msgs/s ({:.1} %)",
+                    "round {}: one per request {sync:.0} msgs/s (idempotent send() {sync_idem:.0}), two sends per message {two:.0} ({:.1} %), 1 per transaction {tx1:.0} msgs/s ({:.1} %), 10 per transaction {tx10:.0} msgs/s ({:.1} %)",
                     round + 1,
+                    100.0 * two / sync,
                     100.0 * tx1 / sync,
                     100.0 * tx10 / sync
                 );
@@ -366,12 +401,16 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
             r.tx10_msgs_per_sec.push(tx10.round());
             r.tx1_ratios.push((tx1 / sync * 1000.0).round() / 1000.0);
             r.tx10_ratios.push((tx10 / sync * 1000.0).round() / 1000.0);
+            r.two_sends_msgs_per_sec.push(two.round());
+            r.two_sends_ratios
+                .push((two / sync * 1000.0).round() / 1000.0);
         }
     }
     r.idempotent_ratio_median = median(&r.idempotent_ratios);
     if a.transactions {
         r.tx1_ratio_median = Some(median(&r.tx1_ratios));
         r.tx10_ratio_median = Some(median(&r.tx10_ratios));
+        r.two_sends_ratio_median = Some(median(&r.two_sends_ratios));
     }
     if a.storm > 0 {
         storm(&config, &a, &idempotent, &mut r).await?;
@@ -399,11 +438,16 @@ pub async fn run(config: ClientConfig, a: ModesArgs) -> anyhow::Result<()> {
             100.0 * m
         );
     }
-    if let (Some(t1), Some(t10)) = (r.tx1_ratio_median, r.tx10_ratio_median) {
+    if let (Some(t1), Some(t10), Some(two)) = (
+        r.tx1_ratio_median,
+        r.tx10_ratio_median,
+        r.two_sends_ratio_median,
+    ) {
         println!(
-            "transactions / one per request, medians: 1 per transaction {:.1} %, 10 per transaction {:.1} %",
+            "transactions / one per request, medians: 1 per transaction {:.1} %, 10 per transaction {:.1} % (two sends per message: {:.1} %)",
             100.0 * t1,
-            100.0 * t10
+            100.0 * t10,
+            100.0 * two
         );
     }
     Ok(())
