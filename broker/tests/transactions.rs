@@ -15,7 +15,7 @@ use sluice_broker::messaging::WritePath;
 use sluice_broker::meta::{MemMeta, MetaStore};
 use sluice_broker::state::transactions::{self as table, COMMITTED, ROLLED_BACK};
 use sluice_broker::state::{producers, StateMachine};
-use sluice_broker::store::MessageStore;
+use sluice_broker::store::{AppendBatch, MessageStore};
 use sluice_proto::ErrorCode;
 use tokio::sync::{watch, Notify};
 use util::*;
@@ -52,8 +52,16 @@ async fn a_commit_writes_every_half_message_to_its_queue_in_one_write() {
     let (stop_tx, stop) = watch::channel(false);
     let floor_task = tokio::spawn(txs.clone().run_floor(stop));
 
+    // Something before it, so the floor at the first half message is not the log's start.
+    let before = AppendBatch {
+        topic: "orders".into(),
+        queue_id: 3,
+        messages: vec![msg("plain", b"plain")],
+    };
+    write.append_announced(&before, 4).await.unwrap();
     let a = tx("tx-a");
     let first = half(&write, &a, "orders", 0, &["a1", "a2"]).await;
+    assert!(first > 0);
     half(&write, &a, "audit", 1, &["a3"]).await;
     let r = table::get(st.meta().as_ref(), &st.tx_ended, "tx-a")
         .unwrap()

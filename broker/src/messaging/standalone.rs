@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use sluice_proto::ApiError;
@@ -19,22 +20,49 @@ use crate::store::{LogState, MessageStore};
 /// Writes that carry state, from their start until their state is applied.
 #[derive(Default)]
 pub struct LogWrites {
-    /// Ticket -> the write position when the write started.
-    inflight: Mutex<BTreeMap<u64, u64>>,
+    inflight: Mutex<BTreeMap<u64, Write>>,
     next_ticket: AtomicU64,
     /// When the recorded point may move next (ms since the epoch).
     point_due: AtomicI64,
 }
 
-/// A write under way; hand it back with [`LogWrites::applied`].
-pub struct Ticket(u64);
+struct Write {
+    /// The write position when the write started.
+    at: u64,
+    /// Its ticket is held: its state is still to be applied by its caller.
+    live: bool,
+}
+
+/// A write under way; hand it back with [`LogWrites::applied`]. Dropped without that (the
+/// write failed and may be in the log, or its caller went away), it keeps the rescan point
+/// below its write but no longer holds the transactions' retention floor
+/// ([`LogWrites::oldest_under_way`]): its state waits for a restart, and one lost ticket must
+/// not stop retention until then.
+pub struct Ticket {
+    id: u64,
+    log: Arc<LogWrites>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(w) = self.log.inflight.lock().get_mut(&self.id) {
+            w.live = false;
+        }
+    }
+}
 
 impl LogWrites {
     /// Called before the write is handed to the store.
-    pub fn begin(&self, store: &MessageStore) -> Ticket {
-        let t = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        self.inflight.lock().insert(t, store.write_position());
-        Ticket(t)
+    pub fn begin(self: &Arc<Self>, store: &MessageStore) -> Ticket {
+        let id = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        // The position is read under the lock: see `oldest_under_way`.
+        let mut inflight = self.inflight.lock();
+        let at = store.write_position();
+        inflight.insert(id, Write { at, live: true });
+        Ticket {
+            id,
+            log: self.clone(),
+        }
     }
 
     /// The write's state is about to be applied (in the metadata write that may carry the
@@ -47,33 +75,40 @@ impl LogWrites {
         if self.point_due.load(Ordering::Relaxed) > now_ms {
             return None;
         }
-        self.point_due.store(now_ms + 1_000, Ordering::Relaxed);
+        self.point_due
+            .store(now_ms.saturating_add(1_000), Ordering::Relaxed);
         // Anything that starts later starts at or after the current write position.
         let oldest = inflight
             .iter()
-            .filter(|(t, _)| **t != ticket.0)
-            .map(|(_, at)| *at)
+            .filter(|(t, _)| **t != ticket.id)
+            .map(|(_, w)| w.at)
             .min()
             .unwrap_or(u64::MAX);
         Some(oldest.min(store.write_position()))
     }
 
-    /// Where the oldest write under way started, or the write position if none is: every
-    /// write whose state is not applied yet is at or above it.
+    /// Where the oldest write whose caller is still to apply its state started, or the write
+    /// position if there is none: every such write is at or above it (one that begins later
+    /// reads a position at least this one).
     pub fn oldest_under_way(&self, store: &MessageStore) -> u64 {
         let inflight = self.inflight.lock();
-        let oldest = inflight.values().copied().min().unwrap_or(u64::MAX);
+        let oldest = inflight
+            .values()
+            .filter(|w| w.live)
+            .map(|w| w.at)
+            .min()
+            .unwrap_or(u64::MAX);
         oldest.min(store.write_position())
     }
 
     /// The write's state is applied.
     pub fn applied(&self, ticket: Ticket) {
-        self.inflight.lock().remove(&ticket.0);
+        self.inflight.lock().remove(&ticket.id);
     }
 
     /// The write certainly did not happen: nothing to apply.
     pub fn abandon(&self, ticket: Ticket) {
-        self.inflight.lock().remove(&ticket.0);
+        self.inflight.lock().remove(&ticket.id);
     }
 }
 

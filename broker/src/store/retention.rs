@@ -65,7 +65,9 @@ fn check(shared: &Arc<Shared>, writer: &mpsc::Sender<WriterCmd>) -> bool {
                     wanted = count,
                     "retention waits for the transactions' floor (set once their state is loaded)"
                 );
-            } else if deleted.segments.len() < count && floor.min(tx_floor) != u64::MAX {
+            } else if deleted.segments.len() < count
+                && floor.min(tx_floor) < shared.dispatched_and_confirmed()
+            {
                 tracing::warn!(
                     wanted = count,
                     deleted = deleted.segments.len(),

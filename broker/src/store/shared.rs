@@ -121,6 +121,13 @@ pub enum DispatchMsg {
 }
 
 impl Shared {
+    /// Below this the log is dispatched and confirmed: what retention may delete, but for the
+    /// timers' and transactions' floors.
+    pub fn dispatched_and_confirmed(&self) -> u64 {
+        let dispatched = *self.dispatched.borrow();
+        dispatched.min(self.confirmed.load(std::sync::atomic::Ordering::Acquire))
+    }
+
     pub fn queue(&self, topic: &str, queue_id: u32) -> Option<Arc<ConsumeQueue>> {
         self.queues
             .read()

@@ -108,9 +108,8 @@ impl Writer {
 
     /// Segments ending at or below this offset may be deleted: dispatched and confirmed.
     pub(super) fn deletable_below(&self) -> u64 {
-        let dispatched = *self.shared.dispatched.borrow();
-        dispatched
-            .min(self.shared.confirmed.load(Ordering::Acquire))
+        self.shared
+            .dispatched_and_confirmed()
             .min(self.shared.timer_floor.load(Ordering::Acquire))
             .min(self.shared.tx_floor.load(Ordering::Acquire))
     }

@@ -162,8 +162,6 @@ async fn pipelined_for(
     Ok((sent as f64 / took.as_secs_f64().max(1e-9), took))
 }
 
-/// `senders` tasks each sending `per_tx` messages per transaction (0: plain sends, one per
-/// request) until `count` messages are sent; the elapsed time.
 /// What each sender does per message (or per transaction).
 #[derive(Clone, Copy)]
 enum Cycle {
@@ -175,6 +173,7 @@ enum Cycle {
     Tx(u64),
 }
 
+/// `senders` tasks each running `cycle` until `count` messages are counted; the elapsed time.
 async fn transactional(
     p: &Producer,
     topic: &str,
