@@ -298,6 +298,21 @@ impl BrokerConfig {
         if self.max_message_size == 0 || self.max_request_size < self.max_message_size {
             return bad("max_request_size must be >= max_message_size > 0");
         }
+        // A request, or a commit's copies, is one Raft entry: larger than a replication RPC
+        // carries, it would never commit, and every write after it would wait behind it.
+        if self.max_request_size > MAX_ENTRY_BYTES {
+            return bad("max_request_size must be <= 48 MiB (one Raft entry)");
+        }
+        let tx_entry = self
+            .max_transaction_messages
+            .saturating_mul(TX_RECORD_OVERHEAD)
+            .saturating_add(self.max_transaction_bytes);
+        if tx_entry > MAX_ENTRY_BYTES as u64 {
+            return bad(
+                "max_transaction_bytes + 1 KiB per max_transaction_messages must be <= 48 MiB \
+                 (a commit's copies are one Raft entry)",
+            );
+        }
         if !(0.0..=1.0).contains(&self.disk_high_ratio)
             || !(0.0..=1.0).contains(&self.disk_hard_ratio)
         {
@@ -483,6 +498,13 @@ fn valid_address(addr: &str) -> bool {
     }
 }
 
+/// Largest Raft entry a request or a commit may make: a replication RPC
+/// (`replication::transport::MAX_RPC_BYTES`, 64 MiB) carries one beside a batch of others.
+const MAX_ENTRY_BYTES: usize = 48 << 20;
+/// A transaction's message's bytes in its commit besides what `max_transaction_bytes` counts:
+/// record header, message id (<= 128 bytes), born host (<= 255), the copy's properties.
+const TX_RECORD_OVERHEAD: u64 = 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,6 +534,22 @@ mod tests {
         assert!(BrokerConfig::default().validate().is_ok());
         let c = BrokerConfig {
             read_hint_behind_memory_ratio: 1.5,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        // Entries a replication RPC cannot carry.
+        let c = BrokerConfig {
+            max_request_size: 64 << 20,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = BrokerConfig {
+            max_transaction_bytes: 40 << 20,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = BrokerConfig {
+            max_transaction_messages: 1 << 20,
             ..Default::default()
         };
         assert!(c.validate().is_err());

@@ -43,6 +43,32 @@ fn assert_log_is_prefix(
     }
 }
 
+/// Entry data for a delayed message waiting until far in the future.
+fn scheduled_data(id: &str) -> bytes::Bytes {
+    let mut m = sluice_broker::store::AppendMessage {
+        message_id: id.into(),
+        body: bytes::Bytes::from_static(b"later"),
+        born_timestamp_ms: 1,
+        born_host: "10.0.0.1:1".into(),
+        sys_flag: sluice_proto::record::SYS_FLAG_SCHEDULED,
+        ..Default::default()
+    };
+    m.properties.push((
+        sluice_proto::props::DELIVER_AT.into(),
+        4_000_000_000_000i64.to_string(),
+    ));
+    m.properties
+        .push((sluice_proto::props::REAL_TOPIC.into(), "t".into()));
+    m.properties
+        .push((sluice_proto::props::REAL_QUEUE.into(), "0".into()));
+    let batch = sluice_broker::store::AppendBatch {
+        topic: "%TIMER%".into(),
+        queue_id: 0,
+        messages: vec![m],
+    };
+    sluice_broker::store::encode_for_proposal(&batch, "10.0.0.9:10911", 1_000).unwrap()
+}
+
 fn big_send(index: u64, messages: usize) -> Entry {
     entry(
         index,
@@ -164,12 +190,16 @@ fn interrupted_install(fp: &str) {
     let snap = a.snapshot(0, 2).unwrap();
     let restart_at = sa.entry_end_offset(200).unwrap();
 
-    // B holds other (committed, visible) data when the snapshot arrives.
+    // B holds other (committed, visible) data when the snapshot arrives, and a delayed
+    // message still pending.
     let (sb, mut b) = open(&rt, raft_config(db.path()));
-    b.append(&mixed_entries(1, 30, 1, "stale")).unwrap();
+    let mut stale = mixed_entries(1, 30, 1, "stale");
+    stale.push(entry(31, 1, scheduled_data("stale-timer")));
+    b.append(&stale).unwrap();
     b.sync().unwrap();
-    confirm_through(&sb, 30);
+    confirm_through(&sb, 31);
     rt.block_on(wait_all_dispatched(&sb));
+    assert_eq!(sb.timers_pending(), 1);
     fail::cfg(fp, "return").unwrap();
     assert!(b
         .apply_snapshot_data(snap.get_metadata(), &snap.data)
@@ -184,6 +214,8 @@ fn interrupted_install(fp: &str) {
     );
     assert_eq!(b.term(200).unwrap(), 1);
     assert_eq!(sb.commit_log_range(), (restart_at, restart_at));
+    // The stale timer went with its log: it would hold retention below the log's start.
+    assert_eq!((sb.timers_pending(), sb.timer_floor()), (0, u64::MAX));
     for q in 0..3 {
         let (min, max) = sb.queue_offsets("orders", q);
         assert_eq!(min, max, "stale messages are gone");

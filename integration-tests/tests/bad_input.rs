@@ -295,3 +295,30 @@ async fn auto_create_topics_creates_on_first_send_with_the_default_queue_count()
     );
     assert_eq!(e.code, ErrorCode::InvalidTopicName, "{e}");
 }
+
+#[tokio::test]
+async fn a_transactional_send_reusing_another_sends_first_message_id_is_refused() {
+    let cluster = Cluster::start(1, ClusterOptions::default()).unwrap();
+    let mut b = cluster.broker_client(0).await.unwrap();
+    b.create_topic(create_topic_request("orders", 2))
+        .await
+        .unwrap();
+    let send = |queue_id: u32| SendRequest {
+        topic: "orders".into(),
+        queue_id,
+        messages: vec![Message {
+            message_id: "m-1".into(),
+            body: b"x".to_vec().into(),
+            ..Default::default()
+        }],
+        transaction_id: "tx-dup".into(),
+        producer_group: "orders-service".into(),
+        ..Default::default()
+    };
+    b.send(send(0)).await.unwrap();
+    // The same send again (a retry): answered, counted once.
+    b.send(send(0)).await.unwrap();
+    // Another send whose first message has that id: the transaction would leave it out.
+    let e = code(b.send(send(1)).await);
+    assert_eq!(e.code, ErrorCode::InvalidArgument, "{e}");
+}

@@ -252,6 +252,13 @@ impl Producing {
         let _sending = self.transactions.begin_send(tx)?;
         self.transactions
             .check_send(tx, messages.len(), bytes, now)?;
+        let (count, first_id) = (
+            messages.len(),
+            messages
+                .first()
+                .map(|m| m.message_id.clone())
+                .unwrap_or_default(),
+        );
         let batch = Transactions::half_batch(topic, queue_id, tx, messages);
         let (ids, entries) = match seq {
             Some(_) => {
@@ -281,6 +288,8 @@ impl Producing {
                 (ids, entries)
             }
         };
+        self.transactions
+            .check_joined(tx, topic, queue_id, &first_id, count)?;
         Ok(receipts(ids, entries))
     }
 

@@ -57,6 +57,9 @@ impl IdGenerator {
     }
 }
 
+/// Longest `born_host` a message may carry.
+pub const MAX_BORN_HOST: usize = 255;
+
 pub fn to_append(
     m: Message,
     ids: &IdGenerator,
@@ -71,6 +74,12 @@ pub fn to_append(
     }
     if m.message_id.len() > 128 {
         return Err(ApiError::invalid("message_id longer than 128 bytes"));
+    }
+    // An address: kept short so that neither a record nor a commit's copies grow by it unbounded.
+    if m.born_host.len() > MAX_BORN_HOST {
+        return Err(ApiError::invalid(format!(
+            "born_host longer than {MAX_BORN_HOST} bytes"
+        )));
     }
     if let Some(k) = m
         .properties
@@ -158,6 +167,14 @@ mod tests {
         let a = to_append(m, &g, 11).unwrap();
         assert!(!a.message_id.is_empty());
         assert!(a.born_timestamp_ms > 0);
+        let host = Message {
+            born_host: "h".repeat(MAX_BORN_HOST + 1),
+            ..Default::default()
+        };
+        assert_eq!(
+            to_append(host, &g, 10).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
     }
 
     #[test]

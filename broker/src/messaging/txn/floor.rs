@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::Transactions;
 use crate::messaging::WritePath;
+use crate::store::StoreError;
 
 impl Transactions {
     /// Every replica: keeps retention and compaction off the oldest unresolved half message.
@@ -66,11 +67,18 @@ impl Transactions {
                     let Some(&last) = chunk.last() else {
                         return Ok(u64::MAX);
                     };
-                    if let Some(a) = chunk
-                        .into_iter()
-                        .find_map(|l| self.store.entry_results(l).ok())
-                    {
-                        return Ok(a.first().map_or(u64::MAX, |a| a.commit_log_offset));
+                    for l in chunk {
+                        match self.store.entry_results(l) {
+                            Ok(a) => {
+                                if let Some(first) = a.first() {
+                                    return Ok(first.commit_log_offset);
+                                }
+                            }
+                            Err(StoreError::OffsetOutOfRange { offset, min, .. })
+                                if offset < min => {}
+                            // Not known: the previous floor holds rather than pass it.
+                            Err(e) => return Err(e.into()),
+                        }
                     }
                     match last.checked_add(1) {
                         Some(next) => from = next,

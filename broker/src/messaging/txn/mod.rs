@@ -235,6 +235,38 @@ impl Transactions {
         }
     }
 
+    /// After a half send is applied: that it joined its transaction. The apply takes a send
+    /// whose first message id the transaction has already for a retry of that send (ids are
+    /// the client's): a different send reusing the id was left out and must not be answered
+    /// as stored.
+    pub fn check_joined(
+        &self,
+        tx: &TxSend,
+        topic: &str,
+        queue_id: u32,
+        first_id: &str,
+        count: usize,
+    ) -> Result<(), ApiError> {
+        let r = self.record(&tx.id)?.unwrap_or_default();
+        match r.halves.iter().find(|h| h.first_message_id == first_id) {
+            Some(h) if h.topic == topic && h.queue_id == queue_id && h.count as usize == count => {
+                Ok(())
+            }
+            Some(h) => Err(ApiError::invalid(format!(
+                "message id {first_id} already starts another send of transaction {} (to {} queue {}); \
+                 this send was not added to it",
+                tx.id, h.topic, h.queue_id
+            ))),
+            None => Err(ApiError::new(
+                ErrorCode::TransactionResolved,
+                format!(
+                    "transaction {} ended before this send was applied; it was not added",
+                    tx.id
+                ),
+            )),
+        }
+    }
+
     /// Checks a send of `count` messages (`bytes` of payload) to `tx` against its state and
     /// the limits.
     pub fn check_send(

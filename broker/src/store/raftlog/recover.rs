@@ -82,6 +82,15 @@ fn finish_install(config: &StoreConfig, c: &Control) -> Result<(), StoreError> {
         fs::remove_file(path)?;
     }
     sync_dir(&index_dir)?;
+    // The old log's timers: kept, they would stay pending below the new log's start and hold
+    // retention there for good (a live install clears them too).
+    let timer_dir = dir.join("timer");
+    if timer_dir.is_dir() {
+        for f in fs::read_dir(&timer_dir)? {
+            fs::remove_file(f?.path())?;
+        }
+        sync_dir(&timer_dir)?;
+    }
     remove_dir_contents(&dir.join(DIR).join(ENTRIES_DIR))?;
     open_entries(dir, config.cq_entries_per_file)?.reset_to(c.cp.index + 1)?;
     checkpoint::store(
