@@ -69,18 +69,6 @@ impl<B: LogBackend> BrokerApplier<B> {
         self.applied = index;
         self.applied_tx.send_replace(index);
     }
-
-    /// Replaces the state with a snapshot's (durably).
-    fn restore_state(&mut self, index: u64, data: &[u8]) -> Result<(), ApplyError> {
-        let snap = decode_snapshot(data).map_err(ApplyError)?;
-        let dump = snap.state.unwrap_or_else(|| {
-            // An earlier build's snapshot: idempotent puts at or after `index`.
-            StateMachine::legacy_dump(index, &snap.topics, &snap.offsets)
-        });
-        self.state.restore(&dump).map_err(state_fault)?;
-        self.state_applied = dump.applied_index;
-        Ok(())
-    }
 }
 
 impl<B: LogBackend> Applier for BrokerApplier<B> {
@@ -122,28 +110,19 @@ impl<B: LogBackend> Applier for BrokerApplier<B> {
         )))
     }
 
-    /// The state goes first: a restart after a crash before the log's install finds the
-    /// state ahead of the old log (and Raft sends the snapshot again), not the new log ahead
-    /// of a state that would never see the entries the snapshot stands for.
-    fn prepare_snapshot_data(
-        &mut self,
-        index: u64,
-        _term: u64,
-        data: &[u8],
-    ) -> Result<(), ApplyError> {
-        self.restore_state(index, data)
-    }
-
     fn apply_snapshot_data(
         &mut self,
         index: u64,
         _term: u64,
         data: &[u8],
     ) -> Result<(), ApplyError> {
-        if self.state_applied < index {
-            // Not prepared (a driver that does not call it).
-            self.restore_state(index, data)?;
-        }
+        let snap = decode_snapshot(data).map_err(ApplyError)?;
+        let dump = snap.state.unwrap_or_else(|| {
+            // An earlier build's snapshot: idempotent puts at or after `index`.
+            StateMachine::legacy_dump(index, &snap.topics, &snap.offsets)
+        });
+        self.state.restore(&dump).map_err(state_fault)?;
+        self.state_applied = dump.applied_index;
         self.backend.commit_snapshot(index).map_err(store_fault)?;
         self.record_applied(index);
         Ok(())
@@ -342,41 +321,5 @@ mod tests {
         assert_eq!(state.topics.list(), vec![topic("old-form")]);
         assert!(a.apply_snapshot_data(51, 4, b"\xff garbage").is_err());
         assert!(a.apply_snapshot(52, 4).is_err());
-    }
-
-    #[test]
-    fn a_crash_between_the_snapshots_state_and_its_log_leaves_the_state_ahead() {
-        let fake = Fake::default();
-        let meta: Arc<dyn MetaStore> = Arc::new(MemMeta::default());
-        let state = meta_state(meta.clone());
-        state
-            .apply(Some(1), &[state::upsert_topic_op(topic("stale"))], false)
-            .unwrap();
-        let (mut a, _) = BrokerApplier::open(fake.clone(), state, 1, 1).unwrap();
-        let donor = meta_state(Arc::new(MemMeta::default()));
-        donor
-            .apply(Some(40), &[state::upsert_topic_op(topic("fresh"))], false)
-            .unwrap();
-        let data = ReplicaSnapshot {
-            store: Bytes::new(),
-            state: Some(donor.dump().unwrap()),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        a.prepare_snapshot_data(40, 3, &data).unwrap();
-        // The log's install never happens: a restart over the old log (entry 1 only).
-        drop(a);
-        let state = meta_state(meta);
-        assert!(state.topics.get("stale").is_none() && state.topics.get("fresh").is_some());
-        let (mut a, _) = BrokerApplier::open(fake.clone(), state.clone(), 1, 1).unwrap();
-        assert_eq!(a.applied_index(), 1);
-        assert!(!fake.events.lock().iter().any(|e| e.starts_with("snapshot")));
-        // The leader's entries after the old log: those the snapshot holds are not applied
-        // again, the later ones are.
-        let again = fake.encode_meta(&state::upsert_topic_op(topic("stale")).encode_to_vec(), 0);
-        let newer = fake.encode_meta(&state::upsert_topic_op(topic("newer")).encode_to_vec(), 0);
-        a.apply(&[entry(2, again), entry(41, newer)]).unwrap();
-        assert!(state.topics.get("stale").is_none() && state.topics.get("newer").is_some());
-        assert_eq!(state.applied_index().unwrap(), 41);
     }
 }

@@ -62,20 +62,6 @@ pub trait Applier {
     /// applied. Entries after it follow through [`Applier::apply`].
     fn apply_snapshot(&mut self, index: u64, term: u64) -> Result<(), ApplyError>;
 
-    /// Called with a snapshot's data before the log store installs it. A state machine that
-    /// keeps state of its own makes the snapshot's durable here: a crash between the two then
-    /// leaves the state ahead of the log (it skips the entries it holds), never behind it.
-    /// The default does nothing.
-    fn prepare_snapshot_data(
-        &mut self,
-        index: u64,
-        term: u64,
-        data: &[u8],
-    ) -> Result<(), ApplyError> {
-        let _ = (index, term, data);
-        Ok(())
-    }
-
     /// Like [`Self::apply_snapshot`], with the snapshot's data (see
     /// [`super::RaftLogStore::apply_snapshot_data`]), already installed in the log store. This
     /// is what the driver calls; the default ignores the data.

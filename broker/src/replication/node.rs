@@ -526,8 +526,6 @@ impl<S: RaftLogStore, T: Transport, A: Applier> ReplicaNode<S, T, A> {
             term = meta.term,
             "installing the leader's compaction point"
         );
-        self.applier
-            .prepare_snapshot_data(meta.index, meta.term, data)?;
         self.raw.mut_store().apply_snapshot_data(meta, data)?;
         self.applier
             .apply_snapshot_data(meta.index, meta.term, data)?;
