@@ -266,6 +266,8 @@ impl Producing {
                 let (ids, entries, _) = self
                     .append(topic, queue_id, batch, seq, now, AckAt::Applied)
                     .await?;
+                self.transactions
+                    .check_joined(tx, topic, queue_id, &first_id, count)?;
                 (ids, entries)
             }
             None => {
@@ -283,13 +285,14 @@ impl Producing {
                     .map_err(refused)?;
                 let kept = acked.clone();
                 let entries = self.write.then_applied(acked).await.map_err(refused)?;
+                // A send left out of its transaction is not kept for its commit.
+                self.transactions
+                    .check_joined(tx, topic, queue_id, &first_id, count)?;
                 self.transactions.keep_sent(&kept, &batch);
                 let ids = batch.messages.into_iter().map(|m| m.message_id).collect();
                 (ids, entries)
             }
         };
-        self.transactions
-            .check_joined(tx, topic, queue_id, &first_id, count)?;
         Ok(receipts(ids, entries))
     }
 

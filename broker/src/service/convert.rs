@@ -59,6 +59,10 @@ impl IdGenerator {
 
 /// Longest `born_host` a message may carry.
 pub const MAX_BORN_HOST: usize = 255;
+/// Keys a message may carry.
+pub const MAX_KEYS: usize = 64;
+/// Properties a message may carry (the broker adds a few of its own).
+pub const MAX_PROPERTIES: usize = 128;
 
 pub fn to_append(
     m: Message,
@@ -79,6 +83,12 @@ pub fn to_append(
     if m.born_host.len() > MAX_BORN_HOST {
         return Err(ApiError::invalid(format!(
             "born_host longer than {MAX_BORN_HOST} bytes"
+        )));
+    }
+    // Each key and property costs framing the size limits do not count.
+    if m.keys.len() > MAX_KEYS || m.properties.len() > MAX_PROPERTIES {
+        return Err(ApiError::invalid(format!(
+            "a message has at most {MAX_KEYS} keys and {MAX_PROPERTIES} properties"
         )));
     }
     if let Some(k) = m
@@ -173,6 +183,24 @@ mod tests {
         };
         assert_eq!(
             to_append(host, &g, 10).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        let keys = Message {
+            keys: vec![String::new(); MAX_KEYS + 1],
+            ..Default::default()
+        };
+        assert_eq!(
+            to_append(keys, &g, 1 << 20).unwrap_err().code,
+            ErrorCode::InvalidArgument
+        );
+        let props = Message {
+            properties: (0..=MAX_PROPERTIES)
+                .map(|i| (format!("p{i}"), String::new()))
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            to_append(props, &g, 1 << 20).unwrap_err().code,
             ErrorCode::InvalidArgument
         );
     }

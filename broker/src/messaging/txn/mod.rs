@@ -257,10 +257,19 @@ impl Transactions {
                  this send was not added to it",
                 tx.id, h.topic, h.queue_id
             ))),
-            None => Err(ApiError::new(
+            // A resolved record keeps no first ids: whether the send made it in is the end's.
+            None if r.resolution != OPEN => Err(ApiError::new(
                 ErrorCode::TransactionResolved,
                 format!(
-                    "transaction {} ended before this send was applied; it was not added",
+                    "transaction {} ended while this send was stored; its end decides whether \
+                     the send is in it",
+                    tx.id
+                ),
+            )),
+            None => Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this send is not in transaction {}; send it again",
                     tx.id
                 ),
             )),
