@@ -363,9 +363,18 @@ async fn a_transaction_survives_a_kill_9_of_the_master() {
         .await_caught_up(new_master, &[master], bound)
         .await
         .unwrap();
-    assert_eq!(
-        visible(cluster.address(master), "orders", 2).await,
-        sorted(want)
+    // Applied is not yet dispatched: its queues show the entries once its dispatcher has
+    // built them.
+    let (old, want) = (cluster.address(master).to_string(), sorted(want));
+    let seen = wait_until(bound, "the old master's queues caught up", || {
+        let (old, want) = (old.clone(), want.clone());
+        async move { visible(&old, "orders", 2).await == want }
+    })
+    .await;
+    assert!(
+        seen.is_ok(),
+        "{:?} against {want:?}",
+        visible(&old, "orders", 2).await
     );
     live.shutdown().await;
     p.shutdown().await;
